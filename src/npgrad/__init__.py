@@ -1,0 +1,95 @@
+"""npgrad: neural networks in NumPy whose every gradient is derived by hand and checked.
+
+The pieces, one module per concern:
+
+* :mod:`npgrad.ops`     the op table: forward, vector-Jacobian product, derivation
+* :mod:`npgrad.tensor`  the reverse-mode autodiff engine over that table
+* :mod:`npgrad.layers`  the exercise's ``Matmul``/``Relu``/``Softmax``/``Log`` classes
+* :mod:`npgrad.nn`, :mod:`npgrad.optim`  modules and optimizers for training
+* :mod:`npgrad.data`    IDX files, named datasets, the embedded digits, batching
+* :mod:`npgrad.train`, :mod:`npgrad.cli`  the trainer and the ``npgrad`` command
+* :mod:`npgrad.check`   gradient checking, for built-in ops and your own layers
+"""
+
+from .check import GradcheckReport, gradcheck
+from .errors import (
+    CheckpointError,
+    ConfigError,
+    DatasetError,
+    GradcheckError,
+    GradError,
+    IDXFormatError,
+    NpgradError,
+    ShapeError,
+    TrainingDiverged,
+)
+from .tensor import (
+    Tensor,
+    add,
+    concatenate,
+    cross_entropy,
+    div,
+    exp,
+    getitem,
+    is_grad_enabled,
+    log,
+    log_softmax,
+    matmul,
+    max,
+    mean,
+    mul,
+    neg,
+    no_grad,
+    pow,
+    relu,
+    reshape,
+    sigmoid,
+    softmax,
+    sub,
+    sum,
+    tanh,
+    tensor,
+    transpose,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DatasetError",
+    "GradError",
+    "GradcheckError",
+    "GradcheckReport",
+    "IDXFormatError",
+    "NpgradError",
+    "ShapeError",
+    "Tensor",
+    "TrainingDiverged",
+    "add",
+    "concatenate",
+    "cross_entropy",
+    "div",
+    "exp",
+    "getitem",
+    "gradcheck",
+    "is_grad_enabled",
+    "log",
+    "log_softmax",
+    "matmul",
+    "max",
+    "mean",
+    "mul",
+    "neg",
+    "no_grad",
+    "pow",
+    "relu",
+    "reshape",
+    "sigmoid",
+    "softmax",
+    "sub",
+    "sum",
+    "tanh",
+    "tensor",
+    "transpose",
+]

@@ -1,0 +1,48 @@
+"""npgrad's exception hierarchy.
+
+Every error a user can cause and fix derives from :class:`NpgradError`; the
+command line catches exactly these and prints their message on one line.
+Anything else is a bug in npgrad and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class NpgradError(Exception):
+    """Base class of every error a user can act on."""
+
+
+class ShapeError(NpgradError, ValueError):
+    """Arrays whose shapes do not fit the operation."""
+
+
+class GradError(NpgradError, RuntimeError):
+    """Misuse of the autodiff engine (backward on a non-scalar, a freed graph...)."""
+
+
+class GradcheckError(NpgradError, AssertionError):
+    """A gradient check failed, or was asked to check something it cannot."""
+
+
+class DatasetError(NpgradError):
+    """A dataset could not be found, downloaded, verified or parsed."""
+
+
+class IDXFormatError(DatasetError, ValueError):
+    """A file is not a valid IDX file; the message names the file and the defect."""
+
+
+class ChecksumError(DatasetError):
+    """A downloaded or local file does not have the expected SHA-256."""
+
+
+class CheckpointError(NpgradError):
+    """A checkpoint is missing, corrupt, pickled, or does not fit the model."""
+
+
+class ConfigError(NpgradError, ValueError):
+    """An invalid option: architecture string, epochs, learning rate, path..."""
+
+
+class TrainingDiverged(NpgradError, FloatingPointError):
+    """The loss became NaN or infinite."""

@@ -1,0 +1,37 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("NPGRAD_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def torch():
+    """PyTorch for cross-checks; in CI its absence is a failure, never a skip."""
+    try:
+        import torch as _torch
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail(
+                "PyTorch is required for the cross-checks in CI (pip install torch==2.13.0)"
+            )
+        pytest.skip("PyTorch not installed")
+    _torch.set_default_dtype(_torch.float64)
+    return _torch
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "mnist-10k").is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"real data expected at {SHARED_DATA} (set NPGRAD_SHARED_DATA)")
+        pytest.skip(f"no shared data at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
