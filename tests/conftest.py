@@ -35,3 +35,17 @@ def shared_data() -> Path:
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(autouse=True)
+def isolated_data_locations(tmp_path_factory, monkeypatch):
+    """Never touch the real cache, home directory or internet mirrors from a test."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("NPGRAD_DATA", str(home / "npgrad-cache"))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.delenv("KERAS_HOME", raising=False)
+    monkeypatch.delenv("TORCHVISION_DATA", raising=False)
+    # Port 9 (discard) on loopback refuses at once: no real mirror is ever contacted.
+    monkeypatch.setenv("NPGRAD_MIRRORS", "http://127.0.0.1:9/")
+    monkeypatch.setenv("MPLCONFIGDIR", str(home / "mpl"))

@@ -1,0 +1,52 @@
+"""Data: IDX files, named datasets (found locally or downloaded and verified), batching."""
+
+from .datasets import (
+    DATASETS,
+    FASHION_MNIST,
+    FILES,
+    MNIST,
+    NAMES,
+    Attempt,
+    Dataset,
+    DatasetSpec,
+    FileSpec,
+    cache_root,
+    digits,
+    download_file,
+    fetch,
+    is_idx_dir,
+    load_dataset,
+    locate,
+    mirrors_for,
+)
+from .idx import idx_bytes, parse_idx, read_idx, write_idx
+from .loader import DataLoader, one_hot, random_shift, split_validation, to_float
+
+__all__ = [
+    "DATASETS",
+    "FASHION_MNIST",
+    "FILES",
+    "MNIST",
+    "NAMES",
+    "Attempt",
+    "DataLoader",
+    "Dataset",
+    "DatasetSpec",
+    "FileSpec",
+    "cache_root",
+    "digits",
+    "download_file",
+    "fetch",
+    "idx_bytes",
+    "is_idx_dir",
+    "load_dataset",
+    "locate",
+    "mirrors_for",
+    "one_hot",
+    "parse_idx",
+    "random_shift",
+    "read_idx",
+    "split_validation",
+    "to_float",
+    "write_idx",
+]
