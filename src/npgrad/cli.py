@@ -112,6 +112,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NpgradError as exc:
         print(f"npgrad: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into head & co.: not an error
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("npgrad: interrupted", file=sys.stderr)
         return 130

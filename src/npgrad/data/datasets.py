@@ -417,6 +417,19 @@ def locate(
         attempts.append(Attempt(f"{label} {directory}", "found"))
         return ds
 
+    def try_npz(path: Path, label: str) -> Dataset | None:
+        if not path.is_file():
+            attempts.append(Attempt(f"{label} {path}", "no such file"))
+            return None
+        try:
+            ds = _load_keras_npz(path, spec)
+        except DatasetError as exc:
+            attempts.append(Attempt(f"{label} {path}", str(exc)))
+            return None
+        attempts.append(Attempt(f"{label} {path}", "found"))
+        return ds
+
+    # Each candidate is tried in the documented order; the first that loads wins.
     candidates: list[tuple[Path, str, bool]] = []
     if data_dir is not None:
         d = Path(data_dir).expanduser()
@@ -424,16 +437,7 @@ def locate(
     candidates.append((cache_root() / key, "npgrad cache", True))
     keras_dir = _keras_dir()
     if spec.keras_npz:
-        npz = keras_dir / spec.keras_npz
-        if npz.is_file():
-            try:
-                ds = _load_keras_npz(npz, spec)
-                attempts.append(Attempt(f"keras {npz}", "found"))
-                return ds, attempts
-            except DatasetError as exc:
-                attempts.append(Attempt(f"keras {npz}", str(exc)))
-        else:
-            attempts.append(Attempt(f"keras {npz}", "no such file"))
+        candidates.append((keras_dir / spec.keras_npz, "keras", True))
     else:
         candidates.append((keras_dir / key, "keras", True))
     if spec.torchvision_dir:
@@ -441,8 +445,8 @@ def locate(
             candidates.append((root / spec.torchvision_dir / "raw", "torchvision", True))
     for system in spec.system_dirs:
         candidates.append((Path(system), "system package", True))
-    for directory, label, verify in candidates:
-        ds = try_dir(directory, label, verify)
+    for path, label, verify in candidates:
+        ds = try_npz(path, label) if path.suffix == ".npz" else try_dir(path, label, verify)
         if ds is not None:
             return ds, attempts
     return None, attempts

@@ -95,11 +95,14 @@ def read_idx(path: str | os.PathLike, ndim: int | None = None) -> np.ndarray:
 def idx_bytes(array: np.ndarray) -> bytes:
     """Serialise an array as IDX bytes."""
     array = np.asarray(array)
-    for code, dt in IDX_TYPES.items():
-        if dt.kind == array.dtype.kind and dt.itemsize == array.dtype.itemsize:
-            break
-    else:
+    matches = [
+        (code, dt)
+        for code, dt in IDX_TYPES.items()
+        if dt.kind == array.dtype.kind and dt.itemsize == array.dtype.itemsize
+    ]
+    if not matches:
         raise IDXFormatError(f"IDX cannot store dtype {array.dtype}")
+    code, dt = matches[0]
     header = bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
     return header + np.ascontiguousarray(array, dtype=dt).tobytes()
 
