@@ -39,7 +39,7 @@ class WrongSigmoidOp(ops.Op):
 
 
 def wrong_sigmoid(x):
-    from npgrad.tensor import apply
+    from npgrad.autodiff import apply
 
     return apply(WrongSigmoidOp, x)
 

@@ -3,7 +3,7 @@
 The pieces, one module per concern:
 
 * :mod:`npgrad.ops`     the op table: forward, vector-Jacobian product, derivation
-* :mod:`npgrad.tensor`  the reverse-mode autodiff engine over that table
+* :mod:`npgrad.autodiff`  the reverse-mode autodiff engine over that table
 * :mod:`npgrad.layers`  the exercise's ``Matmul``/``Relu``/``Softmax``/``Log`` classes
 * :mod:`npgrad.nn`, :mod:`npgrad.optim`  modules and optimizers for training
 * :mod:`npgrad.data`    IDX files, named datasets, the embedded digits, batching
@@ -23,7 +23,7 @@ from .errors import (
     ShapeError,
     TrainingDiverged,
 )
-from .tensor import (
+from .autodiff import (
     Tensor,
     add,
     concatenate,

@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from . import tensor as T
+from . import autodiff as T
 from .errors import GradcheckError
 from .ops import OPS
-from .tensor import Tensor
+from .autodiff import Tensor
 
 # --------------------------------------------------------------------------- gradcheck
 

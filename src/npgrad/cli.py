@@ -21,6 +21,13 @@ examples:
 """
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: what was wrong and where to look."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def _formatter(prog: str) -> argparse.HelpFormatter:
     return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
 
@@ -64,7 +71,7 @@ def cmd_gradcheck(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="npgrad",
         formatter_class=_formatter,
         description="Neural networks in NumPy with hand-derived, checked gradients.",
@@ -101,6 +108,8 @@ _REGISTRARS: list = []
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .train import Interrupted
+
     _load_commands()
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -109,6 +118,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except Interrupted as exc:
+        print(f"npgrad: {exc}", file=sys.stderr)
+        return 130
     except NpgradError as exc:
         print(f"npgrad: error: {exc}", file=sys.stderr)
         return 2

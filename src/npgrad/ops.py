@@ -20,7 +20,7 @@ Conventions that keep each op small:
   Summing a gradient back to the shape of an input that was broadcast is done
   once, by the engine (:func:`unbroadcast`), not in every op.
 
-Both :mod:`npgrad.layers` (the exercise's classes) and :mod:`npgrad.tensor`
+Both :mod:`npgrad.layers` (the exercise's classes) and :mod:`npgrad.autodiff`
 (the autodiff tape) call these methods; there is no other copy of any
 gradient formula in npgrad.
 """
