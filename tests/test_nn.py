@@ -22,12 +22,16 @@ def test_state_dict_round_trip_and_clear_errors():
         assert np.array_equal(p.data, q.data)
     state = a.state_dict()
     state["0.weight"] = np.zeros((5, 3))
-    with pytest.raises(CheckpointError, match=r"0.weight has shape \(5, 3\), the model expects \(4, 3\)"):
+    with pytest.raises(
+        CheckpointError, match=r"0.weight has shape \(5, 3\), the model expects \(4, 3\)"
+    ):
         b.load_state_dict(state)
     state = a.state_dict()
     del state["2.bias"]
     state["extra"] = np.zeros(1)
-    with pytest.raises(CheckpointError, match=r"missing keys \['2.bias'\].*unexpected keys \['extra'\]"):
+    with pytest.raises(
+        CheckpointError, match=r"missing keys \['2.bias'\].*unexpected keys \['extra'\]"
+    ):
         b.load_state_dict(state)
 
 
@@ -93,7 +97,9 @@ def test_mlp_rejects_bad_sizes_and_activation():
 
 def test_module_zero_grad():
     net = nn.MLP([3, 2], rng=0)
-    npgrad.cross_entropy(net(npgrad.tensor(np.ones((2, 3), np.float32))), np.array([0, 1])).backward()
+    npgrad.cross_entropy(
+        net(npgrad.tensor(np.ones((2, 3), np.float32))), np.array([0, 1])
+    ).backward()
     assert all(p.grad is not None for p in net.parameters())
     net.zero_grad()
     assert all(p.grad is None for p in net.parameters())

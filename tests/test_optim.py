@@ -95,7 +95,9 @@ def test_onecycle_matches_torch(torch):
 def test_cosine_with_warmup_and_step_decay():
     c = optim.make_schedule("cosine", 1.0, 110, warmup_steps=10)
     assert c(0) == pytest.approx(0.1) and c(9) == pytest.approx(1.0)
-    assert c(10) == pytest.approx(1.0) and c(60) == pytest.approx(0.5) and c(110) == pytest.approx(0.0)
+    assert (
+        c(10) == pytest.approx(1.0) and c(60) == pytest.approx(0.5) and c(110) == pytest.approx(0.0)
+    )
     s = optim.make_schedule("step", 1.0, 90, step_size=30, gamma=0.1)
     assert [s(0), s(30), s(89)] == pytest.approx([1.0, 0.1, 0.01])
     with pytest.raises(ConfigError, match="unknown schedule"):

@@ -44,7 +44,9 @@ def final_state(out):
 
 
 def strip_timing(history):
-    return [{k: v for k, v in r.items() if k not in ("seconds", "samples_per_second")} for r in history]
+    return [
+        {k: v for k, v in r.items() if k not in ("seconds", "samples_per_second")} for r in history
+    ]
 
 
 def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
@@ -152,7 +154,10 @@ def test_checkpoint_round_trip(tmp_path):
 
 def test_pickled_checkpoint_is_refused(tmp_path):
     path = tmp_path / "evil.npz"
-    np.savez(path, **{"meta/format": np.array(ckpt.FORMAT), "param/w": np.array([{"x": 1}], dtype=object)})
+    np.savez(
+        path,
+        **{"meta/format": np.array(ckpt.FORMAT), "param/w": np.array([{"x": 1}], dtype=object)},
+    )
     with pytest.raises(CheckpointError, match="pickled objects"):
         ckpt.load(path)
 
@@ -167,7 +172,9 @@ def test_tampered_checkpoint_is_refused(tmp_path):
         ckpt.load(path)
 
 
-@pytest.mark.parametrize("content, match", [(b"", "corrupt or not an npz"), (b"hello", "corrupt or not an npz")])
+@pytest.mark.parametrize(
+    "content, match", [(b"", "corrupt or not an npz"), (b"hello", "corrupt or not an npz")]
+)
 def test_corrupt_checkpoint_files(tmp_path, content, match):
     path = tmp_path / "c.npz"
     path.write_bytes(content)

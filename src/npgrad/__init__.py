@@ -11,18 +11,6 @@ The pieces, one module per concern:
 * :mod:`npgrad.check`   gradient checking, for built-in ops and your own layers
 """
 
-from .check import GradcheckReport, gradcheck
-from .errors import (
-    CheckpointError,
-    ConfigError,
-    DatasetError,
-    GradcheckError,
-    GradError,
-    IDXFormatError,
-    NpgradError,
-    ShapeError,
-    TrainingDiverged,
-)
 from .autodiff import (
     Tensor,
     add,
@@ -50,6 +38,18 @@ from .autodiff import (
     tanh,
     tensor,
     transpose,
+)
+from .check import GradcheckReport, gradcheck
+from .errors import (
+    CheckpointError,
+    ConfigError,
+    DatasetError,
+    GradcheckError,
+    GradError,
+    IDXFormatError,
+    NpgradError,
+    ShapeError,
+    TrainingDiverged,
 )
 
 __version__ = "0.1.0"

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from . import autodiff as T
+from .autodiff import Tensor
 from .errors import GradcheckError
 from .ops import OPS
-from .autodiff import Tensor
 
 # --------------------------------------------------------------------------- gradcheck
 

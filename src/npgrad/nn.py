@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from . import autodiff as T
-from .errors import CheckpointError, ConfigError
 from .autodiff import Tensor
+from .errors import CheckpointError, ConfigError
 
 __all__ = [
     "Parameter",

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CheckpointError, ConfigError
 from .autodiff import Tensor
+from .errors import CheckpointError, ConfigError
 
 __all__ = [
     "Optimizer",

@@ -30,9 +30,9 @@ import numpy as np
 
 from . import checkpoint as ckpt
 from . import layers, nn, optim
+from .autodiff import Tensor, cross_entropy, no_grad
 from .data import DataLoader, Dataset, load_dataset, split_validation, to_float
 from .errors import CheckpointError, ConfigError, NpgradError, TrainingDiverged
-from .autodiff import Tensor, cross_entropy, no_grad
 
 # --------------------------------------------------------------------------- configuration
 
