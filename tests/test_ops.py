@@ -184,3 +184,23 @@ def test_matmul_vector_and_batched_forms(sa, sb, torch):
     (x @ y).sum().backward()
     np.testing.assert_allclose(x.grad, ta.grad.numpy(), rtol=1e-12)
     np.testing.assert_allclose(y.grad, tb.grad.numpy(), rtol=1e-12)
+
+
+def _slug(heading: str) -> str:
+    # GitHub's anchor rule for our plain headings: lower case, spaces to hyphens.
+    return heading.strip().lower().replace(" ", "-")
+
+
+def test_derivations_document_has_a_section_for_every_op():
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "derivations.md").read_text()
+    anchors = {_slug(h) for h in re.findall(r"^## (.+)$", doc, flags=re.M)}
+    for name, op in ops.OPS.items():
+        linked = re.findall(r"docs/derivations\.md#([\w-]+)", op.__doc__ or "")
+        assert linked, f"{name}: docstring links no section"
+        for anchor in linked:
+            assert anchor in anchors, f"{name}: docs/derivations.md has no section #{anchor}"
+        section = doc.split(f"## {linked[0].replace('-', ' ')}\n", 1)
+        assert len(section) == 2 and "$" in section[1].split("\n## ", 1)[0], name

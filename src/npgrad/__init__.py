@@ -51,6 +51,7 @@ from .errors import (
     ShapeError,
     TrainingDiverged,
 )
+from .layercheck import LayerReport, check_layer
 
 __version__ = "0.1.0"
 
@@ -61,12 +62,14 @@ __all__ = [
     "GradError",
     "GradcheckError",
     "GradcheckReport",
+    "LayerReport",
     "IDXFormatError",
     "NpgradError",
     "ShapeError",
     "Tensor",
     "TrainingDiverged",
     "add",
+    "check_layer",
     "concatenate",
     "cross_entropy",
     "div",

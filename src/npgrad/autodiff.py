@@ -46,12 +46,15 @@ def is_grad_enabled() -> bool:
 class Node:
     """One recorded op application: what backward needs, nothing more."""
 
-    __slots__ = ("op", "saved", "parents")
+    __slots__ = ("op", "saved", "parents", "needs")
 
-    def __init__(self, op: type[ops.Op], saved: Any, parents: tuple[Tensor, ...]) -> None:
+    def __init__(
+        self, op: type[ops.Op], saved: Any, parents: tuple[Tensor, ...], needs: tuple[bool, ...]
+    ) -> None:
         self.op = op
         self.saved = saved
         self.parents = parents
+        self.needs = needs  # which parents want a gradient, so vjps can skip work
 
 
 class Tensor:
@@ -188,10 +191,8 @@ class Tensor:
                     "backward through a graph whose saved arrays were freed by an earlier "
                     "backward(); pass retain_graph=True to the first call"
                 )
-            parents = node.parents
-            needs = tuple(p.requires_grad for p in parents)
-            in_grads = node.op.vjp(node.saved, g, needs)
-            for p, gi in zip(parents, in_grads):
+            in_grads = node.op.vjp(node.saved, g, node.needs)
+            for p, gi in zip(node.parents, in_grads):
                 if gi is None or not p.requires_grad:
                     continue
                 if gi.shape != p.data.shape:
@@ -370,9 +371,10 @@ def apply(op: type[ops.Op], *inputs: Tensor, **params: Any) -> Tensor:
     out.grad = None
     out._retain = False
     out.name = None
-    if _GRAD_ENABLED and any(t.requires_grad for t in inputs):
+    needs = tuple([t.requires_grad for t in inputs])
+    if _GRAD_ENABLED and True in needs:
         out.requires_grad = True
-        out._node = Node(op, saved, inputs)
+        out._node = Node(op, saved, inputs, needs)
     else:
         out.requires_grad = False
         out._node = None
