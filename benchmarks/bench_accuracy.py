@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skipping Fashion-MNIST: {exc}", file=sys.stderr)
         mnist = Path(args.data) / "mnist-10k"
         if mnist.is_dir():
-            jobs.append(("mnist-10k", load_dataset(str(mnist)), 0.95, 8))
+            jobs.append(("mnist-10k", load_dataset(str(mnist)), 0.95, 12))
     lines = [
         "## Time to accuracy (same network, initial weights, batches and Adam; training seconds)",
         "",

@@ -11,6 +11,7 @@ The pieces, one module per concern:
 * :mod:`npgrad.check`   gradient checking, for built-in ops and your own layers
 """
 
+from . import data, layers, nn, optim  # noqa: E402  (submodules as attributes)
 from .autodiff import (
     Tensor,
     add,
@@ -56,6 +57,10 @@ from .layercheck import LayerReport, check_layer
 __version__ = "0.1.0"
 
 __all__ = [
+    "data",
+    "layers",
+    "nn",
+    "optim",
     "CheckpointError",
     "ConfigError",
     "DatasetError",
