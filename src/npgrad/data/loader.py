@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from ..errors import ConfigError
 
@@ -42,7 +43,9 @@ def split_validation(
 def random_shift(batch: np.ndarray, max_shift: int, rng: np.random.Generator) -> np.ndarray:
     """Shift each image of ``batch`` (B, H, W) by its own random (dy, dx) in [-s, s], zero fill.
 
-    One padded copy and one gather for the whole batch: no Python loop per image.
+    No Python loop per image: pad the batch once, view every possible shift of
+    every image at once with ``sliding_window_view`` (no copy), and gather one
+    window per image.
     """
     if max_shift <= 0:
         return batch
@@ -52,9 +55,8 @@ def random_shift(batch: np.ndarray, max_shift: int, rng: np.random.Generator) ->
     padded[:, s : s + h, s : s + w] = batch
     dy = rng.integers(-s, s + 1, size=b)
     dx = rng.integers(-s, s + 1, size=b)
-    rows = (np.arange(h) + s)[None, :] - dy[:, None]  # (B, H)
-    cols = (np.arange(w) + s)[None, :] - dx[:, None]  # (B, W)
-    return padded[np.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    windows = sliding_window_view(padded, (h, w), axis=(1, 2))  # (B, 2s+1, 2s+1, H, W)
+    return windows[np.arange(b), s - dy, s - dx]
 
 
 class DataLoader:
