@@ -8,11 +8,9 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .cli import _formatter
+
 REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = []
-
-
-def _formatter(prog: str) -> argparse.HelpFormatter:
-    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
 
 
 def registrar(fn: Callable[[argparse._SubParsersAction], None]) -> Callable:
@@ -88,10 +86,6 @@ MNIST/raw under ./data, ~/data or $TORCHVISION_DATA; Debian's
     )
     pf.add_argument("--cache", metavar="DIR", help="download into DIR instead of the npgrad cache")
     pf.set_defaults(func=cmd_data_fetch)
-
-
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- train
