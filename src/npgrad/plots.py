@@ -89,7 +89,7 @@ def confusion(matrix: np.ndarray, classes: list[str] | tuple[str, ...], path: st
             if matrix[i, j]:
                 ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7,
                         color="white" if frac[i, j] > 0.5 else "black")  # fmt: skip
-    short = [c if len(c) <= 8 else c[:7] + "." for c in classes]
+    short = [c if len(c) <= 11 else c[:10] + "." for c in classes]
     ax.set_xticks(range(n), short, rotation=45, ha="right")
     ax.set_yticks(range(n), short)
     ax.set(xlabel="predicted", ylabel="true")

@@ -563,7 +563,7 @@ def _epoch_line(r: dict[str, Any], epochs: int) -> str:
     val = f"  val {r['val_accuracy']:.2%}" if "val_accuracy" in r else ""
     return (f"epoch {r['epoch']:>3}/{epochs}  train loss {r['train_loss']:.4f} "
             f"acc {r['train_accuracy']:.2%}  test loss {r['test_loss']:.4f} "
-            f"acc {r['test_accuracy']:.2%}{val}  {r['seconds']:.1f}s "
+            f"acc {r['test_accuracy']:.2%}{val}  {r['seconds']:.{2 if r['seconds'] < 10 else 1}f}s "
             f"({r['samples_per_second']:,.0f} samples/s)")  # fmt: skip
 
 
