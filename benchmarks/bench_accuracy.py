@@ -31,7 +31,9 @@ from npgrad.data import load_dataset, to_float  # noqa: E402
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def run(ds, hidden: int, epochs: int, lr: float, bs: int, seed: int = 0) -> dict:
+def run(
+    ds, hidden: int, epochs: int, lr: float, bs: int, seed: int = 0, opt_name: str = "adam"
+) -> dict:
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -40,7 +42,10 @@ def run(ds, hidden: int, epochs: int, lr: float, bs: int, seed: int = 0) -> dict
     y, yt = ds.train_labels, ds.test_labels
     d = x.shape[1]
     net = nn.MLP([d, hidden, 10], rng=seed)
-    opt = optim.Adam(net.parameters(), lr)
+    if opt_name == "adam":
+        opt: optim.Optimizer = optim.Adam(net.parameters(), lr)
+    else:  # SGD with momentum 0.9
+        opt = optim.SGD(net.parameters(), lr, momentum=0.9)
     f32 = torch.float32
     tnet = torch.nn.Sequential(
         torch.nn.Linear(d, hidden, dtype=f32),
@@ -52,7 +57,10 @@ def run(ds, hidden: int, epochs: int, lr: float, bs: int, seed: int = 0) -> dict
         tnet[0].bias.copy_(torch.from_numpy(net[0].bias.data))
         tnet[2].weight.copy_(torch.from_numpy(net[2].weight.data.T.copy()))
         tnet[2].bias.copy_(torch.from_numpy(net[2].bias.data))
-    topt = torch.optim.Adam(tnet.parameters(), lr)
+    if opt_name == "adam":
+        topt = torch.optim.Adam(tnet.parameters(), lr)
+    else:
+        topt = torch.optim.SGD(tnet.parameters(), lr, momentum=0.9)
     tx, ty, txt = torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(xt)
     rng = np.random.default_rng(seed)
     curves: dict[str, list[tuple[float, float]]] = {"npgrad": [], "pytorch": []}
@@ -95,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--hidden", type=int, default=256)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=1e-3, help="Adam's rate (SGD uses --sgd-lr)")
+    ap.add_argument("--sgd-lr", type=float, default=0.05, help="rate of the SGD-with-momentum rows")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument(
         "--data", default=str(SHARED), help="folder holding mnist-10k (default ../shared/data)"
@@ -118,21 +127,23 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "## Time to accuracy (same network, initial weights, batches and Adam; training seconds)",
         "",
-        f"D-{args.hidden}-10 ReLU (D = 784 for MNIST-like data, 64 for digits), Adam lr {args.lr:g}, "
-        f"batch {args.batch_size}, float32.",
+        f"D-{args.hidden}-10 ReLU (D = 784 for MNIST-like data, 64 for digits), batch {args.batch_size}, "
+        "float32; each framework timed on the same minibatches.",
         "",
-        "| dataset | target | npgrad s | PyTorch s | npgrad / PyTorch time | final acc npgrad | final acc PyTorch |",
+        "| dataset, optimizer | target | npgrad s | PyTorch s | npgrad / PyTorch time | final acc npgrad | final acc PyTorch |",
         "|---|---|---|---|---|---|---|",
     ]
     curves_all = {}
     for name, ds, target, epochs in jobs:
-        c = run(ds, args.hidden, epochs, args.lr, args.batch_size)
-        curves_all[name] = (c, target)
-        a, b = time_to(c["npgrad"], target), time_to(c["pytorch"], target)
-        ratio = f"**{a / b:.2f}x**" if a and b else "-"
-        fmt = lambda v: f"{v:.2f}" if v is not None else "not reached"  # noqa: E731
-        lines.append(f"| {name} | {target:.0%} | {fmt(a)} | {fmt(b)} | {ratio} | "
-                     f"{c['npgrad'][-1][1]:.2%} | {c['pytorch'][-1][1]:.2%} |")  # fmt: skip
+        for opt_name, lr in (("adam", args.lr), ("sgd", args.sgd_lr)):
+            c = run(ds, args.hidden, epochs, lr, args.batch_size, opt_name=opt_name)
+            label = f"{name}, {'Adam' if opt_name == 'adam' else 'SGD+momentum'} {lr:g}"
+            curves_all[label] = (c, target)
+            a, b = time_to(c["npgrad"], target), time_to(c["pytorch"], target)
+            ratio = f"**{a / b:.2f}x**" if a and b else "-"
+            fmt = lambda v: f"{v:.2f}" if v is not None else "not reached"  # noqa: E731
+            lines.append(f"| {label} | {target:.0%} | {fmt(a)} | {fmt(b)} | {ratio} | "
+                         f"{c['npgrad'][-1][1]:.2%} | {c['pytorch'][-1][1]:.2%} |")  # fmt: skip
     for name, (c, _) in curves_all.items():
         lines += ["", f"{name}, test accuracy after each epoch (cumulative training seconds):", "",
                   "| epoch | npgrad | PyTorch |", "|---|---|---|"]  # fmt: skip

@@ -13,7 +13,11 @@ def test_speed_benchmark_runs(capsys, torch):
 def test_accuracy_benchmark_runs(capsys, torch, tmp_path):
     assert bench_accuracy.main(["--tiny", "--plot", str(tmp_path / "acc.png")]) == 0
     out = capsys.readouterr().out
-    assert "| digits | 80% |" in out and "| epoch | npgrad | PyTorch |" in out
+    assert (
+        "| digits, Adam 0.001 | 80% |" in out
+        and "SGD+momentum" in out
+        and "| epoch | npgrad | PyTorch |" in out
+    )
     assert (tmp_path / "acc.png").stat().st_size > 5000
 
 

@@ -480,7 +480,7 @@ class CrossEntropy(Op):
         z = x - x.max(axis=1, keepdims=True)
         e = np.exp(z)
         sumexp = e.sum(axis=1, keepdims=True)
-        logp = z - np.log(sumexp)
+        lse = np.log(sumexp)  # log p = z - lse, never formed for integer labels
         if target.ndim == 1:
             if not np.issubdtype(target.dtype, np.integer):
                 raise ShapeError("1-D cross_entropy targets must be integer class indices")
@@ -488,9 +488,9 @@ class CrossEntropy(Op):
                 raise ShapeError(f"cross_entropy: {n} rows of logits but {target.shape[0]} labels")
             if n and (target.min() < 0 or target.max() >= x.shape[1]):
                 raise ShapeError(f"cross_entropy: labels must lie in [0, {x.shape[1]})")
-            loss = -logp[np.arange(n), target].sum()
+            loss = lse.sum() - z[np.arange(n), target].sum()
         elif target.shape == x.shape:
-            loss = -(target * logp).sum()
+            loss = -(target * (z - lse)).sum()
         else:
             raise ShapeError(
                 f"cross_entropy: target of shape {target.shape} fits neither (N,) indices "
