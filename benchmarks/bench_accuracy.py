@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         if mnist.is_dir():
             jobs.append(("mnist-10k", load_dataset(str(mnist)), 0.95, 12))
     lines = [
-        "## Time to accuracy (same network, initial weights, batches and Adam; training seconds)",
+        "## Time to accuracy (same network, initial weights, batches and optimizer; training seconds)",
         "",
         f"D-{args.hidden}-10 ReLU (D = 784 for MNIST-like data, 64 for digits), batch {args.batch_size}, "
         "float32; each framework timed on the same minibatches.",
