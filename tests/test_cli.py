@@ -179,3 +179,19 @@ def test_python_dash_m_entry_point():
         [sys.executable, "-m", "npgrad", "--version"], capture_output=True, text=True
     )
     assert result.returncode == 0 and result.stdout.startswith("npgrad ")
+
+
+def test_resume_keeps_the_stored_epochs_unless_given(capsys, tmp_path):
+    out = str(tmp_path)
+    assert main(["train", "-d", "digits", "-e", "2", "-o", out, "-q"]) == 0
+    assert main(["train", "-d", "digits", "-o", out, "--resume", "--json", "-q"]) == 0
+    assert json.loads(capsys.readouterr().out)["epochs"] == 2  # not the preset's 20
+    assert (
+        main(["train", "-d", "digits", "-o", out, "--resume", "-e", "3", "--lr", "0.1", "--json"])
+        == 0
+    )
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["epochs"] == 3
+    assert "ignoring lr" in captured.err
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]

@@ -166,7 +166,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     trainer = Trainer(cfg, out, log=log, progress=None if not args.quiet else False)
     t0 = time.perf_counter()
-    final = trainer.fit(resume=args.resume, force=args.force)
+    if args.resume:
+        ignored = [
+            k
+            for k, v in overrides.items()
+            if v is not None and k not in ("epochs", "dataset", "data_dir")
+        ]
+        if ignored or args.preset != "default":
+            log(
+                f"note: resuming with the checkpoint's configuration; ignoring {', '.join(ignored) or 'preset'}"
+            )
+    final = trainer.fit(
+        resume=args.resume, force=args.force, epochs=args.epochs if args.resume else None
+    )
     elapsed = time.perf_counter() - t0
     if args.plot:
         _plot_run(trainer, out)
@@ -396,15 +408,16 @@ def load_image(path: str, shape: tuple[int, int], pixel_max: float) -> np.ndarra
         raise ConfigError(f"{path}: no such image file")
     if p.suffix.lower() == ".npy":
         try:
-            a = np.load(p, allow_pickle=False)
+            raw = np.load(p, allow_pickle=False)
         except ValueError as exc:
             raise ConfigError(f"{path}: not a plain .npy array ({exc})") from None
-        if a.size != shape[0] * shape[1]:
+        if raw.size != shape[0] * shape[1]:
             raise ConfigError(
-                f"{path}: array of shape {a.shape}, the model expects {shape[0]}x{shape[1]}"
+                f"{path}: array of shape {raw.shape}, the model expects {shape[0]}x{shape[1]}"
             )
-        a = a.reshape(shape).astype(np.float64)
-        if np.issubdtype(np.load(p, allow_pickle=False).dtype, np.integer) or a.max() > 1.0:
+        a = raw.reshape(shape).astype(np.float64)
+        if np.issubdtype(raw.dtype, np.integer) or a.max() > 1.0:
+            # integer pixels count 0..pixel_max as in training (0..255 if larger)
             a = a / (pixel_max if a.max() <= pixel_max else 255.0)
         return a
     try:

@@ -431,8 +431,14 @@ class Trainer:
                 "choose another --out"
             ) from None
 
-    def fit(self, resume: bool = False, force: bool = False) -> dict[str, Any]:
-        """Train (or continue) and return the final metrics record."""
+    def fit(
+        self, resume: bool = False, force: bool = False, epochs: int | None = None
+    ) -> dict[str, Any]:
+        """Train (or continue) and return the final metrics record.
+
+        With ``resume``, the checkpoint's configuration is used as stored; only
+        ``epochs`` (when given) changes, to extend or shorten the run.
+        """
         cfg = self.cfg
         if not resume and self.checkpoint_path.exists() and not force:
             raise ConfigError(
@@ -448,7 +454,9 @@ class Trainer:
                 )
             params, opt_state, meta = ckpt.load(self.checkpoint_path)
             stored = Config.from_dict(meta["config"])
-            stored.epochs = cfg.epochs if cfg.epochs != stored.epochs else stored.epochs
+            if epochs is not None:
+                stored.epochs = epochs
+            validate(stored)
             self.cfg = cfg = stored
             state = (params, opt_state, meta)
 
