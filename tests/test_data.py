@@ -150,7 +150,7 @@ def test_offline_message_lists_what_was_tried():
         load_dataset("mnist")
     msg = str(info.value)
     assert "npgrad cache" in msg and "keras" in msg and "127.0.0.1:9" in msg
-    assert "Put the four files" in msg and "\n" not in msg
+    assert "Put the four .gz files" in msg and "digits" in msg and "\n" not in msg
 
 
 def test_unknown_dataset_and_missing_directory():

@@ -31,6 +31,7 @@ import os
 import sys
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from collections.abc import Callable, Sequence
@@ -309,8 +310,8 @@ def download_file(
     log = log or (lambda msg: print(msg, file=sys.stderr))
     dest = dest_dir / spec.name
     dest_dir.mkdir(parents=True, exist_ok=True)
-    failures = []
-    for mirror in mirrors:
+    failures: list[tuple[str, str]] = []
+    for k, mirror in enumerate(mirrors):
         fd, tmp_name = tempfile.mkstemp(dir=dest_dir, prefix=f".{spec.name}.", suffix=".part")
         tmp = Path(tmp_name)
         try:
@@ -331,12 +332,17 @@ def download_file(
             ChecksumError,
             ValueError,
         ) as exc:
-            reason = getattr(exc, "reason", None) or exc
-            failures.append(f"{mirror}: {reason}")
-            log(f"npgrad: {spec.name} from {mirror} failed: {reason}; trying the next mirror")
+            reason = str(getattr(exc, "reason", None) or exc)
+            failures.append((mirror, reason))
+            more = "; trying the next mirror" if k + 1 < len(mirrors) else ""
+            log(f"npgrad: {spec.name} from {mirror} failed: {reason}{more}")
         finally:
             tmp.unlink(missing_ok=True)
-    raise DatasetError(f"could not download {spec.name}: " + "; ".join(failures))
+    err = DownloadError(
+        f"could not download {spec.name}: " + "; ".join(f"{m}: {r}" for m, r in failures)
+    )
+    err.failures = failures
+    raise err
 
 
 def _copy_hashing(
@@ -371,6 +377,12 @@ def _progress_bar(total: int, desc: str, enabled: bool | None):  # noqa: ANN202
 
 
 # --------------------------------------------------------------------------- resolution
+
+
+class DownloadError(DatasetError):
+    """Every mirror failed; ``failures`` lists (mirror, reason) pairs."""
+
+    failures: list[tuple[str, str]] = []
 
 
 @dataclass
@@ -485,23 +497,30 @@ def load_dataset(
     mirrors: Sequence[str] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> Dataset:
+    download_allowed = download
     """Find ``name`` locally (see the module docstring for the order) or download it."""
     ds, attempts = locate(name, data_dir)
     if ds is not None:
         return ds
     key = ALIASES.get(name.lower(), name.lower())
-    tried = "; ".join(f"{a.where} ({a.result})" for a in attempts)
-    if download:
+    looked = "; ".join(f"{a.where} ({a.result})" for a in attempts)
+    download = ""
+    if download_allowed:
         try:
             fetch(key, mirrors=mirrors, log=log)
             ds, more = locate(key, data_dir)
             if ds is not None:
                 return ds
-            tried += "; " + "; ".join(f"{a.where} ({a.result})" for a in more)
+            looked += "; " + "; ".join(f"{a.where} ({a.result})" for a in more)
+        except DownloadError as exc:
+            hosts = ", ".join(
+                f"{urllib.parse.urlsplit(m).netloc or m} ({r})" for m, r in exc.failures
+            )
+            download = f" Download failed from every mirror: {hosts}."
         except DatasetError as exc:
-            tried += f"; download: {exc}"
+            download = f" Download failed: {exc}."
     raise DatasetError(
-        f"{key} not found. Tried: {tried}. Put the four files "
-        f"({', '.join(f.name for f in DATASETS[key].files)}) in {cache_root() / key}, "
-        "pass a directory holding them, or set NPGRAD_MIRRORS to a mirror you can reach"
+        f"{key} not found. Looked in: {looked}.{download} Put the four .gz files in "
+        f"{cache_root() / key}, pass --dataset DIR (any folder with the four IDX files), or "
+        "set NPGRAD_MIRRORS to a mirror you can reach; '--dataset digits' works offline"
     )
