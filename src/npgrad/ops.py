@@ -27,6 +27,7 @@ gradient formula in npgrad.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -50,13 +51,10 @@ class Op:
         if cls.name:
             OPS[cls.name] = cls
 
-    @staticmethod
-    def forward(*arrays: Array, **params: Any) -> tuple[Array, Any]:  # pragma: no cover
-        raise NotImplementedError
-
-    @staticmethod
-    def vjp(saved: Any, g: Array, needs: tuple[bool, ...]) -> Grads:  # pragma: no cover
-        raise NotImplementedError
+    # Each op defines these two as static methods, with its own argument list:
+    # forward(*arrays, **params) -> (out, saved); vjp(saved, g, needs) -> grads.
+    forward: ClassVar[Callable[..., tuple[Array, Any]]]
+    vjp: ClassVar[Callable[..., Grads]]
 
 
 def unbroadcast(g: Array, shape: tuple[int, ...]) -> Array:
