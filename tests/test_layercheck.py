@@ -1,5 +1,6 @@
 """Checking a student's own layers: each mistake caught with the right diagnosis."""
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -7,7 +8,9 @@ import pytest
 import npgrad
 from npgrad.cli import main
 from npgrad.layercheck import check_file, check_layer
-from tests.layers import wrong_layers as w
+
+sys.path.insert(0, str(Path(__file__).parent / "layers"))  # wrong_layers imports its sibling helper
+from tests.layers import wrong_layers as w  # noqa: E402
 
 HERE = Path(__file__).parent / "layers"
 
@@ -88,3 +91,20 @@ def test_cli_check_user_errors(capsys):
     assert "no layer class named Nope" in capsys.readouterr().err
     assert main(["check", str(HERE / "wrong_layers.py"), "--shape", "Matmul=axb"]) == 2
     assert "bad --shape" in capsys.readouterr().err
+
+
+class MeanNotSumMatmul:
+    """grad_W divided by the batch size: a classic when the loss is a sum."""
+
+    def forward(self, x, W):
+        self.x, self.W = x, W
+        return x @ W
+
+    def backward(self, g):
+        return g @ self.W.T, self.x.T @ g / self.x.shape[0]
+
+
+def test_batch_size_factor_is_named():
+    report = check_layer(MeanNotSumMatmul, use_torch=False)
+    assert any("1/5: divided by the batch size" in d for d in report.diagnoses), report
+    assert "nan" not in str(check_layer(w.WrongShapeTanh, use_torch=False))

@@ -517,8 +517,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     for r in reports:
         print(r)
     passed = sum(r.passed for r in reports)
+    why = "--no-torch" if args.no_torch else "PyTorch not installed"
     print(f"\n{passed} of {len(reports)} layer classes passed"
-          + ("" if use_torch else " (PyTorch not installed: numerical checks only)"))  # fmt: skip
+          + ("" if use_torch else f" ({why}: numerical checks only)"))  # fmt: skip
     return 0 if passed == len(reports) else 1
 
 

@@ -81,11 +81,13 @@ class LayerReport:
         if self.error:
             lines.append(f"  error: {self.error}")
         for r in self.inputs:
-            status = "ok" if r.passed else "WRONG"
-            lines.append(
-                f"  grad of input {r.index} {r.shape}: max abs err {r.max_abs_error:.2e}, "
-                f"max rel err {r.max_rel_error:.2e}  {status}"
-            )
+            if np.isnan(r.max_abs_error):  # shapes differ: no element-wise error to show
+                lines.append(f"  grad of input {r.index} {r.shape}: WRONG")
+            else:
+                lines.append(
+                    f"  grad of input {r.index} {r.shape}: max abs err {r.max_abs_error:.2e}, "
+                    f"max rel err {r.max_rel_error:.2e}  {'ok' if r.passed else 'WRONG'}"
+                )
             if r.diagnosis:
                 lines.append(f"    diagnosis: {r.diagnosis}")
             for idx, got, want in r.mismatches:
@@ -186,7 +188,7 @@ def _close(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def _diagnose(got: np.ndarray, want: np.ndarray, x: np.ndarray, g: np.ndarray, y: np.ndarray,
-              local: np.ndarray | None) -> str | None:  # fmt: skip
+              local: np.ndarray | None, batch: int = 0) -> str | None:  # fmt: skip
     """Name the mistake when the wrong gradient has a recognisable shape."""
     if got.shape != want.shape:
         if got.ndim == 2 and got.T.shape == want.shape:
@@ -217,11 +219,11 @@ def _diagnose(got: np.ndarray, want: np.ndarray, x: np.ndarray, g: np.ndarray, y
     ratio = got[np.abs(want) > 1e-8] / want[np.abs(want) > 1e-8]
     if ratio.size and np.allclose(ratio, ratio[0], rtol=1e-4) and not np.isclose(ratio[0], 1):
         c = float(ratio[0])
-        hint = (
-            f" (1/{1 / c:.4g}: divided by the batch size?)"
-            if 0 < c < 1 and np.isclose(1 / c, round(1 / c))
-            else ""
-        )
+        hint = ""
+        if batch > 1 and np.isclose(c * batch, 1, rtol=1e-4):
+            hint = f" (1/{batch}: divided by the batch size?)"
+        elif batch > 1 and np.isclose(c, batch, rtol=1e-4):
+            hint = f" ({batch}x: summed where a mean was meant?)"
         return f"off by a constant factor: backward is {c:.4g} times the true gradient{hint}"
     return None
 
@@ -358,8 +360,9 @@ def check_layer(
         if not r.passed:
             loc = np.asarray(local[i], dtype=np.float64) if local[i] is not None else None
             r.diagnosis = _diagnose(
-                got, want, x, g, y, loc if loc is not None and loc.shape == want.shape else None
-            )
+                got, want, x, g, y, loc if loc is not None and loc.shape == want.shape else None,
+                batch=xs[0].shape[0] if xs[0].ndim > 1 else 0,
+            )  # fmt: skip
         results.append(r)
     report = LayerReport(name, all(r.passed for r in results), shape_list, results)
     report.reference = _reference_compare(name, factory, xs, g, use_torch)
@@ -379,6 +382,9 @@ def load_layer_classes(path: str | Path) -> tuple[list[type], str | None]:
         raise LayerCheckError(f"{path}: cannot be imported as Python")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
+    # As 'python FILE.py' would: the file's folder is importable, so helpers beside it load.
+    folder = str(path.resolve().parent)
+    sys.path.insert(0, folder)
     try:
         spec.loader.exec_module(module)
     except Exception as exc:  # the user's code, reported not crashed on
@@ -387,6 +393,8 @@ def load_layer_classes(path: str | Path) -> tuple[list[type], str | None]:
         return [], f"the file called exit({exc.code}) while importing"
     finally:
         sys.modules.pop(module_name, None)
+        if folder in sys.path:
+            sys.path.remove(folder)
     classes = [
         obj
         for obj in vars(module).values()

@@ -1,9 +1,15 @@
-"""Deliberately wrong layer implementations, one per diagnosis ``npgrad check`` makes."""
+"""Deliberately wrong layer implementations, one per diagnosis ``npgrad check`` makes.
+
+Each family shares one correct forward; each class differs only in the mistake
+its backward makes. ``Relu``, ``Softmax`` and ``Matmul`` are correct (the
+exercise's own formulation) and must pass.
+"""
 
 import numpy as np
+from helpers import softmax_jacobian  # a sibling module, as students often have
 
 
-class TransposedMatmul:
+class _MatmulForward:
     def __init__(self):
         self.mem = {}
 
@@ -11,102 +17,80 @@ class TransposedMatmul:
         self.mem = {"x": x, "W": W}
         return x @ W
 
+
+class _ReluForward:
+    def __init__(self):
+        self.mem = {}
+
+    def forward(self, x):
+        self.mem = {"x": x}
+        return np.maximum(x, 0)
+
+
+class _Elementwise:
+    """forward(x) = fn(x); mem keeps x and the output."""
+
+    def __init__(self):
+        self.mem = {}
+
+    def forward(self, x):
+        y = self.fn(x)
+        self.mem = {"x": x, "y": y}
+        return y
+
+
+class TransposedMatmul(_MatmulForward):
     def backward(self, g):
         return g @ self.mem["W"].T, (self.mem["x"].T @ g).T  # grad_W transposed
 
 
-class NoBatchSumMatmul:
-    def __init__(self):
-        self.mem = {}
-
-    def forward(self, x, W):
-        self.mem = {"x": x, "W": W}
-        return x @ W
-
+class NoBatchSumMatmul(_MatmulForward):
     def backward(self, g):
         x = self.mem["x"]
         return g @ self.mem["W"].T, x[:, :, None] * g[:, None, :]  # per-sample outer products
 
 
-class SignErrorRelu:
-    def __init__(self):
-        self.mem = {}
-
-    def forward(self, x):
-        self.mem = {"x": x}
-        return np.maximum(x, 0)
-
+class SignErrorRelu(_ReluForward):
     def backward(self, g):
         return -g * (self.mem["x"] > 0)
 
 
-class MasklessRelu:
-    def __init__(self):
-        self.mem = {}
-
-    def forward(self, x):
-        self.mem = {"x": x}
-        return np.maximum(x, 0)
-
+class MasklessRelu(_ReluForward):
     def backward(self, g):
         return g  # forgot the mask
 
 
-class NoUpstreamSigmoid:
-    def __init__(self):
-        self.mem = {}
-
-    def forward(self, x):
-        s = 1 / (1 + np.exp(-x))
-        self.mem = {"s": s}
-        return s
+class NoUpstreamSigmoid(_Elementwise):
+    fn = staticmethod(lambda x: 1 / (1 + np.exp(-x)))
 
     def backward(self, g):
-        s = self.mem["s"]
+        s = self.mem["y"]
         return s * (1 - s)  # forgot to multiply by g
 
 
-class WrongShapeTanh:
-    def __init__(self):
-        self.mem = {}
-
-    def forward(self, x):
-        y = np.tanh(x)
-        self.mem = {"y": y}
-        return y
+class WrongShapeTanh(_Elementwise):
+    fn = staticmethod(np.tanh)
 
     def backward(self, g):
         return (g * (1 - self.mem["y"] ** 2)).sum(axis=0)  # summed away a dimension
 
 
-class HalvedSquare:
-    def __init__(self):
-        self.mem = {}
-
-    def forward(self, x):
-        self.mem = {"x": x}
-        return x**2
+class HalvedSquare(_Elementwise):
+    fn = staticmethod(np.square)
 
     def backward(self, g):
         return g * self.mem["x"]  # the 2 is missing
 
 
-class Relu:
-    """A correct exercise-style Relu."""
-
-    def __init__(self):
-        self.mem = {}
-
-    def forward(self, x):
-        self.mem = {"x": x}
-        return np.where(x > 0, x, 0.0)
+class Relu(_ReluForward):
+    """Correct."""
 
     def backward(self, g):
         return np.where(self.mem["x"] > 0, g, 0.0)
 
 
 class Softmax:
-    """A correct exercise-style Softmax (with the exercise's (N, c, c) Jacobian)."""
+    """Correct: the exercise's Softmax, with its (N, c, c) Jacobian."""
 
     def __init__(self):
         self.mem = {}
@@ -119,20 +103,11 @@ class Softmax:
         return s
 
     def backward(self, g):
-        s = self.mem["s"]
-        jac = np.einsum("ij,jk->ijk", s, np.eye(s.shape[1])) - np.einsum("ij,ik->ijk", s, s)
-        return np.einsum("ijk,ik->ij", jac, g)
+        return np.einsum("ijk,ik->ij", softmax_jacobian(self.mem["s"]), g)
 
 
-class Matmul:
-    """A correct exercise-style Matmul."""
-
-    def __init__(self):
-        self.mem = {}
-
-    def forward(self, x, W):
-        self.mem = {"x": x, "W": W}
-        return x @ W
+class Matmul(_MatmulForward):
+    """Correct."""
 
     def backward(self, g):
         return g @ self.mem["W"].T, self.mem["x"].T @ g
