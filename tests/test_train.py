@@ -1,6 +1,8 @@
 """The trainer: accuracy on real data, exact resume, determinism, the exercise preset, checkpoints."""
 
 import json
+import os
+import signal
 import zipfile
 
 import numpy as np
@@ -49,27 +51,59 @@ def strip_timing(history):
     ]
 
 
-def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
-    quiet(small_cfg(), tmp_path / "a").fit()
-
-    def interrupt(epoch, step):
-        if epoch == 2 and step == 5:
-            raise KeyboardInterrupt
-
-    with pytest.raises(Interrupted, match="interrupted in epoch 2; checkpoint kept: epoch 1"):
-        quiet(small_cfg(), tmp_path / "b", step_hook=interrupt).fit()
-    assert final_state(tmp_path / "b")[2]["epoch"] == 1
-    quiet(small_cfg(), tmp_path / "b").fit(resume=True)
-    pa, oa, ma = final_state(tmp_path / "a")
-    pb, ob, mb = final_state(tmp_path / "b")
+def assert_same_run(a, b):
+    pa, oa, ma = final_state(a)
+    pb, ob, mb = final_state(b)
     for k in pa:
         assert np.array_equal(pa[k], pb[k]), k
     for k in oa:
         assert np.array_equal(oa[k], ob[k]), k
     assert strip_timing(ma["history"]) == strip_timing(mb["history"])
-    ma_lines = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
-    mb_lines = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
-    assert strip_timing(ma_lines) == strip_timing(mb_lines) and len(mb_lines) == 3
+    lines_a = [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines()]
+    lines_b = [json.loads(x) for x in (b / "metrics.jsonl").read_text().splitlines()]
+    assert strip_timing(lines_a) == strip_timing(lines_b)
+    return lines_b
+
+
+def test_ctrl_c_mid_epoch_saves_and_resume_equals_uninterrupted(tmp_path):
+    quiet(small_cfg(), tmp_path / "a").fit()
+
+    def ctrl_c(epoch, step):
+        if epoch == 2 and step == 5:
+            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, handled by the trainer
+
+    with pytest.raises(Interrupted, match="stopped in epoch 2 after step 6 of 23; saved to"):
+        quiet(small_cfg(), tmp_path / "b", step_hook=ctrl_c).fit()
+    meta = final_state(tmp_path / "b")[2]
+    assert meta["epoch"] == 1 and meta["partial"]["step"] == 6
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    quiet(small_cfg(), tmp_path / "b").fit(resume=True)
+    assert len(assert_same_run(tmp_path / "a", tmp_path / "b")) == 3
+
+
+def test_stop_twice_in_the_same_epoch(tmp_path):
+    quiet(small_cfg(), tmp_path / "a").fit()
+    for step in (3, 9):
+        trainer = quiet(small_cfg(), tmp_path / "b")
+        trainer.step_hook = lambda e, s, t=trainer, k=step: (
+            t.request_stop() if (e, s) == (2, k) else None
+        )
+        with pytest.raises(Interrupted, match=f"after step {step + 1}"):
+            trainer.fit(resume=step == 9)
+    quiet(small_cfg(), tmp_path / "b").fit(resume=True)
+    assert_same_run(tmp_path / "a", tmp_path / "b")
+
+
+def test_second_interrupt_mid_step_keeps_last_epoch(tmp_path):
+    def hard(epoch, step):
+        if epoch == 2 and step == 5:
+            raise KeyboardInterrupt  # as a second Ctrl-C would, in the middle of a step
+
+    with pytest.raises(Interrupted, match="interrupted in epoch 2; checkpoint kept: epoch 1"):
+        quiet(small_cfg(), tmp_path, step_hook=hard).fit()
+    meta = final_state(tmp_path)[2]
+    assert meta["epoch"] == 1 and "partial" not in meta
+    quiet(small_cfg(), tmp_path).fit(resume=True)
 
 
 def test_same_seed_is_bit_identical_and_other_seed_differs(tmp_path):

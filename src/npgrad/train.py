@@ -15,11 +15,14 @@ checkpoint, so ``--resume`` continues bit-for-bit as an uninterrupted run.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -362,7 +365,25 @@ def evaluate(model: NetModel | ExerciseModel, x: np.ndarray, y: np.ndarray,
 
 
 class Interrupted(NpgradError):
-    """Ctrl-C during training: the last completed epoch's checkpoint is kept."""
+    """Training stopped by Ctrl-C; the message says what was saved and how to resume."""
+
+
+@dataclass
+class EpochProgress:
+    """Where an interrupted epoch stands; saved in the checkpoint as ``partial``."""
+
+    epoch: int
+    step: int  # batches completed
+    loss_sum: float
+    correct: int
+    seen: int
+    seconds: float
+    rng_epoch_start: dict  # generator state before this epoch's permutation
+
+
+class _Pause(Exception):
+    def __init__(self, progress: EpochProgress) -> None:
+        self.progress = progress
 
 
 @dataclass
@@ -409,6 +430,7 @@ class Trainer:
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.step_hook = step_hook
         self._dataset = dataset
+        self._stop = False
         self.history: list[dict[str, Any]] = []
 
     @property
@@ -473,6 +495,7 @@ class Trainer:
         classes = data.dataset.num_classes
         model = build_model(cfg, in_features, classes, len(loader) * max(cfg.epochs, 1), rng)
         start_epoch = 0
+        partial = None
         if state is not None:
             params, opt_state, meta = state
             model.load_params(params)
@@ -480,34 +503,95 @@ class Trainer:
             rng.bit_generator.state = meta["rng"]
             start_epoch = int(meta["epoch"])
             self.history = list(meta["history"])[:start_epoch]
+            partial = meta.get("partial")
         self._rewrite_metrics()
         self.model, self.data = model, data
+        where = ""
+        if partial:
+            where = f", resuming in epoch {partial['epoch']} after step {partial['step']}"
+        elif start_epoch:
+            where = f", resuming after epoch {start_epoch}"
         self.log(f"{model.describe()} on {data.dataset.name} ({len(data.y_train)} train, "
                  f"{len(data.y_test)} test), {cfg.epochs} epochs, batch "
-                 f"{'full' if not cfg.batch_size else cfg.batch_size}"
-                 + (f", resuming after epoch {start_epoch}" if start_epoch else ""))  # fmt: skip
+                 f"{'full' if not cfg.batch_size else cfg.batch_size}{where}")  # fmt: skip
 
-        for epoch in range(start_epoch + 1, cfg.epochs + 1):
-            try:
-                record = self._epoch(epoch, model, loader, data)
-            except KeyboardInterrupt:
-                kept = f"epoch {epoch - 1}" if epoch > 1 else "none yet"
-                raise Interrupted(
-                    f"interrupted in epoch {epoch}; checkpoint kept: {kept} in {self.out}; "
-                    "continue with --resume"
-                ) from None
-            self.history.append(record)
-            meta = {"config": cfg.to_dict(), "epoch": epoch, "history": self.history,
-                    "rng": rng.bit_generator.state, "model": model.kind,
-                    "classes": list(data.dataset.classes),
-                    "image_shape": list(data.dataset.image_shape),
-                    "pixel_max": data.dataset.pixel_max}  # fmt: skip
-            ckpt.save(self.checkpoint_path, model.params(), model.optim_state(), meta)
-            with open(self.metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            self.log(_epoch_line(record, cfg.epochs))
+        previous_handler = self._catch_sigint()
+        try:
+            for epoch in range(start_epoch + 1, cfg.epochs + 1):
+                resume_at = (
+                    EpochProgress(**partial) if partial and partial["epoch"] == epoch else None
+                )
+                partial = None
+                try:
+                    record = self._epoch(epoch, model, loader, data, resume_at)
+                except _Pause as pause:
+                    self._save(
+                        epoch - 1, model, rng, data, partial=dataclasses.asdict(pause.progress)
+                    )
+                    raise Interrupted(
+                        f"stopped in epoch {epoch} after step {pause.progress.step} of {len(loader)}; "
+                        f"saved to {self.checkpoint_path}; continue with --resume"
+                    ) from None
+                except KeyboardInterrupt:  # a second Ctrl-C, mid-step: nothing consistent to save
+                    kept = f"epoch {epoch - 1}" if epoch > 1 else "none yet"
+                    raise Interrupted(
+                        f"interrupted in epoch {epoch}; checkpoint kept: {kept} in {self.out}; "
+                        "continue with --resume"
+                    ) from None
+                self.history.append(record)
+                self._save(epoch, model, rng, data)
+                with open(self.metrics_path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                self.log(_epoch_line(record, cfg.epochs))
+                if self._stop and epoch < cfg.epochs:
+                    raise Interrupted(
+                        f"stopped after epoch {epoch}; saved to {self.checkpoint_path}; "
+                        "continue with --resume"
+                    )
+        finally:
+            self._restore_sigint(previous_handler)
         final = self.history[-1] if self.history else self._evaluate_only(model, data)
         return final
+
+    def request_stop(self) -> None:
+        """Stop after the current step, save, and raise :class:`Interrupted` (what Ctrl-C does)."""
+        self._stop = True
+
+    def _catch_sigint(self) -> Any:
+        """First Ctrl-C: stop cleanly after the current step. Second: stop at once."""
+        self._stop = False
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        previous = signal.getsignal(signal.SIGINT)
+
+        def handler(signum: int, frame: Any) -> None:
+            if self._stop:
+                raise KeyboardInterrupt
+            self._stop = True
+            self.log("stopping after this step to save; press Ctrl-C again to stop at once")
+
+        signal.signal(signal.SIGINT, handler)
+        return previous
+
+    def _restore_sigint(self, previous: Any) -> None:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+    def _save(self, epochs_done: int, model: Any, rng: np.random.Generator, data: Prepared,
+              partial: dict[str, Any] | None = None) -> None:  # fmt: skip
+        meta: dict[str, Any] = {
+            "config": self.cfg.to_dict(),
+            "epoch": epochs_done,
+            "history": self.history,
+            "rng": rng.bit_generator.state,
+            "model": model.kind,
+            "classes": list(data.dataset.classes),
+            "image_shape": list(data.dataset.image_shape),
+            "pixel_max": data.dataset.pixel_max,
+        }
+        if partial is not None:
+            meta["partial"] = partial
+        ckpt.save(self.checkpoint_path, model.params(), model.optim_state(), meta)
 
     def _evaluate_only(self, model: Any, data: Prepared) -> dict[str, Any]:
         ev = evaluate(model, data.x_test, data.y_test)
@@ -519,21 +603,35 @@ class Trainer:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in self.history))
         os.replace(tmp, self.metrics_path)
 
-    def _epoch(self, epoch: int, model: Any, loader: DataLoader, data: Prepared) -> dict[str, Any]:
+    def _epoch(self, epoch: int, model: Any, loader: DataLoader, data: Prepared,
+               resume_at: EpochProgress | None = None) -> dict[str, Any]:  # fmt: skip
         t0 = time.perf_counter()
-        loss_sum, correct, seen = 0.0, 0, 0
-        batches: Iterable = loader
+        if resume_at is None:
+            rng_start = copy.deepcopy(loader.rng.bit_generator.state)
+            start, loss_sum, correct, seen, before = 0, 0.0, 0, 0, 0.0
+            batches: Iterable = loader.batches()
+        else:
+            # Same permutation as the interrupted epoch: replay it from the saved state.
+            rng_start = resume_at.rng_epoch_start
+            order = None
+            if loader.shuffle:
+                replay = np.random.default_rng()
+                replay.bit_generator.state = rng_start
+                order = replay.permutation(len(loader.labels))
+            start, loss_sum, correct = resume_at.step, resume_at.loss_sum, resume_at.correct
+            seen, before = resume_at.seen, resume_at.seconds
+            batches = loader.batches(order=order, start_batch=start)
         bar = None
         if self.progress:
             try:
                 from tqdm import tqdm
 
-                bar = tqdm(loader, total=len(loader), desc=f"epoch {epoch}/{self.cfg.epochs}",
+                bar = tqdm(batches, total=len(loader), initial=start, desc=f"epoch {epoch}/{self.cfg.epochs}",
                            leave=False, unit="batch", file=sys.stderr)  # fmt: skip
                 batches = bar
             except ImportError:
                 pass
-        for step, (xb, yb) in enumerate(batches):
+        for step, (xb, yb) in enumerate(batches, start=start):
             if self.step_hook is not None:
                 self.step_hook(epoch, step)
             loss, ok = model.train_step(xb, yb)
@@ -549,7 +647,13 @@ class Trainer:
             seen += len(yb)
             if bar is not None and step % 20 == 0:
                 bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.2%}")
-        seconds = time.perf_counter() - t0
+            if self._stop and step + 1 < len(loader):
+                # Between steps, before the next batch is drawn: everything is consistent.
+                if bar is not None:
+                    bar.close()
+                raise _Pause(EpochProgress(epoch, step + 1, loss_sum, correct, seen,
+                                           before + time.perf_counter() - t0, rng_start))  # fmt: skip
+        seconds = before + time.perf_counter() - t0
         test = evaluate(model, data.x_test, data.y_test)
         record: dict[str, Any] = {
             "epoch": epoch,

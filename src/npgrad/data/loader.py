@@ -105,10 +105,20 @@ class DataLoader:
         return len(self) * self.batch_size if self.drop_last else len(self.labels)
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        return self.batches()
+
+    def batches(
+        self, order: np.ndarray | None = None, start_batch: int = 0
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """One epoch of batches; ``order``/``start_batch`` continue an interrupted epoch.
+
+        Without ``order`` a new permutation is drawn from ``rng`` (when shuffling).
+        """
         n = len(self.labels)
-        order = self.rng.permutation(n) if self.shuffle else None
+        if order is None and self.shuffle:
+            order = self.rng.permutation(n)
         full_pass = order is None and not self.shift
-        for start in range(0, n, self.batch_size):
+        for start in range(start_batch * self.batch_size, n, self.batch_size):
             stop = start + self.batch_size
             if stop > n and self.drop_last:
                 break
