@@ -171,6 +171,8 @@ def validate(cfg: Config) -> None:
         cfg.dtype in ("float32", "float64"), f"dtype must be float32 or float64, got {cfg.dtype!r}"
     )
     need(all(h > 0 for h in cfg.hidden), f"hidden sizes must be positive, got {cfg.hidden}")
+    inits = ("he", "kaiming", "glorot", "xavier", "normal")
+    need(cfg.init in inits, f"unknown init {cfg.init!r}: use he, glorot or normal")
     if cfg.preset == "exercise" or cfg.optimizer == "gd":
         need(len(cfg.hidden) == 1, "the exercise's network has exactly one hidden layer")
         need(cfg.activation == "relu", "the exercise's network uses relu")  # fmt: skip
