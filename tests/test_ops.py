@@ -22,7 +22,7 @@ def test_table_has_every_op_the_brief_names():
     wanted = {
         "matmul", "add", "sub", "mul", "div", "neg", "pow", "exp", "log", "relu",
         "sigmoid", "tanh", "softmax", "log_softmax", "sum", "mean", "max", "reshape",
-        "transpose", "concatenate", "getitem", "cross_entropy",
+        "transpose", "concatenate", "getitem", "cross_entropy", "linear",
     }  # fmt: skip
     assert wanted <= set(ops.OPS)
 

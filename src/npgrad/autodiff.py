@@ -400,6 +400,12 @@ def matmul(a: Any, b: Any) -> Tensor:
     return apply(ops.Matmul, a, _lift(b, a))
 
 
+def linear(x: Any, w: Any, b: Any) -> Tensor:
+    """``x @ w + b`` as one fused node (see :class:`npgrad.ops.Linear`)."""
+    x = as_tensor(x)
+    return apply(ops.Linear, x, _lift(w, x), _lift(b, x))
+
+
 def add(a: Any, b: Any) -> Tensor:
     a = as_tensor(a)
     return apply(ops.Add, a, _lift(b, a))

@@ -277,6 +277,13 @@ def op_case(name: str, rng: np.random.Generator, shape: Sequence[int] = (3, 4)) 
         a = rng.standard_normal(two[:-2] + (n, k))
         b = rng.standard_normal((k, m))
         return OpCase(name, f"{a.shape} @ {b.shape}", [a, b], T.matmul, lambda a, b: a @ b)
+    if name == "linear":
+        n, k = two[-2], two[-1]
+        m = int(rng.integers(1, 5))
+        a = rng.standard_normal(two[:-2] + (n, k))
+        w, b = rng.standard_normal((k, m)), rng.standard_normal((m,))
+        return OpCase(name, f"{a.shape} @ {w.shape} + {b.shape}", [a, w, b], T.linear,
+                      lambda a, w, b: a @ w + b)  # fmt: skip
     if name == "add":
         return binary(lambda a, b: a + b, lambda a, b: a + b)
     if name == "sub":

@@ -160,8 +160,9 @@ class Linear(Module):
         self.bias = Parameter(np.zeros(out_features, dtype=dtype)) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
-        y = T.matmul(x, self.weight)
-        return y + self.bias if self.bias is not None else y
+        if self.bias is None:
+            return T.matmul(x, self.weight)
+        return T.linear(x, self.weight, self.bias)
 
     def __repr__(self) -> str:
         return f"Linear({self.in_features}, {self.out_features}, bias={self.bias is not None})"

@@ -146,6 +146,34 @@ class Matmul(Op):
         return ga, gb
 
 
+class Linear(Op):
+    r"""Affine map :math:`Y = XW + \mathbf{1} b^T` (a dense layer), fused into one node.
+
+    Derivation (docs/derivations.md#linear): it is a matmul followed by a
+    broadcast add, :math:`dY = dX\,W + X\,dW + \mathbf{1}\,db^T`, so the gradients
+    are :math:`G W^T`, :math:`X^T G` (:class:`Matmul`'s vjp, called, not restated)
+    and :math:`G^T\mathbf{1}` (:class:`Add`'s :math:`G`, summed over the batch by the
+    engine's single broadcasting rule). Fusing saves a graph node and adds the
+    bias in place into the fresh product, which matters at small batch sizes.
+    """
+
+    name = "linear"
+
+    @staticmethod
+    def forward(x: Array, w: Array, b: Array) -> tuple[Array, Any]:
+        y, saved = Matmul.forward(x, w)
+        if np.result_type(y, b) == y.dtype:
+            y += b  # y is a fresh product: nobody else holds it
+        else:
+            y = y + b
+        return y, saved
+
+    @staticmethod
+    def vjp(saved: Any, g: Array, needs: tuple[bool, ...] = (True, True, True)) -> Grads:
+        gx, gw = Matmul.vjp(saved, g, needs[:2])
+        return gx, gw, (g if needs[2] else None)
+
+
 # --------------------------------------------------------------------------- element-wise binary
 
 
