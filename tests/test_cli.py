@@ -198,3 +198,24 @@ def test_resume_keeps_the_stored_epochs_unless_given(capsys, tmp_path):
     assert "ignoring lr" in captured.err
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]
+
+
+def test_validation_split_is_reported(capsys, tmp_path):
+    code, out, _ = run(
+        capsys,
+        "train",
+        "-d",
+        "digits",
+        "-e",
+        "2",
+        "--val",
+        "0.2",
+        "-o",
+        str(tmp_path),
+        "--json",
+        "-q",
+    )
+    summary = json.loads(out)
+    assert code == 0 and 0 < summary["val_accuracy"] <= 1
+    record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert "val_loss" in record and "val_accuracy" in record

@@ -67,7 +67,10 @@ def curves(history: list[dict[str, Any]], path: str | os.PathLike, title: str = 
                     (epochs[-1], 100 * history[-1]["test_accuracy"]), textcoords="offset points",
                     xytext=(-60, -18))  # fmt: skip
     ax_acc.axhline(100 * best["test_accuracy"], color="grey", lw=0.5, ls=":")
+    from matplotlib.ticker import MaxNLocator
+
     for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.grid(alpha=0.3)
         ax.legend()
     if title:
