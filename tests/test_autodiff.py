@@ -153,3 +153,11 @@ def test_scalar_constants_do_not_upcast_float32():
     x = npgrad.tensor(np.ones(3, dtype=np.float32), requires_grad=True)
     assert (x * 0.1 + 1).dtype == np.float32
     assert (0.5 / (x + 1.0)).dtype == np.float32
+
+
+def test_float64_probability_targets_keep_float32_backward():
+    x = npgrad.tensor(np.ones((2, 3), np.float32), requires_grad=True)
+    h = x * 2.0
+    h.retain_grad()
+    npgrad.cross_entropy(h, np.full((2, 3), 1 / 3)).backward()
+    assert h.grad.dtype == np.float32 and x.grad.dtype == np.float32

@@ -534,7 +534,8 @@ class CrossEntropy(Op):
             d = s.copy()
             d[np.arange(d.shape[0]), target] -= 1
         else:
-            d = s * target.sum(axis=1, keepdims=True) - target
+            # in the logits' dtype: a float64 target must not upcast the whole backward pass
+            d = (s * target.sum(axis=1, keepdims=True) - target).astype(s.dtype, copy=False)
         d *= g * scale
         return (d,)
 
