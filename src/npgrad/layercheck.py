@@ -154,10 +154,9 @@ def _inputs_for(
     return xs
 
 
-def _as_tuple(g: Any, n: int) -> tuple:
-    if isinstance(g, (tuple, list)):
-        return tuple(g)
-    return (g,) if n == 1 else (g,)
+def _as_tuple(g: Any) -> tuple:
+    """backward's result as a tuple: one gradient per input."""
+    return tuple(g) if isinstance(g, (tuple, list)) else (g,)
 
 
 def _run(instance_factory: Any, xs: list[np.ndarray], g: np.ndarray | None = None) -> Any:
@@ -240,10 +239,10 @@ def _reference_compare(name: str, factory: Any, xs: list[np.ndarray], g: np.ndar
         return {}
     out: dict[str, str] = {}
     y, grads = _run(factory, xs, g)
-    grads = _as_tuple(grads, len(xs))
+    grads = _as_tuple(grads)
     ref = ref_cls()
     ry = ref.forward(*[x.copy() for x in xs])
-    rg = _as_tuple(ref.backward(g.copy()), len(xs))
+    rg = _as_tuple(ref.backward(g.copy()))
     out["npgrad"] = _verdict(y, ry, grads, rg)
     if use_torch:
         try:
@@ -333,13 +332,13 @@ def check_layer(
         return LayerReport(
             name, False, shape_list, error="backward failed: " + _user_frame(exc, source)
         )
-    grads = _as_tuple(grads, len(xs))
+    grads = _as_tuple(grads)
     if len(grads) != len(xs):
         return LayerReport(name, False, shape_list,
                            error=f"forward takes {len(xs)} input(s) but backward returned {len(grads)} gradient(s)")  # fmt: skip
     try:
         _, local = _run(factory, xs, np.ones_like(y))
-        local = _as_tuple(local, len(xs))
+        local = _as_tuple(local)
     except Exception:
         local = (None,) * len(xs)
     results = []

@@ -566,7 +566,7 @@ class Trainer:
             return None
         previous = signal.getsignal(signal.SIGINT)
 
-        def handler(signum: int, frame: Any) -> None:
+        def handler(_signum: int, _frame: Any) -> None:
             if self._stop:
                 raise KeyboardInterrupt
             self._stop = True
