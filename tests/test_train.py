@@ -135,6 +135,20 @@ def test_exercise_preset_matches_an_independent_computation(mnist10k, tmp_path):
     np.testing.assert_allclose(params["W2"], model.W2, rtol=1e-10, atol=1e-12)
 
 
+def test_exercise_preset_matches_the_exercise_for_all_50_epochs(mnist10k):
+    from npgrad.train import ExerciseModel
+
+    ours = ExerciseModel(make_config("exercise"), 784, 10)
+    theirs = naive.make_model(naive)(ours.W1.copy(), ours.W2.copy())
+    x = naive.add_ones_column(mnist10k.train_images / 255.0)
+    onehot = np.eye(10)[mnist10k.train_labels]
+    for _ in range(50):
+        naive.train_one_step(theirs, x, onehot, 1e-5)
+        ours.train_step(x, mnist10k.train_labels)
+    for a, b in ((ours.W1, theirs.W1), (ours.W2, theirs.W2)):
+        assert np.max(np.abs(a - b)) / np.max(np.abs(b)) < 1e-10
+
+
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     trainer = quiet(small_cfg(), tmp_path)
 
