@@ -72,11 +72,12 @@ def test_ctrl_c_mid_epoch_saves_and_resume_equals_uninterrupted(tmp_path):
         if epoch == 2 and step == 5:
             os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, handled by the trainer
 
+    before = signal.getsignal(signal.SIGINT)
     with pytest.raises(Interrupted, match="stopped in epoch 2 after step 6 of 23; saved to"):
         quiet(small_cfg(), tmp_path / "b", step_hook=ctrl_c).fit()
     meta = final_state(tmp_path / "b")[2]
     assert meta["epoch"] == 1 and meta["partial"]["step"] == 6
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is before  # the caller's handler is restored
     quiet(small_cfg(), tmp_path / "b").fit(resume=True)
     assert len(assert_same_run(tmp_path / "a", tmp_path / "b")) == 3
 
