@@ -383,6 +383,9 @@ class EpochProgress:
     rng_epoch_start: dict  # generator state before this epoch's permutation
 
 
+_NOT_INSTALLED = object()
+
+
 class _Pause(Exception):
     def __init__(self, progress: EpochProgress) -> None:
         self.progress = progress
@@ -563,8 +566,10 @@ class Trainer:
         """First Ctrl-C: stop cleanly after the current step. Second: stop at once."""
         self._stop = False
         if threading.current_thread() is not threading.main_thread():
-            return None
+            return _NOT_INSTALLED  # signals can only be caught in the main thread
         previous = signal.getsignal(signal.SIGINT)
+        if previous is None:  # installed outside Python: restore the default afterwards
+            previous = signal.SIG_DFL
 
         def handler(_signum: int, _frame: Any) -> None:
             if self._stop:
@@ -576,7 +581,7 @@ class Trainer:
         return previous
 
     def _restore_sigint(self, previous: Any) -> None:
-        if previous is not None:
+        if previous is not _NOT_INSTALLED:
             signal.signal(signal.SIGINT, previous)
 
     def _save(self, epochs_done: int, model: Any, rng: np.random.Generator, data: Prepared,
