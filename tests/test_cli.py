@@ -163,7 +163,11 @@ def test_corrupted_checkpoint_after_training_is_refused_and_left_intact(
 def test_predict_bad_image(capsys, digits_run, tmp_path):
     (tmp_path / "x.png").write_text("not an image")
     np.save(tmp_path / "big.npy", np.zeros((28, 28)))
+    bad = np.zeros((8, 8))
+    bad[3, 3] = np.nan
+    np.save(tmp_path / "nan.npy", bad)
     for name, msg in (("x.png", "not a readable image"), ("big.npy", "model expects 8x8"),
+                      ("nan.npy", "NaN or infinite"),
                       ("none.png", "no such image file")):  # fmt: skip
         code, _, err = run_catching_exit(capsys, ["predict", str(digits_run), str(tmp_path / name)])
         assert code == 2 and msg in err, err
@@ -219,3 +223,12 @@ def test_validation_split_is_reported(capsys, tmp_path):
     assert code == 0 and 0 < summary["val_accuracy"] <= 1
     record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     assert "val_loss" in record and "val_accuracy" in record
+
+
+def test_zero_epochs_still_writes_a_usable_checkpoint(capsys, tmp_path):
+    code, out, _ = run(
+        capsys, "train", "-d", "digits", "-e", "0", "-o", str(tmp_path), "--json", "-q"
+    )
+    summary = json.loads(out)
+    assert code == 0 and summary["epochs"] == 0 and (tmp_path / "checkpoint.npz").is_file()
+    assert main(["evaluate", str(tmp_path)]) == 0

@@ -416,6 +416,8 @@ def load_image(path: str, shape: tuple[int, int], pixel_max: float) -> np.ndarra
                 f"{path}: array of shape {raw.shape}, the model expects {shape[0]}x{shape[1]}"
             )
         a = raw.reshape(shape).astype(np.float64)
+        if not np.isfinite(a).all():
+            raise ConfigError(f"{path}: contains NaN or infinite pixel values")
         if np.issubdtype(raw.dtype, np.integer) or a.max() > 1.0:
             # integer pixels count 0..pixel_max as in training (0..255 if larger)
             a = a / (pixel_max if a.max() <= pixel_max else 255.0)

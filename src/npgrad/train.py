@@ -555,6 +555,8 @@ class Trainer:
                     )
         finally:
             self._restore_sigint(previous_handler)
+        if not self.checkpoint_path.exists():  # zero epochs: keep the initial model usable
+            self._save(0, model, rng, data)
         final = self.history[-1] if self.history else self._evaluate_only(model, data)
         return final
 
