@@ -115,6 +115,25 @@ def _backward(
     return [t.grad if t.grad is not None else np.zeros_like(t.data) for t in ts]
 
 
+def numeric_jacobian(f: Callable[[], Any], x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """Central differences: the (out.size, x.size) Jacobian of ``f()`` with respect to ``x``.
+
+    ``f`` takes no arguments and reads ``x``, which is perturbed in place one
+    element at a time and restored afterwards.
+    """
+    flat = x.reshape(-1)  # a view: writing it perturbs x
+    columns = []
+    for j in range(flat.size):
+        old = flat[j]
+        flat[j] = old + eps
+        plus = np.array(f(), dtype=np.float64)
+        flat[j] = old - eps
+        minus = np.array(f(), dtype=np.float64)
+        flat[j] = old
+        columns.append(((plus - minus) / (2 * eps)).ravel())
+    return np.stack(columns, axis=1) if columns else np.zeros((0, 0))
+
+
 def gradcheck(
     fn: Callable[..., Any],
     *inputs: Any,
@@ -153,16 +172,7 @@ def gradcheck(
             for i, g in enumerate(_backward(fn, arrays, e.reshape(y0.shape))):
                 analytic[i][k] = g.ravel()
         for i, a in enumerate(arrays):
-            numeric = np.zeros((y0.size, a.size))
-            flat = a.reshape(-1)
-            for j in range(a.size):
-                old = flat[j]
-                flat[j] = old + eps
-                plus = _evaluate(fn, arrays)
-                flat[j] = old - eps
-                minus = _evaluate(fn, arrays)
-                flat[j] = old
-                numeric[:, j] = ((plus - minus) / (2 * eps)).ravel()
+            numeric = numeric_jacobian(lambda: _evaluate(fn, arrays), a, eps)
             results.append(_compare(i, a.shape, numeric, analytic[i], atol, rtol, full=True))
     else:
         rng = np.random.default_rng(seed)

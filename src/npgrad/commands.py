@@ -442,6 +442,7 @@ def load_image(path: str, shape: tuple[int, int], pixel_max: float) -> np.ndarra
 def cmd_predict(args: argparse.Namespace) -> int:
     import json
 
+    from . import ops
     from .train import load_for_inference
 
     model, meta = load_for_inference(args.checkpoint)
@@ -450,8 +451,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     x = np.stack([load_image(p, shape, meta.get("pixel_max", 255.0)) for p in args.images])
     dtype = np.dtype(meta["config"]["dtype"])
     lp = model.log_probs(x.reshape(len(x), -1).astype(dtype))
-    probs = np.exp(lp - lp.max(axis=1, keepdims=True))
-    probs /= probs.sum(axis=1, keepdims=True)
+    probs = ops.Softmax.forward(lp, axis=1)[0]  # renormalises the exercise's log(s + eps) too
     for path, pr in zip(args.images, probs):
         order = np.argsort(-pr)[: args.top]
         if args.json:

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from . import checkpoint as ckpt
-from . import layers, nn, optim
+from . import layers, nn, ops, optim
 from .autodiff import Tensor, cross_entropy, no_grad
 from .data import DataLoader, Dataset, load_dataset, split_validation, to_float
 from .errors import CheckpointError, ConfigError, NpgradError, TrainingDiverged
@@ -229,9 +229,7 @@ class NetModel:
             self.net.train()
 
     def log_probs(self, x: np.ndarray) -> np.ndarray:
-        z = self.logits(x)
-        z = z - z.max(axis=1, keepdims=True)
-        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        return ops.LogSoftmax.forward(self.logits(x), axis=1)[0]
 
     def params(self) -> dict[str, np.ndarray]:
         return self.net.state_dict()

@@ -338,11 +338,10 @@ def download_file(
             log(f"npgrad: {spec.name} from {mirror} failed: {reason}{more}")
         finally:
             tmp.unlink(missing_ok=True)
-    err = DownloadError(
-        f"could not download {spec.name}: " + "; ".join(f"{m}: {r}" for m, r in failures)
+    raise DownloadError(
+        f"could not download {spec.name}: " + "; ".join(f"{m}: {r}" for m, r in failures),
+        failures,
     )
-    err.failures = failures
-    raise err
 
 
 def _copy_hashing(
@@ -382,7 +381,9 @@ def _progress_bar(total: int, desc: str, enabled: bool | None):  # noqa: ANN202
 class DownloadError(DatasetError):
     """Every mirror failed; ``failures`` lists (mirror, reason) pairs."""
 
-    failures: list[tuple[str, str]] = []
+    def __init__(self, message: str, failures: list[tuple[str, str]]) -> None:
+        super().__init__(message)
+        self.failures = failures
 
 
 @dataclass
@@ -497,15 +498,14 @@ def load_dataset(
     mirrors: Sequence[str] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> Dataset:
-    download_allowed = download
     """Find ``name`` locally (see the module docstring for the order) or download it."""
     ds, attempts = locate(name, data_dir)
     if ds is not None:
         return ds
     key = ALIASES.get(name.lower(), name.lower())
     looked = "; ".join(f"{a.where} ({a.result})" for a in attempts)
-    download = ""
-    if download_allowed:
+    failed = ""
+    if download:
         try:
             fetch(key, mirrors=mirrors, log=log)
             ds, more = locate(key, data_dir)
@@ -516,11 +516,11 @@ def load_dataset(
             hosts = ", ".join(
                 f"{urllib.parse.urlsplit(m).netloc or m} ({r})" for m, r in exc.failures
             )
-            download = f" Download failed from every mirror: {hosts}."
+            failed = f" Download failed from every mirror: {hosts}."
         except DatasetError as exc:
-            download = f" Download failed: {exc}."
+            failed = f" Download failed: {exc}."
     raise DatasetError(
-        f"{key} not found. Looked in: {looked}.{download} Put the four .gz files in "
+        f"{key} not found. Looked in: {looked}.{failed} Put the four .gz files in "
         f"{cache_root() / key}, pass --dataset DIR (any folder with the four IDX files), or "
         "set NPGRAD_MIRRORS to a mirror you can reach; '--dataset digits' works offline"
     )
