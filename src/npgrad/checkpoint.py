@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .errors import CheckpointError
+from .fileio import atomic_write
 
 FORMAT = "npgrad-checkpoint-1"
 
@@ -42,17 +42,8 @@ def save(path: str | os.PathLike, params: dict[str, np.ndarray], optim: dict[str
     for k, v in meta.items():
         arrays[f"meta/{k}"] = np.array(json.dumps(v))
     arrays["meta/digest"] = np.array(_digest(arrays))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        np.savez(f, **arrays)
     return path
 
 

@@ -46,3 +46,31 @@ class ConfigError(NpgradError, ValueError):
 
 class TrainingDiverged(NpgradError, FloatingPointError):
     """The loss became NaN or infinite."""
+
+
+class Interrupted(NpgradError):
+    """Training stopped by Ctrl-C; the message says what was saved and how to resume."""
+
+
+class RunLocked(ConfigError):
+    """Another process is training in the same run directory."""
+
+
+class DownloadError(DatasetError):
+    """Every mirror failed; ``failures`` lists (mirror, reason) pairs."""
+
+    def __init__(self, message: str, failures: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.failures = failures or []
+
+
+class LayerCheckError(NpgradError):
+    """The user's file could not be loaded or holds no layer classes."""
+
+
+class GraphvizMissing(NpgradError):
+    """Rendering needs Graphviz's ``dot`` program."""
+
+
+class ImageError(ConfigError):
+    """An image given to ``predict`` cannot be read or is not a picture of a digit."""

@@ -16,11 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from .autodiff import Tensor
-from .errors import NpgradError
-
-
-class GraphvizMissing(NpgradError):
-    """Rendering needs Graphviz's ``dot`` program."""
+from .errors import GraphvizMissing, NpgradError
 
 
 def _walk(root: Tensor) -> list[Tensor]:

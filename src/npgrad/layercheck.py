@@ -31,7 +31,7 @@ import numpy as np
 
 from . import layers as reference_layers
 from .check import numeric_jacobian
-from .errors import NpgradError
+from .errors import LayerCheckError
 
 EPS = 1e-6
 ATOL, RTOL = 1e-6, 1e-4
@@ -113,10 +113,6 @@ class LayerReport:
             "<table><tr><th>gradient</th><th>max abs err</th><th>max rel err</th><th></th>"
             f"<th>diagnosis</th></tr>{rows}</table><ul>{extra}</ul></div>"
         )
-
-
-class LayerCheckError(NpgradError):
-    """The user's file could not be loaded or holds no layer classes."""
 
 
 def _user_frame(exc: BaseException, filename: str | None) -> str:

@@ -29,7 +29,6 @@ import hashlib
 import http.client
 import os
 import sys
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -41,7 +40,8 @@ from typing import IO
 
 import numpy as np
 
-from ..errors import ChecksumError, DatasetError, IDXFormatError
+from ..errors import ChecksumError, DatasetError, DownloadError, IDXFormatError
+from ..fileio import atomic_write
 from .idx import parse_idx, read_bytes
 
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
@@ -312,18 +312,15 @@ def download_file(
     dest_dir.mkdir(parents=True, exist_ok=True)
     failures: list[tuple[str, str]] = []
     for k, mirror in enumerate(mirrors):
-        fd, tmp_name = tempfile.mkstemp(dir=dest_dir, prefix=f".{spec.name}.", suffix=".part")
-        tmp = Path(tmp_name)
         try:
-            with os.fdopen(fd, "wb") as out:
+            with atomic_write(dest) as out:  # moved into place only if verified
                 digest = _copy_hashing(mirror, spec, out, timeout, progress)
-            size = tmp.stat().st_size
-            if size != spec.size or digest != spec.sha256:
-                raise ChecksumError(
-                    f"corrupt download ({size} bytes, SHA-256 {digest[:12]}..., "
-                    f"expected {spec.size} bytes, {spec.sha256[:12]}...)"
-                )
-            os.replace(tmp, dest)
+                size = out.tell()
+                if size != spec.size or digest != spec.sha256:
+                    raise ChecksumError(
+                        f"corrupt download ({size} bytes, SHA-256 {digest[:12]}..., "
+                        f"expected {spec.size} bytes, {spec.sha256[:12]}...)"
+                    )
             return dest
         except (
             OSError,
@@ -336,8 +333,6 @@ def download_file(
             failures.append((mirror, reason))
             more = "; trying the next mirror" if k + 1 < len(mirrors) else ""
             log(f"npgrad: {spec.name} from {mirror} failed: {reason}{more}")
-        finally:
-            tmp.unlink(missing_ok=True)
     raise DownloadError(
         f"could not download {spec.name}: " + "; ".join(f"{m}: {r}" for m, r in failures),
         failures,
@@ -376,14 +371,6 @@ def _progress_bar(total: int, desc: str, enabled: bool | None):  # noqa: ANN202
 
 
 # --------------------------------------------------------------------------- resolution
-
-
-class DownloadError(DatasetError):
-    """Every mirror failed; ``failures`` lists (mirror, reason) pairs."""
-
-    def __init__(self, message: str, failures: list[tuple[str, str]]) -> None:
-        super().__init__(message)
-        self.failures = failures
 
 
 @dataclass

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import gzip
 import os
-import tempfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import IDXFormatError
+from ..fileio import write_bytes
 
 # type byte -> big-endian dtype
 IDX_TYPES: dict[int, np.dtype] = {
@@ -117,17 +117,4 @@ def write_idx(path: str | os.PathLike, array: np.ndarray, compress: bool | None 
     data = idx_bytes(array)
     if compress if compress is not None else path.suffix == ".gz":
         data = gzip.compress(data, mtime=0)
-    atomic_write_bytes(path, data)
-    return path
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    return write_bytes(path, data)
