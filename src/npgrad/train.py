@@ -35,7 +35,7 @@ from . import checkpoint as ckpt
 from . import layers, nn, ops, optim
 from .autodiff import Tensor, cross_entropy, no_grad
 from .data import DataLoader, Dataset, load_dataset, split_validation, to_float
-from .errors import CheckpointError, ConfigError, NpgradError, TrainingDiverged
+from .errors import CheckpointError, ConfigError, Interrupted, TrainingDiverged
 
 # --------------------------------------------------------------------------- configuration
 
@@ -362,10 +362,6 @@ def evaluate(model: NetModel | ExerciseModel, x: np.ndarray, y: np.ndarray,
 
 
 # --------------------------------------------------------------------------- trainer
-
-
-class Interrupted(NpgradError):
-    """Training stopped by Ctrl-C; the message says what was saved and how to resume."""
 
 
 @dataclass

@@ -1,0 +1,62 @@
+"""The ``npgrad`` command line: a thin adapter over library functions.
+
+Each sub-command is one module here with ``register(sub)`` (its parser) and
+``run(args)`` (parse, call the library, print). Every user error is an
+:class:`~npgrad.errors.NpgradError`: the command prints it as one line
+(``npgrad: error: ...``) and exits with status 2. Anything else is a bug and
+keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from ..errors import Interrupted, NpgradError
+from . import check, data, evaluate, gradcheck, predict, train
+from .common import Parser, formatter
+
+COMMANDS = (train, evaluate, predict, data, gradcheck, check)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = Parser(
+        prog="npgrad",
+        formatter_class=formatter,
+        description="Neural networks in NumPy with hand-derived, checked gradients.",
+        epilog="run 'npgrad COMMAND --help' for the options and examples of each command",
+    )
+    parser.add_argument("--version", action="version", version=f"npgrad {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command in COMMANDS:
+        command.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except Interrupted as exc:
+        print(f"npgrad: {exc}", file=sys.stderr)
+        return 130
+    except NpgradError as exc:
+        print(f"npgrad: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # output piped into head & co.: not an error
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt:
+        print("npgrad: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""``npgrad gradcheck``: every built-in op checked numerically and against PyTorch."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .common import formatter
+
+EPILOG_GRADCHECK = """\
+examples:
+  npgrad gradcheck                     check every built-in op
+  npgrad gradcheck --op softmax --op matmul
+  npgrad gradcheck --no-torch --cases 5 --seed 1
+"""
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..check import TORCH_RTOL, check_ops, torch_available
+
+    use_torch = torch_available() and not args.no_torch
+    results = check_ops(
+        args.op or None, seed=args.seed, use_torch=use_torch, cases_per_op=args.cases
+    )
+    header = f"{'op':<14} {'case':<42} {'numeric abs err':>15} {'torch fwd':>10} {'torch bwd':>10}  result"
+    print(header)
+    print("-" * len(header))
+
+    def fmt(e: float | None) -> str:
+        return "-" if e is None else f"{e:.1e}"
+
+    for r in results:
+        print(
+            f"{r.op:<14} {r.label[:42]:<42} {r.numeric.max_abs_error:>15.1e} "
+            f"{fmt(r.torch_forward_error):>10} {fmt(r.torch_backward_error):>10}  "
+            f"{'ok' if r.passed else 'FAIL'}"
+        )
+    failed = [r for r in results if not r.passed]
+    ops = len({r.op for r in results})
+    torch_note = (
+        f"and against PyTorch autograd (relative tolerance {TORCH_RTOL:g})"
+        if use_torch
+        else "(PyTorch not installed: numerical checks only)"
+    )
+    print(
+        f"\n{len(results) - len(failed)}/{len(results)} cases of {ops} ops passed, numerically {torch_note}"
+    )
+    if failed:
+        print("FAILED: " + ", ".join(sorted({r.op for r in failed})), file=sys.stderr)
+        return 1
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "gradcheck",
+        help="check every built-in op's gradient numerically and against PyTorch",
+        description=(
+            "Check the backward pass of every op in the op table: against central\n"
+            "differences in float64 and, when PyTorch is installed, against PyTorch\n"
+            "autograd (forward and backward). One row per case; exit status 1 if any fails."
+        ),
+        epilog=EPILOG_GRADCHECK,
+        formatter_class=formatter,
+    )
+    p.add_argument("--op", action="append", metavar="NAME", help="check only this op (repeatable)")
+    p.add_argument("--cases", type=int, default=3, help="random cases per op (default 3)")
+    p.add_argument("--seed", type=int, default=0, help="random seed for the inputs (default 0)")
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    p.set_defaults(func=run)
