@@ -1,14 +1,22 @@
 r"""The op table: every differentiable operation, defined exactly once.
 
-An op is a class with two static methods and a docstring:
+An op is a class that registers itself in :data:`OPS` by subclassing :class:`Op`
+(here or in any other module) and has four parts:
 
-* ``forward(*arrays, **params) -> (out, saved)`` computes the output from NumPy
-  arrays and returns whatever the backward pass needs as ``saved``;
-* ``vjp(saved, g, needs) -> tuple`` maps the upstream gradient ``g`` (shape of
-  ``out``) to one gradient per array input (``None`` where ``needs`` says the
-  input does not want one);
-* the docstring derives the vjp with differentials and the trace trick, the
-  method of the exercise (see ``docs/derivations.md``, one section per op).
+* ``forward(*arrays, **params) -> (out, saved)``, a static method, computes the
+  output from NumPy arrays and returns whatever the backward pass needs as ``saved``;
+* ``vjp(saved, g, needs) -> tuple``, a static method, maps the upstream gradient
+  ``g`` (shape of ``out``) to one gradient per array input (``None`` where
+  ``needs`` says the input does not want one);
+* the docstring: a first line saying what the op computes, then the derivation
+  of the vjp with differentials and the trace trick, the method of the
+  exercise, in Markdown with GitHub math (``$...$``, ``$$...$$``). It is the only
+  copy: ``docs/derivations.md`` is generated from the docstrings by
+  ``python -m npgrad.derivations docs/derivations.md``, and a test fails when
+  that file is stale;
+* ``spec = OpSpec(...)`` (:mod:`npgrad.opspecs`): how to draw valid inputs for
+  checking it, and the same computation in PyTorch. ``npgrad gradcheck``,
+  ``npgrad check`` and the test suite use it; a test fails for an op without one.
 
 Conventions that keep each op small:
 
@@ -23,6 +31,40 @@ Conventions that keep each op small:
 Both :mod:`npgrad.layers` (the exercise's classes) and :mod:`npgrad.autodiff`
 (the autodiff tape) call these methods; there is no other copy of any
 gradient formula in npgrad.
+
+Declaring the checks of a new op (a sketch; ``x`` and ``w`` are its array
+inputs, ``stride`` a keyword parameter of its ``forward``)::
+
+    from npgrad.opspecs import KINK, REAL, Case, OpSpec
+
+    def _conv_case(d):  # d is an opspecs.Draw: d.rng, d.shape, d.size(), d.flag(), ...
+        n, c, o, k = d.size(1, 2), d.size(1, 3), d.size(1, 3), d.choice([1, 3])
+        return Case([(n, c, 6, 6), (o, c, k, k)], {"stride": d.choice([1, 2])})
+
+    class Conv2d(Op):
+        # the docstring: what it computes, then the derivation; forward and vjp as above
+        name = "conv2d"
+        spec = OpSpec(
+            draw=_conv_case,  # array shapes and forward's keyword parameters
+            domains=(REAL, REAL),  # per array input: REAL, WIDE, POSITIVE, NONZERO, KINK
+            torch=lambda t, x, w, stride=1: t.nn.functional.conv2d(x, w, stride=stride),
+        )
+
+* ``draw(d)`` returns a :class:`~npgrad.opspecs.Case`: the shape of each array
+  input and the keyword parameters for ``forward``. Without ``draw`` the op gets
+  one input of the base shape ``d.shape``; :mod:`npgrad.opspecs` has the shared
+  patterns (``broadcast_pair``, ``reduction``, ``one_axis``, ``with_params``...).
+  Non-differentiable arguments (labels, indices) are parameters, not arrays.
+* ``domains`` keeps each array input where central differences are meaningful,
+  away from kinks and poles: ``REAL`` (standard normal), ``WIDE`` (times 3,
+  saturating functions), ``POSITIVE``, ``NONZERO``, ``KINK`` (at least 0.1 from
+  0), or your own :class:`~npgrad.opspecs.Domain`. The last one repeats.
+* ``torch(torch, *tensors, **params)`` is the PyTorch twin, called with the
+  module so that nothing imports PyTorch before it is needed.
+
+The tests compare every op with a PyTorch reference of their own
+(``TORCH_REFERENCE`` in ``tests/test_ops.py``, written independently of
+``spec.torch``, so each checks the other): add the new op there too.
 """
 
 from __future__ import annotations
@@ -32,7 +74,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from . import opspecs
 from .errors import ShapeError
+from .opspecs import KINK, NONZERO, POSITIVE, REAL, WIDE, OpSpec
 
 Array = np.ndarray
 Grads = tuple[Array | None, ...]
@@ -45,6 +89,7 @@ class Op:
     """Base class of all ops. Subclasses set ``name`` and are registered."""
 
     name: ClassVar[str] = ""
+    spec: ClassVar[OpSpec | None] = None  # how to check it; see the module docstring
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -58,13 +103,19 @@ class Op:
 
 
 def unbroadcast(g: Array, shape: tuple[int, ...]) -> Array:
-    r"""Sum ``g`` (shape of a broadcast result) back to ``shape``.
+    r"""The gradient of a broadcast input: sum `g` (the shape of the result) back to `shape`.
 
-    If :math:`Y = X` broadcast along an axis, then
-    :math:`\mathrm{tr}(G^T dY) = \sum_{\text{copies}} \mathrm{tr}(G_k^T dX)`:
-    every copy of :math:`dX` meets its own slice of :math:`G`, so the gradient
-    of :math:`X` is the sum of those slices. This is the only place npgrad
-    implements that rule.
+    If $b$ is a bias row added to every row of $A$ (shape $(n, m)$), write the
+    broadcast as $\mathbf{1} b^T$ with $\mathbf{1}$ the ones vector of length $n$. Then
+
+    $$df = \mathrm{tr}(G^T \mathbf{1}\, db^T) = \mathbf{1}^T G\, db = \mathrm{tr}\big((G^T \mathbf{1})^T db\big),$$
+
+    so $\partial f / \partial b = G^T \mathbf{1}$: the column sums of $G$. In words:
+    every copy of $b$ contributes to $f$, so its gradient adds up over the copies.
+    The same holds for any axis a tensor was broadcast along. npgrad applies this
+    rule in exactly one place, `npgrad.ops.unbroadcast`, which the engine calls
+    for every op; the ops themselves return gradients in the broadcast shape of
+    their output.
     """
     if g.shape == shape:
         return g
@@ -100,21 +151,33 @@ def _expand_reduced(g: Array, axes: tuple[int, ...], keepdims: bool) -> Array:
 
 
 class Matmul(Op):
-    r"""Matrix product :math:`Y = AB` (NumPy ``@`` semantics, batched and 1-D too).
+    r"""Matrix product $Y = AB$ (NumPy `@` semantics, batched and 1-D too).
 
-    Derivation (docs/derivations.md#matmul):
-    :math:`dY = dA\,B + A\,dB`, so
+    With $A$ of shape $(n, k)$ and $B$ of shape $(k, m)$, the product rule gives
 
-    .. math::
-        df = \mathrm{tr}(G^T dA\,B) + \mathrm{tr}(G^T A\,dB)
-           = \mathrm{tr}((G B^T)^T dA) + \mathrm{tr}((A^T G)^T dB),
+    $$dY = dA\,B + A\,dB,$$
 
-    using :math:`\mathrm{tr}(XY) = \mathrm{tr}(YX)`. Hence
-    :math:`\partial f/\partial A = G B^T` and :math:`\partial f/\partial B = A^T G`.
-    Batch dimensions that were broadcast are summed by the engine.
+    so
+
+    $$df = \mathrm{tr}(G^T dA\,B) + \mathrm{tr}(G^T A\,dB)
+         = \mathrm{tr}(B\,G^T dA) + \mathrm{tr}(G^T A\,dB)
+         = \mathrm{tr}\big((G B^T)^T dA\big) + \mathrm{tr}\big((A^T G)^T dB\big),$$
+
+    using $\mathrm{tr}(XY) = \mathrm{tr}(YX)$ to move $B$ to the front. Reading off:
+
+    $$\frac{\partial f}{\partial A} = G B^T, \qquad \frac{\partial f}{\partial B} = A^T G.$$
+
+    This is the exercise's composition rule $Y = AXB \Rightarrow \partial f/\partial X = A^T G B^T$
+    with one factor the identity. Shapes check: $G B^T$ is $(n,m)(m,k) = (n,k)$. For
+    a batch of matrices the same formula applies to each, and a matrix that was
+    broadcast across the batch receives the sum over the batch (see
+    [broadcasting](#broadcasting)). A 1-D operand is treated as a one-row or
+    one-column matrix. When $A$ is data (the first layer), its gradient is not
+    needed and npgrad skips that product.
     """
 
     name = "matmul"
+    spec = OpSpec(draw=opspecs.matmul_operands, torch=lambda t, a, b: a @ b)
 
     @staticmethod
     def forward(a: Array, b: Array) -> tuple[Array, Any]:
@@ -147,17 +210,24 @@ class Matmul(Op):
 
 
 class Linear(Op):
-    r"""Affine map :math:`Y = XW + \mathbf{1} b^T` (a dense layer), fused into one node.
+    r"""Affine map $Y = XW + \mathbf{1} b^T$ (a dense layer), fused into one node.
 
-    Derivation (docs/derivations.md#linear): it is a matmul followed by a
-    broadcast add, :math:`dY = dX\,W + X\,dW + \mathbf{1}\,db^T`, so the gradients
-    are :math:`G W^T`, :math:`X^T G` (:class:`Matmul`'s vjp, called, not restated)
-    and :math:`G^T\mathbf{1}` (:class:`Add`'s :math:`G`, summed over the batch by the
-    engine's single broadcasting rule). Fusing saves a graph node and adds the
-    bias in place into the fresh product, which matters at small batch sizes.
+    It is a [matmul](#matmul) followed by a broadcast [add](#add), so its
+    differential is the sum of theirs:
+
+    $$dY = dX\,W + X\,dW + \mathbf{1}\,db^T,$$
+
+    $$df = \mathrm{tr}\big((G W^T)^T dX\big) + \mathrm{tr}\big((X^T G)^T dW\big) + \mathrm{tr}\big((G^T \mathbf{1})^T db\big),$$
+
+    giving $G W^T$, $X^T G$ and the column sums $G^T \mathbf{1}$. The op computes
+    nothing new: its vjp calls matmul's and hands $G$ to the engine for the bias,
+    which sums it over the batch by the [broadcasting](#broadcasting) rule. It
+    exists because one graph node instead of two, and adding $b$ in place into the
+    fresh product $XW$, make small-batch training about 15% faster.
     """
 
     name = "linear"
+    spec = OpSpec(draw=opspecs.linear_operands, torch=lambda t, x, w, b: x @ w + b)
 
     @staticmethod
     def forward(x: Array, w: Array, b: Array) -> tuple[Array, Any]:
@@ -178,14 +248,15 @@ class Linear(Op):
 
 
 class Add(Op):
-    r"""Sum :math:`Y = A + B` with broadcasting.
+    r"""Sum $Y = A + B$, with broadcasting.
 
-    Derivation (docs/derivations.md#add-and-sub): :math:`dY = dA + dB`, so
-    :math:`df = \mathrm{tr}(G^T dA) + \mathrm{tr}(G^T dB)` and both gradients
-    are :math:`G` (summed over broadcast axes by the engine).
+    $dY = dA + dB$, so $df = \mathrm{tr}(G^T dA) + \mathrm{tr}(G^T dB)$ and both
+    gradients are $G$, summed over the axes along which an input was broadcast
+    (see [broadcasting](#broadcasting)).
     """
 
     name = "add"
+    spec = OpSpec(draw=opspecs.broadcast_pair, torch=lambda t, a, b: a + b)
 
     @staticmethod
     def forward(a: Array, b: Array) -> tuple[Array, Any]:
@@ -197,13 +268,14 @@ class Add(Op):
 
 
 class Sub(Op):
-    r"""Difference :math:`Y = A - B` with broadcasting.
+    r"""Difference $Y = A - B$, with broadcasting.
 
-    Derivation (docs/derivations.md#add-and-sub): :math:`dY = dA - dB`, so the
-    gradients are :math:`G` and :math:`-G`.
+    $dY = dA - dB$, so $df = \mathrm{tr}(G^T dA) + \mathrm{tr}\big((-G)^T dB\big)$
+    and the gradients are $G$ and $-G$ (summed over broadcast axes, as for [add](#add)).
     """
 
     name = "sub"
+    spec = OpSpec(draw=opspecs.broadcast_pair, torch=lambda t, a, b: a - b)
 
     @staticmethod
     def forward(a: Array, b: Array) -> tuple[Array, Any]:
@@ -215,15 +287,19 @@ class Sub(Op):
 
 
 class Mul(Op):
-    r"""Element-wise product :math:`Y = A \odot B` with broadcasting.
+    r"""Element-wise product $Y = A \odot B$, with broadcasting.
 
-    Derivation (docs/derivations.md#mul): :math:`dY = dA \odot B + A \odot dB`;
-    with :math:`\mathrm{tr}(G^T(X \odot Y)) = \mathrm{tr}((G \odot X)^T Y)`,
+    $dY = dA \odot B + A \odot dB$. With
+    $\mathrm{tr}(G^T (X \odot Y)) = \mathrm{tr}((G \odot X)^T Y)$:
 
-    .. math:: df = \mathrm{tr}((G \odot B)^T dA) + \mathrm{tr}((G \odot A)^T dB).
+    $$df = \mathrm{tr}\big((G \odot B)^T dA\big) + \mathrm{tr}\big((G \odot A)^T dB\big),$$
+
+    so $\partial f/\partial A = G \odot B$ and $\partial f/\partial B = G \odot A$
+    (summed over broadcast axes by the engine).
     """
 
     name = "mul"
+    spec = OpSpec(draw=opspecs.broadcast_pair, torch=lambda t, a, b: a * b)
 
     @staticmethod
     def forward(a: Array, b: Array) -> tuple[Array, Any]:
@@ -236,14 +312,21 @@ class Mul(Op):
 
 
 class Div(Op):
-    r"""Element-wise quotient :math:`Y = A \oslash B` with broadcasting.
+    r"""Element-wise quotient $Y = A \oslash B$, with broadcasting.
 
-    Derivation (docs/derivations.md#div): :math:`dY = dA \oslash B - A \odot dB \oslash B^{2}`,
-    so :math:`\partial f/\partial A = G \oslash B` and
-    :math:`\partial f/\partial B = -G \odot A \oslash B^{2} = -G \odot Y \oslash B`.
+    Since $d(1/B) = -dB \oslash B^{2}$,
+
+    $$dY = dA \oslash B - A \odot dB \oslash B^{2},$$
+
+    $$df = \mathrm{tr}\big((G \oslash B)^T dA\big) - \mathrm{tr}\big((G \odot A \oslash B^{2})^T dB\big),$$
+
+    so $\partial f / \partial A = G \oslash B$ and
+    $\partial f / \partial B = -G \odot A \oslash B^{2} = -(G \oslash B) \odot Y$. npgrad
+    saves $Y$ and reuses $G \oslash B$ for both.
     """
 
     name = "div"
+    spec = OpSpec(draw=opspecs.broadcast_pair, domains=(REAL, NONZERO), torch=lambda t, a, b: a / b)
 
     @staticmethod
     def forward(a: Array, b: Array) -> tuple[Array, Any]:
@@ -261,10 +344,13 @@ class Div(Op):
 
 
 class Neg(Op):
-    r"""Negation :math:`Y = -X`: :math:`dY = -dX`, so the gradient is :math:`-G`
-    (docs/derivations.md#neg)."""
+    r"""Negation $Y = -X$.
+
+    $dY = -dX$, so $df = \mathrm{tr}\big((-G)^T dX\big)$ and the gradient is $-G$.
+    """
 
     name = "neg"
+    spec = OpSpec(torch=lambda t, x: -x)
 
     @staticmethod
     def forward(x: Array) -> tuple[Array, Any]:
@@ -276,13 +362,18 @@ class Neg(Op):
 
 
 class Pow(Op):
-    r"""Power with a constant exponent :math:`Y = X^{p}` (element-wise).
+    r"""Power with a constant exponent, $Y = X^{p}$ element-wise.
 
-    Derivation (docs/derivations.md#pow): :math:`dY = p X^{p-1} \odot dX`, so
-    :math:`\partial f/\partial X = p\, G \odot X^{p-1}`.
+    $dY = p X^{p-1} \odot dX$, so $df = \mathrm{tr}\big((p\, G \odot X^{p-1})^T dX\big)$
+    and $\partial f/\partial X = p\, G \odot X^{p-1}$.
     """
 
     name = "pow"
+    spec = OpSpec(
+        draw=opspecs.with_params(p=(2.0, 3.0, -1.0, 0.5, 1.5)),
+        domains=(POSITIVE,),
+        torch=lambda t, x, p=2.0: x**p,
+    )
 
     @staticmethod
     def forward(x: Array, p: float = 2.0) -> tuple[Array, Any]:
@@ -295,13 +386,17 @@ class Pow(Op):
 
 
 class Exp(Op):
-    r"""Exponential :math:`Y = \exp(X)`.
+    r"""Exponential $Y = \exp(X)$, element-wise.
 
-    Derivation (docs/derivations.md#exp): :math:`dY = \exp(X) \odot dX = Y \odot dX`,
-    so :math:`\partial f/\partial X = G \odot Y`. The output is saved, not recomputed.
+    $dY = \exp(X) \odot dX = Y \odot dX$, so $df = \mathrm{tr}\big((G \odot Y)^T dX\big)$
+    and $\partial f/\partial X = G \odot Y$. The forward's output is saved and
+    reused, not recomputed. (The exercise's worked example $f = a^T \exp(Xb)$
+    follows: $df = a^T (\exp(Xb) \odot dX\,b) = \mathrm{tr}(b\,(a \odot \exp(Xb))^T dX)$,
+    so $\partial f/\partial X = (a \odot \exp(Xb))\, b^T$.)
     """
 
     name = "exp"
+    spec = OpSpec(torch=lambda t, x: t.exp(x))
 
     @staticmethod
     def forward(x: Array) -> tuple[Array, Any]:
@@ -314,17 +409,17 @@ class Exp(Op):
 
 
 class Log(Op):
-    r"""Natural logarithm :math:`Y = \log(X + \epsilon)` (``eps`` defaults to 0).
+    r"""Natural logarithm $Y = \log(X + \epsilon)$, element-wise (`eps` defaults to 0).
 
-    Derivation (docs/derivations.md#log): :math:`dY = dX \oslash (X + \epsilon)`, so
-    :math:`\partial f/\partial X = G \oslash (X + \epsilon)`.
-
-    Non-positive inputs give ``nan``/``-inf`` without raising, as NumPy, PyTorch
-    and TensorFlow do, so checks against frameworks compare like with like. The
-    exercise's ``Log`` layer uses ``eps = 1e-12``.
+    $dY = dX \oslash (X + \epsilon)$, so $df = \mathrm{tr}\big((G \oslash (X + \epsilon))^T dX\big)$
+    and $\partial f/\partial X = G \oslash (X + \epsilon)$. The exercise's `Log`
+    layer uses $\epsilon = 10^{-12}$. Non-positive inputs give NaN or $-\infty$ (and
+    gradients $\pm\infty$) without raising, as NumPy, PyTorch and TensorFlow do, so
+    checks against frameworks compare like with like.
     """
 
     name = "log"
+    spec = OpSpec(domains=(POSITIVE,), torch=lambda t, x, eps=0.0: t.log(x + eps))
 
     @staticmethod
     def forward(x: Array, eps: float = 0.0) -> tuple[Array, Any]:
@@ -339,14 +434,17 @@ class Log(Op):
 
 
 class Relu(Op):
-    r"""Rectifier :math:`Y = \max(X, 0)` (element-wise).
+    r"""Rectifier $Y = \max(X, 0)$, element-wise.
 
-    Derivation (docs/derivations.md#relu): :math:`dY = \mathbb{1}[X>0] \odot dX`, so
-    :math:`\partial f/\partial X = G \odot \mathbb{1}[X>0]`. The mask is read off the
-    output (:math:`Y>0 \iff X>0`), so nothing beyond the output is kept.
+    $dY = \mathbb{1}[X > 0] \odot dX$, so $df = \mathrm{tr}\big((G \odot \mathbb{1}[X > 0])^T dX\big)$
+    and $\partial f/\partial X = G \odot \mathbb{1}[X > 0]$: the upstream gradient
+    passes where the unit was active and is blocked where it was not. The mask
+    equals $\mathbb{1}[Y > 0]$, so only the output is kept. At exactly $0$ the
+    derivative is taken as $0$ (as in PyTorch).
     """
 
     name = "relu"
+    spec = OpSpec(domains=(KINK,), torch=lambda t, x: t.relu(x))
 
     @staticmethod
     def forward(x: Array) -> tuple[Array, Any]:
@@ -359,13 +457,17 @@ class Relu(Op):
 
 
 class Sigmoid(Op):
-    r"""Logistic function :math:`Y = 1/(1+\exp(-X))`, computed without overflow.
+    r"""Logistic function $Y = \sigma(X) = 1/(1 + e^{-X})$, element-wise.
 
-    Derivation (docs/derivations.md#sigmoid): :math:`dY = Y \odot (1-Y) \odot dX`, so
-    :math:`\partial f/\partial X = G \odot Y \odot (1 - Y)`.
+    From $\sigma' = \sigma(1-\sigma)$: $dY = Y \odot (1 - Y) \odot dX$, so
+    $df = \mathrm{tr}\big((G \odot Y \odot (1 - Y))^T dX\big)$ and
+    $\partial f/\partial X = G \odot Y \odot (1 - Y)$. The forward computes
+    $e^{-|x|}$ and picks the algebraically equal form for each sign, so it never
+    overflows.
     """
 
     name = "sigmoid"
+    spec = OpSpec(domains=(WIDE,), torch=lambda t, x: t.sigmoid(x))
 
     @staticmethod
     def forward(x: Array) -> tuple[Array, Any]:
@@ -380,13 +482,15 @@ class Sigmoid(Op):
 
 
 class Tanh(Op):
-    r"""Hyperbolic tangent :math:`Y = \tanh(X)`.
+    r"""Hyperbolic tangent $Y = \tanh(X)$, element-wise.
 
-    Derivation (docs/derivations.md#tanh): :math:`dY = (1 - Y^{2}) \odot dX`, so
-    :math:`\partial f/\partial X = G \odot (1 - Y^{2})`.
+    From $\tanh' = 1 - \tanh^2$: $dY = (1 - Y \odot Y) \odot dX$, so
+    $df = \mathrm{tr}\big((G \odot (1 - Y \odot Y))^T dX\big)$ and
+    $\partial f/\partial X = G \odot (1 - Y \odot Y)$.
     """
 
     name = "tanh"
+    spec = OpSpec(torch=lambda t, x: t.tanh(x))
 
     @staticmethod
     def forward(x: Array) -> tuple[Array, Any]:
@@ -402,28 +506,37 @@ class Tanh(Op):
 
 
 class Softmax(Op):
-    r"""Softmax over ``axis``: :math:`s = e^{x} / (\sum_j e^{x_j} + \epsilon)` per row.
+    r"""Softmax over `axis`: $s = e^{x} / (\mathbf{1}^T e^{x} + \epsilon)$ for each row $x$.
 
-    Computed as :math:`e^{x-m} / (\sum_j e^{x_j-m} + \epsilon e^{-m})` with
-    :math:`m` the row maximum: algebraically identical (so the exercise's
-    ``eps = 1e-12`` version is reproduced wherever it is finite) but it never
-    overflows.
+    Take one row $x \in \mathbb{R}^c$ and $s = e^{x} / S$ with $S = \mathbf{1}^T e^{x} + \epsilon$
+    ($\epsilon = 0$ for the op, $10^{-12}$ in the exercise's layer). Then
+    $dS = \mathbf{1}^T (e^x \odot dx) = e^{xT} dx$ and
 
-    Derivation (docs/derivations.md#softmax): for one row, with
-    :math:`S = \sum_j e^{x_j} + \epsilon`,
-    :math:`ds = s \odot dx - s\,(s^T dx)` (the :math:`\epsilon` only enters through
-    :math:`s`). Then
+    $$ds = \frac{e^x \odot dx}{S} - \frac{e^x}{S^2}\, dS = s \odot dx - s\,(s^T dx).$$
 
-    .. math::
-        df = g^T ds = (g \odot s)^T dx - (g^T s)(s^T dx)
-           = \big(s \odot (g - (g^T s)\mathbf{1})\big)^T dx,
+    With upstream gradient $g$ for the row:
 
-    so :math:`\partial f/\partial x = s \odot (g - \langle g, s \rangle)`. This is the
-    product of the Jacobian :math:`\mathrm{diag}(s) - s s^T` with :math:`g`, computed
-    in :math:`O(c)` per row instead of building the :math:`(N, c, c)` Jacobian.
+    $$df = g^T ds = (g \odot s)^T dx - (g^T s)(s^T dx) = \big(s \odot g - (g^T s)\, s\big)^T dx,$$
+
+    so
+
+    $$\frac{\partial f}{\partial x} = s \odot \big(g - \langle g, s\rangle \mathbf{1}\big).$$
+
+    In matrix form this is $J^T g$ with the Jacobian $J = \mathrm{diag}(s) - s s^T$. The
+    exercise built $J$ for every row, an $(N, c, c)$ tensor, and multiplied; the
+    formula above never forms it: two element-wise products and one row sum,
+    $O(Nc)$ time and memory instead of $O(Nc^2)$.
+
+    *Stability.* npgrad computes $e^{x - m} / (\mathbf{1}^T e^{x-m} + \epsilon e^{-m})$ with $m$
+    the row maximum. Multiplying numerator and denominator by $e^{-m}$ changes
+    nothing mathematically, so results agree with the exercise's formula wherever
+    that is finite, but $e^{x-m} \le 1$ cannot overflow.
     """
 
     name = "softmax"
+    spec = OpSpec(
+        draw=opspecs.one_axis, domains=(WIDE,), torch=lambda t, x, axis=-1: t.softmax(x, dim=axis)
+    )
 
     @staticmethod
     def forward(x: Array, axis: int = -1, eps: float = 0.0) -> tuple[Array, Any]:
@@ -446,16 +559,23 @@ class Softmax(Op):
 
 
 class LogSoftmax(Op):
-    r"""Log-softmax over ``axis``: :math:`y = x - m - \log\sum_j e^{x_j - m}` (stable).
+    r"""Log-softmax over `axis`: $y = x - \mathbf{1}\,\mathrm{lse}(x)$ for each row $x$, computed stably.
 
-    Derivation (docs/derivations.md#log_softmax): :math:`y = x - \mathbf{1}\,\mathrm{lse}(x)`
-    and :math:`d\,\mathrm{lse}(x) = s^T dx` with :math:`s = \mathrm{softmax}(x)`, so
-    :math:`dy = dx - \mathbf{1}\, s^T dx` and
+    Here $\mathrm{lse}(x) = \log \mathbf{1}^T e^{x}$. Since
+    $d\,\mathrm{lse} = e^{xT} dx / \mathbf{1}^T e^x = s^T dx$ (with $s$ the [softmax](#softmax)),
 
-    .. math:: df = g^T dx - (g^T\mathbf{1})(s^T dx) = (g - s\, \textstyle\sum_j g_j)^T dx.
+    $$dy = dx - \mathbf{1}\, s^T dx, \qquad df = g^T dx - (g^T \mathbf{1})(s^T dx) = \big(g - s \textstyle\sum_j g_j\big)^T dx,$$
+
+    so $\partial f/\partial x = g - s \sum_j g_j$. Computed with the row maximum $m$
+    subtracted: $y = (x - m) - \log \mathbf{1}^T e^{x - m}$.
     """
 
     name = "log_softmax"
+    spec = OpSpec(
+        draw=opspecs.one_axis,
+        domains=(WIDE,),
+        torch=lambda t, x, axis=-1: t.log_softmax(x, dim=axis),
+    )
 
     @staticmethod
     def forward(x: Array, axis: int = -1) -> tuple[Array, Any]:
@@ -470,26 +590,44 @@ class LogSoftmax(Op):
 
 
 class CrossEntropy(Op):
-    r"""Fused, stable softmax cross-entropy of logits ``x`` (N, C) against ``target``.
+    r"""Fused, stable softmax cross-entropy of logits $X$ $(N, C)$ against targets $T$.
 
-    ``target`` is either integer class indices (N,) or a one-hot/probability
-    matrix T (N, C). Per row, :math:`\ell = -\sum_j T_j \log s_j` with
-    :math:`s = \mathrm{softmax}(x)`; ``reduction="mean"`` divides the sum over rows
-    by N, ``"sum"`` does not.
+    `target` is either integer class indices $(N,)$, meaning one-hot rows, or a
+    one-hot or probability matrix $(N, C)$. With $s_i = \mathrm{softmax}(x_i)$ for row $i$,
 
-    Derivation (docs/derivations.md#cross_entropy): :math:`\log s = x - \mathbf{1}\,\mathrm{lse}(x)`,
-    so :math:`\ell = -T^T x + (T^T\mathbf{1})\,\mathrm{lse}(x)` and, with
-    :math:`d\,\mathrm{lse} = s^T dx`,
+    $$\ell = -\sum_i t_i^T \log s_i, \qquad \log s_i = x_i - \mathbf{1}\,\mathrm{lse}(x_i),$$
 
-    .. math:: d\ell = \big(-T + (T^T \mathbf{1})\, s\big)^T dx.
+    and `reduction="mean"` divides $\ell$ by $N$ (`"sum"` does not). Per row,
+    $\ell_i = -t_i^T x_i + (t_i^T \mathbf{1})\,\mathrm{lse}(x_i)$ and with
+    $d\,\mathrm{lse} = s^T dx$ (see [log_softmax](#log_softmax)):
 
-    For a one-hot or probability row :math:`T^T\mathbf{1} = 1` and the gradient is
-    :math:`s - T`; with the mean over N rows it is :math:`(S - T)/N`. Fusing avoids
-    both the :math:`\log 0` of a separate softmax and log and the Jacobian of softmax.
-    The upstream gradient :math:`g` is a scalar and simply scales the result.
+    $$d\ell_i = \big(-t_i + (t_i^T\mathbf{1})\, s_i\big)^T dx_i.$$
+
+    For one-hot or probability rows $t_i^T \mathbf{1} = 1$, so the gradient is $s_i - t_i$.
+    Stacked, $\partial \ell/\partial X = S - T$, and with `reduction="mean"`
+
+    $$\frac{\partial \ell}{\partial X} = \frac{S - T}{N}.$$
+
+    The upstream gradient $g$ is a scalar, $df = g\, d\ell$, and simply scales the result.
+
+    **Why fuse.** Chaining softmax, log and a dot product computes the same
+    gradient through $\log(s)$ and the softmax Jacobian: $g_s = -t \oslash s$, then
+    $s \odot (g_s - \langle g_s, s\rangle) = -t + s\,(t^T\mathbf{1})$. The terms
+    cancel analytically, but numerically $t \oslash s$ overflows when $s$
+    underflows to $0$, which is why the exercise needed $\epsilon = 10^{-12}$ in both
+    `Softmax` and `Log` (and why its loss is capped near $-\log 10^{-12} \approx 27.6$).
+    The fused op computes $\log s$ by the stable log-softmax and the gradient as
+    $S - T$ directly: no division, no $\epsilon$, no Jacobian.
     """
 
     name = "cross_entropy"
+    spec = OpSpec(
+        draw=opspecs.class_targets,
+        domains=(WIDE,),
+        torch=lambda t, x, target, reduction="mean": t.nn.functional.cross_entropy(
+            x, t.as_tensor(target), reduction=reduction
+        ),
+    )
 
     @staticmethod
     def forward(
@@ -544,14 +682,23 @@ class CrossEntropy(Op):
 
 
 class Sum(Op):
-    r"""Sum over ``axis`` (all axes when None), optionally keeping dims.
+    r"""Sum over `axis` (all axes when None), optionally keeping the reduced axes.
 
-    Derivation (docs/derivations.md#sum): :math:`y = \mathbf{1}^T X` gives
-    :math:`df = g^T \mathbf{1}^T dX = \mathrm{tr}((\mathbf{1} g^T)^T dX)`: every input
-    element receives the gradient of the sum it fell into (a broadcast of :math:`g`).
+    For a full sum $y = \mathbf{1}^T X \mathbf{1}$,
+    $dy = \mathbf{1}^T dX\, \mathbf{1} = \mathrm{tr}\big((\mathbf{1}\mathbf{1}^T)^T dX\big)$,
+    and with upstream $g$ the gradient is $g\,\mathbf{1}\mathbf{1}^T$: every element
+    receives $g$. For a sum over rows, $y^T = \mathbf{1}^T X$ and
+    $df = \mathbf{1}^T dX\, g = \mathrm{tr}(g\,\mathbf{1}^T dX) = \mathrm{tr}\big((\mathbf{1} g^T)^T dX\big)$:
+    each element receives the $g$ of the column sum it fell into. In general:
+    re-insert the reduced axes and broadcast $g$ back to the input's shape. (Sum
+    and broadcasting are adjoint: each one's vjp is the other.)
     """
 
     name = "sum"
+    spec = OpSpec(
+        draw=opspecs.reduction,
+        torch=lambda t, x, axis=None, keepdims=False: x.sum(dim=axis, keepdim=keepdims),
+    )
 
     @staticmethod
     def forward(
@@ -567,14 +714,18 @@ class Sum(Op):
 
 
 class Mean(Op):
-    r"""Mean over ``axis``: the sum divided by the number :math:`n` of reduced elements.
+    r"""Mean over `axis`: the sum divided by the number $n$ of reduced elements.
 
-    Derivation (docs/derivations.md#mean): :math:`y = \tfrac{1}{n}\mathbf{1}^T X`, so
-    :math:`df = \tfrac{1}{n} g^T \mathbf{1}^T dX = \mathrm{tr}((\tfrac{1}{n}\mathbf{1} g^T)^T dX)`:
-    each element receives :math:`g/n`.
+    For a mean over rows, $y^T = \tfrac{1}{n}\mathbf{1}^T X$ and
+    $df = \tfrac{1}{n}\mathbf{1}^T dX\, g = \mathrm{tr}\big((\tfrac{1}{n}\mathbf{1} g^T)^T dX\big)$:
+    as for [sum](#sum) with a factor $1/n$, each element receives $g/n$.
     """
 
     name = "mean"
+    spec = OpSpec(
+        draw=opspecs.reduction,
+        torch=lambda t, x, axis=None, keepdims=False: x.mean(dim=axis, keepdim=keepdims),
+    )
 
     @staticmethod
     def forward(
@@ -591,16 +742,20 @@ class Mean(Op):
 
 
 class Max(Op):
-    r"""Maximum over ``axis`` (all axes when None), optionally keeping dims.
+    r"""Maximum over `axis` (all axes when None), optionally keeping the reduced axes.
 
-    Derivation (docs/derivations.md#max): locally :math:`y = x_k` for the arg-max
-    :math:`k`, so :math:`dy = dx_k` and the gradient is :math:`g` at the arg-max and 0
-    elsewhere. At ties the max is not differentiable; npgrad splits :math:`g`
-    equally among the tied elements (the subgradient ``torch.amax`` uses), which
-    is the average of the one-sided derivatives.
+    Locally (no ties) $y = x_k$ for the position $k$ of the maximum, so $dy = dx_k$,
+    $df = g\, dx_k$, and the gradient is $g$ at the arg-max and $0$ elsewhere: a
+    mask, like relu's. At a tie the max is not differentiable; npgrad divides $g$
+    equally among the tied positions, the average of the one-sided derivatives and
+    what `torch.amax` does.
     """
 
     name = "max"
+    spec = OpSpec(
+        draw=opspecs.reduction,
+        torch=lambda t, x, axis=None, keepdims=False: x.amax(dim=axis, keepdim=keepdims),
+    )
 
     @staticmethod
     def forward(
@@ -623,10 +778,15 @@ class Max(Op):
 
 
 class Reshape(Op):
-    r"""Reshape: :math:`\mathrm{vec}(Y) = \mathrm{vec}(X)`, so :math:`df = \mathrm{vec}(G)^T \mathrm{vec}(dX)`
-    and the gradient is :math:`G` reshaped back (docs/derivations.md#reshape)."""
+    r"""Reshape: the same elements under a new shape.
+
+    $\mathrm{vec}(Y) = \mathrm{vec}(X)$: reshaping only relabels elements, so
+    $df = \mathrm{vec}(G)^T \mathrm{vec}(dX)$ and the gradient is $G$ reshaped to
+    $X$'s shape.
+    """
 
     name = "reshape"
+    spec = OpSpec(draw=opspecs.new_shape, torch=lambda t, x, shape=(-1,): x.reshape(shape))
 
     @staticmethod
     def forward(x: Array, shape: tuple[int, ...] = (-1,)) -> tuple[Array, Any]:
@@ -641,12 +801,19 @@ class Reshape(Op):
 
 
 class Transpose(Op):
-    r"""Axis permutation (reversal when ``axes`` is None). For matrices
-    :math:`d(X^T) = (dX)^T` and :math:`\mathrm{tr}(G^T dX^T) = \mathrm{tr}(G\, dX) = \mathrm{tr}((G^T)^T dX)`:
-    the gradient is :math:`G` permuted back by the inverse permutation
-    (docs/derivations.md#transpose)."""
+    r"""Axis permutation (reversal when `axes` is None).
+
+    For a matrix, $Y = X^T$: $dY = dX^T$, and
+    $df = \mathrm{tr}(G^T dX^T) = \mathrm{tr}(dX\, G) = \mathrm{tr}(G\, dX) = \mathrm{tr}\big((G^T)^T dX\big)$,
+    so the gradient is $G^T$. For a general axis permutation $\pi$, the gradient
+    is $G$ permuted by $\pi^{-1}$.
+    """
 
     name = "transpose"
+    spec = OpSpec(
+        draw=opspecs.permutation,
+        torch=lambda t, x, axes=None: x.permute(*(axes or reversed(range(x.ndim)))),
+    )
 
     @staticmethod
     def forward(x: Array, axes: tuple[int, ...] | None = None) -> tuple[Array, Any]:
@@ -658,12 +825,14 @@ class Transpose(Op):
 
 
 class Concatenate(Op):
-    r"""Concatenation along ``axis``: :math:`Y = [X_1, \dots, X_k]`, so
-    :math:`df = \sum_i \mathrm{tr}(G_i^T dX_i)` where :math:`G_i` is the block of
-    :math:`G` that :math:`X_i` occupies: the gradient is :math:`G` split back
-    (docs/derivations.md#concatenate)."""
+    r"""Concatenation along `axis`: $Y = [X_1, X_2, \dots]$.
+
+    $df = \mathrm{tr}(G^T dY) = \sum_i \mathrm{tr}(G_i^T dX_i)$, where $G_i$ is the
+    block of $G$ in $X_i$'s position: the gradient of each input is its slice of $G$.
+    """
 
     name = "concatenate"
+    spec = OpSpec(draw=opspecs.concat_partner, torch=lambda t, *xs, axis=0: t.cat(xs, dim=axis))
 
     @staticmethod
     def forward(*xs: Array, axis: int = 0) -> tuple[Array, Any]:
@@ -677,14 +846,22 @@ class Concatenate(Op):
 
 
 class GetItem(Op):
-    r"""Indexing and slicing :math:`Y = X[\mathrm{idx}]` (basic and advanced NumPy indices).
+    r"""Indexing and slicing $Y = X[\text{idx}]$ (basic and advanced NumPy indices).
 
-    Derivation (docs/derivations.md#getitem): :math:`Y = P X` for a 0/1 selection
-    matrix :math:`P`, so :math:`\partial f/\partial X = P^T G`: scatter :math:`G` back
-    into zeros, *adding* where an index repeats (``np.add.at``).
+    The selection is linear: $\mathrm{vec}(Y) = P\,\mathrm{vec}(X)$ with $P$ a 0/1
+    selection matrix. So $df = \mathrm{vec}(G)^T P\, d\,\mathrm{vec}(X)$ and the
+    gradient is $P^T \mathrm{vec}(G)$, reshaped: scatter $G$ back into a zero array
+    at the selected positions, *adding* where an index is selected more than once
+    (NumPy's `np.add.at`), because each selection contributes to $f$ separately.
     """
 
     name = "getitem"
+    spec = OpSpec(
+        draw=opspecs.index,
+        torch=lambda t, x, index=(): x[
+            t.as_tensor(index) if isinstance(index, np.ndarray) else index
+        ],
+    )
 
     @staticmethod
     def forward(x: Array, index: Any = ()) -> tuple[Array, Any]:
