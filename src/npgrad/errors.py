@@ -74,3 +74,12 @@ class GraphvizMissing(NpgradError):
 
 class ImageError(ConfigError):
     """An image given to ``predict`` cannot be read or is not a picture of a digit."""
+
+
+class DatasetContentError(DatasetError, ValueError):
+    """Well-formed data that cannot be right: labels outside the classes, empty or mismatched
+    splits, pixels outside their range; the message names the file, the index and the value."""
+
+
+class BlankImageError(ImageError):
+    """An image holds no digit: uniform, fully transparent, or only specks of noise."""
