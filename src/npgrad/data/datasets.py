@@ -20,6 +20,27 @@
 
 When everything fails, one :class:`DatasetError` says what was tried and how
 to supply the files.
+
+Nothing read is trusted. Every :class:`Dataset` checks itself when built
+(:meth:`Dataset.validate`): both splits non-empty, images and labels in equal
+numbers, train and test images of one shape, integer labels within the
+classes, pixels within ``[0, pixel_max]``; a refusal names the file, the first
+bad index and its value.
+
+Where the classes come from: a standard dataset recognised by content (below)
+has its official 10 classes and names. Any other directory has the classes
+``0 .. K-1`` with ``K`` the highest *training* label plus one (at least 2);
+the test labels must fall within them. ``K`` above :data:`MAX_CLASSES` (1000),
+or a ``K`` of which fewer than half the classes occur in training (one corrupt
+label byte of 255 among the digits 0-9), is refused as a corrupt label; pass
+``num_classes=`` to :func:`load_dataset` to state the count instead.
+
+:attr:`Dataset.family` names the standard dataset the data *is*, whatever it
+was called: ``"mnist"`` or ``"fashion-mnist"`` when the test split is
+byte-for-byte the official test set (the SHA-256 of its decompressed labels,
+then images: about 10 ms), so Debian's Fashion-MNIST given as a directory, or
+the 10k subset of MNIST's training set with the official test set, are
+recognised; ``"digits"`` for the embedded set; ``None`` otherwise.
 """
 
 from __future__ import annotations
@@ -29,6 +50,8 @@ import hashlib
 import http.client
 import os
 import sys
+import tempfile
+import textwrap
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -40,9 +63,14 @@ from typing import IO
 
 import numpy as np
 
-from ..errors import ChecksumError, DatasetError, DownloadError, IDXFormatError
+from ..errors import (
+    ChecksumError,
+    DatasetContentError,
+    DatasetError,
+    DownloadError,
+)
 from ..fileio import atomic_write
-from .idx import parse_idx, read_bytes
+from .idx import idx_header, read_idx
 
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
          "t10k-labels-idx1-ubyte")  # fmt: skip
@@ -126,9 +154,19 @@ ALIASES = {"fashion": "fashion-mnist", "fashion_mnist": "fashion-mnist", "fmnist
 NAMES = ("digits", *DATASETS)
 
 
+MAX_CLASSES = 1000
+SPLIT_PARTS = ("training images", "training labels", "test images", "test labels")
+
+
 @dataclass
 class Dataset:
-    """Train and test images (uint8, N x H x W) with integer labels, and where they came from."""
+    """Train and test images (N x H x W) with integer labels, and where they came from.
+
+    ``family`` is the standard dataset recognised by content (``"mnist"``,
+    ``"fashion-mnist"``, ``"digits"``) or None; ``files`` names the four
+    sources (train images, train labels, test images, test labels) for error
+    messages. The dataset validates itself when built (:meth:`validate`).
+    """
 
     name: str
     train_images: np.ndarray
@@ -139,6 +177,11 @@ class Dataset:
     pixel_max: float = 255.0
     classes: tuple[str, ...] = tuple(str(i) for i in range(10))
     notes: list[str] = field(default_factory=list)
+    family: str | None = None
+    files: tuple[str, ...] = SPLIT_PARTS
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     @property
     def image_shape(self) -> tuple[int, ...]:
@@ -148,11 +191,105 @@ class Dataset:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def validate(self) -> None:
+        """Refuse data that is well-formed but cannot be right (:class:`DatasetContentError`).
+
+        Each split non-empty with as many labels as images; images 3-D (N, H, W),
+        train and test of one shape; labels integers in ``0 .. num_classes-1``;
+        pixels finite and within ``[0, pixel_max]``. Costs one pass over the labels
+        (and over the pixels unless they are bytes with ``pixel_max >= 255``).
+        """
+        f = self.files
+        splits = ((self.train_images, self.train_labels, f[0], f[1], "training"),
+                  (self.test_images, self.test_labels, f[2], f[3], "test"))  # fmt: skip
+        for images, labels, fi, fl, split in splits:
+            if np.ndim(images) != 3:
+                raise DatasetContentError(
+                    f"{fi}: images must be 3-D (count, height, width), got shape {np.shape(images)}"
+                )
+            if np.ndim(labels) != 1:
+                raise DatasetContentError(f"{fl}: labels must be 1-D, got shape {np.shape(labels)}")
+            if len(images) != len(labels):
+                raise DatasetContentError(
+                    f"{fi} holds {len(images)} images but {fl} holds {len(labels)} labels"
+                )
+            if not len(labels):
+                raise DatasetContentError(f"{fl}: the {split} split is empty (0 examples)")
+        if self.train_images.shape[1:] != self.test_images.shape[1:]:
+            raise DatasetContentError(
+                f"{f[0]} holds {_hw(self.train_images)} images but {f[2]} holds "
+                f"{_hw(self.test_images)} images: train and test must have one shape"
+            )
+        if 0 in self.image_shape:
+            raise DatasetContentError(
+                f"{f[0]}: images of {_hw(self.train_images)} pixels are empty"
+            )
+        if len(self.classes) < 1:
+            raise DatasetContentError(f"{self.name}: no classes")
+        for labels, fl in ((self.train_labels, f[1]), (self.test_labels, f[3])):
+            check_labels(labels, self.num_classes, fl)
+        for images, fi in ((self.train_images, f[0]), (self.test_images, f[2])):
+            _check_pixels(images, self.pixel_max, fi)
+
     def __repr__(self) -> str:
         return (
             f"Dataset({self.name!r}, train={len(self.train_labels)}, "
             f"test={len(self.test_labels)}, image={self.image_shape}, source={self.source!r})"
         )
+
+
+def _hw(images: np.ndarray) -> str:
+    return "x".join(str(d) for d in images.shape[1:])
+
+
+def _first(mask: np.ndarray) -> int:
+    return int(np.flatnonzero(mask)[0])
+
+
+def check_labels(labels: np.ndarray, num_classes: int, where: str = "labels") -> None:
+    """Refuse labels that are not integers in ``0 .. num_classes-1``, naming the first bad one.
+
+    For callers holding labels from elsewhere (a checkpoint's class count, an
+    evaluation set): ``where`` names their source in the message.
+    """
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu":
+        raise DatasetContentError(f"{where}: labels must be integers, got {labels.dtype}")
+    if not labels.size:
+        return
+    bad = (labels < 0) | (labels >= num_classes)
+    if bad.any():
+        i = _first(bad)
+        raise DatasetContentError(
+            f"{where}: label {labels[i]} at index {i} is outside the {num_classes} classes "
+            f"(0..{num_classes - 1})"
+        )
+
+
+def _check_pixels(images: np.ndarray, pixel_max: float, where: str) -> None:
+    if images.dtype.kind not in "uif":
+        raise DatasetContentError(f"{where}: pixels must be numbers, got {images.dtype}")
+    if images.dtype == np.uint8 and pixel_max >= 255:
+        return  # bytes cannot be out of range: skip the pass over the pixels
+    if images.dtype.kind == "f":
+        finite = np.isfinite(images)
+        if not finite.all():
+            i = _first(~finite.ravel())
+            raise DatasetContentError(
+                f"{where}: pixel {images.ravel()[i]} (image {i // _per_image(images)}) "
+                "is not a finite number"
+            )
+    bad = (images < 0) | (images > pixel_max)
+    if bad.any():
+        i = _first(bad.ravel())
+        raise DatasetContentError(
+            f"{where}: pixel value {images.ravel()[i]:g} (image {i // _per_image(images)}) "
+            f"is outside 0..{pixel_max:g}"
+        )
+
+
+def _per_image(images: np.ndarray) -> int:
+    return max(1, int(np.prod(images.shape[1:])))
 
 
 # --------------------------------------------------------------------------- locations
@@ -187,71 +324,142 @@ def _find_file(directory: Path, stem: str) -> Path | None:
 
 
 def is_idx_dir(path: str | os.PathLike) -> bool:
-    p = Path(path)
+    """Whether ``path`` is a directory holding the four IDX files (False if unreadable)."""
+    try:
+        return _holds_idx_files(Path(path))
+    except OSError:
+        return False
+
+
+def _holds_idx_files(p: Path) -> bool:
     return p.is_dir() and all(_find_file(p, stem) for stem in FILES)
 
 
-def _verify(path: Path, spec: FileSpec) -> None:
-    """Check a local file against the official gzip SHA-256, or its content's SHA-256."""
-    raw = path.read_bytes()
-    if hashlib.sha256(raw).hexdigest() == spec.sha256:
-        return
+def _verify(path: Path, spec: FileSpec, content: np.ndarray) -> None:
+    """Check a local file against the official gzip SHA-256, or its content's SHA-256.
+
+    ``content`` is the array already read from ``path`` (bounded, exact length):
+    its IDX serialisation is the file's decompressed content, so a re-compressed
+    copy (Debian's) is verified without inflating the file a second time.
+    """
+    try:
+        with open(path, "rb") as f:
+            if hashlib.file_digest(f, "sha256").hexdigest() == spec.sha256:
+                return
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     if spec.raw_sha256 is None:
         raise ChecksumError(
             f"{path}: SHA-256 differs from the official {spec.name} and its decompressed "
             "content cannot be verified here"
         )
-    content = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
-    if hashlib.sha256(content).hexdigest() != spec.raw_sha256:
+    if _content_sha256(content) != spec.raw_sha256:
         raise ChecksumError(f"{path}: content differs from the official {spec.name}")
 
 
-def _load_idx_dir(directory: Path, name: str, spec: DatasetSpec | None, source: str) -> Dataset:
+def _content_sha256(array: np.ndarray) -> str | None:
+    """SHA-256 of ``array`` as a byte IDX file's content (None if it is not bytes)."""
+    if array.dtype != np.uint8:
+        if array.dtype.kind not in "iu" or not array.size or array.min() < 0 or array.max() > 255:
+            return None
+        array = array.astype(np.uint8)
+    h = hashlib.sha256(idx_header(array))
+    h.update(np.ascontiguousarray(array).data)
+    return h.hexdigest()
+
+
+def recognise(test_images: np.ndarray, test_labels: np.ndarray) -> str | None:
+    """The standard dataset whose official test set this is, by content, or None.
+
+    Hashes the labels first (10 kB) and the images only when those match.
+    """
+    labels = _content_sha256(np.asarray(test_labels))
+    for spec in DATASETS.values():
+        if labels is not None and labels == spec.files[3].raw_sha256:
+            if _content_sha256(np.asarray(test_images)) == spec.files[2].raw_sha256:
+                return spec.name
+    return None
+
+
+def _load_idx_dir(
+    directory: Path,
+    name: str,
+    spec: DatasetSpec | None,
+    source: str,
+    num_classes: int | None = None,
+) -> Dataset:
     paths = []
     for stem in FILES:
         found = _find_file(directory, stem)
         if found is None:
             raise DatasetError(f"{directory}: missing {stem}.gz (or {stem})")
         paths.append(found)
+    arrays = [read_idx(p, ndim=3 if "images" in p.name else 1) for p in paths]
     if spec is not None:
-        for p, fs in zip(paths, spec.files):
-            _verify(p, fs)
-    arrays = [parse_idx(read_bytes(p), str(p), ndim=3 if "images" in p.name else 1) for p in paths]
-    return _assemble(name, arrays, paths, source, spec)
+        for p, fs, a in zip(paths, spec.files, arrays):
+            _verify(p, fs, a)
+    return _assemble(name, arrays, [str(p) for p in paths], source, num_classes)
+
+
+def _infer_classes(labels: np.ndarray, where: str) -> int:
+    """The class count of a dataset of unknown origin: highest training label + 1 (see above)."""
+    check_labels(labels, np.iinfo(np.int64).max, where)  # integers, none negative
+    k = int(labels.max()) + 1
+    if k > MAX_CLASSES:
+        i = int(np.argmax(labels >= MAX_CLASSES))
+        raise DatasetContentError(
+            f"{where}: label {labels[i]} at index {i} would make more than {MAX_CLASSES} "
+            "classes: a corrupt label? (pass num_classes= to load_dataset if intended)"
+        )
+    present = np.count_nonzero(np.bincount(labels.astype(np.int64), minlength=k))
+    if k > 2 and 2 * present < k:
+        i = int(np.argmax(labels))
+        raise DatasetContentError(
+            f"{where}: label {labels[i]} at index {i} would make {k} classes, but only "
+            f"{present} of them occur in training: a corrupt label? (pass num_classes= to "
+            "load_dataset if this is intended)"
+        )
+    return max(k, 2)
 
 
 def _assemble(
     name: str,
     arrays: list[np.ndarray],
-    paths: Sequence[object],
+    files: Sequence[str],
     source: str,
-    spec: DatasetSpec | None,
+    num_classes: int | None = None,
 ) -> Dataset:
-    tri, trl, tei, tel = arrays
-    for images, labels, pi, pl in ((tri, trl, paths[0], paths[1]), (tei, tel, paths[2], paths[3])):
-        if len(images) != len(labels):
-            raise IDXFormatError(
-                f"{pi} holds {len(images)} images but {pl} holds {len(labels)} labels"
-            )
-    if tri.shape[1:] != tei.shape[1:]:
-        raise IDXFormatError(f"train images are {tri.shape[1:]} but test images {tei.shape[1:]}")
-    n_classes = int(max(trl.max(initial=0), tel.max(initial=0))) + 1
-    classes = spec.classes if spec else tuple(str(i) for i in range(max(n_classes, 2)))
-    return Dataset(name, tri, trl.astype(np.int64), tei, tel.astype(np.int64), source,
-                   classes=classes)  # fmt: skip
+    """A validated :class:`Dataset` from the four arrays, its classes and family found."""
+    tri, trl, tei, tel = (np.asarray(a) for a in arrays)
+    family = recognise(tei, tel)
+    if family is not None:
+        classes = DATASETS[family].classes
+    else:
+        if num_classes is None and trl.ndim == 1 and trl.size:
+            num_classes = _infer_classes(trl, files[1])
+        classes = tuple(str(i) for i in range(num_classes or 2))
+    ds = Dataset(name, tri, trl, tei, tel, source, classes=classes, family=family,
+                 files=tuple(files))  # fmt: skip
+    # widened once validated, so that a bad dtype is reported as it was stored
+    ds.train_labels, ds.test_labels = trl.astype(np.int64), tel.astype(np.int64)
+    return ds
 
 
 def _load_keras_npz(path: Path, spec: DatasetSpec) -> Dataset:
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    try:
+        with open(path, "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     if spec.keras_npz_sha256 and digest != spec.keras_npz_sha256:
         raise ChecksumError(f"{path}: SHA-256 differs from Keras' official {spec.keras_npz}")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = [z["x_train"], z["y_train"], z["x_test"], z["y_test"]]
-    except (ValueError, KeyError, OSError, zipfile.BadZipFile) as exc:
+    except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise DatasetError(f"{path}: not a readable Keras dataset file ({exc})") from None
     names = [f"{path}[{k}]" for k in ("x_train", "y_train", "x_test", "y_test")]
-    return _assemble(spec.name, arrays, names, f"keras: {path}", spec)
+    return _assemble(spec.name, arrays, names, f"keras: {path}")
 
 
 def digits() -> Dataset:
@@ -266,7 +474,8 @@ def digits() -> Dataset:
     table = np.loadtxt(gzip.decompress(raw).decode().splitlines(), delimiter=",", dtype=np.uint8)
     images, labels = table[:, :64].reshape(-1, 8, 8), table[:, 64].astype(np.int64)
     return Dataset("digits", images[:1437], labels[:1437], images[1437:], labels[1437:],
-                   source="embedded in npgrad (UCI ML digits, CC BY 4.0)", pixel_max=16.0)  # fmt: skip
+                   source="embedded in npgrad (UCI ML digits, CC BY 4.0)", pixel_max=16.0,
+                   family="digits")  # fmt: skip
 
 
 # --------------------------------------------------------------------------- download
@@ -308,8 +517,14 @@ def download_file(
     tried. Nothing partial is left behind, even on Ctrl-C.
     """
     log = log or (lambda msg: print(msg, file=sys.stderr))
+    dest_dir = Path(dest_dir)
     dest = dest_dir / spec.name
-    dest_dir.mkdir(parents=True, exist_ok=True)
+    _writable_dir(dest_dir)
+    if not mirrors:
+        raise DownloadError(
+            f"could not download {spec.name}: no mirror to try (pass --mirror URL_OR_DIR or "
+            "set NPGRAD_MIRRORS)"
+        )
     failures: list[tuple[str, str]] = []
     for k, mirror in enumerate(mirrors):
         try:
@@ -333,10 +548,30 @@ def download_file(
             failures.append((mirror, reason))
             more = "; trying the next mirror" if k + 1 < len(mirrors) else ""
             log(f"npgrad: {spec.name} from {mirror} failed: {reason}{more}")
-    raise DownloadError(
-        f"could not download {spec.name}: " + "; ".join(f"{m}: {r}" for m, r in failures),
-        failures,
-    )
+    lines = [f"could not download {spec.name} from any of {len(failures)} mirror(s):"]
+    raise DownloadError("\n".join(lines + [wrap(f"{m}: {r}") for m, r in failures]), failures)
+
+
+def wrap(text: str, width: int = 100) -> str:
+    """``text`` as indented lines of at most ``width`` characters (long paths kept whole).
+
+    For the continuation lines of a long message: its first line says what went
+    wrong, these say the details.
+    """
+    return textwrap.fill(text, width, initial_indent="  ", subsequent_indent="    ",
+                         break_long_words=False, break_on_hyphens=False)  # fmt: skip
+
+
+def _writable_dir(directory: Path) -> None:
+    """Refuse at once, in one line, a download directory that cannot take files."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=directory).close()
+    except OSError as exc:
+        raise DatasetError(
+            f"cannot write to the download directory {directory} ({exc.strerror or exc}): "
+            "choose a writable one with --cache DIR (cache= in Python) or $NPGRAD_DATA"
+        ) from None
 
 
 def _copy_hashing(
@@ -379,19 +614,46 @@ class Attempt:
     result: str  # "found", or why not
 
 
+def _user_dir(name: str, num_classes: int | None) -> Dataset:
+    """A directory the user named: any four IDX files, no checksum (official or not)."""
+    directory = Path(name).expanduser()
+    try:
+        if not directory.is_dir():
+            if directory.exists():
+                raise DatasetError(
+                    f"{directory}: is a file; give the directory holding the four IDX files"
+                )
+            raise DatasetError(f"{directory}: no such directory")
+        return _load_idx_dir(directory, directory.name, None, str(directory), num_classes)
+    except PermissionError as exc:
+        raise DatasetError(
+            f"{exc.filename or directory}: permission denied; fix its permissions or copy "
+            "the files somewhere readable"
+        ) from None
+    except OSError as exc:
+        raise DatasetError(f"{directory}: cannot be read ({exc.strerror or exc})") from None
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:
+        return True  # exists but cannot be inspected: say so when loading it
+
+
 def locate(
     name: str,
     data_dir: str | os.PathLike | None = None,
+    num_classes: int | None = None,
 ) -> tuple[Dataset | None, list[Attempt]]:
-    """Look for ``name`` locally, in the documented order; no network."""
+    """Look for ``name`` locally, in the documented order; no network.
+
+    ``num_classes`` states the class count of a directory of unknown origin
+    (otherwise inferred from its labels: see the module docstring).
+    """
     attempts: list[Attempt] = []
-    if Path(name).expanduser().is_dir() or os.sep in name:
-        directory = Path(name).expanduser()
-        if not directory.is_dir():
-            raise DatasetError(f"{directory}: no such directory")
-        return _load_idx_dir(directory, directory.name, None, str(directory)), [
-            Attempt(str(directory), "found")
-        ]
+    if os.sep in name or (os.altsep and os.altsep in name) or _is_dir(Path(name).expanduser()):
+        return _user_dir(name, num_classes), [Attempt(str(Path(name).expanduser()), "found")]
     key = ALIASES.get(name.lower(), name.lower())
     if key == "digits":
         return digits(), [Attempt("embedded", "found")]
@@ -403,30 +665,39 @@ def locate(
     spec = DATASETS[key]
 
     def try_dir(directory: Path, label: str, verify: bool) -> Dataset | None:
-        if not directory.is_dir():
-            attempts.append(Attempt(f"{label} {directory}", "no such directory"))
-            return None
-        if not is_idx_dir(directory):
-            attempts.append(Attempt(f"{label} {directory}", "does not hold all four files"))
-            return None
+        where = f"{label} {directory}"
         try:
-            ds = _load_idx_dir(directory, key, spec if verify else None, f"{label}: {directory}")
+            if not directory.is_dir():
+                attempts.append(Attempt(where, "no such directory"))
+                return None
+            if not _holds_idx_files(directory):
+                attempts.append(Attempt(where, "does not hold all four files"))
+                return None
+            ds = _load_idx_dir(directory, key, spec if verify else None, f"{label}: {directory}",
+                               num_classes)  # fmt: skip
         except DatasetError as exc:
-            attempts.append(Attempt(f"{label} {directory}", str(exc)))
+            attempts.append(Attempt(where, str(exc)))
             return None
-        attempts.append(Attempt(f"{label} {directory}", "found"))
+        except OSError as exc:
+            attempts.append(Attempt(where, f"cannot be read ({exc.strerror or exc})"))
+            return None
+        attempts.append(Attempt(where, "found"))
         return ds
 
     def try_npz(path: Path, label: str) -> Dataset | None:
-        if not path.is_file():
-            attempts.append(Attempt(f"{label} {path}", "no such file"))
-            return None
+        where = f"{label} {path}"
         try:
+            if not path.is_file():
+                attempts.append(Attempt(where, "no such file"))
+                return None
             ds = _load_keras_npz(path, spec)
         except DatasetError as exc:
-            attempts.append(Attempt(f"{label} {path}", str(exc)))
+            attempts.append(Attempt(where, str(exc)))
             return None
-        attempts.append(Attempt(f"{label} {path}", "found"))
+        except OSError as exc:
+            attempts.append(Attempt(where, f"cannot be read ({exc.strerror or exc})"))
+            return None
+        attempts.append(Attempt(where, "found"))
         return ds
 
     # Each candidate is tried in the documented order; the first that loads wins.
@@ -452,6 +723,14 @@ def locate(
     return None, attempts
 
 
+def _is_verified(path: Path, spec: FileSpec) -> bool:
+    try:
+        _verify(path, spec, read_idx(path, ndim=3 if "images" in spec.name else 1))
+    except DatasetError:
+        return False
+    return True
+
+
 def fetch(
     name: str,
     mirrors: Sequence[str] | None = None,
@@ -463,19 +742,23 @@ def fetch(
     """Download every missing or corrupt file of dataset ``name`` into the cache."""
     key = ALIASES.get(name.lower(), name.lower())
     if key not in DATASETS:
-        raise DatasetError(f"{name!r} cannot be downloaded: known are {', '.join(DATASETS)}")
+        why = " (it is embedded in npgrad: nothing to download)" if key == "digits" else ""
+        raise DatasetError(f"{name!r} cannot be downloaded{why}: known are {', '.join(DATASETS)}")
     spec = DATASETS[key]
-    target = Path(cache) if cache is not None else cache_root() / key
+    target = Path(cache).expanduser() if cache is not None else cache_root() / key
     for fs in spec.files:
         path = target / fs.name
-        if path.is_file():
-            try:
-                _verify(path, fs)
-                continue
-            except ChecksumError:
-                pass  # replaced below, atomically
+        if _is_file(path) and _is_verified(path, fs):
+            continue  # otherwise replaced below, atomically
         download_file(fs, target, mirrors_for(spec, mirrors), timeout, progress, log)
     return target
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def load_dataset(
@@ -484,30 +767,45 @@ def load_dataset(
     download: bool = True,
     mirrors: Sequence[str] | None = None,
     log: Callable[[str], None] | None = None,
+    num_classes: int | None = None,
 ) -> Dataset:
-    """Find ``name`` locally (see the module docstring for the order) or download it."""
-    ds, attempts = locate(name, data_dir)
+    """Find ``name`` locally (see the module docstring for the order) or download it.
+
+    The result is validated (:meth:`Dataset.validate`) and knows its
+    :attr:`~Dataset.family`. ``num_classes`` states the class count of a
+    directory of unknown origin instead of inferring it from the labels.
+    """
+    ds, attempts = locate(name, data_dir, num_classes)
     if ds is not None:
         return ds
     key = ALIASES.get(name.lower(), name.lower())
-    looked = "; ".join(f"{a.where} ({a.result})" for a in attempts)
     failed = ""
     if download:
         try:
             fetch(key, mirrors=mirrors, log=log)
-            ds, more = locate(key, data_dir)
+            ds, more = locate(key, data_dir, num_classes)
             if ds is not None:
                 return ds
-            looked += "; " + "; ".join(f"{a.where} ({a.result})" for a in more)
+            attempts += more
         except DownloadError as exc:
-            hosts = ", ".join(
+            failed = "download failed from every mirror: " + ", ".join(
                 f"{urllib.parse.urlsplit(m).netloc or m} ({r})" for m, r in exc.failures
             )
-            failed = f" Download failed from every mirror: {hosts}."
         except DatasetError as exc:
-            failed = f" Download failed: {exc}."
-    raise DatasetError(
-        f"{key} not found. Looked in: {looked}.{failed} Put the four .gz files in "
-        f"{cache_root() / key}, pass --dataset DIR (any folder with the four IDX files), or "
-        "set NPGRAD_MIRRORS to a mirror you can reach; '--dataset digits' works offline"
+            failed = f"download failed: {exc}"
+    absent = ("no such directory", "no such file", "does not hold all four files")
+    missing = [a.where for a in attempts if a.result in absent]
+    lines = [f"{key} is not on this machine" + (" and could not be downloaded" if failed else "")]
+    if missing:
+        lines.append(wrap("not in: " + ", ".join(missing)))
+    lines += [wrap(f"{a.where}: {a.result}") for a in attempts if a.result not in absent]
+    if failed:
+        lines.append(wrap(failed))
+    lines.append(
+        wrap(
+            f"Put the four .gz files in {cache_root() / key}, pass --dataset DIR (any folder "
+            "with the four IDX files), or set NPGRAD_MIRRORS to a mirror you can reach; "
+            "'--dataset digits' works offline"
+        )
     )
+    raise DatasetError("\n".join(lines))

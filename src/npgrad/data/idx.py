@@ -1,17 +1,29 @@
-"""The IDX file format of MNIST and Fashion-MNIST: strict reading and writing.
+"""The IDX file format of MNIST and Fashion-MNIST: strict, bounded reading and writing.
 
 An IDX file is a 4-byte magic number ``0x00 0x00 TYPE NDIM``, then ``NDIM``
 big-endian uint32 dimensions, then the payload in C order. MNIST uses type
 0x08 (unsigned byte): labels are 1-D (magic 2049), images 3-D (magic 2051).
 Files may be gzip-compressed (detected from the content, not the name).
+
+Nothing in a file is trusted before it is checked. The header is read first
+and the payload size computed with Python integers (no overflow), then
+compared with what the file can hold: the exact length of a plain file, or at
+most :data:`GZIP_MAX_RATIO` times the length of a gzip file (deflate cannot
+compress more than that). A gzip stream is then inflated only up to the
+promised payload plus one byte, which detects trailing data: a small file that
+inflates to gigabytes is refused after a few kilobytes. Memory grows with the
+data actually read, never with what a header merely claims.
 """
 
 from __future__ import annotations
 
 import gzip
+import io
+import math
 import os
 import zlib
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -28,83 +40,196 @@ IDX_TYPES: dict[int, np.dtype] = {
     0x0E: np.dtype(">f8"),
 }
 GZIP_MAGIC = b"\x1f\x8b"
+# Deflate emits at best 2 bits per 258-byte match, so no gzip file inflates to
+# more than 1032 times its own length.
+GZIP_MAX_RATIO = 1032
+# Refuse payloads above this unless the caller raises it: 21 times full MNIST.
+MAX_BYTES = 1 << 30
+_CHUNK = 1 << 20  # inflate and copy in 1 MiB steps
+_FIRST_BUFFER = 64 << 20  # grown by doubling beyond this, as data really arrives
+_MAX_DIMS = 32
 
 
-def read_bytes(path: str | os.PathLike) -> bytes:
-    """The file's content, decompressed when it is gzip (judged by its first bytes)."""
-    path = Path(path)
+def _open(path: Path) -> IO[bytes]:
     try:
-        raw = path.read_bytes()
+        return open(path, "rb")  # noqa: SIM115 - closed by the caller
     except FileNotFoundError:
         raise IDXFormatError(f"{path}: file not found") from None
     except IsADirectoryError:
         raise IDXFormatError(f"{path}: is a directory, expected an IDX file") from None
     except PermissionError:
         raise IDXFormatError(f"{path}: permission denied") from None
-    if raw[:2] == GZIP_MAGIC:
-        try:
-            return gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise IDXFormatError(f"{path}: corrupt or truncated gzip data ({exc})") from None
-    if path.suffix == ".gz":
-        if not raw:
-            raise IDXFormatError(f"{path}: file is empty")
-        raise IDXFormatError(f"{path}: named .gz but is not gzip-compressed")
-    return raw
+    except OSError as exc:
+        raise IDXFormatError(f"{path}: cannot be read ({exc.strerror or exc})") from None
 
 
-def parse_idx(data: bytes, name: str = "<bytes>", ndim: int | None = None) -> np.ndarray:
-    """Parse IDX bytes into an array, validating header, dimensions and length."""
-    if not data:
+def _read(f: IO[bytes], n: int) -> bytes:
+    """Up to ``n`` bytes (fewer only at the end of the data)."""
+    parts, got = [], 0
+    while got < n:
+        part = f.read(n - got)
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
+
+
+def _header(f: IO[bytes], name: str, ndim: int | None) -> tuple[np.dtype, tuple[int, ...], int]:
+    """Read and check the magic number and dimensions: (dtype, shape, header length)."""
+    magic = _read(f, 4)
+    if not magic:
         raise IDXFormatError(f"{name}: file is empty")
-    if len(data) < 4:
-        raise IDXFormatError(f"{name}: {len(data)} bytes is too short for an IDX header")
-    if data[0] != 0 or data[1] != 0:
+    if len(magic) < 4:
+        raise IDXFormatError(f"{name}: {len(magic)} bytes is too short for an IDX header")
+    if magic[0] != 0 or magic[1] != 0:
         raise IDXFormatError(
-            f"{name}: not an IDX file (magic number starts with {data[:2].hex()}, expected 0000)"
+            f"{name}: not an IDX file (magic number starts with {magic[:2].hex()}, expected 0000)"
         )
-    type_byte, nd = data[2], data[3]
+    type_byte, nd = magic[2], magic[3]
     if type_byte not in IDX_TYPES:
         raise IDXFormatError(f"{name}: unknown IDX data type byte 0x{type_byte:02x}")
     if ndim is not None and nd != ndim:
         kind = {1: "labels (magic 2049)", 3: "images (magic 2051)"}.get(ndim, f"{ndim}-D")
         raise IDXFormatError(
-            f"{name}: has {nd} dimension(s) (magic {int.from_bytes(data[:4], 'big')}), "
-            f"expected {kind}"
+            f"{name}: has {nd} dimension(s) (magic {int.from_bytes(magic, 'big')}), expected {kind}"
         )
+    if nd > _MAX_DIMS:
+        raise IDXFormatError(f"{name}: {nd} dimensions in the header; at most {_MAX_DIMS} are read")
     header = 4 + 4 * nd
-    if len(data) < header:
-        raise IDXFormatError(f"{name}: truncated header ({len(data)} of {header} bytes)")
-    shape = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=nd, offset=4))
-    dtype = IDX_TYPES[type_byte]
-    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if len(data) != expected:
-        what = "truncated" if len(data) < expected else "has trailing bytes"
+    dims = _read(f, 4 * nd)
+    if len(dims) < 4 * nd:
+        raise IDXFormatError(f"{name}: truncated header ({4 + len(dims)} of {header} bytes)")
+    shape = tuple(int.from_bytes(dims[4 * i : 4 * i + 4], "big") for i in range(nd))
+    return IDX_TYPES[type_byte], shape, header
+
+
+def _payload_size(shape: tuple[int, ...], dtype: np.dtype) -> tuple[int, int]:
+    """(payload bytes, the same with zero dimensions counted as 1) in Python ints: no overflow.
+
+    The second is what NumPy needs to address, even for an array with no elements.
+    """
+    return dtype.itemsize * math.prod(shape), dtype.itemsize * math.prod(max(d, 1) for d in shape)
+
+
+def _read_payload(
+    f: IO[bytes], nbytes: int, name: str, shape: tuple[int, ...], header: int
+) -> np.ndarray:
+    """Exactly ``nbytes`` from ``f`` into a uint8 array that grows only as data arrives."""
+    buf = np.empty(min(nbytes, _FIRST_BUFFER), np.uint8)
+    got = 0
+    while got < nbytes:
+        part = f.read(min(_CHUNK, nbytes - got))
+        if not part:
+            raise IDXFormatError(
+                f"{name}: truncated: dimensions {shape} need {header + nbytes} bytes, "
+                f"content has {header + got}"
+            )
+        if got + len(part) > len(buf):
+            grown = np.empty(min(nbytes, 2 * len(buf)), np.uint8)
+            grown[:got] = buf[:got]
+            buf = grown
+        buf[got : got + len(part)] = np.frombuffer(part, np.uint8)
+        got += len(part)
+    if f.read(1):
         raise IDXFormatError(
-            f"{name}: {what}: dimensions {shape} need {expected} bytes, file has {len(data)}"
+            f"{name}: has trailing bytes: dimensions {shape} need {header + nbytes} bytes, "
+            "content is longer"
         )
-    arr = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
-    return arr.astype(dtype.newbyteorder("="), copy=True) if dtype.itemsize > 1 else arr.copy()
+    return buf
 
 
-def read_idx(path: str | os.PathLike, ndim: int | None = None) -> np.ndarray:
-    """Read an IDX file (gzip or not). ``ndim`` (1 labels, 3 images) is enforced if given."""
-    return parse_idx(read_bytes(path), str(path), ndim)
+def _parse_stream(
+    f: IO[bytes],
+    name: str,
+    ndim: int | None,
+    length: int,
+    compressed: bool,
+    max_bytes: int,
+) -> np.ndarray:
+    """Parse IDX from ``f``; ``length`` is the stored length (compressed or not)."""
+    dtype, shape, header = _header(f, name, ndim)
+    nbytes, span = _payload_size(shape, dtype)
+    expected = header + nbytes
+    if not compressed and expected != length:
+        what = "truncated" if length < expected else "has trailing bytes"
+        raise IDXFormatError(
+            f"{name}: {what}: dimensions {shape} need {expected} bytes, file has {length}"
+        )
+    if compressed and expected > GZIP_MAX_RATIO * length:
+        raise IDXFormatError(
+            f"{name}: truncated or corrupt header: dimensions {shape} need {expected} bytes, "
+            f"more than a {length}-byte gzip file can hold"
+        )
+    if span > max_bytes:
+        raise IDXFormatError(
+            f"{name}: dimensions {shape} need {span:,} bytes, above the limit of "
+            f"{max_bytes:,} (pass max_bytes= to read_idx to allow more)"
+        )
+    raw = _read_payload(f, nbytes, name, shape, header)
+    native = dtype.newbyteorder("=")
+    if native != dtype:
+        raw.view(dtype).byteswap(inplace=True)  # in place: no second copy of the payload
+    return raw.view(native).reshape(shape)
+
+
+def parse_idx(
+    data: bytes, name: str = "<bytes>", ndim: int | None = None, max_bytes: int = MAX_BYTES
+) -> np.ndarray:
+    """Parse IDX bytes (not compressed) into an array, validating header, dimensions, length."""
+    return _parse_stream(io.BytesIO(data), name, ndim, len(data), False, max_bytes)
+
+
+def read_idx(
+    path: str | os.PathLike, ndim: int | None = None, max_bytes: int = MAX_BYTES
+) -> np.ndarray:
+    """Read an IDX file (gzip or not). ``ndim`` (1 labels, 3 images) is enforced if given.
+
+    Every defect is an :class:`IDXFormatError` naming the file; memory use is
+    bounded by the data really present (and by ``max_bytes`` for the payload).
+    """
+    path = Path(path)
+    name = str(path)
+    with _open(path) as f:
+        try:
+            length = os.fstat(f.fileno()).st_size
+            compressed = f.read(2) == GZIP_MAGIC
+            f.seek(0)
+        except OSError as exc:
+            raise IDXFormatError(f"{name}: cannot be read ({exc.strerror or exc})") from None
+        if not compressed:
+            if path.suffix == ".gz":
+                if not length:
+                    raise IDXFormatError(f"{name}: file is empty")
+                raise IDXFormatError(f"{name}: named .gz but is not gzip-compressed")
+            try:
+                return _parse_stream(f, name, ndim, length, False, max_bytes)
+            except OSError as exc:
+                raise IDXFormatError(f"{name}: cannot be read ({exc.strerror or exc})") from None
+        try:
+            with gzip.GzipFile(fileobj=f, mode="rb") as gz:
+                return _parse_stream(gz, name, ndim, length, True, max_bytes)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise IDXFormatError(f"{name}: corrupt or truncated gzip data ({exc})") from None
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
     """Serialise an array as IDX bytes."""
     array = np.asarray(array)
-    matches = [
-        (code, dt)
-        for code, dt in IDX_TYPES.items()
-        if dt.kind == array.dtype.kind and dt.itemsize == array.dtype.itemsize
-    ]
-    if not matches:
-        raise IDXFormatError(f"IDX cannot store dtype {array.dtype}")
-    code, dt = matches[0]
-    header = bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
-    return header + np.ascontiguousarray(array, dtype=dt).tobytes()
+    return idx_header(array) + np.ascontiguousarray(array, dtype=_idx_dtype(array)[1]).tobytes()
+
+
+def _idx_dtype(array: np.ndarray) -> tuple[int, np.dtype]:
+    for code, dt in IDX_TYPES.items():
+        if dt.kind == array.dtype.kind and dt.itemsize == array.dtype.itemsize:
+            return code, dt
+    raise IDXFormatError(f"IDX cannot store dtype {array.dtype}")
+
+
+def idx_header(array: np.ndarray) -> bytes:
+    """The magic number and dimensions ``array`` would have as an IDX file."""
+    code, _ = _idx_dtype(array)
+    return bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
 
 
 def write_idx(path: str | os.PathLike, array: np.ndarray, compress: bool | None = None) -> Path:
@@ -114,7 +239,7 @@ def write_idx(path: str | os.PathLike, array: np.ndarray, compress: bool | None 
     never sees half a file.
     """
     path = Path(path)
-    data = idx_bytes(array)
+    data = idx_bytes(np.asarray(array))
     if compress if compress is not None else path.suffix == ".gz":
         data = gzip.compress(data, mtime=0)
     return write_bytes(path, data)
