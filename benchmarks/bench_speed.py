@@ -41,9 +41,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import npgrad  # noqa: E402
-from benchmarks import exercise_naive as naive  # noqa: E402
+from tests import exercise_reference as naive  # noqa: E402
 from npgrad import nn, optim  # noqa: E402
-from npgrad.train import ExerciseModel, make_config  # noqa: E402
+from npgrad.config import make_config  # noqa: E402
+from npgrad.models import ExerciseModel  # noqa: E402
 
 LR = 1e-3
 

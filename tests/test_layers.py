@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import npgrad
-from benchmarks import exercise_naive as naive
+from tests import exercise_reference as naive
 from npgrad import layers
 from npgrad.layers import Log, Matmul, Relu, Softmax
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 
 from ..errors import Interrupted, NpgradError
@@ -43,7 +44,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            # NumPy's overflow and invalid-value warnings name source lines a user cannot act
+            # on; what matters (a diverged loss, a NaN pixel) is reported as an error instead.
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return int(args.func(args) or 0)
     except Interrupted as exc:
         print(f"npgrad: {exc}", file=sys.stderr)
         return 130

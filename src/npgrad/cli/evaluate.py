@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 
+from ..errors import CheckpointError
 from .common import formatter
 
 
@@ -14,21 +15,27 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from ..train import Config, evaluate, load_for_inference, prepare_data
+    from ..config import config_from_dict
+    from ..models import load_for_inference
+    from ..trainer import evaluate, prepare_data
 
     model, meta = load_for_inference(args.checkpoint)
-    cfg = Config.from_dict(meta["config"])
+    cfg = config_from_dict(meta["config"])
     if args.dataset:
         cfg.dataset = args.dataset
     if args.data_dir:
         cfg.data_dir = args.data_dir
+    cfg.val_fraction = 0.0  # evaluation uses the whole test set; no split needed
     data = prepare_data(cfg)
-    if data.x_test.shape[1] != int(np.prod(meta["image_shape"])):
-        from ..errors import CheckpointError
-
+    if list(data.dataset.image_shape) != list(meta["image_shape"]):
         raise CheckpointError(
             f"the checkpoint expects {meta['image_shape']} images, {data.dataset.name} has "
             f"{list(data.dataset.image_shape)}"
+        )
+    if data.dataset.num_classes > len(meta["classes"]):
+        raise CheckpointError(
+            f"{data.dataset.name} has {data.dataset.num_classes} classes, the checkpoint's "
+            f"model knows {len(meta['classes'])}"
         )
     ev = evaluate(model, data.x_test, data.y_test)
     classes = list(meta["classes"])

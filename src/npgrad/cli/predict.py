@@ -1,77 +1,57 @@
-"""``npgrad predict``: classify image files."""
+"""``npgrad predict``: classify image files, or every image in a folder."""
 
 from __future__ import annotations
 
 import argparse
 
-import numpy as np
-
 from .common import formatter
 
-
-def load_image(path: str, shape: tuple[int, int], pixel_max: float) -> np.ndarray:
-    """An image file as floats in [0, 1] of ``shape``, light digit on dark background."""
-    from pathlib import Path
-
-    from ..errors import ConfigError
-
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{path}: no such image file")
-    if p.suffix.lower() == ".npy":
-        try:
-            raw = np.load(p, allow_pickle=False)
-        except ValueError as exc:
-            raise ConfigError(f"{path}: not a plain .npy array ({exc})") from None
-        if raw.size != shape[0] * shape[1]:
-            raise ConfigError(
-                f"{path}: array of shape {raw.shape}, the model expects {shape[0]}x{shape[1]}"
-            )
-        a = raw.reshape(shape).astype(np.float64)
-        if not np.isfinite(a).all():
-            raise ConfigError(f"{path}: contains NaN or infinite pixel values")
-        if np.issubdtype(raw.dtype, np.integer) or a.max() > 1.0:
-            # integer pixels count 0..pixel_max as in training (0..255 if larger)
-            a = a / (pixel_max if a.max() <= pixel_max else 255.0)
-        return a
-    try:
-        from PIL import Image, UnidentifiedImageError
-    except ImportError:
-        raise ConfigError(
-            f"{path}: reading images needs Pillow: pip install 'npgrad[cli]' (or use .npy)"
-        ) from None
-    try:
-        with Image.open(p) as img:
-            g = img.convert("L").resize((shape[1], shape[0]), Image.Resampling.LANCZOS)
-            a = np.asarray(g, dtype=np.float64) / 255.0
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ConfigError(f"{path}: not a readable image ({exc})") from None
-    if a.mean() > 0.5:  # dark ink on light paper: invert to MNIST's convention
-        a = 1.0 - a
-    return a
+BATCH = 256  # images read and classified at a time: a large folder never sits in memory whole
 
 
 def run(args: argparse.Namespace) -> int:
     import json
+    import warnings
 
-    from .. import ops
-    from ..train import load_for_inference
+    import numpy as np
 
+    from .. import images, ops
+    from ..errors import CheckpointError, ConfigError
+    from ..models import load_for_inference
+
+    if args.top < 1:
+        raise ConfigError(f"--top must be 1 or more, got {args.top}")
     model, meta = load_for_inference(args.checkpoint)
+    paths = images.image_paths(args.images)
     shape = tuple(meta["image_shape"])
     classes = list(meta["classes"])
-    x = np.stack([load_image(p, shape, meta.get("pixel_max", 255.0)) for p in args.images])
+    recipe = images.recipe_for(shape, classes)
+    pixel_max = meta.get("pixel_max", 255.0)
     dtype = np.dtype(meta["config"]["dtype"])
-    lp = model.log_probs(x.reshape(len(x), -1).astype(dtype))
-    probs = ops.Softmax.forward(lp, axis=1)[0]  # renormalises the exercise's log(s + eps) too
-    for path, pr in zip(args.images, probs):
-        order = np.argsort(-pr)[: args.top]
-        if args.json:
-            print(json.dumps({"image": path, "prediction": classes[order[0]], "class_index": int(order[0]),
-                              "probabilities": {classes[i]: float(pr[i]) for i in range(len(classes))}}))  # fmt: skip
-        else:
-            top = ", ".join(f"{classes[i]} {pr[i]:.1%}" for i in order)
-            print(f"{path}: {classes[order[0]]}   ({top})")
+    top = min(args.top, len(classes))
+    for start in range(0, len(paths), BATCH):
+        chunk = paths[start : start + BATCH]
+        # NumPy's overflow warnings would name source files; the result is checked instead.
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            x = np.stack([images.load_image(p, shape, pixel_max, recipe) for p in chunk])
+            lp = model.log_probs(x.reshape(len(x), -1).astype(dtype))
+            probs = ops.Softmax.forward(lp, axis=1)[0]  # renormalises the exercise's log(s + eps)
+        if not np.isfinite(probs).all():
+            raise CheckpointError(
+                f"{args.checkpoint}: the model gives non-finite probabilities (weights overflow?); "
+                "retrain it or use another checkpoint"
+            )
+        for path, pr in zip(chunk, probs):
+            order = np.argsort(-pr, kind="stable")[:top]
+            if args.json:
+                line = {"image": str(path), "prediction": classes[order[0]]}
+                line["class_index"] = int(order[0])
+                line["probabilities"] = {c: float(q) for c, q in zip(classes, pr)}
+                print(json.dumps(line))
+            else:
+                ranked = ", ".join(f"{classes[i]} {pr[i]:.1%}" for i in order)
+                print(f"{path}: {classes[order[0]]}   ({ranked})")
     return 0
 
 
@@ -79,20 +59,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict",
         help="classify image files with a trained checkpoint",
-        description="Predict the class of PNG/JPEG images (needs Pillow) or .npy arrays.\n"
-        "Images are converted to grey, resized to the model's input and, if they are\n"
-        "dark on light, inverted to MNIST's light-on-dark convention.",
+        description="Predict the class of PNG/JPEG/BMP/GIF/WebP pictures (needs Pillow) or\n"
+        ".npy arrays; a folder stands for every image in it. Each picture is normalised\n"
+        "as MNIST's digits were: transparency composited, dark-on-light inverted,\n"
+        "contrast stretched, the digit cropped, scaled into a 20x20 box and centred\n"
+        "by its centre of mass in 28x28 (8x8 models: scaled to fill the frame).\n"
+        "A .npy array of exactly the model's input shape is used as it is.",
         epilog="""\
 examples:
   npgrad predict runs/mnist-default/checkpoint.npz seven.png
+  npgrad predict runs/mnist-default my_digits/ --top 1
   npgrad predict runs/mnist-default digit1.png digit2.jpg --top 3
   npgrad predict runs/digits-default/checkpoint.npz sample.npy --json""",
         formatter_class=formatter,
     )
     p.add_argument("checkpoint", help="checkpoint.npz written by 'npgrad train' (or its directory)")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG/JPEG image or .npy array")
     p.add_argument(
-        "--top", type=int, default=3, metavar="K", help="show the K most likely classes (default 3)"
+        "images", nargs="+", metavar="IMAGE", help="picture, .npy array, or a folder of them"
+    )
+    p.add_argument(
+        "--top",
+        type=int,
+        default=3,
+        metavar="K",
+        help="show the K most likely classes (default 3; at most the number of classes)",
     )
     p.add_argument("--json", action="store_true", help="one JSON line per image")
     p.set_defaults(func=run)

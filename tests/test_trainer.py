@@ -1,18 +1,22 @@
-"""The trainer: accuracy on real data, exact resume, determinism, the exercise preset, checkpoints."""
+"""The trainer: accuracy on real data, exact resume, determinism, Ctrl-C, the run lock."""
 
 import json
 import os
 import signal
-import zipfile
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 
-from benchmarks import exercise_naive as naive
-from npgrad import CheckpointError, ConfigError, TrainingDiverged
+from tests import exercise_reference as naive
+from npgrad import CheckpointError, ConfigError, DatasetError, TrainingDiverged
 from npgrad import checkpoint as ckpt
 from npgrad.data import load_dataset
-from npgrad.train import Interrupted, Trainer, make_config, parse_hidden
+from npgrad.config import make_config
+from npgrad.errors import Interrupted
+from npgrad.trainer import Trainer
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +26,10 @@ def mnist10k(shared_data):
 
 def quiet(cfg, out, **kw):
     return Trainer(cfg, out, log=lambda line: None, progress=False, **kw)
+
+
+def resume(out, **kw):
+    return Trainer.resume(out, log=lambda line: None, progress=False, **kw)
 
 
 def test_short_default_run_on_mnist_10k_reaches_95_percent(mnist10k, tmp_path):
@@ -78,20 +86,20 @@ def test_ctrl_c_mid_epoch_saves_and_resume_equals_uninterrupted(tmp_path):
     meta = final_state(tmp_path / "b")[2]
     assert meta["epoch"] == 1 and meta["partial"]["step"] == 6
     assert signal.getsignal(signal.SIGINT) is before  # the caller's handler is restored
-    quiet(small_cfg(), tmp_path / "b").fit(resume=True)
+    resume(tmp_path / "b").fit()
     assert len(assert_same_run(tmp_path / "a", tmp_path / "b")) == 3
 
 
 def test_stop_twice_in_the_same_epoch(tmp_path):
     quiet(small_cfg(), tmp_path / "a").fit()
     for step in (3, 9):
-        trainer = quiet(small_cfg(), tmp_path / "b")
+        trainer = resume(tmp_path / "b") if step == 9 else quiet(small_cfg(), tmp_path / "b")
         trainer.step_hook = lambda e, s, t=trainer, k=step: (
             t.request_stop() if (e, s) == (2, k) else None
         )
         with pytest.raises(Interrupted, match=f"after step {step + 1}"):
-            trainer.fit(resume=step == 9)
-    quiet(small_cfg(), tmp_path / "b").fit(resume=True)
+            trainer.fit()
+    resume(tmp_path / "b").fit()
     assert_same_run(tmp_path / "a", tmp_path / "b")
 
 
@@ -104,7 +112,7 @@ def test_second_interrupt_mid_step_keeps_last_epoch(tmp_path):
         quiet(small_cfg(), tmp_path, step_hook=hard).fit()
     meta = final_state(tmp_path)[2]
     assert meta["epoch"] == 1 and "partial" not in meta
-    quiet(small_cfg(), tmp_path).fit(resume=True)
+    resume(tmp_path).fit()
 
 
 def test_same_seed_is_bit_identical_and_other_seed_differs(tmp_path):
@@ -137,7 +145,7 @@ def test_exercise_preset_matches_an_independent_computation(mnist10k, tmp_path):
 
 
 def test_exercise_preset_matches_the_exercise_for_all_50_epochs(mnist10k):
-    from npgrad.train import ExerciseModel
+    from npgrad.models import ExerciseModel
 
     ours = ExerciseModel(make_config("exercise"), 784, 10)
     theirs = naive.make_model(naive)(ours.W1.copy(), ours.W2.copy())
@@ -173,74 +181,98 @@ def test_refuses_to_overwrite_a_run_without_force_or_resume(tmp_path):
 
 def test_resume_without_checkpoint_is_clear(tmp_path):
     with pytest.raises(CheckpointError, match="no checkpoint .* drop --resume"):
-        quiet(small_cfg(), tmp_path).fit(resume=True)
+        resume(tmp_path).fit()
 
 
-@pytest.mark.parametrize("text, sizes", [("256", [256]), ("512,256", [512, 256]), ("100-50", [100, 50]),
-                                         ("none", [])])  # fmt: skip
-def test_parse_hidden(text, sizes):
-    assert parse_hidden(text) == sizes
+# ----------------------------------------------------------------- one run per directory
 
 
-@pytest.mark.parametrize("text", ["256,abc", "-5", "12,,3"])
-def test_parse_hidden_errors(text):
-    with pytest.raises(ConfigError, match="bad architecture"):
-        parse_hidden(text)
+def test_failed_start_leaves_nothing_behind(tmp_path):
+    out = tmp_path / "new-run"
+    with pytest.raises(DatasetError, match="no such directory"):
+        quiet(make_config("default", dataset=str(tmp_path / "no-such-dir")), out)
+    assert not out.exists()
+
+    def fail_at_once(epoch, step):
+        raise ConfigError("simulated failure before anything was saved")
+
+    with pytest.raises(ConfigError, match="simulated"):
+        quiet(small_cfg(), out, step_hook=fail_at_once).fit()
+    assert not out.exists()
 
 
-# ----------------------------------------------------------------- checkpoint files
+def test_resume_refuses_another_dataset(tmp_path, mnist10k):
+    quiet(small_cfg(epochs=1), tmp_path).fit()
+    with pytest.raises(ConfigError, match="is not the dataset this run was trained on"):
+        resume(tmp_path, dataset=mnist10k)
 
 
-def test_checkpoint_round_trip(tmp_path):
-    p = {"w": np.arange(6.0).reshape(2, 3)}
-    o = {"steps": np.array(4)}
-    path = ckpt.save(tmp_path / "c.npz", p, o, {"epoch": 2, "config": {"a": 1}})
-    params, opt, meta = ckpt.load(path)
-    assert np.array_equal(params["w"], p["w"]) and int(opt["steps"]) == 4
-    assert meta == {"epoch": 2, "config": {"a": 1}}
-    assert not list(tmp_path.glob("*.part"))
+def test_resume_refuses_to_change_what_defines_the_run(tmp_path):
+    quiet(small_cfg(epochs=1), tmp_path).fit()
+    with pytest.raises(ConfigError, match="--lr cannot change when resuming"):
+        resume(tmp_path, changes={"lr": 0.5})
+    trainer = resume(tmp_path, changes={"epochs": 2, "lr": small_cfg().lr})  # same value: fine
+    assert trainer.fit()["epoch"] == 2
 
 
-def test_pickled_checkpoint_is_refused(tmp_path):
-    path = tmp_path / "evil.npz"
-    np.savez(
-        path,
-        **{"meta/format": np.array(ckpt.FORMAT), "param/w": np.array([{"x": 1}], dtype=object)},
-    )
-    with pytest.raises(CheckpointError, match="pickled objects"):
-        ckpt.load(path)
+def test_metrics_always_match_the_checkpoint(tmp_path):
+    def stop(epoch, step):
+        if epoch == 2 and step == 4:
+            trainer.request_stop()
+
+    trainer = quiet(small_cfg(), tmp_path, step_hook=stop)
+    with pytest.raises(Interrupted):
+        trainer.fit()
+    history = final_state(tmp_path)[2]["history"]
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert lines == history and len(lines) == 1
 
 
-def test_tampered_checkpoint_is_refused(tmp_path):
-    path = ckpt.save(tmp_path / "c.npz", {"w": np.zeros(3)}, {}, {"epoch": 1})
-    with np.load(path, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    arrays["param/w"] = np.ones(3)  # same shape, different weights, digest not updated
-    np.savez(path, **arrays)
-    with pytest.raises(CheckpointError, match="does not match its digest"):
-        ckpt.load(path)
+def test_files_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        quiet(small_cfg(epochs=1), tmp_path).fit()
+    finally:
+        os.umask(old)
+    for name in ("checkpoint.npz", "metrics.jsonl"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
 
 
-@pytest.mark.parametrize(
-    "content, match", [(b"", "corrupt or not an npz"), (b"hello", "corrupt or not an npz")]
-)
-def test_corrupt_checkpoint_files(tmp_path, content, match):
-    path = tmp_path / "c.npz"
-    path.write_bytes(content)
-    with pytest.raises(CheckpointError, match=match):
-        ckpt.load(path)
+TRAIN = [sys.executable, "-m", "npgrad", "train", "-d", "digits", "--hidden", "32", "-q"]
 
 
-def test_truncated_checkpoint(tmp_path):
-    path = ckpt.save(tmp_path / "c.npz", {"w": np.zeros(1000)}, {}, {"epoch": 1})
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError):
-        ckpt.load(path)
+def test_two_concurrent_trainers_on_one_directory(tmp_path):
+    out = str(tmp_path / "run")
+    first = subprocess.Popen([*TRAIN, "-e", "200", "-o", out], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while not (tmp_path / "run" / "checkpoint.npz").exists() and time.time() < deadline:
+            time.sleep(0.1)
+        second = subprocess.run([*TRAIN, "-e", "1", "-o", out, "--force"], capture_output=True,
+                                text=True, timeout=120)  # fmt: skip
+        assert second.returncode == 2, second.stderr
+        assert f"in use by another npgrad train (PID {first.pid})" in second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1 and "Traceback" not in second.stderr
+    finally:
+        first.kill()
+        first.wait()
 
 
-def test_foreign_npz_is_not_a_checkpoint(tmp_path):
-    np.savez(tmp_path / "x.npz", a=np.zeros(2))
-    with pytest.raises(CheckpointError, match="not an npgrad checkpoint"):
-        ckpt.load(tmp_path / "x.npz")
-    assert zipfile.is_zipfile(tmp_path / "x.npz")
+def test_killed_trainer_resumes_and_its_stale_lock_is_taken_over(tmp_path):
+    out = tmp_path / "run"
+    first = subprocess.Popen([*TRAIN, "-e", "200", "-o", str(out)], stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while not (out / "checkpoint.npz").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    first.send_signal(signal.SIGKILL)  # no chance to clean up: the lock file stays behind
+    first.wait()
+    assert (out / ".npgrad.lock").exists()
+    done = final_state(out)[2]["epoch"]
+    assert done >= 1
+    second = subprocess.run([*TRAIN, "-o", str(out), "--resume", "-e", str(done + 1), "--json"],
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert second.returncode == 0, second.stderr
+    assert json.loads(second.stdout)["epochs"] == done + 1
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == list(range(1, done + 2))

@@ -1,0 +1,459 @@
+"""Every training option, declared once.
+
+Each :class:`Option` says everything about one setting: its type (how the
+command line's text becomes a value), its default, its value in each preset
+and, for the default preset, on each dataset family, the check a value must
+pass, its help text and flag, which model kinds use it, and whether
+``--resume`` may change it. From this one table come:
+
+* :class:`Config`, the dataclass stored in every checkpoint;
+* :func:`make_config` (preset merging and validation);
+* :func:`resume_config` (what a resumed run may change);
+* the ``npgrad train`` flags, their help and the defaults it shows
+  (:func:`add_arguments`, used by :mod:`npgrad.cli.train`).
+
+NumPy-free and import-light: the command line builds its parser from here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import CheckpointError, ConfigError
+
+MODELS = ("mlp", "exercise")
+PRESETS = ("default", "plain", "exercise")
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
+SCHEDULES = ("constant", "step", "cosine", "onecycle")
+ACTIVATIONS = ("relu", "sigmoid", "tanh")
+INITS = ("he", "glorot", "normal")
+DTYPES = ("float32", "float64")
+NAMED_DATASETS = ("mnist", "fashion-mnist", "digits")
+
+# --------------------------------------------------------------------------- parsers
+
+
+def parse_hidden(text: str) -> list[int]:
+    """``"256,128"`` or ``"256-128"`` -> [256, 128]; ``"none"``/``"0"`` -> [] (no hidden layer)."""
+    text = str(text).strip().lower()
+    if text in ("", "none", "0"):
+        return []
+    parts = [p.strip() for p in text.replace("x", ",").split(",")]
+    if len(parts) == 1 and "-" in text.lstrip("-"):
+        parts = [p.strip() for p in text.split("-")]
+    try:
+        sizes = [int(p) for p in parts]
+    except ValueError:
+        raise ConfigError(
+            f"bad architecture {text!r}: give hidden sizes as integers, e.g. --hidden 256,128"
+        ) from None
+    if any(s <= 0 for s in sizes):
+        raise ConfigError(
+            f"bad architecture {text!r}: hidden sizes must be positive ('none' for no hidden layer)"
+        )
+    return sizes
+
+
+def parse_batch_size(text: str) -> int:
+    """A positive integer, or ``full``/``0`` for the whole training set in one step."""
+    if str(text).strip().lower() in ("full", "0"):
+        return 0
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"expected a positive integer or 'full', got {text!r}") from None
+
+
+def _number(kind: type) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            return kind(text)
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            raise ConfigError(f"expected {what}, got {text!r}") from None
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _text(text: str) -> str:
+    return str(text).strip().lower()
+
+
+def _dataset(text: str) -> str:
+    """Named datasets stay names; a directory is stored absolute, so the run works from anywhere."""
+    text = str(text).strip()
+    if text.lower() in NAMED_DATASETS:
+        return text.lower()
+    path = Path(text).expanduser()
+    return str(path.resolve()) if path.is_dir() or os.sep in text else text
+
+
+def _optional_dir(text: str | None) -> str | None:
+    return None if text is None else str(Path(text).expanduser().resolve())
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _finite(lo: float | None = None, hi: float | None = None, lo_open: bool = False,
+            hi_open: bool = False, what: str = "") -> Callable[[Any], str | None]:  # fmt: skip
+    """A check for a number in a range; the message states the range."""
+
+    def check(v: Any) -> str | None:
+        bad = not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v)
+        if not bad and lo is not None:
+            bad = v <= lo if lo_open else v < lo
+        if not bad and hi is not None:
+            bad = v >= hi if hi_open else v > hi
+        if not bad:
+            return None
+        lo_s = "" if lo is None else f"{'(' if lo_open else '['}{lo:g}"
+        hi_s = "" if hi is None else f"{hi:g}{')' if hi_open else ']'}"
+        if lo is not None and hi is not None:
+            rng = f"in {lo_s}, {hi_s}"
+        elif lo is not None:
+            rng = "positive" if lo == 0 and lo_open else f"at least {lo:g}"
+        else:
+            rng = f"at most {hi:g}"
+        return f"must be {what or 'a number'} {rng}, got {v}"
+
+    return check
+
+
+def _integer(lo: int, hi: int | None = None) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
+            top = f" and {hi}" if hi is not None else " or more"
+            return f"must be an integer between {lo}{top}, got {v}"
+        return None
+
+    return check
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        return None if v in choices else f"unknown value {v!r}: use {', '.join(choices)}"
+
+    return check
+
+
+def _hidden_ok(v: Any) -> str | None:
+    if not isinstance(v, list) or any(isinstance(h, bool) or not isinstance(h, int) for h in v):
+        return f"must be a list of integers, got {v!r}"
+    if any(h <= 0 for h in v):
+        return f"hidden sizes must be positive, got {v}"
+    return None
+
+
+def _anything(_v: Any) -> str | None:
+    return None
+
+
+# --------------------------------------------------------------------------- the schema
+
+
+@dataclass(frozen=True)
+class Option:
+    """One training option: everything about it, in one place."""
+
+    name: str  # the Config field
+    default: Any
+    help: str
+    group: str  # "data", "model", "optimisation"
+    parse: Callable[[str], Any] = _text  # command-line text -> value
+    check: Callable[[Any], str | None] = _anything  # value -> error message or None
+    choices: tuple[str, ...] | None = None
+    flags: tuple[str, ...] = ()  # default: --name-with-dashes
+    metavar: str | None = None
+    presets: Mapping[str, Any] = field(default_factory=dict)  # preset -> value
+    families: Mapping[str, Any] = field(default_factory=dict)  # default preset, per dataset
+    models: tuple[str, ...] | None = None  # model kinds that use it; None: all
+    resumable: bool = False  # may --resume change it
+    cli: bool = True  # False: set by presets only
+
+    @property
+    def flag_names(self) -> tuple[str, ...]:
+        return self.flags or ("--" + self.name.replace("_", "-"),)
+
+    @property
+    def flag(self) -> str:
+        return self.flag_names[0]
+
+    def validate(self, value: Any) -> None:
+        problem = _one_of(self.choices)(value) if self.choices else self.check(value)
+        if problem:
+            raise ConfigError(f"{self.flag} {problem}")
+
+
+OPTIONS: tuple[Option, ...] = (
+    # data
+    Option("dataset", "mnist", "mnist, fashion-mnist, digits, or a directory with the four IDX "
+           "files", "data", parse=_dataset, flags=("--dataset", "-d"), metavar="NAME|DIR",
+           resumable=True),  # fmt: skip
+    Option("data_dir", None, "look for named datasets in DIR (and DIR/NAME) first", "data",
+           parse=_optional_dir, metavar="DIR", resumable=True),  # fmt: skip
+    Option("val_fraction", 0.0, "hold out this fraction of the training set for validation",
+           "data", parse=_number(float), check=_finite(0, 1, hi_open=True, what="a fraction"),
+           flags=("--val",), metavar="FRACTION"),  # fmt: skip
+    Option("shift", 1, "random shift augmentation, 0 to 4 pixels", "data",
+           parse=_number(int), check=_integer(0, 4), metavar="PIXELS",
+           presets={"plain": 0, "exercise": 0}, families={"digits": 0, "fashion-mnist": 0},
+           models=("mlp",)),  # fmt: skip
+    # model
+    Option("model", "mlp", "the kind of network: mlp, or exercise (the exercise's layer "
+           "classes, ones column as bias, full-batch gradient descent)", "model",
+           choices=MODELS, metavar="KIND", presets={"exercise": "exercise"}),  # fmt: skip
+    Option("hidden", [256], "hidden layer sizes, e.g. 256 or 512,256 ('none' for no hidden "
+           "layer)", "model", parse=parse_hidden, check=_hidden_ok, metavar="SIZES",
+           presets={"plain": [100], "exercise": [100]}),  # fmt: skip
+    Option("activation", "relu", "hidden activation", "model", choices=ACTIVATIONS,
+           metavar="NAME", models=("mlp",)),  # fmt: skip
+    Option("dropout", 0.2, "dropout after each hidden layer", "model", parse=_number(float),
+           check=_finite(0, 1, hi_open=True, what="a probability"), metavar="P",
+           presets={"plain": 0.0, "exercise": 0.0}, models=("mlp",)),  # fmt: skip
+    Option("init", "he", "weight initialisation", "model", choices=INITS, metavar="NAME",
+           presets={"exercise": "normal"}, models=("mlp",)),  # fmt: skip
+    Option("dtype", "float32", "floating-point type of weights and data", "model",
+           choices=DTYPES, metavar="TYPE", presets={"exercise": "float64"}),  # fmt: skip
+    # optimisation
+    Option("epochs", 10, "number of epochs", "optimisation", parse=_number(int),
+           check=_integer(0, 100_000), flags=("--epochs", "-e"), metavar="N",
+           presets={"exercise": 50}, families={"digits": 20}, resumable=True),  # fmt: skip
+    Option("batch_size", 128, "minibatch size; 'full' (or 0) for the whole training set in "
+           "one step", "optimisation", parse=parse_batch_size, check=_integer(0),
+           flags=("--batch-size", "-b"), metavar="N|full", presets={"exercise": 0},
+           families={"digits": 32}),  # fmt: skip
+    Option("optimizer", "adam", "optimizer", "optimisation", choices=OPTIMIZERS,
+           metavar="NAME", models=("mlp",)),  # fmt: skip
+    Option("lr", 3e-3, "(peak) learning rate", "optimisation", parse=_number(float),
+           check=_finite(0, 1e3, lo_open=True), metavar="RATE",
+           presets={"plain": 1e-3, "exercise": 1e-5}),  # fmt: skip
+    Option("momentum", 0.9, "momentum of the sgd variants", "optimisation",
+           parse=_number(float), check=_finite(0, 1, hi_open=True), metavar="M",
+           models=("mlp",)),  # fmt: skip
+    Option("weight_decay", 0.0, "weight decay", "optimisation", parse=_number(float),
+           check=_finite(0), metavar="WD", models=("mlp",)),  # fmt: skip
+    Option("schedule", "onecycle", "learning-rate schedule", "optimisation", choices=SCHEDULES,
+           metavar="NAME", presets={"plain": "constant"}, models=("mlp",)),  # fmt: skip
+    Option("warmup_epochs", 0.0, "linear warm-up epochs (cosine, step, constant)",
+           "optimisation", parse=_number(float), check=_finite(0), flags=("--warmup",),
+           metavar="EPOCHS", models=("mlp",)),  # fmt: skip
+    Option("clip", 0.0, "clip the gradient norm to NORM (0: no clipping)", "optimisation",
+           parse=_number(float), check=_finite(0), metavar="NORM", models=("mlp",)),  # fmt: skip
+    Option("seed", 0, "random seed; same seed, same bits", "optimisation", parse=_number(int),
+           check=_integer(0, 2**63 - 1), metavar="N"),  # fmt: skip
+)
+BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
+
+Config = dataclasses.make_dataclass(
+    "Config",
+    [("preset", str, field(default="default"))]
+    + [(o.name, Any, field(default_factory=lambda o=o: _copy(o.default))) for o in OPTIONS],
+    namespace={
+        "__doc__": "Everything that defines a run (one field per :data:`OPTIONS` entry); "
+        "stored in every checkpoint.",
+        "to_dict": lambda self: dataclasses.asdict(self),
+        "from_dict": classmethod(lambda cls, d: config_from_dict(d)),
+    },
+)
+
+
+def _copy(v: Any) -> Any:
+    return list(v) if isinstance(v, list) else v
+
+
+# --------------------------------------------------------------------------- building configs
+
+
+def preset_values(preset: str, family: str | None = None) -> dict[str, Any]:
+    """Every option's value in ``preset`` (on dataset ``family`` for the default preset)."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}: use {', '.join(PRESETS)}")
+    values = {}
+    for o in OPTIONS:
+        v = o.presets.get(preset, o.default)
+        if preset == "default" and family in o.families:
+            v = o.families[family]
+        values[o.name] = _copy(v)
+    return values
+
+
+def validate(cfg: Any, explicit: Mapping[str, Any] | None = None) -> None:
+    """Check every value; refuse explicit options the chosen model does not use."""
+    for o in OPTIONS:
+        o.validate(getattr(cfg, o.name))
+    for name in explicit or {}:
+        o = BY_NAME[name]
+        if o.models is not None and cfg.model not in o.models:
+            raise ConfigError(
+                f"{o.flag} is not used by the {cfg.model} model; drop it "
+                f"(or choose --model {o.models[0]})"
+            )
+    if cfg.model == "exercise":
+        if len(cfg.hidden) != 1:
+            raise ConfigError(
+                f"the exercise model has exactly one hidden layer, got --hidden {cfg.hidden}"
+            )
+
+
+def make_config(preset: str = "default", family: str | None = None, **overrides: Any) -> Any:
+    """A preset's configuration with explicit ``overrides`` (None values are ignored).
+
+    ``family`` names the dataset family (``digits``, ``fashion-mnist``...) whose
+    adapted values the default preset uses; by default it is the dataset's name.
+    """
+    explicit = {k: v for k, v in overrides.items() if v is not None}
+    unknown = set(explicit) - set(BY_NAME)
+    if unknown:
+        raise ConfigError(f"unknown option(s) {', '.join(sorted(unknown))}")
+    if "dataset" in explicit:
+        explicit["dataset"] = _dataset(explicit["dataset"])
+    if family is None:
+        family = explicit.get("dataset", BY_NAME["dataset"].default)
+    values = preset_values(preset, family)
+    values.update({k: _copy(v) for k, v in explicit.items()})
+    cfg = Config(preset=preset, **values)
+    validate(cfg, explicit)
+    return cfg
+
+
+def resume_config(stored: Any, changes: Mapping[str, Any]) -> Any:
+    """The stored configuration with the ``changes`` a resumed run may make.
+
+    An option that is not resumable may be repeated with its stored value, not
+    changed: a resumed run continues the same experiment.
+    """
+    cfg = dataclasses.replace(stored)
+    for name, value in changes.items():
+        if value is None:
+            continue
+        o = BY_NAME[name]
+        stored_value = getattr(stored, name)
+        if name == "dataset":
+            value = _dataset(value)
+        if o.resumable:
+            setattr(cfg, name, _copy(value))
+        elif value != stored_value:
+            raise ConfigError(
+                f"{o.flag} cannot change when resuming (the run was trained with "
+                f"{_show(stored_value)}); drop it, or start a new run with --out"
+            )
+    validate(cfg)
+    return cfg
+
+
+# Keys older checkpoints stored that are now implied by the model kind.
+_LEGACY_KEYS = ("loss_reduction",)
+
+
+def config_from_dict(d: Mapping[str, Any]) -> Any:
+    """A :class:`Config` from a checkpoint's stored dictionary (older layouts included)."""
+    if not isinstance(d, Mapping):
+        raise CheckpointError("configuration is not a mapping")
+    d = {k: v for k, v in d.items() if k not in _LEGACY_KEYS}
+    if "model" not in d:  # before the model option: the exercise was optimizer "gd"
+        d["model"] = "exercise" if d.get("optimizer") == "gd" else "mlp"
+    if d.get("optimizer") == "gd":
+        d["optimizer"] = BY_NAME["optimizer"].default
+    known = {f.name for f in dataclasses.fields(Config)}
+    unknown = set(d) - known
+    if unknown:
+        raise CheckpointError(f"configuration has unknown keys {sorted(unknown)}")
+    cfg = Config(**d)
+    try:
+        validate(cfg)
+    except ConfigError as exc:
+        raise CheckpointError(f"stored configuration is invalid: {exc}") from None
+    return cfg
+
+
+def _show(v: Any) -> str:
+    if isinstance(v, list):
+        return ",".join(map(str, v)) or "none"
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+def option_help(o: Option) -> str:
+    """The help text with the value each preset (and dataset family) really uses."""
+    text = o.help
+    if o.choices:
+        text += f": {', '.join(o.choices)}"
+    parts = [f"default {_show(o.default)}"]
+    parts += [f"{f} {_show(v)}" for f, v in o.families.items()]
+    parts += [f"{p} preset {_show(v)}" for p, v in o.presets.items()]
+    if o.models is not None:
+        parts.append(f"{'/'.join(o.models)} only")
+    return f"{text} ({'; '.join(parts)})"
+
+
+def add_arguments(parser: Any) -> dict[str, Any]:
+    """Add every option's flag to an argparse parser, grouped; returns the groups by name.
+
+    Defaults are left as None, so that :func:`explicit_options` can tell an
+    option the user gave from one the preset supplies.
+    """
+    import argparse
+
+    def typed(o: Option) -> Callable[[str], Any]:
+        def convert(text: str) -> Any:
+            try:
+                value = o.parse(text)
+                o.validate(value)
+            except ConfigError as exc:
+                msg = str(exc)
+                raise argparse.ArgumentTypeError(msg.removeprefix(o.flag + " ")) from None
+            return value
+
+        convert.__name__ = o.name  # argparse names the type in its messages
+        return convert
+
+    groups: dict[str, Any] = {}
+    for o in OPTIONS:
+        if not o.cli:
+            continue
+        if o.group not in groups:
+            groups[o.group] = parser.add_argument_group(o.group)
+        groups[o.group].add_argument(*o.flag_names, dest=o.name, type=typed(o), default=None,
+                                     metavar=o.metavar, help=option_help(o))  # fmt: skip
+    return groups
+
+
+def explicit_options(args: Any) -> dict[str, Any]:
+    """The options the user gave on the command line (argparse Namespace -> dict)."""
+    return {o.name: getattr(args, o.name) for o in OPTIONS if getattr(args, o.name, None) is not None}
+
+
+PRESET_HELP = {
+    "default": "what we recommend: He init, Adam with a one-cycle schedule, random shifts, "
+    "dropout",
+    "plain": "plain Adam, no augmentation or regularisation: the baseline the default beats",
+    "exercise": "the exercise, exactly: layer classes, N(0,1) weights, ones column as bias, "
+    "full-batch gradient descent on the summed loss",
+}
+
+
+def preset_summary() -> str:
+    """The presets for ``--help``: each one's purpose and the values where it differs."""
+    lines = ["presets (explicit options override them; values differing from the defaults):"]
+    for preset in PRESETS:
+        values = preset_values(preset)
+        diff = [f"{BY_NAME[k].flag} {_show(v)}" for k, v in values.items()
+                if preset != "default" and v != BY_NAME[k].default]  # fmt: skip
+        lines.append(f"  {preset:<9} {PRESET_HELP[preset]}")
+        if diff:
+            lines.append(f"  {'':<9} {' '.join(diff)}")
+    lines.append("  the default preset adapts to the dataset: "
+                 + "; ".join(f"{fam}: " + " ".join(f"{o.flag} {_show(o.families[fam])}"
+                             for o in OPTIONS if fam in o.families)
+                             for fam in sorted({f for o in OPTIONS for f in o.families})))  # fmt: skip
+    return "\n".join(lines)

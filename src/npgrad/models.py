@@ -1,0 +1,262 @@
+"""The kinds of network the trainer can train, behind one small protocol.
+
+A model takes flattened float images ``(N, D)`` and integer labels, and offers:
+
+* ``train_step(x, y) -> (mean loss, number correct)``: one optimisation step;
+* ``log_probs(x)``: log-probabilities for evaluation and prediction;
+* ``params()``/``load_params()`` and ``optim_state()``/``load_optim_state()``:
+  everything a checkpoint must hold to continue bit-exactly;
+* ``prepare(x)``: a one-off transformation of a whole input set (the exercise
+  appends its ones column here, once, not every step);
+* ``lr``: the learning rate of the last step, ``describe()``: one line for logs.
+
+:data:`MODELS` maps each value of the ``model`` option to its class; a new
+kind of network is one more class here and one more value there.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Protocol
+
+import numpy as np
+
+from . import checkpoint as ckpt
+from . import layers, nn, ops, optim
+from .autodiff import Tensor, cross_entropy, no_grad
+from .config import config_from_dict
+from .errors import CheckpointError, ConfigError
+
+
+class Model(Protocol):
+    kind: str
+    lr: float
+
+    def prepare(self, x: np.ndarray) -> np.ndarray: ...
+    def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]: ...
+    def log_probs(self, x: np.ndarray) -> np.ndarray: ...
+    def params(self) -> dict[str, np.ndarray]: ...
+    def load_params(self, state: dict[str, np.ndarray]) -> None: ...
+    def optim_state(self) -> dict[str, np.ndarray]: ...
+    def load_optim_state(self, state: dict[str, np.ndarray]) -> None: ...
+    def describe(self) -> str: ...
+
+
+class MLPModel:
+    """An :class:`~npgrad.nn.MLP` on the Tensor engine, with an optimizer and a schedule."""
+
+    kind = "mlp"
+
+    def __init__(self, cfg: Any, in_features: int, classes: int, steps_per_epoch: int,
+                 rng: np.random.Generator) -> None:  # fmt: skip
+        self.cfg = cfg
+        self.net = nn.MLP([in_features, *cfg.hidden, classes], activation=cfg.activation,
+                          dropout=cfg.dropout, init=cfg.init, rng=np.random.default_rng(cfg.seed),
+                          dtype=np.dtype(cfg.dtype))  # fmt: skip
+        self.net.set_rng(rng)  # dropout masks come from the run's generator (saved in checkpoints)
+        params = self.net.parameters()
+        name = cfg.optimizer
+        if name in ("adam", "adamw"):
+            cls = optim.Adam if name == "adam" else optim.AdamW
+            self.opt: optim.Optimizer = cls(params, cfg.lr, weight_decay=cfg.weight_decay)
+        else:
+            momentum = 0.0 if name == "sgd" else cfg.momentum
+            self.opt = optim.SGD(params, cfg.lr, momentum=momentum, nesterov=name == "nesterov",
+                                 weight_decay=cfg.weight_decay)  # fmt: skip
+        steps_total = steps_per_epoch * max(cfg.epochs, 1)
+        warmup = int(cfg.warmup_epochs * steps_per_epoch)
+        self.schedule = optim.make_schedule(cfg.schedule, cfg.lr, steps_total, warmup)
+
+    @property
+    def lr(self) -> float:
+        return self.opt.lr
+
+    def prepare(self, x: np.ndarray) -> np.ndarray:
+        return x
+
+    def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+        self.opt.lr = self.schedule(self.opt.steps)
+        logits = self.net(Tensor(x))
+        loss = cross_entropy(logits, y)
+        self.opt.zero_grad()
+        loss.backward()
+        if self.cfg.clip:
+            optim.clip_grad_norm(self.opt.params, self.cfg.clip)
+        self.opt.step()
+        return float(loss.data), int((logits.data.argmax(axis=1) == y).sum())
+
+    def log_probs(self, x: np.ndarray) -> np.ndarray:
+        self.net.eval()
+        try:
+            with no_grad():
+                logits = self.net(Tensor(x)).data
+        finally:
+            self.net.train()
+        return ops.LogSoftmax.forward(logits, axis=1)[0]
+
+    def params(self) -> dict[str, np.ndarray]:
+        return self.net.state_dict()
+
+    def load_params(self, state: dict[str, np.ndarray]) -> None:
+        self.net.load_state_dict(state)
+
+    def optim_state(self) -> dict[str, np.ndarray]:
+        return self.opt.state_dict()
+
+    def load_optim_state(self, state: dict[str, np.ndarray]) -> None:
+        self.opt.load_state_dict(state)
+
+    def describe(self) -> str:
+        sizes = "-".join(str(s) for s in self.net.sizes)
+        return f"MLP {sizes} ({self.net.num_parameters():,} parameters), {self.cfg.optimizer}"
+
+
+class ExerciseModel:
+    """The exercise's ``myModel``, built from npgrad's layer classes.
+
+    W1 (D+1, h) and W2 (h, c) from N(0, 1); the inputs carry a ones column so
+    that W1's last row is the bias; the gradient is that of the loss summed
+    over the batch, and each step is ``W -= lr * grad``.
+    """
+
+    kind = "exercise"
+
+    def __init__(self, cfg: Any, in_features: int, classes: int, steps_per_epoch: int = 1,
+                 rng: np.random.Generator | None = None) -> None:  # fmt: skip
+        init = np.random.default_rng(cfg.seed)
+        dtype = np.dtype(cfg.dtype)
+        self.cfg = cfg
+        self.lr = cfg.lr
+        self.W1 = init.normal(size=(in_features + 1, cfg.hidden[0])).astype(dtype)
+        self.W2 = init.normal(size=(cfg.hidden[0], classes)).astype(dtype)
+        self.matmul1, self.relu, self.matmul2 = layers.Matmul(), layers.Relu(), layers.Matmul()
+        self.softmax, self.log = layers.Softmax(), layers.Log()
+        # The input is data: its gradient is never used, so the first Matmul skips it.
+        self.matmul1.input_grad = False
+        self.steps = 0
+
+    def prepare(self, x: np.ndarray) -> np.ndarray:
+        return add_ones_column(x.reshape(len(x), -1))
+
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        h = self.relu.forward(self.matmul1.forward(x, self.W1))
+        return self.log.forward(self.softmax.forward(self.matmul2.forward(h, self.W2)))
+
+    def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+        log_prob = self._forward(x)
+        rows = np.arange(len(y))
+        onehot = np.zeros_like(log_prob)
+        onehot[rows, y] = 1
+        loss = -float(log_prob[rows, y].sum()) / len(y)
+        g = self.softmax.backward(self.log.backward(-onehot))
+        g, W2_grad = self.matmul2.backward(g)
+        _, W1_grad = self.matmul1.backward(self.relu.backward(g))
+        self.W1 -= self.lr * W1_grad
+        self.W2 -= self.lr * W2_grad
+        self.steps += 1
+        return loss, int((log_prob.argmax(axis=1) == y).sum())
+
+    def log_probs(self, x: np.ndarray) -> np.ndarray:
+        # log(softmax + 1e-12), as the exercise computes it; argmax is the prediction.
+        return self._forward(self.prepare(x))
+
+    def params(self) -> dict[str, np.ndarray]:
+        return {"W1": self.W1.copy(), "W2": self.W2.copy()}
+
+    def load_params(self, state: dict[str, np.ndarray]) -> None:
+        for name in ("W1", "W2"):
+            if name not in state:
+                raise CheckpointError(f"state does not fit the exercise model: missing {name}")
+            own = getattr(self, name)
+            if state[name].shape != own.shape:
+                raise CheckpointError(
+                    f"{name} has shape {state[name].shape}, the model expects {own.shape}"
+                )
+            own[...] = state[name]
+
+    def optim_state(self) -> dict[str, np.ndarray]:
+        return {"steps": np.array(self.steps)}
+
+    def load_optim_state(self, state: dict[str, np.ndarray]) -> None:
+        self.steps = int(state.get("steps", 0))
+
+    def describe(self) -> str:
+        n = self.W1.size + self.W2.size
+        return (f"exercise network {self.W1.shape[0]}-{self.W1.shape[1]}-{self.W2.shape[1]} "
+                f"({n:,} weights), full-batch gradient descent")  # fmt: skip
+
+
+def add_ones_column(x: np.ndarray) -> np.ndarray:
+    """(N, D) -> (N, D + 1) with a last column of ones: the exercise's bias."""
+    out = np.empty((x.shape[0], x.shape[1] + 1), dtype=x.dtype)
+    out[:, :-1] = x
+    out[:, -1] = 1
+    return out
+
+
+MODELS: dict[str, type] = {"mlp": MLPModel, "exercise": ExerciseModel}
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def estimate_bytes(cfg: Any, in_features: int, classes: int, batch: int) -> int:
+    """A lower bound on the memory one training step needs: weights, gradients,
+    optimizer state (Adam: two moments) and the activations of one batch."""
+    item = np.dtype(cfg.dtype).itemsize
+    sizes = [in_features + (cfg.model == "exercise"), *cfg.hidden, classes]
+    weights = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+    copies = 2 + (2 if cfg.model == "mlp" and cfg.optimizer.startswith("adam") else 1)
+    activations = 3 * batch * sum(sizes[1:])  # output, saved input and gradient per layer
+    return item * (copies * weights + activations)
+
+
+def available_memory() -> int | None:
+    """Physical memory available now (Linux /proc/meminfo), else total, else None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def build_model(cfg: Any, in_features: int, classes: int, steps_per_epoch: int = 1,
+                rng: np.random.Generator | None = None, batch: int = 0) -> Model:  # fmt: skip
+    """The model ``cfg.model`` names, refusing one that could not fit in memory."""
+    need = estimate_bytes(cfg, in_features, classes, batch or 1)
+    have = available_memory()
+    if have is not None and need > have:
+        raise ConfigError(
+            f"this network needs at least {_gib(need)} to train (weights, gradients, optimizer "
+            f"state and one batch's activations), but only {_gib(have)} is available; "
+            "choose smaller --hidden sizes or --batch-size"
+        )
+    rng = rng if rng is not None else np.random.default_rng(cfg.seed + 1)
+    return MODELS[cfg.model](cfg, in_features, classes, steps_per_epoch, rng)
+
+
+# --------------------------------------------------------------------------- loading for use
+
+
+def load_for_inference(path: str | os.PathLike) -> tuple[Model, dict]:
+    """Rebuild the model stored in a checkpoint (a file or a run directory): (model, meta)."""
+    params, _, meta = ckpt.load(path)
+    try:
+        cfg = config_from_dict(meta["config"])
+        shape = [int(n) for n in meta["image_shape"]]
+        classes = len(meta["classes"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: checkpoint metadata is incomplete ({exc})") from None
+    model = build_model(cfg, int(np.prod(shape)), classes)
+    model.load_params(params)
+    return model, meta

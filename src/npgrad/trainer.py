@@ -1,0 +1,519 @@
+"""The trainer: epochs over a loader, evaluation, metrics and checkpoints, exact resume.
+
+A :class:`Trainer` is complete when constructed: the data are loaded and the
+model built (or restored from a checkpoint by :meth:`Trainer.resume`) before
+anything is written, so a run that cannot start leaves nothing behind.
+:meth:`Trainer.fit` then takes the run directory's lock, trains, and writes
+``checkpoint.npz`` and ``metrics.jsonl`` after every epoch.
+
+Determinism: every random draw after initialisation (shuffling, shifts,
+dropout) comes from one generator whose state is saved with each checkpoint,
+so a resumed run continues bit-for-bit as an uninterrupted one would. Ctrl-C
+stops after the current step and saves mid-epoch; a second Ctrl-C stops at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import checkpoint as ckpt
+from .config import config_from_dict, resume_config, validate
+from .data import DataLoader, Dataset, load_dataset, split_validation, to_float
+from .errors import CheckpointError, ConfigError, Interrupted, RunLocked, TrainingDiverged
+from .fileio import write_text
+from .models import Model, build_model
+
+CHECKPOINT = "checkpoint.npz"
+METRICS = "metrics.jsonl"
+LOCK = ".npgrad.lock"
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class Prepared:
+    """A dataset as the trainer feeds it: float images, labels, flattened test inputs."""
+
+    dataset: Dataset
+    x_train: np.ndarray  # (N, H, W): the loader augments images, then flattens
+    y_train: np.ndarray
+    x_val: np.ndarray | None
+    y_val: np.ndarray | None
+    x_test: np.ndarray  # (N, D)
+    y_test: np.ndarray
+
+    @property
+    def in_features(self) -> int:
+        return int(np.prod(self.dataset.image_shape))
+
+    def fingerprint(self) -> str:
+        """Identifies the dataset's content (labels and sizes), for resuming on the same data."""
+        ds = self.dataset
+        h = hashlib.sha256()
+        for a in (ds.train_labels, ds.test_labels):
+            h.update(np.ascontiguousarray(a, dtype=np.int64).tobytes())
+        h.update(repr((ds.image_shape, len(ds.train_labels), len(ds.test_labels))).encode())
+        return h.hexdigest()[:16]
+
+
+def prepare_data(cfg: Any, dataset: Dataset | None = None) -> Prepared:
+    ds = dataset or load_dataset(cfg.dataset, data_dir=cfg.data_dir)
+    dtype = np.dtype(cfg.dtype).type
+    x = to_float(ds.train_images, ds.pixel_max, dtype)
+    y = ds.train_labels
+    xv = yv = None
+    if cfg.val_fraction:
+        x, y, xv, yv = split_validation(x, y, cfg.val_fraction, cfg.seed)
+        xv = xv.reshape(len(xv), -1)
+    xt = to_float(ds.test_images, ds.pixel_max, dtype)
+    return Prepared(ds, x, y, xv, yv, xt.reshape(len(xt), -1), ds.test_labels)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class Evaluation:
+    loss: float
+    accuracy: float
+    predictions: np.ndarray
+    labels: np.ndarray
+
+    def confusion(self, classes: int) -> np.ndarray:
+        """Rows: true class, columns: predicted class."""
+        cells = np.bincount(self.labels * classes + self.predictions, minlength=classes**2)
+        return cells.reshape(classes, classes)
+
+
+def evaluate(model: Model, x: np.ndarray, y: np.ndarray, batch_size: int = 2000) -> Evaluation:
+    """Mean cross-entropy and accuracy on flattened float inputs, in chunks (bounded memory)."""
+    total, preds = 0.0, []
+    for start in range(0, len(y), batch_size):
+        lp = model.log_probs(x[start : start + batch_size])
+        yb = y[start : start + batch_size]
+        total -= float(lp[np.arange(len(yb)), yb].sum())
+        preds.append(lp.argmax(axis=1))
+    p = np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
+    return Evaluation(total / max(len(y), 1), float((p == y).mean()) if len(y) else 0.0, p, y)
+
+
+# --------------------------------------------------------------------------- Ctrl-C
+
+
+class StopRequest:
+    """Set by the first Ctrl-C (or :meth:`Trainer.request_stop`): stop at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+
+@contextlib.contextmanager
+def stop_on_sigint(stop: StopRequest, log: Callable[[str], None]) -> Iterator[None]:
+    """First Ctrl-C: set ``stop``. Second: KeyboardInterrupt. The caller's handler is restored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals can only be caught in the main thread
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is None:  # installed outside Python: restore the default afterwards
+        previous = signal.SIG_DFL
+
+    def handler(_signum: int, _frame: Any) -> None:
+        if stop.requested:
+            raise KeyboardInterrupt
+        stop.requested = True
+        log("stopping after this step to save; press Ctrl-C again to stop at once")
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+# --------------------------------------------------------------------------- the run lock
+
+
+@contextlib.contextmanager
+def run_lock(out: Path) -> Iterator[None]:
+    """Hold ``out``'s lock: one trainer per run directory.
+
+    An OS file lock (``flock``), so a killed trainer's lock disappears with its
+    process and a stale lock file is simply taken over. The file records the
+    holder's PID for the message the next trainer gets.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no locking rather than a wrong one
+        yield
+        return
+    path = out / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+            raise RunLocked(
+                f"{out} is in use by another npgrad train (PID {holder}); wait for it to finish "
+                "or choose another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+# --------------------------------------------------------------------------- the trainer
+
+
+@dataclass
+class EpochProgress:
+    """Where an interrupted epoch stands; saved in the checkpoint as ``partial``."""
+
+    epoch: int
+    step: int  # batches completed
+    loss_sum: float
+    correct: int
+    seen: int
+    seconds: float
+    rng_epoch_start: dict  # generator state before this epoch's permutation
+
+
+class Trainer:
+    """Train according to a configuration, writing metrics and checkpoints to ``out``.
+
+    ``log`` receives one human-readable line per epoch; ``step_hook(epoch, step)``
+    is called before every step (tests use it to simulate an interruption).
+    """
+
+    def __init__(self, cfg: Any, out: str | os.PathLike, dataset: Dataset | None = None,
+                 log: Callable[[str], None] | None = None, progress: bool | None = None,
+                 step_hook: Callable[[int, int], None] | None = None) -> None:  # fmt: skip
+        validate(cfg)
+        self.cfg = cfg
+        self.out = Path(out)
+        self.log = log or (lambda line: print(line, file=sys.stderr))
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.step_hook = step_hook
+        self.stop = StopRequest()
+        self.data = prepare_data(cfg, dataset)
+        self.rng = np.random.default_rng([cfg.seed, 1])
+        classes = self.data.dataset.num_classes
+        batch = cfg.batch_size or len(self.data.y_train)
+        steps_per_epoch = -(-len(self.data.y_train) // batch)
+        self.model = build_model(cfg, self.data.in_features, classes, steps_per_epoch, self.rng,
+                                 batch=batch)  # fmt: skip
+        self.loader = DataLoader(self.model.prepare(self.data.x_train), self.data.y_train, batch,
+                                 shuffle=self.model.kind != "exercise", rng=self.rng,
+                                 shift=cfg.shift)  # fmt: skip
+        self.history: list[dict[str, Any]] = []
+        self.start_epoch = 0
+        self.partial: dict[str, Any] | None = None
+        self.resumed = False
+
+    @classmethod
+    def resume(cls, out: str | os.PathLike, changes: dict[str, Any] | None = None,
+               dataset: Dataset | None = None, **kwargs: Any) -> Trainer:  # fmt: skip
+        """Continue the run in ``out`` from its checkpoint.
+
+        ``changes`` may give options that a resumed run can change (``epochs``,
+        where the dataset is found); any other option must equal its stored value.
+        """
+        path = Path(out) / CHECKPOINT
+        if not path.exists():
+            raise CheckpointError(
+                f"no checkpoint in {out} to resume from; drop --resume to start fresh"
+            )
+        params, opt_state, meta = ckpt.load(path)
+        try:
+            stored = config_from_dict(meta["config"])
+            start_epoch, history = int(meta["epoch"]), list(meta["history"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: checkpoint metadata is incomplete ({exc})") from None
+        cfg = resume_config(stored, changes or {})
+        trainer = cls(cfg, out, dataset=dataset, **kwargs)
+        stored = meta.get("dataset_fingerprint")
+        if stored is not None and stored != trainer.data.fingerprint():
+            raise ConfigError(
+                f"{trainer.data.dataset.name} is not the dataset this run was trained on "
+                f"({meta['config'].get('dataset')}); resume with that dataset or start a new run"
+            )
+        trainer.model.load_params(params)
+        trainer.model.load_optim_state(opt_state)
+        trainer.rng.bit_generator.state = meta["rng"]
+        trainer.start_epoch = start_epoch
+        trainer.history = history[:start_epoch]
+        trainer.partial = meta.get("partial")
+        trainer.resumed = True
+        return trainer
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out / CHECKPOINT
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.out / METRICS
+
+    def request_stop(self) -> None:
+        """Stop after the current step, save, and raise :class:`Interrupted` (what Ctrl-C does)."""
+        self.stop.requested = True
+
+    def fit(self, force: bool = False) -> dict[str, Any]:
+        """Train (or continue) to ``cfg.epochs`` and return the final metrics record."""
+        created = not self.out.exists()
+        try:
+            try:
+                self.out.mkdir(parents=True, exist_ok=True)
+                with run_lock(self.out):
+                    if not self.resumed and self.checkpoint_path.exists() and not force:
+                        raise ConfigError(
+                            f"{self.out} already holds a checkpoint: pass --resume to continue "
+                            "it or --force to start over"
+                        )
+                    self._write_metrics()
+                    with stop_on_sigint(self.stop, self.log):
+                        self._train()
+                    if not self.checkpoint_path.exists():  # zero epochs: keep the initial model
+                        self._save(0)
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot write to {exc.filename or self.out}: {exc.strerror or exc}; "
+                    "choose another --out"
+                ) from None
+        except BaseException:
+            if created:  # a run that never saved anything leaves no directory behind
+                _remove_if_only(self.out, {LOCK, METRICS})
+            raise
+        return self.history[-1] if self.history else self._evaluate_only()
+
+    def _train(self) -> None:
+        cfg, loader = self.cfg, self.loader
+        where = ""
+        if self.partial:
+            where = f", resuming in epoch {self.partial['epoch']} after step {self.partial['step']}"
+        elif self.start_epoch:
+            where = f", resuming after epoch {self.start_epoch}"
+        self.log(f"{self.model.describe()} on {self.data.dataset.name} "
+                 f"({len(self.data.y_train)} train, {len(self.data.y_test)} test), {cfg.epochs} "
+                 f"epochs, batch {cfg.batch_size or 'full'}{where}")  # fmt: skip
+        partial, self.partial = self.partial, None
+        for epoch in range(self.start_epoch + 1, cfg.epochs + 1):
+            resume_at = EpochProgress(**partial) if partial and partial["epoch"] == epoch else None
+            partial = None
+            try:
+                record, paused = self._epoch(epoch, resume_at)
+            except KeyboardInterrupt:  # a second Ctrl-C, mid-step: nothing consistent to save
+                kept = f"epoch {epoch - 1}" if epoch > 1 else "none yet"
+                raise Interrupted(
+                    f"interrupted in epoch {epoch}; checkpoint kept: {kept} in {self.out}; "
+                    "continue with --resume"
+                ) from None
+            if paused is not None:
+                self._save(epoch - 1, partial=dataclasses.asdict(paused))
+                raise Interrupted(
+                    f"stopped in epoch {epoch} after step {paused.step} of {len(loader)}; "
+                    f"saved to {self.checkpoint_path}; continue with --resume"
+                )
+            self.history.append(record)
+            self._save(epoch)
+            self._write_metrics()
+            self.log(_epoch_line(record, cfg.epochs))
+            if self.stop.requested and epoch < cfg.epochs:
+                raise Interrupted(
+                    f"stopped after epoch {epoch}; saved to {self.checkpoint_path}; "
+                    "continue with --resume"
+                )
+
+    def _save(self, epochs_done: int, partial: dict[str, Any] | None = None) -> None:
+        ds = self.data.dataset
+        meta: dict[str, Any] = {
+            "config": self.cfg.to_dict(),
+            "epoch": epochs_done,
+            "history": self.history,
+            "rng": self.rng.bit_generator.state,
+            "model": self.model.kind,
+            "classes": list(ds.classes),
+            "image_shape": list(ds.image_shape),
+            "pixel_max": ds.pixel_max,
+            "dataset_fingerprint": self.data.fingerprint(),
+        }
+        if partial is not None:
+            meta["partial"] = partial
+        ckpt.save(self.checkpoint_path, self.model.params(), self.model.optim_state(), meta)
+
+    def _write_metrics(self) -> None:
+        """metrics.jsonl holds exactly the checkpoint's history (rewritten atomically)."""
+        write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in self.history))
+
+    def _evaluate_only(self) -> dict[str, Any]:
+        ev = evaluate(self.model, self.data.x_test, self.data.y_test)
+        return {"epoch": 0, "test_loss": ev.loss, "test_accuracy": ev.accuracy}
+
+    def _batches(self, epoch: int, resume_at: EpochProgress | None) -> tuple[Any, dict, int]:
+        """This epoch's batches, the generator state it started from, and the first step."""
+        loader = self.loader
+        if resume_at is None:
+            return loader.batches(), copy.deepcopy(loader.rng.bit_generator.state), 0
+        # Same permutation as the interrupted epoch: replay it from the saved state.
+        order = None
+        if loader.shuffle:
+            replay = np.random.default_rng()
+            replay.bit_generator.state = resume_at.rng_epoch_start
+            order = replay.permutation(len(loader.labels))
+        start = resume_at.step
+        return loader.batches(order=order, start_batch=start), resume_at.rng_epoch_start, start
+
+    def _epoch(self, epoch: int, resume_at: EpochProgress | None
+               ) -> tuple[dict[str, Any] | None, EpochProgress | None]:  # fmt: skip
+        """Train one epoch: (metrics record, None), or (None, progress) when asked to stop."""
+        t0 = time.perf_counter()
+        batches, rng_start, start = self._batches(epoch, resume_at)
+        r = resume_at or EpochProgress(epoch, 0, 0.0, 0, 0, 0.0, rng_start)
+        bar = _progress_bar(batches, len(self.loader), start, epoch, self.cfg.epochs) \
+            if self.progress else None  # fmt: skip
+        for step, (xb, yb) in enumerate(bar if bar is not None else batches, start=start):
+            if self.step_hook is not None:
+                self.step_hook(epoch, step)
+            loss, ok = self.model.train_step(xb, yb)
+            if not math.isfinite(loss):
+                kept = f"epoch {epoch - 1}" if epoch > 1 else "none"
+                raise TrainingDiverged(
+                    f"loss became {loss} at epoch {epoch}, step {step + 1}; training stopped, "
+                    f"last good checkpoint: {kept} in {self.out}; try a smaller learning rate "
+                    f"(now {self.cfg.lr:g})"
+                )
+            r.loss_sum += loss * len(yb)
+            r.correct += ok
+            r.seen += len(yb)
+            if bar is not None and step % 20 == 0:
+                bar.set_postfix(loss=f"{r.loss_sum / r.seen:.4f}", acc=f"{r.correct / r.seen:.2%}")
+            if self.stop.requested and step + 1 < len(self.loader):
+                # Between steps, before the next batch is drawn: everything is consistent.
+                if bar is not None:
+                    bar.close()
+                r.step, r.seconds = step + 1, r.seconds + time.perf_counter() - t0
+                return None, r
+        seconds = r.seconds + time.perf_counter() - t0
+        test = evaluate(self.model, self.data.x_test, self.data.y_test)
+        record: dict[str, Any] = {
+            "epoch": epoch,
+            "train_loss": r.loss_sum / max(r.seen, 1),
+            "train_accuracy": r.correct / max(r.seen, 1),
+            "test_loss": test.loss,
+            "test_accuracy": test.accuracy,
+        }
+        if self.data.x_val is not None:
+            val = evaluate(self.model, self.data.x_val, self.data.y_val)
+            record["val_loss"], record["val_accuracy"] = val.loss, val.accuracy
+        record["lr"] = float(self.model.lr)
+        record["seconds"] = seconds
+        record["samples_per_second"] = r.seen / seconds if seconds > 0 else 0.0
+        return record, None
+
+
+def _progress_bar(batches: Any, total: int, initial: int, epoch: int, epochs: int) -> Any:
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(batches, total=total, initial=initial, desc=f"epoch {epoch}/{epochs}",
+                leave=False, unit="batch", file=sys.stderr)  # fmt: skip
+
+
+def _remove_if_only(folder: Path, names: set[str]) -> None:
+    """Remove ``folder`` if it holds nothing but ``names`` (what a failed start wrote)."""
+    try:
+        entries = {p.name for p in folder.iterdir()}
+        if entries <= names:
+            for name in entries:
+                (folder / name).unlink()
+            folder.rmdir()
+    except OSError:
+        pass
+
+
+def _epoch_line(r: dict[str, Any], epochs: int) -> str:
+    val = f"  val {r['val_accuracy']:.2%}" if "val_accuracy" in r else ""
+    secs = f"{r['seconds']:.{2 if r['seconds'] < 10 else 1}f}s"
+    return (f"epoch {r['epoch']:>3}/{epochs}  train loss {r['train_loss']:.4f} "
+            f"acc {r['train_accuracy']:.2%}  test loss {r['test_loss']:.4f} "
+            f"acc {r['test_accuracy']:.2%}{val}  {secs} "
+            f"({r['samples_per_second']:,.0f} samples/s)")  # fmt: skip
+
+
+# --------------------------------------------------------------------------- starting a run
+
+
+def default_out(dataset: str, preset: str) -> Path:
+    """``runs/<dataset name>-<preset>``: where a run goes when no directory is given."""
+    return Path("runs") / f"{Path(dataset).name}-{preset}"
+
+
+def open_run(preset: str | None = None, options: dict[str, Any] | None = None,
+             out: str | os.PathLike | None = None, resume: bool = False, force: bool = False,
+             **kwargs: Any) -> Trainer:  # fmt: skip
+    """A :class:`Trainer` for a new run, or for continuing one: what ``npgrad train`` does.
+
+    ``options`` are the explicitly given options (see :mod:`npgrad.config`). A
+    new run loads its dataset first, so that the default preset adapts to the
+    dataset's family whatever it was called; a resumed run keeps its stored
+    configuration except for what :func:`~npgrad.config.resume_config` allows.
+    """
+    from .config import BY_NAME, make_config
+
+    options = dict(options or {})
+    if resume and force:
+        raise ConfigError("--resume continues a run and --force starts it over: give one of them")
+    dataset_name = str(options.get("dataset") or BY_NAME["dataset"].default)
+    out = Path(out) if out is not None else default_out(dataset_name, preset or "default")
+    if resume:
+        ckpt_path = out / CHECKPOINT
+        if preset is not None and ckpt_path.exists():
+            stored = config_from_dict(ckpt.load(ckpt_path)[2].get("config", {})).preset
+            if preset != stored:
+                raise ConfigError(
+                    f"--preset cannot change when resuming (the run was trained with "
+                    f"{stored}); drop it, or start a new run with --out"
+                )
+        return Trainer.resume(out, changes=options, **kwargs)
+    ds = load_dataset(dataset_name, data_dir=options.get("data_dir"))
+    cfg = make_config(preset or "default", family=getattr(ds, "family", None), **options)
+    return Trainer(cfg, out, dataset=ds, **kwargs)
+
+
+def summary(trainer: Trainer, final: dict[str, Any], elapsed: float) -> dict[str, Any]:
+    """The one-line JSON summary of a finished run."""
+    out = {
+        "dataset": trainer.data.dataset.name,
+        "preset": trainer.cfg.preset,
+        "model": trainer.cfg.model,
+        "epochs": final.get("epoch", 0),
+        "test_accuracy": final.get("test_accuracy"),
+        "test_loss": final.get("test_loss"),
+        "train_accuracy": final.get("train_accuracy"),
+        "train_loss": final.get("train_loss"),
+        "train_seconds": round(sum(r.get("seconds", 0.0) for r in trainer.history), 3),
+        "total_seconds": round(elapsed, 3),
+        "checkpoint": str(trainer.checkpoint_path),
+    }
+    if "val_accuracy" in final:
+        out["val_accuracy"] = final["val_accuracy"]
+    return out

@@ -1,0 +1,54 @@
+"""``npgrad evaluate``."""
+
+import json
+
+import numpy as np
+import pytest
+
+from npgrad.cli import main
+from tests.cli.helpers import run, run_catching_exit
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert (
+        main(["train", "--dataset", "digits", "--epochs", "3", "--out", str(out), "--quiet"]) == 0
+    )
+    return out
+
+
+def test_evaluate_reports_per_class_and_confusion(capsys, digits_run, tmp_path):
+    from PIL import Image
+
+    code, out, _ = run(
+        capsys, "evaluate", str(digits_run / "checkpoint.npz"), "--plot", "-o", str(tmp_path)
+    )
+    assert code == 0
+    assert "accuracy" in out and "per-class accuracy" in out and "confusion matrix" in out
+    rows = [line for line in out.splitlines() if line.strip()[:1].isdigit()]
+    assert len(rows) >= 20  # 10 per-class lines + 10 matrix rows
+    img = np.asarray(Image.open(tmp_path / "misclassified.png").convert("L"), dtype=float)
+    assert img.std() > 10
+    code, out, _ = run(capsys, "evaluate", str(digits_run), "--json")
+    data = json.loads(out)
+    assert np.array(data["confusion"]).sum() == 360
+
+
+def test_incompatible_checkpoint(capsys, digits_run, shared_data):
+    code, _, err = run_catching_exit(
+        capsys, ["evaluate", str(digits_run), "-d", str(shared_data / "mnist-10k")]
+    )
+    assert code == 2 and "expects [8, 8] images" in err and len(err.strip().splitlines()) == 1
+
+
+def test_corrupted_checkpoint_after_training_is_refused_and_left_intact(
+    capsys, digits_run, tmp_path
+):
+    bad = tmp_path / "checkpoint.npz"
+    data = bytearray((digits_run / "checkpoint.npz").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    code, _, err = run_catching_exit(capsys, ["evaluate", str(bad)])
+    assert code == 2 and "npgrad: error:" in err
+    assert bad.read_bytes() == bytes(data)

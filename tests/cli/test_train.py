@@ -1,0 +1,87 @@
+"""``npgrad train``: the main job from the command line."""
+
+import json
+
+import numpy as np
+
+from npgrad import checkpoint as ckpt
+from npgrad.cli import main
+from tests.cli.helpers import assert_one_line_error, run, run_catching_exit
+
+
+def test_train_json_summary(capsys, tmp_path):
+    code, out, err = run(
+        capsys, "train", "-d", "digits", "-e", "2", "-o", str(tmp_path), "--json", "-q"
+    )
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert len(lines) == 1
+    summary = json.loads(lines[0])
+    assert summary["epochs"] == 2 and 0.5 < summary["test_accuracy"] <= 1.0
+    assert summary["dataset"] == "digits" and summary["checkpoint"].endswith("checkpoint.npz")
+
+
+def test_train_prints_epoch_lines_and_plots(capsys, tmp_path):
+    from PIL import Image
+
+    code, out, _ = run(capsys, "train", "-d", "digits", "-e", "3", "-o", str(tmp_path), "--plot")
+    assert code == 0
+    assert "epoch   3/3" in out and "test accuracy" in out
+    for name in ("curves.png", "confusion.png"):
+        img = np.asarray(Image.open(tmp_path / name).convert("L"), dtype=float)
+        assert img.shape[0] > 200 and img.shape[1] > 200 and img.std() > 10  # not blank
+
+
+def test_exercise_preset_from_the_command_line(capsys, tmp_path, shared_data):
+    code, out, _ = run(capsys, "train", "--preset", "exercise", "-d", str(shared_data / "mnist-10k"),
+                       "-e", "2", "-o", str(tmp_path), "--json", "-q")  # fmt: skip
+    summary = json.loads(out)
+    assert code == 0 and summary["preset"] == "exercise"
+    meta = ckpt.load(tmp_path / "checkpoint.npz")[2]
+    assert 23 <= meta["history"][0]["train_loss"] <= 24
+    assert meta["config"]["dtype"] == "float64" and meta["config"]["batch_size"] == 0
+
+
+def test_resume_keeps_the_stored_epochs_unless_given(capsys, tmp_path):
+    out = str(tmp_path)
+    assert main(["train", "-d", "digits", "-e", "2", "-o", out, "-q"]) == 0
+    assert main(["train", "-d", "digits", "-o", out, "--resume", "--json", "-q"]) == 0
+    assert json.loads(capsys.readouterr().out)["epochs"] == 2  # not the preset's 20
+    before = (tmp_path / "checkpoint.npz").read_bytes()
+    code, _, err = run_catching_exit(capsys, ["train", "-o", out, "--resume", "--lr", "0.1"])
+    assert_one_line_error(code, err, "--lr cannot change when resuming")
+    assert (tmp_path / "checkpoint.npz").read_bytes() == before  # nothing of the run changed
+    assert main(["train", "-d", "digits", "-o", out, "--resume", "-e", "3", "--json", "-q"]) == 0
+    assert json.loads(capsys.readouterr().out)["epochs"] == 3
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]
+
+
+def test_validation_split_is_reported(capsys, tmp_path):
+    code, out, _ = run(
+        capsys,
+        "train",
+        "-d",
+        "digits",
+        "-e",
+        "2",
+        "--val",
+        "0.2",
+        "-o",
+        str(tmp_path),
+        "--json",
+        "-q",
+    )
+    summary = json.loads(out)
+    assert code == 0 and 0 < summary["val_accuracy"] <= 1
+    record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert "val_loss" in record and "val_accuracy" in record
+
+
+def test_zero_epochs_still_writes_a_usable_checkpoint(capsys, tmp_path):
+    code, out, _ = run(
+        capsys, "train", "-d", "digits", "-e", "0", "-o", str(tmp_path), "--json", "-q"
+    )
+    summary = json.loads(out)
+    assert code == 0 and summary["epochs"] == 0 and (tmp_path / "checkpoint.npz").is_file()
+    assert main(["evaluate", str(tmp_path)]) == 0
