@@ -7,7 +7,8 @@ The pieces, one module per concern:
 * :mod:`npgrad.layers`  the exercise's ``Matmul``/``Relu``/``Softmax``/``Log`` classes
 * :mod:`npgrad.nn`, :mod:`npgrad.optim`  modules and optimizers for training
 * :mod:`npgrad.data`    IDX files, named datasets, the embedded digits, batching
-* :mod:`npgrad.train`, :mod:`npgrad.cli`  the trainer and the ``npgrad`` command
+* :mod:`npgrad.config`, :mod:`npgrad.models`, :mod:`npgrad.trainer`  options, models, training
+* :mod:`npgrad.cli`     the ``npgrad`` command, one module per sub-command
 * :mod:`npgrad.check`   gradient checking, for built-in ops and your own layers
 """
 
@@ -41,7 +42,6 @@ from .autodiff import (
     tensor,
     transpose,
 )
-from .check import GradcheckReport, gradcheck
 from .errors import (
     CheckpointError,
     ConfigError,
@@ -53,9 +53,26 @@ from .errors import (
     ShapeError,
     TrainingDiverged,
 )
-from .layercheck import LayerReport, check_layer
 
 __version__ = "0.1.0"
+
+# The checking tools load on first use: most programs train and never check.
+_LAZY = {
+    "gradcheck": "check",
+    "GradcheckReport": "check",
+    "check_layer": "layercheck",
+    "LayerReport": "layercheck",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'npgrad' has no attribute {name!r}")
 
 __all__ = [
     "data",
@@ -87,18 +104,15 @@ __all__ = [
     "log",
     "log_softmax",
     "matmul",
-    "max",
     "mean",
     "mul",
     "neg",
     "no_grad",
-    "pow",
     "relu",
     "reshape",
     "sigmoid",
     "softmax",
     "sub",
-    "sum",
     "tanh",
     "tensor",
     "transpose",

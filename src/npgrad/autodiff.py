@@ -174,7 +174,7 @@ class Tensor:
             if seed.shape != self.shape:
                 raise GradError(f"backward(grad): grad has shape {seed.shape}, output {self.shape}")
 
-        order = _topological_order(self)
+        order = topological_order(self)
         grads: dict[int, np.ndarray] = {id(self): seed}
         handed_out: set[int] = set()
         for t in reversed(order):
@@ -314,8 +314,12 @@ class Tensor:
 _FREED = object()
 
 
-def _topological_order(root: Tensor) -> list[Tensor]:
-    """Post-order of the graph below ``root`` (inputs before outputs), iteratively."""
+def topological_order(root: Tensor, grad_only: bool = True) -> list[Tensor]:
+    """Post-order of the graph below ``root`` (inputs before outputs), iteratively.
+
+    The one graph walk in npgrad: backward follows only inputs that require
+    gradients (``grad_only``); drawing a graph (:mod:`npgrad.graph`) follows all.
+    """
     order: list[Tensor] = []
     visited: set[int] = set()
     stack: list[tuple[Tensor, bool]] = [(root, False)]
@@ -331,7 +335,7 @@ def _topological_order(root: Tensor) -> list[Tensor]:
         node = t._node
         if node is not None:
             for p in node.parents:
-                if p.requires_grad and id(p) not in visited:
+                if (p.requires_grad or not grad_only) and id(p) not in visited:
                     stack.append((p, False))
     return order
 

@@ -15,20 +15,8 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
-from .autodiff import Tensor
+from .autodiff import Tensor, topological_order
 from .errors import GraphvizMissing, NpgradError
-
-
-def _walk(root: Tensor) -> list[Tensor]:
-    seen: dict[int, Tensor] = {}
-    stack = [root]
-    while stack:
-        t = stack.pop()
-        if id(t) in seen:
-            continue
-        seen[id(t)] = t
-        stack.extend(t.parents)
-    return list(seen.values())
 
 
 def _quote(text: str) -> str:
@@ -46,7 +34,7 @@ def to_dot(
     from .nn import Parameter
 
     labels = {id(t): n for n, t in (names or {}).items()}
-    nodes = _walk(root)
+    nodes = topological_order(root, grad_only=False)
     ids = {id(t): f"t{i}" for i, t in enumerate(nodes)}
     lines = ["digraph npgrad {", "  rankdir=BT;", '  node [fontname="Helvetica", fontsize=10];']
     if title:

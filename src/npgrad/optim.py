@@ -127,7 +127,7 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
-    """Adam (Kingma & Ba). ``weight_decay`` adds ``wd * w`` to the gradient (L2, coupled).
+    r"""Adam (Kingma & Ba). ``weight_decay`` adds ``wd * w`` to the gradient (L2, coupled).
 
     Same update as PyTorch's, computed with unscaled moment sums to save memory
     passes (this is memory-bound for MNIST-sized layers): with
@@ -135,11 +135,11 @@ class Adam(Optimizer):
     :math:`m_t = (1-\beta_1) M_t`, :math:`v_t = (1-\beta_2) V_t` and
 
     .. math::
-        w \\mathrel{-}= \frac{lr}{1-\beta_1^t}\\,
-              \frac{m_t}{\\sqrt{v_t/(1-\beta_2^t)} + \\epsilon}
-           = c_1 \frac{M_t}{\\sqrt{V_t} + \\epsilon / c_2},\\quad
-        c_2 = \\sqrt{\tfrac{1-\beta_2}{1-\beta_2^t}},\\;
-        c_1 = \frac{lr\\,(1-\beta_1)}{(1-\beta_1^t)\\, c_2}.
+        w \mathrel{-}= \frac{lr}{1-\beta_1^t}\,
+              \frac{m_t}{\sqrt{v_t/(1-\beta_2^t)} + \epsilon}
+           = c_1 \frac{M_t}{\sqrt{V_t} + \epsilon / c_2},\quad
+        c_2 = \sqrt{\tfrac{1-\beta_2}{1-\beta_2^t}},\;
+        c_1 = \frac{lr\,(1-\beta_1)}{(1-\beta_1^t)\, c_2}.
 
     Ten in-place passes per parameter, no allocation.
     """
