@@ -3,23 +3,26 @@
 * :func:`gradcheck` compares the gradients the engine computes for any
   function of tensors with central differences, in float64: the full Jacobian
   for small problems, random-direction vector-Jacobian products for large ones.
-* :func:`op_case` builds, for every op in :data:`npgrad.ops.OPS`, inputs and the
-  matching npgrad and PyTorch calls; :func:`check_ops` runs them all (this is
-  ``npgrad gradcheck``, and the test suite is driven by the same table, so an
-  op cannot be registered without being checked).
+* :func:`check_ops` checks every op in :data:`npgrad.ops.OPS` that way and
+  against PyTorch, on inputs drawn from the op's own ``spec`` (this is
+  ``npgrad gradcheck``; :func:`op_case` draws one case).
+* :func:`mismatches` is the pass rule and :func:`numeric_jacobian` /
+  :func:`numeric_vjp` the central differences of every check in npgrad,
+  :mod:`npgrad.layercheck` included.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from . import autodiff as T
-from .autodiff import Tensor
+from .autodiff import Tensor, apply
 from .errors import GradcheckError
 from .ops import OPS
 
@@ -115,14 +118,12 @@ def _backward(
     return [t.grad if t.grad is not None else np.zeros_like(t.data) for t in ts]
 
 
-def numeric_jacobian(f: Callable[[], Any], x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
-    """Central differences: the (out.size, x.size) Jacobian of ``f()`` with respect to ``x``.
+def _central_differences(f: Callable[[], Any], x: np.ndarray, eps: float) -> Iterator[np.ndarray]:
+    """For each element of ``x`` in turn, ``(f(x + eps e_j) - f(x - eps e_j)) / 2 eps``.
 
-    ``f`` takes no arguments and reads ``x``, which is perturbed in place one
-    element at a time and restored afterwards.
+    ``x`` is perturbed in place and restored before the next element.
     """
     flat = x.reshape(-1)  # a view: writing it perturbs x
-    columns = []
     for j in range(flat.size):
         old = flat[j]
         flat[j] = old + eps
@@ -130,8 +131,46 @@ def numeric_jacobian(f: Callable[[], Any], x: np.ndarray, eps: float = 1e-6) -> 
         flat[j] = old - eps
         minus = np.array(f(), dtype=np.float64)
         flat[j] = old
-        columns.append(((plus - minus) / (2 * eps)).ravel())
+        yield (plus - minus) / (2 * eps)
+
+
+def numeric_jacobian(f: Callable[[], Any], x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """Central differences: the (out.size, x.size) Jacobian of ``f()`` with respect to ``x``.
+
+    ``f`` takes no arguments and reads ``x``, which is perturbed in place one
+    element at a time and restored afterwards.
+    """
+    columns = [c.ravel() for c in _central_differences(f, x, eps)]
     return np.stack(columns, axis=1) if columns else np.zeros((0, 0))
+
+
+def numeric_vjp(
+    f: Callable[[], Any], x: np.ndarray, g: np.ndarray, eps: float = 1e-6
+) -> np.ndarray:
+    """Central differences of ``sum(g * f())`` with respect to ``x``: ``g^T J``, shaped like ``x``.
+
+    Never forms the Jacobian, so it needs no more memory than one output.
+    """
+    out = np.empty(x.size)
+    for j, column in enumerate(_central_differences(f, x, eps)):
+        out[j] = float(np.sum(g * column))
+    return out.reshape(x.shape)
+
+
+def mismatches(got: Any, want: Any, atol: float, rtol: float) -> np.ndarray:
+    """The pass rule of every check: True where ``|got - want| > atol + rtol * |want|``.
+
+    ``want`` is the trusted value (the numerical gradient, the reference); NaN
+    anywhere counts as a mismatch.
+    """
+    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return ~(np.abs(got - want) <= atol + rtol * np.abs(want))
+
+
+def agrees(got: Any, want: Any, atol: float, rtol: float) -> bool:
+    """Same shape, and no element :func:`mismatches`."""
+    return np.shape(got) == np.shape(want) and not mismatches(got, want, atol, rtol).any()
 
 
 def gradcheck(
@@ -217,7 +256,7 @@ def _compare(
         diff = np.abs(numeric - analytic)
         scale = np.maximum(np.abs(numeric), np.abs(analytic))
         rel = np.where(scale > 0, diff / np.where(scale > 0, scale, 1), 0.0)
-    bad = ~(diff <= atol + rtol * np.abs(numeric))  # NaN counts as a mismatch
+    bad = mismatches(analytic, numeric, atol, rtol)
     worst = None
     if full and diff.size:
         k = int(np.nanargmax(np.where(np.isnan(diff), np.inf, diff)))
@@ -240,175 +279,55 @@ def _compare(
 
 @dataclass
 class OpCase:
-    """One check of an op: float64 inputs, the npgrad call, the equivalent PyTorch call."""
+    """One check of an op: float64 inputs and keyword parameters drawn from its spec."""
 
     op: str
     label: str
     inputs: list[np.ndarray]
-    fn: Callable[..., Tensor]
-    torch_fn: Callable[..., Any]
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def fn(self, *tensors: Tensor) -> Tensor:
+        """The npgrad call: the op itself, through the engine."""
+        return apply(OPS[self.op], *tensors, **self.params)
+
+    def torch_fn(self, *tensors: Any) -> Any:
+        """The PyTorch twin the op's spec declares."""
+        import torch
+
+        return _spec(self.op).torch(torch, *tensors, **self.params)
 
 
-def _away_from_zero(x: np.ndarray, margin: float = 0.1) -> np.ndarray:
-    """Keep finite differences away from kinks and poles at 0."""
-    return np.where(x >= 0, x + margin, x - margin)
-
-
-def _broadcast_partner(rng: np.random.Generator, shape: tuple[int, ...]) -> tuple[int, ...]:
-    """A random shape that broadcasts against ``shape``: some axes set to 1, maybe dropped."""
-    partner = [1 if rng.random() < 0.4 else n for n in shape]
-    drop = int(rng.integers(0, len(partner) + 1)) if partner else 0
-    return tuple(partner[drop:]) if rng.random() < 0.5 else tuple(partner)
+def _spec(name: str) -> Any:
+    if name not in OPS:
+        raise GradcheckError(f"unknown op {name!r}; known: {', '.join(sorted(OPS))}")
+    spec = OPS[name].spec
+    if spec is None:
+        raise GradcheckError(
+            f"op {name!r} declares no spec: add spec = OpSpec(...) to its class "
+            "(see the npgrad.ops docstring)"
+        )
+    return spec
 
 
 def op_case(name: str, rng: np.random.Generator, shape: Sequence[int] = (3, 4)) -> OpCase:
-    """Build a check case for op ``name`` around a base ``shape`` (at least 1-D)."""
-    shape = tuple(int(n) for n in shape) or (3,)
-    x = rng.standard_normal(shape)
-    two = shape if len(shape) >= 2 else (2, shape[0])
-
-    def binary(fn: Callable, tfn: Callable, positive_b: bool = False) -> OpCase:
-        other = _broadcast_partner(rng, shape)
-        if rng.random() < 0.5:
-            sa, sb = shape, other
-        else:
-            sa, sb = other, shape
-        a, b = rng.standard_normal(sa), rng.standard_normal(sb)
-        if positive_b:
-            b = _away_from_zero(b, 0.5)
-        return OpCase(name, f"{sa} {name} {sb}", [a, b], fn, tfn)
-
-    def unary(fn: Callable, tfn: Callable, arr: np.ndarray, label: str = "") -> OpCase:
-        return OpCase(name, label or str(arr.shape), [arr], fn, tfn)
-
-    if name == "matmul":
-        n, k = two[-2], two[-1]
-        m = int(rng.integers(1, 5))
-        a = rng.standard_normal(two[:-2] + (n, k))
-        b = rng.standard_normal((k, m))
-        return OpCase(name, f"{a.shape} @ {b.shape}", [a, b], T.matmul, lambda a, b: a @ b)
-    if name == "linear":
-        n, k = two[-2], two[-1]
-        m = int(rng.integers(1, 5))
-        a = rng.standard_normal(two[:-2] + (n, k))
-        w, b = rng.standard_normal((k, m)), rng.standard_normal((m,))
-        return OpCase(name, f"{a.shape} @ {w.shape} + {b.shape}", [a, w, b], T.linear,
-                      lambda a, w, b: a @ w + b)  # fmt: skip
-    if name == "add":
-        return binary(lambda a, b: a + b, lambda a, b: a + b)
-    if name == "sub":
-        return binary(lambda a, b: a - b, lambda a, b: a - b)
-    if name == "mul":
-        return binary(lambda a, b: a * b, lambda a, b: a * b)
-    if name == "div":
-        return binary(lambda a, b: a / b, lambda a, b: a / b, positive_b=True)
-    if name == "neg":
-        return unary(lambda a: -a, lambda a: -a, x)
-    if name == "pow":
-        p = float(rng.choice([2.0, 3.0, -1.0, 0.5, 1.5]))
-        base = np.abs(x) + 0.5
-        return unary(lambda a: a**p, lambda a: a**p, base, f"{shape} ** {p}")
-    if name == "exp":
-        return unary(T.exp, lambda a: a.exp(), x)
-    if name == "log":
-        return unary(T.log, lambda a: a.log(), np.abs(x) + 0.5)
-    if name == "relu":
-        return unary(T.relu, lambda a: a.relu(), _away_from_zero(x))
-    if name == "sigmoid":
-        return unary(T.sigmoid, lambda a: a.sigmoid(), 3 * x)
-    if name == "tanh":
-        return unary(T.tanh, lambda a: a.tanh(), x)
-    if name in ("softmax", "log_softmax"):
-        axis = int(rng.integers(-len(shape), len(shape)))
-        fn = T.softmax if name == "softmax" else T.log_softmax
-        tname = name
-
-        def tfn(a: Any) -> Any:
-            return getattr(a, tname)(dim=axis)
-
-        return unary(lambda a: fn(a, axis=axis), tfn, 3 * x, f"{shape} axis={axis}")
-    if name in ("sum", "mean", "max"):
-        axis = _random_axes(rng, len(shape))
-        keep = bool(rng.random() < 0.5)
-        tname = {"sum": "sum", "mean": "mean", "max": "amax"}[name]
-
-        def fn(a: Tensor) -> Tensor:
-            return getattr(a, name)(axis=axis, keepdims=keep)
-
-        def tfn(a: Any) -> Any:
-            dims = tuple(range(a.ndim)) if axis is None else axis
-            return getattr(a, tname)(dim=dims, keepdim=keep)
-
-        return unary(fn, tfn, x, f"{shape} axis={axis} keepdims={keep}")
-    if name == "reshape":
-        new = (-1,) if len(shape) == 1 else (shape[0], -1)
-        if rng.random() < 0.5:
-            new = tuple(reversed(shape))
-        return unary(lambda a: a.reshape(new), lambda a: a.reshape(new), x, f"{shape} -> {new}")
-    if name == "transpose":
-        perm = tuple(int(i) for i in rng.permutation(len(shape)))
-        return unary(
-            lambda a: a.transpose(perm), lambda a: a.permute(*perm), x, f"{shape} perm={perm}"
-        )
-    if name == "concatenate":
-        axis = int(rng.integers(0, len(shape)))
-        other = list(shape)
-        other[axis] = int(rng.integers(1, 4))
-        b = rng.standard_normal(other)
-        return OpCase(
-            name,
-            f"{shape} ++ {tuple(other)} axis={axis}",
-            [x, b],
-            lambda a, b: T.concatenate([a, b], axis=axis),
-            lambda a, b: __import__("torch").cat([a, b], dim=axis),
-        )
-    if name == "getitem":
-        if rng.random() < 0.5:
-            idx: Any = (slice(None, None, 2),) + (slice(1, None),) * (len(shape) > 1)
-        else:
-            idx = rng.integers(0, shape[0], size=shape[0] + 2)  # repeats on purpose
-
-        def tfn(a: Any) -> Any:
-            if isinstance(idx, np.ndarray):
-                return a[__import__("torch").as_tensor(idx)]
-            return a[idx]
-
-        return unary(lambda a: a[idx], tfn, x, f"{shape}[{_index_label(idx)}]")
-    if name == "cross_entropy":
-        n, c = two[0], max(two[-1], 2)
-        logits = 3 * rng.standard_normal((n, c))
-        reduction = str(rng.choice(["mean", "sum"]))
-        if rng.random() < 0.5:
-            target: np.ndarray = rng.integers(0, c, size=n)
-            label = f"({n}, {c}) indices {reduction}"
-        else:
-            target = rng.dirichlet(np.ones(c), size=n)
-            label = f"({n}, {c}) probabilities {reduction}"
-
-        def tfn(a: Any) -> Any:
-            import torch
-
-            tt = torch.as_tensor(target)
-            return torch.nn.functional.cross_entropy(a, tt, reduction=reduction)
-
-        return unary(lambda a: T.cross_entropy(a, target, reduction=reduction), tfn, logits, label)
-    raise KeyError(f"no check case for op {name!r}: add one to npgrad.check.op_case")
+    """Draw a check case for op ``name`` around a base ``shape`` (at least 1-D)."""
+    inputs, params = _spec(name).sample(rng, shape)
+    return OpCase(name, _label(inputs, params), inputs, params)
 
 
-def _random_axes(rng: np.random.Generator, ndim: int) -> Any:
-    r = rng.random()
-    if r < 0.25:
-        return None
-    if r < 0.75 or ndim < 2:
-        return int(rng.integers(-ndim, ndim))
-    k = int(rng.integers(1, ndim + 1))
-    return tuple(int(a) for a in sorted(rng.choice(ndim, size=k, replace=False)))
+def _label(inputs: Sequence[np.ndarray], params: dict[str, Any]) -> str:
+    words = [", ".join(str(a.shape) for a in inputs)]
+    words += [f"{k}={_show(v)}" for k, v in params.items()]
+    return " ".join(words)
 
 
-def _index_label(idx: Any) -> str:
-    if isinstance(idx, np.ndarray):
-        return f"int array of {idx.size}"
-    return ", ".join(f"{s.start or ''}:{s.stop or ''}:{s.step or ''}" for s in idx)
+def _show(value: Any) -> str:
+    if isinstance(value, np.ndarray):
+        kind = "int" if value.dtype.kind in "iu" else "float"
+        return f"{kind}{list(value.shape)}"
+    if isinstance(value, tuple) and any(isinstance(v, slice) for v in value):
+        return "[" + ",".join(f"{s.start or ''}:{s.stop or ''}:{s.step or ''}" for s in value) + "]"
+    return str(value)
 
 
 @dataclass
@@ -430,6 +349,8 @@ class OpCheckResult:
 
 
 TORCH_RTOL = 1e-10
+OP_ATOL, OP_RTOL = 1e-6, 1e-5  # the numerical check of the ops: float64 throughout
+SHAPES = [(3, 4), (2, 3, 4), (5,)]  # the base shapes of check_ops' cases, in turn
 
 
 def _rel_err(a: np.ndarray, b: np.ndarray) -> float:
@@ -462,11 +383,8 @@ def compare_with_torch(case: OpCase, rng: np.random.Generator) -> tuple[float, f
 
 
 def torch_available() -> bool:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether PyTorch is installed (found without importing it: that takes a second)."""
+    return importlib.util.find_spec("torch") is not None
 
 
 def check_ops(
@@ -476,17 +394,21 @@ def check_ops(
     cases_per_op: int = 3,
 ) -> list[OpCheckResult]:
     """Check every registered op (or ``names``) numerically and against PyTorch."""
+    if isinstance(cases_per_op, bool) or not isinstance(cases_per_op, int) or cases_per_op < 1:
+        raise GradcheckError(f"cases per op must be a whole number >= 1, not {cases_per_op!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise GradcheckError(f"the seed must be a whole number >= 0, not {seed!r}")
+    names = list(names or OPS)
+    for name in names:
+        _spec(name)  # unknown ops and missing specs are refused before any work
     if use_torch is None:
         use_torch = torch_available()
     rng = np.random.default_rng(seed)
-    shapes = [(3, 4), (2, 3, 4), (5,)]
     results = []
-    for name in names or sorted(OPS):
-        if name not in OPS:
-            raise GradcheckError(f"unknown op {name!r}; known: {', '.join(sorted(OPS))}")
+    for name in names:
         for k in range(cases_per_op):
-            case = op_case(name, rng, shapes[k % len(shapes)])
-            report = gradcheck(case.fn, *case.inputs, atol=1e-6, rtol=1e-5)
+            case = op_case(name, rng, SHAPES[k % len(SHAPES)])
+            report = gradcheck(case.fn, *case.inputs, atol=OP_ATOL, rtol=OP_RTOL)
             fwd = bwd = None
             if use_torch:
                 fwd, bwd = compare_with_torch(case, rng)

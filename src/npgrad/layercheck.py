@@ -1,18 +1,23 @@
 """Check a student's own layer classes: is the backward right, where is it wrong, and why?
 
 A layer follows the exercise's protocol: ``forward(*inputs)`` returns the
-output (and may remember things in ``self.mem``), ``backward(grad_y)`` returns
-the gradient of each input (a tuple when there are several).
+output array (and may remember things in ``self.mem``), ``backward(grad_y)``
+returns the gradient of each input (a tuple when there are several).
 
 :func:`check_layer` runs forward on random float64 inputs, backward with a
 random upstream gradient, and compares with central differences. When the
 gradient is wrong it tries to say why: wrong shape, transposed, missing sum
 over the batch, sign error, ignoring the mask, not multiplying by the upstream
-gradient, off by a constant factor. Classes named like the exercise's
-(``Matmul``, ``Relu``, ``Softmax``, ``Log``) are also compared with npgrad's
-reference layers and, when installed, PyTorch.
+gradient, off by a constant factor. Inputs keep clear of the kinks and poles of
+the op a class is named after (``Log`` gets positive inputs, ``Relu`` none
+near 0), as that op's spec declares. Classes named like npgrad's own layers
+(``Matmul``, ``Relu``, ``Softmax``, ``Log``, ``Sigmoid``, ``Tanh``) are also
+compared with those and, when installed, with PyTorch.
 
-``npgrad check FILE.py`` runs this on every such class in a file.
+:func:`check_file` (``npgrad check FILE.py``) checks every such class in a
+file, in a child process with a time limit: a file that loops forever, exits,
+or crashes the interpreter is reported as a failure saying which class was in
+which phase, never taking the checker down with it.
 """
 
 from __future__ import annotations
@@ -20,18 +25,23 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import itertools
+import math
 import sys
+import time
 import traceback
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import layers as reference_layers
-from .check import numeric_jacobian
+from .check import agrees, mismatches, numeric_vjp, torch_available
 from .errors import LayerCheckError
+from .ops import OPS
+from .opspecs import KINK, POSITIVE, REAL, Domain
+from .sandbox import DEFAULT_TIMEOUT, ChildRun, run_child
 
 EPS = 1e-6
 ATOL, RTOL = 1e-6, 1e-4
@@ -46,6 +56,8 @@ CANDIDATE_SHAPES: list[list[tuple[int, ...]]] = [
     [(5, 6), (6,)],
     [(5, 6), (6, 4), (4,)],
 ]
+# Functions students write that npgrad has no op for, and where their inputs must stay.
+OTHER_DOMAINS = {"sqrt": POSITIVE, "abs": KINK}
 
 
 @dataclass
@@ -57,6 +69,18 @@ class InputResult:
     passed: bool = False
     mismatches: list[tuple[tuple[int, ...], float, float]] = field(default_factory=list)
     diagnosis: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> InputResult:
+        return cls(
+            d["index"],
+            tuple(d["shape"]),
+            d["max_abs_error"],
+            d["max_rel_error"],
+            d["passed"],
+            [(tuple(i), got, want) for i, got, want in d["mismatches"]],
+            d["diagnosis"],
+        )
 
 
 @dataclass
@@ -73,6 +97,21 @@ class LayerReport:
     @property
     def diagnoses(self) -> list[str]:
         return [f"input {r.index}: {r.diagnosis}" for r in self.inputs if r.diagnosis]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able data, to cross a process boundary."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LayerReport:
+        return cls(
+            d["name"],
+            d["passed"],
+            [tuple(s) for s in d["shapes"]],
+            [InputResult.from_dict(r) for r in d["inputs"]],
+            d["error"],
+            dict(d["reference"]),
+        )
 
     def __str__(self) -> str:
         head = f"{self.name}: {'PASS' if self.passed else 'FAIL'}"
@@ -115,6 +154,17 @@ class LayerReport:
         )
 
 
+# --------------------------------------------------------------------------- the user's code
+
+
+class _Stop(Exception):
+    """The user's code failed in a way that ends this class's check; the message says how."""
+
+    def __init__(self, message: str, retry: bool = False) -> None:
+        super().__init__(message)
+        self.retry = retry  # an ordinary exception in forward: other input shapes may fit
+
+
 def _user_frame(exc: BaseException, filename: str | None) -> str:
     """'file:line: Type: message' pointing at the user's code if possible."""
     frames = traceback.extract_tb(exc.__traceback__)
@@ -124,6 +174,102 @@ def _user_frame(exc: BaseException, filename: str | None) -> str:
     where = mine[-1] if mine else (frames[-1] if frames else None)
     loc = f"{where.filename}:{where.lineno}: " if where else ""
     return f"{loc}{type(exc).__name__}: {exc}"
+
+
+def _describe(value: Any) -> str:
+    """'None', 'a str', 'a list of 2', ... for messages about wrong return values."""
+    if value is None:
+        return "None"
+    if isinstance(value, np.ndarray):
+        return f"a NumPy array of shape {value.shape}"
+    if isinstance(value, (list, tuple)):
+        return f"a {type(value).__name__} of {len(value)}"
+    return f"a {type(value).__name__}"
+
+
+def _shape_words(shapes: Sequence[tuple[int, ...]]) -> str:
+    if len(shapes) == 1:
+        return f"a NumPy array of shape {shapes[0]}"
+    listed = ", ".join(str(s) for s in shapes[:-1]) + f" and {shapes[-1]}"
+    return f"a tuple of {len(shapes)} NumPy arrays (one per input) of shapes {listed}"
+
+
+def _real_array(value: Any, what: str, expected: str) -> np.ndarray:
+    """``value`` as float64 if it is a NumPy array (or number) of real numbers."""
+    if isinstance(value, (np.ndarray, np.generic, int, float)) and not isinstance(value, bool):
+        arr = np.asarray(value)
+        if arr.dtype.kind in "biuf":
+            return arr.astype(np.float64)
+        raise _Stop(f"{what} an array of dtype {arr.dtype}; expected {expected} of real numbers")
+    hint = " (a missing return?)" if value is None else ""
+    raise _Stop(f"{what} {_describe(value)}{hint}; expected {expected}")
+
+
+class _UserCode:
+    """Calls into the user's class, each call in a named phase, failures made into messages."""
+
+    def __init__(self, factory: Callable[[], Any], source: str | None,
+                 progress: Callable[[str], None] | None) -> None:  # fmt: skip
+        self.factory = factory
+        self.source = source
+        self.progress = progress or (lambda phase: None)
+        self.phase: str | None = None
+
+    def call(self, phase: str, fn: Callable[..., Any], *args: Any) -> Any:
+        if phase != self.phase:  # the numerical gradient calls forward hundreds of times
+            self.phase = phase
+            self.progress(phase)
+        try:
+            return fn(*args)
+        except SystemExit as exc:
+            code = "" if exc.code is None else repr(exc.code)
+            raise _Stop(f"the code called sys.exit({code}) during {phase}") from None
+        except Exception as exc:
+            raise _Stop(f"{phase} failed: " + _user_frame(exc, self.source), retry=True) from None
+
+    def construct(self) -> Any:
+        return self.call("the constructor", self.factory)
+
+    def forward(self, xs: Sequence[np.ndarray], phase: str = "forward") -> tuple[Any, np.ndarray]:
+        """A fresh instance, and its output on copies of ``xs`` (the constructor counts as ``phase``)."""
+        layer = self.call(phase, self.factory)
+        y = self.call(phase, layer.forward, *[x.copy() for x in xs])
+        if isinstance(y, tuple):
+            raise _Stop(
+                f"forward returned {_describe(y)}; return only the output array "
+                "(keep what backward needs in self.mem)"
+            )
+        return layer, _real_array(y, "forward returned", "a NumPy array (the output)")
+
+    def backward(self, xs: Sequence[np.ndarray], g: np.ndarray, phase: str = "backward"
+                 ) -> list[np.ndarray]:  # fmt: skip
+        layer, _ = self.forward(xs)
+        result = self.call(phase, layer.backward, g.copy())
+        shapes = [x.shape for x in xs]
+        expected = _shape_words(shapes)
+        if len(xs) == 1 and not isinstance(result, tuple):
+            return [_real_array(result, "backward returned", expected)]
+        if isinstance(result, tuple):
+            items = result
+        else:
+            hint = " (a missing return?)" if result is None else ""
+            raise _Stop(f"backward returned {_describe(result)}{hint}; expected {expected}")
+        if len(items) != len(xs):
+            raise _Stop(
+                f"forward takes {len(xs)} input(s) but backward returned {len(items)} "
+                f"gradient(s); expected {expected}"
+            )
+        return [
+            _real_array(
+                item,
+                f"backward returned, as the gradient of input {i},",
+                f"an array of shape {shape}",
+            )  # fmt: skip
+            for i, (item, shape) in enumerate(zip(items, shapes))
+        ]
+
+
+# --------------------------------------------------------------------------- one class
 
 
 def _n_inputs(forward: Any) -> int | None:
@@ -139,47 +285,38 @@ def _n_inputs(forward: Any) -> int | None:
     )
 
 
-def _inputs_for(
-    name: str, shapes: Sequence[tuple[int, ...]], rng: np.random.Generator
-) -> list[np.ndarray]:
-    key = name.lower()
-    xs = [rng.standard_normal(s) for s in shapes]
-    if "log" in key or "sqrt" in key:
-        xs = [np.abs(x) + 0.5 for x in xs]
-    elif "relu" in key or "abs" in key:
-        xs = [np.where(x >= 0, x + 0.1, x - 0.1) for x in xs]  # keep clear of the kink
-    return xs
+def domains_for(name: str) -> tuple[Domain, ...]:
+    """Where the inputs of a class named ``name`` may lie: those of the op it is named after.
+
+    The longest op name inside the class name wins (``LogSoftmax`` is log-softmax,
+    not log); a class named after no op gets real inputs.
+    """
+    key = name.lower().replace("_", "")
+    named = [(op_name, op.spec) for op_name, op in OPS.items() if op.spec is not None]
+    named += [(word, None) for word in OTHER_DOMAINS]
+    found = [(n, s) for n, s in named if n.replace("_", "") in key]
+    if not found:
+        return (REAL,)
+    word, spec = max(found, key=lambda item: len(item[0]))
+    return spec.domains if spec is not None else (OTHER_DOMAINS[word],)
 
 
-def _as_tuple(g: Any) -> tuple:
-    """backward's result as a tuple: one gradient per input."""
-    return tuple(g) if isinstance(g, (tuple, list)) else (g,)
-
-
-def _run(instance_factory: Any, xs: list[np.ndarray], g: np.ndarray | None = None) -> Any:
-    layer = instance_factory()
-    y = np.asarray(layer.forward(*[x.copy() for x in xs]), dtype=np.float64)
-    if g is None:
-        return y, None
-    return y, layer.backward(g.copy())
-
-
-def _numeric(factory: Any, xs: list[np.ndarray], i: int, g: np.ndarray) -> np.ndarray:
-    """Central-difference gradient of sum(g * forward(xs)) with respect to xs[i]."""
-    jacobian = numeric_jacobian(lambda: _run(factory, xs)[0], xs[i], EPS)
-    return (g.ravel() @ jacobian).reshape(xs[i].shape)
-
-
-def _close(a: np.ndarray, b: np.ndarray) -> bool:
-    return a.shape == b.shape and bool(np.allclose(a, b, atol=ATOL, rtol=RTOL))
+def _inputs_for(name: str, shapes: Sequence[tuple[int, ...]], rng: np.random.Generator
+                ) -> list[np.ndarray]:  # fmt: skip
+    domains = domains_for(name)
+    return [domains[min(i, len(domains) - 1)].sample(rng, s) for i, s in enumerate(shapes)]
 
 
 def _diagnose(got: np.ndarray, want: np.ndarray, x: np.ndarray, g: np.ndarray, y: np.ndarray,
               local: np.ndarray | None, batch: int = 0) -> str | None:  # fmt: skip
     """Name the mistake when the wrong gradient has a recognisable shape."""
+
+    def close(a: np.ndarray, b: np.ndarray) -> bool:
+        return agrees(a, b, ATOL, RTOL)
+
     if got.shape != want.shape:
         if got.ndim == 2 and got.T.shape == want.shape:
-            if _close(got.T, want):
+            if close(got.T, want):
                 return f"transposed gradient: backward returns shape {got.shape}, the input is {want.shape}; transpose it"
             return f"wrong shape: {got.shape} looks transposed (the input is {want.shape})"
         if got.ndim == want.ndim + 1 and got.shape[1:] == want.shape:
@@ -188,19 +325,19 @@ def _diagnose(got: np.ndarray, want: np.ndarray, x: np.ndarray, g: np.ndarray, y
         if got.size == want.size:
             return f"wrong shape: {got.shape} instead of {want.shape} (right number of elements: a reshape or transpose?)"
         return f"wrong shape: backward returns {got.shape}, the input has shape {want.shape}"
-    if got.ndim == 2 and got.shape[0] == got.shape[1] and _close(got.T, want):
+    if got.ndim == 2 and got.shape[0] == got.shape[1] and close(got.T, want):
         return "transposed gradient: the values are right but transposed"
-    if _close(-got, want):
+    if close(-got, want):
         return "sign error: the gradient has the right size but the opposite sign"
-    if g.shape == got.shape and _close(got, g) and not _close(want, g):
+    if g.shape == got.shape and close(got, g) and not close(want, g):
         return ("gradient ignores the mask: it passes the upstream gradient everywhere, "
                 "also where the input was not active (multiply by the mask)")  # fmt: skip
     if g.shape == got.shape:
         blocked = np.isclose(want, 0, atol=ATOL) & ~np.isclose(g, 0, atol=ATOL)
-        if blocked.any() and np.allclose(got[~blocked], want[~blocked], atol=ATOL, rtol=RTOL):
+        if blocked.any() and close(got[~blocked], want[~blocked]):
             return ("gradient ignores the mask: it is non-zero where the forward blocked the input "
                     f"({int(blocked.sum())} elements)")  # fmt: skip
-    if local is not None and _close(got, local):
+    if local is not None and close(got, local):
         return ("forgot to multiply by the upstream gradient: backward returns the local derivative "
                 "(right for grad_y = ones), not grad_y times it")  # fmt: skip
     ratio = got[np.abs(want) > 1e-8] / want[np.abs(want) > 1e-8]
@@ -215,47 +352,45 @@ def _diagnose(got: np.ndarray, want: np.ndarray, x: np.ndarray, g: np.ndarray, y
     return None
 
 
-def _reference_compare(name: str, factory: Any, xs: list[np.ndarray], g: np.ndarray,
-                       use_torch: bool) -> dict[str, str]:  # fmt: skip
-    ref_cls = getattr(reference_layers, name, None)
-    if ref_cls not in (
-        reference_layers.Matmul,
-        reference_layers.Relu,
-        reference_layers.Softmax,
-        reference_layers.Log,
+def _reference_class(name: str) -> type[reference_layers.Layer] | None:
+    ref = getattr(reference_layers, name, None)
+    if (
+        inspect.isclass(ref)
+        and issubclass(ref, reference_layers.Layer)
+        and ref is not reference_layers.Layer
     ):
+        return ref
+    return None
+
+
+def _reference_compare(name: str, user: _UserCode, xs: list[np.ndarray], g: np.ndarray,
+                       use_torch: bool) -> dict[str, str]:  # fmt: skip
+    ref_cls = _reference_class(name)
+    if ref_cls is None:
         return {}
-    out: dict[str, str] = {}
-    y, grads = _run(factory, xs, g)
-    grads = _as_tuple(grads)
+    _, y = user.forward(xs, "comparing with npgrad: forward")
+    grads = user.backward(xs, g, "comparing with npgrad: backward")
     ref = ref_cls()
     ry = ref.forward(*[x.copy() for x in xs])
-    rg = _as_tuple(ref.backward(g.copy()))
-    out["npgrad"] = _verdict(y, ry, grads, rg)
+    rg = ref.backward(g.copy())
+    out = {"npgrad": _verdict(y, ry, grads, rg if isinstance(rg, tuple) else (rg,))}
     if use_torch:
         try:
             import torch
         except ImportError:
             return out
         ts = [torch.tensor(x, dtype=torch.float64, requires_grad=True) for x in xs]
-        if name == "Matmul":
-            ty = ts[0] @ ts[1]
-        elif name == "Relu":
-            ty = torch.relu(ts[0])
-        elif name == "Softmax":
-            ty = torch.softmax(ts[0], dim=-1)
-        else:
-            ty = torch.log(ts[0])
+        ty = ref_cls.op.spec.torch(torch, *ts)  # the exercise's layers use the ops' defaults
         ty.backward(torch.tensor(g))
         out["pytorch"] = _verdict(y, ty.detach().numpy(), grads, tuple(t.grad.numpy() for t in ts))
     return out
 
 
-def _verdict(y: np.ndarray, ry: np.ndarray, grads: tuple, rgrads: tuple) -> str:
-    if np.shape(y) != np.shape(ry) or not np.allclose(y, ry, rtol=1e-7, atol=1e-9):
+def _verdict(y: np.ndarray, ry: np.ndarray, grads: Sequence, rgrads: Sequence) -> str:
+    if not agrees(y, ry, 1e-9, 1e-7):
         return "forward differs"
     for i, (a, b) in enumerate(zip(grads, rgrads)):
-        if np.shape(a) != np.shape(b) or not np.allclose(a, b, rtol=1e-7, atol=1e-9):
+        if not agrees(a, b, 1e-9, 1e-7):
             return f"backward differs for input {i}"
     return "ok (forward and backward agree to 1e-7)"
 
@@ -267,72 +402,69 @@ def check_layer(
     use_torch: bool | None = None,
     name: str | None = None,
     source: str | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> LayerReport:
     """Check a layer class (or a zero-argument factory) following the exercise's protocol.
 
     ``shapes`` gives the input shapes; by default they are guessed (``Matmul``:
     (5, 6) and (6, 4); one input: (5, 6); otherwise the first candidate for which
     ``forward`` runs). ``source`` is the user's file, so errors point at its lines.
+    ``progress(phase)`` is called before each call into the user's code.
     """
     name = name or getattr(layer, "__name__", type(layer).__name__)
     factory = layer if inspect.isclass(layer) or callable(layer) else (lambda: layer)
     if use_torch is None:
-        from .check import torch_available
-
         use_torch = torch_available()
-    rng = np.random.default_rng(seed)
+    report = LayerReport(name, False)
     try:
-        factory()
-    except Exception as exc:  # the user's constructor
-        return LayerReport(name, False, error="could not construct: " + _user_frame(exc, source))
+        _check(report, _UserCode(factory, source, progress), shapes, seed, use_torch)
+    except _Stop as stop:
+        report.passed, report.error = False, str(stop)
+    return report
 
+
+def _check(report: LayerReport, user: _UserCode, shapes: Sequence[Sequence[int]] | None,
+           seed: int, use_torch: bool) -> None:  # fmt: skip
+    """Fill ``report``; raises :class:`_Stop` when the user's code ends the check early."""
+    name = report.name
+    rng = np.random.default_rng(seed)
     if shapes is not None:
         candidates = [[tuple(int(n) for n in s) for s in shapes]]
     else:
-        n = _n_inputs(factory().forward)
+        n = _n_inputs(user.construct().forward)
         default = DEFAULT_SHAPES.get(name.lower())
         candidates = ([default] if default else []) + [
             c for c in CANDIDATE_SHAPES if n is None or len(c) == n
         ]
     xs: list[np.ndarray] = []
     y = None
-    first_error: str | None = None
+    first_error: _Stop | None = None
     for cand in candidates:
         xs = _inputs_for(name, cand, rng)
         try:
-            y = _run(factory, xs)[0]
+            _, y = user.forward(xs)
             break
-        except Exception as exc:  # wrong guess of shapes, or a bug in forward
-            first_error = first_error or _user_frame(exc, source)
+        except _Stop as stop:  # a wrong guess of shapes, or a bug in forward
+            if not stop.retry:
+                raise
+            first_error = first_error or stop
     if y is None:
-        return LayerReport(
-            name, False, error="forward failed: " + (first_error or "no input shapes fit")
-        )
-    shape_list = [x.shape for x in xs]
+        raise first_error or _Stop("forward failed: no input shapes fit")
+    report.shapes = [x.shape for x in xs]
     if not np.all(np.isfinite(y)):
-        return LayerReport(
-            name, False, shape_list, error="forward returned NaN or infinity on random inputs"
-        )
+        raise _Stop("forward returned NaN or infinity on random inputs")
     g = rng.standard_normal(y.shape)
+    grads = user.backward(xs, g)
     try:
-        _, grads = _run(factory, xs, g)
-    except Exception as exc:
-        return LayerReport(
-            name, False, shape_list, error="backward failed: " + _user_frame(exc, source)
-        )
-    grads = _as_tuple(grads)
-    if len(grads) != len(xs):
-        return LayerReport(name, False, shape_list,
-                           error=f"forward takes {len(xs)} input(s) but backward returned {len(grads)} gradient(s)")  # fmt: skip
-    try:
-        _, local = _run(factory, xs, np.ones_like(y))
-        local = _as_tuple(local)
-    except Exception:
-        local = (None,) * len(xs)
-    results = []
+        local: Sequence[np.ndarray | None] = user.backward(xs, np.ones_like(y))
+    except _Stop:
+        local = [None] * len(xs)
+
+    def forward_only() -> np.ndarray:
+        return user.forward(xs, "numerical gradient: forward on perturbed inputs")[1]
+
     for i, (x, got) in enumerate(zip(xs, grads)):
-        want = _numeric(factory, xs, i, g)
-        got = np.asarray(got, dtype=np.float64) if got is not None else np.full(x.shape, np.nan)
+        want = numeric_vjp(forward_only, xs[i], g, EPS)
         r = InputResult(i, x.shape)
         if got.shape == want.shape:
             diff = np.abs(got - want)
@@ -340,33 +472,39 @@ def check_layer(
             r.max_rel_error = float(
                 np.max(diff / np.maximum(np.maximum(np.abs(want), np.abs(got)), 1e-12))
             )
-            bad = ~(diff <= ATOL + RTOL * np.abs(want))
+            bad = mismatches(got, want, ATOL, RTOL)
             r.passed = not bool(bad.any())
             for idx in itertools.islice(zip(*np.nonzero(bad)), 3):
                 r.mismatches.append((tuple(int(k) for k in idx), float(got[idx]), float(want[idx])))
         if not r.passed:
-            loc = np.asarray(local[i], dtype=np.float64) if local[i] is not None else None
+            loc = local[i]
             r.diagnosis = _diagnose(
                 got, want, x, g, y, loc if loc is not None and loc.shape == want.shape else None,
                 batch=xs[0].shape[0] if xs[0].ndim > 1 else 0,
             )  # fmt: skip
-        results.append(r)
-    report = LayerReport(name, all(r.passed for r in results), shape_list, results)
-    report.reference = _reference_compare(name, factory, xs, g, use_torch)
+        report.inputs.append(r)
+    report.passed = all(r.passed for r in report.inputs)
+    report.reference = _reference_compare(name, user, xs, g, use_torch)
     if any(not v.startswith("ok") for v in report.reference.values()):
         report.passed = False
-    return report
+
+
+# --------------------------------------------------------------------------- a file
 
 
 def load_layer_classes(path: str | Path) -> tuple[list[type], str | None]:
-    """Import the user's file; return its layer classes and an import error, if any."""
+    """Import the user's file here; return its layer classes and an import error, if any.
+
+    This runs the file's code in the calling process: :func:`check_file` calls it
+    in a child process.
+    """
     path = Path(path)
     if not path.is_file():
         raise LayerCheckError(f"{path}: no such file")
     module_name = f"_npgrad_user_{abs(hash(str(path.resolve())))}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
-        raise LayerCheckError(f"{path}: cannot be imported as Python")
+        raise LayerCheckError(f"{path}: cannot be imported as Python (name it *.py)")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     # As 'python FILE.py' would: the file's folder is importable, so helpers beside it load.
@@ -377,7 +515,7 @@ def load_layer_classes(path: str | Path) -> tuple[list[type], str | None]:
     except Exception as exc:  # the user's code, reported not crashed on
         return [], "error while importing: " + _user_frame(exc, str(path))
     except SystemExit as exc:
-        return [], f"the file called exit({exc.code}) while importing"
+        return [], f"the file called sys.exit({exc.code}) while importing"
     finally:
         sys.modules.pop(module_name, None)
         if folder in sys.path:
@@ -391,20 +529,109 @@ def load_layer_classes(path: str | Path) -> tuple[list[type], str | None]:
     return classes, None
 
 
-def check_file(path: str | Path, shapes: dict[str, list[tuple[int, ...]]] | None = None,
-               only: Sequence[str] | None = None, use_torch: bool | None = None,
-               seed: int = 0) -> tuple[list[LayerReport], str | None]:  # fmt: skip
-    classes, error = load_layer_classes(path)
-    if error:
-        return [], error
-    if only:
-        missing = set(only) - {c.__name__ for c in classes}
-        if missing:
-            raise LayerCheckError(f"{path}: no layer class named {', '.join(sorted(missing))}")
-        classes = [c for c in classes if c.__name__ in only]
-    if not classes:
-        raise LayerCheckError(f"{path}: no class with forward and backward methods found")
-    shapes = shapes or {}
-    return [
-        check_layer(c, shapes.get(c.__name__), seed, use_torch, source=str(path)) for c in classes
-    ], None
+def _check_file_here(job: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -> None:
+    """The child's side of :func:`check_file`: import, check each class, emit each report."""
+    path = job["path"]
+    emit({"event": "phase", "cls": None, "phase": "importing the file"})
+    try:
+        classes, error = load_layer_classes(path)
+        if error:
+            emit({"event": "import_error", "message": error})
+            return
+        only = job["only"]
+        if only:
+            missing = set(only) - {c.__name__ for c in classes}
+            if missing:
+                raise LayerCheckError(f"{path}: no layer class named {', '.join(sorted(missing))}")
+            classes = [c for c in classes if c.__name__ in only]
+        if not classes:
+            raise LayerCheckError(f"{path}: no class with forward and backward methods found")
+    except LayerCheckError as exc:
+        emit({"event": "refused", "message": str(exc)})
+        return
+    emit({"event": "classes", "names": [c.__name__ for c in classes]})
+    for cls in classes:
+        name = cls.__name__
+
+        def progress(phase: str, name: str = name) -> None:
+            emit({"event": "phase", "cls": name, "phase": phase})
+
+        shapes = job["shapes"].get(name)
+        report = check_layer(cls, shapes, job["seed"], job["use_torch"], source=path,
+                             progress=progress)  # fmt: skip
+        emit({"event": "report", "report": report.to_dict()})
+
+
+def check_file(
+    path: str | Path,
+    shapes: dict[str, list[tuple[int, ...]]] | None = None,
+    only: Sequence[str] | None = None,
+    use_torch: bool | None = None,
+    seed: int = 0,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> tuple[list[LayerReport], str | None]:
+    """Check every layer class in a file (or those named in ``only``), in a child process.
+
+    Returns one report per class, or no reports and the reason when the file
+    cannot be imported. ``timeout`` bounds the whole check in seconds: a class
+    whose code hangs, exits or crashes the interpreter fails with what it was
+    doing; the classes after it are checked in a fresh process while time is left.
+    Raises :class:`LayerCheckError` for a missing file or class names not in it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise LayerCheckError(f"{path}: no such file")
+    if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
+        raise LayerCheckError(f"the time limit must be a positive number of seconds, not {timeout}")
+    if use_torch is None:
+        use_torch = torch_available()
+    job = {
+        "path": str(path),
+        "shapes": {k: [list(s) for s in v] for k, v in (shapes or {}).items()},
+        "only": list(only or []),
+        "use_torch": use_torch,
+        "seed": seed,
+    }
+    deadline = time.monotonic() + timeout
+    names: list[str] | None = None
+    reports: dict[str, LayerReport] = {}
+    while True:
+        run = run_child("npgrad.layercheck:_check_file_here", job, deadline - time.monotonic())
+        for event in run.events:
+            kind = event.get("event")
+            if kind == "refused":
+                raise LayerCheckError(event["message"])
+            if kind == "import_error":
+                return [], event["message"]
+            if kind == "classes" and names is None:
+                names = list(event["names"])
+            if kind == "report":
+                report = LayerReport.from_dict(event["report"])
+                reports[report.name] = report
+        if run.finished:
+            break
+        where = run.last("phase") or {}
+        if names is None or where.get("cls") is None:
+            return [], f"{run.how_it_ended(timeout)} while importing the file" + _hint(run)
+        stopped = where["cls"]
+        reports[stopped] = LayerReport(
+            stopped,
+            False,
+            error=f"{run.how_it_ended(timeout)} during {where['phase']}" + _hint(run),
+        )
+        rest = [n for n in names if n not in reports]
+        if not rest:
+            break
+        if time.monotonic() >= deadline - 0.5:  # a fresh interpreter needs a moment to start
+            for n in rest:
+                reports[n] = LayerReport(
+                    n, False, error=f"not checked: no time left after {stopped}"
+                )
+            break
+        job["only"] = rest
+    assert names is not None
+    return [reports[n] for n in names], None
+
+
+def _hint(run: ChildRun) -> str:
+    return " (an endless loop? --timeout SECONDS allows more)" if run.timed_out else ""

@@ -1,0 +1,4 @@
+"""A student's file that never finishes importing."""
+
+while True:
+    pass

@@ -1,0 +1,5 @@
+"""A student's file that calls sys.exit at import (a leftover of a script)."""
+
+import sys
+
+sys.exit(3)
