@@ -1,0 +1,750 @@
+r"""The image ops of the op table: convolution, pooling, batch normalisation, flatten.
+
+Arrays are NCHW at the interface, with PyTorch's argument names and semantics
+(an ``int`` or a pair for kernel, stride, padding and dilation), so every check
+against PyTorch is direct. Inside, the ops work channels-last (NHWC): the
+unfolded patches, the matrix products and the per-channel reductions are then
+contiguous. Their outputs are NCHW-shaped *views* of NHWC memory (PyTorch's
+``channels_last`` memory format): a chain conv, batch norm, relu, pool never
+copies to change layout, and an NCHW-contiguous input works too, at the cost of
+one transposing copy.
+
+Each op registers itself in :data:`npgrad.ops.OPS` with its derivation (the
+docstring) and its check spec; the functions at the end (:func:`conv2d`,
+:func:`max_pool2d`, :func:`avg_pool2d`, :func:`batch_norm`, :func:`flatten`) are
+their Tensor-level entry points, as :mod:`npgrad.autodiff` has for the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from . import ops
+from .autodiff import Tensor, apply, as_tensor
+from .errors import ConfigError, ShapeError
+from .ops import Array, Grads, Op
+from .opspecs import REAL, Case, Domain, Draw, OpSpec
+
+__all__ = [
+    "Conv2d",
+    "MaxPool2d",
+    "AvgPool2d",
+    "BatchNorm",
+    "conv2d",
+    "max_pool2d",
+    "avg_pool2d",
+    "batch_norm",
+    "flatten",
+]
+
+IntOrPair = int | Sequence[int]
+
+# Patches are unfolded a slice of the batch at a time, about this many bytes at
+# once: the copy then stays in cache for the matrix product that reads it.
+CHUNK_BYTES = 4 << 20
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def _pair(v: IntOrPair, what: str, low: int) -> tuple[int, int]:
+    """``v`` as two ints ``>= low`` (an int means the same for height and width)."""
+    try:
+        pair = (int(v), int(v)) if np.ndim(v) == 0 else tuple(int(i) for i in v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} must be an int or a pair of ints, got {v!r}") from None
+    if len(pair) != 2 or min(pair) < low:
+        raise ConfigError(f"{what} must be an int or a pair of ints >= {low}, got {v!r}")
+    return pair  # type: ignore[return-value]
+
+
+def _out_size(size: int, k: int, s: int, p: int, d: int) -> int:
+    """Windows of extent ``d(k-1)+1`` at stride ``s`` that fit in ``size + 2p``."""
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def _taps(n_out: int, k: int, s: int, d: int) -> list[slice]:
+    """For each kernel offset t, the input positions ``t*d + s*o`` (o < n_out) it reads."""
+    return [slice(t * d, t * d + s * (n_out - 1) + 1, s) for t in range(k)]
+
+
+def _nhwc(x: Array) -> Array:
+    return x.transpose(0, 2, 3, 1)
+
+
+def _nchw(x: Array) -> Array:
+    return x.transpose(0, 3, 1, 2)
+
+
+def _padded(x: Array, ph: int, pw: int, value: float) -> Array:
+    """NCHW ``x`` as NHWC with a border of ``value`` (a view when there is none)."""
+    xt = _nhwc(x)
+    if not ph and not pw:
+        return xt
+    n, h, w, c = xt.shape
+    out = np.full((n, h + 2 * ph, w + 2 * pw, c), value, dtype=x.dtype)
+    out[:, ph : ph + h, pw : pw + w] = xt
+    return out
+
+
+def _check_4d(x: Array, what: str) -> None:
+    if x.ndim != 4:
+        raise ShapeError(f"{what} expects input of shape (N, C, H, W), got {x.shape}")
+
+
+def _per_channel_sum(a: Array, c: int) -> Array:
+    """Sums over everything but the last (channel) axis of a C-contiguous array.
+
+    Summed as ``(rows, rest * c)`` first: a column sum over ``c`` narrow columns
+    would run NumPy's inner loop ``c`` elements at a time.
+    """
+    return a.reshape(a.shape[0], -1).sum(axis=0).reshape(-1, c).sum(axis=0)
+
+
+def _per_channel_dot(a: Array, b: Array, c: int) -> Array:
+    """Per-channel sums of ``a * b`` (both C-contiguous, channels last), without a temporary."""
+    n = a.shape[0]
+    return np.einsum("ij,ij->j", a.reshape(n, -1), b.reshape(n, -1)).reshape(-1, c).sum(axis=0)
+
+
+def _tiled(v: Array, reps: int) -> Array:
+    """A per-channel vector repeated to the width of a ``(rows, reps * c)`` view."""
+    return np.tile(v, reps)
+
+
+# --------------------------------------------------------------------------- convolution
+
+
+def _unfold(xp: Array, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int) -> Array:
+    """The im2col matrix ``(N*H'*W', kh*kw*C)`` of NHWC ``xp``: one patch per row.
+
+    Columns are ordered (i, j, c). The window view costs nothing; one copy makes
+    it a matrix. With few channels the copy runs faster along the output width,
+    so the matrix is then built transposed (a Fortran-ordered result).
+    """
+    n, _, _, c = xp.shape
+    win = sliding_window_view(xp, (dh * (kh - 1) + 1, dw * (kw - 1) + 1), axis=(1, 2))
+    win = win[:, ::sh, ::sw, :, ::dh, ::dw]  # (N, H', W', C, kh, kw)
+    ho, wo = win.shape[1:3]
+    if c * kw < wo:
+        return np.ascontiguousarray(win.transpose(4, 5, 3, 0, 1, 2)).reshape(-1, n * ho * wo).T
+    return np.ascontiguousarray(win.transpose(0, 1, 2, 4, 5, 3)).reshape(n * ho * wo, -1)
+
+
+def _fold(gxp: Array, d: Array, sh: int, sw: int, dh: int, dw: int) -> None:
+    """Add patch gradients ``d`` (N, H', W', kh, kw, C) back where the patches came from.
+
+    The adjoint of :func:`_unfold` (col2im): one vectorised slice-add per
+    kernel row and output column, each moving contiguous ``kw*C`` runs.
+    """
+    _, ho, wo, kh, kw, _ = d.shape
+    rows = _taps(ho, kh, sh, dh)
+    for i in range(kh):
+        for q in range(wo):
+            gxp[:, rows[i], q * sw : q * sw + dw * (kw - 1) + 1 : dw] += d[:, :, q, i]
+
+
+def _conv_case(d: Draw) -> Case:
+    n, c, o = d.size(1, 2), d.size(1, 3), d.size(1, 3)
+    kh, kw = d.size(1, 3), d.size(1, 3)
+    stride = d.choice([1, 2, (1, 2), 3])
+    padding = d.choice([0, 1, (0, 2)])
+    dilation = d.choice([1, 1, 2, (2, 1)])
+    dh, dw = _pair(dilation, "dilation", 1)
+    # sizes from "just fits" to a few extra, so the last window sometimes does not fit
+    h, w = dh * (kh - 1) + d.size(1, 4), dw * (kw - 1) + d.size(1, 4)
+    shapes = [(n, c, h, w), (o, c, kh, kw)] + ([(o,)] if d.flag() else [])
+    return Case(shapes, {"stride": stride, "padding": padding, "dilation": dilation})
+
+
+class Conv2d(Op):
+    r"""2-D convolution (cross-correlation, as in PyTorch): $Y = X \star W + b$, NCHW.
+
+    `x` is $(N, C, H, W)$, `w` is $(O, C, k_h, k_w)$, `b` (optional) is $(O,)$;
+    `stride` $s$, `padding` $p$ and `dilation` $d$ are ints or pairs. Output
+    position $(h', w')$ of channel $o$ is
+
+    $$Y_{n o h' w'} = b_o + \sum_{c, i, j} W_{o c i j}\, X^{p}_{n,\, c,\, h' s_h + i d_h,\, w' s_w + j d_w},$$
+
+    where $X^p$ is $X$ with $p$ zeros around it, and $H' = \lfloor (H + 2p_h - d_h(k_h-1) - 1)/s_h \rfloor + 1$
+    (likewise $W'$): a last window that does not fit is dropped.
+
+    **As a matrix product (im2col).** Copy every patch into one row of the
+    unfolded matrix $U = \mathcal{U}(X)$ of shape $(N H' W',\ k_h k_w C)$, and
+    reshape the kernel into $\bar W$ of shape $(k_h k_w C,\ O)$ with matching
+    column order. Then, rows of $\bar Y$ being output positions,
+
+    $$\bar Y = U \bar W + \mathbf{1} b^T.$$
+
+    $\mathcal{U}$ only copies entries, so it is linear: $dU = \mathcal{U}(dX)$. Hence
+
+    $$d\bar Y = \mathcal{U}(dX)\,\bar W + U\, d\bar W + \mathbf{1}\, db^T$$
+
+    and, exactly as for [matmul](#matmul) and [add](#add-and-sub), with $G$ the
+    upstream gradient reshaped like $\bar Y$:
+
+    $$df = \mathrm{tr}\big((G \bar W^T)^T \mathcal{U}(dX)\big) + \mathrm{tr}\big((U^T G)^T d\bar W\big) + \mathrm{tr}\big((G^T\mathbf{1})^T db\big).$$
+
+    So $\partial f/\partial \bar W = U^T G$ (reshaped back to $(O, C, k_h, k_w)$) and
+    $\partial f/\partial b = G^T \mathbf{1}$, the sum of $G$ over batch and positions.
+
+    **The input gradient: the fold (col2im).** Write $G_U = G \bar W^T$, a
+    gradient for every entry of every patch. Then
+    $\mathrm{tr}(G_U^T\, \mathcal{U}(dX)) = \mathrm{tr}\big(\mathcal{U}^*(G_U)^T dX\big)$, where
+    $\mathcal{U}^*$ is the adjoint of the copy: since $\mathcal{U}$ puts
+    $X^p_{n,c,h' s_h + i d_h, w' s_w + j d_w}$ into entry $((n, h', w'), (i, j, c))$,
+    $\mathcal{U}^*$ *adds* that entry of $G_U$ back onto that same input position.
+    So $\partial f/\partial X = \mathcal{U}^*(G U)$ follows the forward's indexing
+    backwards, and that is why stride, padding and dilation enter the fold:
+
+    * stride and dilation decide where each patch entry is added ($h' s_h + i d_h$);
+      where windows overlap (stride smaller than the window) a position
+      receives the sum of its copies; positions no window reached (the rows
+      and columns after the last window that fits) receive $0$;
+    * padding: the fold runs on the padded grid, whose border entries are
+      constants, not inputs, so their gradient is dropped by cropping $p$ from
+      every side.
+
+    npgrad unfolds with a strided window view and one copy, folds with one
+    vectorised slice-add per kernel row and output column (never `np.add.at`),
+    and does both a slice of the batch at a time so the patch matrix stays in
+    cache; the backward pass unfolds again rather than keep $U$ (memory
+    $k_h k_w$ times the input's).
+    """
+
+    name = "conv2d"
+    spec = OpSpec(
+        draw=_conv_case,
+        torch=lambda t, x, w, b=None, **p: t.nn.functional.conv2d(x, w, b, **p),
+    )
+
+    @staticmethod
+    def forward(
+        x: Array,
+        w: Array,
+        b: Array | None = None,
+        stride: IntOrPair = 1,
+        padding: IntOrPair = 0,
+        dilation: IntOrPair = 1,
+    ) -> tuple[Array, Any]:
+        _check_4d(x, "conv2d")
+        if w.ndim != 4 or w.shape[1] != x.shape[1]:
+            raise ShapeError(
+                f"conv2d: weight of shape {w.shape} does not fit input {x.shape}; "
+                f"expected (out_channels, {x.shape[1]}, kh, kw)"
+            )
+        o, c, kh, kw = w.shape
+        if b is not None and b.shape != (o,):
+            raise ShapeError(f"conv2d: bias of shape {b.shape}, expected ({o},)")
+        sh, sw = _pair(stride, "stride", 1)
+        ph, pw = _pair(padding, "padding", 0)
+        dh, dw = _pair(dilation, "dilation", 1)
+        n, _, h, wd = x.shape
+        ho, wo = _out_size(h, kh, sh, ph, dh), _out_size(wd, kw, sw, pw, dw)
+        if ho < 1 or wo < 1:
+            raise ShapeError(
+                f"conv2d: a {kh}x{kw} kernel (dilation {dilation}) does not fit input "
+                f"{h}x{wd} with padding {padding}"
+            )
+        xp = _padded(x, ph, pw, 0.0)
+        wm = w.transpose(2, 3, 1, 0).reshape(kh * kw * c, o)
+        dtype = np.result_type(x, w)
+        y = np.empty((n, ho, wo, o), dtype=dtype)
+        step = _chunk(ho * wo * kh * kw * c * dtype.itemsize)
+        geo = (kh, kw, sh, sw, dh, dw)
+        for s in range(0, n, step):
+            cols = _unfold(xp[s : s + step], *geo)
+            np.matmul(cols, wm, out=y[s : s + step].reshape(-1, o))
+        if b is not None:
+            yr = y.reshape(n, -1)
+            yr += _tiled(b.astype(dtype, copy=False), ho * wo)
+        return _nchw(y), (xp, wm, geo, (ph, pw, h, wd), b is not None, w.shape)
+
+    @staticmethod
+    def vjp(saved: Any, g: Array, needs: tuple[bool, ...] = (True, True, True)) -> Grads:
+        xp, wm, geo, (ph, pw, h, wd), has_bias, wshape = saved
+        kh, kw, sh, sw, dh, dw = geo
+        o, c = wshape[:2]
+        n, ho, wo = g.shape[0], g.shape[2], g.shape[3]
+        g2 = np.ascontiguousarray(_nhwc(g)).reshape(-1, o)
+        gb = _per_channel_sum(g2.reshape(n, -1), o) if has_bias and needs[-1] else None
+        gwm = np.zeros(wm.shape, dtype=np.result_type(wm, g)) if needs[1] else None
+        gxp = np.zeros(xp.shape, dtype=np.result_type(xp, g)) if needs[0] else None
+        step = _chunk(ho * wo * kh * kw * c * xp.dtype.itemsize)
+        rows = ho * wo
+        for s in range(0, n, step):
+            gc = g2[s * rows : (s + step) * rows]
+            if gwm is not None:
+                gwm += _unfold(xp[s : s + step], *geo).T @ gc
+            if gxp is not None:
+                d = (gc @ wm.T).reshape(-1, ho, wo, kh, kw, c)
+                _fold(gxp[s : s + step], d, sh, sw, dh, dw)
+        gx = None if gxp is None else _nchw(gxp[:, ph : ph + h, pw : pw + wd])
+        gw = None if gwm is None else gwm.reshape(kh, kw, c, o).transpose(3, 2, 0, 1)
+        return (gx, gw, gb)[: 3 if has_bias else 2]
+
+
+def _chunk(bytes_per_sample: int) -> int:
+    return max(1, CHUNK_BYTES // max(1, bytes_per_sample))
+
+
+# --------------------------------------------------------------------------- pooling
+
+
+def _pool_geometry(
+    x: Array, kernel: IntOrPair, stride: IntOrPair | None, padding: IntOrPair, dilation: IntOrPair
+) -> tuple[int, ...]:
+    kh, kw = _pair(kernel, "kernel size", 1)
+    sh, sw = _pair(kernel if stride is None else stride, "stride", 1)
+    ph, pw = _pair(padding, "padding", 0)
+    dh, dw = _pair(dilation, "dilation", 1)
+    if 2 * ph > dh * (kh - 1) + 1 or 2 * pw > dw * (kw - 1) + 1:
+        raise ConfigError(
+            f"pooling padding {padding} is more than half the window ({kernel}): "
+            "a window could hold padding only"
+        )
+    ho, wo = _out_size(x.shape[2], kh, sh, ph, dh), _out_size(x.shape[3], kw, sw, pw, dw)
+    if ho < 1 or wo < 1:
+        raise ShapeError(f"pooling window {kernel} does not fit input {x.shape[2:]}")
+    return kh, kw, sh, sw, ph, pw, dh, dw, ho, wo
+
+
+def _along(a: Array, axis: int, sl: slice) -> Array:
+    return a[(slice(None),) * axis + (sl,)]
+
+
+def _max_along(a: Array, axis: int, taps: list[slice]) -> tuple[Array, Array]:
+    """Windowed max along one axis and, per window, the first offset that attains it."""
+    m = _along(a, axis, taps[0]).copy()
+    idx = np.zeros(m.shape, dtype=np.uint8 if len(taps) < 256 else np.int32)
+    for t, sl in enumerate(taps[1:], start=1):
+        v = _along(a, axis, sl)
+        np.copyto(idx, t, where=v > m)  # strictly greater: ties keep the earlier offset
+        np.maximum(m, v, out=m)  # NaN propagates, as in PyTorch
+    return m, idx
+
+
+def _spread(g: Array, idx: Array | None, axis: int, taps: list[slice], size: int) -> Array:
+    """Adjoint of a one-axis window reduction: send each window's gradient to its taps.
+
+    With ``idx`` (max) only the chosen offset receives it; without (sum) every
+    offset does. Overlapping windows add.
+    """
+    shape = list(g.shape)
+    shape[axis] = size
+    out = np.zeros(shape, dtype=g.dtype)
+    for t, sl in enumerate(taps):
+        dst = _along(out, axis, sl)
+        if idx is None:
+            dst += g
+        else:
+            dst += np.where(idx == t, g, 0)
+    return out
+
+
+def _pool_case(d: Draw, dilation: bool) -> Case:
+    n, c = d.size(1, 2), d.size(1, 3)
+    kh, kw = d.size(1, 3), d.size(1, 3)
+    params: dict[str, Any] = {"kernel": (kh, kw) if d.flag() else kh}
+    kh, kw = _pair(params["kernel"], "kernel", 1)
+    if d.flag(0.7):
+        params["stride"] = d.choice([1, 2, (2, 1), 3])
+    dil = d.choice([1, 1, 2]) if dilation else 1
+    if dilation:
+        params["dilation"] = dil
+    ekh, ekw = dil * (kh - 1) + 1, dil * (kw - 1) + 1
+    params["padding"] = d.choice([0, (min(1, ekh // 2), min(1, ekw // 2))])
+    h, w = ekh + d.size(0, 4), ekw + d.size(0, 4)
+    return Case([(n, c, h, w)], params)
+
+
+class MaxPool2d(Op):
+    r"""2-D max pooling over windows of `kernel` (NCHW), PyTorch's `max_pool2d`.
+
+    `stride` defaults to the kernel; `padding` adds $-\infty$ around the input
+    (at most half the window, as in PyTorch); `dilation` spaces the window. For
+    each window $\mathcal{W}$, $Y_{\mathcal{W}} = \max_{k \in \mathcal{W}} X_k$.
+
+    Locally (no ties) $Y_{\mathcal{W}} = X_{k(\mathcal{W})}$ for the position
+    $k(\mathcal{W})$ of the window's maximum, a selection like
+    [getitem](#getitem): $dY_{\mathcal{W}} = dX_{k(\mathcal{W})}$, so
+
+    $$df = \sum_{\mathcal{W}} G_{\mathcal{W}}\, dX_{k(\mathcal{W})} = \mathrm{tr}\big(\mathcal{S}^*(G)^T dX\big),$$
+
+    and $\partial f/\partial X = \mathcal{S}^*(G)$: each window's gradient goes to
+    its arg-max, added up where overlapping windows share one; every other
+    input gets $0$; padding positions are dropped.
+
+    **Ties.** At a tie the max is not differentiable. npgrad sends the whole
+    gradient to *one* element, the first in the window in row-major order,
+    which is PyTorch's choice too (unlike [max](#max), which splits it): the
+    gradient then stays a selection, and a sum of window gradients never
+    counts a window twice.
+
+    The max is computed separably, along the width and then along the
+    height ($\max_{\mathcal{W}} = \max_i \max_j$), keeping the arg-max offset
+    of each stage (first along the row, then the first row): that is the
+    row-major first arg-max, and the backward pass undoes the two stages in
+    reverse, each a selection.
+    """
+
+    name = "max_pool2d"
+    # Ties would make the numerical gradient meaningless; normal draws have none.
+    spec = OpSpec(
+        draw=lambda d: _pool_case(d, dilation=True),
+        torch=lambda t, x, kernel=2, stride=None, padding=0, dilation=1: t.nn.functional.max_pool2d(
+            x, kernel, stride, padding, dilation
+        ),
+    )
+
+    @staticmethod
+    def forward(
+        x: Array,
+        kernel: IntOrPair = 2,
+        stride: IntOrPair | None = None,
+        padding: IntOrPair = 0,
+        dilation: IntOrPair = 1,
+    ) -> tuple[Array, Any]:
+        _check_4d(x, "max_pool2d")
+        kh, kw, sh, sw, ph, pw, dh, dw, ho, wo = _pool_geometry(
+            x, kernel, stride, padding, dilation
+        )
+        xp = _padded(x, ph, pw, -np.inf)
+        wtaps, htaps = _taps(wo, kw, sw, dw), _taps(ho, kh, sh, dh)
+        m1, i1 = _max_along(xp, 2, wtaps)
+        m2, i2 = _max_along(m1, 1, htaps)
+        return _nchw(m2), (i1, i2, wtaps, htaps, xp.shape, (ph, pw) + x.shape[2:])
+
+    @staticmethod
+    def vjp(saved: Any, g: Array, needs: tuple[bool, ...] = (True,)) -> Grads:
+        i1, i2, wtaps, htaps, pshape, (ph, pw, h, w) = saved
+        g1 = _spread(_nhwc(g), i2, 1, htaps, pshape[1])
+        gxp = _spread(g1, i1, 2, wtaps, pshape[2])
+        return (_nchw(gxp[:, ph : ph + h, pw : pw + w]),)
+
+
+class AvgPool2d(Op):
+    r"""2-D average pooling over windows of `kernel` (NCHW), PyTorch's `avg_pool2d`.
+
+    `stride` defaults to the kernel; `padding` adds zeros, which count in the
+    average (PyTorch's default `count_include_pad=True`): every window is
+    divided by $k_h k_w$. Each output is a fixed linear combination,
+    $Y_{\mathcal{W}} = \frac{1}{k_h k_w}\sum_{k \in \mathcal{W}} X_k$, so
+    $dY_{\mathcal{W}} = \frac{1}{k_h k_w}\sum_{k\in\mathcal{W}} dX_k$ and
+
+    $$df = \sum_{\mathcal{W}} \frac{G_{\mathcal{W}}}{k_h k_w} \sum_{k \in \mathcal{W}} dX_k:$$
+
+    every input receives $G_{\mathcal{W}}/(k_h k_w)$ from each window that contains
+    it (overlaps add, padding positions are dropped). Like the max, the sum is
+    taken separably, along the width and then the height, and spread back in
+    reverse.
+    """
+
+    name = "avg_pool2d"
+    spec = OpSpec(
+        draw=lambda d: _pool_case(d, dilation=False),
+        torch=lambda t, x, kernel=2, stride=None, padding=0: t.nn.functional.avg_pool2d(
+            x, kernel, stride, padding
+        ),
+    )
+
+    @staticmethod
+    def forward(
+        x: Array, kernel: IntOrPair = 2, stride: IntOrPair | None = None, padding: IntOrPair = 0
+    ) -> tuple[Array, Any]:
+        _check_4d(x, "avg_pool2d")
+        kh, kw, sh, sw, ph, pw, _, _, ho, wo = _pool_geometry(x, kernel, stride, padding, 1)
+        xp = _padded(x, ph, pw, 0.0)
+        wtaps, htaps = _taps(wo, kw, sw, 1), _taps(ho, kh, sh, 1)
+        s1 = _along(xp, 2, wtaps[0]).copy()
+        for sl in wtaps[1:]:
+            s1 += _along(xp, 2, sl)
+        s2 = _along(s1, 1, htaps[0]).copy()
+        for sl in htaps[1:]:
+            s2 += _along(s1, 1, sl)
+        s2 *= s2.dtype.type(1.0 / (kh * kw))
+        return _nchw(s2), (wtaps, htaps, kh * kw, xp.shape, (ph, pw) + x.shape[2:])
+
+    @staticmethod
+    def vjp(saved: Any, g: Array, needs: tuple[bool, ...] = (True,)) -> Grads:
+        wtaps, htaps, count, pshape, (ph, pw, h, w) = saved
+        gs = _nhwc(g) * g.dtype.type(1.0 / count)
+        gxp = _spread(_spread(gs, None, 1, htaps, pshape[1]), None, 2, wtaps, pshape[2])
+        return (_nchw(gxp[:, ph : ph + h, pw : pw + w]),)
+
+
+# --------------------------------------------------------------------------- batch norm
+
+
+def _channels_last_2d(x: Array) -> Array:
+    """``(N, C, *S)`` as a C-contiguous ``(N, prod(S) * C)`` matrix, channels fastest."""
+    return np.ascontiguousarray(np.moveaxis(x, 1, -1)).reshape(x.shape[0], -1)
+
+
+def _back_to(y2: Array, like: tuple[int, ...]) -> Array:
+    """Inverse of :func:`_channels_last_2d` for an input of shape ``like`` (a view)."""
+    n, c, *rest = like
+    return np.moveaxis(y2.reshape(n, *rest, c), -1, 1)
+
+
+def _update_running(
+    running_mean: Array, running_var: Array, mean: Array, var: Array, m: int, momentum: float
+) -> None:
+    """PyTorch's update, in place: an exponential average with the *unbiased* batch variance."""
+    running_mean *= 1 - momentum
+    running_mean += momentum * mean
+    running_var *= 1 - momentum
+    running_var += momentum * var * (m / (m - 1))
+
+
+def _batch_norm_case(d: Draw) -> Case:
+    n, c = d.size(2, 4), d.size(1, 3)
+    shape: tuple[int, ...] = (n, c) if d.flag() else (n, c, d.size(1, 3), d.size(1, 3))
+    params: dict[str, Any] = {"training": d.flag(0.6), "eps": d.choice([1e-5, 1e-3])}
+    if not params["training"]:
+        params["running_mean"] = d.rng.standard_normal(c)
+        params["running_var"] = np.abs(d.rng.standard_normal(c)) + 0.5
+    return Case([shape, (c,), (c,)], params)
+
+
+def _torch_batch_norm(
+    t: Any,
+    x: Any,
+    gamma: Any,
+    beta: Any,
+    running_mean: Array | None = None,
+    running_var: Array | None = None,
+    training: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Any:
+    rm = None if running_mean is None else t.tensor(running_mean, dtype=x.dtype)
+    rv = None if running_var is None else t.tensor(running_var, dtype=x.dtype)
+    return t.nn.functional.batch_norm(x, rm, rv, gamma, beta, training, momentum, eps)
+
+
+class BatchNorm(Op):
+    r"""Batch normalisation of `x` $(N, C)$ or $(N, C, H, W)$ per channel, PyTorch's `batch_norm`.
+
+    For one channel, let $x$ be its $m$ values ($m = N$, or $N H W$ for 4-D input).
+    In training mode, with batch statistics
+
+    $$\mu = \tfrac{1}{m}\mathbf{1}^T x, \qquad \sigma^2 = \tfrac{1}{m}(x - \mu\mathbf{1})^T (x - \mu\mathbf{1}), \qquad s = \sqrt{\sigma^2 + \epsilon},$$
+
+    $\hat x = (x - \mu\mathbf{1})/s$ and $y = \gamma \hat x + \beta \mathbf{1}$. The running
+    statistics are updated as PyTorch does, in place, a side effect of the
+    forward pass (they are buffers, not inputs: nothing flows back into them):
+    $r_\mu \leftarrow (1-\alpha) r_\mu + \alpha\mu$ and
+    $r_{\sigma^2} \leftarrow (1-\alpha) r_{\sigma^2} + \alpha \tfrac{m}{m-1}\sigma^2$
+    (momentum $\alpha$, default $0.1$; the *unbiased* variance). In eval mode
+    $\mu, \sigma^2$ are the running statistics instead, constants.
+
+    **Differentials.** The mean and the variance depend on $x$ too, which is
+    the whole point of the derivation. Write $c = x - \mu\mathbf{1}$ and
+    $P = I - \tfrac{1}{m}\mathbf{1}\mathbf{1}^T$, so $c = Px$ and $dc = P\,dx$. Then
+
+    $$d\mu = \tfrac{1}{m}\mathbf{1}^T dx, \qquad d(\sigma^2) = \tfrac{2}{m} c^T dc = \tfrac{2}{m} c^T dx,$$
+
+    because $c^T P = c^T$ ($c$ sums to zero), and $ds = d(\sigma^2)/(2s) = \tfrac{1}{m s}c^T dx$.
+    For $\hat x = c/s$:
+
+    $$d\hat x = \frac{dc}{s} - \frac{c}{s^2} ds = \frac{1}{s}\Big(dx - \tfrac{1}{m}\mathbf{1}\mathbf{1}^T dx - \tfrac{1}{m}\hat x \hat x^T dx\Big).$$
+
+    The three terms are the direct path, the path through the mean and the path
+    through the variance. With $dy = \gamma\, d\hat x + \hat x\, d\gamma + \mathbf{1}\, d\beta$
+    and upstream $g$,
+
+    $$df = g^T dy = \frac{\gamma}{s}\Big(g - \tfrac{1}{m}\mathbf{1}(\mathbf{1}^T g) - \tfrac{1}{m}\hat x (\hat x^T g)\Big)^T dx + (\hat x^T g)\, d\gamma + (\mathbf{1}^T g)\, d\beta,$$
+
+    using the symmetry of $\mathbf{1}\mathbf{1}^T$ and $\hat x \hat x^T$ inside the
+    trace. Reading off, with the sums over the channel's $m$ values,
+
+    $$\frac{\partial f}{\partial x} = \frac{\gamma}{s\,m}\Big(m\,g - \textstyle\sum g - \hat x \sum (g \odot \hat x)\Big), \quad
+    \frac{\partial f}{\partial \gamma} = \textstyle\sum g \odot \hat x, \quad
+    \frac{\partial f}{\partial \beta} = \textstyle\sum g:$$
+
+    two reductions per channel and one element-wise pass. In eval mode the mean
+    and variance terms vanish ($d\mu = ds = 0$) and $\partial f/\partial x = \gamma g / s$.
+    Treating the batch statistics as constants in training mode gives that
+    eval formula, the classic mistake; it is wrong, since every $x$ moves
+    $\mu$ and $\sigma^2$.
+    """
+
+    name = "batch_norm"
+    # gamma must stay away from 0 only for readable relative errors; any value is valid.
+    spec = OpSpec(
+        draw=_batch_norm_case,
+        domains=(REAL, Domain("scale", gap=0.5), REAL),
+        torch=_torch_batch_norm,
+    )
+
+    @staticmethod
+    def forward(
+        x: Array,
+        gamma: Array,
+        beta: Array,
+        running_mean: Array | None = None,
+        running_var: Array | None = None,
+        training: bool = True,
+        momentum: float = 0.1,
+        eps: float = 1e-5,
+    ) -> tuple[Array, Any]:
+        if x.ndim < 2:
+            raise ShapeError(f"batch_norm expects input of shape (N, C, ...), got {x.shape}")
+        c = x.shape[1]
+        for a, what in ((gamma, "weight"), (beta, "bias")):
+            if a.shape != (c,):
+                raise ShapeError(f"batch_norm: {what} of shape {a.shape}, expected ({c},)")
+        x2 = _channels_last_2d(x)
+        reps = x2.shape[1] // c
+        m = x2.shape[0] * reps
+        if training:
+            if m < 2:
+                raise ShapeError(
+                    f"batch_norm in training mode needs more than one value per channel, "
+                    f"got input of shape {x.shape}"
+                )
+            mean = _per_channel_sum(x2, c) / m
+            xc = x2 - _tiled(mean, reps)
+            var = _per_channel_dot(xc, xc, c) / m
+            inv = 1.0 / np.sqrt(var + eps)
+            y = xc * _tiled(gamma * inv, reps)
+            if running_mean is not None and running_var is not None:
+                _update_running(running_mean, running_var, mean, var, m, momentum)
+            saved: Any = (True, xc, inv, gamma, reps, x.shape)
+        else:
+            if running_mean is None or running_var is None:
+                raise ConfigError("batch_norm in eval mode needs running_mean and running_var")
+            inv = (1.0 / np.sqrt(running_var + eps)).astype(x2.dtype, copy=False)
+            a = gamma * inv
+            y = x2 * _tiled(a, reps)
+            y += _tiled(-running_mean * a, reps)
+            saved = (False, x2, inv, gamma, reps, x.shape, running_mean)
+        y += _tiled(beta, reps)
+        return _back_to(y, x.shape), saved
+
+    @staticmethod
+    def vjp(saved: Any, g: Array, needs: tuple[bool, ...] = (True, True, True)) -> Grads:
+        training, xs, inv, gamma, reps, shape = saved[:6]
+        c = shape[1]
+        g2 = _channels_last_2d(g)
+        sum_g = _per_channel_sum(g2, c)
+        sum_gx = _per_channel_dot(g2, xs, c)  # xs is x - mean (training) or x (eval)
+        if training:
+            m = g2.shape[0] * reps
+            gamma_hat = sum_gx * inv  # sum(g * x_hat)
+            gx = None
+            if needs[0]:
+                k = gamma * inv
+                gx = g2 * _tiled(k, reps)
+                gx -= _tiled(k * sum_g / m, reps)
+                gx -= xs * _tiled(k * inv * gamma_hat / m, reps)
+        else:
+            running_mean = saved[6]
+            gamma_hat = (sum_gx - running_mean * sum_g) * inv
+            gx = g2 * _tiled(gamma * inv, reps) if needs[0] else None
+        return (
+            None if gx is None else _back_to(gx, shape),
+            gamma_hat.astype(g.dtype, copy=False) if needs[1] else None,
+            sum_g if needs[2] else None,
+        )
+
+
+# --------------------------------------------------------------------------- Tensor functions
+
+
+def conv2d(
+    x: Any,
+    w: Any,
+    b: Any = None,
+    stride: IntOrPair = 1,
+    padding: IntOrPair = 0,
+    dilation: IntOrPair = 1,
+) -> Tensor:
+    """2-D convolution of NCHW ``x`` with ``w`` (O, C, kh, kw) and optional bias ``b`` (O,)."""
+    args = [as_tensor(x), as_tensor(w)] + ([] if b is None else [as_tensor(b)])
+    return apply(Conv2d, *args, stride=stride, padding=padding, dilation=dilation)
+
+
+def max_pool2d(
+    x: Any,
+    kernel: IntOrPair,
+    stride: IntOrPair | None = None,
+    padding: IntOrPair = 0,
+    dilation: IntOrPair = 1,
+) -> Tensor:
+    """Max pooling of NCHW ``x``; ``stride`` defaults to ``kernel``."""
+    return apply(
+        MaxPool2d, as_tensor(x), kernel=kernel, stride=stride, padding=padding, dilation=dilation
+    )
+
+
+def avg_pool2d(
+    x: Any, kernel: IntOrPair, stride: IntOrPair | None = None, padding: IntOrPair = 0
+) -> Tensor:
+    """Average pooling of NCHW ``x`` (padding zeros count, as PyTorch's default)."""
+    return apply(AvgPool2d, as_tensor(x), kernel=kernel, stride=stride, padding=padding)
+
+
+def _buffer(a: Any, what: str, c: int) -> Array | None:
+    if a is None:
+        return None
+    a = a.data if isinstance(a, Tensor) else a
+    if not isinstance(a, np.ndarray) or a.shape != (c,):
+        raise ShapeError(
+            f"batch_norm: {what} must be a NumPy array of shape ({c},) (it is updated in place)"
+        )
+    return a
+
+
+def batch_norm(
+    x: Any,
+    gamma: Any = None,
+    beta: Any = None,
+    running_mean: Any = None,
+    running_var: Any = None,
+    training: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Tensor:
+    """Batch normalisation per channel (axis 1) of ``x``; see :class:`BatchNorm`.
+
+    ``gamma``/``beta`` default to 1 and 0 (constants). In training mode the
+    batch statistics normalise, and ``running_mean``/``running_var`` (NumPy
+    arrays, when given) are updated in place as PyTorch does; in eval mode the
+    running statistics normalise and are required.
+    """
+    x = as_tensor(x)
+    if x.ndim < 2:
+        raise ShapeError(f"batch_norm expects input of shape (N, C, ...), got {x.shape}")
+    c = x.shape[1]
+    if momentum is None or not 0.0 <= momentum <= 1.0:
+        raise ConfigError(f"batch_norm momentum must be a number in [0, 1], got {momentum!r}")
+    g = as_tensor(np.ones(c, dtype=x.dtype)) if gamma is None else as_tensor(gamma)
+    b = as_tensor(np.zeros(c, dtype=x.dtype)) if beta is None else as_tensor(beta)
+    return apply(
+        BatchNorm,
+        x,
+        g,
+        b,
+        running_mean=_buffer(running_mean, "running_mean", c),
+        running_var=_buffer(running_var, "running_var", c),
+        training=bool(training),
+        momentum=float(momentum),
+        eps=float(eps),
+    )
+
+
+def flatten(x: Any, start_dim: int = 1) -> Tensor:
+    """Merge the axes from ``start_dim`` on into one (the :class:`npgrad.ops.Reshape` op).
+
+    Flattening is a reshape, so it is that op and its derivation, not a new one.
+    NCHW order is kept whatever the memory layout, as in PyTorch.
+    """
+    x = as_tensor(x)
+    start = start_dim % x.ndim if x.ndim else 0
+    return apply(ops.Reshape, x, shape=tuple(x.shape[:start]) + (-1,))
