@@ -625,10 +625,10 @@ def _user_dir(name: str, num_classes: int | None) -> Dataset:
                 )
             raise DatasetError(f"{directory}: no such directory")
         return _load_idx_dir(directory, directory.name, None, str(directory), num_classes)
-    except PermissionError as exc:
+    except PermissionError:
         raise DatasetError(
-            f"{exc.filename or directory}: permission denied; fix its permissions or copy "
-            "the files somewhere readable"
+            f"{directory}: permission denied (cannot look inside); fix its permissions or "
+            "copy the files somewhere readable"
         ) from None
     except OSError as exc:
         raise DatasetError(f"{directory}: cannot be read ({exc.strerror or exc})") from None

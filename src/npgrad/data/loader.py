@@ -31,11 +31,25 @@ def one_hot(
 def split_validation(
     images: np.ndarray, labels: np.ndarray, fraction: float, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Hold out a seeded random ``fraction`` of the training set: (x_train, y_train, x_val, y_val)."""
+    """Hold out a seeded random ``fraction`` of the training set: (x_train, y_train, x_val, y_val).
+
+    A fraction of 0 holds out nothing. Any other fraction must leave at least one
+    row on each side; the refusal says how many rows each part would have had.
+    """
     if not 0.0 <= fraction < 1.0:
         raise ConfigError(f"validation fraction must be in [0, 1), got {fraction}")
-    n_val = int(round(len(labels) * fraction))
-    perm = np.random.default_rng([seed, 0x5EED]).permutation(len(labels))
+    if len(images) != len(labels):
+        raise ConfigError(f"{len(images)} images but {len(labels)} labels")
+    n = len(labels)
+    n_val = int(round(n * fraction))
+    if fraction > 0 and not 0 < n_val < n:
+        lo, hi = 1 / n, 1 - 1 / n  # round(n * f) is then within 1 .. n-1
+        raise ConfigError(
+            f"validation fraction {fraction:g} of {n} training rows leaves {n - n_val} for "
+            f"training and {n_val} for validation; each needs at least one: "
+            + (f"use a fraction between {lo:.2g} and {hi:.4g}" if n >= 2 else "too few rows")
+        )
+    perm = np.random.default_rng([seed, 0x5EED]).permutation(n)
     val, train = np.sort(perm[:n_val]), np.sort(perm[n_val:])
     return images[train], labels[train], images[val], labels[val]
 
