@@ -142,11 +142,18 @@ def main(argv: list[str] | None = None) -> int:
             a, b = time_to(c["npgrad"], target), time_to(c["pytorch"], target)
             ratio = f"**{a / b:.2f}x**" if a and b else "-"
             fmt = lambda v: f"{v:.2f}" if v is not None else "not reached"  # noqa: E731
-            lines.append(f"| {label} | {target:.0%} | {fmt(a)} | {fmt(b)} | {ratio} | "
-                         f"{c['npgrad'][-1][1]:.2%} | {c['pytorch'][-1][1]:.2%} |")  # fmt: skip
+            lines.append(
+                f"| {label} | {target:.0%} | {fmt(a)} | {fmt(b)} | {ratio} | "
+                f"{c['npgrad'][-1][1]:.2%} | {c['pytorch'][-1][1]:.2%} |"
+            )
     for name, (c, _) in curves_all.items():
-        lines += ["", f"{name}, test accuracy after each epoch (cumulative training seconds):", "",
-                  "| epoch | npgrad | PyTorch |", "|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            f"{name}, test accuracy after each epoch (cumulative training seconds):",
+            "",
+            "| epoch | npgrad | PyTorch |",
+            "|---|---|---|",
+        ]
         for i, ((ta, aa), (tb, ab)) in enumerate(zip(c["npgrad"], c["pytorch"]), 1):
             lines.append(f"| {i} | {aa:.2%} ({ta:.2f} s) | {ab:.2%} ({tb:.2f} s) |")
     report = "\n".join(lines) + "\n"

@@ -41,10 +41,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import npgrad  # noqa: E402
-from tests import exercise_reference as naive  # noqa: E402
 from npgrad import nn, optim  # noqa: E402
 from npgrad.config import make_config  # noqa: E402
 from npgrad.models import ExerciseModel  # noqa: E402
+from tests import exercise_reference as naive  # noqa: E402
 
 LR = 1e-3
 
@@ -261,8 +261,12 @@ def peak_memory(sizes: list[int], x: np.ndarray, y: np.ndarray) -> dict:
     tracemalloc.stop()
     data = x.nbytes
     acts = len(y) * sum(sizes[1:]) * 4
-    return {"peak_mb": peak / 2**20, "data_mb": data / 2**20, "acts_mb": acts / 2**20,
-            "ratio": peak / (data + acts)}  # fmt: skip
+    return {
+        "peak_mb": peak / 2**20,
+        "data_mb": data / 2**20,
+        "acts_mb": acts / 2**20,
+        "ratio": peak / (data + acts),
+    }
 
 
 # --------------------------------------------------------------------------- report
@@ -279,8 +283,10 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return (f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, NumPy {np.__version__}, "
-            f"PyTorch {torch.__version__} ({torch.get_num_threads()} threads)")  # fmt: skip
+    return (
+        f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, NumPy {np.__version__}, "
+        f"PyTorch {torch.__version__} ({torch.get_num_threads()} threads)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -326,8 +332,10 @@ def main(argv: list[str] | None = None) -> int:
             r = bench(sizes, x, y, bs, args.repeats, ["npgrad", "pytorch", "numpy", "exercise"])
             roof = r["npgrad"] * flops_per_sample(sizes) / (peak * 1e9)
             ex = f"{r['exercise']:,.0f}" if "exercise" in r else "-"
-            lines.append(f"| {spec} | {b} | {r['npgrad']:,.0f} | {r['pytorch']:,.0f} | **{r['ratio']:.2f}x** | "
-                         f"{r['numpy']:,.0f} | {ex} | {roof:.0%} |")  # fmt: skip
+            lines.append(
+                f"| {spec} | {b} | {r['npgrad']:,.0f} | {r['pytorch']:,.0f} | **{r['ratio']:.2f}x** | "
+                f"{r['numpy']:,.0f} | {ex} | {roof:.0%} |"
+            )
             print(lines[-1], file=sys.stderr, flush=True)
     ex_x, ex_y, ex_src = x, y, "synthetic pixels"
     real = Path(args.data) / "mnist-10k"
@@ -344,8 +352,11 @@ def main(argv: list[str] | None = None) -> int:
     ex = exercise_preset_vs_naive(ex_x, ex_y, args.exercise_epochs)
     ex10k = None
     if real.is_dir() and not args.tiny:  # the same comparison on the untiled 10k split
-        ex10k = exercise_preset_vs_naive(ds.train_images.reshape(len(ds.train_labels), -1) / 255.0,
-                                         ds.train_labels, args.exercise_epochs)  # fmt: skip
+        ex10k = exercise_preset_vs_naive(
+            ds.train_images.reshape(len(ds.train_labels), -1) / 255.0,
+            ds.train_labels,
+            args.exercise_epochs,
+        )
     mem = peak_memory([int(s) for s in args.sizes.split(",")[0].split("-")], x, y)
     lines += [
         "",

@@ -11,7 +11,6 @@ from npgrad.config import (
     OPTIONS,
     PRESETS,
     Config,
-    add_arguments,
     config_from_dict,
     explicit_options,
     make_config,
@@ -147,8 +146,10 @@ def test_explicit_options_from_a_namespace():
     assert explicit_options(args) == {"lr": 0.5, "hidden": [3]}
 
 
-@pytest.mark.parametrize("text, sizes", [("256", [256]), ("512,256", [512, 256]),
-                                         ("100-50", [100, 50]), ("none", []), ("0", [])])  # fmt: skip
+@pytest.mark.parametrize(
+    "text, sizes",
+    [("256", [256]), ("512,256", [512, 256]), ("100-50", [100, 50]), ("none", []), ("0", [])],
+)
 def test_parse_hidden(text, sizes):
     assert parse_hidden(text) == sizes
 

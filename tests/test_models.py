@@ -7,8 +7,16 @@ from npgrad.config import make_config
 from npgrad.errors import CheckpointError, ConfigError
 from npgrad.models import MODELS, ExerciseModel, build_model, estimate_bytes
 
-PROTOCOL = ("prepare", "train_step", "log_probs", "params", "load_params", "optim_state",
-            "load_optim_state", "describe")  # fmt: skip
+PROTOCOL = (
+    "prepare",
+    "train_step",
+    "log_probs",
+    "params",
+    "load_params",
+    "optim_state",
+    "load_optim_state",
+    "describe",
+)
 
 
 def model_of(kind, **kw):
@@ -41,7 +49,9 @@ def test_state_round_trip_continues_identically(kind):
     x = np.random.default_rng(2).random((6, 12)).astype(cfg.dtype)
     y = np.array([0, 1, 2, 0, 1, 2])
     a.train_step(a.prepare(x), y)
-    b, _ = model_of(kind, seed=5, **no_dropout)  # different initial weights, overwritten by the state
+    b, _ = model_of(
+        kind, seed=5, **no_dropout
+    )  # different initial weights, overwritten by the state
     b.load_params(a.params())
     b.load_optim_state(a.optim_state())
     a.train_step(a.prepare(x), y)

@@ -26,15 +26,29 @@ def run_both(torch, make_ours, make_theirs, steps=6):
     "ours, theirs",
     [
         (lambda p: optim.SGD(p, lr=0.1), lambda t, p: t.optim.SGD(p, lr=0.1)),
-        (lambda p: optim.SGD(p, lr=0.1, momentum=0.9), lambda t, p: t.optim.SGD(p, lr=0.1, momentum=0.9)),
-        (lambda p: optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
-         lambda t, p: t.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01)),
-        (lambda p: optim.SGD(p, lr=0.1, weight_decay=0.1), lambda t, p: t.optim.SGD(p, lr=0.1, weight_decay=0.1)),
+        (
+            lambda p: optim.SGD(p, lr=0.1, momentum=0.9),
+            lambda t, p: t.optim.SGD(p, lr=0.1, momentum=0.9),
+        ),
+        (
+            lambda p: optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
+            lambda t, p: t.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
+        ),
+        (
+            lambda p: optim.SGD(p, lr=0.1, weight_decay=0.1),
+            lambda t, p: t.optim.SGD(p, lr=0.1, weight_decay=0.1),
+        ),
         (lambda p: optim.Adam(p, lr=0.01), lambda t, p: t.optim.Adam(p, lr=0.01)),
-        (lambda p: optim.Adam(p, lr=0.01, weight_decay=0.1), lambda t, p: t.optim.Adam(p, lr=0.01, weight_decay=0.1)),
-        (lambda p: optim.AdamW(p, lr=0.01, weight_decay=0.1), lambda t, p: t.optim.AdamW(p, lr=0.01, weight_decay=0.1)),
+        (
+            lambda p: optim.Adam(p, lr=0.01, weight_decay=0.1),
+            lambda t, p: t.optim.Adam(p, lr=0.01, weight_decay=0.1),
+        ),
+        (
+            lambda p: optim.AdamW(p, lr=0.01, weight_decay=0.1),
+            lambda t, p: t.optim.AdamW(p, lr=0.01, weight_decay=0.1),
+        ),
     ],
-)  # fmt: skip
+)
 def test_optimizers_match_torch(torch, ours, theirs):
     a, b = run_both(torch, ours, lambda p: theirs(torch, p))
     np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
@@ -84,8 +98,9 @@ def test_onecycle_matches_torch(torch):
     sched = optim.OneCycle(0.01, total)
     w = torch.zeros(1, requires_grad=True)
     opt = torch.optim.SGD([w], lr=0.01)
-    ts = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.01, total_steps=total, anneal_strategy="cos",
-                                             cycle_momentum=False)  # fmt: skip
+    ts = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=0.01, total_steps=total, anneal_strategy="cos", cycle_momentum=False
+    )
     for step in range(total):
         assert sched(step) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-9), step
         opt.step()

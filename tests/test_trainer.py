@@ -10,13 +10,13 @@ import time
 import numpy as np
 import pytest
 
-from tests import exercise_reference as naive
 from npgrad import CheckpointError, ConfigError, DatasetError, TrainingDiverged
 from npgrad import checkpoint as ckpt
-from npgrad.data import load_dataset
 from npgrad.config import make_config
+from npgrad.data import load_dataset
 from npgrad.errors import Interrupted
 from npgrad.trainer import Trainer
+from tests import exercise_reference as naive
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +38,15 @@ def test_short_default_run_on_mnist_10k_reaches_95_percent(mnist10k, tmp_path):
     assert final["test_accuracy"] >= 0.95, final
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 4
-    for key in ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds",
-                "samples_per_second"):  # fmt: skip
+    for key in (
+        "epoch",
+        "train_loss",
+        "train_accuracy",
+        "test_loss",
+        "test_accuracy",
+        "seconds",
+        "samples_per_second",
+    ):
         assert key in json.loads(lines[0])
 
 
@@ -248,8 +255,9 @@ def test_two_concurrent_trainers_on_one_directory(tmp_path):
         deadline = time.time() + 60
         while not (tmp_path / "run" / "checkpoint.npz").exists() and time.time() < deadline:
             time.sleep(0.1)
-        second = subprocess.run([*TRAIN, "-e", "1", "-o", out, "--force"], capture_output=True,
-                                text=True, timeout=120)  # fmt: skip
+        second = subprocess.run(
+            [*TRAIN, "-e", "1", "-o", out, "--force"], capture_output=True, text=True, timeout=120
+        )
         assert second.returncode == 2, second.stderr
         assert f"in use by another npgrad train (PID {first.pid})" in second.stderr
         assert len(second.stderr.strip().splitlines()) == 1 and "Traceback" not in second.stderr
@@ -270,8 +278,12 @@ def test_killed_trainer_resumes_and_its_stale_lock_is_taken_over(tmp_path):
     assert (out / ".npgrad.lock").exists()
     done = final_state(out)[2]["epoch"]
     assert done >= 1
-    second = subprocess.run([*TRAIN, "-o", str(out), "--resume", "-e", str(done + 1), "--json"],
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    second = subprocess.run(
+        [*TRAIN, "-o", str(out), "--resume", "-e", str(done + 1), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert second.returncode == 0, second.stderr
     assert json.loads(second.stdout)["epochs"] == done + 1
     lines = (out / "metrics.jsonl").read_text().splitlines()

@@ -13,7 +13,10 @@ The pieces, one module per concern:
 """
 
 from . import data, layers, nn, optim  # noqa: E402  (submodules as attributes)
-from .autodiff import (
+
+# npgrad.sum, npgrad.max, npgrad.pow: attributes, but not in __all__, so that
+# 'from npgrad import *' does not shadow Python's builtins.
+from .autodiff import (  # noqa: F401
     Tensor,
     add,
     concatenate,
@@ -73,6 +76,7 @@ def __getattr__(name: str) -> object:
         globals()[name] = value
         return value
     raise AttributeError(f"module 'npgrad' has no attribute {name!r}")
+
 
 __all__ = [
     "data",

@@ -102,8 +102,13 @@ def _optional_dir(text: str | None) -> str | None:
 # --------------------------------------------------------------------------- checks
 
 
-def _finite(lo: float | None = None, hi: float | None = None, lo_open: bool = False,
-            hi_open: bool = False, what: str = "") -> Callable[[Any], str | None]:  # fmt: skip
+def _finite(
+    lo: float | None = None,
+    hi: float | None = None,
+    lo_open: bool = False,
+    hi_open: bool = False,
+    what: str = "",
+) -> Callable[[Any], str | None]:
     """A check for a number in a range; the message states the range."""
 
     def check(v: Any) -> str | None:
@@ -192,64 +197,217 @@ class Option:
             raise ConfigError(f"{self.flag} {problem}")
 
 
+# fmt: off  (a table: one option per entry reads better than the formatter's layout)
 OPTIONS: tuple[Option, ...] = (
     # data
-    Option("dataset", "mnist", "mnist, fashion-mnist, digits, or a directory with the four IDX "
-           "files", "data", parse=_dataset, flags=("--dataset", "-d"), metavar="NAME|DIR",
-           resumable=True),  # fmt: skip
-    Option("data_dir", None, "look for named datasets in DIR (and DIR/NAME) first", "data",
-           parse=_optional_dir, metavar="DIR", resumable=True),  # fmt: skip
-    Option("val_fraction", 0.0, "hold out this fraction of the training set for validation",
-           "data", parse=_number(float), check=_finite(0, 1, hi_open=True, what="a fraction"),
-           flags=("--val",), metavar="FRACTION"),  # fmt: skip
-    Option("shift", 1, "random shift augmentation, 0 to 4 pixels", "data",
-           parse=_number(int), check=_integer(0, 4), metavar="PIXELS",
-           presets={"plain": 0, "exercise": 0}, families={"digits": 0, "fashion-mnist": 0},
-           models=("mlp",)),  # fmt: skip
+    Option(
+        "dataset",
+        "mnist",
+        "mnist, fashion-mnist, digits, or a directory with the four IDX files",
+        "data",
+        parse=_dataset,
+        flags=("--dataset", "-d"),
+        metavar="NAME|DIR",
+        resumable=True,
+    ),
+    Option(
+        "data_dir",
+        None,
+        "look for named datasets in DIR (and DIR/NAME) first",
+        "data",
+        parse=_optional_dir,
+        metavar="DIR",
+        resumable=True,
+    ),
+    Option(
+        "val_fraction",
+        0.0,
+        "hold out this fraction of the training set for validation",
+        "data",
+        parse=_number(float),
+        check=_finite(0, 1, hi_open=True, what="a fraction"),
+        flags=("--val",),
+        metavar="FRACTION",
+    ),
+    Option(
+        "shift",
+        1,
+        "random shift augmentation, 0 to 4 pixels",
+        "data",
+        parse=_number(int),
+        check=_integer(0, 4),
+        metavar="PIXELS",
+        presets={"plain": 0, "exercise": 0},
+        families={"digits": 0, "fashion-mnist": 0},
+        models=("mlp",),
+    ),
     # model
-    Option("model", "mlp", "the kind of network: mlp, or exercise (the exercise's layer "
-           "classes, ones column as bias, full-batch gradient descent)", "model",
-           choices=MODELS, metavar="KIND", presets={"exercise": "exercise"}),  # fmt: skip
-    Option("hidden", [256], "hidden layer sizes, e.g. 256 or 512,256 ('none' for no hidden "
-           "layer)", "model", parse=parse_hidden, check=_hidden_ok, metavar="SIZES",
-           presets={"plain": [100], "exercise": [100]}),  # fmt: skip
-    Option("activation", "relu", "hidden activation", "model", choices=ACTIVATIONS,
-           metavar="NAME", models=("mlp",)),  # fmt: skip
-    Option("dropout", 0.2, "dropout after each hidden layer", "model", parse=_number(float),
-           check=_finite(0, 1, hi_open=True, what="a probability"), metavar="P",
-           presets={"plain": 0.0, "exercise": 0.0}, models=("mlp",)),  # fmt: skip
-    Option("init", "he", "weight initialisation", "model", choices=INITS, metavar="NAME",
-           presets={"exercise": "normal"}, models=("mlp",)),  # fmt: skip
-    Option("dtype", "float32", "floating-point type of weights and data", "model",
-           choices=DTYPES, metavar="TYPE", presets={"exercise": "float64"}),  # fmt: skip
+    Option(
+        "model",
+        "mlp",
+        "the kind of network: mlp, or exercise (the exercise's layer "
+        "classes, ones column as bias, full-batch gradient descent)",
+        "model",
+        choices=MODELS,
+        metavar="KIND",
+        presets={"exercise": "exercise"},
+    ),
+    Option(
+        "hidden",
+        [256],
+        "hidden layer sizes, e.g. 256 or 512,256 ('none' for no hidden layer)",
+        "model",
+        parse=parse_hidden,
+        check=_hidden_ok,
+        metavar="SIZES",
+        presets={"plain": [100], "exercise": [100]},
+    ),
+    Option(
+        "activation",
+        "relu",
+        "hidden activation",
+        "model",
+        choices=ACTIVATIONS,
+        metavar="NAME",
+        models=("mlp",),
+    ),
+    Option(
+        "dropout",
+        0.2,
+        "dropout after each hidden layer",
+        "model",
+        parse=_number(float),
+        check=_finite(0, 1, hi_open=True, what="a probability"),
+        metavar="P",
+        presets={"plain": 0.0, "exercise": 0.0},
+        models=("mlp",),
+    ),
+    Option(
+        "init",
+        "he",
+        "weight initialisation",
+        "model",
+        choices=INITS,
+        metavar="NAME",
+        presets={"exercise": "normal"},
+        models=("mlp",),
+    ),
+    Option(
+        "dtype",
+        "float32",
+        "floating-point type of weights and data",
+        "model",
+        choices=DTYPES,
+        metavar="TYPE",
+        presets={"exercise": "float64"},
+    ),
     # optimisation
-    Option("epochs", 10, "number of epochs", "optimisation", parse=_number(int),
-           check=_integer(0, 100_000), flags=("--epochs", "-e"), metavar="N",
-           presets={"exercise": 50}, families={"digits": 20}, resumable=True),  # fmt: skip
-    Option("batch_size", 128, "minibatch size; 'full' (or 0) for the whole training set in "
-           "one step", "optimisation", parse=parse_batch_size, check=_integer(0),
-           flags=("--batch-size", "-b"), metavar="N|full", presets={"exercise": 0},
-           families={"digits": 32}),  # fmt: skip
-    Option("optimizer", "adam", "optimizer", "optimisation", choices=OPTIMIZERS,
-           metavar="NAME", models=("mlp",)),  # fmt: skip
-    Option("lr", 3e-3, "(peak) learning rate", "optimisation", parse=_number(float),
-           check=_finite(0, 1e3, lo_open=True), metavar="RATE",
-           presets={"plain": 1e-3, "exercise": 1e-5}),  # fmt: skip
-    Option("momentum", 0.9, "momentum of the sgd variants", "optimisation",
-           parse=_number(float), check=_finite(0, 1, hi_open=True), metavar="M",
-           models=("mlp",)),  # fmt: skip
-    Option("weight_decay", 0.0, "weight decay", "optimisation", parse=_number(float),
-           check=_finite(0), metavar="WD", models=("mlp",)),  # fmt: skip
-    Option("schedule", "onecycle", "learning-rate schedule", "optimisation", choices=SCHEDULES,
-           metavar="NAME", presets={"plain": "constant"}, models=("mlp",)),  # fmt: skip
-    Option("warmup_epochs", 0.0, "linear warm-up epochs (cosine, step, constant)",
-           "optimisation", parse=_number(float), check=_finite(0), flags=("--warmup",),
-           metavar="EPOCHS", models=("mlp",)),  # fmt: skip
-    Option("clip", 0.0, "clip the gradient norm to NORM (0: no clipping)", "optimisation",
-           parse=_number(float), check=_finite(0), metavar="NORM", models=("mlp",)),  # fmt: skip
-    Option("seed", 0, "random seed; same seed, same bits", "optimisation", parse=_number(int),
-           check=_integer(0, 2**63 - 1), metavar="N"),  # fmt: skip
+    Option(
+        "epochs",
+        10,
+        "number of epochs",
+        "optimisation",
+        parse=_number(int),
+        check=_integer(0, 100_000),
+        flags=("--epochs", "-e"),
+        metavar="N",
+        presets={"exercise": 50},
+        families={"digits": 20},
+        resumable=True,
+    ),
+    Option(
+        "batch_size",
+        128,
+        "minibatch size; 'full' (or 0) for the whole training set in one step",
+        "optimisation",
+        parse=parse_batch_size,
+        check=_integer(0),
+        flags=("--batch-size", "-b"),
+        metavar="N|full",
+        presets={"exercise": 0},
+        families={"digits": 32},
+    ),
+    Option(
+        "optimizer",
+        "adam",
+        "optimizer",
+        "optimisation",
+        choices=OPTIMIZERS,
+        metavar="NAME",
+        models=("mlp",),
+    ),
+    Option(
+        "lr",
+        3e-3,
+        "(peak) learning rate",
+        "optimisation",
+        parse=_number(float),
+        check=_finite(0, 1e3, lo_open=True),
+        metavar="RATE",
+        presets={"plain": 1e-3, "exercise": 1e-5},
+    ),
+    Option(
+        "momentum",
+        0.9,
+        "momentum of the sgd variants",
+        "optimisation",
+        parse=_number(float),
+        check=_finite(0, 1, hi_open=True),
+        metavar="M",
+        models=("mlp",),
+    ),
+    Option(
+        "weight_decay",
+        0.0,
+        "weight decay",
+        "optimisation",
+        parse=_number(float),
+        check=_finite(0),
+        metavar="WD",
+        models=("mlp",),
+    ),
+    Option(
+        "schedule",
+        "onecycle",
+        "learning-rate schedule",
+        "optimisation",
+        choices=SCHEDULES,
+        metavar="NAME",
+        presets={"plain": "constant"},
+        models=("mlp",),
+    ),
+    Option(
+        "warmup_epochs",
+        0.0,
+        "linear warm-up epochs (cosine, step, constant)",
+        "optimisation",
+        parse=_number(float),
+        check=_finite(0),
+        flags=("--warmup",),
+        metavar="EPOCHS",
+        models=("mlp",),
+    ),
+    Option(
+        "clip",
+        0.0,
+        "clip the gradient norm to NORM (0: no clipping)",
+        "optimisation",
+        parse=_number(float),
+        check=_finite(0),
+        metavar="NORM",
+        models=("mlp",),
+    ),
+    Option(
+        "seed",
+        0,
+        "random seed; same seed, same bits",
+        "optimisation",
+        parse=_number(int),
+        check=_integer(0, 2**63 - 1),
+        metavar="N",
+    ),
 )
+# fmt: on
 BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
 
 Config = dataclasses.make_dataclass(
@@ -423,19 +581,26 @@ def add_arguments(parser: Any) -> dict[str, Any]:
             continue
         if o.group not in groups:
             groups[o.group] = parser.add_argument_group(o.group)
-        groups[o.group].add_argument(*o.flag_names, dest=o.name, type=typed(o), default=None,
-                                     metavar=o.metavar, help=option_help(o))  # fmt: skip
+        groups[o.group].add_argument(
+            *o.flag_names,
+            dest=o.name,
+            type=typed(o),
+            default=None,
+            metavar=o.metavar,
+            help=option_help(o),
+        )
     return groups
 
 
 def explicit_options(args: Any) -> dict[str, Any]:
     """The options the user gave on the command line (argparse Namespace -> dict)."""
-    return {o.name: getattr(args, o.name) for o in OPTIONS if getattr(args, o.name, None) is not None}
+    return {
+        o.name: getattr(args, o.name) for o in OPTIONS if getattr(args, o.name, None) is not None
+    }
 
 
 PRESET_HELP = {
-    "default": "what we recommend: He init, Adam with a one-cycle schedule, random shifts, "
-    "dropout",
+    "default": "what we recommend: He init, Adam with a one-cycle schedule, random shifts, dropout",
     "plain": "plain Adam, no augmentation or regularisation: the baseline the default beats",
     "exercise": "the exercise, exactly: layer classes, N(0,1) weights, ones column as bias, "
     "full-batch gradient descent on the summed loss",
@@ -447,13 +612,20 @@ def preset_summary() -> str:
     lines = ["presets (explicit options override them; values differing from the defaults):"]
     for preset in PRESETS:
         values = preset_values(preset)
-        diff = [f"{BY_NAME[k].flag} {_show(v)}" for k, v in values.items()
-                if preset != "default" and v != BY_NAME[k].default]  # fmt: skip
+        diff = [
+            f"{BY_NAME[k].flag} {_show(v)}"
+            for k, v in values.items()
+            if preset != "default" and v != BY_NAME[k].default
+        ]
         lines.append(f"  {preset:<9} {PRESET_HELP[preset]}")
         if diff:
             lines.append(f"  {'':<9} {' '.join(diff)}")
-    lines.append("  the default preset adapts to the dataset: "
-                 + "; ".join(f"{fam}: " + " ".join(f"{o.flag} {_show(o.families[fam])}"
-                             for o in OPTIONS if fam in o.families)
-                             for fam in sorted({f for o in OPTIONS for f in o.families})))  # fmt: skip
+    lines.append(
+        "  the default preset adapts to the dataset: "
+        + "; ".join(
+            f"{fam}: "
+            + " ".join(f"{o.flag} {_show(o.families[fam])}" for o in OPTIONS if fam in o.families)
+            for fam in sorted({f for o in OPTIONS for f in o.families})
+        )
+    )
     return "\n".join(lines)

@@ -46,8 +46,10 @@ def to_dot(
             attrs = f"label={_quote(t.op_name + chr(10) + desc)}, shape=ellipse"
         elif isinstance(t, Parameter) or (t.requires_grad and t.is_leaf):
             name = labels.get(id(t)) or t.name or "parameter"
-            attrs = (f"label={_quote(name + chr(10) + desc)}, shape=box, style=filled, "
-                     'fillcolor="#cfe8ff"')  # fmt: skip
+            attrs = (
+                f"label={_quote(name + chr(10) + desc)}, shape=box, style=filled, "
+                'fillcolor="#cfe8ff"'
+            )
         else:
             name = labels.get(id(t)) or t.name or "input"
             attrs = f"label={_quote(name + chr(10) + desc)}, shape=box"
@@ -75,8 +77,13 @@ def render(
             "rendering needs Graphviz's 'dot' program (apt-get install graphviz, brew install "
             "graphviz); npgrad.graph.to_dot() gives the DOT text without it"
         )
-    result = subprocess.run([dot, f"-T{fmt}", "-o", str(path)], input=to_dot(root, names),
-                            text=True, capture_output=True, check=False)  # fmt: skip
+    result = subprocess.run(
+        [dot, f"-T{fmt}", "-o", str(path)],
+        input=to_dot(root, names),
+        text=True,
+        capture_output=True,
+        check=False,
+    )
     if result.returncode != 0:
         raise NpgradError(f"dot failed: {result.stderr.strip()}")
     return path

@@ -47,12 +47,23 @@ class MLPModel:
 
     kind = "mlp"
 
-    def __init__(self, cfg: Any, in_features: int, classes: int, steps_per_epoch: int,
-                 rng: np.random.Generator) -> None:  # fmt: skip
+    def __init__(
+        self,
+        cfg: Any,
+        in_features: int,
+        classes: int,
+        steps_per_epoch: int,
+        rng: np.random.Generator,
+    ) -> None:
         self.cfg = cfg
-        self.net = nn.MLP([in_features, *cfg.hidden, classes], activation=cfg.activation,
-                          dropout=cfg.dropout, init=cfg.init, rng=np.random.default_rng(cfg.seed),
-                          dtype=np.dtype(cfg.dtype))  # fmt: skip
+        self.net = nn.MLP(
+            [in_features, *cfg.hidden, classes],
+            activation=cfg.activation,
+            dropout=cfg.dropout,
+            init=cfg.init,
+            rng=np.random.default_rng(cfg.seed),
+            dtype=np.dtype(cfg.dtype),
+        )
         self.net.set_rng(rng)  # dropout masks come from the run's generator (saved in checkpoints)
         params = self.net.parameters()
         name = cfg.optimizer
@@ -61,8 +72,13 @@ class MLPModel:
             self.opt: optim.Optimizer = cls(params, cfg.lr, weight_decay=cfg.weight_decay)
         else:
             momentum = 0.0 if name == "sgd" else cfg.momentum
-            self.opt = optim.SGD(params, cfg.lr, momentum=momentum, nesterov=name == "nesterov",
-                                 weight_decay=cfg.weight_decay)  # fmt: skip
+            self.opt = optim.SGD(
+                params,
+                cfg.lr,
+                momentum=momentum,
+                nesterov=name == "nesterov",
+                weight_decay=cfg.weight_decay,
+            )
         steps_total = steps_per_epoch * max(cfg.epochs, 1)
         warmup = int(cfg.warmup_epochs * steps_per_epoch)
         self.schedule = optim.make_schedule(cfg.schedule, cfg.lr, steps_total, warmup)
@@ -121,8 +137,14 @@ class ExerciseModel:
 
     kind = "exercise"
 
-    def __init__(self, cfg: Any, in_features: int, classes: int, steps_per_epoch: int = 1,
-                 rng: np.random.Generator | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        cfg: Any,
+        in_features: int,
+        classes: int,
+        steps_per_epoch: int = 1,
+        rng: np.random.Generator | None = None,
+    ) -> None:
         init = np.random.default_rng(cfg.seed)
         dtype = np.dtype(cfg.dtype)
         self.cfg = cfg
@@ -182,8 +204,10 @@ class ExerciseModel:
 
     def describe(self) -> str:
         n = self.W1.size + self.W2.size
-        return (f"exercise network {self.W1.shape[0]}-{self.W1.shape[1]}-{self.W2.shape[1]} "
-                f"({n:,} weights), full-batch gradient descent")  # fmt: skip
+        return (
+            f"exercise network {self.W1.shape[0]}-{self.W1.shape[1]}-{self.W2.shape[1]} "
+            f"({n:,} weights), full-batch gradient descent"
+        )
 
 
 def add_ones_column(x: np.ndarray) -> np.ndarray:
@@ -230,8 +254,14 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:.1f} GiB"
 
 
-def build_model(cfg: Any, in_features: int, classes: int, steps_per_epoch: int = 1,
-                rng: np.random.Generator | None = None, batch: int = 0) -> Model:  # fmt: skip
+def build_model(
+    cfg: Any,
+    in_features: int,
+    classes: int,
+    steps_per_epoch: int = 1,
+    rng: np.random.Generator | None = None,
+    batch: int = 0,
+) -> Model:
     """The model ``cfg.model`` names, refusing one that could not fit in memory."""
     need = estimate_bytes(cfg, in_features, classes, batch or 1)
     have = available_memory()

@@ -285,8 +285,13 @@ def make_schedule(
     if name == "cosine":
         return Cosine(base_lr, total_steps, warmup_steps)
     if name == "step":
-        return StepDecay(base_lr, total_steps, kw.get("step_size", max(total_steps // 3, 1)),
-                         kw.get("gamma", 0.1), warmup_steps)  # fmt: skip
+        return StepDecay(
+            base_lr,
+            total_steps,
+            kw.get("step_size", max(total_steps // 3, 1)),
+            kw.get("gamma", 0.1),
+            warmup_steps,
+        )
     if name == "onecycle":
         return OneCycle(base_lr, total_steps)
     raise ConfigError(f"unknown schedule {name!r}: use {', '.join(SCHEDULES)}")

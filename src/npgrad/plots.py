@@ -59,9 +59,12 @@ def curves(history: list[dict[str, Any]], path: str | os.PathLike, title: str = 
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     best = max(history, key=lambda r: r["test_accuracy"])
-    ax_acc.annotate(f"test {100 * history[-1]['test_accuracy']:.2f}%",
-                    (epochs[-1], 100 * history[-1]["test_accuracy"]), textcoords="offset points",
-                    xytext=(-60, -18))  # fmt: skip
+    ax_acc.annotate(
+        f"test {100 * history[-1]['test_accuracy']:.2f}%",
+        (epochs[-1], 100 * history[-1]["test_accuracy"]),
+        textcoords="offset points",
+        xytext=(-60, -18),
+    )
     ax_acc.axhline(100 * best["test_accuracy"], color="grey", lw=0.5, ls=":")
     from matplotlib.ticker import MaxNLocator
 
@@ -74,8 +77,12 @@ def curves(history: list[dict[str, Any]], path: str | os.PathLike, title: str = 
     return _save(fig, Path(path))
 
 
-def confusion(matrix: np.ndarray, classes: list[str] | tuple[str, ...], path: str | os.PathLike,
-              title: str = "") -> Path:  # fmt: skip
+def confusion(
+    matrix: np.ndarray,
+    classes: list[str] | tuple[str, ...],
+    path: str | os.PathLike,
+    title: str = "",
+) -> Path:
     """Confusion matrix (rows true, columns predicted) with counts in the cells."""
     plt = _pyplot()
     n = len(classes)
@@ -86,8 +93,15 @@ def confusion(matrix: np.ndarray, classes: list[str] | tuple[str, ...], path: st
     for i in range(n):
         for j in range(n):
             if matrix[i, j]:
-                ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if frac[i, j] > 0.5 else "black")  # fmt: skip
+                ax.text(
+                    j,
+                    i,
+                    str(matrix[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if frac[i, j] > 0.5 else "black",
+                )
     short = [c if len(c) <= 11 else c[:10] + "." for c in classes]
     ax.set_xticks(range(n), short, rotation=45, ha="right")
     ax.set_yticks(range(n), short)
@@ -97,9 +111,14 @@ def confusion(matrix: np.ndarray, classes: list[str] | tuple[str, ...], path: st
     return _save(fig, Path(path))
 
 
-def misclassified(images: np.ndarray, labels: np.ndarray, predictions: np.ndarray,
-                  classes: list[str] | tuple[str, ...], path: str | os.PathLike,
-                  limit: int = 36) -> Path:  # fmt: skip
+def misclassified(
+    images: np.ndarray,
+    labels: np.ndarray,
+    predictions: np.ndarray,
+    classes: list[str] | tuple[str, ...],
+    path: str | os.PathLike,
+    limit: int = 36,
+) -> Path:
     """A grid of misclassified images titled 'pred X / true Y'."""
     plt = _pyplot()
     wrong = np.flatnonzero(predictions != labels)[:limit]
@@ -110,8 +129,11 @@ def misclassified(images: np.ndarray, labels: np.ndarray, predictions: np.ndarra
         ax.axis("off")
     for ax, i in zip(axes.ravel(), wrong):
         ax.imshow(images[i], cmap="gray_r")
-        ax.set_title(f"pred {classes[predictions[i]]}\ntrue {classes[labels[i]]}", fontsize=8,
-                     color="firebrick")  # fmt: skip
+        ax.set_title(
+            f"pred {classes[predictions[i]]}\ntrue {classes[labels[i]]}",
+            fontsize=8,
+            color="firebrick",
+        )
     total = int((predictions != labels).sum())
     fig.suptitle(f"{min(total, limit)} of {total} misclassified test images")
     return _save(fig, Path(path))

@@ -203,9 +203,15 @@ class Trainer:
     is called before every step (tests use it to simulate an interruption).
     """
 
-    def __init__(self, cfg: Any, out: str | os.PathLike, dataset: Dataset | None = None,
-                 log: Callable[[str], None] | None = None, progress: bool | None = None,
-                 step_hook: Callable[[int, int], None] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        cfg: Any,
+        out: str | os.PathLike,
+        dataset: Dataset | None = None,
+        log: Callable[[str], None] | None = None,
+        progress: bool | None = None,
+        step_hook: Callable[[int, int], None] | None = None,
+    ) -> None:
         validate(cfg)
         self.cfg = cfg
         self.out = Path(out)
@@ -218,19 +224,30 @@ class Trainer:
         classes = self.data.dataset.num_classes
         batch = cfg.batch_size or len(self.data.y_train)
         steps_per_epoch = -(-len(self.data.y_train) // batch)
-        self.model = build_model(cfg, self.data.in_features, classes, steps_per_epoch, self.rng,
-                                 batch=batch)  # fmt: skip
-        self.loader = DataLoader(self.model.prepare(self.data.x_train), self.data.y_train, batch,
-                                 shuffle=self.model.kind != "exercise", rng=self.rng,
-                                 shift=cfg.shift)  # fmt: skip
+        self.model = build_model(
+            cfg, self.data.in_features, classes, steps_per_epoch, self.rng, batch=batch
+        )
+        self.loader = DataLoader(
+            self.model.prepare(self.data.x_train),
+            self.data.y_train,
+            batch,
+            shuffle=self.model.kind != "exercise",
+            rng=self.rng,
+            shift=cfg.shift,
+        )
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
         self.partial: dict[str, Any] | None = None
         self.resumed = False
 
     @classmethod
-    def resume(cls, out: str | os.PathLike, changes: dict[str, Any] | None = None,
-               dataset: Dataset | None = None, **kwargs: Any) -> Trainer:  # fmt: skip
+    def resume(
+        cls,
+        out: str | os.PathLike,
+        changes: dict[str, Any] | None = None,
+        dataset: Dataset | None = None,
+        **kwargs: Any,
+    ) -> Trainer:
         """Continue the run in ``out`` from its checkpoint.
 
         ``changes`` may give options that a resumed run can change (``epochs``,
@@ -311,9 +328,11 @@ class Trainer:
             where = f", resuming in epoch {self.partial['epoch']} after step {self.partial['step']}"
         elif self.start_epoch:
             where = f", resuming after epoch {self.start_epoch}"
-        self.log(f"{self.model.describe()} on {self.data.dataset.name} "
-                 f"({len(self.data.y_train)} train, {len(self.data.y_test)} test), {cfg.epochs} "
-                 f"epochs, batch {cfg.batch_size or 'full'}{where}")  # fmt: skip
+        self.log(
+            f"{self.model.describe()} on {self.data.dataset.name} "
+            f"({len(self.data.y_train)} train, {len(self.data.y_test)} test), {cfg.epochs} "
+            f"epochs, batch {cfg.batch_size or 'full'}{where}"
+        )
         partial, self.partial = self.partial, None
         for epoch in range(self.start_epoch + 1, cfg.epochs + 1):
             resume_at = EpochProgress(**partial) if partial and partial["epoch"] == epoch else None
@@ -381,14 +400,18 @@ class Trainer:
         start = resume_at.step
         return loader.batches(order=order, start_batch=start), resume_at.rng_epoch_start, start
 
-    def _epoch(self, epoch: int, resume_at: EpochProgress | None
-               ) -> tuple[dict[str, Any] | None, EpochProgress | None]:  # fmt: skip
+    def _epoch(
+        self, epoch: int, resume_at: EpochProgress | None
+    ) -> tuple[dict[str, Any] | None, EpochProgress | None]:
         """Train one epoch: (metrics record, None), or (None, progress) when asked to stop."""
         t0 = time.perf_counter()
         batches, rng_start, start = self._batches(epoch, resume_at)
         r = resume_at or EpochProgress(epoch, 0, 0.0, 0, 0, 0.0, rng_start)
-        bar = _progress_bar(batches, len(self.loader), start, epoch, self.cfg.epochs) \
-            if self.progress else None  # fmt: skip
+        bar = (
+            _progress_bar(batches, len(self.loader), start, epoch, self.cfg.epochs)
+            if self.progress
+            else None
+        )
         for step, (xb, yb) in enumerate(bar if bar is not None else batches, start=start):
             if self.step_hook is not None:
                 self.step_hook(epoch, step)
@@ -434,8 +457,15 @@ def _progress_bar(batches: Any, total: int, initial: int, epoch: int, epochs: in
         from tqdm import tqdm
     except ImportError:
         return None
-    return tqdm(batches, total=total, initial=initial, desc=f"epoch {epoch}/{epochs}",
-                leave=False, unit="batch", file=sys.stderr)  # fmt: skip
+    return tqdm(
+        batches,
+        total=total,
+        initial=initial,
+        desc=f"epoch {epoch}/{epochs}",
+        leave=False,
+        unit="batch",
+        file=sys.stderr,
+    )
 
 
 def _remove_if_only(folder: Path, names: set[str]) -> None:
@@ -453,10 +483,12 @@ def _remove_if_only(folder: Path, names: set[str]) -> None:
 def _epoch_line(r: dict[str, Any], epochs: int) -> str:
     val = f"  val {r['val_accuracy']:.2%}" if "val_accuracy" in r else ""
     secs = f"{r['seconds']:.{2 if r['seconds'] < 10 else 1}f}s"
-    return (f"epoch {r['epoch']:>3}/{epochs}  train loss {r['train_loss']:.4f} "
-            f"acc {r['train_accuracy']:.2%}  test loss {r['test_loss']:.4f} "
-            f"acc {r['test_accuracy']:.2%}{val}  {secs} "
-            f"({r['samples_per_second']:,.0f} samples/s)")  # fmt: skip
+    return (
+        f"epoch {r['epoch']:>3}/{epochs}  train loss {r['train_loss']:.4f} "
+        f"acc {r['train_accuracy']:.2%}  test loss {r['test_loss']:.4f} "
+        f"acc {r['test_accuracy']:.2%}{val}  {secs} "
+        f"({r['samples_per_second']:,.0f} samples/s)"
+    )
 
 
 # --------------------------------------------------------------------------- starting a run
@@ -467,9 +499,14 @@ def default_out(dataset: str, preset: str) -> Path:
     return Path("runs") / f"{Path(dataset).name}-{preset}"
 
 
-def open_run(preset: str | None = None, options: dict[str, Any] | None = None,
-             out: str | os.PathLike | None = None, resume: bool = False, force: bool = False,
-             **kwargs: Any) -> Trainer:  # fmt: skip
+def open_run(
+    preset: str | None = None,
+    options: dict[str, Any] | None = None,
+    out: str | os.PathLike | None = None,
+    resume: bool = False,
+    force: bool = False,
+    **kwargs: Any,
+) -> Trainer:
     """A :class:`Trainer` for a new run, or for continuing one: what ``npgrad train`` does.
 
     ``options`` are the explicitly given options (see :mod:`npgrad.config`). A

@@ -34,8 +34,10 @@ from tests.cli.helpers import assert_one_line_error, run_catching_exit
         (["train", "-d", "digits", "--warmup", "-5"], "--warmup: must be a number at least 0"),
         (["train", "-d", "digits", "--clip", "-1"], "--clip: must be a number at least 0"),
         (["train", "-d", "digits", "--momentum", "nan"], "--momentum: must be a number"),
-        (["train", "-d", "digits", "--preset", "exercise", "--dropout", "0.1"],
-         "--dropout is not used by the exercise model"),
+        (
+            ["train", "-d", "digits", "--preset", "exercise", "--dropout", "0.1"],
+            "--dropout is not used by the exercise model",
+        ),
         (["train", "-d", "digits", "--resume", "--force", "-o", "{tmp}/r"], "give one of them"),
         (["train", "-d", "digits", "--resume", "-o", "{tmp}/none"], "no checkpoint"),
         (["train", "-d", "digits", "-o", "{tmp}/file.txt/sub"], "cannot write to"),
@@ -45,7 +47,7 @@ from tests.cli.helpers import assert_one_line_error, run_catching_exit
         (["data", "fetch", "cifar"], "cannot be downloaded"),
         (["bogus"], "invalid choice"),
     ],
-)  # fmt: skip
+)
 def test_user_errors_are_one_line_and_non_zero(capsys, tmp_path, argv, message):
     (tmp_path / "file.txt").write_text("not a checkpoint")
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]

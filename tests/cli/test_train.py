@@ -33,8 +33,20 @@ def test_train_prints_epoch_lines_and_plots(capsys, tmp_path):
 
 
 def test_exercise_preset_from_the_command_line(capsys, tmp_path, shared_data):
-    code, out, _ = run(capsys, "train", "--preset", "exercise", "-d", str(shared_data / "mnist-10k"),
-                       "-e", "2", "-o", str(tmp_path), "--json", "-q")  # fmt: skip
+    code, out, _ = run(
+        capsys,
+        "train",
+        "--preset",
+        "exercise",
+        "-d",
+        str(shared_data / "mnist-10k"),
+        "-e",
+        "2",
+        "-o",
+        str(tmp_path),
+        "--json",
+        "-q",
+    )
     summary = json.loads(out)
     assert code == 0 and summary["preset"] == "exercise"
     meta = ckpt.load(tmp_path / "checkpoint.npz")[2]

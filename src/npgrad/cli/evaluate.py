@@ -42,12 +42,22 @@ def run(args: argparse.Namespace) -> int:
     cm = ev.confusion(len(classes))
     per_class = np.diag(cm) / np.maximum(cm.sum(axis=1), 1)
     if args.json:
-        print(json.dumps({"dataset": data.dataset.name, "test_accuracy": ev.accuracy,
-                          "test_loss": ev.loss, "per_class_accuracy": dict(zip(classes, per_class.tolist())),
-                          "confusion": cm.tolist()}))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "dataset": data.dataset.name,
+                    "test_accuracy": ev.accuracy,
+                    "test_loss": ev.loss,
+                    "per_class_accuracy": dict(zip(classes, per_class.tolist())),
+                    "confusion": cm.tolist(),
+                }
+            )
+        )
     else:
-        print(f"{data.dataset.name} test set, {len(ev.labels)} images: accuracy {ev.accuracy:.2%}, "
-              f"loss {ev.loss:.4f}")  # fmt: skip
+        print(
+            f"{data.dataset.name} test set, {len(ev.labels)} images: accuracy {ev.accuracy:.2%}, "
+            f"loss {ev.loss:.4f}"
+        )
         print("\nper-class accuracy:")
         width = max(len(c) for c in classes)
         for c, a, n in zip(classes, per_class, cm.sum(axis=1)):

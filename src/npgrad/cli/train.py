@@ -35,8 +35,15 @@ def run(args: argparse.Namespace) -> int:
             print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
 
     t0 = time.perf_counter()
-    trainer = open_run(args.preset, explicit_options(args), args.out, resume=args.resume,
-                       force=args.force, log=log, progress=False if args.quiet else None)  # fmt: skip
+    trainer = open_run(
+        args.preset,
+        explicit_options(args),
+        args.out,
+        resume=args.resume,
+        force=args.force,
+        log=log,
+        progress=False if args.quiet else None,
+    )
     final = trainer.fit(force=args.force)
     result = summary(trainer, final, time.perf_counter() - t0)
     if args.plot:
@@ -44,8 +51,10 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        log(f"done: test accuracy {result['test_accuracy']:.2%} after {result['epochs']} epochs "
-            f"({result['train_seconds']:.1f}s training); checkpoint {result['checkpoint']}")  # fmt: skip
+        log(
+            f"done: test accuracy {result['test_accuracy']:.2%} after {result['epochs']} epochs "
+            f"({result['train_seconds']:.1f}s training); checkpoint {result['checkpoint']}"
+        )
     return 0
 
 
@@ -76,15 +85,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=formatter,
     )
     groups = add_arguments(p)
-    groups["model"].add_argument("--preset", choices=PRESETS, metavar="NAME",
-                                 help=f"{', '.join(PRESETS)}: see below (default: default)")  # fmt: skip
+    groups["model"].add_argument(
+        "--preset",
+        choices=PRESETS,
+        metavar="NAME",
+        help=f"{', '.join(PRESETS)}: see below (default: default)",
+    )
     g = p.add_argument_group("output")
-    g.add_argument("--out", "-o", metavar="DIR",
-                   help="output directory (default runs/DATASET-PRESET)")  # fmt: skip
+    g.add_argument(
+        "--out", "-o", metavar="DIR", help="output directory (default runs/DATASET-PRESET)"
+    )
     g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
     g.add_argument("--force", action="store_true", help="start over even if OUT holds a checkpoint")
-    g.add_argument("--json", action="store_true",
-                   help="print one JSON summary line on stdout at the end")  # fmt: skip
+    g.add_argument(
+        "--json", action="store_true", help="print one JSON summary line on stdout at the end"
+    )
     g.add_argument("--plot", action="store_true", help="write OUT/curves.png and OUT/confusion.png")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress or epoch lines")
     p.set_defaults(func=run)
