@@ -31,6 +31,10 @@ def cmd_data_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def run(args: argparse.Namespace) -> int:
+    return {"list": cmd_data_list, "fetch": cmd_data_fetch}[args.data_command](args)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "data",
@@ -53,19 +57,22 @@ MNIST/raw under ./data, ~/data or $TORCHVISION_DATA; Debian's
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     pl = dsub.add_parser("list", help="show where each dataset is found", formatter_class=formatter)
     pl.add_argument("--data-dir", metavar="DIR", help="also look in DIR and DIR/<name>")
-    pl.set_defaults(func=cmd_data_list)
     pf = dsub.add_parser(
         "fetch",
         help="download a dataset into the cache and verify it",
         formatter_class=formatter,
         epilog="example:\n  npgrad data fetch mnist --mirror https://ossci-datasets.s3.amazonaws.com/mnist/",
     )
-    pf.add_argument("name", help="mnist or fashion-mnist")
+    pf.add_argument("name", help="mnist or fashion-mnist ('digits' is embedded: nothing to fetch)")
     pf.add_argument(
         "--mirror",
         action="append",
         metavar="URL_OR_DIR",
         help="mirror to try (repeatable, in order); overrides $NPGRAD_MIRRORS and the built-in list",
     )
-    pf.add_argument("--cache", metavar="DIR", help="download into DIR instead of the npgrad cache")
-    pf.set_defaults(func=cmd_data_fetch)
+    pf.add_argument(
+        "--cache",
+        metavar="DIR",
+        help="download into DIR instead of the npgrad cache ($NPGRAD_DATA)",
+    )
+    p.set_defaults(func=run)

@@ -1,0 +1,81 @@
+"""``npgrad data``: list and fetch, against a local mirror server only; one-line errors."""
+
+import subprocess
+import sys
+
+import pytest
+
+from npgrad.data import datasets
+from tests.cli.helpers import assert_one_line_error, run, run_catching_exit
+from tests.data.helpers import mirror, spec_10k, unprivileged, write_dataset  # noqa: F401
+
+
+def test_data_list(capsys, shared_data):
+    code, out, _ = run(capsys, "data", "list", "--data-dir", str(shared_data))
+    assert code == 0
+    assert "digits" in out and "embedded" in out
+    assert "mnist" in out and "not found" in out
+
+
+def test_data_fetch_from_local_mirror(capsys, mirror, monkeypatch, tmp_path, shared_data):  # noqa: F811
+    base, _ = mirror
+    monkeypatch.setitem(datasets.DATASETS, "mnist10k", spec_10k(shared_data))
+    monkeypatch.setenv("NPGRAD_DATA", str(tmp_path))
+    code, out, _ = run(capsys, "data", "fetch", "mnist10k", "--mirror",
+                       f"{base}/missing/mnist-10k", "--mirror", f"{base}/good/mnist-10k")  # fmt: skip
+    assert code == 0 and "mnist10k: verified files in" in out
+    assert (tmp_path / "mnist10k" / "train-images-idx3-ubyte.gz").is_file()
+
+
+def test_data_fetch_offline_is_a_short_line_then_one_line_per_mirror(capsys):
+    code, _, err = run(capsys, "data", "fetch", "mnist")
+    assert code == 2 and "Traceback" not in err
+    lines = err.strip().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("npgrad: error:"))
+    assert lines[start] == (
+        "npgrad: error: could not download train-images-idx3-ubyte.gz from any of 1 mirror(s):"
+    )
+    assert lines[start + 1].startswith("  http://127.0.0.1:9/: ") and len(lines) == start + 2
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["data", "fetch", "cifar"], "'cifar' cannot be downloaded: known are mnist, fashion-mnist"),
+        (["data", "fetch", "digits"], "'digits' cannot be downloaded (it is embedded in npgrad"),
+        (["data", "fetch", "mnist", "--cache", "{tmp}/file.txt/sub"],
+         "cannot write to the download directory {tmp}/file.txt/sub"),
+        (["data", "fetch"], "the following arguments are required: name"),
+        (["data", "pull"], "invalid choice: 'pull'"),
+    ],
+)  # fmt: skip
+def test_data_errors_are_one_line(capsys, tmp_path, argv, message):
+    (tmp_path / "file.txt").write_text("not a directory")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    code, _, err = run_catching_exit(capsys, argv)
+    assert_one_line_error(code, err, message.replace("{tmp}", str(tmp_path)))
+
+
+def test_read_only_cache_is_one_line(unprivileged, tmp_path):  # noqa: F811
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    cache.chmod(0o555)
+    proc = subprocess.run([*unprivileged, sys.executable, "-m", "npgrad", "data", "fetch", "mnist",
+                           "--cache", str(cache)], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert_one_line_error(proc.returncode, proc.stderr,
+                          f"npgrad: error: cannot write to the download directory {cache} "
+                          "(Permission denied): choose a writable one with --cache DIR")  # fmt: skip
+    assert "$NPGRAD_DATA" in proc.stderr
+
+
+def test_unreadable_data_dir_is_listed_as_such(unprivileged, tmp_path):  # noqa: F811
+    locked = write_dataset(tmp_path / "locked")
+    locked.chmod(0o000)
+    try:
+        proc = subprocess.run([*unprivileged, sys.executable, "-m", "npgrad", "data", "list",
+                               "--data-dir", str(locked)], capture_output=True, text=True,
+                              timeout=60)  # fmt: skip
+    finally:
+        locked.chmod(0o755)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"data dir {locked}: cannot be read (Permission denied)" in proc.stdout

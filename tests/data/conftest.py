@@ -1,0 +1,1 @@
+from tests.data.helpers import mirror, unprivileged  # noqa: F401  (fixtures)
