@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -43,11 +44,14 @@ def split_validation(
     n = len(labels)
     n_val = int(round(n * fraction))
     if fraction > 0 and not 0 < n_val < n:
-        lo, hi = 1 / n, 1 - 1 / n  # round(n * f) is then within 1 .. n-1
+        # 1/n and 1 - 1/n, rounded inwards to as many decimals as n has digits: any
+        # fraction between them gives round(n * f) within 1 .. n-1
+        scale = 10 ** len(str(n))
+        lo, hi = math.ceil(scale / n) / scale, math.floor(scale - scale / n) / scale
         raise ConfigError(
             f"validation fraction {fraction:g} of {n} training rows leaves {n - n_val} for "
             f"training and {n_val} for validation; each needs at least one: "
-            + (f"use a fraction between {lo:.2g} and {hi:.4g}" if n >= 2 else "too few rows")
+            + (f"use a fraction between {lo:g} and {hi:g}" if n >= 2 else "too few rows")
         )
     perm = np.random.default_rng([seed, 0x5EED]).permutation(n)
     val, train = np.sort(perm[:n_val]), np.sort(perm[n_val:])
