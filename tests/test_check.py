@@ -1,11 +1,20 @@
-"""gradcheck as a tool, and the ``npgrad gradcheck`` command."""
+"""gradcheck as a tool, the shared pass rule and central differences, and check_ops."""
 
 import numpy as np
 import pytest
 
 import npgrad
 from npgrad import GradcheckError, ops
-from npgrad.cli import main
+from npgrad.check import (
+    agrees,
+    all_ops,
+    check_ops,
+    mismatches,
+    numeric_jacobian,
+    numeric_vjp,
+    op_case,
+    torch_available,
+)
 
 
 def test_full_mode_passes_on_a_correct_function():
@@ -72,25 +81,104 @@ def test_function_must_return_a_tensor():
         npgrad.gradcheck(lambda a: a.data * 2, np.ones(2))
 
 
-def test_cli_gradcheck_passes_and_prints_one_row_per_case(capsys):
-    assert main(["gradcheck", "--cases", "1"]) == 0
-    out = capsys.readouterr().out
-    for name in ops.OPS:
-        assert f"\n{name} " in out
-    assert "23/23 cases of 23 ops passed" in out
+# --------------------------------------------------------------------------- shared helpers
 
 
-def test_cli_gradcheck_fails_when_an_op_backward_is_wrong(monkeypatch, capsys):
-    def broken_vjp(saved, g, needs=(True,)):
-        return (g * (1 - saved),)  # tanh' is 1 - y**2, not 1 - y
+def test_the_pass_rule_is_relative_to_the_trusted_value_and_nan_fails():
+    want = np.array([1.0, 100.0, 0.0, 1.0])
+    got = np.array([1.0 + 2e-6, 100.0 + 5e-4, 1e-7, np.nan])
+    # atol 1e-6 + rtol 1e-5 * |want|: 1.1e-5 for 1, 1.001e-3 for 100, 1e-6 for 0
+    np.testing.assert_array_equal(mismatches(got, want, 1e-6, 1e-5), [False, False, False, True])
+    assert mismatches(np.array([1.0 + 2e-5]), np.array([1.0]), 1e-6, 1e-5).all()
+    assert agrees(got[:3], want[:3], 1e-6, 1e-5)
+    assert not agrees(got[:3], want[:3, None], 1e-6, 1e-5)  # shapes differ
 
-    monkeypatch.setattr(ops.Tanh, "vjp", staticmethod(broken_vjp))
-    assert main(["gradcheck", "--op", "tanh", "--op", "exp"]) == 1
-    captured = capsys.readouterr()
-    assert "FAIL" in captured.out and "FAILED: tanh" in captured.err
+
+def test_numeric_vjp_is_g_times_the_jacobian_and_restores_x():
+    rng = np.random.default_rng(0)
+    a, x = rng.standard_normal((4, 3)), rng.standard_normal((3, 2))
+    before = x.copy()
+    g = rng.standard_normal((4, 2))
+    jac = numeric_jacobian(lambda: np.tanh(a @ x), x)
+    assert jac.shape == (8, 6)
+    vjp = numeric_vjp(lambda: np.tanh(a @ x), x, g)
+    np.testing.assert_allclose(vjp, (g.ravel() @ jac).reshape(x.shape), rtol=1e-12)
+    exact = a.T @ (g * (1 - np.tanh(a @ x) ** 2))
+    np.testing.assert_allclose(vjp, exact, rtol=1e-6, atol=1e-9)
+    np.testing.assert_array_equal(x, before)
 
 
-def test_cli_gradcheck_unknown_op_is_one_line_error(capsys):
-    assert main(["gradcheck", "--op", "nope"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("npgrad: error: unknown op 'nope'") and err.count("\n") == 1
+# --------------------------------------------------------------------------- check_ops
+
+
+def test_check_ops_checks_every_registered_op_with_each_case():
+    results = check_ops(seed=3, use_torch=False, cases_per_op=2)
+    assert [r.op for r in results] == [name for name in all_ops() for _ in range(2)]
+    assert all(r.passed and r.torch_forward_error is None for r in results)
+
+
+def test_check_ops_is_reproducible_from_its_seed():
+    first = [r.label for r in check_ops(["getitem", "sum"], seed=5, use_torch=False)]
+    again = [r.label for r in check_ops(["getitem", "sum"], seed=5, use_torch=False)]
+    other = [r.label for r in check_ops(["getitem", "sum"], seed=6, use_torch=False)]
+    assert first == again and first != other
+
+
+def test_check_ops_compares_with_torch(torch):
+    (result,) = check_ops(["softmax"], use_torch=True, cases_per_op=1)
+    assert result.torch_forward_error is not None and result.torch_forward_error < 1e-12
+    assert result.passed
+
+
+def test_check_ops_fails_an_op_whose_backward_is_wrong(monkeypatch):
+    monkeypatch.setattr(ops.Tanh, "vjp", staticmethod(lambda saved, g, needs=(True,): (g,)))
+    results = check_ops(["tanh", "exp"], use_torch=False, cases_per_op=1)
+    assert [(r.op, r.passed) for r in results] == [("tanh", False), ("exp", True)]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"cases_per_op": 0}, "cases per op must be a whole number >= 1"),
+        ({"cases_per_op": -3}, "cases per op must be a whole number >= 1"),
+        ({"seed": -1}, "seed must be a whole number >= 0"),
+        ({"names": ["nope"]}, "unknown op 'nope'"),
+    ],
+)
+def test_check_ops_refuses_what_it_cannot_do(kwargs, match):
+    with pytest.raises(GradcheckError, match=match):
+        check_ops(use_torch=False, **kwargs)
+
+
+class Unchecked(ops.Op):
+    """An op without a spec (not registered by name: the test registers it)."""
+
+    @staticmethod
+    def forward(x):
+        return x, None
+
+    @staticmethod
+    def vjp(saved, g, needs=(True,)):
+        return (g,)
+
+
+def test_an_op_without_a_spec_is_refused_by_name(monkeypatch):
+    monkeypatch.setitem(ops.OPS, "unchecked", Unchecked)
+    with pytest.raises(GradcheckError, match="'unchecked' declares no spec"):
+        check_ops(use_torch=False)
+    with pytest.raises(GradcheckError, match="declares no spec"):
+        op_case("unchecked", np.random.default_rng(0))
+
+
+def test_op_case_labels_say_shapes_and_parameters():
+    rng = np.random.default_rng(0)
+    labels = {op_case("getitem", rng).label for _ in range(20)}
+    assert "(3, 4) index=int[5]" in labels and "(3, 4) index=[::2,1::]" in labels
+    case = op_case("cross_entropy", np.random.default_rng(1), (2, 3))
+    assert case.label.startswith("(2, 3) target=") and "reduction=" in case.label
+
+
+def test_torch_available_says_whether_torch_is_installed():
+    import importlib.util
+
+    assert torch_available() == (importlib.util.find_spec("torch") is not None)

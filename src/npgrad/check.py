@@ -13,10 +13,13 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import math
+import pkgutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,7 +27,8 @@ import numpy as np
 from . import autodiff as T
 from .autodiff import Tensor, apply
 from .errors import GradcheckError
-from .ops import OPS
+from .ops import OPS, Op
+from .opspecs import OpSpec
 
 # --------------------------------------------------------------------------- gradcheck
 
@@ -297,8 +301,20 @@ class OpCase:
         return _spec(self.op).torch(torch, *tensors, **self.params)
 
 
-def _spec(name: str) -> Any:
-    if name not in OPS:
+def all_ops() -> dict[str, type[Op]]:
+    """The op table with every op module loaded: ``npgrad/ops.py`` and each ``npgrad/ops_*.py``.
+
+    An op registers itself when its module is imported; this makes sure every
+    module that defines ops is, so no checker (or the docs) misses one.
+    """
+    for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        if module.name == "ops" or module.name.startswith("ops_"):
+            importlib.import_module(f"{__package__}.{module.name}")
+    return OPS
+
+
+def _spec(name: str) -> OpSpec:
+    if name not in all_ops():
         raise GradcheckError(f"unknown op {name!r}; known: {', '.join(sorted(OPS))}")
     spec = OPS[name].spec
     if spec is None:
@@ -398,7 +414,7 @@ def check_ops(
         raise GradcheckError(f"cases per op must be a whole number >= 1, not {cases_per_op!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise GradcheckError(f"the seed must be a whole number >= 0, not {seed!r}")
-    names = list(names or OPS)
+    names = list(names or all_ops())
     for name in names:
         _spec(name)  # unknown ops and missing specs are refused before any work
     if use_torch is None:

@@ -2,7 +2,7 @@ r"""``docs/derivations.md``, generated from the op docstrings (their only source
 
 Each op's docstring says what it computes and derives its vector-Jacobian
 product; this module adds the introduction below and writes one section per
-registered op, in registration order::
+op (``npgrad/ops.py``, then each ``npgrad/ops_*.py``), in registration order::
 
     python -m npgrad.derivations docs/derivations.md          # regenerate
     python -m npgrad.derivations docs/derivations.md --check  # exit 1 if stale
@@ -17,7 +17,8 @@ import inspect
 import sys
 from collections.abc import Sequence
 
-from .ops import OPS, unbroadcast
+from .check import all_ops
+from .ops import unbroadcast
 
 INTRO = r"""# Derivations of every backward pass
 
@@ -64,7 +65,7 @@ def section(title: str, doc: str | None) -> str:
 def render() -> str:
     """The whole page: the introduction, broadcasting, then every op in the table."""
     parts = [INTRO, section("broadcasting", unbroadcast.__doc__)]
-    parts += [section(name, op.__doc__) for name, op in OPS.items()]
+    parts += [section(name, op.__doc__) for name, op in all_ops().items()]
     return "\n".join(parts)
 
 

@@ -37,9 +37,8 @@ from typing import Any
 import numpy as np
 
 from . import layers as reference_layers
-from .check import agrees, mismatches, numeric_vjp, torch_available
+from .check import agrees, all_ops, mismatches, numeric_vjp, torch_available
 from .errors import LayerCheckError
-from .ops import OPS
 from .opspecs import KINK, POSITIVE, REAL, Domain
 from .sandbox import DEFAULT_TIMEOUT, ChildRun, run_child
 
@@ -292,7 +291,7 @@ def domains_for(name: str) -> tuple[Domain, ...]:
     not log); a class named after no op gets real inputs.
     """
     key = name.lower().replace("_", "")
-    named = [(op_name, op.spec) for op_name, op in OPS.items() if op.spec is not None]
+    named = [(op_name, op.spec) for op_name, op in all_ops().items() if op.spec is not None]
     named += [(word, None) for word in OTHER_DOMAINS]
     found = [(n, s) for n, s in named if n.replace("_", "") in key]
     if not found:
@@ -538,6 +537,10 @@ def _check_file_here(job: dict[str, Any], emit: Callable[[dict[str, Any]], None]
         if error:
             emit({"event": "import_error", "message": error})
             return
+        unknown = set(job["shapes"]) - {c.__name__ for c in classes}
+        if unknown:
+            names = ", ".join(sorted(unknown))
+            raise LayerCheckError(f"{path}: no layer class named {names} (given a shape)")
         only = job["only"]
         if only:
             missing = set(only) - {c.__name__ for c in classes}
@@ -579,6 +582,8 @@ def check_file(
     Raises :class:`LayerCheckError` for a missing file or class names not in it.
     """
     path = Path(path)
+    if path.is_dir():
+        raise LayerCheckError(f"{path} is a folder: give a Python file")
     if not path.is_file():
         raise LayerCheckError(f"{path}: no such file")
     if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
