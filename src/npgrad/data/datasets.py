@@ -437,7 +437,7 @@ def _assemble(
     else:
         if num_classes is None and trl.ndim == 1 and trl.size:
             num_classes = _infer_classes(trl, files[1])
-        classes = tuple(str(i) for i in range(num_classes or 2))
+        classes = tuple(str(i) for i in range(2 if num_classes is None else num_classes))
     ds = Dataset(name, tri, trl, tei, tel, source, classes=classes, family=family,
                  files=tuple(files))  # fmt: skip
     # widened once validated, so that a bad dtype is reported as it was stored
@@ -458,6 +458,8 @@ def _load_keras_npz(path: Path, spec: DatasetSpec) -> Dataset:
             arrays = [z["x_train"], z["y_train"], z["x_test"], z["y_test"]]
     except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise DatasetError(f"{path}: not a readable Keras dataset file ({exc})") from None
+    except MemoryError:  # NumPy allocates what an array's header declares before reading it
+        raise DatasetError(f"{path}: declares arrays too large to load") from None
     names = [f"{path}[{k}]" for k in ("x_train", "y_train", "x_test", "y_test")]
     return _assemble(spec.name, arrays, names, f"keras: {path}")
 
