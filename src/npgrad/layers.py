@@ -22,9 +22,21 @@ from typing import Any
 
 import numpy as np
 
-from . import ops
+from . import ops, ops_conv
 
-__all__ = ["Layer", "Matmul", "Relu", "Softmax", "Log", "Sigmoid", "Tanh"]
+__all__ = [
+    "Layer",
+    "Matmul",
+    "Relu",
+    "Softmax",
+    "Log",
+    "Sigmoid",
+    "Tanh",
+    "Conv2d",
+    "MaxPool2d",
+    "AvgPool2d",
+    "BatchNorm",
+]
 
 
 class Layer:
@@ -129,3 +141,119 @@ class Tanh(Layer):
     """Hyperbolic tangent, in the same protocol (not part of the exercise)."""
 
     op = ops.Tanh
+
+
+# --------------------------------------------------------------------------- convolutional
+# The same protocol for the second half of the course: NCHW arrays, PyTorch's
+# argument names, the formulas of npgrad.ops_conv.
+
+
+class Conv2d(Layer):
+    """``forward(x, W, b=None)``: cross-correlation of ``x`` (N, C, H, W) with ``W`` (O, C, kh, kw).
+
+    ``backward(g)`` returns ``(grad_x, grad_W)``, or ``(grad_x, grad_W, grad_b)``
+    when a bias was given. ``mem`` keeps ``x`` and ``W`` besides the op's state.
+    """
+
+    op = ops_conv.Conv2d
+
+    def __init__(
+        self,
+        stride: ops_conv.IntOrPair = 1,
+        padding: ops_conv.IntOrPair = 0,
+        dilation: ops_conv.IntOrPair = 1,
+    ) -> None:
+        super().__init__()
+        self.stride, self.padding, self.dilation = stride, padding, dilation
+        # As Matmul's: False for a first layer, whose input gradient nobody needs.
+        self.input_grad = True
+
+    def _params(self) -> dict[str, Any]:
+        return {"stride": self.stride, "padding": self.padding, "dilation": self.dilation}
+
+    def forward(self, x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+        out = super().forward(*((x, W) if b is None else (x, W, b)))
+        self.mem["x"], self.mem["W"] = x, W
+        return out
+
+    def backward(self, grad_y: np.ndarray) -> tuple[np.ndarray | None, ...]:
+        if "saved" not in self.mem:
+            raise RuntimeError("Conv2d.backward called before forward")
+        return self.op.vjp(self.mem["saved"], np.asarray(grad_y), (self.input_grad, True, True))
+
+
+class MaxPool2d(Layer):
+    """``forward(x)``: max over ``kernel`` windows; ``backward(g)`` routes g to each window's arg-max."""
+
+    op = ops_conv.MaxPool2d
+
+    def __init__(
+        self,
+        kernel: ops_conv.IntOrPair = 2,
+        stride: ops_conv.IntOrPair | None = None,
+        padding: ops_conv.IntOrPair = 0,
+        dilation: ops_conv.IntOrPair = 1,
+    ) -> None:
+        super().__init__()
+        self.kernel, self.stride, self.padding, self.dilation = kernel, stride, padding, dilation
+
+    def _params(self) -> dict[str, Any]:
+        return {
+            "kernel": self.kernel,
+            "stride": self.stride,
+            "padding": self.padding,
+            "dilation": self.dilation,
+        }
+
+
+class AvgPool2d(Layer):
+    """``forward(x)``: mean over ``kernel`` windows; ``backward(g)`` spreads g evenly over each."""
+
+    op = ops_conv.AvgPool2d
+
+    def __init__(
+        self,
+        kernel: ops_conv.IntOrPair = 2,
+        stride: ops_conv.IntOrPair | None = None,
+        padding: ops_conv.IntOrPair = 0,
+    ) -> None:
+        super().__init__()
+        self.kernel, self.stride, self.padding = kernel, stride, padding
+
+    def _params(self) -> dict[str, Any]:
+        return {"kernel": self.kernel, "stride": self.stride, "padding": self.padding}
+
+
+class BatchNorm(Layer):
+    """``forward(x, gamma, beta)``: batch norm per channel (axis 1) of (N, C) or (N, C, H, W) input.
+
+    In training mode (``self.training = True``, the default) it normalises
+    with the batch statistics and updates ``running_mean``/``running_var``
+    (created at the first call) as PyTorch does; otherwise it uses them.
+    ``backward(g)`` returns ``(grad_x, grad_gamma, grad_beta)``.
+    """
+
+    op = ops_conv.BatchNorm
+
+    def __init__(self, momentum: float = 0.1, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.momentum, self.eps = momentum, eps
+        self.training = True
+        self.running_mean: np.ndarray | None = None
+        self.running_var: np.ndarray | None = None
+
+    def _params(self) -> dict[str, Any]:
+        return {
+            "running_mean": self.running_mean,
+            "running_var": self.running_var,
+            "training": self.training,
+            "momentum": self.momentum,
+            "eps": self.eps,
+        }
+
+    def forward(self, x: np.ndarray, gamma: np.ndarray, beta: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)
+        if self.running_mean is None and x.ndim >= 2:
+            self.running_mean = np.zeros(x.shape[1], dtype=x.dtype)
+            self.running_var = np.ones(x.shape[1], dtype=x.dtype)
+        return super().forward(x, gamma, beta)

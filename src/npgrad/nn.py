@@ -1,8 +1,13 @@
 """Modules: parameters, layers and networks built on the Tensor engine.
 
 Modules hold no gradient formulas: their forward passes are compositions of
-the op table (``x @ W + b``, ``relu``, ``x * mask``), and the engine derives
-the backward pass from those ops' vjps.
+the op table (``x @ W + b``, ``relu``, ``x * mask``, ``conv2d``), and the engine
+derives the backward pass from those ops' vjps.
+
+A module owns *parameters* (trained, in :meth:`Module.parameters`) and
+*buffers* (state that is not trained, such as batch norm's running
+statistics): both are in :meth:`Module.state_dict`, so checkpoints carry them.
+``train()``/``eval()`` switch Dropout and batch norm between their modes.
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from . import autodiff as T
+from . import ops_conv as C
 from .autodiff import Tensor
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, ShapeError
 
 __all__ = [
     "Parameter",
@@ -27,6 +33,12 @@ __all__ = [
     "Sequential",
     "MLP",
     "ACTIVATIONS",
+    "Conv2d",
+    "MaxPool2d",
+    "AvgPool2d",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "Flatten",
 ]
 
 
@@ -40,16 +52,25 @@ class Parameter(Tensor):
 
 
 class Module:
-    """Base class: attributes that are Parameters or Modules are registered in order."""
+    """Base class: attributes that are Parameters or Modules are registered in order.
+
+    Buffers (arrays of state that is saved but not trained) are declared with
+    :meth:`register_buffer`; assigning a new array to a buffer's name replaces it.
+    """
 
     def __init__(self) -> None:
         object.__setattr__(self, "_params", {})
         object.__setattr__(self, "_modules", {})
+        object.__setattr__(self, "_buffers", {})
         object.__setattr__(self, "training", True)
 
     def __setattr__(self, name: str, value: Any) -> None:
         if "_params" not in self.__dict__:
             raise RuntimeError(f"call Module.__init__() in {type(self).__name__}.__init__ first")
+        if name in self._buffers:
+            self._buffers[name] = np.asarray(value)
+            object.__setattr__(self, name, self._buffers[name])
+            return
         self._params.pop(name, None)
         self._modules.pop(name, None)
         if isinstance(value, Parameter):
@@ -57,6 +78,13 @@ class Module:
         elif isinstance(value, Module):
             self._modules[name] = value
         object.__setattr__(self, name, value)
+
+    def register_buffer(self, name: str, value: np.ndarray) -> None:
+        """Keep ``value`` as state of this module: in ``state_dict``, not in ``parameters``."""
+        self._params.pop(name, None)
+        self._modules.pop(name, None)
+        self._buffers[name] = np.asarray(value)
+        object.__setattr__(self, name, self._buffers[name])
 
     def forward(self, *args: Any) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -72,6 +100,12 @@ class Module:
 
     def parameters(self) -> list[Parameter]:
         return [p for _, p in self.named_parameters()]
+
+    def named_buffers(self, prefix: str = "") -> Iterator[tuple[str, np.ndarray]]:
+        for name, b in self._buffers.items():
+            yield prefix + name, b
+        for name, m in self._modules.items():
+            yield from m.named_buffers(f"{prefix}{name}.")
 
     def modules(self) -> Iterator[Module]:
         yield self
@@ -93,13 +127,26 @@ class Module:
     def num_parameters(self) -> int:
         return sum(p.size for p in self.parameters())
 
+    def set_rng(self, rng: np.random.Generator) -> None:
+        """Draw every Dropout mask in this module from ``rng`` from now on."""
+        for m in self.modules():
+            if isinstance(m, Dropout):
+                m.rng = rng
+
+    def _state_arrays(self) -> dict[str, np.ndarray]:
+        """The live arrays of every parameter and buffer, by dotted name."""
+        own = {name: p.data for name, p in self.named_parameters()}
+        own.update(self.named_buffers())
+        return own
+
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Copies of every parameter array by dotted name."""
-        return {name: p.data.copy() for name, p in self.named_parameters()}
+        """Copies of every parameter and buffer array by dotted name."""
+        return {name: a.copy() for name, a in self._state_arrays().items()}
 
     def load_state_dict(self, state: dict[str, np.ndarray], strict: bool = True) -> None:
-        """Copy arrays into the parameters, in place; mismatches raise :class:`CheckpointError`."""
-        own = dict(self.named_parameters())
+        """Copy arrays into parameters and buffers, in place; mismatches raise
+        :class:`CheckpointError`."""
+        own = self._state_arrays()
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))
         problems = []
@@ -115,7 +162,7 @@ class Module:
         if problems:
             raise CheckpointError("state does not fit the model: " + "; ".join(problems))
         for name in set(own) & set(state):
-            own[name].data[...] = state[name]
+            own[name][...] = state[name]
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{k}={v!r}" for k, v in self._modules.items())
@@ -123,17 +170,24 @@ class Module:
 
 
 def _init_weight(
-    fan_in: int, fan_out: int, init: str, rng: np.random.Generator, dtype: Any
+    fan_in: int,
+    fan_out: int,
+    init: str,
+    rng: np.random.Generator,
+    dtype: Any,
+    shape: tuple[int, ...] | None = None,
 ) -> np.ndarray:
+    """Weights of ``shape`` (default ``(fan_in, fan_out)``) scaled for those fans."""
     init = init.lower()
+    shape = shape or (fan_in, fan_out)
     if init in ("he", "kaiming"):
         # Keeps the variance of ReLU activations constant from layer to layer.
-        w = rng.normal(0.0, np.sqrt(2.0 / fan_in), size=(fan_in, fan_out))
+        w = rng.normal(0.0, np.sqrt(2.0 / fan_in), size=shape)
     elif init in ("glorot", "xavier"):
         limit = np.sqrt(6.0 / (fan_in + fan_out))
-        w = rng.uniform(-limit, limit, size=(fan_in, fan_out))
+        w = rng.uniform(-limit, limit, size=shape)
     elif init == "normal":  # the exercise's unscaled N(0, 1)
-        w = rng.normal(size=(fan_in, fan_out))
+        w = rng.normal(size=shape)
     else:
         raise ConfigError(f"unknown init {init!r}: use he, glorot or normal")
     return w.astype(dtype)
@@ -282,8 +336,171 @@ class MLP(Sequential):
         super().__init__(*layers)
         self.sizes = sizes
 
-    def set_rng(self, rng: np.random.Generator) -> None:
-        """Draw dropout masks from ``rng`` from now on."""
-        for m in self.modules():
-            if isinstance(m, Dropout):
-                m.rng = rng
+
+# --------------------------------------------------------------------------- convolutional
+
+
+def _rng(rng: np.random.Generator | int | None) -> np.random.Generator:
+    return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+
+
+class Conv2d(Module):
+    """2-D convolution over NCHW input, PyTorch's arguments: weight (out, in, kh, kw), bias (out,).
+
+    He initialisation (the default, for ReLU networks) scales by the fan-in
+    ``in * kh * kw``; Glorot also uses the fan-out ``out * kh * kw``. The bias
+    starts at zero, as in :class:`Linear`.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: C.IntOrPair,
+        stride: C.IntOrPair = 1,
+        padding: C.IntOrPair = 0,
+        dilation: C.IntOrPair = 1,
+        bias: bool = True,
+        init: str = "he",
+        rng: np.random.Generator | int | None = None,
+        dtype: Any = np.float32,
+    ) -> None:
+        super().__init__()
+        if in_channels <= 0 or out_channels <= 0:
+            raise ConfigError(
+                f"Conv2d needs positive channels, got {in_channels} -> {out_channels}"
+            )
+        kh, kw = C.as_pair(kernel_size, "kernel size", 1)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size = (kh, kw)
+        # Checked now, so a bad architecture fails when built, not at the first batch.
+        self.stride = C.as_pair(stride, "stride", 1)
+        self.padding = C.as_pair(padding, "padding", 0)
+        self.dilation = C.as_pair(dilation, "dilation", 1)
+        fan_in, fan_out = in_channels * kh * kw, out_channels * kh * kw
+        w = _init_weight(
+            fan_in, fan_out, init, _rng(rng), dtype, (out_channels, in_channels, kh, kw)
+        )
+        self.weight = Parameter(w)
+        self.bias = Parameter(np.zeros(out_channels, dtype=dtype)) if bias else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return C.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
+
+    def __repr__(self) -> str:
+        return (
+            f"Conv2d({self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}, bias={self.bias is not None})"
+        )
+
+
+class MaxPool2d(Module):
+    """Max pooling; ``stride`` defaults to the kernel size (see :class:`npgrad.ops_conv.MaxPool2d`)."""
+
+    def __init__(
+        self,
+        kernel_size: C.IntOrPair,
+        stride: C.IntOrPair | None = None,
+        padding: C.IntOrPair = 0,
+        dilation: C.IntOrPair = 1,
+    ) -> None:
+        super().__init__()
+        self.kernel_size, self.stride = kernel_size, stride
+        self.padding, self.dilation = padding, dilation
+
+    def forward(self, x: Tensor) -> Tensor:
+        return C.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation)
+
+    def __repr__(self) -> str:
+        return f"MaxPool2d({self.kernel_size}, stride={self.stride}, padding={self.padding})"
+
+
+class AvgPool2d(Module):
+    """Average pooling (padding counts in the average, as PyTorch's default)."""
+
+    def __init__(
+        self, kernel_size: C.IntOrPair, stride: C.IntOrPair | None = None, padding: C.IntOrPair = 0
+    ) -> None:
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+
+    def forward(self, x: Tensor) -> Tensor:
+        return C.avg_pool2d(x, self.kernel_size, self.stride, self.padding)
+
+    def __repr__(self) -> str:
+        return f"AvgPool2d({self.kernel_size}, stride={self.stride}, padding={self.padding})"
+
+
+class _BatchNorm(Module):
+    """Batch normalisation per channel (axis 1): learnable scale and shift, running statistics.
+
+    In training mode the batch's own statistics normalise and the running
+    mean and (unbiased) variance are updated with ``momentum`` as PyTorch does;
+    in eval mode the running statistics normalise. ``running_mean`` and
+    ``running_var`` are buffers: saved in ``state_dict``, never trained.
+    """
+
+    dims: tuple[int, ...] = ()
+
+    def __init__(
+        self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, dtype: Any = np.float32
+    ) -> None:
+        super().__init__()
+        if num_features <= 0:
+            raise ConfigError(f"{type(self).__name__} needs num_features > 0, got {num_features}")
+        if not 0.0 <= momentum <= 1.0:
+            raise ConfigError(f"batch norm momentum must lie in [0, 1], got {momentum}")
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.weight = Parameter(np.ones(num_features, dtype=dtype))
+        self.bias = Parameter(np.zeros(num_features, dtype=dtype))
+        self.register_buffer("running_mean", np.zeros(num_features, dtype=dtype))
+        self.register_buffer("running_var", np.ones(num_features, dtype=dtype))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim not in self.dims or x.shape[1] != self.num_features:
+            want = " or ".join(f"{d}-D" for d in self.dims)
+            raise ShapeError(
+                f"{type(self).__name__}({self.num_features}) expects {want} input with "
+                f"{self.num_features} channels on axis 1, got shape {x.shape}"
+            )
+        return C.batch_norm(
+            x,
+            self.weight,
+            self.bias,
+            self.running_mean,
+            self.running_var,
+            training=self.training,
+            momentum=self.momentum,
+            eps=self.eps,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.num_features}, eps={self.eps}, momentum={self.momentum})"
+        )
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch norm of ``(N, C)`` or ``(N, C, L)`` input, statistics over all but axis 1."""
+
+    dims = (2, 3)
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch norm of ``(N, C, H, W)`` input, statistics over ``(N, H, W)`` per channel."""
+
+    dims = (4,)
+
+
+class Flatten(Module):
+    """Merge the axes from ``start_dim`` on (NCHW order, as PyTorch): ``(N, C, H, W) -> (N, CHW)``."""
+
+    def __init__(self, start_dim: int = 1) -> None:
+        super().__init__()
+        self.start_dim = start_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return C.flatten(x, self.start_dim)
+
+    def __repr__(self) -> str:
+        return f"Flatten(start_dim={self.start_dim})"

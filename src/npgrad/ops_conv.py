@@ -51,7 +51,7 @@ CHUNK_BYTES = 4 << 20
 # --------------------------------------------------------------------------- geometry
 
 
-def _pair(v: IntOrPair, what: str, low: int) -> tuple[int, int]:
+def as_pair(v: IntOrPair, what: str, low: int) -> tuple[int, int]:
     """``v`` as two ints ``>= low`` (an int means the same for height and width)."""
     try:
         pair = (int(v), int(v)) if np.ndim(v) == 0 else tuple(int(i) for i in v)  # type: ignore[arg-type]
@@ -154,7 +154,7 @@ def _conv_case(d: Draw) -> Case:
     stride = d.choice([1, 2, (1, 2), 3])
     padding = d.choice([0, 1, (0, 2)])
     dilation = d.choice([1, 1, 2, (2, 1)])
-    dh, dw = _pair(dilation, "dilation", 1)
+    dh, dw = as_pair(dilation, "dilation", 1)
     # sizes from "just fits" to a few extra, so the last window sometimes does not fit
     h, w = dh * (kh - 1) + d.size(1, 4), dw * (kw - 1) + d.size(1, 4)
     shapes = [(n, c, h, w), (o, c, kh, kw)] + ([(o,)] if d.flag() else [])
@@ -240,9 +240,9 @@ class Conv2d(Op):
         o, c, kh, kw = w.shape
         if b is not None and b.shape != (o,):
             raise ShapeError(f"conv2d: bias of shape {b.shape}, expected ({o},)")
-        sh, sw = _pair(stride, "stride", 1)
-        ph, pw = _pair(padding, "padding", 0)
-        dh, dw = _pair(dilation, "dilation", 1)
+        sh, sw = as_pair(stride, "stride", 1)
+        ph, pw = as_pair(padding, "padding", 0)
+        dh, dw = as_pair(dilation, "dilation", 1)
         n, _, h, wd = x.shape
         ho, wo = _out_size(h, kh, sh, ph, dh), _out_size(wd, kw, sw, pw, dw)
         if ho < 1 or wo < 1:
@@ -298,10 +298,10 @@ def _chunk(bytes_per_sample: int) -> int:
 def _pool_geometry(
     x: Array, kernel: IntOrPair, stride: IntOrPair | None, padding: IntOrPair, dilation: IntOrPair
 ) -> tuple[int, ...]:
-    kh, kw = _pair(kernel, "kernel size", 1)
-    sh, sw = _pair(kernel if stride is None else stride, "stride", 1)
-    ph, pw = _pair(padding, "padding", 0)
-    dh, dw = _pair(dilation, "dilation", 1)
+    kh, kw = as_pair(kernel, "kernel size", 1)
+    sh, sw = as_pair(kernel if stride is None else stride, "stride", 1)
+    ph, pw = as_pair(padding, "padding", 0)
+    dh, dw = as_pair(dilation, "dilation", 1)
     if 2 * ph > dh * (kh - 1) + 1 or 2 * pw > dw * (kw - 1) + 1:
         raise ConfigError(
             f"pooling padding {padding} is more than half the window ({kernel}): "
@@ -318,12 +318,18 @@ def _along(a: Array, axis: int, sl: slice) -> Array:
 
 
 def _max_along(a: Array, axis: int, taps: list[slice]) -> tuple[Array, Array]:
-    """Windowed max along one axis and, per window, the first offset that attains it."""
+    """Windowed max along one axis and, per window, the first offset that attains it.
+
+    Offset t wins when it is strictly greater than the maximum of the offsets
+    before it, so the winner is the largest t that won: a running ``maximum`` of
+    ``t * won`` tracks it without masked assignment (which is far slower).
+    """
     m = _along(a, axis, taps[0]).copy()
     idx = np.zeros(m.shape, dtype=np.uint8 if len(taps) < 256 else np.int32)
     for t, sl in enumerate(taps[1:], start=1):
         v = _along(a, axis, sl)
-        np.copyto(idx, t, where=v > m)  # strictly greater: ties keep the earlier offset
+        won = v > m  # strictly: a tie keeps the earlier offset
+        np.maximum(idx, won.astype(idx.dtype) * idx.dtype.type(t), out=idx)
         np.maximum(m, v, out=m)  # NaN propagates, as in PyTorch
     return m, idx
 
@@ -332,17 +338,27 @@ def _spread(g: Array, idx: Array | None, axis: int, taps: list[slice], size: int
     """Adjoint of a one-axis window reduction: send each window's gradient to its taps.
 
     With ``idx`` (max) only the chosen offset receives it; without (sum) every
-    offset does. Overlapping windows add.
+    offset does. Overlapping windows add; when they do not overlap (stride at
+    least the window, the usual pooling) each tap is written once, in place.
     """
     shape = list(g.shape)
     shape[axis] = size
     out = np.zeros(shape, dtype=g.dtype)
+    extent = taps[-1].start - taps[0].start + 1
+    disjoint = len(taps) == 1 or (taps[0].step or 1) >= extent
     for t, sl in enumerate(taps):
         dst = _along(out, axis, sl)
         if idx is None:
-            dst += g
+            src = g
+        elif disjoint:
+            np.multiply(g, idx == t, out=dst)  # multiplying by a mask beats np.where
+            continue
         else:
-            dst += np.where(idx == t, g, 0)
+            src = g * (idx == t)
+        if disjoint:
+            dst[...] = src
+        else:
+            dst += src
     return out
 
 
@@ -350,7 +366,7 @@ def _pool_case(d: Draw, dilation: bool) -> Case:
     n, c = d.size(1, 2), d.size(1, 3)
     kh, kw = d.size(1, 3), d.size(1, 3)
     params: dict[str, Any] = {"kernel": (kh, kw) if d.flag() else kh}
-    kh, kw = _pair(params["kernel"], "kernel", 1)
+    kh, kw = as_pair(params["kernel"], "kernel", 1)
     if d.flag(0.7):
         params["stride"] = d.choice([1, 2, (2, 1), 3])
     dil = d.choice([1, 1, 2]) if dilation else 1
