@@ -4,13 +4,20 @@ Layout: ``param/<name>`` (weights), ``optim/<key>`` (optimizer state) and
 ``meta/<key>`` (epoch, configuration and history as JSON text, RNG state).
 ``meta/digest`` is a SHA-256 over every other entry's name, dtype, shape and
 bytes, so a modified or damaged file is refused rather than half-loaded.
+Entries are stored uncompressed and every declared size is checked against
+the file before anything is allocated, so no damaged or hostile file can make
+:func:`load` use more memory than the file's size, or raise anything but
+:class:`~npgrad.errors.CheckpointError` (fuzzed in ``tests/test_checkpoint.py``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import struct
+import tokenize
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -23,6 +30,23 @@ from .fileio import atomic_write
 FORMAT = "npgrad-checkpoint-1"
 
 
+# Everything the zip and .npy readers raise on damaged bytes (the fuzz tests in
+# tests/test_checkpoint.py find these): turned into CheckpointError by load().
+_DAMAGE = (
+    OSError,
+    EOFError,
+    ValueError,
+    KeyError,
+    NotImplementedError,
+    RuntimeError,
+    SyntaxError,
+    OverflowError,
+    struct.error,
+    zipfile.BadZipFile,
+    tokenize.TokenError,
+)
+
+
 def _digest(arrays: dict[str, np.ndarray]) -> str:
     h = hashlib.sha256()
     for name in sorted(arrays):
@@ -32,8 +56,12 @@ def _digest(arrays: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def save(path: str | os.PathLike, params: dict[str, np.ndarray], optim: dict[str, np.ndarray],
-         meta: dict[str, Any]) -> Path:  # fmt: skip
+def save(
+    path: str | os.PathLike,
+    params: dict[str, np.ndarray],
+    optim: dict[str, np.ndarray],
+    meta: dict[str, Any],
+) -> Path:
     """Write a checkpoint atomically: a reader sees the old file or the new, never half."""
     path = Path(path)
     arrays: dict[str, np.ndarray] = {f"param/{k}": np.asarray(v) for k, v in params.items()}
@@ -54,19 +82,15 @@ def load(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, np.n
         path = path / "checkpoint.npz"
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
-    if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"{path}: corrupt or not an npz checkpoint (not a zip archive)")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except ValueError as exc:
-        if "allow_pickle" in str(exc) or "pickle" in str(exc):
-            raise CheckpointError(
-                f"{path}: contains pickled objects; npgrad never loads pickles (unsafe)"
-            ) from None
-        raise CheckpointError(f"{path}: not a readable checkpoint ({exc})") from None
-    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
-        raise CheckpointError(f"{path}: corrupt or not an npz checkpoint ({exc})") from None
+        if not zipfile.is_zipfile(path):
+            raise CheckpointError(f"{path}: corrupt or not an npz checkpoint (not a zip archive)")
+        arrays = _read_arrays(path)
+    except CheckpointError:
+        raise
+    except _DAMAGE as exc:
+        reason = _printable(str(exc))[:200] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path}: corrupt or not an npz checkpoint ({reason})") from None
     if arrays.get("meta/format") is None or str(arrays["meta/format"]) != FORMAT:
         raise CheckpointError(f"{path}: not an npgrad checkpoint (no {FORMAT} marker)")
     digest = arrays.pop("meta/digest", None)
@@ -74,11 +98,80 @@ def load(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, np.n
         raise CheckpointError(f"{path}: content does not match its digest (modified or damaged)")
     params = {k[6:]: v for k, v in arrays.items() if k.startswith("param/")}
     optim = {k[6:]: v for k, v in arrays.items() if k.startswith("optim/")}
+    for name, a in arrays.items():
+        if not name.startswith("meta/") and a.dtype.kind not in "biuf":
+            raise CheckpointError(f"{path}: entry {name} holds {a.dtype} values, not numbers")
     meta = {}
     for k, v in arrays.items():
         if k.startswith("meta/") and k != "meta/format":
             try:
+                if v.dtype.kind != "U" or v.shape != ():
+                    raise ValueError(f"{v.dtype} array of shape {v.shape}")
                 meta[k[5:]] = json.loads(str(v))
-            except json.JSONDecodeError:
-                raise CheckpointError(f"{path}: metadata {k} is not valid JSON") from None
+            except (ValueError, RecursionError):
+                raise CheckpointError(f"{path}: metadata {k} is not valid JSON text") from None
     return params, optim, meta
+
+
+def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every entry of the archive, its size checked before anything is allocated.
+
+    npgrad (``numpy.savez``) stores entries uncompressed, so each entry's data
+    is at most the file's own size: nothing is ever inflated, no decompression
+    bomb can pass, and a declared size that does not fit the file is damage.
+    """
+    size = path.stat().st_size
+    with zipfile.ZipFile(path) as zf:
+        infos = zf.infolist()
+        for info in infos:
+            name = _printable(info.filename)
+            if info.flag_bits & 0x1:
+                raise CheckpointError(
+                    f"{path}: entry {name} is encrypted; not an npgrad checkpoint"
+                )
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise CheckpointError(
+                    f"{path}: entry {name} is compressed (zip method {info.compress_type}); npgrad "
+                    "stores checkpoints uncompressed: damaged, or not written by npgrad"
+                )
+            if info.file_size != info.compress_size or info.file_size > size:
+                raise CheckpointError(
+                    f"{path}: entry {name} declares {info.file_size} bytes, "
+                    f"{info.compress_size} stored, in a file of {size} (damaged)"
+                )
+            if not info.filename.endswith(".npy"):
+                raise CheckpointError(f"{path}: entry {name} is not an array; not a checkpoint")
+        if sum(info.compress_size for info in infos) > size:
+            raise CheckpointError(
+                f"{path}: entries declare more bytes than the file holds (damaged)"
+            )
+        return {info.filename[:-4]: _read_entry(path, zf, info) for info in infos}
+
+
+def _printable(text: str) -> str:
+    """A name or reason from a damaged file, safe to print on one line of a terminal."""
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
+def _read_entry(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
+    """One .npy entry: header parsed, object arrays refused, data length checked, then read."""
+    fmt = np.lib.format
+    with zf.open(info) as f:
+        version = fmt.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = fmt.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = fmt.read_array_header_2_0(f)
+        else:
+            raise ValueError(f".npy version {version}")
+        if dtype.hasobject:
+            raise CheckpointError(
+                f"{path}: contains pickled objects; npgrad never loads pickles (unsafe)"
+            )
+        nbytes = math.prod(shape) * dtype.itemsize
+        if min(shape, default=0) < 0 or nbytes > info.file_size:
+            raise ValueError(f"an entry declares shape {shape} of {dtype}, more than it holds")
+        data = f.read(nbytes + 1)  # one more: reaches the end, so zipfile checks the CRC
+    if len(data) != nbytes:
+        raise ValueError(f"an entry holds {len(data)} bytes, its header says {nbytes}")
+    return np.frombuffer(data, dtype).reshape(shape, order="F" if fortran else "C").copy(order="K")
