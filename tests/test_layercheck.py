@@ -1,18 +1,27 @@
-"""Checking a student's own layers: each mistake caught with the right diagnosis."""
+"""Checking a student's own layers: each mistake caught with the right diagnosis.
 
+In the same process for classes (``check_layer``, as in a notebook), and in a
+child process with a time limit for files (``check_file``): there, code that
+hangs, exits or crashes the interpreter fails its class and nothing else.
+"""
+
+import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import npgrad
-from npgrad.cli import main
-from npgrad.layercheck import check_file, check_layer
-
-sys.path.insert(0, str(Path(__file__).parent / "layers"))  # wrong_layers imports its sibling helper
-from tests.layers import wrong_layers as w  # noqa: E402
+from npgrad.errors import LayerCheckError
+from npgrad.layercheck import LayerReport, check_file, check_layer, domains_for
+from npgrad.opspecs import KINK, NONZERO, POSITIVE, REAL, WIDE
 
 HERE = Path(__file__).parent / "layers"
+sys.path.insert(0, str(HERE))  # wrong_layers imports its sibling helper, as a student's would
+from tests.layers import misbehaving_layers as bad  # noqa: E402
+from tests.layers import wrong_layers as w  # noqa: E402
+from tests.layers import wrong_returns as r  # noqa: E402
 
 
 @pytest.mark.parametrize(
@@ -38,14 +47,30 @@ def test_each_mistake_is_caught_and_named(cls, diagnosis):
 def test_correct_layers_pass_including_reference_checks(cls, torch):
     report = check_layer(cls, use_torch=True)
     assert report.passed, report
-    assert report.reference["npgrad"].startswith("ok") and report.reference["pytorch"].startswith(
-        "ok"
-    )
+    assert report.reference["npgrad"].startswith("ok")
+    assert report.reference["pytorch"].startswith("ok")
 
 
 def test_npgrad_own_layers_pass():
     for cls in (npgrad.layers.Matmul, npgrad.layers.Relu, npgrad.layers.Softmax, npgrad.layers.Log):
         assert check_layer(cls, use_torch=False).passed
+
+
+class Sigmoid:
+    """Right gradient for the wrong function: only the comparison with npgrad's Sigmoid sees it."""
+
+    def forward(self, x):
+        self.y = np.tanh(x)
+        return self.y
+
+    def backward(self, g):
+        return g * (1 - self.y**2)
+
+
+def test_a_class_named_like_an_npgrad_layer_is_compared_with_it():
+    report = check_layer(Sigmoid, use_torch=False)
+    assert report.inputs[0].passed  # consistent with itself...
+    assert report.reference == {"npgrad": "forward differs"} and not report.passed
 
 
 def test_forward_exception_is_reported_with_the_users_line():
@@ -64,35 +89,6 @@ def test_html_for_notebooks():
     assert "<table>" in html and "FAIL" in html and "mask" in html
 
 
-def test_file_that_raises_at_import_is_reported_not_crashed(capsys):
-    reports, error = check_file(HERE / "raises_at_import.py")
-    assert reports == [] and "raises_at_import.py:3" in error and "oops at import" in error
-    assert main(["check", str(HERE / "raises_at_import.py")]) == 1
-    assert "oops at import" in capsys.readouterr().err
-
-
-def test_cli_check_exit_codes(capsys):
-    file = str(HERE / "wrong_layers.py")
-    assert main(["check", file, "--class", "Relu", "--class", "Matmul", "--no-torch"]) == 0
-    out = capsys.readouterr().out
-    assert "Relu: PASS" in out and "2 of 2 layer classes passed" in out
-    assert main(["check", file, "--class", "MasklessRelu"]) == 1
-    assert "ignores the mask" in capsys.readouterr().out
-    assert (
-        main(["check", file, "--shape", "Matmul=3x2,2x7", "--class", "Matmul", "--no-torch"]) == 0
-    )
-    assert "inputs 3x2, 2x7" in capsys.readouterr().out
-
-
-def test_cli_check_user_errors(capsys):
-    assert main(["check", "no_such_file.py"]) == 2
-    assert "no such file" in capsys.readouterr().err
-    assert main(["check", str(HERE / "wrong_layers.py"), "--class", "Nope"]) == 2
-    assert "no layer class named Nope" in capsys.readouterr().err
-    assert main(["check", str(HERE / "wrong_layers.py"), "--shape", "Matmul=axb"]) == 2
-    assert "bad --shape" in capsys.readouterr().err
-
-
 class MeanNotSumMatmul:
     """grad_W divided by the batch size: a classic when the loss is a sum."""
 
@@ -108,3 +104,159 @@ def test_batch_size_factor_is_named():
     report = check_layer(MeanNotSumMatmul, use_torch=False)
     assert any("1/5: divided by the batch size" in d for d in report.diagnoses), report
     assert "nan" not in str(check_layer(w.WrongShapeTanh, use_torch=False))
+
+
+@pytest.mark.parametrize(
+    "cls, error",
+    [
+        (r.BackwardReturnsNone, "backward returned None (a missing return?); expected a NumPy array of shape (5, 6)"),
+        (r.BackwardReturnsStr, "backward returned a str; expected a NumPy array of shape (5, 6)"),
+        (r.BackwardReturnsList, "backward returned a list of 5; expected a NumPy array of shape (5, 6)"),
+        (r.MatmulReturnsList, "backward returned a list of 2; expected a tuple of 2 NumPy arrays (one per input) of shapes (5, 6) and (6, 4)"),
+        (r.MatmulReturnsNoneForW, "backward returned, as the gradient of input 1, None (a missing return?); expected an array of shape (6, 4)"),
+        (r.MatmulReturnsOneGradient, "backward returned a NumPy array of shape (5, 6); expected a tuple of 2 NumPy arrays"),
+        (r.ForwardReturnsNone, "forward returned None (a missing return?); expected a NumPy array (the output)"),
+        (r.ForwardReturnsStr, "forward returned a str; expected a NumPy array (the output)"),
+        (r.ForwardReturnsTuple, "forward returned a tuple of 2; return only the output array"),
+        (r.ForwardReturnsObjects, "forward returned an array of dtype object"),
+    ],
+)  # fmt: skip
+def test_wrong_return_types_are_named_with_what_was_expected(cls, error):
+    report = check_layer(cls, use_torch=False)
+    assert not report.passed and report.error.startswith(error), report.error
+    assert "nan" not in str(report)
+
+
+@pytest.mark.parametrize(
+    "cls, error",
+    [
+        (bad.ExitsInBackward, "the code called sys.exit(3) during backward"),
+        (bad.ExitsInForward, "the code called sys.exit('done') during forward"),
+        (bad.ExitsInConstructor, "the code called sys.exit(1) during the constructor"),
+    ],
+)
+def test_sys_exit_in_a_layer_fails_it_without_leaving_the_process(cls, error):
+    report = check_layer(cls, use_torch=False)  # a SystemExit escaping would end pytest here
+    assert not report.passed and report.error == error
+
+
+def test_memory_error_is_a_failure_of_the_layer():
+    report = check_layer(bad.OutOfMemoryInForward, use_torch=False)
+    assert not report.passed and "forward failed" in report.error and "MemoryError" in report.error
+
+
+def test_progress_names_each_phase_once_in_order():
+    phases = []
+    check_layer(w.Relu, use_torch=False, progress=phases.append)
+    assert phases[:3] == ["the constructor", "forward", "backward"]
+    assert phases.count("numerical gradient: forward on perturbed inputs") == 1
+
+
+@pytest.mark.parametrize(
+    "name, domains",
+    [
+        ("Relu", (KINK,)),
+        ("LeakyReLU", (KINK,)),
+        ("Log", (POSITIVE,)),
+        ("LogSoftmax", (WIDE,)),
+        ("Softmax", (WIDE,)),
+        ("Div", (REAL, NONZERO)),
+        ("Sqrt", (POSITIVE,)),
+        ("HalvedSquare", (REAL,)),
+    ],
+)
+def test_inputs_keep_clear_of_the_kinks_and_poles_of_the_op_named(name, domains):
+    assert domains_for(name) == domains
+
+
+class LogWithoutEpsilon:
+    """log at 0 or below would be NaN: the check must not draw such inputs."""
+
+    def forward(self, x):
+        self.x = x
+        return np.log(x)
+
+    def backward(self, g):
+        return g / self.x
+
+
+def test_a_log_layer_gets_positive_inputs():
+    report = check_layer(LogWithoutEpsilon, use_torch=False)
+    assert report.passed, report
+
+
+def test_reports_survive_a_round_trip_through_plain_data():
+    import json
+
+    for cls in (w.NoBatchSumMatmul, w.SignErrorRelu, r.BackwardReturnsStr):
+        report = check_layer(cls, use_torch=False)
+        again = LayerReport.from_dict(json.loads(json.dumps(report.to_dict())))
+        assert str(again) == str(report) and again.diagnoses == report.diagnoses
+        assert again.shapes == report.shapes and isinstance(again.shapes[0], tuple)
+        assert [i.mismatches for i in again.inputs] == [i.mismatches for i in report.inputs]
+
+
+# --------------------------------------------------------------------------- files, in a child
+
+
+def test_file_that_raises_at_import_is_reported_not_crashed():
+    reports, error = check_file(HERE / "raises_at_import.py", use_torch=False)
+    assert reports == [] and "raises_at_import.py:3" in error and "oops at import" in error
+
+
+@pytest.mark.parametrize(
+    "file, error",
+    [
+        ("exits_at_import.py", "ended the process (exit status 0: os._exit?) while importing"),
+        ("sys_exit_at_import.py", "the file called sys.exit(3) while importing"),
+    ],
+)
+def test_file_that_exits_at_import_is_not_a_pass(file, error):
+    reports, message = check_file(HERE / file, use_torch=False)
+    assert reports == [] and message.startswith(error)
+
+
+def test_each_misbehaving_class_fails_alone_and_the_rest_are_checked():
+    reports, error = check_file(HERE / "misbehaving_layers.py", use_torch=False)
+    assert error is None
+    verdicts = {rep.name: (rep.passed, rep.error) for rep in reports}
+    assert verdicts == {
+        "Relu": (True, None),
+        "ExitsInBackward": (False, "the code called sys.exit(3) during backward"),
+        "ExitsInForward": (False, "the code called sys.exit('done') during forward"),
+        "ExitsInConstructor": (False, "the code called sys.exit(1) during the constructor"),
+        "OsExitInBackward": (False, "ended the process (exit status 0: os._exit?) during backward"),
+        "SegfaultInBackward": (False, "crashed the Python interpreter (SIGSEGV) during backward"),
+        "OutOfMemoryInForward": (False, verdicts["OutOfMemoryInForward"][1]),
+        "Tanh": (True, None),
+    }
+    assert "MemoryError" in verdicts["OutOfMemoryInForward"][1]
+
+
+def test_file_results_equal_the_in_process_ones():
+    reports, _ = check_file(HERE / "wrong_layers.py", only=["MasklessRelu"], use_torch=False)
+    assert [str(rep) for rep in reports] == [str(check_layer(w.MasklessRelu, use_torch=False))]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"path": HERE / "nope.py"}, "no such file"),
+        ({"path": HERE}, "is a folder"),
+        ({"only": ["Nope"]}, "no layer class named Nope"),
+        ({"shapes": {"Rleu": [(5, 6)]}}, "no layer class named Rleu"),
+        ({"timeout": 0}, "time limit must be a positive number"),
+        ({"timeout": math.nan}, "time limit must be a positive number"),
+    ],
+)
+def test_check_file_refuses_what_it_cannot_check(kwargs, match):
+    kwargs = {"path": HERE / "wrong_layers.py", **kwargs}
+    with pytest.raises(LayerCheckError, match=match):
+        check_file(use_torch=False, **kwargs)
+
+
+def test_a_file_without_layer_classes_is_refused(tmp_path):
+    empty = tmp_path / "empty.py"
+    empty.write_text("x = 1\n")
+    with pytest.raises(LayerCheckError, match="no class with forward and backward"):
+        check_file(empty, use_torch=False)
