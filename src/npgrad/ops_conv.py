@@ -184,7 +184,7 @@ class Conv2d(Op):
 
     $$d\bar Y = \mathcal{U}(dX)\,\bar W + U\, d\bar W + \mathbf{1}\, db^T$$
 
-    and, exactly as for [matmul](#matmul) and [add](#add-and-sub), with $G$ the
+    and, exactly as for [matmul](#matmul) and [add](#add), with $G$ the
     upstream gradient reshaped like $\bar Y$:
 
     $$df = \mathrm{tr}\big((G \bar W^T)^T \mathcal{U}(dX)\big) + \mathrm{tr}\big((U^T G)^T d\bar W\big) + \mathrm{tr}\big((G^T\mathbf{1})^T db\big).$$
