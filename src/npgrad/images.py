@@ -284,10 +284,15 @@ def _read_picture(p: Path) -> np.ndarray:
             _check_size(str(p), img.height, img.width)
             try:
                 img = ImageOps.exif_transpose(img)  # phone photos are stored sideways
-                if img.mode.startswith("I") or img.mode == "F":
-                    a = np.asarray(img.convert("F"), dtype=np.float64)
-                    return a / (65535.0 if a.max() > 255 else 255.0)
-                return np.asarray(img.convert("RGBA"))
+                deep = img.mode.startswith("I") or img.mode == "F"
+                img = img.convert("F" if deep else "RGBA")
+                factor = math.ceil(max(img.size) / WORK_SIDE)
+                if factor > 1:  # box average while still 8 bits: the same digit, less memory
+                    img = img.reduce(factor)
+                if not deep:
+                    return np.asarray(img)
+                a = np.asarray(img, dtype=np.float64)
+                return a / (65535.0 if a.max() > 255 else 255.0)
             except Exception as exc:  # as above: damaged data inside the file
                 raise ImageError(f"{p}: not a readable image ({_reason(exc)})") from None
 
