@@ -1,5 +1,6 @@
 """Reading pictures and normalising digits as MNIST's were made (npgrad.images)."""
 
+import os
 import struct
 import sys
 import zlib
@@ -337,6 +338,10 @@ def test_missing_file_and_directory(tmp_path):
         load_image(tmp_path / "none.png", (28, 28), 255)
     with pytest.raises(ImageError, match="is a directory"):
         load_image(tmp_path, (28, 28), 255)
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "pipe.png")  # opening it would wait for a writer forever
+        with pytest.raises(ImageError, match="not a regular file"):
+            load_image(tmp_path / "pipe.png", (28, 28), 255)
 
 
 def test_without_pillow_pictures_say_what_to_install_and_npy_still_works(monkeypatch, tmp_path):

@@ -109,11 +109,13 @@ def load_image(
     p = Path(path)
     if p.is_dir():
         raise ImageError(f"{p}: is a directory; give an image file (predict expands directories)")
+    if not p.exists():
+        raise ImageError(f"{p}: no such image file")
+    if not p.is_file():  # a pipe or a device would block or never end
+        raise ImageError(f"{p}: not a regular file; give an image file")
     try:
         with open(p, "rb") as f:
             head = f.read(16)
-    except FileNotFoundError:
-        raise ImageError(f"{p}: no such image file") from None
     except OSError as exc:
         raise ImageError(f"{p}: cannot read this file ({exc.strerror})") from None
     if not head:
@@ -170,6 +172,10 @@ def preprocess(
     scale = min(fit[0] / crop.shape[0], fit[1] / crop.shape[1])
     size = (max(1, round(crop.shape[0] * scale)), max(1, round(crop.shape[1] * scale)))
     digit = _resample(crop, size)
+    if digit.max() <= 0:  # a lone pixel exactly between two output pixels
+        raise BlankImageError(
+            f"{name}: blank, no digit found (only specks); give a picture of a digit"
+        )
     digit /= digit.max()
     return _place(digit, shape, centre_of_mass=recipe == "mnist")
 
