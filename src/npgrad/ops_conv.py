@@ -302,10 +302,10 @@ def _pool_geometry(
     sh, sw = as_pair(kernel if stride is None else stride, "stride", 1)
     ph, pw = as_pair(padding, "padding", 0)
     dh, dw = as_pair(dilation, "dilation", 1)
-    if 2 * ph > dh * (kh - 1) + 1 or 2 * pw > dw * (kw - 1) + 1:
+    if ph > kh // 2 or pw > kw // 2:
         raise ConfigError(
-            f"pooling padding {padding} is more than half the window ({kernel}): "
-            "a window could hold padding only"
+            f"pooling padding {padding} is more than half the kernel size {kernel} "
+            "(PyTorch's limit): a window could hold padding only"
         )
     ho, wo = _out_size(x.shape[2], kh, sh, ph, dh), _out_size(x.shape[3], kw, sw, pw, dw)
     if ho < 1 or wo < 1:
@@ -373,7 +373,7 @@ def _pool_case(d: Draw, dilation: bool) -> Case:
     if dilation:
         params["dilation"] = dil
     ekh, ekw = dil * (kh - 1) + 1, dil * (kw - 1) + 1
-    params["padding"] = d.choice([0, (min(1, ekh // 2), min(1, ekw // 2))])
+    params["padding"] = d.choice([0, (min(1, kh // 2), min(1, kw // 2))])
     h, w = ekh + d.size(0, 4), ekw + d.size(0, 4)
     return Case([(n, c, h, w)], params)
 
@@ -382,7 +382,7 @@ class MaxPool2d(Op):
     r"""2-D max pooling over windows of `kernel` (NCHW), PyTorch's `max_pool2d`.
 
     `stride` defaults to the kernel; `padding` adds $-\infty$ around the input
-    (at most half the window, as in PyTorch); `dilation` spaces the window. For
+    (at most half the kernel size, as in PyTorch); `dilation` spaces the window. For
     each window $\mathcal{W}$, $Y_{\mathcal{W}} = \max_{k \in \mathcal{W}} X_k$.
 
     Locally (no ties) $Y_{\mathcal{W}} = X_{k(\mathcal{W})}$ for the position
