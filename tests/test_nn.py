@@ -103,3 +103,169 @@ def test_module_zero_grad():
     assert all(p.grad is not None for p in net.parameters())
     net.zero_grad()
     assert all(p.grad is None for p in net.parameters())
+
+
+# --------------------------------------------------------------------------- convolutional
+
+
+def _small_cnn(dtype=np.float32, rng=0):
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1, rng=rng, dtype=dtype), nn.BatchNorm2d(4, dtype=dtype),
+        nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(4, 6, 3, padding=1, rng=rng, dtype=dtype), nn.BatchNorm2d(6, dtype=dtype),
+        nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(6 * 2 * 2, 3, rng=rng, dtype=dtype),
+    )  # fmt: skip
+
+
+def _torch_twin(torch, net):
+    """The same network in torch.nn with npgrad's weights copied in (Linear's W transposed)."""
+    layers = []
+    for m in net.layers:
+        if isinstance(m, nn.Conv2d):
+            t = torch.nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, padding=m.padding)
+            t.weight.data, t.bias.data = torch.tensor(m.weight.data), torch.tensor(m.bias.data)
+        elif isinstance(m, nn.BatchNorm2d):
+            t = torch.nn.BatchNorm2d(m.num_features, eps=m.eps, momentum=m.momentum)
+        elif isinstance(m, nn.Linear):
+            t = torch.nn.Linear(m.in_features, m.out_features)
+            t.weight.data, t.bias.data = torch.tensor(m.weight.data.T), torch.tensor(m.bias.data)
+        else:
+            t = {nn.ReLU: torch.nn.ReLU, nn.MaxPool2d: lambda: torch.nn.MaxPool2d(2),
+                 nn.Flatten: torch.nn.Flatten}[type(m)]()  # fmt: skip
+        layers.append(t)
+    return torch.nn.Sequential(*layers).double()
+
+
+def test_cnn_matches_torch_in_training_and_eval_including_running_statistics(torch):
+    rng = np.random.default_rng(0)
+    net = _small_cnn(np.float64)
+    tnet = _torch_twin(torch, net)
+    for _ in range(3):  # several training steps move the running statistics
+        x = rng.standard_normal((5, 1, 8, 8)) * 2 + 1
+        out = net(npgrad.tensor(x))
+        tout = tnet(torch.tensor(x))
+        np.testing.assert_allclose(out.data, tout.detach().numpy(), rtol=1e-10, atol=1e-12)
+        g = rng.standard_normal(out.shape)
+        net.zero_grad()
+        out.backward(g)
+        tnet.zero_grad()
+        tout.backward(torch.tensor(g))
+    tparams = [p for p in tnet.parameters()]
+    for (name, p), q in zip(net.named_parameters(), tparams):
+        want = q.grad.numpy().T if name.endswith("9.weight") else q.grad.numpy()
+        np.testing.assert_allclose(p.grad, want, rtol=1e-9, atol=1e-12, err_msg=name)
+    for name, b in net.named_buffers():
+        np.testing.assert_allclose(b, tnet.state_dict()[name].numpy(), rtol=1e-12, err_msg=name)
+    net.eval()
+    tnet.eval()
+    x = rng.standard_normal((2, 1, 8, 8))
+    np.testing.assert_allclose(
+        net(npgrad.tensor(x)).data, tnet(torch.tensor(x)).detach().numpy(), rtol=1e-10
+    )
+
+
+def test_buffers_are_state_but_not_parameters_and_round_trip():
+    a, b = _small_cnn(rng=0), _small_cnn(rng=1)
+    assert [n for n, _ in a.named_buffers()] == [
+        "1.running_mean", "1.running_var", "5.running_mean", "5.running_var",
+    ]  # fmt: skip
+    params = {n for n, _ in a.named_parameters()}
+    assert "1.running_mean" not in params and {"1.weight", "1.bias", "0.weight"} <= params
+    a(npgrad.tensor(np.random.default_rng(0).standard_normal((4, 1, 8, 8)), dtype=np.float32))
+    state = a.state_dict()
+    assert set(state) == params | {n for n, _ in a.named_buffers()}
+    assert not np.array_equal(state["1.running_mean"], 0)  # training moved them
+    buf = b.layers[1].running_mean  # the live array: loading copies into it
+    b.load_state_dict(state)
+    assert b.layers[1].running_mean is buf
+    for name, arr in b.state_dict().items():
+        np.testing.assert_array_equal(arr, state[name], err_msg=name)
+    state["5.running_var"] = np.ones(7)
+    with pytest.raises(CheckpointError, match="5.running_var has shape"):
+        b.load_state_dict(state)
+
+
+def test_train_and_eval_switch_batch_norm_between_batch_and_running_statistics():
+    bn = nn.BatchNorm1d(3)
+    x = npgrad.tensor(np.random.default_rng(0).standard_normal((8, 3)) * 5 + 2, dtype=np.float32)
+    y = bn(x).data
+    np.testing.assert_allclose(y.mean(axis=0), 0, atol=1e-5)  # batch statistics
+    moved = bn.running_mean.copy()
+    np.testing.assert_allclose(moved, 0.1 * x.data.mean(axis=0), rtol=1e-5)
+    bn.eval()
+    y_eval = bn(x).data
+    np.testing.assert_array_equal(bn.running_mean, moved)  # eval never updates them
+    want = (x.data - moved) / np.sqrt(bn.running_var + bn.eps)
+    np.testing.assert_allclose(y_eval, want, rtol=1e-5)
+    bn.train()
+    bn(x)
+    assert not np.array_equal(bn.running_mean, moved)
+
+
+def test_conv2d_initialisation_and_shapes():
+    conv = nn.Conv2d(16, 32, 3, padding=1, rng=0)
+    assert conv.weight.shape == (32, 16, 3, 3) and conv.bias.shape == (32,)
+    assert conv.weight.dtype == np.float32 and not conv.bias.data.any()
+    assert abs(conv.weight.data.std() - np.sqrt(2 / (16 * 9))) < 0.01
+    g = nn.Conv2d(16, 32, 3, init="glorot", rng=0).weight.data
+    assert g.max() <= np.sqrt(6 / (16 * 9 + 32 * 9)) and g.max() > 0.9 * np.sqrt(6 / 432)
+    assert nn.Conv2d(2, 3, (1, 2), bias=False).bias is None
+    assert "Conv2d(16, 32" in repr(conv) and "BatchNorm2d(32" in repr(nn.BatchNorm2d(32))
+    x = npgrad.tensor(np.zeros((2, 16, 28, 28), np.float32))
+    assert conv(x).shape == (2, 32, 28, 28)
+    assert nn.MaxPool2d(2)(conv(x)).shape == (2, 32, 14, 14)
+    assert nn.AvgPool2d(3, stride=2, padding=1)(conv(x)).shape == (2, 32, 14, 14)
+    assert nn.Flatten()(nn.MaxPool2d(4)(conv(x))).shape == (2, 32 * 49)
+
+
+def test_the_planned_cnn_preset_builds_and_trains_one_step():
+    from npgrad import optim
+
+    net = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1, rng=0), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1, rng=0), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(1568, 10, rng=0),
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    x, y = rng.random((16, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, 16)
+    opt = optim.Adam(net.parameters(), 1e-3)
+    losses = []
+    for _ in range(5):
+        opt.zero_grad()
+        loss = npgrad.cross_entropy(net(npgrad.tensor(x)), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] and all(np.isfinite(losses))
+    assert all(p.grad.dtype == np.float32 for p in net.parameters())
+
+
+@pytest.mark.parametrize(
+    "build, shape, match",
+    [
+        (lambda: nn.BatchNorm2d(3), (4, 3), "4-D"),
+        (lambda: nn.BatchNorm1d(3), (4, 2), "3 channels"),
+        (lambda: nn.Conv2d(3, 2, 3), (1, 2, 5, 5), "weight"),
+    ],
+)
+def test_cnn_modules_reject_wrong_input_shapes(build, shape, match):
+    with pytest.raises(npgrad.ShapeError, match=match):
+        build()(npgrad.tensor(np.zeros(shape, np.float32)))
+
+
+def test_cnn_module_arguments_are_checked_when_built():
+    with pytest.raises(ConfigError, match="stride"):
+        nn.Conv2d(1, 2, 3, stride=0)
+    with pytest.raises(ConfigError, match="kernel size"):
+        nn.Conv2d(1, 2, (3, 3, 3))
+    with pytest.raises(ConfigError, match="momentum"):
+        nn.BatchNorm2d(3, momentum=2.0)
+    with pytest.raises(ConfigError, match="positive"):
+        nn.Conv2d(0, 2, 3)
+
+
+def test_set_rng_reaches_dropout_in_any_module_tree():
+    net = nn.Sequential(nn.Flatten(), nn.Sequential(nn.Dropout(0.5)))
+    rng = np.random.default_rng(7)
+    net.set_rng(rng)
+    assert net.layers[1].layers[0].rng is rng
