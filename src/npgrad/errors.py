@@ -83,3 +83,15 @@ class DatasetContentError(DatasetError, ValueError):
 
 class BlankImageError(ImageError):
     """An image holds no digit: uniform, fully transparent, or only specks of noise."""
+
+
+class SafetensorsError(CheckpointError):
+    """A safetensors file is malformed, or its tensors do not fit the module they load into."""
+
+
+class ExportError(NpgradError, ValueError):
+    """A network cannot be exported as asked: unknown format, unsupported layer, missing extra."""
+
+
+class ServeError(NpgradError):
+    """The draw-a-digit server cannot start (port in use, address not available...)."""
