@@ -73,6 +73,24 @@ def test_a_class_named_like_an_npgrad_layer_is_compared_with_it():
     assert report.reference == {"npgrad": "forward differs"} and not report.passed
 
 
+class Log:
+    """Named like the exercise's Log but with two inputs: nothing to compare it with."""
+
+    def forward(self, x, shift):
+        self.x = x
+        return np.log(x) + shift
+
+    def backward(self, g):
+        return g / self.x, g
+
+
+def test_a_namesake_with_other_inputs_is_not_compared_and_not_failed_for_it(torch):
+    report = check_layer(Log, use_torch=True)
+    assert report.passed, report
+    assert list(report.reference) == ["npgrad"]
+    assert report.reference["npgrad"].startswith("not compared: it takes other inputs")
+
+
 def test_forward_exception_is_reported_with_the_users_line():
     report = check_layer(w.CrashingForward, use_torch=False, source=w.__file__)
     assert not report.passed and "NameError" in report.error

@@ -1,7 +1,9 @@
 r"""The op table: every differentiable operation, defined exactly once.
 
-An op is a class that registers itself in :data:`OPS` by subclassing :class:`Op`
-(here or in any other module) and has four parts:
+An op is a class that registers itself in :data:`OPS` by subclassing :class:`Op`,
+here or in another module of the package named ``ops_<topic>.py`` (so that
+:func:`npgrad.check.all_ops`, and with it the checkers and the docs, loads it).
+It has four parts:
 
 * ``forward(*arrays, **params) -> (out, saved)``, a static method, computes the
   output from NumPy arrays and returns whatever the backward pass needs as ``saved``;
