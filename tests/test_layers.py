@@ -178,3 +178,79 @@ def test_layers_and_engine_share_the_op_formulas():
 
     assert Matmul.op is ops.Matmul and Relu.op is ops.Relu
     assert Softmax.op is ops.Softmax and Log.op is ops.Log
+
+
+# ----------------------------------------------------------------- convolutional layers
+
+
+def test_conv2d_layer_matches_torch_and_keeps_the_protocol(torch):
+    rng = np.random.default_rng(0)
+    x, W, b = (
+        rng.standard_normal((2, 3, 7, 6)),
+        rng.standard_normal((4, 3, 3, 2)),
+        rng.standard_normal(4),
+    )
+    conv = layers.Conv2d(stride=(2, 1), padding=1)
+    out = conv.forward(x, W, b)
+    assert conv.mem["x"] is x and conv.mem["W"] is W
+    g = rng.standard_normal(out.shape)
+    gx, gW, gb = conv.backward(g)
+    tx, tW, tb = (torch.tensor(a, requires_grad=True) for a in (x, W, b))
+    tout = torch.nn.functional.conv2d(tx, tW, tb, stride=(2, 1), padding=1)
+    tout.backward(torch.tensor(g))
+    assert rel(out, tout.detach().numpy()) < 1e-12
+    for mine, theirs in ((gx, tx), (gW, tW), (gb, tb)):
+        assert rel(mine, theirs.grad.numpy()) < 1e-12
+    nobias = layers.Conv2d()
+    nobias.forward(x, W)
+    nobias.input_grad = False
+    gx2, gW2 = nobias.backward(np.ones((2, 4, 5, 5)))
+    assert gx2 is None and gW2.shape == W.shape
+
+
+def test_pooling_layers_match_torch(torch):
+    rng = np.random.default_rng(1)
+    x = rng.permutation(np.arange(2 * 3 * 7 * 7, dtype=np.float64)).reshape(2, 3, 7, 7)
+    for layer, tfn in (
+        (
+            layers.MaxPool2d(3, stride=2, padding=1),
+            lambda t: torch.nn.functional.max_pool2d(t, 3, 2, 1),
+        ),
+        (layers.AvgPool2d(2), lambda t: torch.nn.functional.avg_pool2d(t, 2)),
+    ):
+        out = layer.forward(x)
+        g = rng.standard_normal(out.shape)
+        tx = torch.tensor(x, requires_grad=True)
+        tout = tfn(tx)
+        tout.backward(torch.tensor(g))
+        assert rel(out, tout.detach().numpy()) < 1e-12
+        assert rel(layer.backward(g), tx.grad.numpy()) < 1e-12
+
+
+def test_batch_norm_layer_training_then_eval_matches_torch(torch):
+    rng = np.random.default_rng(2)
+    bn, tbn = layers.BatchNorm(momentum=0.1), torch.nn.BatchNorm2d(3).double()
+    gamma, beta = rng.standard_normal(3), rng.standard_normal(3)
+    tbn.weight.data, tbn.bias.data = torch.tensor(gamma), torch.tensor(beta)
+    for training in (True, True, False):
+        bn.training = training
+        tbn.train(training)
+        x = rng.standard_normal((4, 3, 5, 5)) * 3 + 1
+        out = bn.forward(x, gamma, beta)
+        tx = torch.tensor(x, requires_grad=True)
+        tbn.zero_grad()
+        tout = tbn(tx)
+        g = rng.standard_normal(out.shape)
+        tout.backward(torch.tensor(g))
+        gx, ggamma, gbeta = bn.backward(g)
+        assert rel(out, tout.detach().numpy()) < 1e-12
+        assert rel(gx, tx.grad.numpy()) < 1e-10
+        assert rel(ggamma, tbn.weight.grad.numpy()) < 1e-10
+        assert rel(gbeta, tbn.bias.grad.numpy()) < 1e-12
+        assert rel(bn.running_var, tbn.running_var.numpy()) < 1e-12
+
+
+def test_convolutional_layers_refuse_backward_before_forward():
+    for layer in (layers.Conv2d(), layers.MaxPool2d(), layers.AvgPool2d(), layers.BatchNorm()):
+        with pytest.raises(RuntimeError, match="before forward"):
+            layer.backward(np.ones((1, 1, 2, 2)))
