@@ -1,0 +1,268 @@
+"""Convolutional training throughput, npgrad beside PyTorch in one process.
+
+Two networks on 28x28 single-channel input (the issue's "small" and
+"lenet-like"), one Adam training step per batch:
+
+  small   conv3x3(16)+BN+ReLU+pool, conv3x3(32)+BN+ReLU+pool, linear 1568-10
+  lenet   conv5x5(32)+ReLU+pool, conv5x5(64)+ReLU+pool, dropout 0.5, linear 3136-128-10
+
+Both libraries get the same thread count (``--threads``: NumPy's BLAS through
+``OPENBLAS_NUM_THREADS``, set before NumPy loads, and ``torch.set_num_threads``).
+Rounds are interleaved, the order alternating, with a pause between
+contestants, so machine noise hits both alike; the ratio is the median of the
+per-round ratios. Also reported: npgrad's peak traced memory for one step
+(``tracemalloc`` sees NumPy's allocations) and the roofline share, the
+network's GEMM FLOPs per second over the peak of a large float32 GEMM measured
+in the same run.
+
+    python benchmarks/bench_cnn.py                # the table (a minute or two)
+    python benchmarks/bench_cnn.py --profile small  # where npgrad's time goes
+    python benchmarks/bench_cnn.py --tiny         # seconds; a smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def _threads_from_argv(argv: list[str]) -> str:
+    for i, a in enumerate(argv):
+        if a == "--threads" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--threads="):
+            return a.split("=", 1)[1]
+    return "2"
+
+
+# BLAS reads its thread count once, when NumPy is first imported.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", _threads_from_argv(sys.argv))
+
+import statistics  # noqa: E402
+import tracemalloc  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import npgrad  # noqa: E402
+from npgrad import nn, optim  # noqa: E402
+
+LR = 1e-3
+
+# (kind, in channels, out channels, kernel, output side) of every conv and linear layer,
+# for the FLOP count: a conv is an (N*H'*W', C*k*k) x (C*k*k, O) GEMM.
+SHAPES = {
+    "small": [("conv", 1, 16, 3, 28), ("conv", 16, 32, 3, 14), ("linear", 1568, 10, 1, 1)],
+    "lenet": [
+        ("conv", 1, 32, 5, 28),
+        ("conv", 32, 64, 5, 14),
+        ("linear", 3136, 128, 1, 1),
+        ("linear", 128, 10, 1, 1),
+    ],
+}
+
+
+def gemm_flops_per_sample(name: str) -> float:
+    """Forward and backward GEMM FLOPs per sample (no input gradient for the first layer)."""
+    total = 0.0
+    for i, (_, cin, cout, k, side) in enumerate(SHAPES[name]):
+        macs = side * side * cin * k * k * cout
+        total += 2 * macs * (2 if i == 0 else 3)
+    return total
+
+
+def npgrad_net(name: str, rng: np.random.Generator) -> nn.Module:
+    if name == "small":
+        return nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1, rng=rng), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1, rng=rng), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(1568, 10, rng=rng),
+        )  # fmt: skip
+    return nn.Sequential(
+        nn.Conv2d(1, 32, 5, padding=2, rng=rng), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 5, padding=2, rng=rng), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Dropout(0.5, rng=rng),
+        nn.Linear(3136, 128, rng=rng), nn.ReLU(), nn.Linear(128, 10, rng=rng),
+    )  # fmt: skip
+
+
+def torch_net(torch, name: str):  # noqa: ANN001, ANN201
+    t = torch.nn
+    if name == "small":
+        return t.Sequential(
+            t.Conv2d(1, 16, 3, padding=1), t.BatchNorm2d(16), t.ReLU(), t.MaxPool2d(2),
+            t.Conv2d(16, 32, 3, padding=1), t.BatchNorm2d(32), t.ReLU(), t.MaxPool2d(2),
+            t.Flatten(), t.Linear(1568, 10),
+        )  # fmt: skip
+    return t.Sequential(
+        t.Conv2d(1, 32, 5, padding=2), t.ReLU(), t.MaxPool2d(2),
+        t.Conv2d(32, 64, 5, padding=2), t.ReLU(), t.MaxPool2d(2),
+        t.Flatten(), t.Dropout(0.5), t.Linear(3136, 128), t.ReLU(), t.Linear(128, 10),
+    )  # fmt: skip
+
+
+def npgrad_step(name: str, x: np.ndarray, y: np.ndarray) -> Callable[[], None]:
+    net = npgrad_net(name, np.random.default_rng(0))
+    opt = optim.Adam(net.parameters(), LR)
+    xt = npgrad.tensor(x)
+
+    def step() -> None:
+        opt.zero_grad()
+        loss = npgrad.cross_entropy(net(xt), y)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def torch_step(torch, name: str, x: np.ndarray, y: np.ndarray) -> Callable[[], None]:  # noqa: ANN001
+    torch.manual_seed(0)
+    net = torch_net(torch, name)
+    opt = torch.optim.Adam(net.parameters(), LR)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+
+    def step() -> None:
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(net(xt), yt)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def samples_per_second(step: Callable[[], None], steps: int, batch: int) -> float:
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * batch / (time.perf_counter() - t)
+
+
+def peak_memory_mb(step: Callable[[], None]) -> float:
+    tracemalloc.start()
+    step()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak / 2**20
+
+
+def peak_gflops() -> float:
+    a = np.random.default_rng(0).random((2048, 2048), dtype=np.float32)
+    a @ a
+    best = 0.0
+    for _ in range(3):
+        t = time.perf_counter()
+        a @ a
+        best = max(best, 2 * 2048**3 / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+    x = rng.random((args.batch, 1, 28, 28), dtype=np.float32)
+    y = rng.integers(0, 10, args.batch)
+    peak = peak_gflops()
+    rows = []
+    for name in args.networks:
+        contestants = {
+            "npgrad": npgrad_step(name, x, y),
+            "pytorch": torch_step(torch, name, x, y),
+        }
+        for step in contestants.values():
+            for _ in range(args.warmup):
+                step()
+        speeds: dict[str, list[float]] = {k: [] for k in contestants}
+        ratios = []
+        for r in range(args.rounds):
+            order = list(contestants) if r % 2 == 0 else list(reversed(contestants))
+            got = {}
+            for k in order:
+                time.sleep(args.pause)
+                got[k] = samples_per_second(contestants[k], args.steps, args.batch)
+                speeds[k].append(got[k])
+            ratios.append(got["npgrad"] / got["pytorch"])
+        np_speed = statistics.median(speeds["npgrad"])
+        rows.append(
+            {
+                "network": name,
+                "npgrad": np_speed,
+                "pytorch": statistics.median(speeds["pytorch"]),
+                "ratio": statistics.median(ratios),
+                "ratio_range": (min(ratios), max(ratios)),
+                "peak_mb": peak_memory_mb(contestants["npgrad"]),
+                "roofline": np_speed * gemm_flops_per_sample(name) / 1e9 / peak,
+            }
+        )
+    return rows
+
+
+def table(rows: list[dict], args: argparse.Namespace) -> str:
+    lines = [
+        f"batch {args.batch}, {args.threads} threads, Adam, {args.rounds} interleaved rounds "
+        f"of {args.steps} steps (medians)",
+        "",
+        "| network | npgrad samples/s | PyTorch samples/s | ratio (min-max) "
+        "| npgrad peak memory | roofline share |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lo, hi = r["ratio_range"]
+        lines.append(
+            f"| {r['network']} | {r['npgrad']:,.0f} | {r['pytorch']:,.0f} | "
+            f"**{r['ratio']:.2f}x** ({lo:.2f}-{hi:.2f}) | {r['peak_mb']:.0f} MiB | "
+            f"{100 * r['roofline']:.0f}% |"
+        )
+    return "\n".join(lines)
+
+
+def profile(name: str, batch: int, steps: int) -> None:
+    import cProfile
+    import pstats
+
+    rng = np.random.default_rng(0)
+    step = npgrad_step(
+        name, rng.random((batch, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, batch)
+    )
+    step()
+    prof = cProfile.Profile()
+    prof.runcall(lambda: [step() for _ in range(steps)])
+    pstats.Stats(prof).sort_stats("tottime").print_stats(15)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--networks", nargs="+", default=["small", "lenet"], choices=sorted(SHAPES))
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=10, help="training steps per timed round")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--pause", type=float, default=0.5, help="seconds between contestants")
+    parser.add_argument("--tiny", action="store_true", help="seconds: 1 round, 2 steps, batch 16")
+    parser.add_argument("--profile", choices=sorted(SHAPES), help="profile npgrad instead")
+    parser.add_argument("--out", type=Path, help="also write the table to this Markdown file")
+    args = parser.parse_args(argv)
+    if args.tiny:
+        args.rounds, args.steps, args.warmup, args.batch, args.pause = 1, 2, 1, 16, 0.0
+    if args.profile:
+        profile(args.profile, args.batch, args.steps)
+        return
+    text = table(run(args), args)
+    print(text)
+    if args.out:
+        from npgrad.fileio import write_text
+
+        write_text(args.out, text + "\n")
+
+
+if __name__ == "__main__":
+    main()
