@@ -5,13 +5,14 @@ terminal: these tests read both through ``capfd``.
 """
 
 import time
+from pathlib import Path
 
 import pytest
 
 from npgrad.cli import main
 from tests.cli.helpers import assert_one_line_error
-from tests.test_layercheck import HERE
 
+HERE = Path(__file__).resolve().parents[1] / "layers"  # the student-style files
 WRONG = str(HERE / "wrong_layers.py")
 
 
@@ -63,22 +64,20 @@ def test_a_file_that_cannot_be_imported_fails_in_one_line(capfd, file, argv, mes
     assert len(lines) == 1 and lines[0].startswith(str(HERE / file)) and message in lines[0]
 
 
-@pytest.mark.parametrize(
-    "cls, message",
-    [
-        ("ExitsInBackward", "the code called sys.exit(3) during backward"),
-        ("OsExitInBackward", "ended the process (exit status 0: os._exit?) during backward"),
-        ("SegfaultInBackward", "crashed the Python interpreter (SIGSEGV) during backward"),
-        ("OutOfMemoryInForward", "MemoryError: Unable to allocate"),
-    ],
-)
-def test_a_class_that_exits_or_crashes_fails_alone(capfd, cls, message):
-    file = str(HERE / "misbehaving_layers.py")
-    code, out, _ = check(capfd, file, "--class", cls, "--class", "Tanh", "--no-torch")
-    assert code == 1
-    assert f"{cls}: FAIL" in out and "Tanh: PASS" in out and "1 of 2 layer classes passed" in out
-    (line,) = error_lines(out)
-    assert message in line
+def test_each_class_that_exits_or_crashes_fails_alone_with_one_error_line(capfd):
+    code, out, _ = check(capfd, str(HERE / "misbehaving_layers.py"), "--no-torch")
+    assert code == 1 and "Relu: PASS" in out and "Tanh: PASS" in out
+    assert "2 of 8 layer classes passed" in out
+    assert error_lines(out) == [
+        "error: the code called sys.exit(3) during backward",
+        "error: the code called sys.exit('done') during forward",
+        "error: the code called sys.exit(1) during the constructor",
+        "error: ended the process (exit status 0: os._exit?) during backward",
+        "error: crashed the Python interpreter (SIGSEGV) during backward",
+        error_lines(out)[5],
+    ]
+    assert error_lines(out)[5].startswith("error: forward failed: ")
+    assert "MemoryError: Unable to allocate" in error_lines(out)[5]
 
 
 def test_a_hanging_class_is_reported_within_the_time_limit(capfd):
@@ -91,20 +90,25 @@ def test_a_hanging_class_is_reported_within_the_time_limit(capfd):
     assert second == "error: not checked: no time left after HangsInBackward"
 
 
-@pytest.mark.parametrize(
-    "cls, message",
-    [
-        ("BackwardReturnsNone", "backward returned None (a missing return?)"),
-        ("BackwardReturnsStr", "backward returned a str; expected a NumPy array of shape (5, 6)"),
-        ("MatmulReturnsList", "backward returned a list of 2; expected a tuple of 2 NumPy arrays"),
-        ("ForwardReturnsNone", "forward returned None (a missing return?)"),
-    ],
-)
-def test_wrong_return_types_are_one_error_line_each(capfd, cls, message):
-    code, out, _ = check(capfd, str(HERE / "wrong_returns.py"), "--class", cls, "--no-torch")
-    assert code == 1
-    (line,) = error_lines(out)
-    assert line.startswith(f"error: {message}")
+def test_wrong_return_types_are_one_error_line_each(capfd):
+    code, out, _ = check(capfd, str(HERE / "wrong_returns.py"), "--no-torch")
+    assert code == 1 and "0 of 10 layer classes passed" in out
+    lines = error_lines(out)
+    assert len(lines) == 10
+    expected = [
+        "backward returned None (a missing return?); expected a NumPy array of shape (5, 6)",
+        "backward returned a str; expected a NumPy array of shape (5, 6)",
+        "backward returned a list of 5; expected a NumPy array of shape (5, 6)",
+        "backward returned a list of 2; expected a tuple of 2 NumPy arrays (one per input)",
+        "backward returned, as the gradient of input 1, None (a missing return?)",
+        "backward returned a NumPy array of shape (5, 6); expected a tuple of 2 NumPy arrays",
+        "forward returned None (a missing return?)",
+        "forward returned a str",
+        "forward returned a tuple of 2",
+        "forward returned an array of dtype object",
+    ]
+    for line, start in zip(lines, expected):
+        assert line.startswith(f"error: {start}"), line
 
 
 @pytest.mark.parametrize(
