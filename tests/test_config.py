@@ -65,7 +65,7 @@ def test_presets_and_families():
     assert make_config("plain").hidden == [100] and make_config("plain").lr == 1e-3
     ex = make_config("exercise")
     assert (ex.model, ex.dtype, ex.batch_size, ex.epochs) == ("exercise", "float64", 0, 50)
-    assert make_config("default", dataset="digits").batch_size == 32
+    assert make_config("default", dataset="digits").batch_size == 64
     assert make_config("default", family="fashion-mnist", dataset="/x/y").shift == 0
     assert make_config("plain", dataset="digits").batch_size == 128  # families adapt "default" only
     assert preset_values("default")["hidden"] is not preset_values("default")["hidden"]

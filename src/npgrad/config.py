@@ -197,7 +197,6 @@ class Option:
             raise ConfigError(f"{self.flag} {problem}")
 
 
-# fmt: off  (a table: one option per entry reads better than the formatter's layout)
 OPTIONS: tuple[Option, ...] = (
     # data
     Option(
@@ -238,7 +237,7 @@ OPTIONS: tuple[Option, ...] = (
         check=_integer(0, 4),
         metavar="PIXELS",
         presets={"plain": 0, "exercise": 0},
-        families={"digits": 0, "fashion-mnist": 0},
+        families={"fashion-mnist": 0},
         models=("mlp",),
     ),
     # model
@@ -261,6 +260,7 @@ OPTIONS: tuple[Option, ...] = (
         check=_hidden_ok,
         metavar="SIZES",
         presets={"plain": [100], "exercise": [100]},
+        families={"digits": [512]},
     ),
     Option(
         "activation",
@@ -280,6 +280,7 @@ OPTIONS: tuple[Option, ...] = (
         check=_finite(0, 1, hi_open=True, what="a probability"),
         metavar="P",
         presets={"plain": 0.0, "exercise": 0.0},
+        families={"digits": 0.5},
         models=("mlp",),
     ),
     Option(
@@ -312,7 +313,7 @@ OPTIONS: tuple[Option, ...] = (
         flags=("--epochs", "-e"),
         metavar="N",
         presets={"exercise": 50},
-        families={"digits": 20},
+        families={"digits": 100},
         resumable=True,
     ),
     Option(
@@ -325,7 +326,7 @@ OPTIONS: tuple[Option, ...] = (
         flags=("--batch-size", "-b"),
         metavar="N|full",
         presets={"exercise": 0},
-        families={"digits": 32},
+        families={"digits": 64},
     ),
     Option(
         "optimizer",
@@ -345,6 +346,7 @@ OPTIONS: tuple[Option, ...] = (
         check=_finite(0, 1e3, lo_open=True),
         metavar="RATE",
         presets={"plain": 1e-3, "exercise": 1e-5},
+        families={"digits": 1e-2},
     ),
     Option(
         "momentum",
@@ -407,7 +409,6 @@ OPTIONS: tuple[Option, ...] = (
         metavar="N",
     ),
 )
-# fmt: on
 BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
 
 Config = dataclasses.make_dataclass(
