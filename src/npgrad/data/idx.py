@@ -115,7 +115,11 @@ def _payload_size(shape: tuple[int, ...], dtype: np.dtype) -> tuple[int, int]:
 def _read_payload(
     f: IO[bytes], nbytes: int, name: str, shape: tuple[int, ...], header: int
 ) -> np.ndarray:
-    """Exactly ``nbytes`` from ``f`` into a uint8 array that grows only as data arrives."""
+    """Exactly ``nbytes`` from ``f`` into a uint8 array that grows only as data arrives.
+
+    The array starts at 64 MiB at most and doubles as needed, so memory follows
+    the data actually inflated, not the size a header claims.
+    """
     buf = np.empty(min(nbytes, _FIRST_BUFFER), np.uint8)
     got = 0
     while got < nbytes:
@@ -126,9 +130,8 @@ def _read_payload(
                 f"content has {header + got}"
             )
         if got + len(part) > len(buf):
-            grown = np.empty(min(nbytes, 2 * len(buf)), np.uint8)
-            grown[:got] = buf[:got]
-            buf = grown
+            # realloc, which large blocks do in place (mremap): no second copy
+            buf.resize(min(nbytes, 2 * len(buf)), refcheck=False)
         buf[got : got + len(part)] = np.frombuffer(part, np.uint8)
         got += len(part)
     if f.read(1):
