@@ -267,8 +267,7 @@ def build_model(
     have = available_memory()
     if have is not None and need > have:
         raise ConfigError(
-            f"this network needs at least {_gib(need)} to train (weights, gradients, optimizer "
-            f"state and one batch's activations), but only {_gib(have)} is available; "
+            f"this network needs at least {_gib(need)} to train, {_gib(have)} is available; "
             "choose smaller --hidden sizes or --batch-size"
         )
     rng = rng if rng is not None else np.random.default_rng(cfg.seed + 1)

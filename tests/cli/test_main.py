@@ -69,3 +69,18 @@ def test_python_dash_m_entry_point():
         [sys.executable, "-m", "npgrad", "--version"], capture_output=True, text=True
     )
     assert result.returncode == 0 and result.stdout.startswith("npgrad ")
+
+
+def test_long_messages_are_wrapped_into_a_few_lines(capsys, monkeypatch):
+    from npgrad.cli import train as train_command
+    from npgrad.errors import ConfigError
+
+    def fail(args):
+        raise ConfigError("a very long explanation " * 20)
+
+    monkeypatch.setattr(train_command, "run", fail)
+    code, _, err = run_catching_exit(capsys, ["train"])
+    lines = err.rstrip("\n").splitlines()
+    assert code == 2 and 3 <= len(lines) <= 6
+    assert lines[0].startswith("npgrad: error: a very long") and all(len(x) <= 100 for x in lines)
+    assert all(x.startswith("  ") for x in lines[1:])

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 import warnings
 from collections.abc import Sequence
 
 from ..errors import Interrupted, NpgradError
-from . import check, data, evaluate, gradcheck, predict, train
+from . import check, data, evaluate, export, gradcheck, predict, serve, train
 from .common import Parser, formatter
 
-COMMANDS = (train, evaluate, predict, data, gradcheck, check)
+COMMANDS = (train, evaluate, predict, export, serve, data, gradcheck, check)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,10 +51,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.simplefilter("ignore", RuntimeWarning)
             return int(args.func(args) or 0)
     except Interrupted as exc:
-        print(f"npgrad: {exc}", file=sys.stderr)
+        print(_readable(f"npgrad: {exc}"), file=sys.stderr)
         return 130
     except NpgradError as exc:
-        print(f"npgrad: error: {exc}", file=sys.stderr)
+        print(_readable(f"npgrad: error: {exc}"), file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into head & co.: not an error
         sys.stderr.close()
@@ -61,6 +62,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("npgrad: interrupted", file=sys.stderr)
         return 130
+
+
+def _readable(message: str, width: int = 100, longest_line: int = 160) -> str:
+    """A short message stays one line; a long one is wrapped into a few indented lines."""
+    if len(message) <= longest_line or "\n" in message:
+        return message
+    return textwrap.fill(message, width=width, subsequent_indent="  ", break_on_hyphens=False)
 
 
 if __name__ == "__main__":  # pragma: no cover
