@@ -182,13 +182,18 @@ def test_gzip_header_promising_more_than_the_file_can_hold(tmp_path):
     assert peak < 1 << 20
 
 
-def test_honest_header_with_too_little_data_allocates_what_arrives(tmp_path):
-    # 1 GiB promised, plausible for the file's length (~1 MB of zeros), but only 600 MB arrive.
+def test_plausible_header_with_too_little_data_allocates_what_arrives(tmp_path):
+    # 200 MB promised by a 200 kB gzip file (incompressible data): plausible for its length,
+    # so reading starts; 200 kB arrive, and memory follows them, not the promise.
+    payload = np.random.default_rng(0).integers(0, 256, 200_000, dtype=np.uint8).tobytes()
     path = tmp_path / "images.gz"
-    path.write_bytes(gzip.compress(header(0x08, 1 << 14, 1 << 8, 1 << 8)) + ZEROS_16M * 2)
+    path.write_bytes(gzip.compress(header(0x08, 200_000_000) + payload))
     raised, peak = peak_allocation(lambda: read_idx(path))
-    assert isinstance(raised, IDXFormatError) and "truncated" in str(raised)
-    assert peak < 80 << 20  # the first buffer (64 MiB), not the gigabyte promised
+    assert isinstance(raised, IDXFormatError)
+    assert "truncated: dimensions (200000000,) need 200000008 bytes, content has 200008" in str(
+        raised
+    )
+    assert peak < 20 << 20  # the first buffer (16 MiB), not the 200 MB promised
 
 
 # ----------------------------------------------------------------- fuzzing

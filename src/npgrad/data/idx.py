@@ -46,7 +46,7 @@ GZIP_MAX_RATIO = 1032
 # Refuse payloads above this unless the caller raises it: 21 times full MNIST.
 MAX_BYTES = 1 << 30
 _CHUNK = 1 << 20  # inflate and copy in 1 MiB steps
-_FIRST_BUFFER = 64 << 20  # grown by doubling beyond this, as data really arrives
+_FIRST_BUFFER = 16 << 20  # grown by doubling beyond this, as data really arrives
 _MAX_DIMS = 32
 
 
@@ -117,7 +117,7 @@ def _read_payload(
 ) -> np.ndarray:
     """Exactly ``nbytes`` from ``f`` into a uint8 array that grows only as data arrives.
 
-    The array starts at 64 MiB at most and doubles as needed, so memory follows
+    The array starts at 16 MiB at most and doubles as needed, so memory follows
     the data actually inflated, not the size a header claims.
     """
     buf = np.empty(min(nbytes, _FIRST_BUFFER), np.uint8)
