@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import math
@@ -307,10 +308,15 @@ def all_ops() -> dict[str, type[Op]]:
     An op registers itself when its module is imported; this makes sure every
     module that defines ops is, so no checker (or the docs) misses one.
     """
+    _load_op_modules()
+    return OPS
+
+
+@functools.cache
+def _load_op_modules() -> None:
     for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
         if module.name == "ops" or module.name.startswith("ops_"):
             importlib.import_module(f"{__package__}.{module.name}")
-    return OPS
 
 
 def _spec(name: str) -> OpSpec:

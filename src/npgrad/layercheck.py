@@ -207,8 +207,9 @@ def _real_array(value: Any, what: str, expected: str) -> np.ndarray:
 class _UserCode:
     """Calls into the user's class, each call in a named phase, failures made into messages."""
 
-    def __init__(self, factory: Callable[[], Any], source: str | None,
-                 progress: Callable[[str], None] | None) -> None:  # fmt: skip
+    def __init__(
+        self, factory: Callable[[], Any], source: str | None, progress: Callable[[str], None] | None
+    ) -> None:
         self.factory = factory
         self.source = source
         self.progress = progress or (lambda phase: None)
@@ -240,8 +241,9 @@ class _UserCode:
             )
         return layer, _real_array(y, "forward returned", "a NumPy array (the output)")
 
-    def backward(self, xs: Sequence[np.ndarray], g: np.ndarray, phase: str = "backward"
-                 ) -> list[np.ndarray]:  # fmt: skip
+    def backward(
+        self, xs: Sequence[np.ndarray], g: np.ndarray, phase: str = "backward"
+    ) -> list[np.ndarray]:
         layer, _ = self.forward(xs)
         result = self.call(phase, layer.backward, g.copy())
         shapes = [x.shape for x in xs]
@@ -263,7 +265,7 @@ class _UserCode:
                 item,
                 f"backward returned, as the gradient of input {i},",
                 f"an array of shape {shape}",
-            )  # fmt: skip
+            )
             for i, (item, shape) in enumerate(zip(items, shapes))
         ]
 
@@ -300,14 +302,22 @@ def domains_for(name: str) -> tuple[Domain, ...]:
     return spec.domains if spec is not None else (OTHER_DOMAINS[word],)
 
 
-def _inputs_for(name: str, shapes: Sequence[tuple[int, ...]], rng: np.random.Generator
-                ) -> list[np.ndarray]:  # fmt: skip
+def _inputs_for(
+    name: str, shapes: Sequence[tuple[int, ...]], rng: np.random.Generator
+) -> list[np.ndarray]:
     domains = domains_for(name)
     return [domains[min(i, len(domains) - 1)].sample(rng, s) for i, s in enumerate(shapes)]
 
 
-def _diagnose(got: np.ndarray, want: np.ndarray, x: np.ndarray, g: np.ndarray, y: np.ndarray,
-              local: np.ndarray | None, batch: int = 0) -> str | None:  # fmt: skip
+def _diagnose(
+    got: np.ndarray,
+    want: np.ndarray,
+    x: np.ndarray,
+    g: np.ndarray,
+    y: np.ndarray,
+    local: np.ndarray | None,
+    batch: int = 0,
+) -> str | None:
     """Name the mistake when the wrong gradient has a recognisable shape."""
 
     def close(a: np.ndarray, b: np.ndarray) -> bool:
@@ -319,8 +329,10 @@ def _diagnose(got: np.ndarray, want: np.ndarray, x: np.ndarray, g: np.ndarray, y
                 return f"transposed gradient: backward returns shape {got.shape}, the input is {want.shape}; transpose it"
             return f"wrong shape: {got.shape} looks transposed (the input is {want.shape})"
         if got.ndim == want.ndim + 1 and got.shape[1:] == want.shape:
-            return (f"missing sum over the batch: backward returns one gradient per sample, shape "
-                    f"{got.shape}; sum over axis 0 to get {want.shape}")  # fmt: skip
+            return (
+                f"missing sum over the batch: backward returns one gradient per sample, shape "
+                f"{got.shape}; sum over axis 0 to get {want.shape}"
+            )
         if got.size == want.size:
             return f"wrong shape: {got.shape} instead of {want.shape} (right number of elements: a reshape or transpose?)"
         return f"wrong shape: backward returns {got.shape}, the input has shape {want.shape}"
@@ -329,16 +341,22 @@ def _diagnose(got: np.ndarray, want: np.ndarray, x: np.ndarray, g: np.ndarray, y
     if close(-got, want):
         return "sign error: the gradient has the right size but the opposite sign"
     if g.shape == got.shape and close(got, g) and not close(want, g):
-        return ("gradient ignores the mask: it passes the upstream gradient everywhere, "
-                "also where the input was not active (multiply by the mask)")  # fmt: skip
+        return (
+            "gradient ignores the mask: it passes the upstream gradient everywhere, "
+            "also where the input was not active (multiply by the mask)"
+        )
     if g.shape == got.shape:
         blocked = np.isclose(want, 0, atol=ATOL) & ~np.isclose(g, 0, atol=ATOL)
         if blocked.any() and close(got[~blocked], want[~blocked]):
-            return ("gradient ignores the mask: it is non-zero where the forward blocked the input "
-                    f"({int(blocked.sum())} elements)")  # fmt: skip
+            return (
+                "gradient ignores the mask: it is non-zero where the forward blocked the input "
+                f"({int(blocked.sum())} elements)"
+            )
     if local is not None and close(got, local):
-        return ("forgot to multiply by the upstream gradient: backward returns the local derivative "
-                "(right for grad_y = ones), not grad_y times it")  # fmt: skip
+        return (
+            "forgot to multiply by the upstream gradient: backward returns the local derivative "
+            "(right for grad_y = ones), not grad_y times it"
+        )
     ratio = got[np.abs(want) > 1e-8] / want[np.abs(want) > 1e-8]
     if ratio.size and np.allclose(ratio, ratio[0], rtol=1e-4) and not np.isclose(ratio[0], 1):
         c = float(ratio[0])
@@ -362,8 +380,9 @@ def _reference_class(name: str) -> type[reference_layers.Layer] | None:
     return None
 
 
-def _reference_compare(name: str, user: _UserCode, xs: list[np.ndarray], g: np.ndarray,
-                       use_torch: bool) -> dict[str, str]:  # fmt: skip
+def _reference_compare(
+    name: str, user: _UserCode, xs: list[np.ndarray], g: np.ndarray, use_torch: bool
+) -> dict[str, str]:
     ref_cls = _reference_class(name)
     if ref_cls is None:
         return {}
@@ -375,8 +394,9 @@ def _reference_compare(name: str, user: _UserCode, xs: list[np.ndarray], g: np.n
         rg = ref.backward(g.copy())
         return rg if isinstance(rg, tuple) else (rg,)
 
-    out = {"npgrad": _verdict(y, grads, lambda: ref.forward(*[x.copy() for x in xs]),
-                              npgrad_backward)}  # fmt: skip
+    out = {
+        "npgrad": _verdict(y, grads, lambda: ref.forward(*[x.copy() for x in xs]), npgrad_backward)
+    }
     if use_torch and not out["npgrad"].startswith("not compared"):
         try:
             import torch
@@ -397,8 +417,12 @@ def _reference_compare(name: str, user: _UserCode, xs: list[np.ndarray], g: np.n
     return out
 
 
-def _verdict(y: np.ndarray, grads: Sequence[np.ndarray], forward: Callable[[], Any],
-             backward: Callable[[], Sequence[Any]]) -> str:  # fmt: skip
+def _verdict(
+    y: np.ndarray,
+    grads: Sequence[np.ndarray],
+    forward: Callable[[], Any],
+    backward: Callable[[], Sequence[Any]],
+) -> str:
     """Compare the user's output and gradients with a reference's, computed by the callables."""
     try:
         if not agrees(y, forward(), 1e-9, 1e-7):
@@ -440,8 +464,13 @@ def check_layer(
     return report
 
 
-def _check(report: LayerReport, user: _UserCode, shapes: Sequence[Sequence[int]] | None,
-           seed: int, use_torch: bool) -> None:  # fmt: skip
+def _check(
+    report: LayerReport,
+    user: _UserCode,
+    shapes: Sequence[Sequence[int]] | None,
+    seed: int,
+    use_torch: bool,
+) -> None:
     """Fill ``report``; raises :class:`_Stop` when the user's code ends the check early."""
     name = report.name
     rng = np.random.default_rng(seed)
@@ -496,9 +525,14 @@ def _check(report: LayerReport, user: _UserCode, shapes: Sequence[Sequence[int]]
         if not r.passed:
             loc = local[i]
             r.diagnosis = _diagnose(
-                got, want, x, g, y, loc if loc is not None and loc.shape == want.shape else None,
+                got,
+                want,
+                x,
+                g,
+                y,
+                loc if loc is not None and loc.shape == want.shape else None,
                 batch=xs[0].shape[0] if xs[0].ndim > 1 else 0,
-            )  # fmt: skip
+            )
         report.inputs.append(r)
     report.passed = all(r.passed for r in report.inputs)
     report.reference = _reference_compare(name, user, xs, g, use_torch)
@@ -540,9 +574,11 @@ def load_layer_classes(path: str | Path) -> tuple[list[type], str | None]:
     classes = [
         obj
         for obj in vars(module).values()
-        if inspect.isclass(obj) and obj.__module__ == module_name
-        and callable(getattr(obj, "forward", None)) and callable(getattr(obj, "backward", None))
-    ]  # fmt: skip
+        if inspect.isclass(obj)
+        and obj.__module__ == module_name
+        and callable(getattr(obj, "forward", None))
+        and callable(getattr(obj, "backward", None))
+    ]
     return classes, None
 
 
@@ -578,8 +614,9 @@ def _check_file_here(job: dict[str, Any], emit: Callable[[dict[str, Any]], None]
             emit({"event": "phase", "cls": name, "phase": phase})
 
         shapes = job["shapes"].get(name)
-        report = check_layer(cls, shapes, job["seed"], job["use_torch"], source=path,
-                             progress=progress)  # fmt: skip
+        report = check_layer(
+            cls, shapes, job["seed"], job["use_torch"], source=path, progress=progress
+        )
         emit({"event": "report", "report": report.to_dict()})
 
 

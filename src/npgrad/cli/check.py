@@ -65,8 +65,10 @@ def run(args: argparse.Namespace) -> int:
         print(r)
     passed = sum(r.passed for r in reports)
     why = "--no-torch" if args.no_torch else "PyTorch not installed"
-    print(f"\n{passed} of {len(reports)} layer classes passed"
-          + ("" if use_torch else f" ({why}: numerical checks only)"))  # fmt: skip
+    print(
+        f"\n{passed} of {len(reports)} layer classes passed"
+        + ("" if use_torch else f" ({why}: numerical checks only)")
+    )
     return 0 if passed == len(reports) else 1
 
 
