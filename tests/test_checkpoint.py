@@ -16,8 +16,10 @@ from npgrad import checkpoint as ckpt
 from npgrad.errors import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]
-# Mutations per CI run (the whole file stays under ~10 s); set NPGRAD_FUZZ_EXAMPLES for more.
+# Mutations per CI run (the whole file stays under ~10 s); NPGRAD_FUZZ_EXAMPLES=30000 (and
+# NPGRAD_FUZZ_SEED) for a longer local run.
 EXAMPLES = int(os.environ.get("NPGRAD_FUZZ_EXAMPLES", "600"))
+SEED = os.environ.get("NPGRAD_FUZZ_SEED", "0")
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +147,17 @@ def test_an_npy_header_promising_more_than_the_entry_holds(tmp_path):
     with zipfile.ZipFile(tmp_path / "c.npz", "w") as zf:
         zf.writestr("param/w.npy", header.getvalue() + bytes(80))
     with pytest.raises(CheckpointError, match=r"declares shape \(1000000000000,\) of float64"):
+        ckpt.load(tmp_path / "c.npz")
+
+
+def test_an_npy_header_with_a_bytes_key(tmp_path):
+    """Found by the long fuzz run (seed 1, example 11463): NumPy's parser raised TypeError."""
+    header = b"{b'descr': '<f8', 'fortran_order': False, 'shape': (10,), }".ljust(117) + b"\n"
+    with zipfile.ZipFile(tmp_path / "c.npz", "w") as zf:
+        zf.writestr(
+            "param/w.npy", b"\x93NUMPY\x01\x00" + struct.pack("<H", 118) + header + bytes(80)
+        )
+    with pytest.raises(CheckpointError, match="unreadable .npy header"):
         ckpt.load(tmp_path / "c.npz")
 
 
@@ -293,7 +306,7 @@ def fuzz(checkpoint: str, workdir: str, examples: str, seed: str) -> None:
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="memory bound needs Linux")
 def test_mutated_checkpoints_raise_only_checkpoint_error(real_checkpoint, tmp_path):
     code = "import sys; from tests.test_checkpoint import fuzz; fuzz(*sys.argv[1:])"
-    args = [str(real_checkpoint), str(tmp_path), str(EXAMPLES), "0"]
+    args = [str(real_checkpoint), str(tmp_path), str(EXAMPLES), SEED]
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60 + EXAMPLES // 10)  # fmt: skip

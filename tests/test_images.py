@@ -279,6 +279,11 @@ def _huge_npy_header(path):
         )
 
 
+def _bytes_key_npy(path):
+    header = b"{b'descr': '<f8', 'fortran_order': False, 'shape': (28, 28), }".ljust(117) + b"\n"
+    path.write_bytes(b"\x93NUMPY\x01\x00" + struct.pack("<H", 118) + header + bytes(6272))
+
+
 def _truncated_npy(path):
     np.save(path, np.ones((40, 40)))
     path.write_bytes(path.read_bytes()[:-100])
@@ -311,6 +316,7 @@ REFUSALS = [
     ("5ch.npy", _npy(np.ones((9, 9, 5))), ImageError, "not a picture"),
     ("huge-header.npy", _huge_npy_header, ImageError, "too large to be a digit"),
     ("truncated.npy", _truncated_npy, ImageError, "truncated or damaged"),
+    ("bytes-key.npy", _bytes_key_npy, ImageError, "damaged .npy header (unreadable .npy header"),
     ("huge.png", lambda p: png_header_only(p, 30000, 30000), ImageError, "too large to be a digit"),
     ("wide.png", lambda p: png_header_only(p, 5000, 10), ImageError, "5000x10 pixels is too large"),
     ("white.png", _png(white), BlankImageError, "blank, no digit found"),

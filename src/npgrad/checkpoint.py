@@ -153,17 +153,28 @@ def _printable(text: str) -> str:
     return "".join(c if c.isprintable() else "?" for c in text)
 
 
-def _read_entry(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
-    """One .npy entry: header parsed, object arrays refused, data length checked, then read."""
+def npy_header(f: Any) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """``(shape, fortran_order, dtype)`` of the .npy stream ``f``; ValueError if damaged.
+
+    NumPy's parser raises TypeError, not ValueError, on some damaged headers
+    (a key written as bytes: found by the fuzz tests); both mean the same here.
+    """
     fmt = np.lib.format
-    with zf.open(info) as f:
+    try:
         version = fmt.read_magic(f)
         if version == (1, 0):
-            shape, fortran, dtype = fmt.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, fortran, dtype = fmt.read_array_header_2_0(f)
-        else:
-            raise ValueError(f".npy version {version}")
+            return fmt.read_array_header_1_0(f)
+        if version == (2, 0):
+            return fmt.read_array_header_2_0(f)
+    except TypeError as exc:
+        raise ValueError(f"unreadable .npy header ({exc})") from None
+    raise ValueError(f".npy format version {version} is not supported")
+
+
+def _read_entry(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
+    """One .npy entry: header parsed, object arrays refused, data length checked, then read."""
+    with zf.open(info) as f:
+        shape, fortran, dtype = npy_header(f)
         if dtype.hasobject:
             raise CheckpointError(
                 f"{path}: contains pickled objects; npgrad never loads pickles (unsafe)"

@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .checkpoint import npy_header
 from .errors import BlankImageError, ImageError
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".npy")
@@ -200,18 +201,9 @@ def _check_size(name: str, height: int, width: int) -> None:
 
 def _read_npy(p: Path) -> np.ndarray:
     """A .npy array, its header checked before any data is read: no pickle, no huge allocation."""
-    fmt = np.lib.format
     try:
         with open(p, "rb") as f:
-            version = fmt.read_magic(f)
-            if version == (1, 0):
-                shape, fortran, dtype = fmt.read_array_header_1_0(f)
-            elif version == (2, 0):
-                shape, fortran, dtype = fmt.read_array_header_2_0(f)
-            else:
-                raise ImageError(
-                    f"{p}: .npy format version {version} not supported; use numpy.save"
-                )
+            shape, fortran, dtype = npy_header(f)
             if dtype.hasobject:
                 raise ImageError(
                     f"{p}: holds Python objects, which npgrad never unpickles; save numbers "
