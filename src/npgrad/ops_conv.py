@@ -324,13 +324,20 @@ def _max_along(a: Array, axis: int, taps: list[slice]) -> tuple[Array, Array]:
     before it, so the winner is the largest t that won: a running ``maximum`` of
     ``t * won`` tracks it without masked assignment (which is far slower).
     """
-    m = _along(a, axis, taps[0]).copy()
-    idx = np.zeros(m.shape, dtype=np.uint8 if len(taps) < 256 else np.int32)
-    for t, sl in enumerate(taps[1:], start=1):
+    if len(taps) == 1:
+        m = _along(a, axis, taps[0]).copy()
+        return m, np.zeros(m.shape, dtype=np.uint8)
+    v0, v1 = _along(a, axis, taps[0]), _along(a, axis, taps[1])
+    idx = (v1 > v0).view(np.uint8)  # strictly: a tie keeps the earlier offset
+    m = np.maximum(v0, v1)  # NaN propagates, as in PyTorch
+    if len(taps) > 255:
+        idx = idx.astype(np.int32)
+    for t, sl in enumerate(taps[2:], start=2):
         v = _along(a, axis, sl)
-        won = v > m  # strictly: a tie keeps the earlier offset
-        np.maximum(idx, won.astype(idx.dtype) * idx.dtype.type(t), out=idx)
-        np.maximum(m, v, out=m)  # NaN propagates, as in PyTorch
+        won = (v > m).astype(idx.dtype)
+        won *= idx.dtype.type(t)
+        np.maximum(idx, won, out=idx)
+        np.maximum(m, v, out=m)
     return m, idx
 
 
