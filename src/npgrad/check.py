@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
 import importlib
 import importlib.util
@@ -321,7 +322,11 @@ def _load_op_modules() -> None:
 
 def _spec(name: str) -> OpSpec:
     if name not in all_ops():
-        raise GradcheckError(f"unknown op {name!r}; known: {', '.join(sorted(OPS))}")
+        close = difflib.get_close_matches(name, list(OPS), n=3)
+        hint = "did you mean " + " or ".join(map(repr, close)) + "?"
+        if not close:
+            hint = "'npgrad gradcheck' without --op lists every op"
+        raise GradcheckError(f"unknown op {name!r}; {hint}")
     spec = OPS[name].spec
     if spec is None:
         raise GradcheckError(

@@ -35,7 +35,8 @@ def test_fails_when_an_op_backward_is_wrong(monkeypatch, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--op", "nope"], "unknown op 'nope'"),
+        (["--op", "nope"], "unknown op 'nope'; 'npgrad gradcheck' without --op lists every op"),
+        (["--op", "sofmax"], "unknown op 'sofmax'; did you mean 'softmax' or"),
         (["--cases", "0"], "cases per op must be a whole number >= 1, not 0"),
         (["--cases", "-2"], "cases per op must be a whole number >= 1, not -2"),
         (["--seed", "-1"], "the seed must be a whole number >= 0, not -1"),
