@@ -1,0 +1,46 @@
+"""``npgrad serve``: a local page to draw a digit and watch the network answer."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import formatter
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import ServeError
+    from ..serve import serve
+
+    if not 0 <= args.port <= 65535:
+        raise ServeError(f"--port must be from 0 to 65535 (0 picks a free port), got {args.port}")
+    serve(args.run, host=args.host, port=args.port, verbose=args.verbose)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="a web page to draw a digit and see the network's answer",
+        description="Serve a page where you draw a digit (mouse or touch) and see the\n"
+        "predicted class, every class's probability, the 28x28 picture the network\n"
+        "sees and its hidden layer's activations, updated as you draw. The drawing\n"
+        "is normalised as 'npgrad predict' normalises pictures. Only this computer\n"
+        "can reach the page unless --host says otherwise. Ctrl-C stops the server.",
+        epilog="""\
+examples:
+  npgrad serve runs/mnist-default                 # then open http://127.0.0.1:8000/
+  npgrad serve runs/mnist-default --port 8080
+  npgrad serve runs/mnist-default --host 0.0.0.0  # reachable from the network: trusted ones only""",
+        formatter_class=formatter,
+    )
+    p.add_argument("run", help="run directory of 'npgrad train' (or its checkpoint.npz)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this computer)",
+    )
+    p.add_argument(
+        "--port", type=int, default=8000, help="port to listen on (default 8000; 0: any free port)"
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log every request")
+    p.set_defaults(func=run)

@@ -1,0 +1,313 @@
+"""``npgrad serve``: a local page to draw a digit and watch the network answer.
+
+Python's standard HTTP server, one thread per client, and one static page
+(``static/serve.html``: its script and style inline, nothing loaded from
+elsewhere). The page sends the drawing to one JSON endpoint and shows what
+comes back:
+
+``GET /``
+    the page.
+``GET /api/info``
+    the model: classes, input shape, a one-line description, the hidden layer shown.
+``POST /api/predict``
+    body ``{"width": W, "height": H, "pixels": base64}`` where ``pixels`` holds
+    ``W * H`` grey bytes row by row (the canvas, any polarity). The drawing goes
+    through :func:`npgrad.images.preprocess`, as ``npgrad predict``'s pictures
+    do; the answer holds the predicted class, every class's probability, the
+    28x28 the network saw and the first hidden layer's activations (for a
+    convolutional network, the first layer's feature maps).
+
+Anything else is a 4xx answer with a JSON ``{"error": message}``: unknown
+paths 404 (no file is ever read from a request's path), a body over
+:data:`MAX_BODY` 413, no length 411, malformed JSON or fields 400, a drawing
+with no digit in it 422. The server binds 127.0.0.1 unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import errno
+import json
+import socket
+import sys
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from . import nn, ops
+from .autodiff import Tensor, no_grad
+from .errors import ImageError, ServeError
+
+__all__ = ["MAX_BODY", "MAX_SIDE", "Predictor", "make_server", "serve"]
+
+MAX_SIDE = 560  # the page's canvas is 280x280; twice that leaves room for other clients
+MAX_BODY = 512 * 1024  # a 560x560 drawing is 418 KiB in base64
+DRAIN = 4 * MAX_BODY  # an oversized body up to this is read and dropped so the client gets the 413
+TIMEOUT = 10.0  # seconds a client may take to send its request: a stalled one frees its thread
+_ACTIVATIONS = tuple(nn.ACTIVATIONS.values())
+
+
+class Predictor:
+    """A trained network answering drawings: the class, probabilities, and what it computed."""
+
+    def __init__(self, run: Any) -> None:
+        from .export import as_sequential, input_spec
+        from .images import recipe_for
+        from .models import load_for_inference
+
+        model, meta = load_for_inference(run)
+        self.net = as_sequential(model)
+        self.net.eval()  # for good: every request is inference
+        spec = input_spec(self.net, meta)
+        self.classes = [str(c) for c in meta["classes"]]
+        self.shape = tuple(spec["image_shape"])
+        self.input_shape = tuple(spec["shape"][1:])
+        self.recipe = recipe_for(self.shape, self.classes)
+        self.dtype = next(iter(self.net.state_dict().values())).dtype
+        self.describe = model.describe()
+        self.hidden_index = next(
+            (i for i, m in enumerate(self.net.layers[:-1]) if isinstance(m, _ACTIVATIONS)), None
+        )
+        # no_grad is a process-wide switch: one forward pass at a time (each takes a millisecond).
+        self._lock = threading.Lock()
+
+    def info(self) -> dict[str, Any]:
+        hidden = None
+        if self.hidden_index is not None:
+            layer = self.net.layers[self.hidden_index]
+            hidden = f"layer {self.hidden_index} ({type(layer).__name__})"
+        return {
+            "classes": self.classes,
+            "image_shape": list(self.shape),
+            "model": self.describe,
+            "hidden": hidden,
+        }
+
+    def predict(self, drawing: np.ndarray) -> dict[str, Any]:
+        """The answer for one picture (H, W); :class:`ImageError` if it holds no digit."""
+        from .images import preprocess
+
+        x = preprocess(drawing, self.shape, self.recipe, name="drawing")
+        h = Tensor(x.reshape(1, *self.input_shape).astype(self.dtype))
+        hidden = None
+        with self._lock, no_grad():
+            for i, layer in enumerate(self.net.layers):
+                h = layer(h)
+                if i == self.hidden_index:
+                    hidden = h.data[0]
+        probs = ops.Softmax.forward(h.data.astype(np.float64), axis=1)[0][0]
+        best = int(np.argmax(probs))
+        answer: dict[str, Any] = {
+            "prediction": self.classes[best],
+            "class_index": best,
+            "probabilities": [round(float(p), 6) for p in probs],
+            "input": [round(float(v), 3) for v in x.ravel()],
+            "hidden": None,
+        }
+        if hidden is not None:
+            answer["hidden"] = {
+                "shape": list(hidden.shape),
+                "values": [round(float(v), 4) for v in hidden.ravel()],
+            }
+        return answer
+
+
+class _Reject(Exception):
+    def __init__(self, status: HTTPStatus, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _page() -> bytes:
+    return resources.files("npgrad").joinpath("static", "serve.html").read_bytes()
+
+
+class Handler(BaseHTTPRequestHandler):
+    server_version = "npgrad"
+    sys_version = ""  # the Server header names npgrad, not the Python version
+    timeout = TIMEOUT
+    server: _Server
+
+    # ---------------------------------------------------------------- answers
+
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header(
+            "Content-Security-Policy",
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+            "connect-src 'self'; img-src 'self' data:",
+        )
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, status: int, obj: Any) -> None:
+        self._send(status, json.dumps(obj).encode(), "application/json")
+
+    def _error(self, status: HTTPStatus, message: str) -> None:
+        self._json(status, {"error": message})
+
+    def log_message(self, format: str, *args: Any) -> None:
+        if self.server.verbose:
+            super().log_message(format, *args)
+
+    # ---------------------------------------------------------------- methods
+
+    def do_GET(self) -> None:
+        path = urlsplit(self.path).path
+        if path in ("/", "/index.html"):
+            self._send(HTTPStatus.OK, self.server.page, "text/html; charset=utf-8")
+        elif path == "/api/info":
+            self._json(HTTPStatus.OK, self.server.predictor.info())
+        else:
+            self._error(HTTPStatus.NOT_FOUND, f"no such page: {path[:100]}; the page is at /")
+
+    def do_POST(self) -> None:
+        path = urlsplit(self.path).path
+        try:
+            if path != "/api/predict":
+                self.close_connection = True
+                raise _Reject(HTTPStatus.NOT_FOUND, "POST drawings to /api/predict")
+            drawing = self._drawing(self._body())
+        except _Reject as exc:
+            self._error(exc.status, str(exc))
+            return
+        try:
+            answer = self.server.predictor.predict(drawing)
+        except ImageError as exc:
+            self._error(HTTPStatus.UNPROCESSABLE_ENTITY, str(exc))
+            return
+        self._json(HTTPStatus.OK, answer)
+
+    def _method_not_allowed(self) -> None:
+        self.close_connection = True
+        self._error(HTTPStatus.METHOD_NOT_ALLOWED, f"{self.command} is not served here")
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _method_not_allowed
+
+    # ---------------------------------------------------------------- reading a request
+
+    def _body(self) -> bytes:
+        raw = self.headers.get("Content-Length")
+        if raw is None:
+            self.close_connection = True
+            raise _Reject(HTTPStatus.LENGTH_REQUIRED, "send a Content-Length header")
+        try:
+            length = int(raw)
+            if length < 0:
+                raise ValueError
+        except ValueError:
+            self.close_connection = True
+            raise _Reject(HTTPStatus.BAD_REQUEST, f"bad Content-Length {raw[:40]!r}") from None
+        if length > MAX_BODY:
+            self.close_connection = True
+            if length <= DRAIN:  # read it, so that the client is listening when the 413 comes
+                self._read(length)
+            raise _Reject(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                f"request of {length:,} bytes is over the limit of {MAX_BODY:,}",
+            )
+        body = self._read(length)
+        if len(body) < length:
+            self.close_connection = True
+            raise _Reject(HTTPStatus.BAD_REQUEST, "the request body ended early")
+        return body
+
+    def _read(self, length: int) -> bytes:
+        try:
+            return self.rfile.read(length)
+        except (TimeoutError, OSError):
+            self.close_connection = True
+            raise _Reject(HTTPStatus.REQUEST_TIMEOUT, "the request body did not arrive") from None
+
+    def _drawing(self, body: bytes) -> np.ndarray:
+        try:
+            req = json.loads(body)
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            raise _Reject(HTTPStatus.BAD_REQUEST, "the body is not JSON") from None
+        if not isinstance(req, dict):
+            raise _Reject(HTTPStatus.BAD_REQUEST, "send a JSON object {width, height, pixels}")
+        w, h, pixels = req.get("width"), req.get("height"), req.get("pixels")
+        for name, v in (("width", w), ("height", h)):
+            if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= MAX_SIDE:
+                raise _Reject(
+                    HTTPStatus.BAD_REQUEST, f"{name} must be an integer from 1 to {MAX_SIDE}"
+                )
+        if not isinstance(pixels, str):
+            raise _Reject(HTTPStatus.BAD_REQUEST, "pixels must be a base64 string of grey bytes")
+        try:
+            raw = base64.b64decode(pixels, validate=True)
+        except (binascii.Error, ValueError):
+            raise _Reject(HTTPStatus.BAD_REQUEST, "pixels is not valid base64") from None
+        if len(raw) != w * h:
+            raise _Reject(
+                HTTPStatus.BAD_REQUEST,
+                f"pixels holds {len(raw)} bytes, width x height is {w * h}",
+            )
+        return np.frombuffer(raw, np.uint8).reshape(h, w)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True  # a client that never finishes does not hold up Ctrl-C
+    predictor: Predictor
+    page: bytes
+    verbose: bool
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+def make_server(
+    predictor: Predictor, host: str = "127.0.0.1", port: int = 8000, verbose: bool = False
+) -> _Server:
+    """A bound server (``serve_forever()`` runs it); port 0 picks a free port."""
+    cls = _Server6 if ":" in host else _Server
+    try:
+        server = cls((host, port), Handler)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ServeError(
+                f"port {port} on {host} is in use: choose another with --port (0 picks a free one)"
+            ) from None
+        if exc.errno == errno.EACCES:
+            raise ServeError(
+                f"not allowed to listen on port {port} (ports below 1024 need privileges): "
+                "choose another with --port"
+            ) from None
+        reason = exc.strerror or str(exc)
+        raise ServeError(f"cannot listen on {host} port {port} ({reason}); check --host") from None
+    except (OverflowError, UnicodeError) as exc:
+        raise ServeError(f"cannot listen on {host!r} port {port} ({exc})") from None
+    server.predictor, server.page, server.verbose = predictor, _page(), verbose
+    return server
+
+
+def url_of(server: _Server) -> str:
+    host, port = server.server_address[:2]
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+def serve(run: Any, host: str = "127.0.0.1", port: int = 8000, verbose: bool = False) -> None:
+    """Serve the page for the checkpoint in ``run`` until Ctrl-C."""
+    predictor = Predictor(run)
+    server = make_server(predictor, host, port, verbose)
+    try:
+        print(f"npgrad serve: {predictor.describe}", flush=True)
+        print(f"npgrad serve: open {url_of(server)} (Ctrl-C stops)", flush=True)
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("npgrad serve: stopped", file=sys.stderr, flush=True)
+    finally:
+        server.server_close()
