@@ -178,10 +178,9 @@ def _parse(name: str, header: bytes, data: bytes) -> tuple[dict[str, np.ndarray]
 
 def _entry(name: str, key: str, entry: object) -> tuple[int, int, np.dtype, tuple[int, ...]]:
     where = f"{name}: tensor {key!r}"
-    if not key:
-        raise SafetensorsError(f"{name}: a tensor has an empty name")
-    if not isinstance(entry, dict) or set(entry) != _ENTRY_KEYS:
-        raise SafetensorsError(f"{where}: entry must have exactly dtype, shape and data_offsets")
+    # Other keys are ignored, as the reference implementation ignores them.
+    if not isinstance(entry, dict) or not _ENTRY_KEYS <= set(entry):
+        raise SafetensorsError(f"{where}: entry must have dtype, shape and data_offsets")
     dtype_name, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
     if dtype_name not in DTYPES:
         raise SafetensorsError(
