@@ -219,7 +219,7 @@ def bench(
 def exercise_preset_vs_naive(x: np.ndarray, y: np.ndarray, epochs: int) -> dict:
     """The exercise preset's training step against the exercise's own code, same start."""
     cfg = make_config("exercise")
-    ours = ExerciseModel(cfg, x.shape[1], 10)
+    ours = ExerciseModel(cfg, (x.shape[1],), 10)
     theirs = naive.make_model(naive)(ours.W1.copy(), ours.W2.copy())
     x1 = naive.add_ones_column(x.astype(np.float64))
     onehot = np.eye(10)[y]

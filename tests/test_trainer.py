@@ -154,7 +154,7 @@ def test_exercise_preset_matches_an_independent_computation(mnist10k, tmp_path):
 def test_exercise_preset_matches_the_exercise_for_all_50_epochs(mnist10k):
     from npgrad.models import ExerciseModel
 
-    ours = ExerciseModel(make_config("exercise"), 784, 10)
+    ours = ExerciseModel(make_config("exercise"), (28, 28), 10)
     theirs = naive.make_model(naive)(ours.W1.copy(), ours.W2.copy())
     x = naive.add_ones_column(mnist10k.train_images / 255.0)
     onehot = np.eye(10)[mnist10k.train_labels]
@@ -294,3 +294,23 @@ def test_digits_default_preset_reaches_96_percent(tmp_path):
     # A 3-nearest-neighbour classifier reaches 96.7% on this split; the preset must be close.
     final = quiet(make_config("default", dataset="digits"), tmp_path).fit()
     assert final["test_accuracy"] >= 0.96, final
+
+
+def test_cnn_resume_is_bit_exact_with_batch_norm_buffers(tmp_path):
+    def cfg():
+        return make_config("cnn", dataset="digits", epochs=2, channels=[4, 8], hidden=[16],
+                           batch_size=64)  # fmt: skip
+
+    quiet(cfg(), tmp_path / "a").fit()
+
+    def stop(epoch, step):
+        if (epoch, step) == (1, 10):
+            trainer.request_stop()
+
+    trainer = quiet(cfg(), tmp_path / "b", step_hook=stop)
+    with pytest.raises(Interrupted):
+        trainer.fit()
+    resume(tmp_path / "b").fit()
+    assert_same_run(tmp_path / "a", tmp_path / "b")
+    params = final_state(tmp_path / "b")[0]
+    assert "1.running_mean" in params and "1.running_var" in params

@@ -27,8 +27,8 @@ from typing import Any
 
 from .errors import CheckpointError, ConfigError
 
-MODELS = ("mlp", "exercise")
-PRESETS = ("default", "plain", "exercise")
+MODELS = ("mlp", "cnn", "exercise")
+PRESETS = ("default", "plain", "cnn", "exercise")
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
 ACTIVATIONS = ("relu", "sigmoid", "tanh")
@@ -157,6 +157,14 @@ def _hidden_ok(v: Any) -> str | None:
     return None
 
 
+def _channels_ok(v: Any) -> str | None:
+    return _hidden_ok(v) or (None if v else "needs at least one convolution block")
+
+
+def _odd_kernel(v: Any) -> str | None:
+    return _integer(1, 15)(v) or (None if v % 2 else f"must be odd, got {v}")
+
+
 def _anything(_v: Any) -> str | None:
     return None
 
@@ -238,18 +246,19 @@ OPTIONS: tuple[Option, ...] = (
         metavar="PIXELS",
         presets={"plain": 0, "exercise": 0},
         families={"fashion-mnist": 0},
-        models=("mlp",),
+        models=("mlp", "cnn"),
     ),
     # model
     Option(
         "model",
         "mlp",
-        "the kind of network: mlp, or exercise (the exercise's layer "
-        "classes, ones column as bias, full-batch gradient descent)",
+        "the kind of network: mlp (fully connected), cnn (convolution blocks, then a "
+        "fully connected head), or exercise (the exercise's layer classes, ones column as bias, "
+        "full-batch gradient descent)",
         "model",
         choices=MODELS,
         metavar="KIND",
-        presets={"exercise": "exercise"},
+        presets={"cnn": "cnn", "exercise": "exercise"},
     ),
     Option(
         "hidden",
@@ -259,8 +268,28 @@ OPTIONS: tuple[Option, ...] = (
         parse=parse_hidden,
         check=_hidden_ok,
         metavar="SIZES",
-        presets={"plain": [100], "exercise": [100]},
+        presets={"plain": [100], "cnn": [128], "exercise": [100]},
         families={"digits": [512]},
+    ),
+    Option(
+        "channels",
+        [32, 64],
+        "output channels of each convolution block, e.g. 16,32",
+        "model",
+        parse=parse_hidden,
+        check=_channels_ok,
+        metavar="SIZES",
+        models=("cnn",),
+    ),
+    Option(
+        "kernel",
+        3,
+        "convolution kernel size (odd: same padding keeps the image size)",
+        "model",
+        parse=_number(int),
+        check=_odd_kernel,
+        metavar="K",
+        models=("cnn",),
     ),
     Option(
         "activation",
@@ -269,7 +298,7 @@ OPTIONS: tuple[Option, ...] = (
         "model",
         choices=ACTIVATIONS,
         metavar="NAME",
-        models=("mlp",),
+        models=("mlp", "cnn"),
     ),
     Option(
         "dropout",
@@ -279,9 +308,9 @@ OPTIONS: tuple[Option, ...] = (
         parse=_number(float),
         check=_finite(0, 1, hi_open=True, what="a probability"),
         metavar="P",
-        presets={"plain": 0.0, "exercise": 0.0},
+        presets={"plain": 0.0, "cnn": 0.25, "exercise": 0.0},
         families={"digits": 0.5},
-        models=("mlp",),
+        models=("mlp", "cnn"),
     ),
     Option(
         "init",
@@ -291,7 +320,7 @@ OPTIONS: tuple[Option, ...] = (
         choices=INITS,
         metavar="NAME",
         presets={"exercise": "normal"},
-        models=("mlp",),
+        models=("mlp", "cnn"),
     ),
     Option(
         "dtype",
@@ -335,7 +364,7 @@ OPTIONS: tuple[Option, ...] = (
         "optimisation",
         choices=OPTIMIZERS,
         metavar="NAME",
-        models=("mlp",),
+        models=("mlp", "cnn"),
     ),
     Option(
         "lr",
@@ -356,7 +385,7 @@ OPTIONS: tuple[Option, ...] = (
         parse=_number(float),
         check=_finite(0, 1, hi_open=True),
         metavar="M",
-        models=("mlp",),
+        models=("mlp", "cnn"),
     ),
     Option(
         "weight_decay",
@@ -366,7 +395,7 @@ OPTIONS: tuple[Option, ...] = (
         parse=_number(float),
         check=_finite(0),
         metavar="WD",
-        models=("mlp",),
+        models=("mlp", "cnn"),
     ),
     Option(
         "schedule",
@@ -376,7 +405,7 @@ OPTIONS: tuple[Option, ...] = (
         choices=SCHEDULES,
         metavar="NAME",
         presets={"plain": "constant"},
-        models=("mlp",),
+        models=("mlp", "cnn"),
     ),
     Option(
         "warmup_epochs",
@@ -387,7 +416,7 @@ OPTIONS: tuple[Option, ...] = (
         check=_finite(0),
         flags=("--warmup",),
         metavar="EPOCHS",
-        models=("mlp",),
+        models=("mlp", "cnn"),
     ),
     Option(
         "clip",
@@ -397,7 +426,7 @@ OPTIONS: tuple[Option, ...] = (
         parse=_number(float),
         check=_finite(0),
         metavar="NORM",
-        models=("mlp",),
+        models=("mlp", "cnn"),
     ),
     Option(
         "seed",
@@ -603,6 +632,7 @@ def explicit_options(args: Any) -> dict[str, Any]:
 PRESET_HELP = {
     "default": "what we recommend: He init, Adam with a one-cycle schedule, random shifts, dropout",
     "plain": "plain Adam, no augmentation or regularisation: the baseline the default beats",
+    "cnn": "a convolutional network: conv blocks with batch norm and pooling, a small head",
     "exercise": "the exercise, exactly: layer classes, N(0,1) weights, ones column as bias, "
     "full-batch gradient descent on the summed loss",
 }

@@ -42,28 +42,17 @@ class Model(Protocol):
     def describe(self) -> str: ...
 
 
-class MLPModel:
-    """An :class:`~npgrad.nn.MLP` on the Tensor engine, with an optimizer and a schedule."""
+class NetModel:
+    """A network of :mod:`npgrad.nn` modules on the Tensor engine, with an optimizer and a
+    learning-rate schedule. Subclasses say how to build the network and shape its input."""
 
-    kind = "mlp"
+    kind = ""
 
-    def __init__(
-        self,
-        cfg: Any,
-        in_features: int,
-        classes: int,
-        steps_per_epoch: int,
-        rng: np.random.Generator,
-    ) -> None:
+    def __init__(self, cfg: Any, image_shape: tuple[int, ...], classes: int,
+                 steps_per_epoch: int, rng: np.random.Generator) -> None:  # fmt: skip
         self.cfg = cfg
-        self.net = nn.MLP(
-            [in_features, *cfg.hidden, classes],
-            activation=cfg.activation,
-            dropout=cfg.dropout,
-            init=cfg.init,
-            rng=np.random.default_rng(cfg.seed),
-            dtype=np.dtype(cfg.dtype),
-        )
+        self.image_shape = tuple(int(n) for n in image_shape)
+        self.net = self.build(cfg, self.image_shape, classes, np.random.default_rng(cfg.seed))
         self.net.set_rng(rng)  # dropout masks come from the run's generator (saved in checkpoints)
         params = self.net.parameters()
         name = cfg.optimizer
@@ -72,16 +61,19 @@ class MLPModel:
             self.opt: optim.Optimizer = cls(params, cfg.lr, weight_decay=cfg.weight_decay)
         else:
             momentum = 0.0 if name == "sgd" else cfg.momentum
-            self.opt = optim.SGD(
-                params,
-                cfg.lr,
-                momentum=momentum,
-                nesterov=name == "nesterov",
-                weight_decay=cfg.weight_decay,
-            )
+            self.opt = optim.SGD(params, cfg.lr, momentum=momentum, nesterov=name == "nesterov",
+                                 weight_decay=cfg.weight_decay)  # fmt: skip
         steps_total = steps_per_epoch * max(cfg.epochs, 1)
         warmup = int(cfg.warmup_epochs * steps_per_epoch)
         self.schedule = optim.make_schedule(cfg.schedule, cfg.lr, steps_total, warmup)
+
+    def build(self, cfg: Any, image_shape: tuple[int, ...], classes: int,
+              init: np.random.Generator) -> nn.Module:  # fmt: skip
+        raise NotImplementedError
+
+    def inputs(self, x: np.ndarray) -> Tensor:
+        """Flattened images (N, D) as the network's input."""
+        return Tensor(x)
 
     @property
     def lr(self) -> float:
@@ -92,7 +84,7 @@ class MLPModel:
 
     def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
         self.opt.lr = self.schedule(self.opt.steps)
-        logits = self.net(Tensor(x))
+        logits = self.net(self.inputs(x))
         loss = cross_entropy(logits, y)
         self.opt.zero_grad()
         loss.backward()
@@ -105,7 +97,7 @@ class MLPModel:
         self.net.eval()
         try:
             with no_grad():
-                logits = self.net(Tensor(x)).data
+                logits = self.net(self.inputs(x)).data
         finally:
             self.net.train()
         return ops.LogSoftmax.forward(logits, axis=1)[0]
@@ -122,9 +114,62 @@ class MLPModel:
     def load_optim_state(self, state: dict[str, np.ndarray]) -> None:
         self.opt.load_state_dict(state)
 
+
+class MLPModel(NetModel):
+    """A fully connected network, :class:`~npgrad.nn.MLP`."""
+
+    kind = "mlp"
+
+    def build(self, cfg: Any, image_shape: tuple[int, ...], classes: int,
+              init: np.random.Generator) -> nn.Module:  # fmt: skip
+        return nn.MLP([int(np.prod(image_shape)), *cfg.hidden, classes],
+                      activation=cfg.activation, dropout=cfg.dropout, init=cfg.init, rng=init,
+                      dtype=np.dtype(cfg.dtype))  # fmt: skip
+
     def describe(self) -> str:
         sizes = "-".join(str(s) for s in self.net.sizes)
         return f"MLP {sizes} ({self.net.num_parameters():,} parameters), {self.cfg.optimizer}"
+
+
+class CNNModel(NetModel):
+    """A convolutional network: per entry of ``channels`` a block conv (``kernel`` x
+    ``kernel``, same padding) -> batch norm -> activation -> 2x2 max pooling, then
+    flatten, dropout and a fully connected head with ``hidden`` layers."""
+
+    kind = "cnn"
+
+    def build(self, cfg: Any, image_shape: tuple[int, ...], classes: int,
+              init: np.random.Generator) -> nn.Module:  # fmt: skip
+        dtype = np.dtype(cfg.dtype)
+        act = nn.ACTIVATIONS[cfg.activation]
+        h, w = image_shape
+        layers: list[nn.Module] = []
+        c_in = 1
+        for c in cfg.channels:
+            layers += [nn.Conv2d(c_in, c, cfg.kernel, padding=cfg.kernel // 2, bias=False,
+                                 init=cfg.init, rng=init, dtype=dtype),
+                       nn.BatchNorm2d(c, dtype=dtype), act()]  # fmt: skip
+            if min(h, w) >= 2:
+                layers.append(nn.MaxPool2d(2))
+                h, w = h // 2, w // 2
+            c_in = c
+        layers.append(nn.Flatten())
+        if cfg.dropout > 0:
+            layers.append(nn.Dropout(cfg.dropout, rng=init))
+        head = nn.MLP([c_in * h * w, *cfg.hidden, classes], activation=cfg.activation,
+                      dropout=cfg.dropout, init=cfg.init, rng=init, dtype=dtype)  # fmt: skip
+        return nn.Sequential(*layers, *head.layers)
+
+    def inputs(self, x: np.ndarray) -> Tensor:
+        return Tensor(x.reshape(len(x), 1, *self.image_shape))
+
+    def describe(self) -> str:
+        blocks = "-".join(
+            f"conv{self.cfg.kernel}x{self.cfg.kernel}({c})" for c in self.cfg.channels
+        )
+        head = "-".join(str(s) for s in [*self.cfg.hidden, "out"])
+        return (f"CNN {blocks} with batch norm and pooling, head {head} "
+                f"({self.net.num_parameters():,} parameters), {self.cfg.optimizer}")  # fmt: skip
 
 
 class ExerciseModel:
@@ -140,11 +185,12 @@ class ExerciseModel:
     def __init__(
         self,
         cfg: Any,
-        in_features: int,
+        image_shape: tuple[int, ...],
         classes: int,
         steps_per_epoch: int = 1,
         rng: np.random.Generator | None = None,
     ) -> None:
+        in_features = int(np.prod(image_shape))
         init = np.random.default_rng(cfg.seed)
         dtype = np.dtype(cfg.dtype)
         self.cfg = cfg
@@ -218,21 +264,32 @@ def add_ones_column(x: np.ndarray) -> np.ndarray:
     return out
 
 
-MODELS: dict[str, type] = {"mlp": MLPModel, "exercise": ExerciseModel}
+MODELS: dict[str, type] = {"mlp": MLPModel, "cnn": CNNModel, "exercise": ExerciseModel}
 
 
 # --------------------------------------------------------------------------- memory
 
 
-def estimate_bytes(cfg: Any, in_features: int, classes: int, batch: int) -> int:
+def estimate_bytes(cfg: Any, image_shape: tuple[int, ...], classes: int, batch: int) -> int:
     """A lower bound on the memory one training step needs: weights, gradients,
     optimizer state (Adam: two moments) and the activations of one batch."""
     item = np.dtype(cfg.dtype).itemsize
-    sizes = [in_features + (cfg.model == "exercise"), *cfg.hidden, classes]
-    weights = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
-    copies = 2 + (2 if cfg.model == "mlp" and cfg.optimizer.startswith("adam") else 1)
-    activations = 3 * batch * sum(sizes[1:])  # output, saved input and gradient per layer
-    return item * (copies * weights + activations)
+    pixels = int(np.prod(image_shape))
+    weights = activations = 0
+    features = pixels + (cfg.model == "exercise")
+    if cfg.model == "cnn":
+        k2, c_in, area = cfg.kernel**2, 1, pixels
+        for c in cfg.channels:
+            weights += c_in * c * k2 + 2 * c
+            # unfolded patches, convolution, normalised and activated outputs
+            activations += area * (c_in * k2 + 3 * c)
+            c_in, area = c, max(area // 4, 1)
+        features = c_in * area
+    sizes = [features, *cfg.hidden, classes]
+    weights += sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+    activations += 3 * sum(sizes[1:])  # output, saved input and gradient per layer
+    copies = 2 + (2 if cfg.model != "exercise" and cfg.optimizer.startswith("adam") else 1)
+    return item * (copies * weights + batch * activations)
 
 
 def available_memory() -> int | None:
@@ -256,22 +313,22 @@ def _gib(n: float) -> str:
 
 def build_model(
     cfg: Any,
-    in_features: int,
+    image_shape: tuple[int, ...],
     classes: int,
     steps_per_epoch: int = 1,
     rng: np.random.Generator | None = None,
     batch: int = 0,
 ) -> Model:
     """The model ``cfg.model`` names, refusing one that could not fit in memory."""
-    need = estimate_bytes(cfg, in_features, classes, batch or 1)
+    need = estimate_bytes(cfg, image_shape, classes, batch or 1)
     have = available_memory()
     if have is not None and need > have:
         raise ConfigError(
             f"this network needs at least {_gib(need)} to train, {_gib(have)} is available; "
-            "choose smaller --hidden sizes or --batch-size"
+            "choose a smaller network or --batch-size"
         )
     rng = rng if rng is not None else np.random.default_rng(cfg.seed + 1)
-    return MODELS[cfg.model](cfg, in_features, classes, steps_per_epoch, rng)
+    return MODELS[cfg.model](cfg, tuple(image_shape), classes, steps_per_epoch, rng)
 
 
 # --------------------------------------------------------------------------- loading for use
@@ -286,6 +343,6 @@ def load_for_inference(path: str | os.PathLike) -> tuple[Model, dict]:
         classes = len(meta["classes"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: checkpoint metadata is incomplete ({exc})") from None
-    model = build_model(cfg, int(np.prod(shape)), classes)
+    model = build_model(cfg, tuple(shape), classes)
     model.load_params(params)
     return model, meta

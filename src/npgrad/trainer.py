@@ -58,10 +58,6 @@ class Prepared:
     x_test: np.ndarray  # (N, D)
     y_test: np.ndarray
 
-    @property
-    def in_features(self) -> int:
-        return int(np.prod(self.dataset.image_shape))
-
     def fingerprint(self) -> str:
         """Identifies the dataset's content (labels and sizes), for resuming on the same data."""
         ds = self.dataset
@@ -225,7 +221,7 @@ class Trainer:
         batch = cfg.batch_size or len(self.data.y_train)
         steps_per_epoch = -(-len(self.data.y_train) // batch)
         self.model = build_model(
-            cfg, self.data.in_features, classes, steps_per_epoch, self.rng, batch=batch
+            cfg, self.data.dataset.image_shape, classes, steps_per_epoch, self.rng, batch=batch
         )
         self.loader = DataLoader(
             self.model.prepare(self.data.x_train),
