@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _readable(message: str, width: int = 100, longest_line: int = 160) -> str:
+def _readable(message: str, width: int = 100, longest_line: int = 240) -> str:
     """A short message stays one line; a long one is wrapped into a few indented lines."""
     if len(message) <= longest_line or "\n" in message:
         return message
