@@ -1,6 +1,5 @@
 """examples/exercise.ipynb runs top to bottom (short settings) on the real 10k split."""
 
-import os
 from pathlib import Path
 
 import nbformat
@@ -34,4 +33,3 @@ def test_exercise_notebook_executes(shared_data, monkeypatch):
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) >= 3  # the exercise curve, the Adam curve, the confusion matrix
     assert "digraph npgrad" in text
-    assert os.environ["NPGRAD_NOTEBOOK_QUICK"] == "1"
