@@ -1,1 +1,1 @@
-from tests.data.helpers import mirror, unprivileged  # noqa: F401  (fixtures)
+from tests.data.helpers import mirror, short_tmp, unprivileged  # noqa: F401  (fixtures)

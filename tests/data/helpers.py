@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -102,6 +103,17 @@ def with_official_test_set(directory: Path, test_dir: Path, train_labels=None):
     for stem in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
         (directory / stem).symlink_to(test_dir / stem)
     return directory
+
+
+@pytest.fixture
+def short_tmp():
+    """A temporary directory with a short path, for messages that must stay one line."""
+    path = Path(tempfile.mkdtemp(prefix="npg"))
+    yield path
+    for p in [path, *path.rglob("*")]:
+        if p.is_dir() and not p.is_symlink():
+            p.chmod(0o755)
+    shutil.rmtree(path)
 
 
 @pytest.fixture

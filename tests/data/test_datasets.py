@@ -139,7 +139,7 @@ def test_fetch_into_a_path_that_cannot_be_a_directory(tmp_path):
     with pytest.raises(DatasetError) as info:
         fetch("mnist", cache=target, mirrors=["http://127.0.0.1:9/"])
     msg = str(info.value)
-    assert f"cannot write to the download directory {target}" in msg and "\n" not in msg
+    assert f"cannot write to {target} (Not a directory)" in msg and "\n" not in msg
     assert "--cache DIR" in msg and "$NPGRAD_DATA" in msg
 
 
@@ -154,7 +154,7 @@ def test_read_only_cache_is_refused_before_any_download(unprivileged, tmp_path):
     )
     rc, out, err = run_python(unprivileged, code, cache)
     assert rc == 0, err
-    assert out.startswith(f"REFUSED cannot write to the download directory {cache}"), out
+    assert out.startswith(f"REFUSED cannot write to {cache}"), out
     assert "Permission denied" in out and "--cache DIR" in out and "$NPGRAD_DATA" in out
     assert "127.0.0.1" not in out  # refused before trying any mirror
 

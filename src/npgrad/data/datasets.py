@@ -571,8 +571,8 @@ def _writable_dir(directory: Path) -> None:
         tempfile.TemporaryFile(dir=directory).close()
     except OSError as exc:
         raise DatasetError(
-            f"cannot write to the download directory {directory} ({exc.strerror or exc}): "
-            "choose a writable one with --cache DIR (cache= in Python) or $NPGRAD_DATA"
+            f"cannot write to {directory} ({exc.strerror or exc}): choose a writable "
+            "directory with --cache DIR or $NPGRAD_DATA"
         ) from None
 
 
