@@ -158,6 +158,12 @@ class Handler(BaseHTTPRequestHandler):
     def _error(self, status: HTTPStatus, message: str) -> None:
         self._json(status, {"error": message})
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # What the standard library answers itself (bad request line, unknown method,
+        # headers too long...) is JSON like every other answer.
+        self.close_connection = True
+        self._error(HTTPStatus(code), message or HTTPStatus(code).phrase)
+
     def log_message(self, format: str, *args: Any) -> None:
         if self.server.verbose:
             super().log_message(format, *args)
@@ -170,6 +176,8 @@ class Handler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.OK, self.server.page, "text/html; charset=utf-8")
         elif path == "/api/info":
             self._json(HTTPStatus.OK, self.server.predictor.info())
+        elif path == "/favicon.ico":  # browsers ask for it; there is none
+            self._send(HTTPStatus.NO_CONTENT, b"", "image/x-icon")
         else:
             self._error(HTTPStatus.NOT_FOUND, f"no such page: {path[:100]}; the page is at /")
 
