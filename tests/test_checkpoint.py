@@ -150,13 +150,18 @@ def test_an_npy_header_promising_more_than_the_entry_holds(tmp_path):
         ckpt.load(tmp_path / "c.npz")
 
 
-def test_an_npy_header_with_a_bytes_key(tmp_path):
-    """Found by the long fuzz run (seed 1, example 11463): NumPy's parser raised TypeError."""
-    header = b"{b'descr': '<f8', 'fortran_order': False, 'shape': (10,), }".ljust(117) + b"\n"
+@pytest.mark.parametrize(
+    "text",
+    [
+        b"{b'descr': '<f8', 'fortran_order': False, 'shape': (10,), }",  # TypeError in NumPy
+        b"{'descr': '<f8', 'fortran_order': False, 'shape': ((10,), }",  # tokenize.TokenError
+    ],
+)
+def test_npy_headers_numpy_fails_to_parse_with_other_errors(tmp_path, text):
+    """Found by the long fuzz runs (seed 1, example 11463; the image fuzz)."""
+    npy = b"\x93NUMPY\x01\x00" + struct.pack("<H", 118) + text.ljust(117) + b"\n" + bytes(80)
     with zipfile.ZipFile(tmp_path / "c.npz", "w") as zf:
-        zf.writestr(
-            "param/w.npy", b"\x93NUMPY\x01\x00" + struct.pack("<H", 118) + header + bytes(80)
-        )
+        zf.writestr("param/w.npy", npy)
     with pytest.raises(CheckpointError, match="unreadable .npy header"):
         ckpt.load(tmp_path / "c.npz")
 

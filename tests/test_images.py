@@ -279,9 +279,12 @@ def _huge_npy_header(path):
         )
 
 
-def _bytes_key_npy(path):
-    header = b"{b'descr': '<f8', 'fortran_order': False, 'shape': (28, 28), }".ljust(117) + b"\n"
-    path.write_bytes(b"\x93NUMPY\x01\x00" + struct.pack("<H", 118) + header + bytes(6272))
+def _npy_with_header(text):
+    """A .npy file of 28x28 float64 zeros whose header dict is ``text`` (found by fuzzing)."""
+    header = text.ljust(117) + b"\n"
+    return lambda path: path.write_bytes(
+        b"\x93NUMPY\x01\x00" + struct.pack("<H", 118) + header + bytes(6272)
+    )
 
 
 def _truncated_npy(path):
@@ -316,7 +319,10 @@ REFUSALS = [
     ("5ch.npy", _npy(np.ones((9, 9, 5))), ImageError, "not a picture"),
     ("huge-header.npy", _huge_npy_header, ImageError, "too large to be a digit"),
     ("truncated.npy", _truncated_npy, ImageError, "truncated or damaged"),
-    ("bytes-key.npy", _bytes_key_npy, ImageError, "damaged .npy header (unreadable .npy header"),
+    ("bytes-key.npy", _npy_with_header(b"{b'descr': '<f8', 'fortran_order': False, 'shape': (28, 28), }"),
+     ImageError, "damaged .npy header (unreadable .npy header"),
+    ("unclosed.npy", _npy_with_header(b"{'descr': '<f8', 'fortran_order': False, 'shape': ((28, 28), }"),
+     ImageError, "damaged .npy header (unreadable .npy header"),
     ("huge.png", lambda p: png_header_only(p, 30000, 30000), ImageError, "too large to be a digit"),
     ("wide.png", lambda p: png_header_only(p, 5000, 10), ImageError, "5000x10 pixels is too large"),
     ("white.png", _png(white), BlankImageError, "blank, no digit found"),
@@ -402,9 +408,10 @@ def test_any_array_gives_model_input_or_an_image_error(array, shape):
 def test_damaged_picture_files_give_image_errors_only(mnist, tmp_path):
     save_png(tmp_path / "ok.png", transparent_drawing(mnist[2][0]))
     Image.fromarray(grey_photo(mnist[2][1], np.random.default_rng(0))).save(tmp_path / "ok.jpg")
+    np.save(tmp_path / "ok.npy", mnist[2][2])
     rng = np.random.default_rng(0)
     outcomes = {"read": 0, "refused": 0}
-    for source in ("ok.png", "ok.jpg"):
+    for source in ("ok.png", "ok.jpg", "ok.npy"):
         data = (tmp_path / source).read_bytes()
         for i in range(60):
             b = bytearray(data)

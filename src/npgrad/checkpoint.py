@@ -43,7 +43,6 @@ _DAMAGE = (
     OverflowError,
     struct.error,
     zipfile.BadZipFile,
-    tokenize.TokenError,
 )
 
 
@@ -156,8 +155,9 @@ def _printable(text: str) -> str:
 def npy_header(f: Any) -> tuple[tuple[int, ...], bool, np.dtype]:
     """``(shape, fortran_order, dtype)`` of the .npy stream ``f``; ValueError if damaged.
 
-    NumPy's parser raises TypeError, not ValueError, on some damaged headers
-    (a key written as bytes: found by the fuzz tests); both mean the same here.
+    NumPy's parser raises TypeError, SyntaxError or tokenize.TokenError, not
+    ValueError, on some damaged headers (found by the fuzz tests: a key written
+    as bytes, an unclosed bracket); they all mean the same here.
     """
     fmt = np.lib.format
     try:
@@ -166,7 +166,7 @@ def npy_header(f: Any) -> tuple[tuple[int, ...], bool, np.dtype]:
             return fmt.read_array_header_1_0(f)
         if version == (2, 0):
             return fmt.read_array_header_2_0(f)
-    except TypeError as exc:
+    except (TypeError, SyntaxError, tokenize.TokenError) as exc:
         raise ValueError(f"unreadable .npy header ({exc})") from None
     raise ValueError(f".npy format version {version} is not supported")
 
