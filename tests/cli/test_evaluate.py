@@ -52,3 +52,20 @@ def test_corrupted_checkpoint_after_training_is_refused_and_left_intact(
     code, _, err = run_catching_exit(capsys, ["evaluate", str(bad)])
     assert code == 2 and "npgrad: error:" in err
     assert bad.read_bytes() == bytes(data)
+
+
+def test_evaluate_on_labels_the_model_does_not_know(capsys, digits_run, tmp_path):
+    from npgrad.data import digits, write_idx
+
+    ds = digits()
+    labels = ds.test_labels.copy()
+    labels[7] = 12  # a class the checkpoint's 10-class model has never seen
+    for split, images, lab in (
+        ("train", ds.train_images, ds.train_labels),
+        ("t10k", ds.test_images, labels),
+    ):
+        write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz", images.astype(np.uint8))
+        write_idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", lab.astype(np.uint8))
+    code, _, err = run_catching_exit(capsys, ["evaluate", str(digits_run), "-d", str(tmp_path)])
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "7" in err and "12" in err

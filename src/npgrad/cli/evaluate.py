@@ -16,6 +16,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..config import config_from_dict
+    from ..data import check_labels
     from ..models import load_for_inference
     from ..trainer import evaluate, prepare_data
 
@@ -32,11 +33,9 @@ def run(args: argparse.Namespace) -> int:
             f"the checkpoint expects {meta['image_shape']} images, {data.dataset.name} has "
             f"{list(data.dataset.image_shape)}"
         )
-    if data.dataset.num_classes > len(meta["classes"]):
-        raise CheckpointError(
-            f"{data.dataset.name} has {data.dataset.num_classes} classes, the checkpoint's "
-            f"model knows {len(meta['classes'])}"
-        )
+    known = len(meta["classes"])
+    where = f"{data.dataset.name} test labels (the checkpoint's model knows {known} classes)"
+    check_labels(data.y_test, known, where)
     ev = evaluate(model, data.x_test, data.y_test)
     classes = list(meta["classes"])
     cm = ev.confusion(len(classes))
