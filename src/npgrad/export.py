@@ -500,12 +500,10 @@ def export_run(run: str | os.PathLike, path: str | os.PathLike, fmt: str | None 
     """
     from .models import load_for_inference
 
-    fmt = format_for(path, fmt)
     path = Path(path)
     if path.is_dir():
-        raise ExportError(
-            f"{path}: is a directory; give the file to write, e.g. {path}/model.{fmt}"
-        )
+        raise ExportError(f"{path}: is a directory; give the file to write, e.g. {path}/model.onnx")
+    fmt = format_for(path, fmt)
     if fmt == "onnx":
         _onnx()  # a missing extra is said before the checkpoint is read
     model, meta = load_for_inference(run)

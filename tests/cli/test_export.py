@@ -1,0 +1,79 @@
+"""``npgrad export``: both formats written from a run, and every mistake one line with exit 2."""
+
+import sys
+
+import numpy as np
+import pytest
+
+from npgrad.cli import main
+from npgrad.export import load_safetensors
+from tests.cli.helpers import assert_one_line_error, run_catching_exit
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "run"
+    assert main(["train", "-d", "digits", "-e", "1", "-o", str(out), "-q"]) == 0
+    return out
+
+
+def export(capsys, *argv):
+    return run_catching_exit(capsys, ["export", *map(str, argv)])
+
+
+def snapshot(directory):
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def test_safetensors_from_the_suffix_or_the_option(capsys, run_dir, tmp_path):
+    before = snapshot(run_dir)
+    code, out, err = export(capsys, run_dir, tmp_path / "m.safetensors")
+    assert code == 0 and err == ""
+    net, meta = load_safetensors(tmp_path / "m.safetensors")
+    hidden = net[0].out_features
+    assert out.strip() == (
+        f"wrote {tmp_path / 'm.safetensors'} (safetensors, PyTorch names): MLP 64-{hidden}-10, "
+        f"{net.num_parameters():,} parameters; input (N, 64) float32 = pixels / 16; "
+        "architecture in metadata"
+    )
+    assert meta["npgrad.input"]["image_shape"] == [8, 8]
+    code, out, _ = export(
+        capsys, run_dir / "checkpoint.npz", tmp_path / "m.bin", "--format", "safetensors"
+    )
+    assert code == 0
+    assert (tmp_path / "m.bin").read_bytes() == (tmp_path / "m.safetensors").read_bytes()
+    assert snapshot(run_dir) == before  # the run is only read
+
+
+def test_onnx(capsys, run_dir, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    code, out, err = export(capsys, run_dir, tmp_path / "m.onnx")
+    assert code == 0 and err == "" and "(ONNX opset 17)" in out
+    assert "outputs 'logits', 'probabilities'" in out
+    model = onnx.load(str(tmp_path / "m.onnx"))
+    onnx.checker.check_model(model)
+    weights = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    assert weights["0.weight"].shape[0] == 64 and weights["0.weight"].dtype == np.float32
+
+
+def test_mistakes_are_one_line_and_exit_2(capsys, run_dir, tmp_path, monkeypatch):
+    code, _, err = export(capsys, tmp_path / "nowhere", tmp_path / "m.onnx")
+    assert_one_line_error(code, err, "no such checkpoint file")
+    code, _, err = export(capsys, run_dir, tmp_path / "m.pt")
+    assert_one_line_error(code, err, "cannot tell the format from the name")
+    code, _, err = export(capsys, run_dir, tmp_path / "m.pt", "--format", "pt")
+    assert_one_line_error(code, err, "invalid choice: 'pt'")
+    code, _, err = export(capsys, run_dir, tmp_path)
+    assert_one_line_error(code, err, "is a directory")
+    (tmp_path / "junk.npz").write_bytes(b"not a checkpoint")
+    code, _, err = export(capsys, tmp_path / "junk.npz", tmp_path / "m.safetensors")
+    assert_one_line_error(code, err, "corrupt or not an npz checkpoint")
+    monkeypatch.setitem(sys.modules, "onnx", None)  # as if the export extra were not installed
+    code, _, err = export(capsys, run_dir, tmp_path / "m.onnx")
+    assert_one_line_error(code, err, "pip install 'npgrad[export]'")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.npz"]  # nothing half-written
+
+
+def test_help_shows_examples(capsys):
+    code, out, _ = export(capsys, "--help")
+    assert code == 0 and "npgrad export runs/mnist-default mnist.onnx" in out

@@ -1,0 +1,82 @@
+"""``npgrad serve``: starts, answers, stops cleanly on Ctrl-C; every mistake one line, exit 2."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from npgrad.cli import main
+from tests.cli.helpers import assert_one_line_error, run_catching_exit
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("serve") / "run"
+    assert main(["train", "-d", "digits", "-e", "1", "-o", str(out), "-q"]) == 0
+    return out
+
+
+def serve(capsys, *argv):
+    return run_catching_exit(capsys, ["serve", *map(str, argv)])
+
+
+def test_mistakes_are_one_line_and_exit_2(capsys, run_dir, tmp_path):
+    code, _, err = serve(capsys, tmp_path / "nowhere")
+    assert_one_line_error(code, err, "no such checkpoint file")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, _, err = serve(capsys, run_dir, "--port", port)
+        assert_one_line_error(code, err, f"port {port} on 127.0.0.1 is in use")
+    code, _, err = serve(capsys, run_dir, "--port", 70000)
+    assert_one_line_error(code, err, "--port must be from 0 to 65535")
+    code, _, err = serve(capsys, run_dir, "--port", "http")
+    assert_one_line_error(code, err, "invalid int value")
+    code, _, err = serve(capsys, run_dir, "--host", "203.0.113.7", "--port", 0)
+    assert_one_line_error(code, err, "check --host")
+
+
+def test_serves_until_ctrl_c_then_stops_cleanly(run_dir):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "npgrad", "serve", str(run_dir), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lines = [proc.stdout.readline(), proc.stdout.readline()]
+        assert lines[0].startswith("npgrad serve: MLP 64-")
+        url = lines[1].split("open ", 1)[1].split()[0]
+        assert url.startswith("http://127.0.0.1:")
+        with urllib.request.urlopen(url + "api/info", timeout=10) as r:
+            assert json.load(r)["image_shape"] == [8, 8]
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert err.strip() == "npgrad serve: stopped" and "Traceback" not in err
+    with pytest.raises(OSError):  # the port is closed
+        urllib.request.urlopen(url, timeout=2)
+
+
+def test_help_shows_examples(capsys):
+    code, out, _ = serve(capsys, "--help")
+    assert code == 0 and "npgrad serve runs/mnist-default --port 8080" in out
+
+
+def test_the_default_address_is_this_computer_only():
+    from npgrad.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "run"])
+    assert (args.host, args.port) == ("127.0.0.1", 8000)
+    assert os.path.basename(args.run) == "run"
