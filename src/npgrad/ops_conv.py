@@ -136,16 +136,16 @@ def _unfold(xp: Array, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int) -> 
 
 
 def _fold(gxp: Array, d: Array, sh: int, sw: int, dh: int, dw: int) -> None:
-    """Add patch gradients ``d`` (N, H', W', kh, kw, C) back where the patches came from.
+    """Add patch gradients ``d`` (kh, kw, N, H', W', C) back where the patches came from.
 
     The adjoint of :func:`_unfold` (col2im): one vectorised slice-add per
-    kernel row and output column, each moving contiguous ``kw*C`` runs.
+    kernel offset, each moving a whole contiguous (N, H', W', C) block.
     """
-    _, ho, wo, kh, kw, _ = d.shape
-    rows = _taps(ho, kh, sh, dh)
+    kh, kw, _, ho, wo, _ = d.shape
+    rows, cols = _taps(ho, kh, sh, dh), _taps(wo, kw, sw, dw)
     for i in range(kh):
-        for q in range(wo):
-            gxp[:, rows[i], q * sw : q * sw + dw * (kw - 1) + 1 : dw] += d[:, :, q, i]
+        for j in range(kw):
+            gxp[:, rows[i], cols[j]] += d[i, j]
 
 
 def _conv_case(d: Draw) -> Case:
@@ -210,7 +210,7 @@ class Conv2d(Op):
       every side.
 
     npgrad unfolds with a strided window view and one copy, folds with one
-    vectorised slice-add per kernel row and output column (never `np.add.at`),
+    vectorised slice-add per kernel offset (never `np.add.at`),
     and does both a slice of the batch at a time so the patch matrix stays in
     cache; the backward pass unfolds again rather than keep $U$ (memory
     $k_h k_w$ times the input's).
@@ -274,6 +274,7 @@ class Conv2d(Op):
         gb = _per_channel_sum(g2.reshape(n, -1), o) if has_bias and needs[-1] else None
         gwm = np.zeros(wm.shape, dtype=np.result_type(wm, g)) if needs[1] else None
         gxp = np.zeros(xp.shape, dtype=np.result_type(xp, g)) if needs[0] else None
+        wt = np.ascontiguousarray(wm.reshape(kh * kw, c, o).transpose(0, 2, 1))  # (taps, O, C)
         step = _chunk(ho * wo * kh * kw * c * xp.dtype.itemsize)
         rows = ho * wo
         for s in range(0, n, step):
@@ -281,7 +282,8 @@ class Conv2d(Op):
             if gwm is not None:
                 gwm += _unfold(xp[s : s + step], *geo).T @ gc
             if gxp is not None:
-                d = (gc @ wm.T).reshape(-1, ho, wo, kh, kw, c)
+                # one product per kernel offset, so each offset's block comes out contiguous
+                d = np.matmul(gc, wt).reshape(kh, kw, -1, ho, wo, c)
                 _fold(gxp[s : s + step], d, sh, sw, dh, dw)
         gx = None if gxp is None else _nchw(gxp[:, ph : ph + h, pw : pw + wd])
         gw = None if gwm is None else gwm.reshape(kh, kw, c, o).transpose(3, 2, 0, 1)
