@@ -18,12 +18,13 @@ import numpy as np
 import pytest
 
 from npgrad import images
+from npgrad.autodiff import Tensor, no_grad
 from npgrad.data import read_idx
 from npgrad.errors import BlankImageError, ServeError
 from npgrad.models import load_for_inference
 from npgrad.serve import MAX_BODY, Predictor, make_server, url_of
 from tests.cli.helpers import run as run_cli
-from tests.test_export import trained_run
+from tests.test_export import MNIST_META, small_cnn, trained_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,7 +36,7 @@ def run(tmp_path_factory, shared_data):
 
 @pytest.fixture(scope="module")
 def predictor(run):
-    return Predictor(run)
+    return Predictor.from_run(run)
 
 
 @pytest.fixture(scope="module")
@@ -139,12 +140,27 @@ def test_hidden_activations_are_the_first_hidden_layer(predictor, digits):
 def test_the_exercise_network_is_served_too(tmp_path_factory, shared_data, digits):
     run = trained_run(tmp_path_factory, shared_data, "exercise")
     model, _ = load_for_inference(run)
-    p = Predictor(run)
+    p = Predictor.from_run(run)
     answer = p.predict(canvas(digits[0][0]))
     seen = images.preprocess(canvas(digits[0][0]), (28, 28), "mnist").reshape(1, -1)
     assert answer["class_index"] == int(model.log_probs(seen).argmax())
     x1 = np.append(seen[0], 1.0)
     np.testing.assert_allclose(answer["hidden"]["values"], np.maximum(x1 @ model.W1, 0), atol=1e-3)
+
+
+def test_a_convolutional_network_shows_its_first_feature_maps(digits, rng):
+    net = small_cnn(rng)
+    p = Predictor(net, MNIST_META)
+    drawing = canvas(digits[0][0])
+    answer = p.predict(drawing)
+    x = images.preprocess(drawing, (28, 28), "mnist").reshape(1, 1, 28, 28).astype(np.float32)
+    with no_grad():
+        maps = net[2](net[1](net[0](Tensor(x)))).data[0]
+        logits = net(Tensor(x)).data[0]
+    assert p.info()["hidden"] == "layer 2 (ReLU)"
+    assert answer["hidden"]["shape"] == [4, 28, 28]
+    np.testing.assert_allclose(answer["hidden"]["values"], maps.ravel(), atol=1e-4)
+    assert answer["class_index"] == int(logits.argmax())
 
 
 def test_a_blank_drawing_is_not_a_digit(predictor):

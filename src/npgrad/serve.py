@@ -54,28 +54,40 @@ _ACTIVATIONS = tuple(nn.ACTIVATIONS.values())
 
 
 class Predictor:
-    """A trained network answering drawings: the class, probabilities, and what it computed."""
+    """A trained network answering drawings: the class, probabilities, and what it computed.
 
-    def __init__(self, run: Any) -> None:
-        from .export import as_sequential, input_spec
+    ``net`` is the network as layers (:func:`npgrad.export.as_sequential`), ``meta``
+    the checkpoint's metadata (classes, image shape); :meth:`from_run` reads both
+    from a run.
+    """
+
+    def __init__(self, net: nn.Sequential, meta: dict[str, Any], describe: str = "") -> None:
+        from .export import input_spec
         from .images import recipe_for
-        from .models import load_for_inference
 
-        model, meta = load_for_inference(run)
-        self.net = as_sequential(model)
+        self.net = net
         self.net.eval()  # for good: every request is inference
-        spec = input_spec(self.net, meta)
+        spec = input_spec(net, meta)
         self.classes = [str(c) for c in meta["classes"]]
         self.shape = tuple(spec["image_shape"])
         self.input_shape = tuple(spec["shape"][1:])
         self.recipe = recipe_for(self.shape, self.classes)
-        self.dtype = next(iter(self.net.state_dict().values())).dtype
-        self.describe = model.describe()
+        self.dtype = next(iter(net.state_dict().values())).dtype
+        self.describe = describe or repr(net)
         self.hidden_index = next(
-            (i for i, m in enumerate(self.net.layers[:-1]) if isinstance(m, _ACTIVATIONS)), None
+            (i for i, m in enumerate(net.layers[:-1]) if isinstance(m, _ACTIVATIONS)), None
         )
         # no_grad is a process-wide switch: one forward pass at a time (each takes a millisecond).
         self._lock = threading.Lock()
+
+    @classmethod
+    def from_run(cls, run: Any) -> Predictor:
+        """The network of a run directory or checkpoint file."""
+        from .export import as_sequential
+        from .models import load_for_inference
+
+        model, meta = load_for_inference(run)
+        return cls(as_sequential(model), meta, model.describe())
 
     def info(self) -> dict[str, Any]:
         hidden = None
@@ -309,7 +321,7 @@ def url_of(server: _Server) -> str:
 
 def serve(run: Any, host: str = "127.0.0.1", port: int = 8000, verbose: bool = False) -> None:
     """Serve the page for the checkpoint in ``run`` until Ctrl-C."""
-    predictor = Predictor(run)
+    predictor = Predictor.from_run(run)
     server = make_server(predictor, host, port, verbose)
     try:
         print(f"npgrad serve: {predictor.describe}", flush=True)
