@@ -59,7 +59,14 @@ def test_a_folder_is_every_image_in_it_sorted(capsys, run_dir, tmp_path):
     ]
     for r in results:
         assert abs(sum(r["probabilities"].values()) - 1) < 1e-6
-    assert results[3]["prediction"] == str(ds.test_labels[3])  # an array of the model's shape
+    # an array of the model's shape is the model's input as it is: scaled by pixel_max only
+    from npgrad.models import load_for_inference
+
+    model, meta = load_for_inference(run_dir)
+    x = (ds.test_images[3] / meta["pixel_max"]).reshape(1, -1).astype(meta["config"]["dtype"])
+    expected = np.exp(model.log_probs(x)[0])
+    got = np.array([results[3]["probabilities"][c] for c in meta["classes"]])
+    assert np.allclose(got, expected / expected.sum(), atol=1e-6)
 
 
 def test_top_larger_than_the_classes_is_clamped(capsys, run_dir, tmp_path):
