@@ -28,6 +28,8 @@ from typing import Any
 from .errors import CheckpointError, ConfigError
 
 MODELS = ("mlp", "cnn", "exercise")
+# The model kinds trained by an optimizer on the Tensor engine (not the exercise's recipe).
+OPTIMIZED = ("mlp", "cnn")
 PRESETS = ("default", "plain", "cnn", "exercise")
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
@@ -246,7 +248,7 @@ OPTIONS: tuple[Option, ...] = (
         metavar="PIXELS",
         presets={"plain": 0, "exercise": 0},
         families={"fashion-mnist": 0},
-        models=("mlp", "cnn"),
+        models=OPTIMIZED,
     ),
     # model
     Option(
@@ -298,7 +300,7 @@ OPTIONS: tuple[Option, ...] = (
         "model",
         choices=ACTIVATIONS,
         metavar="NAME",
-        models=("mlp", "cnn"),
+        models=OPTIMIZED,
     ),
     Option(
         "dropout",
@@ -310,7 +312,7 @@ OPTIONS: tuple[Option, ...] = (
         metavar="P",
         presets={"plain": 0.0, "cnn": 0.25, "exercise": 0.0},
         families={"digits": 0.5},
-        models=("mlp", "cnn"),
+        models=OPTIMIZED,
     ),
     Option(
         "init",
@@ -320,7 +322,7 @@ OPTIONS: tuple[Option, ...] = (
         choices=INITS,
         metavar="NAME",
         presets={"exercise": "normal"},
-        models=("mlp", "cnn"),
+        models=OPTIMIZED,
     ),
     Option(
         "dtype",
@@ -364,7 +366,7 @@ OPTIONS: tuple[Option, ...] = (
         "optimisation",
         choices=OPTIMIZERS,
         metavar="NAME",
-        models=("mlp", "cnn"),
+        models=OPTIMIZED,
     ),
     Option(
         "lr",
@@ -385,7 +387,7 @@ OPTIONS: tuple[Option, ...] = (
         parse=_number(float),
         check=_finite(0, 1, hi_open=True),
         metavar="M",
-        models=("mlp", "cnn"),
+        models=OPTIMIZED,
     ),
     Option(
         "weight_decay",
@@ -395,7 +397,7 @@ OPTIONS: tuple[Option, ...] = (
         parse=_number(float),
         check=_finite(0),
         metavar="WD",
-        models=("mlp", "cnn"),
+        models=OPTIMIZED,
     ),
     Option(
         "schedule",
@@ -405,7 +407,7 @@ OPTIONS: tuple[Option, ...] = (
         choices=SCHEDULES,
         metavar="NAME",
         presets={"plain": "constant"},
-        models=("mlp", "cnn"),
+        models=OPTIMIZED,
     ),
     Option(
         "warmup_epochs",
@@ -416,7 +418,7 @@ OPTIONS: tuple[Option, ...] = (
         check=_finite(0),
         flags=("--warmup",),
         metavar="EPOCHS",
-        models=("mlp", "cnn"),
+        models=OPTIMIZED,
     ),
     Option(
         "clip",
@@ -426,7 +428,7 @@ OPTIONS: tuple[Option, ...] = (
         parse=_number(float),
         check=_finite(0),
         metavar="NORM",
-        models=("mlp", "cnn"),
+        models=OPTIMIZED,
     ),
     Option(
         "seed",
