@@ -42,6 +42,8 @@ def trained_run(tmp_path_factory, shared_data, preset: str = "default") -> Path:
     if preset not in _RUNS:
         out = tmp_path_factory.mktemp(f"run-{preset}")
         argv = ["train", "-d", str(shared_data / "mnist-10k"), "-e", "2", "-o", str(out), "-q"]
+        if preset == "cnn":  # a small one: the test is about export, not accuracy
+            argv += ["--channels", "8,16", "--hidden", "32"]
         assert main([*argv, "--preset", preset]) == 0
         _RUNS[preset] = out
     return _RUNS[preset]
@@ -116,6 +118,24 @@ def test_onnx_of_an_mlp_run_agrees_with_npgrad_on_the_whole_test_set(mlp_run, te
     np.testing.assert_array_equal(logits.argmax(1), model.log_probs(x).argmax(1))
     np.testing.assert_allclose(probs, np.exp(model.log_probs(x)), atol=1e-5)
     assert (logits.argmax(1) == labels).mean() > 0.9  # a trained network, not a constant one
+
+
+def test_onnx_of_a_cnn_run_agrees_with_npgrad_on_the_whole_test_set(
+    tmp_path_factory, shared_data, test_set, tmp_path
+):
+    run = trained_run(tmp_path_factory, shared_data, "cnn")
+    path = tmp_path / "cnn.onnx"
+    assert "input (N, 1, 28, 28)" in export_run(run, path)
+    x, labels = test_set
+    model, _ = load_for_inference(run)
+    x32 = x.astype(np.float32)
+    logits, _ = onnxruntime_session(path).run(None, {"input": x32.reshape(-1, 1, 28, 28)})
+    lp = model.log_probs(x32)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    theirs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    assert np.abs(theirs - lp).max() < 1e-4
+    np.testing.assert_array_equal(logits.argmax(1), lp.argmax(1))
+    assert (logits.argmax(1) == labels).mean() > 0.9
 
 
 def test_onnx_of_the_exercise_run_agrees_with_the_exercise_computation(
@@ -235,7 +255,7 @@ def test_onnx_without_the_onnx_package_says_how_to_install_it(mlp_run, tmp_path,
 # --------------------------------------------------------------------------- safetensors
 
 
-@pytest.mark.parametrize("preset", ["default", "exercise"])
+@pytest.mark.parametrize("preset", ["default", "cnn", "exercise"])
 def test_pytorch_loads_the_safetensors_file_and_gives_the_same_logits(
     preset, tmp_path_factory, shared_data, test_set, tmp_path, torch
 ):
@@ -246,6 +266,8 @@ def test_pytorch_loads_the_safetensors_file_and_gives_the_same_logits(
     seq = as_sequential(model)
     dtype = seq[0].weight.dtype
     x = test_set[0].astype(dtype)
+    if preset == "cnn":
+        x = x.reshape(-1, 1, 28, 28)
     ours = npgrad_logits(seq, x)
     theirs = torch_logits(torch, path, x)
     scale = max(1.0, float(np.abs(ours).max()))
@@ -253,7 +275,7 @@ def test_pytorch_loads_the_safetensors_file_and_gives_the_same_logits(
     np.testing.assert_array_equal(theirs.argmax(1), model.log_probs(test_set[0]).argmax(1))
 
 
-@pytest.mark.parametrize("preset", ["default", "exercise"])
+@pytest.mark.parametrize("preset", ["default", "cnn", "exercise"])
 def test_safetensors_round_trip_into_npgrad_is_exact(
     preset, tmp_path_factory, shared_data, tmp_path
 ):
@@ -263,7 +285,7 @@ def test_safetensors_round_trip_into_npgrad_is_exact(
     model, _ = load_for_inference(run)
     seq = as_sequential(model)
     back, meta = load_safetensors(path)
-    assert meta["npgrad.model"] == ("exercise" if preset == "exercise" else "mlp")
+    assert meta["npgrad.model"] == {"default": "mlp"}.get(preset, preset)
     assert meta["npgrad.classes"] == DIGITS
     assert list(back.state_dict()) == list(seq.state_dict())
     for name, a in back.state_dict().items():
