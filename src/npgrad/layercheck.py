@@ -68,6 +68,7 @@ class InputResult:
     passed: bool = False
     mismatches: list[tuple[tuple[int, ...], float, float]] = field(default_factory=list)
     diagnosis: str | None = None
+    name: str = ""  # "dx", "dw"...: function pairs name their gradients
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> InputResult:
@@ -79,6 +80,7 @@ class InputResult:
             d["passed"],
             [(tuple(i), got, want) for i, got, want in d["mismatches"]],
             d["diagnosis"],
+            d.get("name", ""),
         )
 
 
@@ -309,6 +311,13 @@ def _inputs_for(
     return [domains[min(i, len(domains) - 1)].sample(rng, s) for i, s in enumerate(shapes)]
 
 
+def zero_gradient(got: np.ndarray, want: np.ndarray) -> str | None:
+    """The diagnosis for a gradient left at zeros where the true one is not."""
+    if got.shape == want.shape and not got.any() and want.size and np.abs(want).max() > ATOL:
+        return "the gradient is identically zero: backward not implemented?"
+    return None
+
+
 def _diagnose(
     got: np.ndarray,
     want: np.ndarray,
@@ -323,6 +332,9 @@ def _diagnose(
     def close(a: np.ndarray, b: np.ndarray) -> bool:
         return agrees(a, b, ATOL, RTOL)
 
+    zero = zero_gradient(got, want)
+    if zero:
+        return zero
     if got.shape != want.shape:
         if got.ndim == 2 and got.T.shape == want.shape:
             if close(got.T, want):

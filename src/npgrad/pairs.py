@@ -1,0 +1,1232 @@
+"""Check function pairs in the CS231n convention: ``X_forward(...) -> (out, cache)``, ``X_backward(dout, cache)``.
+
+The most widely used backprop course writes layers as pairs of functions:
+``affine_forward(x, w, b)`` returns ``(out, cache)`` and
+``affine_backward(dout, cache)`` returns ``(dx, dw, db)``, one gradient per
+floating-point array argument, in order. Losses are single functions
+``svm_loss(x, y) -> (loss, dx)``. :func:`find_pairs` finds them by name
+(``X_forward``/``X_backward``, with any suffix such as ``_naive``; a
+``X_backward_alt`` is checked against ``X_forward`` and compared with
+``X_backward``; ``*_loss`` and ``*_loss_naive``/``*_vectorized``).
+
+Names only choose the inputs (:data:`KINDS`: shapes, parameter dicts, where
+the values lie); the verdicts are numerical facts. :func:`check_pair` runs
+forward on float64 inputs, backward with a random upstream gradient, and
+compares each gradient with central differences of the forward. Inputs keep
+clear of non-differentiable points (ReLU inputs away from 0, pooling windows
+without ties, SVM margins away from 0) so that a correct pair never fails and
+a wrong one is not hidden. For the kinds the course defines, the forward is
+also compared with its definition (cross-correlation, not convolution; batch
+norm's running statistics; inverted dropout), and a wrong gradient is matched
+against the gradients the classic mistakes would give (kernel flipped,
+padding not removed, stride ignored, pooling gradient spread over the window,
+mean and variance treated as constants, loss not divided by N, dropout mask
+drawn anew). The global NumPy generator is seeded before every forward call,
+so a forward that draws from it (dropout) is the same function each time.
+
+Kinds and their inputs (``--shape``/``--param`` override them):
+
+============================  ==================================================
+``affine``                    x (4, 2, 3) [or (4, 6)], w (6, 5), b (5,)
+``relu``, ``sigmoid``,        x (4, 6); ReLU inputs at least 0.1 from 0
+``tanh``
+``batchnorm``                 x (6, 5), gamma, beta (5,); bn_param mode train and
+                              test (forward only: the course's backward is for
+                              training), eps 1e-5, momentum 0.9, running stats
+``spatial_batchnorm``         x (2, 3, 4, 5), gamma, beta (3,); as batchnorm
+``layernorm``                 x (4, 6), gamma, beta (6,); ln_param eps 1e-5
+``spatial_groupnorm``         x (2, 4, 3, 5), gamma, beta (1, 4, 1, 1) [or (4,)],
+                              G 2, gn_param eps 1e-5
+``dropout``                   x (6, 8); dropout_param p 0.3, seed 123, mode train
+                              and test (whether p keeps or drops is measured)
+``conv``                      x (2, 3, 7, 9), w (4, 3, 3, 5), b (4,);
+                              conv_param stride 2, pad 1
+``max_pool``                  x (2, 3, 8, 9) without ties; pool_param
+                              pool_height 2, pool_width 3, stride 2
+``svm``, ``softmax`` (loss)   x (6, 5), y (6,) in 0..4; or W (5, 4), X (6, 5), y,
+                              reg 0.1 for ``(W, X, y, reg)``
+other names                   arguments by name (x, w, b, gamma, beta and the
+                              ``*_param`` dicts above; convolutional when the
+                              name says conv), else shapes tried in turn
+============================  ==================================================
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import itertools
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from html import escape
+from typing import Any
+
+import numpy as np
+
+from .check import agrees, mismatches, numeric_vjp
+from .layercheck import (
+    ATOL,
+    CANDIDATE_SHAPES,
+    EPS,
+    RTOL,
+    InputResult,
+    _describe,
+    _diagnose,
+    zero_gradient,
+    _real_array,
+    _Stop,
+    _UserCode,
+    domains_for,
+)
+from .opspecs import KINK, REAL, Domain
+
+Shape = tuple[int, ...]
+GLOBAL_SEED = 0  # np.random.seed(GLOBAL_SEED) before every forward call
+FORWARD_ATOL, FORWARD_RTOL = 1e-7, 1e-5  # the forward against the course's definition
+ALT_ATOL, ALT_RTOL = 1e-9, 1e-7  # X_backward_alt against X_backward: both analytic
+
+
+# --------------------------------------------------------------------------- references
+# The course's definitions, small and plain: they judge forwards and model the
+# classic mistakes, whose gradients are then taken numerically.
+
+
+def _conv(
+    x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: int, pad: int, step: int | None = None
+) -> np.ndarray:
+    """Cross-correlation; windows start at ``i * step`` (``step`` != stride models a mistake)."""
+    step = stride if step is None else step
+    n, _, h, wd = x.shape
+    f, _, hh, ww = w.shape
+    ho, wo = 1 + (h + 2 * pad - hh) // stride, 1 + (wd + 2 * pad - ww) // stride
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    out = np.empty((n, f, ho, wo))
+    for i in range(ho):
+        for j in range(wo):
+            win = xp[:, :, i * step : i * step + hh, j * step : j * step + ww]
+            out[:, :, i, j] = np.tensordot(win, w, axes=([1, 2, 3], [1, 2, 3]))
+    return out + b.reshape(1, -1, 1, 1)
+
+
+def _pool(
+    x: np.ndarray, ph: int, pw: int, stride: int, how: str = "max", step: int | None = None
+) -> np.ndarray:
+    step = stride if step is None else step
+    n, c, h, w = x.shape
+    ho, wo = 1 + (h - ph) // stride, 1 + (w - pw) // stride
+    out = np.empty((n, c, ho, wo))
+    reduce = {"max": np.max, "mean": np.mean, "sum": np.sum}[how]
+    for i in range(ho):
+        for j in range(wo):
+            win = x[:, :, i * step : i * step + ph, j * step : j * step + pw]
+            out[:, :, i, j] = reduce(win, axis=(2, 3))
+    return out
+
+
+def _columns(layout: str, x: np.ndarray, groups: int = 1) -> tuple[np.ndarray, Callable]:
+    """``x`` as a 2-D array whose columns are normalised over axis 0, and the way back."""
+    if layout == "batch":
+        return x, lambda z: z
+    if layout == "layer":
+        return x.T, lambda z: z.T
+    n, c, h, w = x.shape
+    if layout == "spatial":
+        z = x.transpose(0, 2, 3, 1).reshape(-1, c)
+        return z, lambda z: z.reshape(n, h, w, c).transpose(0, 3, 1, 2)
+    z = x.reshape(n * groups, -1).T  # group norm: one column per (sample, group)
+    return z, lambda z: z.T.reshape(n, c, h, w)
+
+
+def _normalise(
+    layout: str,
+    x: np.ndarray,
+    gamma: np.ndarray,
+    beta: np.ndarray,
+    eps: float,
+    groups: int = 1,
+    frozen: tuple[str, ...] = (),
+    x0: np.ndarray | None = None,
+    stats: tuple[np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
+    """Batch/layer/group norm. ``frozen`` statistics come from ``x0`` (treated as constants);
+    ``stats`` = (running mean, running var) is test-mode batch norm."""
+    z, back = _columns(layout, x, groups)
+    z0 = _columns(layout, x if x0 is None else x0, groups)[0]
+    mean = z0.mean(0) if "mean" in frozen else z.mean(0)
+    var = z0.var(0) if "var" in frozen else z.var(0)
+    if stats is not None:
+        mean, var = stats
+    xhat = back((z - mean) / np.sqrt(var + eps))
+    shape = (1, -1, 1, 1) if x.ndim == 4 else (1, -1)
+    return gamma.reshape(shape) * xhat + beta.reshape(shape)
+
+
+def _svm(x: np.ndarray, y: np.ndarray) -> float:
+    n = x.shape[0]
+    margins = np.maximum(0, x - x[np.arange(n), y][:, None] + 1)
+    margins[np.arange(n), y] = 0
+    return float(margins.sum() / n)
+
+
+def _softmax_loss(x: np.ndarray, y: np.ndarray) -> float:
+    z = x - x.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return float(-logp[np.arange(x.shape[0]), y].mean())
+
+
+# --------------------------------------------------------------------------- kinds
+
+
+@dataclass
+class Case:
+    """One call of a pair: the arguments by the course's names, and which are differentiated."""
+
+    label: str
+    names: list[str]
+    values: list[Any]
+    diff: list[int]  # positions of the floating-point arrays, in order: one gradient each
+    backward: bool = True  # False: forward only (batch norm in test mode)
+
+
+Hypothesis = Callable[["_Ctx", int, np.ndarray, np.ndarray], "str | None"]
+
+
+@dataclass
+class Kind:
+    """What the course's layer of this name takes, and how it may go wrong."""
+
+    args: tuple[str, ...]
+    shapes: tuple[tuple[Shape, ...], ...]  # candidate shapes of the array arguments
+    params: dict[str, Any] = field(default_factory=dict)  # the other arguments
+    cases: tuple[tuple[str, dict[str, Any]], ...] = (("", {}),)  # label, dict-key overrides
+    domains: dict[str, Domain] = field(default_factory=dict)
+    reference: Callable[[dict[str, Any]], Any] | None = None  # an array, or a list of those allowed
+    hypotheses: tuple[Hypothesis, ...] = ()
+    loss: bool = False
+    prepare: Callable[[dict[str, Any], np.random.Generator], None] | None = None
+    extra: Callable[[_Ctx], list[str]] | None = None  # further problems (running stats, ...)
+    forward_only: tuple[str, ...] = ()  # case labels whose backward is not the course's
+    forward_problem: Callable[[dict[str, Any], np.ndarray], str | None] | None = None
+    constants: tuple[str, ...] = ()  # array arguments that get no gradient (the data X)
+
+
+def _ref_affine(v: dict[str, Any]) -> np.ndarray:
+    return v["x"].reshape(v["x"].shape[0], -1) @ v["w"] + v["b"]
+
+
+def _ref_conv(v: dict[str, Any], **kw: Any) -> np.ndarray:
+    p = v["conv_param"]
+    return _conv(v["x"], v["w"], v["b"], int(p["stride"]), int(p["pad"]), **kw)
+
+
+def _ref_pool(v: dict[str, Any], **kw: Any) -> np.ndarray:
+    p = v["pool_param"]
+    return _pool(v["x"], int(p["pool_height"]), int(p["pool_width"]), int(p["stride"]), **kw)
+
+
+def _norm_ref(layout: str, key: str) -> Callable[..., np.ndarray]:
+    def ref(v: dict[str, Any], **kw: Any) -> np.ndarray:
+        p = v[key]
+        eps = float(p.get("eps", 1e-5))
+        if key == "bn_param" and p.get("mode", "train") == "test" and "stats" not in kw:
+            kw["stats"] = (p["running_mean"], p["running_var"])
+        return _normalise(layout, v["x"], v["gamma"], v["beta"], eps, int(v.get("G", 1)), **kw)
+
+    return ref
+
+
+def _loss_ref(fn: Callable[[np.ndarray, np.ndarray], float]) -> Callable[..., np.ndarray]:
+    def ref(v: dict[str, Any]) -> np.ndarray:
+        if "W" in v:  # (W, X, y, reg): a linear classifier; the course wrote reg or reg / 2
+            data, l2 = fn(v["X"] @ v["W"], v["y"]), float(np.sum(v["W"] ** 2))
+            return [np.array(data + v["reg"] * l2), np.array(data + 0.5 * v["reg"] * l2)]
+        return np.array(fn(v["x"], v["y"]))
+
+    return ref
+
+
+# ---- preparing inputs
+
+
+def _distinct(rng: np.random.Generator, shape: Shape) -> np.ndarray:
+    """Values at least 0.05 apart: no pooling window has a tie."""
+    size = int(np.prod(shape))
+    return (rng.permutation(size) * 0.05 - size * 0.025).reshape(shape) + rng.uniform(0, 0.01)
+
+
+def _running_stats(v: dict[str, Any], rng: np.random.Generator) -> None:
+    c = v["gamma"].size
+    p = v["bn_param"]
+    p.setdefault("running_mean", rng.standard_normal(c))
+    p.setdefault("running_var", rng.uniform(0.5, 2.0, c))
+    v["x"] *= 2.0
+    v["x"] += 1.0  # a batch mean away from 0 and variance away from 1: distinguishable
+
+
+def _svm_margins(v: dict[str, Any], rng: np.random.Generator) -> None:
+    """Keep every SVM margin s_j - s_y + 1 at least 0.05 away from the kink at 0."""
+    for _ in range(1000):
+        s = v["X"] @ v["W"] if "W" in v else v["x"]
+        y = v["y"]
+        m = s - s[np.arange(len(y)), y][:, None] + 1
+        m[np.arange(len(y)), y] = 1.0
+        if np.all(np.abs(m) > 0.05):
+            return
+        target = v["W"] if "W" in v else v["x"]
+        target[...] = rng.standard_normal(target.shape)
+    raise _Stop("could not draw SVM scores away from the margin's kink: give other --shape")
+
+
+# ---- hypotheses: the gradient a classic mistake would give
+
+
+def _model(
+    message: str, args: Sequence[str], fn: Callable[[dict[str, Any]], np.ndarray]
+) -> Hypothesis:
+    """The mistake whose gradient (for arguments ``args``) is that of the forward ``fn``."""
+
+    def hyp(ctx: _Ctx, i: int, got: np.ndarray, want: np.ndarray) -> str | None:
+        name = ctx.case.names[ctx.case.diff[i]]
+        if name not in args or got.shape != want.shape:
+            return None
+        return message if agrees(got, ctx.vjp_of(i, fn), ATOL, RTOL) else None
+
+    return hyp
+
+
+def _frozen(what: tuple[str, ...], key: str, layout: str) -> Callable[..., np.ndarray]:
+    ref = _norm_ref(layout, key)
+    return lambda v: ref(v, frozen=what, x0=v["_x0"])
+
+
+def _norm_hypotheses(layout: str, key: str) -> tuple[Hypothesis, ...]:
+    const = "treats the {} as {}: they depend on x too, so dx has terms through them"
+    return (
+        _model(const.format("mean and variance", "constants"), ["x"], _frozen(("mean", "var"), key, layout)),
+        _model(const.format("mean", "a constant"), ["x"], _frozen(("mean",), key, layout)),
+        _model(const.format("variance", "a constant"), ["x"], _frozen(("var",), key, layout)),
+    )  # fmt: skip
+
+
+def _padding_kept(ctx: _Ctx, i: int, got: np.ndarray, want: np.ndarray) -> str | None:
+    pad = int(ctx.values["conv_param"]["pad"])
+    if ctx.case.names[ctx.case.diff[i]] != "x" or pad == 0 or got.ndim != 4:
+        return None
+    if got.shape[:2] != want.shape[:2] or got.shape[2:] != tuple(n + 2 * pad for n in want.shape[2:]):
+        return None
+    inner = got[:, :, pad:-pad, pad:-pad]
+    right = " (inside, its values are right)" if agrees(inner, want, ATOL, RTOL) else ""
+    return (
+        f"padding not removed: dx has the padded shape {got.shape}{right}; "
+        f"return dx_pad[:, :, pad:-pad, pad:-pad], shape {want.shape}"
+    )
+
+
+_CONV_HYPOTHESES: tuple[Hypothesis, ...] = (
+    _padding_kept,
+    _model(
+        "kernel flipped: this is the gradient of a true convolution; the forward is a "
+        "cross-correlation (no flip), so backward must not flip w either",
+        ["x", "w"],
+        lambda v: _ref_conv({**v, "w": v["w"][:, :, ::-1, ::-1]}),
+    ),
+    _model(
+        "stride ignored in backward: windows are taken at (i, j) instead of "
+        "(i * stride, j * stride)",
+        ["x", "w"],
+        lambda v: _ref_conv(v, step=1),
+    ),
+)
+_POOL_HYPOTHESES: tuple[Hypothesis, ...] = (
+    _model(
+        "pooling gradient spread over the whole window (as average pooling would): "
+        "it belongs to the maximum of each window only",
+        ["x"],
+        lambda v: _ref_pool(v, how="mean"),
+    ),
+    _model(
+        "pooling gradient spread over the whole window (every element gets the window's "
+        "upstream gradient): it belongs to the maximum of each window only",
+        ["x"],
+        lambda v: _ref_pool(v, how="sum"),
+    ),
+    _model(
+        "stride ignored in backward: windows are taken at (i, j) instead of "
+        "(i * stride, j * stride)",
+        ["x"],
+        lambda v: _ref_pool(v, step=1),
+    ),
+)
+
+
+def _loss_not_divided(ctx: _Ctx, i: int, got: np.ndarray, want: np.ndarray) -> str | None:
+    n = len(ctx.values["y"])
+    if got.shape == want.shape and agrees(got, n * want, ATOL, RTOL):
+        return f"dx is not divided by N: the loss is a mean over the N = {n} samples, so is dx"
+    return None
+
+
+def _new_mask(ctx: _Ctx, i: int, got: np.ndarray, want: np.ndarray) -> str | None:
+    g = ctx.g[0]
+    if got.shape != g.shape or np.any(np.isclose(g, 0)):
+        return None
+    ratio = got / g
+    kept = ~np.isclose(ratio, 0, atol=1e-9)
+    scale = ratio[kept]
+    same_scale = scale.size > 0 and np.allclose(scale, scale[0], rtol=1e-6)
+    if same_scale and np.any(kept != ~np.isclose(want, 0, atol=1e-9)):
+        return (
+            "backward does not use the forward's mask (it draws a new one): keep the mask "
+            "in the cache and multiply dout by it"
+        )
+    return None
+
+
+# ---- further checks
+
+
+def _check_running_stats(ctx: _Ctx) -> list[str]:
+    p, v = ctx.used_params["bn_param"], ctx.values
+    rm0, rv0 = ctx.values["bn_param"]["running_mean"], ctx.values["bn_param"]["running_var"]
+    mom = float(v["bn_param"].get("momentum", 0.9))
+    z, _ = _columns("spatial" if v["x"].ndim == 4 else "batch", v["x"])
+    mean, var, uvar = z.mean(0), z.var(0), z.var(0, ddof=1)
+    if v["bn_param"].get("mode") == "test":
+        for key, before in (("running_mean", rm0), ("running_var", rv0)):
+            if key in p and not agrees(np.asarray(p[key], dtype=float), before, 1e-12, 1e-12):
+                return [f"test mode changed bn_param[{key!r}]: running statistics change only in training"]
+        return []
+    problems = []
+    for key, before, now in (("running_mean", rm0, [mean]), ("running_var", rv0, [var, uvar])):
+        after = p.get(key)
+        if after is None or (np.shape(after) == before.shape and np.allclose(after, before)):
+            problems.append(
+                f"running statistics not updated in train mode: bn_param[{key!r}] is unchanged "
+                f"after forward; set it to momentum * {key} + (1 - momentum) * the batch's"
+            )
+            continue
+        after = np.asarray(after, dtype=float).reshape(-1)
+        if any(agrees(after, mom * before + (1 - mom) * s, 1e-9, 1e-7) for s in now):
+            continue
+        if any(agrees(after, (1 - mom) * before + mom * s, 1e-9, 1e-7) for s in now):
+            problems.append(
+                f"bn_param[{key!r}] gives momentum to the batch, not to the running value: "
+                f"the course's rule is momentum * {key} + (1 - momentum) * batch value"
+            )
+        else:
+            problems.append(
+                f"bn_param[{key!r}] after forward is not momentum * {key} + (1 - momentum) * "
+                "the batch's value"
+            )
+    return problems
+
+
+def _bn_forward_problem(v: dict[str, Any], out: np.ndarray) -> str | None:
+    p = v["bn_param"]
+    if p.get("mode") != "test":
+        return None
+    batch = _normalise(
+        "spatial" if v["x"].ndim == 4 else "batch", v["x"], v["gamma"], v["beta"], float(p.get("eps", 1e-5))
+    )  # fmt: skip
+    if agrees(out, batch, FORWARD_ATOL, FORWARD_RTOL):
+        return "test mode normalises with the batch statistics: it must use the running ones"
+    return None
+
+
+def _conv_forward_problem(v: dict[str, Any], out: np.ndarray) -> str | None:
+    flipped = _ref_conv({**v, "w": v["w"][:, :, ::-1, ::-1]})
+    if agrees(out, flipped, FORWARD_ATOL, FORWARD_RTOL):
+        return (
+            "kernel flipped: forward computes a true convolution; CS231n (and PyTorch) "
+            "compute a cross-correlation, out = sum(x_window * w), with no flip"
+        )
+    if agrees(out, _ref_conv(v, step=1), FORWARD_ATOL, FORWARD_RTOL):
+        return "stride ignored in forward: windows start at (i, j), not (i * stride, j * stride)"
+    return None
+
+
+def _check_dropout(ctx: _Ctx) -> list[str]:
+    """p's meaning is measured; train mode must be inverted dropout, test mode the identity."""
+    v = ctx.values
+    p = float(v["dropout_param"]["p"])
+    x, out = v["x"], ctx.outs[0]
+    if v["dropout_param"].get("mode") == "test":
+        if agrees(out, x, FORWARD_ATOL, FORWARD_RTOL):
+            return []
+        hint = ""
+        if agrees(out, p * x, FORWARD_ATOL, FORWARD_RTOL) or agrees(out, (1 - p) * x, 1e-7, 1e-5):
+            hint = " (scaled: inverted dropout scales in training, so test mode returns x as is)"
+        return ["test mode must return x unchanged" + hint]
+    big = ctx.call_forward(
+        [np.ones((100, 100)) if n == "x" else copy.deepcopy(val) for n, val in zip(ctx.case.names, ctx.case.values)]
+    )[0][0]  # fmt: skip
+    kept = float(np.mean(big != 0))
+    keep = p if abs(kept - p) < abs(kept - (1 - p)) else 1 - p
+    ctx.notes.append(
+        f"dropout_param['p'] = {p:g} is the {'keep' if keep == p else 'drop'} probability here "
+        f"({kept:.0%} of the inputs kept): the course's current meaning is keep, older years' drop"
+    )
+    on = out != 0
+    if on.any() and agrees(out[on], x[on], FORWARD_ATOL, FORWARD_RTOL) and keep < 1:
+        return ["not inverted dropout: in train mode, divide the kept values by the keep probability"]
+    if on.any() and not agrees(out[on], x[on] / keep, FORWARD_ATOL, FORWARD_RTOL):
+        return [f"train mode: the kept values are not x / {keep:g} (inverted dropout)"]
+    return []
+
+
+_BN = {"mode": "train", "eps": 1e-5, "momentum": 0.9}
+_BN_CASES = (("mode=train", {"bn_param": {"mode": "train"}}), ("mode=test", {"bn_param": {"mode": "test"}}))  # fmt: skip
+_DENSE = {"relu": KINK}
+
+
+def _elementwise(fn: Callable[[np.ndarray], np.ndarray], domain: Domain = REAL) -> Kind:
+    return Kind(("x",), (((4, 6),),), domains={"x": domain}, reference=lambda v: fn(v["x"]))
+
+
+KINDS: dict[str, Kind] = {
+    "affine": Kind(("x", "w", "b"), (((4, 2, 3), (6, 5), (5,)), ((4, 6), (6, 5), (5,))), reference=_ref_affine),
+    "relu": _elementwise(lambda x: np.maximum(x, 0), KINK),
+    "sigmoid": _elementwise(lambda x: 1 / (1 + np.exp(-x))),
+    "tanh": _elementwise(np.tanh),
+    "batchnorm": Kind(
+        ("x", "gamma", "beta", "bn_param"), (((6, 5), (5,), (5,)),), {"bn_param": _BN}, _BN_CASES,
+        reference=_norm_ref("batch", "bn_param"), hypotheses=_norm_hypotheses("batch", "bn_param"),
+        prepare=_running_stats, extra=_check_running_stats, forward_only=("mode=test",),
+        forward_problem=_bn_forward_problem,
+    ),
+    "spatial_batchnorm": Kind(
+        ("x", "gamma", "beta", "bn_param"), (((2, 3, 4, 5), (3,), (3,)),), {"bn_param": _BN}, _BN_CASES,
+        reference=_norm_ref("spatial", "bn_param"), hypotheses=_norm_hypotheses("spatial", "bn_param"),
+        prepare=_running_stats, extra=_check_running_stats, forward_only=("mode=test",),
+        forward_problem=_bn_forward_problem,
+    ),
+    "layernorm": Kind(
+        ("x", "gamma", "beta", "ln_param"), (((4, 6), (6,), (6,)),), {"ln_param": {"eps": 1e-5}},
+        reference=_norm_ref("layer", "ln_param"), hypotheses=_norm_hypotheses("layer", "ln_param"),
+    ),
+    "spatial_groupnorm": Kind(
+        ("x", "gamma", "beta", "G", "gn_param"),
+        (((2, 4, 3, 5), (1, 4, 1, 1), (1, 4, 1, 1)), ((2, 4, 3, 5), (4,), (4,))),
+        {"G": 2, "gn_param": {"eps": 1e-5}},
+        reference=_norm_ref("group", "gn_param"), hypotheses=_norm_hypotheses("group", "gn_param"),
+    ),
+    "dropout": Kind(
+        ("x", "dropout_param"), (((6, 8),),), {"dropout_param": {"p": 0.3, "mode": "train", "seed": 123}},
+        (("mode=train", {"dropout_param": {"mode": "train"}}), ("mode=test", {"dropout_param": {"mode": "test"}})),
+        domains={"x": KINK}, hypotheses=(_new_mask,), extra=_check_dropout,
+    ),
+    "conv": Kind(
+        ("x", "w", "b", "conv_param"), (((2, 3, 7, 9), (4, 3, 3, 5), (4,)),),
+        {"conv_param": {"stride": 2, "pad": 1}}, reference=_ref_conv, hypotheses=_CONV_HYPOTHESES,
+        forward_problem=_conv_forward_problem,
+    ),
+    "max_pool": Kind(
+        ("x", "pool_param"), (((2, 3, 8, 9),),), {"pool_param": {"pool_height": 2, "pool_width": 3, "stride": 2}},
+        domains={"x": Domain("distinct")}, reference=_ref_pool, hypotheses=_POOL_HYPOTHESES,
+    ),
+    "svm": Kind(("x", "y"), (((6, 5),),), reference=_loss_ref(_svm), loss=True, prepare=_svm_margins, hypotheses=(_loss_not_divided,)),
+    "softmax": Kind(("x", "y"), (((6, 5),),), reference=_loss_ref(_softmax_loss), loss=True, hypotheses=(_loss_not_divided,)),
+}  # fmt: skip
+_LINEAR_LOSS = {
+    "args": ("W", "X", "y", "reg"),
+    "shapes": (((5, 4), (6, 5)),),
+    "params": {"reg": 0.1},
+    "constants": ("X",),
+}
+ALIASES = {"batch_norm": "batchnorm", "layer_norm": "layernorm", "spatial_group_norm": "spatial_groupnorm",
+           "spatial_batch_norm": "spatial_batchnorm", "maxpool": "max_pool", "fc": "affine", "linear": "affine"}  # fmt: skip
+
+
+def _by_names(base: str, names: Sequence[str]) -> Kind | None:
+    """A layer the table does not name (``affine_relu``, ``conv_bn_relu_pool``...), built from
+    its argument names, when it uses only the course's usual ones."""
+    conv = "conv" in base
+    x = (2, 3, 8, 8) if conv else (4, 6)
+    w = (4, 3, 3, 3) if conv else (6, 5)
+    width = w[0] if conv else w[1]
+    sizes = {"x": x, "w": w, "b": (width,)}
+    channels = width if "w" in names else x[1]
+    sizes |= {"gamma": (channels,), "beta": (channels,)}
+    params = {
+        "bn_param": dict(_BN),
+        "ln_param": {"eps": 1e-5},
+        "conv_param": {"stride": 1, "pad": 1},
+        "pool_param": {"pool_height": 2, "pool_width": 2, "stride": 2},
+        "dropout_param": {"p": 0.7, "mode": "train", "seed": 123},
+    }
+    if not names or names[0] != "x" or not set(names) <= set(sizes) | set(params):
+        return None
+    shapes = tuple(sizes[n] for n in names if n in sizes)
+    return Kind(tuple(names), (shapes,), {n: params[n] for n in names if n in params})
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+@dataclass
+class Pair:
+    """A forward, its backward (None for a loss), and the plain backward an ``_alt`` answers to."""
+
+    forward: str
+    backward: str | None
+    base: str
+    plain: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.forward if self.backward is None else f"{self.forward}/{self.backward}"
+
+
+_FORWARD = re.compile(r"^(?P<base>[A-Za-z0-9_]+?)_forward(?P<suffix>_[A-Za-z0-9_]+)?$")
+_LOSS = re.compile(r"^(?P<base>[A-Za-z0-9_]+?)_loss(_[A-Za-z0-9_]+)?$")
+
+
+def find_pairs(functions: dict[str, Callable[..., Any]]) -> list[Pair]:
+    """Function pairs and losses among ``functions`` (name -> function), in definition order."""
+    pairs = []
+    for name in functions:
+        m = _FORWARD.match(name)
+        if m:
+            base, suffix = m["base"], m["suffix"] or ""
+            back = f"{base}_backward{suffix}"
+            if back in functions:
+                pairs.append(Pair(name, back, base))
+            alt = f"{base}_backward{suffix}_alt"
+            if alt in functions:
+                pairs.append(Pair(name, alt, base, back if back in functions else None))
+        elif _LOSS.match(name):
+            pairs.append(Pair(name, None, _LOSS.match(name)["base"]))  # type: ignore[index]
+    return pairs
+
+
+def _required(fn: Callable[..., Any]) -> list[str] | None:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind == p.VAR_POSITIONAL for p in params):
+        return None
+    return [
+        p.name
+        for p in params
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+    ]
+
+
+def kind_for(pair: Pair, fn: Callable[..., Any]) -> tuple[Kind | None, str]:
+    """The table's kind for this pair (matched by name and argument count), and its name."""
+    names = _required(fn)
+    base = ALIASES.get(pair.base.lower(), pair.base.lower())
+    if pair.backward is None:
+        kind = KINDS.get(base)
+        if kind is not None and names is not None and len(names) == 4:
+            kind = Kind(**{**asdict_shallow(kind), **_LINEAR_LOSS})  # (W, X, y, reg)
+        if kind is not None and names is not None and len(names) == len(kind.args):
+            return kind, base
+        return None, base
+    kind = KINDS.get(base)
+    if kind is not None and names is not None and len(names) == len(kind.args):
+        return kind, base
+    if names is not None:
+        return _by_names(base, names), base
+    return None, base
+
+
+def asdict_shallow(kind: Kind) -> dict[str, Any]:
+    return {f: getattr(kind, f) for f in kind.__dataclass_fields__}
+
+
+# --------------------------------------------------------------------------- reports
+
+
+@dataclass
+class CaseResult:
+    """One call of a pair (one mode), with a result per gradient."""
+
+    label: str
+    shapes: list[tuple[int, ...]] = field(default_factory=list)
+    inputs: list[InputResult] = field(default_factory=list)
+    forward: str | None = None  # None: nothing to compare with; "ok"; else what differs
+    problems: list[str] = field(default_factory=list)  # failures beyond the gradients
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        ok_forward = self.forward is None or self.forward.startswith("ok")
+        return ok_forward and not self.problems and all(r.passed for r in self.inputs)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CaseResult:
+        return cls(
+            d["label"],
+            [tuple(s) for s in d["shapes"]],
+            [InputResult.from_dict(r) for r in d["inputs"]],
+            d["forward"],
+            list(d["problems"]),
+            list(d["notes"]),
+        )
+
+
+@dataclass
+class PairReport:
+    """Verdict for one function pair (or loss)."""
+
+    forward: str
+    backward: str | None
+    passed: bool
+    cases: list[CaseResult] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.forward if self.backward is None else f"{self.forward}/{self.backward}"
+
+    @property
+    def diagnoses(self) -> list[str]:
+        """Every reason for failing, most telling first."""
+        out = [self.error] if self.error else []
+        for c in self.cases:
+            at = f"{c.label}: " if c.label else ""
+            if c.forward and not c.forward.startswith("ok"):
+                out.append(f"{at}forward: {c.forward}")
+            out += [at + p for p in c.problems]
+            for r in c.inputs:
+                if not r.passed:
+                    why = r.diagnosis or _wrong_at(r)
+                    out.append(f"{at}{r.name or f'input {r.index}'}: {why}")
+        return out
+
+    @property
+    def summary(self) -> str:
+        """The one line: 'affine_forward/affine_backward: PASS', or FAIL and the first reason."""
+        if self.passed:
+            warn = f"  (warning: {self.warnings[0]})" if self.warnings else ""
+            return f"{self.name}: PASS{warn}"
+        first = (self.diagnoses or ["wrong"])[0]
+        return f"{self.name}: FAIL  {first}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PairReport:
+        return cls(
+            d["forward"],
+            d["backward"],
+            d["passed"],
+            [CaseResult.from_dict(c) for c in d["cases"]],
+            list(d["warnings"]),
+            d["error"],
+        )
+
+    def __str__(self) -> str:
+        lines = [f"{self.name}: {'PASS' if self.passed else 'FAIL'}"]
+        if self.error:
+            lines.append(f"  error: {self.error}")
+        for c in self.cases:
+            head = "  " + (c.label + ": " if c.label else "")
+            head += "inputs " + ", ".join("x".join(map(str, s)) or "scalar" for s in c.shapes)
+            lines.append(head)
+            if c.forward:
+                lines.append(f"    forward against the definition: {c.forward}")
+            lines += [f"    problem: {p}" for p in c.problems]
+            for r in c.inputs:
+                label = f"{r.name or f'input {r.index}'} {r.shape}"
+                if np.isnan(r.max_abs_error):
+                    lines.append(f"    {label}: {'ok' if r.passed else 'WRONG'}")
+                else:
+                    lines.append(
+                        f"    {label}: max abs err {r.max_abs_error:.2e}, max rel err "
+                        f"{r.max_rel_error:.2e}  {'ok' if r.passed else 'WRONG'}"
+                    )
+                if r.diagnosis:
+                    lines.append(f"      diagnosis: {r.diagnosis}")
+                for idx, got, want in r.mismatches:
+                    lines.append(f"      at {idx}: backward gives {got:.6g}, numerically {want:.6g}")
+            lines += [f"    note: {n}" for n in c.notes]
+        lines += [f"  warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        return PairReports([self])._repr_html_()
+
+
+def _wrong_at(r: InputResult) -> str:
+    if r.mismatches:
+        return f"wrong (first at {r.mismatches[0][0]}); no known mistake matches"
+    return "wrong"
+
+
+class PairReports(list):
+    """The reports of :func:`check_pairs`: printed one line per pair then the details; a table in
+    notebooks."""
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self)
+
+    def __str__(self) -> str:
+        lines = [r.summary for r in self]
+        details = [str(r) for r in self if not r.passed or r.warnings]
+        return "\n".join(lines + ([""] + details if details else []))
+
+    def _repr_html_(self) -> str:
+        rows = []
+        for r in self:
+            colour = "#1a7f37" if r.passed else "#cf222e"
+            why = r.warnings if r.passed else r.diagnoses
+            notes = [n for c in r.cases for n in c.notes]
+            items = "".join(f"<li>{escape(w)}</li>" for w in (why or []) + notes)
+            rows.append(
+                f"<tr><td><code>{escape(r.name)}</code></td><td style='color:{colour}'><b>"
+                f"{'PASS' if r.passed else 'FAIL'}</b></td><td><ul>{items}</ul></td></tr>"
+            )
+        return (
+            "<table><tr><th>function pair</th><th>verdict</th><th>diagnosis, warnings, notes"
+            f"</th></tr>{''.join(rows)}</table>"
+        )
+
+
+# --------------------------------------------------------------------------- checking
+
+
+class _Ctx:
+    """One case being checked: the user's functions, the arguments, outputs and upstream."""
+
+    def __init__(self, user: _UserCode, fwd: Callable, kind: Kind | None, case: Case) -> None:
+        self.user, self.fwd, self.kind, self.case = user, fwd, kind, case
+        self.values = dict(zip(case.names, case.values))
+        self.outs: list[np.ndarray] = []
+        self.g: list[np.ndarray] = []
+        self.used_params: dict[str, Any] = {}
+        self.notes: list[str] = []
+        self.warnings: list[str] = []
+
+    def call_forward(self, values: list[Any], phase: str = "forward") -> tuple[list[np.ndarray], Any]:
+        """Outputs and cache of the user's forward on copies of ``values``."""
+        np.random.seed(GLOBAL_SEED)
+        result = self.user.call(phase, self.fwd, *values)
+        if self.kind is not None and self.kind.loss:
+            return [self._loss_value(result)], result
+        if not isinstance(result, tuple) or len(result) < 2:
+            raise _Stop(f"forward returned {_describe(result)}; expected a tuple (out, cache)")
+        outs = [_real_array(o, "forward returned, as its output,", "a NumPy array") for o in result[:-1]]
+        return outs, result[-1]
+
+    def _loss_value(self, result: Any) -> np.ndarray:
+        if not isinstance(result, tuple) or len(result) != 2:
+            raise _Stop(f"the loss returned {_describe(result)}; expected a tuple (loss, gradient)")
+        loss = _real_array(result[0], "the loss returned, as the loss,", "a number")
+        if loss.size != 1:
+            raise _Stop(f"the loss returned, as the loss, an array of shape {loss.shape}; expected a number")
+        return loss.reshape(())
+
+    def fresh(self) -> list[Any]:
+        return [copy.deepcopy(v) for v in self.case.values]
+
+    def vjp_of(self, i: int, fn: Callable[[dict[str, Any]], np.ndarray]) -> np.ndarray:
+        """The gradient a forward ``fn`` (of the arguments by name) would give for input ``i``."""
+        values = dict(zip(self.case.names, self.fresh()))
+        values["_x0"] = self.values["x"]
+        x = values[self.case.names[self.case.diff[i]]]
+        return numeric_vjp(lambda: np.asarray(fn(values), dtype=np.float64), x, self.g[0], EPS)
+
+
+def _build(
+    kind: Kind | None,
+    names: list[str],
+    shapes: Sequence[Shape],
+    params: dict[str, Any],
+    rng: np.random.Generator,
+    base: str,
+) -> tuple[list[Any], list[int]]:
+    """Arguments for one call: arrays drawn for ``shapes``, the other arguments from ``params``."""
+    values: dict[str, Any] = {}
+    diff: list[int] = []
+    arrays = iter(shapes)
+    domains = kind.domains if kind else {}
+    fallback = domains_for(base)
+    for pos, name in enumerate(names):
+        if name in params:
+            values[name] = copy.deepcopy(params[name])
+        elif name == "y":
+            scores = values.get("x", values.get("X"))
+            n = scores.shape[0] if scores is not None else 4
+            c = values["W"].shape[1] if "W" in values else scores.shape[-1] if scores is not None else 3
+            values[name] = rng.integers(0, c, size=n)
+        elif name.endswith("_param"):
+            values[name] = {}
+        else:
+            shape = next(arrays, None)
+            if shape is None:
+                raise _Stop(f"no shape for argument {name!r}: give one with --shape", retry=True)
+            dom = domains.get(name) or (fallback[min(len(diff), len(fallback) - 1)] if not kind else REAL)
+            values[name] = _distinct(rng, shape) if dom.name == "distinct" else dom.sample(rng, shape)
+            if not (kind and name in kind.constants):
+                diff.append(pos)
+    if next(arrays, None) is not None:
+        raise _Stop(f"more shapes than array arguments ({', '.join(names)})", retry=True)
+    if kind is not None and kind.prepare is not None:
+        kind.prepare(values, rng)
+    return [values[n] for n in names], diff
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = {**out[k], **v} if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _cases(
+    kind: Kind | None, names: list[str], overrides: dict[str, Any]
+) -> list[tuple[str, dict[str, Any], bool]]:
+    """(label, parameters, backward checked) for each case; overrides replace the defaults."""
+    params = _merge(kind.params if kind else {}, {})
+    out = []
+    for label, over in kind.cases if kind else (("", {}),):
+        merged = _merge(_merge(params, over), overrides)
+        if any(m[0] != label and m[1] == merged for m in out):  # an override made them equal
+            continue
+        label = _label(label, overrides, merged)
+        out.append((label, merged, not (kind and label in kind.forward_only)))
+    return out
+
+
+def _label(label: str, overrides: dict[str, Any], merged: dict[str, Any]) -> str:
+    if not overrides:
+        return label
+    for d in merged.values():
+        if isinstance(d, dict) and "mode" in d:
+            return f"mode={d['mode']}"
+    return label
+
+
+def check_pair(
+    forward: Callable[..., Any],
+    backward: Callable[..., Any] | None,
+    pair: Pair | None = None,
+    shapes: Sequence[Sequence[int]] | None = None,
+    params: dict[str, Any] | None = None,
+    seed: int = 0,
+    plain_backward: Callable[..., Any] | None = None,
+    source: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> PairReport:
+    """Check one function pair (``backward=None``: a loss returning ``(loss, grad)``).
+
+    ``shapes`` gives the shapes of the floating-point array arguments, in order;
+    ``params`` overrides arguments that are not arrays: ``{"conv_param": {"stride": 1}}``
+    or ``{"G": 4}``. ``plain_backward`` is the ``X_backward`` an ``X_backward_alt``
+    must agree with. ``source`` is the user's file, so errors point at its lines.
+    """
+    pair = pair or Pair(forward.__name__, None if backward is None else backward.__name__, "")
+    if not pair.base:
+        m = _FORWARD.match(pair.forward) or _LOSS.match(pair.forward)
+        pair.base = m["base"] if m else pair.forward
+    report = PairReport(pair.forward, pair.backward, False)
+    user = _UserCode(lambda: None, source, progress)
+    try:
+        kind, base = kind_for(pair, forward)
+        names = _required(forward)
+        if names is None:
+            raise _Stop("forward takes *args: say what it takes with named arguments")
+        if kind is not None:
+            names = list(kind.args)
+        _check_pair(report, user, forward, backward, kind, base, names, shapes, params or {}, seed, plain_backward)
+    except _Stop as stop:
+        report.error = str(stop)
+    report.passed = report.error is None and bool(report.cases) and all(c.passed for c in report.cases)
+    return report
+
+
+def _check_pair(
+    report: PairReport,
+    user: _UserCode,
+    forward: Callable,
+    backward: Callable | None,
+    kind: Kind | None,
+    base: str,
+    names: list[str],
+    shapes: Sequence[Sequence[int]] | None,
+    params: dict[str, Any],
+    seed: int,
+    plain: Callable | None,
+) -> None:
+    if kind is None and backward is None:
+        raise _Stop(f"not checked: no loss named {base!r} is known; name it svm_loss or softmax_loss")
+    unknown = set(params) - set(names)
+    if unknown:
+        raise _Stop(f"no argument named {', '.join(sorted(unknown))} (it takes {', '.join(names)})")
+    if shapes is not None:
+        candidates = [[tuple(int(n) for n in s) for s in shapes]]
+    elif kind is not None:
+        candidates = [list(c) for c in kind.shapes]
+    else:
+        n_arrays = sum(not (n.endswith("_param") or n == "y") for n in names)
+        candidates = [c for c in CANDIDATE_SHAPES if len(c) == n_arrays]
+        if not candidates:
+            raise _Stop(f"{len(names)} arguments and no known shapes: give them with --shape")
+    for label, merged, with_backward in _cases(kind, names, params):
+        rng = np.random.default_rng(seed)
+        first: _Stop | None = None
+        for cand in candidates:
+            values, diff = _build(kind, names, cand, merged, rng, base)
+            case = Case(label, names, values, diff, with_backward and backward is not None or bool(kind and kind.loss))
+            ctx = _Ctx(user, forward, kind, case)
+            try:
+                ctx.outs, cache = ctx.call_forward(ctx.fresh())
+                break
+            except _Stop as stop:
+                if not stop.retry:
+                    raise
+                first = first or stop
+        else:
+            raise first or _Stop("forward failed: no input shapes fit")
+        result = CaseResult(label, [np.shape(v) for v in (values[i] for i in diff)])
+        report.cases.append(result)
+        _check_case(ctx, result, report, backward, cache, rng, plain)
+
+
+def _check_case(
+    ctx: _Ctx,
+    result: CaseResult,
+    report: PairReport,
+    backward: Callable | None,
+    cache: Any,
+    rng: np.random.Generator,
+    plain: Callable | None,
+) -> None:
+    case, kind = ctx.case, ctx.kind
+    names = case.names
+    at = f" ({case.label})" if case.label else ""
+    if not all(np.all(np.isfinite(o)) for o in ctx.outs):
+        raise _Stop(f"forward returned NaN or infinity on random inputs{at}")
+    # what forward did to its arguments
+    again = ctx.fresh()
+    outs2, _ = ctx.call_forward(again)
+    ctx.used_params = {n: v for n, v in zip(names, again) if isinstance(v, dict)}
+    for i in case.diff:
+        if not np.array_equal(again[i], case.values[i]):
+            _warn(report, f"forward modifies its argument {names[i]} in place: the caller's array changes")
+    if any(not np.array_equal(a, b) for a, b in zip(outs2, ctx.outs)):
+        raise _Stop(
+            "forward gives different outputs for the same inputs (random without the seed "
+            "in its parameters?)" + at
+        )
+    # the forward against the course's definition
+    if kind is not None and kind.reference is not None:
+        allowed = kind.reference(ctx.values)
+        allowed = allowed if isinstance(allowed, list) else [allowed]
+        if any(agrees(ctx.outs[0], w, FORWARD_ATOL, FORWARD_RTOL) for w in allowed):
+            result.forward = "ok"
+        else:
+            why = kind.forward_problem(ctx.values, ctx.outs[0]) if kind.forward_problem else None
+            result.forward = why or _differs(ctx.outs[0], allowed[0])
+    if kind is not None and kind.extra is not None:
+        result.problems += kind.extra(ctx)
+    result.notes += ctx.notes
+    if not case.backward:
+        result.notes.append("forward only: the course's backward is for training mode")
+        return
+    # the gradients
+    ctx.g = [np.ones(()) if kind and kind.loss else rng.standard_normal(o.shape) for o in ctx.outs]
+    grads = _backward(ctx, backward, cache, report)
+    for k, (pos, got) in enumerate(zip(case.diff, grads)):
+        x = ctx.values[names[pos]]
+        want = _numeric(ctx, pos)
+        r = InputResult(k, x.shape, name="d" + names[pos])
+        if got.shape != want.shape and _broadcast_only(got, want):
+            _warn(
+                report,
+                f"d{names[pos]} has shape {got.shape} where {names[pos]} has {want.shape}: the "
+                f"values are right, but return d{names[pos]}.reshape({names[pos]}.shape)",
+            )
+            got = got.reshape(want.shape)
+        if got.shape == want.shape:
+            diff = np.abs(got - want)
+            r.max_abs_error = float(np.max(diff, initial=0.0))
+            r.max_rel_error = float(
+                np.max(diff / np.maximum(np.maximum(np.abs(want), np.abs(got)), 1e-12), initial=0.0)
+            )
+            bad = mismatches(got, want, ATOL, RTOL)
+            r.passed = not bool(bad.any())
+            for idx in itertools.islice(zip(*np.nonzero(bad)), 3):
+                r.mismatches.append((tuple(int(j) for j in idx), float(got[idx]), float(want[idx])))
+        if not r.passed:
+            r.diagnosis = _explain(ctx, k, got, want, backward, x)
+        result.inputs.append(r)
+    if plain is not None:
+        _compare_alt(ctx, result, report, plain, grads)
+
+
+def _warn(report: PairReport, message: str) -> None:
+    if message not in report.warnings:
+        report.warnings.append(message)
+
+
+def _differs(got: np.ndarray, want: np.ndarray) -> str:
+    if got.shape != want.shape:
+        return f"output shape {got.shape}, the definition's is {want.shape}"
+    return f"differs from the definition by up to {float(np.max(np.abs(got - want))):.3g}"
+
+
+def _broadcast_only(got: np.ndarray, want: np.ndarray) -> bool:
+    """(1, D) for (D,) and the like: same values, shape differing only by axes of length 1."""
+    squeeze = tuple(n for n in got.shape if n != 1) == tuple(n for n in want.shape if n != 1)
+    return squeeze and agrees(got.reshape(want.shape), want, ATOL, RTOL)
+
+
+def _backward(ctx: _Ctx, backward: Callable | None, cache: Any, report: PairReport) -> list[np.ndarray]:
+    """The user's gradients, one per array argument, checked for type and count."""
+    names = [ctx.case.names[i] for i in ctx.case.diff]
+    expected = (
+        f"a NumPy array (d{names[0]})" if len(names) == 1 else
+        f"a tuple of {len(names)} arrays ({', '.join('d' + n for n in names)})"
+    )  # fmt: skip
+    if backward is None:  # a loss: the gradient came with the value
+        np.random.seed(GLOBAL_SEED)
+        result = ctx.user.call("forward", ctx.fwd, *ctx.fresh())
+        items: Any = result[1]
+        what = "the loss returned, as the gradient,"
+    else:
+        douts = [g.copy() for g in ctx.g]
+        items = ctx.user.call("backward", backward, *douts, cache)
+        if any(not np.array_equal(a, b) for a, b in zip(douts, ctx.g)):
+            _warn(
+                report,
+                "backward modifies its upstream gradient dout in place: in a network, "
+                "that corrupts the gradients of the layers after it (copy it first)",
+            )
+        what = "backward returned"
+    if len(names) == 1 and not isinstance(items, (tuple, list)):
+        items = (items,)
+    elif not isinstance(items, tuple):
+        hint = " (a missing return?)" if items is None else ""
+        raise _Stop(f"{what} {_describe(items)}{hint}; expected {expected}")
+    if len(items) != len(names):
+        raise _Stop(f"{what} {len(items)} gradient(s); expected {expected}")
+    return [
+        _real_array(item, f"{what} as d{n},", f"an array of shape {np.shape(ctx.values[n])}")
+        for item, n in zip(items, names)
+    ]
+
+
+def _numeric(ctx: _Ctx, pos: int) -> np.ndarray:
+    values = ctx.fresh()
+
+    def f() -> np.ndarray:
+        outs, _ = ctx.call_forward(
+            [copy.deepcopy(v) for v in values], "numerical gradient: forward on perturbed inputs"
+        )
+        return np.concatenate([o.ravel() for o in outs])
+
+    g = np.concatenate([gk.ravel() for gk in ctx.g])
+    return numeric_vjp(f, values[pos], g, EPS)
+
+
+def _explain(
+    ctx: _Ctx, k: int, got: np.ndarray, want: np.ndarray, backward: Callable | None, x: np.ndarray
+) -> str | None:
+    zero = zero_gradient(got, want)
+    if zero:
+        return zero
+    for hyp in ctx.kind.hypotheses if ctx.kind else ():
+        why = hyp(ctx, k, got, want)
+        if why:
+            return why
+    local = None
+    if backward is not None and len(ctx.g) == 1:
+        try:
+            outs, cache = ctx.call_forward(ctx.fresh())
+            ones = ctx.user.call("backward", backward, np.ones_like(outs[0]), cache)
+            ones = ones if isinstance(ones, tuple) else (ones,)
+            loc = np.asarray(ones[k], dtype=np.float64)
+            local = loc if loc.shape == want.shape else None
+        except (_Stop, IndexError, TypeError, ValueError):
+            local = None
+    batch = x.shape[0] if x.ndim > 1 else 0
+    return _diagnose(got, want, x, ctx.g[0], ctx.outs[0], local, batch=batch)
+
+
+def _compare_alt(
+    ctx: _Ctx, result: CaseResult, report: PairReport, plain: Callable, grads: list[np.ndarray]
+) -> None:
+    name = getattr(plain, "__name__", "the plain backward")
+    try:
+        _, cache = ctx.call_forward(ctx.fresh())
+        theirs = ctx.user.call(f"{name} (to compare)", plain, *[g.copy() for g in ctx.g], cache)
+        theirs = theirs if isinstance(theirs, tuple) else (theirs,)
+        theirs = [np.asarray(t, dtype=np.float64) for t in theirs]
+    except (_Stop, TypeError, ValueError) as exc:
+        result.notes.append(f"not compared with {name}: {exc}")
+        return
+    for r, mine, other in zip(result.inputs, grads, theirs):
+        if mine.shape != other.shape or agrees(mine, other, ALT_ATOL, ALT_RTOL):
+            continue
+        gap = float(np.max(np.abs(mine - other)))
+        if not r.passed:
+            right = "which matches the numerical gradient" if _plain_right(ctx, r, other) else "which is wrong too"
+            r.diagnosis = f"disagrees with {name} (by up to {gap:.3g}), {right}" + (
+                f"; {r.diagnosis}" if r.diagnosis else ""
+            )
+        else:
+            _warn(
+                report,
+                f"{r.name} differs from {name}'s by up to {gap:.3g}, within the numerical "
+                "check's tolerance: one of them is slightly off",
+            )
+
+
+def _plain_right(ctx: _Ctx, r: InputResult, other: np.ndarray) -> bool:
+    return agrees(other, _numeric(ctx, ctx.case.diff[r.index]), ATOL, RTOL)
+
+
+# --------------------------------------------------------------------------- many
+
+
+def user_functions(namespace: dict[str, Any], module_name: str | None = None) -> dict[str, Callable]:
+    """The functions defined in ``namespace`` (a module's, or a notebook's globals())."""
+    return {
+        k: v
+        for k, v in namespace.items()
+        if inspect.isfunction(v) and (module_name is None or v.__module__ == module_name)
+    }
+
+
+def check_pairs(
+    functions: dict[str, Callable[..., Any]],
+    shapes: dict[str, list[Shape]] | None = None,
+    params: dict[str, dict[str, Any]] | None = None,
+    only: Sequence[str] | None = None,
+    seed: int = 0,
+    source: str | None = None,
+    progress: Callable[[str, str], None] | None = None,
+) -> PairReports:
+    """Check every pair and loss among ``functions`` (in this process); ``shapes`` and
+    ``params`` are keyed by the forward's name (or the loss's)."""
+    reports = PairReports()
+    for pair in find_pairs(functions):
+        if only and pair.forward not in only and pair.name not in only:
+            continue
+
+        def step(phase: str, name: str = pair.name) -> None:
+            if progress:
+                progress(name, phase)
+
+        reports.append(
+            check_pair(
+                functions[pair.forward],
+                functions[pair.backward] if pair.backward else None,
+                pair,
+                (shapes or {}).get(pair.forward),
+                (params or {}).get(pair.forward),
+                seed,
+                functions[pair.plain] if pair.plain else None,
+                source,
+                step,
+            )
+        )
+    return reports
