@@ -10,7 +10,9 @@ Both libraries get the same thread count (``--threads``: NumPy's BLAS through
 ``OPENBLAS_NUM_THREADS``, set before NumPy loads, and ``torch.set_num_threads``).
 Rounds are interleaved, the order alternating, with a pause between
 contestants, so machine noise hits both alike; the ratio is the median of the
-per-round ratios. Also reported: npgrad's peak traced memory for one step
+per-round ratios. Both run with glibc told to keep freed memory
+(:func:`npgrad.allocator.keep_freed_memory`, one process, so both alike;
+``--default-malloc`` to compare without). Also reported: npgrad's peak traced memory for one step
 (``tracemalloc`` sees NumPy's allocations) and the roofline share, the
 network's GEMM FLOPs per second over the peak of a large float32 GEMM measured
 in the same run.
@@ -51,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import npgrad  # noqa: E402
 from npgrad import nn, optim  # noqa: E402
+from npgrad.allocator import keep_freed_memory  # noqa: E402
 
 LR = 1e-3
 
@@ -167,6 +170,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     import torch
 
     torch.set_num_threads(args.threads)
+    if not args.default_malloc:
+        keep_freed_memory()
     rng = np.random.default_rng(0)
     x = rng.random((args.batch, 1, 28, 28), dtype=np.float32)
     y = rng.integers(0, 10, args.batch)
@@ -208,7 +213,7 @@ def run(args: argparse.Namespace) -> list[dict]:
 def table(rows: list[dict], args: argparse.Namespace) -> str:
     lines = [
         f"batch {args.batch}, {args.threads} threads, Adam, {args.rounds} interleaved rounds "
-        f"of {args.steps} steps (medians)",
+        f"of {args.steps} steps (medians)" + (", default malloc" if args.default_malloc else ""),
         "",
         "| network | npgrad samples/s | PyTorch samples/s | ratio (min-max) "
         "| npgrad peak memory | roofline share |",
@@ -249,6 +254,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pause", type=float, default=0.5, help="seconds between contestants")
     parser.add_argument("--tiny", action="store_true", help="seconds: 1 round, 2 steps, batch 16")
     parser.add_argument("--profile", choices=sorted(SHAPES), help="profile npgrad instead")
+    parser.add_argument(
+        "--default-malloc", action="store_true", help="leave glibc's malloc thresholds alone"
+    )
     parser.add_argument("--out", type=Path, help="also write the table to this Markdown file")
     args = parser.parse_args(argv)
     if args.tiny:
