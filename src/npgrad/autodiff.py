@@ -12,12 +12,20 @@ Gradient accumulation: ``backward`` *adds* into ``.grad`` of leaf tensors, as
 PyTorch does, so gradients of several backward calls accumulate until you
 reset them with ``t.grad = None``, ``t.zero_grad()`` or an optimizer's /
 module's ``zero_grad()``.
+
+Higher order: ``backward(create_graph=True)`` and :func:`grad` run the same
+vjps on Tensors instead of arrays (the op table's vjps are written for both,
+see :mod:`npgrad.ops`), so the backward pass is itself recorded and its
+gradients are Tensors that can be differentiated again, to any order.
+:func:`hvp` builds Hessian-vector products on it. Without ``create_graph``
+nothing of this runs: the vjps see NumPy arrays, as they always did.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,6 +41,17 @@ def no_grad() -> Iterator[None]:
     """Context in which operations record no graph (evaluation, optimizer updates)."""
     global _GRAD_ENABLED
     previous, _GRAD_ENABLED = _GRAD_ENABLED, False
+    try:
+        yield
+    finally:
+        _GRAD_ENABLED = previous
+
+
+@contextlib.contextmanager
+def enable_grad() -> Iterator[None]:
+    """Context in which operations record again, even inside :func:`no_grad`."""
+    global _GRAD_ENABLED
+    previous, _GRAD_ENABLED = _GRAD_ENABLED, True
     try:
         yield
     finally:
@@ -78,7 +97,8 @@ class Tensor:
                 "pass dtype=np.float32 or np.float64"
             )
         self.data: np.ndarray = arr
-        self.grad: np.ndarray | None = None
+        # An array; a Tensor after backward(create_graph=True), so it can be differentiated.
+        self.grad: Any = None
         self.requires_grad = bool(requires_grad)
         self._node: Node | None = None
         self._retain = False
@@ -129,6 +149,10 @@ class Tensor:
     def item(self) -> float:
         return self.data.item()
 
+    def __array_namespace__(self, api_version: str | None = None) -> Any:
+        """This module: the functions (``apply`` above all) that vjps call on Tensors."""
+        return sys.modules[__name__]
+
     def detach(self) -> Tensor:
         """A new leaf tensor sharing the data, cut from the graph."""
         return Tensor(self.data)
@@ -151,58 +175,25 @@ class Tensor:
         return self
 
     # ------------------------------------------------------------------ autodiff
-    def backward(self, grad: Any = None, retain_graph: bool = False) -> None:
+    def backward(
+        self, grad: Any = None, retain_graph: bool | None = None, create_graph: bool = False
+    ) -> None:
         """Accumulate d(self)/d(leaf) into ``.grad`` of every leaf that requires it.
 
         ``grad`` is the upstream gradient (defaults to 1 for a one-element tensor).
-        The graph's saved arrays are freed afterwards unless ``retain_graph``.
+        With ``create_graph`` the backward pass is recorded: ``.grad`` becomes a
+        Tensor that can be differentiated again. The graph's saved arrays are
+        freed afterwards unless ``retain_graph`` (which defaults to ``create_graph``).
         """
         if not self.requires_grad:
             raise GradError(
                 "backward() on a tensor that does not require grad: create the inputs "
                 "with requires_grad=True (and not inside no_grad())"
             )
-        if grad is None:
-            if self.data.size != 1:
-                raise GradError(
-                    f"backward() without a gradient needs a one-element output, got shape "
-                    f"{self.shape}; pass grad=... of that shape or reduce with .sum()/.mean()"
-                )
-            seed = np.ones_like(self.data)
-        else:
-            seed = np.array(grad.data if isinstance(grad, Tensor) else grad, dtype=self.dtype)
-            if seed.shape != self.shape:
-                raise GradError(f"backward(grad): grad has shape {seed.shape}, output {self.shape}")
-
-        order = topological_order(self)
-        grads: dict[int, np.ndarray] = {id(self): seed}
-        handed_out: set[int] = set()
-        for t in reversed(order):
-            g = grads.pop(id(t), None)
-            if g is None:
-                continue
-            node = t._node
-            if node is None or t._retain:
-                _accumulate_leaf(t, g, handed_out)
-                if node is None:
-                    continue
-            if node.saved is _FREED:
-                raise GradError(
-                    "backward through a graph whose saved arrays were freed by an earlier "
-                    "backward(); pass retain_graph=True to the first call"
-                )
-            in_grads = node.op.vjp(node.saved, g, node.needs)
-            for p, gi in zip(node.parents, in_grads):
-                if gi is None or not p.requires_grad:
-                    continue
-                if gi.shape != p.data.shape:
-                    gi = ops.unbroadcast(gi, p.data.shape)
-                k = id(p)
-                prev = grads.get(k)
-                # Never in place: gi may alias an array that another input also received.
-                grads[k] = gi if prev is None else prev + gi
-            if not retain_graph:
-                node.saved = _FREED
+        seed = _seed(self, grad, create_graph)
+        if retain_graph is None:
+            retain_graph = create_graph
+        _backprop([self], [seed], retain_graph, create_graph, None)
 
     # ------------------------------------------------------------------ operators
     def __add__(self, other: Any) -> Tensor:
@@ -270,10 +261,15 @@ class Tensor:
     def T(self) -> Tensor:
         return apply(ops.Transpose, self, axes=None)
 
-    def transpose(self, *axes: int) -> Tensor:
-        if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
-            axes = tuple(axes[0])
-        return apply(ops.Transpose, self, axes=tuple(axes) if axes else None)
+    def transpose(self, *axes: Any) -> Tensor:
+        if len(axes) == 1 and (axes[0] is None or isinstance(axes[0], (tuple, list))):
+            axes = () if axes[0] is None else tuple(axes[0])
+        return apply(ops.Transpose, self, axes=tuple(int(a) for a in axes) if axes else None)
+
+    def swapaxes(self, axis1: int, axis2: int) -> Tensor:
+        axes = list(range(self.ndim))
+        axes[axis1], axes[axis2] = axes[axis2], axes[axis1]
+        return apply(ops.Transpose, self, axes=tuple(axes))
 
     def reshape(self, *shape: Any) -> Tensor:
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
@@ -314,15 +310,17 @@ class Tensor:
 _FREED = object()
 
 
-def topological_order(root: Tensor, grad_only: bool = True) -> list[Tensor]:
+def topological_order(root: Tensor | Sequence[Tensor], grad_only: bool = True) -> list[Tensor]:
     """Post-order of the graph below ``root`` (inputs before outputs), iteratively.
 
     The one graph walk in npgrad: backward follows only inputs that require
     gradients (``grad_only``); drawing a graph (:mod:`npgrad.graph`) follows all.
+    ``root`` may be several tensors (:func:`grad` of several outputs).
     """
+    roots = [root] if isinstance(root, Tensor) else list(root)
     order: list[Tensor] = []
     visited: set[int] = set()
-    stack: list[tuple[Tensor, bool]] = [(root, False)]
+    stack: list[tuple[Tensor, bool]] = [(r, False) for r in reversed(roots)]
     while stack:
         t, done = stack.pop()
         if done:
@@ -340,7 +338,113 @@ def topological_order(root: Tensor, grad_only: bool = True) -> list[Tensor]:
     return order
 
 
-def _accumulate_leaf(t: Tensor, g: np.ndarray, handed_out: set[int]) -> None:
+def _seed(out: Tensor, grad: Any, create_graph: bool) -> Any:
+    """The upstream gradient of ``out``: ``grad`` checked, or 1 for a one-element output."""
+    if grad is None:
+        if out.data.size != 1:
+            raise GradError(
+                f"backward() without a gradient needs a one-element output, got shape "
+                f"{out.shape}; pass grad=... of that shape or reduce with .sum()/.mean()"
+            )
+        seed = np.ones_like(out.data)
+    elif create_graph and isinstance(grad, Tensor):
+        seed = grad  # kept: the gradient may itself be differentiated with respect to it
+    else:
+        seed = np.array(grad.data if isinstance(grad, Tensor) else grad, dtype=out.dtype)
+    if seed.shape != out.shape:
+        raise GradError(f"backward(grad): grad has shape {seed.shape}, output {out.shape}")
+    return seed if not create_graph or isinstance(seed, Tensor) else Tensor(seed)
+
+
+def _backprop(
+    roots: Sequence[Tensor],
+    seeds: Sequence[Any],
+    retain_graph: bool,
+    create_graph: bool,
+    wanted: set[int] | None,
+) -> dict[int, Any]:
+    """The backward pass: each op's vjp in reverse topological order.
+
+    ``wanted is None``: accumulate into ``.grad`` of the leaves (``backward``).
+    Otherwise return the gradients of the tensors whose ids are in ``wanted``
+    (:func:`grad`), touching no ``.grad`` and skipping every node from which
+    no wanted tensor can be reached. ``create_graph`` runs the vjps on Tensors,
+    so that they record.
+    """
+    order = topological_order(roots)
+    grads: dict[int, Any] = {}
+    for r, seed in zip(roots, seeds):
+        grads[id(r)] = seed if id(r) not in grads else grads[id(r)] + seed
+    reaches: set[int] | None = None  # tensors at or above a wanted one
+    if wanted is not None:
+        reaches = set()
+        for t in order:
+            if id(t) in wanted or any(id(p) in reaches for p in t.parents):
+                reaches.add(id(t))
+    captured: dict[int, Any] = {}
+    handed_out: set[int] = set()
+    for t in reversed(order):
+        g = grads.pop(id(t), None)
+        if g is None:
+            continue
+        node = t._node
+        if wanted is None:
+            if node is None or t._retain:
+                _accumulate_leaf(t, g, handed_out, create_graph)
+        elif id(t) in wanted:
+            captured[id(t)] = g
+        if node is None:
+            continue
+        needs = node.needs
+        if reaches is not None:
+            needs = tuple([n and id(p) in reaches for n, p in zip(needs, node.parents)])
+            if True not in needs:
+                continue
+        if node.saved is _FREED:
+            raise GradError(
+                "backward through a graph whose saved arrays were freed by an earlier "
+                "backward(); pass retain_graph=True to the first call"
+            )
+        if create_graph:
+            in_grads = _recorded_vjp(node, t, g, needs)
+        else:
+            in_grads = node.op.vjp(node.saved, g, needs)
+        for p, gi, n in zip(node.parents, in_grads, needs):
+            if gi is None or not n or not p.requires_grad:
+                continue
+            if gi.shape != p.data.shape:
+                gi = ops.unbroadcast(gi, p.data.shape)
+            k = id(p)
+            prev = grads.get(k)
+            # Never in place: gi may alias an array that another input also received.
+            grads[k] = gi if prev is None else prev + gi
+        if not retain_graph:
+            node.saved = _FREED
+    return captured
+
+
+def _recorded_vjp(node: Node, out: Tensor, g: Tensor, needs: tuple[bool, ...]) -> tuple[Any, ...]:
+    """The op's vjp run on Tensors (``create_graph``): the same formula, recorded."""
+    op = node.op
+    why = (
+        f"create_graph: the vjp of op {op.name!r} computes on NumPy arrays only, so its "
+        "gradient cannot be differentiated again"
+    )
+    if not op.differentiable_vjp:
+        raise GradError(why + " (it declares differentiable_vjp = False)")
+    try:
+        in_grads = op.vjp(op.on_tape(node.saved, node.parents, out), g, needs)
+    except (TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise GradError(f"{why}: {type(exc).__name__}: {exc}") from exc
+    if any(gi is not None and not isinstance(gi, Tensor) for gi in in_grads):
+        raise GradError(why + " (it returned arrays, not Tensors)")
+    return in_grads
+
+
+def _accumulate_leaf(t: Tensor, g: Any, handed_out: set[int], create_graph: bool) -> None:
+    if create_graph:
+        t.grad = g if t.grad is None else t.grad + g  # out of place: g is on the tape
+        return
     if g.dtype != t.data.dtype:
         g = g.astype(t.data.dtype)
     elif not g.flags.owndata or not g.flags.writeable or id(g) in handed_out:
@@ -396,7 +500,107 @@ def tensor(data: Any, requires_grad: bool = False, dtype: Any = None) -> Tensor:
     return Tensor(data, requires_grad=requires_grad, dtype=dtype)
 
 
+def grad(
+    outputs: Tensor | Sequence[Tensor],
+    inputs: Tensor | Sequence[Tensor],
+    grad_outputs: Any = None,
+    create_graph: bool = False,
+    retain_graph: bool | None = None,
+) -> tuple[Tensor, ...]:
+    """The gradients of ``outputs`` with respect to ``inputs``, returned, not accumulated.
+
+    ``grad_outputs`` holds one upstream gradient per output (default: 1 for each,
+    which must then have one element). With ``create_graph`` the backward pass
+    is recorded, so the returned Tensors can be differentiated again (second
+    derivatives, :func:`hvp`); ``retain_graph`` defaults to ``create_graph``.
+    Returns one Tensor per input, zeros for an input the outputs do not depend
+    on. No ``.grad`` is touched. As ``torch.autograd.grad``.
+    """
+    outs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
+    ins = [inputs] if isinstance(inputs, Tensor) else list(inputs)
+    for what, ts in (("outputs", outs), ("inputs", ins)):
+        if not ts or not all(isinstance(t, Tensor) for t in ts):
+            raise GradError(f"grad(): {what} must be a Tensor or a non-empty sequence of Tensors")
+    for i, x in enumerate(ins):
+        if not x.requires_grad:
+            raise GradError(
+                f"grad(): input {i} does not require grad; create it with requires_grad=True"
+            )
+    if grad_outputs is None:
+        gos: list[Any] = [None] * len(outs)
+    else:
+        gos = (
+            [grad_outputs] if len(outs) == 1 and isinstance(outputs, Tensor) else list(grad_outputs)
+        )
+        if len(gos) != len(outs):
+            raise GradError(f"grad(): {len(gos)} grad_outputs for {len(outs)} outputs")
+    roots = [(o, go) for o, go in zip(outs, gos) if o.requires_grad]
+    if not roots:
+        raise GradError(
+            "grad(): no output requires grad: the outputs do not depend on any input "
+            "that requires grad (or were computed inside no_grad())"
+        )
+    seeds = [_seed(o, go, create_graph) for o, go in roots]
+    captured = _backprop(
+        [o for o, _ in roots],
+        seeds,
+        create_graph if retain_graph is None else retain_graph,
+        create_graph,
+        {id(x) for x in ins},
+    )
+    result = []
+    for x in ins:
+        g = captured.get(id(x))
+        if g is None:
+            result.append(Tensor(np.zeros_like(x.data)))
+        elif isinstance(g, Tensor):
+            result.append(g)
+        else:
+            result.append(Tensor(np.array(g, dtype=x.dtype)))  # a copy: g may alias another
+    return tuple(result)
+
+
+def hvp(f: Callable[..., Tensor], inputs: Any, v: Any) -> Any:
+    """The Hessian-vector product ``H v`` of the scalar ``f`` at ``inputs``, as arrays.
+
+    ``inputs`` is an array (or Tensor) or a sequence of them, ``v`` the same
+    structure and shapes; ``f`` takes one Tensor per input. Two backward
+    passes, never the Hessian: the gradient ``g`` is recorded
+    (``create_graph``), then ``d(g . v)/dx = H v`` (Pearlmutter's trick).
+    Returns an array, or a tuple of arrays for a sequence of inputs.
+    """
+    single = not isinstance(inputs, (list, tuple))
+    xs_in = [inputs] if single else list(inputs)
+    vs_in = [v] if single else list(v) if isinstance(v, (list, tuple)) else [v]
+    if len(vs_in) != len(xs_in):
+        raise GradError(f"hvp(): {len(vs_in)} directions for {len(xs_in)} inputs")
+    xs = [Tensor(np.array(_data(x)), requires_grad=True) for x in xs_in]
+    vs = [np.asarray(_data(u), dtype=x.dtype) for u, x in zip(vs_in, xs)]
+    for i, (x, u) in enumerate(zip(xs, vs)):
+        if u.shape != x.shape:
+            raise GradError(f"hvp(): direction {i} has shape {u.shape}, input {x.shape}")
+    with enable_grad():
+        y = f(*xs)
+        if not isinstance(y, Tensor) or y.data.size != 1:
+            raise GradError("hvp(): f must return a one-element Tensor (a scalar loss)")
+        gs = grad(y, xs, create_graph=True) if y.requires_grad else ()
+        dot = None
+        for g, u in zip(gs, vs):
+            term = (g * u).sum()
+            dot = term if dot is None else dot + term
+    if dot is None or not dot.requires_grad:  # f is at most linear: H = 0
+        out = tuple(np.zeros_like(x.data) for x in xs)
+    else:
+        out = tuple(h.data for h in grad(dot, xs))
+    return out[0] if single else out
+
+
 # ---------------------------------------------------------------------- module-level functions
+
+
+def broadcast_to(x: Any, shape: Sequence[int]) -> Tensor:
+    """``x`` broadcast to ``shape`` (its gradient sums over the copies)."""
+    return apply(ops.BroadcastTo, as_tensor(x), shape=tuple(shape))
 
 
 def matmul(a: Any, b: Any) -> Tensor:

@@ -34,6 +34,18 @@ Both :mod:`npgrad.layers` (the exercise's classes) and :mod:`npgrad.autodiff`
 (the autodiff tape) call these methods; there is no other copy of any
 gradient formula in npgrad.
 
+Each vjp runs on NumPy arrays (the fast path) *and* on Tensors (the recording
+path of ``backward(create_graph=True)``, which makes gradients differentiable
+again; see ``docs/higher-order.md``). So a vjp uses only operators and methods
+that both support (``+ - * / @ **``, comparisons, ``.sum``, ``.reshape``,
+``.transpose``, ``.swapaxes``, indexing, ``.shape``, ``.dtype``), and where it
+needs a function it applies another op with :func:`call`. Masks and indices
+(relu, max) come from comparisons, which give constant boolean arrays on both.
+What the vjp reads when it records is ``Op.on_tape(saved, inputs, out)``: by
+default ``saved`` with each input's and the output's array replaced by its
+Tensor. An op whose vjp is not written this way sets ``differentiable_vjp = False``
+and ``create_graph`` refuses it with a clear error.
+
 Declaring the checks of a new op (a sketch; ``x`` and ``w`` are its array
 inputs, ``stride`` a keyword parameter of its ``forward``)::
 
@@ -92,6 +104,8 @@ class Op:
 
     name: ClassVar[str] = ""
     spec: ClassVar[OpSpec | None] = None  # how to check it; see the module docstring
+    # False for an op whose vjp computes on NumPy arrays only: create_graph refuses it.
+    differentiable_vjp: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -102,6 +116,43 @@ class Op:
     # forward(*arrays, **params) -> (out, saved); vjp(saved, g, needs) -> grads.
     forward: ClassVar[Callable[..., tuple[Array, Any]]]
     vjp: ClassVar[Callable[..., Grads]]
+
+    @staticmethod
+    def on_tape(saved: Any, inputs: tuple[Any, ...], out: Any) -> Any:
+        """What the vjp reads when it records (``create_graph``): ``saved`` in Tensors.
+
+        Every array in ``saved`` (through nested tuples) that *is* an input's or
+        the output's array is replaced by that Tensor, so the gradient formula's
+        dependence on it is differentiated too; every other value stays a
+        constant. An op that saves an array it computed from its inputs
+        overrides this to recompute it from the Tensors (see cross_entropy).
+        """
+        tensors = {id(out.data): out}
+        for t in reversed(inputs):  # the first input wins when two share one array
+            if t.requires_grad or id(t.data) not in tensors:
+                tensors[id(t.data)] = t
+        return _replace(saved, tensors)
+
+
+def _replace(saved: Any, tensors: dict[int, Any]) -> Any:
+    if isinstance(saved, tuple):
+        return tuple(_replace(s, tensors) for s in saved)
+    if isinstance(saved, np.ndarray):
+        return tensors.get(id(saved), saved)
+    return saved
+
+
+def call(op: type[Op], x: Any, **params: Any) -> Any:
+    """Apply ``op`` to ``x`` inside a vjp: the one way a vjp uses a function.
+
+    On NumPy arrays (and scalars) this is the op's forward, nothing recorded:
+    the fast path. On anything else, a Tensor, it is its array namespace's
+    ``apply`` (``npgrad.autodiff.apply``), which records the op, so the
+    gradient that the vjp computes can be differentiated again.
+    """
+    if isinstance(x, (np.ndarray, np.generic)):
+        return op.forward(x, **params)[0]
+    return x.__array_namespace__().apply(op, x, **params)
 
 
 def unbroadcast(g: Array, shape: tuple[int, ...]) -> Array:
@@ -134,6 +185,19 @@ def _swap(a: Array) -> Array:
     return a.swapaxes(-1, -2)
 
 
+def _unsqueeze(a: Array, axis: int) -> Array:
+    """``a`` with a new axis of length 1 at ``axis`` (a view, by reshape: Tensors have it too)."""
+    shape = list(a.shape)
+    shape.insert(axis % (len(shape) + 1), 1)
+    return a.reshape(tuple(shape))
+
+
+def _squeeze(a: Array, axis: int) -> Array:
+    shape = list(a.shape)
+    del shape[axis]
+    return a.reshape(tuple(shape))
+
+
 def _norm_axes(axis: int | tuple[int, ...] | None, ndim: int) -> tuple[int, ...]:
     if axis is None:
         return tuple(range(ndim))
@@ -146,7 +210,10 @@ def _expand_reduced(g: Array, axes: tuple[int, ...], keepdims: bool) -> Array:
     """Re-insert the reduced axes into ``g`` so it broadcasts against the input."""
     if keepdims or not axes:
         return g
-    return np.expand_dims(g, axes)
+    shape = list(g.shape)
+    for a in axes:  # sorted, so each lands at its final position
+        shape.insert(a, 1)
+    return g.reshape(tuple(shape))
 
 
 # --------------------------------------------------------------------------- linear algebra
@@ -194,20 +261,20 @@ class Matmul(Op):
     def vjp(saved: Any, g: Array, needs: tuple[bool, ...] = (True, True)) -> Grads:
         a, b = saved
         # Promote 1-D operands to matrices the way NumPy does, so one formula serves all.
-        a2 = a[None, :] if a.ndim == 1 else a
-        b2 = b[:, None] if b.ndim == 1 else b
-        g2 = g[..., None] if b.ndim == 1 else g
+        a2 = _unsqueeze(a, 0) if a.ndim == 1 else a
+        b2 = _unsqueeze(b, -1) if b.ndim == 1 else b
+        g2 = _unsqueeze(g, -1) if b.ndim == 1 else g
         if a.ndim == 1:
-            g2 = g2[..., None, :]
+            g2 = _unsqueeze(g2, -2)
         ga = gb = None
         if needs[0]:
             ga = g2 @ _swap(b2)
             if a.ndim == 1:
-                ga = ga[..., 0, :]
+                ga = _squeeze(ga, -2)
         if needs[1]:
             gb = _swap(a2) @ g2
             if b.ndim == 1:
-                gb = gb[..., 0]
+                gb = _squeeze(gb, -1)
         return ga, gb
 
 
@@ -425,14 +492,14 @@ class Log(Op):
 
     @staticmethod
     def forward(x: Array, eps: float = 0.0) -> tuple[Array, Any]:
-        xe = x + eps if eps else x
         with np.errstate(divide="ignore", invalid="ignore"):
-            return np.log(xe), xe
+            return np.log(x + eps if eps else x), (x, eps)
 
     @staticmethod
     def vjp(saved: Any, g: Array, needs: tuple[bool, ...] = (True,)) -> Grads:
+        x, eps = saved  # x itself, not x + eps: the recording path differentiates through x
         with np.errstate(divide="ignore", invalid="ignore"):
-            return (g / saved,)
+            return (g / (x + eps if eps else x),)
 
 
 class Relu(Op):
@@ -443,6 +510,12 @@ class Relu(Op):
     passes where the unit was active and is blocked where it was not. The mask
     equals $\mathbb{1}[Y > 0]$, so only the output is kept. At exactly $0$ the
     derivative is taken as $0$ (as in PyTorch).
+
+    *Second order.* The vjp is linear in $G$ with a constant mask, so differentiating
+    it again gives the mask for $G$ and $0$ for $X$: relu's second derivative is $0$
+    wherever it exists, everywhere but the kink. The mask is a comparison, which
+    gives a constant boolean array on Tensors too, so the recording path treats it
+    as the constant it is.
     """
 
     name = "relu"
@@ -588,7 +661,7 @@ class LogSoftmax(Op):
     @staticmethod
     def vjp(saved: Any, g: Array, needs: tuple[bool, ...] = (True,)) -> Grads:
         y, axis = saved
-        return (g - np.exp(y) * g.sum(axis=axis, keepdims=True),)
+        return (g - call(Exp, y) * g.sum(axis=axis, keepdims=True),)
 
 
 class CrossEntropy(Op):
@@ -620,6 +693,12 @@ class CrossEntropy(Op):
     `Softmax` and `Log` (and why its loss is capped near $-\log 10^{-12} \approx 27.6$).
     The fused op computes $\log s$ by the stable log-softmax and the gradient as
     $S - T$ directly: no division, no $\epsilon$, no Jacobian.
+
+    *Second order.* The vjp reads the softmax $S$ that the forward saved, an
+    array computed from $X$ rather than $X$ itself, so when the backward pass
+    records (`create_graph`), `on_tape` recomputes $S$ from the input Tensor with
+    the [softmax](#softmax) op: the gradient $g\,(S - T)/N$ is then differentiated
+    through the softmax's own vjp, the Hessian $\big(\mathrm{diag}(s) - s s^T\big)/N$ per row.
     """
 
     name = "cross_entropy"
@@ -668,15 +747,22 @@ class CrossEntropy(Op):
         return out, (e, target, scale)
 
     @staticmethod
+    def on_tape(saved: Any, inputs: tuple[Any, ...], out: Any) -> Any:
+        _, target, scale = saved
+        return call(Softmax, inputs[0], axis=1), target, scale
+
+    @staticmethod
     def vjp(saved: Any, g: Array, needs: tuple[bool, ...] = (True,)) -> Grads:
         s, target, scale = saved
         if target.ndim == 1:
-            d = s.copy()
-            d[np.arange(d.shape[0]), target] -= 1
+            onehot = np.zeros(s.shape, dtype=s.dtype)  # a constant: labels have no gradient
+            onehot[np.arange(s.shape[0]), target] = 1
+            d = s - onehot
         else:
             # in the logits' dtype: a float64 target must not upcast the whole backward pass
-            d = (s * target.sum(axis=1, keepdims=True) - target).astype(s.dtype, copy=False)
-        d *= g * scale
+            t = target.astype(s.dtype, copy=False)
+            d = s * t.sum(axis=1, keepdims=True) - t
+        d *= g * scale  # in place on arrays; a Tensor has no *=, so Python rebinds d
         return (d,)
 
 
@@ -712,7 +798,7 @@ class Sum(Op):
     @staticmethod
     def vjp(saved: Any, g: Array, needs: tuple[bool, ...] = (True,)) -> Grads:
         shape, axes, keepdims = saved
-        return (np.broadcast_to(_expand_reduced(g, axes, keepdims), shape),)
+        return (call(BroadcastTo, _expand_reduced(g, axes, keepdims), shape=shape),)
 
 
 class Mean(Op):
@@ -740,7 +826,7 @@ class Mean(Op):
     @staticmethod
     def vjp(saved: Any, g: Array, needs: tuple[bool, ...] = (True,)) -> Grads:
         shape, axes, keepdims, n = saved
-        return (np.broadcast_to(_expand_reduced(g, axes, keepdims) / n, shape),)
+        return (call(BroadcastTo, _expand_reduced(g, axes, keepdims) / n, shape=shape),)
 
 
 class Max(Op):
@@ -751,6 +837,12 @@ class Max(Op):
     mask, like relu's. At a tie the max is not differentiable; npgrad divides $g$
     equally among the tied positions, the average of the one-sided derivatives and
     what `torch.amax` does.
+
+    *Second order.* The routing (which position is the maximum) is piecewise
+    constant in $X$: differentiating the vjp gives the mask for $G$ and $0$ for
+    $X$, exact everywhere but at ties, where the max is not differentiable
+    anyway. The mask is computed as $X \ge Y$ (equal to $X = Y$ since $Y$ is the
+    maximum), a comparison that gives a constant boolean array on Tensors too.
     """
 
     name = "max"
@@ -771,7 +863,7 @@ class Max(Op):
     @staticmethod
     def vjp(saved: Any, g: Array, needs: tuple[bool, ...] = (True,)) -> Grads:
         x, ykd, axes, keepdims = saved
-        mask = (x == ykd).astype(g.dtype)
+        mask = (x >= ykd).astype(g.dtype)  # >= not ==: a Tensor's == is identity
         mask /= mask.sum(axis=axes, keepdims=True)
         return (mask * _expand_reduced(g, axes, keepdims),)
 
@@ -802,6 +894,37 @@ class Reshape(Op):
         return (g.reshape(saved),)
 
 
+def _broadcast_source(d: opspecs.Draw) -> opspecs.Case:
+    """A shape that broadcasts to the base shape, and the base shape as the target."""
+    return opspecs.Case([d.partner()], {"shape": d.shape})
+
+
+class BroadcastTo(Op):
+    r"""Broadcast to `shape`: copies of $X$ along new leading axes and along its axes of length 1.
+
+    The copies are linear in $X$: for a row $b$ repeated $n$ times, $Y = \mathbf{1} b^T$
+    and $df = \mathrm{tr}(G^T \mathbf{1}\, db^T) = \mathrm{tr}\big((G^T \mathbf{1})^T db\big)$,
+    so the gradient sums $G$ over the copies: exactly the
+    [broadcasting](#broadcasting) rule, `unbroadcast`. The op is the vjp of
+    [sum](#sum) and [mean](#mean) (sum and broadcast are adjoint), so it exists
+    for the gradients: a gradient that was broadcast can be differentiated again.
+    """
+
+    name = "broadcast_to"
+    spec = OpSpec(draw=_broadcast_source, torch=lambda t, x, shape=(): x.broadcast_to(shape))
+
+    @staticmethod
+    def forward(x: Array, shape: tuple[int, ...] = ()) -> tuple[Array, Any]:
+        try:
+            return np.broadcast_to(x, shape), np.shape(x)
+        except ValueError as exc:
+            raise ShapeError(f"cannot broadcast shape {np.shape(x)} to {shape}") from exc
+
+    @staticmethod
+    def vjp(saved: Any, g: Array, needs: tuple[bool, ...] = (True,)) -> Grads:
+        return (unbroadcast(g, saved),)
+
+
 class Transpose(Op):
     r"""Axis permutation (reversal when `axes` is None).
 
@@ -823,7 +946,9 @@ class Transpose(Op):
 
     @staticmethod
     def vjp(saved: Any, g: Array, needs: tuple[bool, ...] = (True,)) -> Grads:
-        return (g.transpose(None if saved is None else np.argsort(saved)),)
+        if saved is None:
+            return (g.transpose(),)
+        return (g.transpose(tuple(int(i) for i in np.argsort(saved))),)
 
 
 class Concatenate(Op):
@@ -844,7 +969,9 @@ class Concatenate(Op):
     @staticmethod
     def vjp(saved: Any, g: Array, needs: tuple[bool, ...] = ()) -> Grads:
         cuts, axis = saved
-        return tuple(np.split(g, cuts, axis=axis))
+        lead = (slice(None),) * (axis % g.ndim)
+        bounds = [0, *(int(c) for c in cuts), None]
+        return tuple(g[(*lead, slice(lo, hi))] for lo, hi in zip(bounds, bounds[1:]))
 
 
 class GetItem(Op):
@@ -855,6 +982,8 @@ class GetItem(Op):
     gradient is $P^T \mathrm{vec}(G)$, reshaped: scatter $G$ back into a zero array
     at the selected positions, *adding* where an index is selected more than once
     (NumPy's `np.add.at`), because each selection contributes to $f$ separately.
+    That scatter is itself an op, [index_add](#index_add), so the gradient can
+    be differentiated again.
     """
 
     name = "getitem"
@@ -872,12 +1001,54 @@ class GetItem(Op):
     @staticmethod
     def vjp(saved: Any, g: Array, needs: tuple[bool, ...] = (True,)) -> Grads:
         shape, dtype, index = saved
-        gx = np.zeros(shape, dtype=np.result_type(dtype, g.dtype))
+        return (call(IndexAdd, g, shape=shape, index=index, dtype=dtype),)
+
+
+def _scatter_case(d: opspecs.Draw) -> opspecs.Case:
+    """The shape that getitem's draw selects from the base shape, the index, and the base shape."""
+    index = opspecs.index(d).params["index"]
+    selected = np.empty(d.shape)[index].shape
+    return opspecs.Case([selected], {"shape": d.shape, "index": index})
+
+
+def _torch_index_add(t: Any, x: Any, shape: tuple[int, ...] = (), index: Any = ()) -> Any:
+    out = t.zeros(shape, dtype=x.dtype)
+    if isinstance(index, np.ndarray):
+        return out.index_add(0, t.as_tensor(index), x)
+    out[index] = x  # a basic index never selects an element twice
+    return out
+
+
+class IndexAdd(Op):
+    r"""Scatter-add into zeros: $Y$ of shape `shape` is $0$ except $Y[\text{idx}] \mathrel{+}= X$.
+
+    The adjoint of [getitem](#getitem) and its vjp: with the selection matrix
+    $P$ of getitem, $\mathrm{vec}(Y) = P^T \mathrm{vec}(X)$, so
+    $df = \mathrm{vec}(G)^T P^T d\,\mathrm{vec}(X) = \big(P\,\mathrm{vec}(G)\big)^T d\,\mathrm{vec}(X)$
+    and the gradient is $G[\text{idx}]$: getitem of $G$. An index selected twice
+    adds twice in the forward and reads the same $G$ twice in the gradient. The
+    op exists so that getitem's gradient can be differentiated again.
+    """
+
+    name = "index_add"
+    spec = OpSpec(draw=_scatter_case, torch=_torch_index_add)
+
+    @staticmethod
+    def forward(
+        x: Array, shape: tuple[int, ...] = (), index: Any = (), dtype: Any = None
+    ) -> tuple[Array, Any]:
+        out = np.zeros(
+            shape, dtype=np.result_type(x) if dtype is None else np.result_type(dtype, x)
+        )
         if _is_basic_index(index):
-            gx[index] += g  # a basic index never selects an element twice
+            out[index] += x  # a basic index never selects an element twice
         else:
-            np.add.at(gx, index, g)
-        return (gx,)
+            np.add.at(out, index, x)
+        return out, index
+
+    @staticmethod
+    def vjp(saved: Any, g: Array, needs: tuple[bool, ...] = (True,)) -> Grads:
+        return (g[saved],)
 
 
 def _is_basic_index(index: Any) -> bool:
