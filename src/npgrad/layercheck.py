@@ -14,20 +14,15 @@ near 0), as that op's spec declares. Classes named like npgrad's own layers
 (``Matmul``, ``Relu``, ``Softmax``, ``Log``, ``Sigmoid``, ``Tanh``) are also
 compared with those and, when installed, with PyTorch.
 
-:func:`check_file` (``npgrad check FILE.py``) checks every such class in a
-file, in a child process with a time limit: a file that loops forever, exits,
-or crashes the interpreter is reported as a failure saying which class was in
-which phase, never taking the checker down with it.
+:func:`npgrad.filecheck.check_file` (``npgrad check FILE.py``) checks every
+such class in a file, with its function pairs (:mod:`npgrad.pairs`), in a child
+process with a time limit.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import itertools
-import math
-import sys
-import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -38,9 +33,7 @@ import numpy as np
 
 from . import layers as reference_layers
 from .check import agrees, all_ops, mismatches, numeric_vjp, torch_available
-from .errors import LayerCheckError
 from .opspecs import KINK, POSITIVE, REAL, Domain
-from .sandbox import DEFAULT_TIMEOUT, ChildRun, run_child
 
 EPS = 1e-6
 ATOL, RTOL = 1e-6, 1e-4
@@ -174,7 +167,7 @@ def _user_frame(exc: BaseException, filename: str | None) -> str:
     ]
     where = mine[-1] if mine else (frames[-1] if frames else None)
     loc = f"{where.filename}:{where.lineno}: " if where else ""
-    return f"{loc}{type(exc).__name__}: {exc}"
+    return f"{loc}{type(exc).__name__}: {exc}".rstrip()
 
 
 def _describe(value: Any) -> str:
@@ -550,160 +543,3 @@ def _check(
     report.reference = _reference_compare(name, user, xs, g, use_torch)
     if any("differs" in v for v in report.reference.values()):
         report.passed = False
-
-
-# --------------------------------------------------------------------------- a file
-
-
-def load_layer_classes(path: str | Path) -> tuple[list[type], str | None]:
-    """Import the user's file here; return its layer classes and an import error, if any.
-
-    This runs the file's code in the calling process: :func:`check_file` calls it
-    in a child process.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise LayerCheckError(f"{path}: no such file")
-    module_name = f"_npgrad_user_{abs(hash(str(path.resolve())))}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise LayerCheckError(f"{path}: cannot be imported as Python (name it *.py)")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    # As 'python FILE.py' would: the file's folder is importable, so helpers beside it load.
-    folder = str(path.resolve().parent)
-    sys.path.insert(0, folder)
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:  # the user's code, reported not crashed on
-        return [], "error while importing: " + _user_frame(exc, str(path))
-    except SystemExit as exc:
-        return [], f"the file called sys.exit({exc.code}) while importing"
-    finally:
-        sys.modules.pop(module_name, None)
-        if folder in sys.path:
-            sys.path.remove(folder)
-    classes = [
-        obj
-        for obj in vars(module).values()
-        if inspect.isclass(obj)
-        and obj.__module__ == module_name
-        and callable(getattr(obj, "forward", None))
-        and callable(getattr(obj, "backward", None))
-    ]
-    return classes, None
-
-
-def _check_file_here(job: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -> None:
-    """The child's side of :func:`check_file`: import, check each class, emit each report."""
-    path = job["path"]
-    emit({"event": "phase", "cls": None, "phase": "importing the file"})
-    try:
-        classes, error = load_layer_classes(path)
-        if error:
-            emit({"event": "import_error", "message": error})
-            return
-        unknown = set(job["shapes"]) - {c.__name__ for c in classes}
-        if unknown:
-            names = ", ".join(sorted(unknown))
-            raise LayerCheckError(f"{path}: no layer class named {names} (given a shape)")
-        only = job["only"]
-        if only:
-            missing = set(only) - {c.__name__ for c in classes}
-            if missing:
-                raise LayerCheckError(f"{path}: no layer class named {', '.join(sorted(missing))}")
-            classes = [c for c in classes if c.__name__ in only]
-        if not classes:
-            raise LayerCheckError(f"{path}: no class with forward and backward methods found")
-    except LayerCheckError as exc:
-        emit({"event": "refused", "message": str(exc)})
-        return
-    emit({"event": "classes", "names": [c.__name__ for c in classes]})
-    for cls in classes:
-        name = cls.__name__
-
-        def progress(phase: str, name: str = name) -> None:
-            emit({"event": "phase", "cls": name, "phase": phase})
-
-        shapes = job["shapes"].get(name)
-        report = check_layer(
-            cls, shapes, job["seed"], job["use_torch"], source=path, progress=progress
-        )
-        emit({"event": "report", "report": report.to_dict()})
-
-
-def check_file(
-    path: str | Path,
-    shapes: dict[str, list[tuple[int, ...]]] | None = None,
-    only: Sequence[str] | None = None,
-    use_torch: bool | None = None,
-    seed: int = 0,
-    timeout: float = DEFAULT_TIMEOUT,
-) -> tuple[list[LayerReport], str | None]:
-    """Check every layer class in a file (or those named in ``only``), in a child process.
-
-    Returns one report per class, or no reports and the reason when the file
-    cannot be imported. ``timeout`` bounds the whole check in seconds: a class
-    whose code hangs, exits or crashes the interpreter fails with what it was
-    doing; the classes after it are checked in a fresh process while time is left.
-    Raises :class:`LayerCheckError` for a missing file or class names not in it.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise LayerCheckError(f"{path} is a folder: give a Python file")
-    if not path.is_file():
-        raise LayerCheckError(f"{path}: no such file")
-    if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
-        raise LayerCheckError(f"the time limit must be a positive number of seconds, not {timeout}")
-    if use_torch is None:
-        use_torch = torch_available()
-    job = {
-        "path": str(path),
-        "shapes": {k: [list(s) for s in v] for k, v in (shapes or {}).items()},
-        "only": list(only or []),
-        "use_torch": use_torch,
-        "seed": seed,
-    }
-    deadline = time.monotonic() + timeout
-    names: list[str] | None = None
-    reports: dict[str, LayerReport] = {}
-    while True:
-        run = run_child("npgrad.layercheck:_check_file_here", job, deadline - time.monotonic())
-        for event in run.events:
-            kind = event.get("event")
-            if kind == "refused":
-                raise LayerCheckError(event["message"])
-            if kind == "import_error":
-                return [], event["message"]
-            if kind == "classes" and names is None:
-                names = list(event["names"])
-            if kind == "report":
-                report = LayerReport.from_dict(event["report"])
-                reports[report.name] = report
-        if run.finished:
-            break
-        where = run.last("phase") or {}
-        if names is None or where.get("cls") is None:
-            return [], f"{run.how_it_ended(timeout)} while importing the file" + _hint(run)
-        stopped = where["cls"]
-        reports[stopped] = LayerReport(
-            stopped,
-            False,
-            error=f"{run.how_it_ended(timeout)} during {where['phase']}" + _hint(run),
-        )
-        rest = [n for n in names if n not in reports]
-        if not rest:
-            break
-        if time.monotonic() >= deadline - 0.5:  # a fresh interpreter needs a moment to start
-            for n in rest:
-                reports[n] = LayerReport(
-                    n, False, error=f"not checked: no time left after {stopped}"
-                )
-            break
-        job["only"] = rest
-    assert names is not None
-    return [reports[n] for n in names], None
-
-
-def _hint(run: ChildRun) -> str:
-    return " (an endless loop? --timeout SECONDS allows more)" if run.timed_out else ""

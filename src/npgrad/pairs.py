@@ -65,6 +65,7 @@ from typing import Any
 import numpy as np
 
 from .check import agrees, mismatches, numeric_vjp
+from .errors import LayerCheckError
 from .layercheck import (
     ATOL,
     CANDIDATE_SHAPES,
@@ -73,11 +74,11 @@ from .layercheck import (
     InputResult,
     _describe,
     _diagnose,
-    zero_gradient,
     _real_array,
     _Stop,
     _UserCode,
     domains_for,
+    zero_gradient,
 )
 from .opspecs import KINK, REAL, Domain
 
@@ -301,19 +302,30 @@ def _frozen(what: tuple[str, ...], key: str, layout: str) -> Callable[..., np.nd
 
 
 def _norm_hypotheses(layout: str, key: str) -> tuple[Hypothesis, ...]:
-    const = "treats the {} as {}: they depend on x too, so dx has terms through them"
+    const = "treats the {} as {}: {} on x too, so dx has terms through {}"
+    both = const.format("mean and variance", "constants", "they depend", "them")
     return (
-        _model(const.format("mean and variance", "constants"), ["x"], _frozen(("mean", "var"), key, layout)),
-        _model(const.format("mean", "a constant"), ["x"], _frozen(("mean",), key, layout)),
-        _model(const.format("variance", "a constant"), ["x"], _frozen(("var",), key, layout)),
-    )  # fmt: skip
+        _model(both, ["x"], _frozen(("mean", "var"), key, layout)),
+        _model(
+            const.format("mean", "a constant", "it depends", "it"),
+            ["x"],
+            _frozen(("mean",), key, layout),
+        ),
+        _model(
+            const.format("variance", "a constant", "it depends", "it"),
+            ["x"],
+            _frozen(("var",), key, layout),
+        ),
+    )
 
 
 def _padding_kept(ctx: _Ctx, i: int, got: np.ndarray, want: np.ndarray) -> str | None:
     pad = int(ctx.values["conv_param"]["pad"])
     if ctx.case.names[ctx.case.diff[i]] != "x" or pad == 0 or got.ndim != 4:
         return None
-    if got.shape[:2] != want.shape[:2] or got.shape[2:] != tuple(n + 2 * pad for n in want.shape[2:]):
+    if got.shape[:2] != want.shape[:2] or got.shape[2:] != tuple(
+        n + 2 * pad for n in want.shape[2:]
+    ):
         return None
     inner = got[:, :, pad:-pad, pad:-pad]
     right = " (inside, its values are right)" if agrees(inner, want, ATOL, RTOL) else ""
@@ -395,7 +407,9 @@ def _check_running_stats(ctx: _Ctx) -> list[str]:
     if v["bn_param"].get("mode") == "test":
         for key, before in (("running_mean", rm0), ("running_var", rv0)):
             if key in p and not agrees(np.asarray(p[key], dtype=float), before, 1e-12, 1e-12):
-                return [f"test mode changed bn_param[{key!r}]: running statistics change only in training"]
+                return [
+                    f"test mode changed bn_param[{key!r}]: running statistics change only in training"
+                ]
         return []
     problems = []
     for key, before, now in (("running_mean", rm0, [mean]), ("running_var", rv0, [var, uvar])):
@@ -427,8 +441,12 @@ def _bn_forward_problem(v: dict[str, Any], out: np.ndarray) -> str | None:
     if p.get("mode") != "test":
         return None
     batch = _normalise(
-        "spatial" if v["x"].ndim == 4 else "batch", v["x"], v["gamma"], v["beta"], float(p.get("eps", 1e-5))
-    )  # fmt: skip
+        "spatial" if v["x"].ndim == 4 else "batch",
+        v["x"],
+        v["gamma"],
+        v["beta"],
+        float(p.get("eps", 1e-5)),
+    )
     if agrees(out, batch, FORWARD_ATOL, FORWARD_RTOL):
         return "test mode normalises with the batch statistics: it must use the running ones"
     return None
@@ -459,8 +477,11 @@ def _check_dropout(ctx: _Ctx) -> list[str]:
             hint = " (scaled: inverted dropout scales in training, so test mode returns x as is)"
         return ["test mode must return x unchanged" + hint]
     big = ctx.call_forward(
-        [np.ones((100, 100)) if n == "x" else copy.deepcopy(val) for n, val in zip(ctx.case.names, ctx.case.values)]
-    )[0][0]  # fmt: skip
+        [
+            np.ones((100, 100)) if n == "x" else copy.deepcopy(val)
+            for n, val in zip(ctx.case.names, ctx.case.values)
+        ]
+    )[0][0]
     kept = float(np.mean(big != 0))
     keep = p if abs(kept - p) < abs(kept - (1 - p)) else 1 - p
     ctx.notes.append(
@@ -469,14 +490,19 @@ def _check_dropout(ctx: _Ctx) -> list[str]:
     )
     on = out != 0
     if on.any() and agrees(out[on], x[on], FORWARD_ATOL, FORWARD_RTOL) and keep < 1:
-        return ["not inverted dropout: in train mode, divide the kept values by the keep probability"]
+        return [
+            "not inverted dropout: in train mode, divide the kept values by the keep probability"
+        ]
     if on.any() and not agrees(out[on], x[on] / keep, FORWARD_ATOL, FORWARD_RTOL):
         return [f"train mode: the kept values are not x / {keep:g} (inverted dropout)"]
     return []
 
 
 _BN = {"mode": "train", "eps": 1e-5, "momentum": 0.9}
-_BN_CASES = (("mode=train", {"bn_param": {"mode": "train"}}), ("mode=test", {"bn_param": {"mode": "test"}}))  # fmt: skip
+_BN_CASES = (
+    ("mode=train", {"bn_param": {"mode": "train"}}),
+    ("mode=test", {"bn_param": {"mode": "test"}}),
+)
 _DENSE = {"relu": KINK}
 
 
@@ -534,8 +560,15 @@ _LINEAR_LOSS = {
     "params": {"reg": 0.1},
     "constants": ("X",),
 }
-ALIASES = {"batch_norm": "batchnorm", "layer_norm": "layernorm", "spatial_group_norm": "spatial_groupnorm",
-           "spatial_batch_norm": "spatial_batchnorm", "maxpool": "max_pool", "fc": "affine", "linear": "affine"}  # fmt: skip
+ALIASES = {
+    "batch_norm": "batchnorm",
+    "layer_norm": "layernorm",
+    "spatial_group_norm": "spatial_groupnorm",
+    "spatial_batch_norm": "spatial_batchnorm",
+    "maxpool": "max_pool",
+    "fc": "affine",
+    "linear": "affine",
+}
 
 
 def _by_names(base: str, names: Sequence[str]) -> Kind | None:
@@ -635,6 +668,53 @@ def kind_for(pair: Pair, fn: Callable[..., Any]) -> tuple[Kind | None, str]:
 
 def asdict_shallow(kind: Kind) -> dict[str, Any]:
     return {f: getattr(kind, f) for f in kind.__dataclass_fields__}
+
+
+def arg_names(kind: Kind | None, fn: Callable[..., Any]) -> list[str] | None:
+    """The arguments by the course's names (the user's own names for kinds not in the table)."""
+    return list(kind.args) if kind is not None else _required(fn)
+
+
+def resolve_params(
+    kind: Kind | None, names: Sequence[str] | None, raw: dict[str, Any], who: str
+) -> dict[str, Any]:
+    """Overrides of the arguments that are not arrays, as ``{argument: value or {key: value}}``.
+
+    Keys may be an argument (``"G"``, ``"conv_param"`` with a dict), ``"dict.key"``
+    (``"pool_param.stride"``), or a key of the one parameter dict that has it
+    (``"stride"`` for ``conv_forward_naive``; ``"mode"`` for ``batchnorm_forward``).
+    Raises :class:`LayerCheckError` for a key that names nothing, or more than one thing.
+    """
+    names = list(names or [])
+    defaults = kind.params if kind is not None else {}
+    dicts = [n for n in names if n.endswith("_param") or isinstance(defaults.get(n), dict)]
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        arg, dot, sub = key.partition(".")
+        if not dot and key in names:
+            if isinstance(value, dict) and key in dicts:
+                out.setdefault(key, {}).update(value)
+            else:
+                out[key] = value
+            continue
+        if dot:
+            target: str | None = arg if arg in dicts else None
+        else:
+            having = [n for n in dicts if key in defaults.get(n, {})]
+            # a dict the table knows nothing about may hold any key
+            open_dicts = [n for n in dicts if n not in defaults]
+            target = having[0] if len(having) == 1 else None
+            if not having and len(dicts) == 1 and open_dicts:
+                target = dicts[0]
+            sub = key
+        if target is None:
+            takes = ", ".join(names) or "nothing known"
+            raise LayerCheckError(
+                f"{who}: no single argument or parameter named {key!r} (it takes {takes}; "
+                "name a dict's key as DICT.KEY, e.g. pool_param.stride)"
+            )
+        out.setdefault(target, {})[sub] = value
+    return out
 
 
 # --------------------------------------------------------------------------- reports
@@ -744,7 +824,9 @@ class PairReport:
                 if r.diagnosis:
                     lines.append(f"      diagnosis: {r.diagnosis}")
                 for idx, got, want in r.mismatches:
-                    lines.append(f"      at {idx}: backward gives {got:.6g}, numerically {want:.6g}")
+                    lines.append(
+                        f"      at {idx}: backward gives {got:.6g}, numerically {want:.6g}"
+                    )
             lines += [f"    note: {n}" for n in c.notes]
         lines += [f"  warning: {w}" for w in self.warnings]
         return "\n".join(lines)
@@ -804,7 +886,9 @@ class _Ctx:
         self.notes: list[str] = []
         self.warnings: list[str] = []
 
-    def call_forward(self, values: list[Any], phase: str = "forward") -> tuple[list[np.ndarray], Any]:
+    def call_forward(
+        self, values: list[Any], phase: str = "forward"
+    ) -> tuple[list[np.ndarray], Any]:
         """Outputs and cache of the user's forward on copies of ``values``."""
         np.random.seed(GLOBAL_SEED)
         result = self.user.call(phase, self.fwd, *values)
@@ -812,7 +896,9 @@ class _Ctx:
             return [self._loss_value(result)], result
         if not isinstance(result, tuple) or len(result) < 2:
             raise _Stop(f"forward returned {_describe(result)}; expected a tuple (out, cache)")
-        outs = [_real_array(o, "forward returned, as its output,", "a NumPy array") for o in result[:-1]]
+        outs = [
+            _real_array(o, "forward returned, as its output,", "a NumPy array") for o in result[:-1]
+        ]
         return outs, result[-1]
 
     def _loss_value(self, result: Any) -> np.ndarray:
@@ -820,7 +906,9 @@ class _Ctx:
             raise _Stop(f"the loss returned {_describe(result)}; expected a tuple (loss, gradient)")
         loss = _real_array(result[0], "the loss returned, as the loss,", "a number")
         if loss.size != 1:
-            raise _Stop(f"the loss returned, as the loss, an array of shape {loss.shape}; expected a number")
+            raise _Stop(
+                f"the loss returned, as the loss, an array of shape {loss.shape}; expected a number"
+            )
         return loss.reshape(())
 
     def fresh(self) -> list[Any]:
@@ -854,7 +942,13 @@ def _build(
         elif name == "y":
             scores = values.get("x", values.get("X"))
             n = scores.shape[0] if scores is not None else 4
-            c = values["W"].shape[1] if "W" in values else scores.shape[-1] if scores is not None else 3
+            c = (
+                values["W"].shape[1]
+                if "W" in values
+                else scores.shape[-1]
+                if scores is not None
+                else 3
+            )
             values[name] = rng.integers(0, c, size=n)
         elif name.endswith("_param"):
             values[name] = {}
@@ -862,8 +956,12 @@ def _build(
             shape = next(arrays, None)
             if shape is None:
                 raise _Stop(f"no shape for argument {name!r}: give one with --shape", retry=True)
-            dom = domains.get(name) or (fallback[min(len(diff), len(fallback) - 1)] if not kind else REAL)
-            values[name] = _distinct(rng, shape) if dom.name == "distinct" else dom.sample(rng, shape)
+            dom = domains.get(name) or (
+                fallback[min(len(diff), len(fallback) - 1)] if not kind else REAL
+            )
+            values[name] = (
+                _distinct(rng, shape) if dom.name == "distinct" else dom.sample(rng, shape)
+            )
             if not (kind and name in kind.constants):
                 diff.append(pos)
     if next(arrays, None) is not None:
@@ -918,8 +1016,8 @@ def check_pair(
     """Check one function pair (``backward=None``: a loss returning ``(loss, grad)``).
 
     ``shapes`` gives the shapes of the floating-point array arguments, in order;
-    ``params`` overrides arguments that are not arrays: ``{"conv_param": {"stride": 1}}``
-    or ``{"G": 4}``. ``plain_backward`` is the ``X_backward`` an ``X_backward_alt``
+    ``params`` overrides arguments that are not arrays: ``{"conv_param": {"stride": 1}}``,
+    ``{"stride": 1}`` or ``{"G": 4}`` (see :func:`resolve_params`). ``plain_backward`` is the ``X_backward`` an ``X_backward_alt``
     must agree with. ``source`` is the user's file, so errors point at its lines.
     """
     pair = pair or Pair(forward.__name__, None if backward is None else backward.__name__, "")
@@ -928,17 +1026,30 @@ def check_pair(
         pair.base = m["base"] if m else pair.forward
     report = PairReport(pair.forward, pair.backward, False)
     user = _UserCode(lambda: None, source, progress)
+    kind, base = kind_for(pair, forward)
+    names = arg_names(kind, forward)
+    overrides = resolve_params(kind, names, params or {}, pair.forward)
     try:
-        kind, base = kind_for(pair, forward)
-        names = _required(forward)
         if names is None:
             raise _Stop("forward takes *args: say what it takes with named arguments")
-        if kind is not None:
-            names = list(kind.args)
-        _check_pair(report, user, forward, backward, kind, base, names, shapes, params or {}, seed, plain_backward)
+        _check_pair(
+            report,
+            user,
+            forward,
+            backward,
+            kind,
+            base,
+            names,
+            shapes,
+            overrides,
+            seed,
+            plain_backward,
+        )
     except _Stop as stop:
         report.error = str(stop)
-    report.passed = report.error is None and bool(report.cases) and all(c.passed for c in report.cases)
+    report.passed = (
+        report.error is None and bool(report.cases) and all(c.passed for c in report.cases)
+    )
     return report
 
 
@@ -956,10 +1067,9 @@ def _check_pair(
     plain: Callable | None,
 ) -> None:
     if kind is None and backward is None:
-        raise _Stop(f"not checked: no loss named {base!r} is known; name it svm_loss or softmax_loss")
-    unknown = set(params) - set(names)
-    if unknown:
-        raise _Stop(f"no argument named {', '.join(sorted(unknown))} (it takes {', '.join(names)})")
+        raise _Stop(
+            f"not checked: no loss named {base!r} is known; name it svm_loss or softmax_loss"
+        )
     if shapes is not None:
         candidates = [[tuple(int(n) for n in s) for s in shapes]]
     elif kind is not None:
@@ -974,7 +1084,13 @@ def _check_pair(
         first: _Stop | None = None
         for cand in candidates:
             values, diff = _build(kind, names, cand, merged, rng, base)
-            case = Case(label, names, values, diff, with_backward and backward is not None or bool(kind and kind.loss))
+            case = Case(
+                label,
+                names,
+                values,
+                diff,
+                with_backward and backward is not None or bool(kind and kind.loss),
+            )
             ctx = _Ctx(user, forward, kind, case)
             try:
                 ctx.outs, cache = ctx.call_forward(ctx.fresh())
@@ -1010,7 +1126,10 @@ def _check_case(
     ctx.used_params = {n: v for n, v in zip(names, again) if isinstance(v, dict)}
     for i in case.diff:
         if not np.array_equal(again[i], case.values[i]):
-            _warn(report, f"forward modifies its argument {names[i]} in place: the caller's array changes")
+            _warn(
+                report,
+                f"forward modifies its argument {names[i]} in place: the caller's array changes",
+            )
     if any(not np.array_equal(a, b) for a, b in zip(outs2, ctx.outs)):
         raise _Stop(
             "forward gives different outputs for the same inputs (random without the seed "
@@ -1079,13 +1198,16 @@ def _broadcast_only(got: np.ndarray, want: np.ndarray) -> bool:
     return squeeze and agrees(got.reshape(want.shape), want, ATOL, RTOL)
 
 
-def _backward(ctx: _Ctx, backward: Callable | None, cache: Any, report: PairReport) -> list[np.ndarray]:
+def _backward(
+    ctx: _Ctx, backward: Callable | None, cache: Any, report: PairReport
+) -> list[np.ndarray]:
     """The user's gradients, one per array argument, checked for type and count."""
     names = [ctx.case.names[i] for i in ctx.case.diff]
     expected = (
-        f"a NumPy array (d{names[0]})" if len(names) == 1 else
-        f"a tuple of {len(names)} arrays ({', '.join('d' + n for n in names)})"
-    )  # fmt: skip
+        f"a NumPy array (d{names[0]})"
+        if len(names) == 1
+        else f"a tuple of {len(names)} arrays ({', '.join('d' + n for n in names)})"
+    )
     if backward is None:  # a loss: the gradient came with the value
         np.random.seed(GLOBAL_SEED)
         result = ctx.user.call("forward", ctx.fwd, *ctx.fresh())
@@ -1168,7 +1290,11 @@ def _compare_alt(
             continue
         gap = float(np.max(np.abs(mine - other)))
         if not r.passed:
-            right = "which matches the numerical gradient" if _plain_right(ctx, r, other) else "which is wrong too"
+            right = (
+                "which matches the numerical gradient"
+                if _plain_right(ctx, r, other)
+                else "which is wrong too"
+            )
             r.diagnosis = f"disagrees with {name} (by up to {gap:.3g}), {right}" + (
                 f"; {r.diagnosis}" if r.diagnosis else ""
             )
@@ -1187,7 +1313,9 @@ def _plain_right(ctx: _Ctx, r: InputResult, other: np.ndarray) -> bool:
 # --------------------------------------------------------------------------- many
 
 
-def user_functions(namespace: dict[str, Any], module_name: str | None = None) -> dict[str, Callable]:
+def user_functions(
+    namespace: dict[str, Any], module_name: str | None = None
+) -> dict[str, Callable]:
     """The functions defined in ``namespace`` (a module's, or a notebook's globals())."""
     return {
         k: v

@@ -1,4 +1,4 @@
-"""``npgrad check``: check a student's own layer classes."""
+"""``npgrad check``: check a student's own layer classes and function pairs."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from .common import formatter
 
 MAX_ELEMENTS = 1_000_000  # per input: central differences run forward twice per element
 _SIZES = re.compile(r"[1-9][0-9]*(x[1-9][0-9]*)*")
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
 
 
 def _parse_shape_option(items: list[str] | None) -> dict[str, list[tuple[int, ...]]]:
@@ -22,8 +23,8 @@ def _parse_shape_option(items: list[str] | None) -> dict[str, list[tuple[int, ..
         parts = spec.split(",")
         if not sep or not name.isidentifier() or not all(_SIZES.fullmatch(p) for p in parts):
             raise ConfigError(
-                f"bad --shape {item!r}: give CLASS=SIZES with positive whole sizes, "
-                "e.g. Relu=5x6 or Matmul=5x6,6x4"
+                f"bad --shape {item!r}: give NAME=SIZES with positive whole sizes, "
+                "e.g. Relu=5x6, Matmul=5x6,6x4 or conv_forward_naive=2x3x8x8,4x3x3x3,4"
             )
         shapes = [tuple(int(n) for n in p.split("x")) for p in parts]
         if any(math.prod(s) > MAX_ELEMENTS for s in shapes):
@@ -32,6 +33,38 @@ def _parse_shape_option(items: list[str] | None) -> dict[str, list[tuple[int, ..
                 "(the numerical gradient runs forward twice per element)"
             )
         out[name] = shapes
+    return out
+
+
+def _value(text: str) -> int | float | str | bool | None:
+    """'2' -> 2, '1e-5' -> 1e-05, 'true' -> True, 'none' -> None, anything else as it is."""
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low == "none":
+        return None
+    for kind in (int, float):
+        try:
+            number = kind(text)
+        except ValueError:
+            continue
+        return number if math.isfinite(number) else text
+    return text
+
+
+def _parse_param_option(items: list[str] | None) -> dict[str, dict[str, object]]:
+    from ..errors import ConfigError
+
+    out: dict[str, dict[str, object]] = {}
+    for item in items or []:
+        name, sep, setting = item.partition("=")
+        key, colon, value = setting.partition(":")
+        if not (sep and colon and name.isidentifier() and _KEY.fullmatch(key) and value):
+            raise ConfigError(
+                f"bad --param {item!r}: give FUNCTION=KEY:VALUE, e.g. conv_forward_naive=stride:1 "
+                "or batchnorm_forward=mode:test"
+            )
+        out.setdefault(name, {})[key] = _value(value)
     return out
 
 
@@ -53,23 +86,44 @@ def _seed(text: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from ..check import torch_available
-    from ..layercheck import check_file
+    from ..filecheck import check_file
+    from ..pairs import PairReport, PairReports
 
     shapes = _parse_shape_option(args.shape)
+    params = _parse_param_option(args.param)
     use_torch = torch_available() and not args.no_torch
-    reports, error = check_file(args.file, shapes, args.cls, use_torch, args.seed, args.timeout)
+    what = [w for w, given in (("classes", args.cls), ("pairs", args.pair)) if given]
+    only = (args.cls or []) + (args.pair or [])
+    reports, error = check_file(
+        args.file,
+        shapes,
+        only,
+        use_torch,
+        args.seed,
+        args.timeout,
+        params,
+        what or ("classes", "pairs"),
+    )
     if error:
         print(f"{args.file}: {error}", file=sys.stderr)
         return 1
-    for r in reports:
-        print(r)
-    passed = sum(r.passed for r in reports)
-    why = "--no-torch" if args.no_torch else "PyTorch not installed"
-    print(
-        f"\n{passed} of {len(reports)} layer classes passed"
-        + ("" if use_torch else f" ({why}: numerical checks only)")
-    )
-    return 0 if passed == len(reports) else 1
+    pairs = PairReports(r for r in reports if isinstance(r, PairReport))
+    classes = [r for r in reports if not isinstance(r, PairReport)]
+    if pairs:
+        print(pairs)
+    for r in classes:
+        print(("\n" if pairs else "") + str(r))
+    counts = []
+    if classes:
+        why = "--no-torch" if args.no_torch else "PyTorch not installed"
+        counts.append(
+            f"{sum(r.passed for r in classes)} of {len(classes)} layer classes passed"
+            + ("" if use_torch else f" ({why}: numerical checks only)")
+        )
+    if pairs:
+        counts.append(f"{sum(r.passed for r in pairs)} of {len(pairs)} function pairs passed")
+    print("\n" + "; ".join(counts))
+    return 0 if all(r.passed for r in reports) else 1
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -77,21 +131,31 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "check",
-        help="check the backward passes of your own layer classes",
-        description="Import FILE.py, find every class with forward() and backward(), and check\n"
-        "each backward against numerical gradients (and, for classes named like npgrad's\n"
-        "layers Matmul/Relu/Softmax/Log/Sigmoid/Tanh, against npgrad's and PyTorch's). When a\n"
-        "gradient is wrong, npgrad says where and, if it can tell, why. Your file runs in a\n"
-        "separate process: if it hangs, exits or crashes, npgrad says which class was doing what.",
+        help="check the backward passes of your own layer classes and function pairs",
+        description="Import FILE.py, find every class with forward() and backward(), every\n"
+        "function pair X_forward(...) -> (out, cache) / X_backward(dout, cache) (CS231n's\n"
+        "convention, with _naive and _alt variants) and every loss X_loss(x, y) -> (loss, dx),\n"
+        "and check each backward against numerical gradients (classes named like npgrad's\n"
+        "layers also against npgrad's and PyTorch's; pairs named like the course's layers also\n"
+        "against their definitions). When a gradient is wrong, npgrad says where and, if it\n"
+        "can tell, why. Your file runs in a separate process: if it hangs, exits or crashes,\n"
+        "npgrad says which class or pair was doing what.",
         epilog="""\
 examples:
   npgrad check my_layers.py
   npgrad check my_layers.py --class Softmax
   npgrad check my_layers.py --shape Matmul=8x3,3x5 --shape Relu=4x7
+  npgrad check layers.py --pair conv_forward_naive --param conv_forward_naive=stride:1
+  npgrad check layers.py --param batchnorm_forward=mode:test --param max_pool_forward_naive=pool_param.stride:1
   npgrad check slow_layers.py --timeout 300
 
-exit status: 0 if every class passes; 1 if one fails, hangs or crashes, or the file
-cannot be imported; 2 for a usage error (no such file or class, a bad option).""",
+inputs of function pairs: named by the kind of layer (affine, relu, batchnorm, layernorm,
+dropout, conv, max_pool, spatial_batchnorm, spatial_groupnorm, svm/softmax losses); see
+'python -m pydoc npgrad.pairs'. Batch norm is checked in train and test mode, dropout too.
+
+exit status: 0 if everything passes (warnings allowed); 1 if something fails, hangs or
+crashes, or the file cannot be imported; 2 for a usage error (no such file, class or
+function, a bad option).""",
         formatter_class=formatter,
     )
     p.add_argument("file", help="a Python file defining layer classes")
@@ -103,7 +167,22 @@ cannot be imported; 2 for a usage error (no such file or class, a bad option).""
         help="check only this class (repeatable)",
     )
     p.add_argument(
-        "--shape", action="append", metavar="CLASS=SHAPES", help="input shapes, e.g. Matmul=5x6,6x4"
+        "--pair",
+        action="append",
+        metavar="FUNCTION",
+        help="check only this function pair or loss, by its forward's name (repeatable)",
+    )
+    p.add_argument(
+        "--shape",
+        action="append",
+        metavar="NAME=SHAPES",
+        help="input shapes of a class or forward function, e.g. Matmul=5x6,6x4",
+    )
+    p.add_argument(
+        "--param",
+        action="append",
+        metavar="FUNCTION=KEY:VALUE",
+        help="a parameter of a function pair, e.g. conv_forward_naive=stride:1 (repeatable)",
     )
     p.add_argument(
         "--timeout",
