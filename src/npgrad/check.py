@@ -3,9 +3,13 @@
 * :func:`gradcheck` compares the gradients the engine computes for any
   function of tensors with central differences, in float64: the full Jacobian
   for small problems, random-direction vector-Jacobian products for large ones.
+* :func:`gradgradcheck` does the same for the second order: the gradient
+  that ``grad(..., create_graph=True)`` records, checked by central
+  differences of itself.
 * :func:`check_ops` checks every op in :data:`npgrad.ops.OPS` that way and
   against PyTorch, on inputs drawn from the op's own ``spec`` (this is
-  ``npgrad gradcheck``; :func:`op_case` draws one case).
+  ``npgrad gradcheck``, ``--order 2`` for second derivatives; :func:`op_case`
+  draws one case).
 * :func:`mismatches` is the pass rule and :func:`numeric_jacobian` /
   :func:`numeric_vjp` the central differences of every check in npgrad,
   :mod:`npgrad.layercheck` included.
@@ -28,7 +32,7 @@ import numpy as np
 
 from . import autodiff as T
 from .autodiff import Tensor, apply
-from .errors import GradcheckError
+from .errors import GradcheckError, GradError
 from .ops import OPS, Op
 from .opspecs import OpSpec
 
@@ -249,6 +253,63 @@ def gradcheck(
     return report
 
 
+def gradgradcheck(
+    fn: Callable[..., Any],
+    *inputs: Any,
+    eps: float = 1e-6,
+    atol: float = 1e-5,
+    rtol: float = 1e-3,
+    max_full: int = 4096,
+    directions: int = 8,
+    seed: int = 0,
+    raise_on_failure: bool = False,
+) -> GradcheckReport:
+    """Check ``fn``'s second-order gradients against central differences, in float64.
+
+    With ``v`` a random upstream gradient for ``fn``'s output (drawn from
+    ``seed``), the first-order vector-Jacobian product
+    ``h(x, v) = grad(fn(x), x, v, create_graph=True)`` is a function whose own
+    backward pass is the second order. :func:`gradcheck` checks ``h`` with
+    respect to every input and to ``v`` (the last input of the report): the
+    whole Jacobian of ``h`` (every second derivative) when it has at most
+    ``max_full`` elements, ``directions`` random directions otherwise.
+    Tolerances and the report are :func:`gradcheck`'s.
+    """
+    notes: list[str] = []
+    arrays = _as_float64(inputs, notes)
+    y0 = _evaluate(fn, arrays)
+    v = np.random.default_rng(seed).standard_normal(y0.shape)
+
+    def first_order(*tensors: Tensor) -> Tensor:
+        *xs, g = tensors
+        with T.enable_grad():  # the numerical side evaluates under no_grad
+            leaves = [x if x.requires_grad else Tensor(x.data, requires_grad=True) for x in xs]
+            out = fn(*leaves)
+            if not isinstance(out, Tensor):
+                raise GradcheckError("gradgradcheck: the function must return an npgrad Tensor")
+            if not out.requires_grad:
+                return Tensor(np.zeros(sum(x.size for x in xs)))
+            grads = T.grad(out, leaves, g, create_graph=True)
+            return T.concatenate([d.reshape(-1) for d in grads])
+
+    report = gradcheck(
+        first_order,
+        *arrays,
+        v,
+        eps=eps,
+        atol=atol,
+        rtol=rtol,
+        max_full=max_full,
+        directions=directions,
+        seed=seed,
+    )
+    report.mode = f"second order, {report.mode}"
+    report.notes = notes + [f"input {len(arrays)} is the upstream gradient of the output"]
+    if raise_on_failure:
+        report.raise_if_failed()
+    return report
+
+
 def _compare(
     index: int,
     shape: tuple[int, ...],
@@ -361,14 +422,21 @@ def _show(value: Any) -> str:
 class OpCheckResult:
     op: str
     label: str
-    numeric: GradcheckReport
+    numeric: GradcheckReport | None  # None when skipped
     torch_forward_error: float | None  # max relative error, None when torch is absent
-    torch_backward_error: float | None
+    torch_backward_error: float | None  # of the second-order gradient for order 2
+    order: int = 1
+    skipped: str | None = None  # why this case was not checked
+    error: str | None = None  # why the check could not run (a vjp that cannot record)
 
     @property
     def passed(self) -> bool:
+        if self.skipped:
+            return True
+        if self.error:
+            return False
         torch_ok = all(e is None or e <= TORCH_RTOL for e in self._torch_errors)
-        return self.numeric.passed and torch_ok
+        return self.numeric is not None and self.numeric.passed and torch_ok
 
     @property
     def _torch_errors(self) -> tuple[float | None, float | None]:
@@ -409,6 +477,42 @@ def compare_with_torch(case: OpCase, rng: np.random.Generator) -> tuple[float, f
     return fwd, bwd
 
 
+def compare_second_order_with_torch(case: OpCase, rng: np.random.Generator) -> tuple[float, float]:
+    """Max relative errors of forward and second-order gradients against PyTorch.
+
+    Both sides differentiate twice: ``h = grad(out, x, v, create_graph=True)``,
+    then ``grad(sum_i <h_i, u_i>, x)`` for random ``v`` and ``u_i``.
+    """
+    import torch
+
+    ts = [Tensor(a.copy(), requires_grad=True) for a in case.inputs]
+    out = case.fn(*ts)
+    v = rng.standard_normal(out.shape)
+    us = [rng.standard_normal(a.shape) for a in case.inputs]
+    mixed = _dot(T.grad(out, ts, Tensor(v), create_graph=True), us)
+    ours = [h.data for h in T.grad(mixed, ts)] if mixed.requires_grad else None
+    tt = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in case.inputs]
+    tout = case.torch_fn(*tt)
+    tg = torch.autograd.grad(tout, tt, torch.as_tensor(v), create_graph=True, allow_unused=True)
+    tg = [g if g is not None else torch.zeros_like(t) for g, t in zip(tg, tt)]
+    tmixed = _dot(tg, [torch.as_tensor(u) for u in us])
+    theirs = [np.zeros_like(a) for a in case.inputs]
+    if tmixed.requires_grad:
+        th = torch.autograd.grad(tmixed, tt, allow_unused=True)
+        theirs = [np.zeros_like(a) if h is None else h.numpy() for h, a in zip(th, case.inputs)]
+    ours = ours or [np.zeros_like(a) for a in case.inputs]
+    fwd = _rel_err(out.data, tout.detach().numpy())
+    return fwd, max(_rel_err(a, b) for a, b in zip(ours, theirs))
+
+
+def _dot(grads: Sequence[Any], us: Sequence[np.ndarray]) -> Any:
+    """``sum_i <grads_i, u_i>`` on npgrad or PyTorch tensors alike."""
+    total = (grads[0] * us[0]).sum()
+    for g, u in zip(grads[1:], us[1:]):
+        total = total + (g * u).sum()
+    return total
+
+
 def torch_available() -> bool:
     """Whether PyTorch is installed (found without importing it: that takes a second)."""
     return importlib.util.find_spec("torch") is not None
@@ -419,10 +523,18 @@ def check_ops(
     seed: int = 0,
     use_torch: bool | None = None,
     cases_per_op: int = 3,
+    order: int = 1,
 ) -> list[OpCheckResult]:
-    """Check every registered op (or ``names``) numerically and against PyTorch."""
+    """Check every registered op (or ``names``) numerically and against PyTorch.
+
+    ``order=2`` checks second derivatives instead (:func:`gradgradcheck` and
+    PyTorch's double backward); an op whose vjp declares
+    ``differentiable_vjp = False`` gets one skipped row saying so.
+    """
     if isinstance(cases_per_op, bool) or not isinstance(cases_per_op, int) or cases_per_op < 1:
         raise GradcheckError(f"cases per op must be a whole number >= 1, not {cases_per_op!r}")
+    if order not in (1, 2):
+        raise GradcheckError(f"the order must be 1 or 2, not {order!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise GradcheckError(f"the seed must be a whole number >= 0, not {seed!r}")
     names = list(names or all_ops())
@@ -432,12 +544,27 @@ def check_ops(
         use_torch = torch_available()
     rng = np.random.default_rng(seed)
     results = []
+    check, compare = (
+        (gradcheck, compare_with_torch)
+        if order == 1
+        else (gradgradcheck, compare_second_order_with_torch)
+    )
     for name in names:
+        if order == 2 and not OPS[name].differentiable_vjp:
+            why = "its vjp computes on NumPy arrays only (differentiable_vjp = False)"
+            results.append(OpCheckResult(name, "-", None, None, None, order, why))
+            continue
         for k in range(cases_per_op):
             case = op_case(name, rng, SHAPES[k % len(SHAPES)])
-            report = gradcheck(case.fn, *case.inputs, atol=OP_ATOL, rtol=OP_RTOL)
+            try:
+                report = check(case.fn, *case.inputs, atol=OP_ATOL, rtol=OP_RTOL)
+            except GradError as exc:  # a vjp that cannot record: this op fails, the rest go on
+                results.append(
+                    OpCheckResult(name, case.label, None, None, None, order, None, str(exc))
+                )
+                continue
             fwd = bwd = None
             if use_torch:
-                fwd, bwd = compare_with_torch(case, rng)
-            results.append(OpCheckResult(name, case.label, report, fwd, bwd))
+                fwd, bwd = compare(case, rng)
+            results.append(OpCheckResult(name, case.label, report, fwd, bwd, order))
     return results

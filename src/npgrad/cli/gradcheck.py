@@ -1,4 +1,8 @@
-"""``npgrad gradcheck``: every built-in op checked numerically and against PyTorch."""
+"""``npgrad gradcheck``: every built-in op checked numerically and against PyTorch.
+
+``--order 2`` checks second derivatives: :func:`npgrad.check.gradgradcheck`
+and PyTorch's double backward.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ examples:
   npgrad gradcheck                     check every built-in op
   npgrad gradcheck --op softmax --op matmul
   npgrad gradcheck --no-torch --cases 5 --seed 1
+  npgrad gradcheck --order 2           second derivatives (double backward)
 """
 
 
@@ -20,9 +25,14 @@ def run(args: argparse.Namespace) -> int:
 
     use_torch = torch_available() and not args.no_torch
     results = check_ops(
-        args.op or None, seed=args.seed, use_torch=use_torch, cases_per_op=args.cases
+        args.op or None,
+        seed=args.seed,
+        use_torch=use_torch,
+        cases_per_op=args.cases,
+        order=args.order,
     )
-    header = f"{'op':<14} {'case':<42} {'numeric abs err':>15} {'torch fwd':>10} {'torch bwd':>10}  result"
+    bwd = "torch bwd" if args.order == 1 else "torch 2nd"
+    header = f"{'op':<14} {'case':<42} {'numeric abs err':>15} {'torch fwd':>10} {bwd:>10}  result"
     print(header)
     print("-" * len(header))
 
@@ -30,21 +40,33 @@ def run(args: argparse.Namespace) -> int:
         return "-" if e is None else f"{e:.1e}"
 
     for r in results:
+        if r.skipped:
+            print(f"{r.op:<14} skipped: {r.skipped}")
+            continue
+        numeric = "-" if r.numeric is None else f"{r.numeric.max_abs_error:.1e}"
         print(
-            f"{r.op:<14} {r.label[:42]:<42} {r.numeric.max_abs_error:>15.1e} "
+            f"{r.op:<14} {r.label[:42]:<42} {numeric:>15} "
             f"{fmt(r.torch_forward_error):>10} {fmt(r.torch_backward_error):>10}  "
             f"{'ok' if r.passed else 'FAIL'}"
         )
-    failed = [r for r in results if not r.passed]
-    ops = len({r.op for r in results})
+        if r.error:
+            print(f"{'':<14} {r.error}")
+    checked = [r for r in results if not r.skipped]
+    failed = [r for r in checked if not r.passed]
+    ops = len({r.op for r in checked})
+    what = "" if args.order == 1 else " (second order)"
     torch_note = (
         f"and against PyTorch autograd (relative tolerance {TORCH_RTOL:g})"
         if use_torch
         else "(PyTorch not installed: numerical checks only)"
     )
     print(
-        f"\n{len(results) - len(failed)}/{len(results)} cases of {ops} ops passed, numerically {torch_note}"
+        f"\n{len(checked) - len(failed)}/{len(checked)} cases of {ops} ops passed{what}, "
+        f"numerically {torch_note}"
     )
+    skipped = sorted(r.op for r in results if r.skipped)
+    if skipped:
+        print(f"skipped (vjp not differentiable): {', '.join(skipped)}")
     if failed:
         print("FAILED: " + ", ".join(sorted({r.op for r in failed})), file=sys.stderr)
         return 1
@@ -58,7 +80,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Check the backward pass of every op in the op table: against central\n"
             "differences in float64 and, when PyTorch is installed, against PyTorch\n"
-            "autograd (forward and backward). One row per case; exit status 1 if any fails."
+            "autograd (forward and backward). With --order 2, the second derivatives:\n"
+            "the recorded backward pass differentiated again, against central\n"
+            "differences and PyTorch's double backward. One row per case; exit status\n"
+            "1 if any fails."
         ),
         epilog=EPILOG_GRADCHECK,
         formatter_class=formatter,
@@ -67,4 +92,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cases", type=int, default=3, help="random cases per op (default 3)")
     p.add_argument("--seed", type=int, default=0, help="random seed for the inputs (default 0)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    p.add_argument(
+        "--order",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="1: gradients (default); 2: second derivatives, by double backward",
+    )
     p.set_defaults(func=run)
