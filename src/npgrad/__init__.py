@@ -19,11 +19,15 @@ from . import data, layers, nn, optim  # noqa: E402  (submodules as attributes)
 from .autodiff import (  # noqa: F401
     Tensor,
     add,
+    broadcast_to,
     concatenate,
     cross_entropy,
     div,
+    enable_grad,
     exp,
     getitem,
+    grad,
+    hvp,
     is_grad_enabled,
     linear,
     log,
@@ -62,9 +66,12 @@ __version__ = "0.1.0"
 # The checking tools load on first use: most programs train and never check.
 _LAZY = {
     "gradcheck": "check",
+    "gradgradcheck": "check",
     "GradcheckReport": "check",
     "check_layer": "layercheck",
     "LayerReport": "layercheck",
+    "check_functions": "filecheck",
+    "PairReport": "pairs",
 }
 
 
@@ -96,13 +103,18 @@ __all__ = [
     "Tensor",
     "TrainingDiverged",
     "add",
+    "broadcast_to",
     "check_layer",
     "concatenate",
     "cross_entropy",
     "div",
+    "enable_grad",
     "exp",
     "getitem",
+    "grad",
     "gradcheck",
+    "gradgradcheck",
+    "hvp",
     "is_grad_enabled",
     "linear",
     "log",
