@@ -1,6 +1,6 @@
 """The benchmark scripts run (tiny sizes), so they never rot. No timing assertions."""
 
-from benchmarks import bench_accuracy, bench_speed
+from benchmarks import bench_accuracy, bench_cnn, bench_speed
 
 
 def test_speed_benchmark_runs(capsys, torch):
@@ -24,3 +24,9 @@ def test_accuracy_benchmark_runs(capsys, torch, tmp_path):
 def test_flops_per_sample():
     # forward and weight gradients for both layers, input gradient for the second only
     assert bench_speed.flops_per_sample([784, 100, 10]) == 2 * (3 * (78400 + 1000) - 78400)
+
+
+def test_cnn_benchmark_runs(capsys, torch):
+    bench_cnn.main(["--tiny"])
+    out = capsys.readouterr().out
+    assert "| small |" in out and "| lenet |" in out and "npgrad peak memory" in out

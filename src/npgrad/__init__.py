@@ -2,7 +2,8 @@
 
 The pieces, one module per concern:
 
-* :mod:`npgrad.ops`     the op table: forward, vector-Jacobian product, derivation
+* :mod:`npgrad.ops`, :mod:`npgrad.ops_conv`  the op table: forward, vector-Jacobian product,
+  derivation (dense ops; convolution, pooling, batch norm)
 * :mod:`npgrad.autodiff`  the reverse-mode autodiff engine over that table
 * :mod:`npgrad.layers`  the exercise's ``Matmul``/``Relu``/``Softmax``/``Log`` classes
 * :mod:`npgrad.nn`, :mod:`npgrad.optim`  modules and optimizers for training
@@ -12,7 +13,7 @@ The pieces, one module per concern:
 * :mod:`npgrad.check`   gradient checking, for built-in ops and your own layers
 """
 
-from . import data, layers, nn, optim  # noqa: E402  (submodules as attributes)
+from . import data, layers, nn, ops_conv, optim  # noqa: E402  (submodules as attributes)
 
 # npgrad.sum, npgrad.max, npgrad.pow: attributes, but not in __all__, so that
 # 'from npgrad import *' does not shadow Python's builtins.
@@ -60,6 +61,7 @@ from .errors import (
     ShapeError,
     TrainingDiverged,
 )
+from .ops_conv import avg_pool2d, batch_norm, conv2d, flatten, max_pool2d
 
 __version__ = "0.1.0"
 
@@ -87,6 +89,12 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "data",
+    "ops_conv",
+    "avg_pool2d",
+    "batch_norm",
+    "conv2d",
+    "flatten",
+    "max_pool2d",
     "layers",
     "nn",
     "optim",
