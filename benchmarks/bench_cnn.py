@@ -127,7 +127,7 @@ def npgrad_step(name: str, x: np.ndarray, y: np.ndarray) -> Callable[[], None]:
 
 def torch_step(torch, name: str, x: np.ndarray, y: np.ndarray) -> Callable[[], None]:  # noqa: ANN001
     torch.manual_seed(0)
-    net = torch_net(torch, name)
+    net = torch_net(torch, name).float()  # float32 whatever the default dtype
     opt = torch.optim.Adam(net.parameters(), LR)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
 
