@@ -266,16 +266,24 @@ def _running_stats(v: dict[str, Any], rng: np.random.Generator) -> None:
 
 
 def _svm_margins(v: dict[str, Any], rng: np.random.Generator) -> None:
-    """Keep every SVM margin s_j - s_y + 1 at least 0.05 away from the kink at 0."""
+    """Keep every SVM margin s_j - s_y + 1 at least 0.05 away from the kink at 0.
+
+    Scores x are redrawn row by row; a linear classifier's W is redrawn whole.
+    """
+    linear = "W" in v
+    target = v["W"] if linear else v["x"]
     for _ in range(1000):
-        s = v["X"] @ v["W"] if "W" in v else v["x"]
+        s = v["X"] @ v["W"] if linear else v["x"]
         y = v["y"]
         m = s - s[np.arange(len(y)), y][:, None] + 1
         m[np.arange(len(y)), y] = 1.0
-        if np.all(np.abs(m) > 0.05):
+        near = np.any(np.abs(m) <= 0.05, axis=1)
+        if not near.any():
             return
-        target = v["W"] if "W" in v else v["x"]
-        target[...] = rng.standard_normal(target.shape)
+        if linear:
+            target[...] = rng.standard_normal(target.shape)
+        else:
+            target[near] = rng.standard_normal((int(near.sum()), target.shape[1]))
     raise _Stop("could not draw SVM scores away from the margin's kink: give other --shape")
 
 
@@ -575,8 +583,8 @@ def _by_names(base: str, names: Sequence[str]) -> Kind | None:
     """A layer the table does not name (``affine_relu``, ``conv_bn_relu_pool``...), built from
     its argument names, when it uses only the course's usual ones."""
     conv = "conv" in base
-    x = (2, 3, 8, 8) if conv else (4, 6)
-    w = (4, 3, 3, 3) if conv else (6, 5)
+    x = (2, 3, 6, 6) if conv else (4, 6)
+    w = (3, 3, 3, 3) if conv else (6, 5)
     width = w[0] if conv else w[1]
     sizes = {"x": x, "w": w, "b": (width,)}
     channels = width if "w" in names else x[1]
@@ -1224,14 +1232,15 @@ def _backward(
             )
         what = "backward returned"
     if len(names) == 1 and not isinstance(items, (tuple, list)):
-        items = (items,)
-    elif not isinstance(items, tuple):
+        shape = np.shape(ctx.values[names[0]])
+        return [_real_array(items, what, f"a NumPy array (d{names[0]}) of shape {shape}")]
+    if not isinstance(items, tuple):
         hint = " (a missing return?)" if items is None else ""
         raise _Stop(f"{what} {_describe(items)}{hint}; expected {expected}")
     if len(items) != len(names):
         raise _Stop(f"{what} {len(items)} gradient(s); expected {expected}")
     return [
-        _real_array(item, f"{what} as d{n},", f"an array of shape {np.shape(ctx.values[n])}")
+        _real_array(item, f"{what}, as d{n},", f"an array of shape {np.shape(ctx.values[n])}")
         for item, n in zip(items, names)
     ]
 

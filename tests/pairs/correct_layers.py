@@ -49,7 +49,7 @@ def batchnorm_forward(x, gamma, beta, bn_param):
     elif mode == "test":
         out = gamma * (x - running_mean) / np.sqrt(running_var + eps) + beta
     else:
-        raise ValueError('Invalid forward batchnorm mode "%s"' % mode)
+        raise ValueError(f'Invalid forward batchnorm mode "{mode}"')
     bn_param["running_mean"] = running_mean
     bn_param["running_var"] = running_var
     return out, cache
@@ -91,7 +91,11 @@ def layernorm_backward(dout, cache):
     dgamma = (dout * xhat).sum(axis=0)
     dbeta = dout.sum(axis=0)
     dxhat = dout * gamma
-    dx = (D * dxhat - dxhat.sum(axis=1, keepdims=True) - xhat * (dxhat * xhat).sum(axis=1, keepdims=True)) / (D * std)
+    dx = (
+        D * dxhat
+        - dxhat.sum(axis=1, keepdims=True)
+        - xhat * (dxhat * xhat).sum(axis=1, keepdims=True)
+    ) / (D * std)
     return dx, dgamma, dbeta
 
 
@@ -122,12 +126,10 @@ def conv_forward_naive(x, w, b, conv_param):
     Ho, Wo = 1 + (H + 2 * pad - HH) // stride, 1 + (W + 2 * pad - WW) // stride
     xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
     out = np.zeros((N, F, Ho, Wo))
-    for n in range(N):
-        for f in range(F):
-            for i in range(Ho):
-                for j in range(Wo):
-                    win = xp[n, :, i * stride : i * stride + HH, j * stride : j * stride + WW]
-                    out[n, f, i, j] = np.sum(win * w[f]) + b[f]
+    for i in range(Ho):
+        for j in range(Wo):
+            win = xp[:, :, i * stride : i * stride + HH, j * stride : j * stride + WW]
+            out[:, :, i, j] = np.einsum("nchw,fchw->nf", win, w) + b
     return out, (x, w, b, conv_param)
 
 
@@ -139,13 +141,16 @@ def conv_backward_naive(dout, cache):
     xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
     dxp, dw = np.zeros_like(xp), np.zeros_like(w)
     db = dout.sum(axis=(0, 2, 3))
-    for n in range(N):
-        for f in range(F):
-            for i in range(Ho):
-                for j in range(Wo):
-                    sl = (n, slice(None), slice(i * stride, i * stride + HH), slice(j * stride, j * stride + WW))
-                    dw[f] += xp[sl] * dout[n, f, i, j]
-                    dxp[sl] += w[f] * dout[n, f, i, j]
+    for i in range(Ho):
+        for j in range(Wo):
+            win = (
+                slice(None),
+                slice(None),
+                slice(i * stride, i * stride + HH),
+                slice(j * stride, j * stride + WW),
+            )
+            dw += np.einsum("nf,nchw->fchw", dout[:, :, i, j], xp[win])
+            dxp[win] += np.einsum("nf,fchw->nchw", dout[:, :, i, j], w)
     return dxp[:, :, pad : pad + x.shape[2], pad : pad + x.shape[3]], dw, db
 
 
@@ -169,7 +174,9 @@ def max_pool_backward_naive(dout, cache):
         for j in range(Wo):
             win = x[:, :, i * s : i * s + ph, j * s : j * s + pw]
             mask = win == win.max(axis=(2, 3), keepdims=True)
-            dx[:, :, i * s : i * s + ph, j * s : j * s + pw] += mask * dout[:, :, i, j][:, :, None, None]
+            dx[:, :, i * s : i * s + ph, j * s : j * s + pw] += (
+                mask * dout[:, :, i, j][:, :, None, None]
+            )
     return dx
 
 
@@ -203,7 +210,9 @@ def spatial_groupnorm_backward(dout, cache):
     dxhat = (dout * gamma).reshape(N, G, -1)
     xh = xhat.reshape(N, G, -1)
     M = xh.shape[2]
-    dx = (M * dxhat - dxhat.sum(axis=2, keepdims=True) - xh * (dxhat * xh).sum(axis=2, keepdims=True)) / (M * std)
+    dx = (
+        M * dxhat - dxhat.sum(axis=2, keepdims=True) - xh * (dxhat * xh).sum(axis=2, keepdims=True)
+    ) / (M * std)
     return dx.reshape(dout.shape), dgamma, dbeta
 
 

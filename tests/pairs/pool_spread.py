@@ -14,5 +14,7 @@ def max_pool_backward_naive(dout, cache):
     dx = np.zeros_like(x)
     for i in range(dout.shape[2]):
         for j in range(dout.shape[3]):
-            dx[:, :, i * s : i * s + ph, j * s : j * s + pw] += dout[:, :, i, j][:, :, None, None] / (ph * pw)
+            dx[:, :, i * s : i * s + ph, j * s : j * s + pw] += dout[:, :, i, j][
+                :, :, None, None
+            ] / (ph * pw)
     return dx
