@@ -262,7 +262,7 @@ class Tensor:
         return apply(ops.Transpose, self, axes=None)
 
     def transpose(self, *axes: Any) -> Tensor:
-        if len(axes) == 1 and (axes[0] is None or isinstance(axes[0], (tuple, list))):
+        if len(axes) == 1 and (axes[0] is None or isinstance(axes[0], (tuple, list, np.ndarray))):
             axes = () if axes[0] is None else tuple(axes[0])
         return apply(ops.Transpose, self, axes=tuple(int(a) for a in axes) if axes else None)
 

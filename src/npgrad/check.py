@@ -151,7 +151,7 @@ def numeric_jacobian(f: Callable[[], Any], x: np.ndarray, eps: float = 1e-6) -> 
     element at a time and restored afterwards.
     """
     columns = [c.ravel() for c in _central_differences(f, x, eps)]
-    return np.stack(columns, axis=1) if columns else np.zeros((0, 0))
+    return np.stack(columns, axis=1) if columns else np.zeros((np.size(f()), 0))
 
 
 def numeric_vjp(
