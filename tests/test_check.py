@@ -182,3 +182,83 @@ def test_torch_available_says_whether_torch_is_installed():
     import importlib.util
 
     assert torch_available() == (importlib.util.find_spec("torch") is not None)
+
+
+# --------------------------------------------------------------------------- second order
+
+
+def _tanh_vjp_treating_y_as_constant(saved, g, needs=(True,)):
+    """Right to first order, wrong to second: it reads tanh's output as a constant."""
+    y = saved.data if isinstance(saved, npgrad.Tensor) else saved
+    return (g * (1 - y * y),)
+
+
+@pytest.mark.parametrize("max_full", [4096, 1])  # the whole Jacobian, then random directions
+def test_gradgradcheck_passes_a_correct_function_in_both_modes(max_full):
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((3, 4)), rng.standard_normal((4, 2))
+    report = npgrad.gradgradcheck(
+        lambda x, w: npgrad.tanh(x @ w), a, b, max_full=max_full, atol=1e-6, rtol=1e-5
+    )
+    assert report.passed, str(report)
+    assert report.mode == f"second order, {'full' if max_full > 1 else 'directional'}"
+    assert [c.shape for c in report.inputs] == [(3, 4), (4, 2), (3, 2)]  # x, w and v
+    assert "input 2 is the upstream gradient" in str(report)
+
+
+@pytest.mark.parametrize("max_full", [4096, 1])
+def test_gradgradcheck_catches_a_vjp_right_only_to_first_order(monkeypatch, max_full):
+    monkeypatch.setattr(ops.Tanh, "vjp", staticmethod(_tanh_vjp_treating_y_as_constant))
+    x = np.random.default_rng(1).standard_normal((2, 3))
+    assert npgrad.gradcheck(npgrad.tanh, x).passed
+    report = npgrad.gradgradcheck(npgrad.tanh, x, max_full=max_full)
+    assert not report.passed and "MISMATCH" in str(report)
+    with pytest.raises(GradcheckError, match="FAIL"):
+        npgrad.gradgradcheck(npgrad.tanh, x, raise_on_failure=True)
+
+
+def test_gradgradcheck_of_a_linear_function_and_a_non_tensor():
+    x = np.ones((2, 2))
+    assert npgrad.gradgradcheck(lambda t: t * 3.0, x).passed  # every second derivative is 0
+    with pytest.raises(GradcheckError, match="must return an npgrad Tensor"):
+        npgrad.gradgradcheck(lambda t: 1.0, x)
+
+
+def test_check_ops_second_order_checks_and_compares_with_torch(torch):
+    results = check_ops(["tanh", "softmax"], cases_per_op=2, order=2)
+    assert [r.op for r in results] == ["tanh", "tanh", "softmax", "softmax"]
+    for r in results:
+        assert r.passed and r.order == 2 and r.numeric.mode.startswith("second order")
+        assert r.torch_backward_error is not None and r.torch_backward_error < 1e-10
+
+
+def test_check_ops_second_order_fails_a_wrong_second_derivative(monkeypatch):
+    monkeypatch.setattr(ops.Tanh, "vjp", staticmethod(_tanh_vjp_treating_y_as_constant))
+    assert all(r.passed for r in check_ops(["tanh"], use_torch=False))
+    assert not any(r.passed for r in check_ops(["tanh"], use_torch=False, order=2))
+
+
+def test_check_ops_second_order_skips_an_op_that_says_its_vjp_is_numpy_only(monkeypatch):
+    monkeypatch.setattr(ops.Exp, "differentiable_vjp", False)
+    (row,) = check_ops(["exp"], use_torch=False, order=2)
+    assert row.passed and row.numeric is None and "NumPy arrays only" in row.skipped
+
+
+def test_check_ops_second_order_reports_a_vjp_that_cannot_record(monkeypatch):
+    def numpy_only(saved, g, needs=(True,)):
+        return (g * np.asarray(saved),)  # np.asarray of a Tensor: not Tensor-capable
+
+    monkeypatch.setattr(ops.Exp, "vjp", staticmethod(numpy_only))
+    rows = check_ops(["exp", "tanh"], use_torch=False, cases_per_op=1, order=2)
+    assert [r.passed for r in rows] == [False, True]
+    assert "the vjp of op 'exp' computes on NumPy arrays only" in rows[0].error
+
+
+def test_check_ops_refuses_a_third_order():
+    with pytest.raises(GradcheckError, match="the order must be 1 or 2, not 3"):
+        check_ops(["tanh"], order=3)
+
+
+def test_numeric_jacobian_of_an_empty_input_has_one_row_per_output():
+    x = np.zeros((0, 2))
+    assert numeric_jacobian(lambda: np.ones(3) * x.sum(), x).shape == (3, 0)

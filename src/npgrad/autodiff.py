@@ -436,8 +436,9 @@ def _recorded_vjp(node: Node, out: Tensor, g: Tensor, needs: tuple[bool, ...]) -
         in_grads = op.vjp(op.on_tape(node.saved, node.parents, out), g, needs)
     except (TypeError, ValueError, AttributeError, IndexError) as exc:
         raise GradError(f"{why}: {type(exc).__name__}: {exc}") from exc
-    if any(gi is not None and not isinstance(gi, Tensor) for gi in in_grads):
-        raise GradError(why + " (it returned arrays, not Tensors)")
+    for gi in in_grads:  # an np.* call on a Tensor can give an object array, not an error
+        if gi is not None and (not isinstance(gi, Tensor) or gi.dtype == object):
+            raise GradError(why + " (it returned arrays or objects, not Tensors of numbers)")
     return in_grads
 
 

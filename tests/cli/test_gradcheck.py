@@ -1,5 +1,6 @@
 """``npgrad gradcheck``: one row per case, exit 1 on a wrong op, 2 on a usage error."""
 
+import numpy as np
 import pytest
 
 from npgrad import ops
@@ -32,9 +33,47 @@ def test_fails_when_an_op_backward_is_wrong(monkeypatch, capsys):
     assert err.strip() == "FAILED: tanh"
 
 
+def test_order_2_checks_second_derivatives_numerically(capsys):
+    code, out, err = run(
+        capsys, "gradcheck", "--order", "2", "--op", "tanh", "--op", "max", "--no-torch"
+    )
+    assert code == 0, err
+    assert "torch 2nd" in out and "\ntanh " in out and "\nmax " in out
+    assert "6/6 cases of 2 ops passed (second order), numerically (PyTorch" in out
+
+
+def test_order_2_compares_with_torch_double_backward(capsys, torch):
+    code, out, _ = run(capsys, "gradcheck", "--order", "2", "--op", "softmax", "--cases", "1")
+    assert code == 0 and "1/1 cases of 1 ops passed (second order)" in out
+    assert "against PyTorch" in out
+
+
+def test_order_2_fails_a_vjp_right_only_to_first_order(monkeypatch, capsys):
+    def first_order_only(saved, g, needs=(True,)):
+        y = saved if isinstance(saved, np.ndarray) else saved.data  # y as a constant
+        return (g * (1 - y * y),)
+
+    monkeypatch.setattr(ops.Tanh, "vjp", staticmethod(first_order_only))
+    code, _, _ = run(capsys, "gradcheck", "--op", "tanh", "--no-torch")
+    assert code == 0
+    code, out, err = run(capsys, "gradcheck", "--order", "2", "--op", "tanh", "--no-torch")
+    assert code == 1 and "FAIL" in out and err.strip() == "FAILED: tanh"
+
+
+def test_order_2_skips_and_names_an_op_whose_vjp_is_numpy_only(monkeypatch, capsys):
+    monkeypatch.setattr(ops.Exp, "differentiable_vjp", False)
+    code, out, _ = run(
+        capsys, "gradcheck", "--order", "2", "--op", "exp", "--op", "neg", "--no-torch"
+    )
+    assert code == 0
+    assert "exp            skipped: its vjp computes on NumPy arrays only" in out
+    assert "3/3 cases of 1 ops passed" in out and "skipped (vjp not differentiable): exp" in out
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
+        (["--order", "3"], "argument --order: invalid choice: 3 (choose from 1, 2)"),
         (["--op", "nope"], "unknown op 'nope'; 'npgrad gradcheck' without --op lists every op"),
         (["--op", "sofmax"], "unknown op 'sofmax'; did you mean 'softmax' or"),
         (["--cases", "0"], "cases per op must be a whole number >= 1, not 0"),
