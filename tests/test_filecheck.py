@@ -124,15 +124,6 @@ def test_each_misbehaving_pair_fails_alone_and_the_rest_are_checked():
     }
 
 
-def test_pairs_after_a_crash_are_checked_in_a_fresh_child():
-    only = ["affine_forward", "softmax_loss"]
-    reports, _ = check_file(PAIRS / "misbehaving_pairs.py", only=only)
-    assert [(r.name, r.passed) for r in reports] == [
-        ("affine_forward/affine_backward", False),
-        ("softmax_loss", True),
-    ]
-
-
 def test_pair_results_in_a_child_equal_those_in_this_process():
     reports, _ = check_file(PAIRS / "correct_layers.py", only=["conv_forward_naive"])
     here = check_functions(correct_layers, only=["conv_forward_naive"])
@@ -143,7 +134,7 @@ def test_pair_results_in_a_child_equal_those_in_this_process():
     "kwargs, match",
     [
         ({"params": {"conv_forward_naive": {"strid": 1}}}, "no single argument or parameter named 'strid'"),
-        ({"params": {"conv_forward": {"stride": 1}}}, "no layer class or function pair named conv_forward"),
+        ({"params": {"conv_forward": {"stride": 1}}}, "no function pair named conv_forward"),
         ({"shapes": {"relu_fwd": [(5, 6)]}}, "no layer class or function pair named relu_fwd"),
     ],
 )  # fmt: skip

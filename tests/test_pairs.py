@@ -229,7 +229,7 @@ def test_a_pair_of_unknown_kind_gets_shapes_tried_in_turn():
 # --------------------------------------------------------------------------- inputs
 
 
-@settings(max_examples=5, deadline=None)
+@settings(max_examples=3, deadline=None)
 @given(st.integers(0, 2**32 - 1))
 def test_verdicts_do_not_depend_on_the_drawn_inputs(seed):
     """Where kinks and ties lie (ReLU, max pooling, SVM margins), correct never fails and

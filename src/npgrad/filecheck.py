@@ -92,14 +92,18 @@ def _units(module: ModuleType, job: dict[str, Any]) -> list[dict[str, Any]]:
     classes = layer_classes(module) if "classes" in job["what"] else []
     functions = user_functions(vars(module), module.__name__)
     pairs = find_pairs(functions) if "pairs" in job["what"] else []
-    names = {c.__name__ for c in classes} | {p.forward for p in pairs} | {p.name for p in pairs}
-    for option, given in (("given a shape", job["shapes"]), ("given a parameter", job["params"])):
-        unknown = set(given) - names
-        if unknown:
-            raise LayerCheckError(
-                f"{path}: no layer class or function pair named {', '.join(sorted(unknown))} "
-                f"({option})"
-            )
+    forwards = {p.forward for p in pairs}
+    names = {c.__name__ for c in classes} | forwards | {p.name for p in pairs}
+    unknown = sorted(set(job["shapes"]) - names)
+    if unknown:
+        raise LayerCheckError(
+            f"{path}: no layer class or function pair named {', '.join(unknown)} (given a shape)"
+        )
+    unknown = sorted(set(job["params"]) - forwards)
+    if unknown:
+        raise LayerCheckError(
+            f"{path}: no function pair named {', '.join(unknown)} (given a parameter)"
+        )
     for pair in pairs:
         raw = job["params"].get(pair.forward)
         if raw:

@@ -329,7 +329,14 @@ def _norm_hypotheses(layout: str, key: str) -> tuple[Hypothesis, ...]:
 
 def _padding_kept(ctx: _Ctx, i: int, got: np.ndarray, want: np.ndarray) -> str | None:
     pad = int(ctx.values["conv_param"]["pad"])
-    if ctx.case.names[ctx.case.diff[i]] != "x" or pad == 0 or got.ndim != 4:
+    if ctx.case.names[ctx.case.diff[i]] != "x" or got.ndim != 4:
+        return None
+    if pad == 0 and got.shape[:2] == want.shape[:2] and got.shape[2:] == (0, 0):
+        return (
+            "dx is empty: with pad = 0, dx_pad[:, :, pad:-pad, pad:-pad] is [0:0], nothing; "
+            "slice pad:pad + H and pad:pad + W instead"
+        )
+    if pad == 0:
         return None
     if got.shape[:2] != want.shape[:2] or got.shape[2:] != tuple(
         n + 2 * pad for n in want.shape[2:]

@@ -13,6 +13,7 @@ from npgrad.cli import main
 from tests.cli.helpers import assert_one_line_error
 
 HERE = Path(__file__).resolve().parents[1] / "layers"  # the student-style files
+PAIRS = Path(__file__).resolve().parents[1] / "pairs"  # the same, as function pairs
 WRONG = str(HERE / "wrong_layers.py")
 
 
@@ -114,15 +115,24 @@ def test_wrong_return_types_are_one_error_line_each(capfd):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--shape", "Relu=0x5"], "bad --shape 'Relu=0x5': give CLASS=SIZES with positive"),
+        (["--shape", "Relu=0x5"], "bad --shape 'Relu=0x5': give NAME=SIZES with positive"),
         (["--shape", "Relu=-1x5"], "bad --shape 'Relu=-1x5'"),
         (["--shape", "Relu=5xx6"], "bad --shape 'Relu=5xx6'"),
         (["--shape", "Matmul=axb"], "bad --shape 'Matmul=axb'"),
         (["--shape", "Relu"], "bad --shape 'Relu'"),
         (["--shape", "Relu=5x6,"], "bad --shape 'Relu=5x6,'"),
         (["--shape", "Relu=2000x2000"], "at most 1,000,000 elements per input"),
-        (["--shape", "Rleu=5x6"], "no layer class named Rleu (given a shape)"),
-        (["--class", "Nope"], "no layer class named Nope"),
+        (["--shape", "Rleu=5x6"], "no layer class or function pair named Rleu (given a shape)"),
+        (["--class", "Nope"], "no layer class or function pair named Nope"),
+        (["--pair", "Relu"], "no layer class or function pair named Relu"),
+        (["--param", "Relu"], "bad --param 'Relu': give FUNCTION=KEY:VALUE"),
+        (["--param", "Relu=stride"], "bad --param 'Relu=stride'"),
+        (["--param", "Relu=stride:"], "bad --param 'Relu=stride:'"),
+        (["--param", "Relu=1x:2"], "bad --param 'Relu=1x:2'"),
+        (
+            ["--param", "Relu=mode:test"],
+            "no function pair named Relu (given a parameter)",
+        ),
         (["--timeout", "0"], "argument --timeout: must be a positive number of seconds, not '0'"),
         (["--timeout", "-5"], "argument --timeout: must be a positive number of seconds"),
         (["--timeout", "nan"], "argument --timeout: must be a positive number of seconds"),
@@ -141,3 +151,80 @@ def test_usage_errors_are_one_line_exit_2(capfd, argv, message):
 def test_missing_file_or_a_folder_is_a_usage_error(capfd, path, message):
     code, out, err = check(capfd, path)
     assert_one_line_error(code, err, message)
+
+
+# --------------------------------------------------------------------------- function pairs
+
+
+def test_one_line_per_pair_then_the_details(capfd):
+    code, out, _ = check(capfd, str(PAIRS / "conv_padding_kept.py"))
+    assert code == 1
+    lines = out.splitlines()
+    assert lines[0] == (
+        "conv_forward_naive/conv_backward_naive: FAIL  dx: padding not removed: dx has the padded "
+        "shape (2, 3, 9, 11) (inside, its values are right); return dx_pad[:, :, pad:-pad, "
+        "pad:-pad], shape (2, 3, 7, 9)"
+    )
+    assert lines[2] == "conv_forward_naive/conv_backward_naive: FAIL"
+    assert "    dw (4, 3, 3, 5): max abs err" in out
+    assert lines[-1] == "0 of 1 function pairs passed"
+
+
+def test_correct_pairs_pass_and_warnings_do_not_fail(capfd):
+    code, out, _ = check(capfd, str(PAIRS / "correct_layers.py"), "--pair", "relu_forward")
+    assert code == 0 and out.splitlines() == [
+        "relu_forward/relu_backward: PASS",
+        "",
+        "1 of 1 function pairs passed",
+    ]
+    code, out, _ = check(capfd, str(PAIRS / "dout_in_place.py"))
+    assert code == 0 and "relu_forward/relu_backward: PASS  (warning: backward modifies" in out
+
+
+def test_params_and_shapes_reach_the_pair(capfd):
+    stride_ignored = str(PAIRS / "conv_stride_ignored.py")
+    code, out, _ = check(capfd, stride_ignored, "--shape", "conv_forward_naive=1x2x5x5,3x2x3x3,3")
+    assert code == 1 and "stride ignored in backward" in out and "inputs 1x2x5x5, 3x2x3x3, 3" in out
+    code, out, _ = check(capfd, stride_ignored, "--param", "conv_forward_naive=stride:1")
+    assert code == 0, out  # the mistake cannot show with stride 1: the option did reach the pair
+    pad = ["--param", "conv_forward_naive=conv_param.pad:0"]
+    code, out, _ = check(capfd, stride_ignored, "--param", "conv_forward_naive=stride:1", *pad)
+    assert code == 1 and "dx: dx is empty: with pad = 0, dx_pad[:, :, pad:-pad, pad:-pad]" in out
+
+
+def test_a_file_mixing_classes_and_pairs_is_checked_completely(capfd):
+    code, out, _ = check(capfd, str(PAIRS / "mixed.py"), "--no-torch")
+    assert code == 1
+    assert "affine_forward/affine_backward: PASS" in out and "Relu: PASS" in out
+    assert "relu_forward/relu_backward: FAIL  dx: gradient ignores the mask" in out
+    assert "Tanh: FAIL" in out and "sign error" in out
+    assert out.splitlines()[-1] == (
+        "1 of 2 layer classes passed (--no-torch: numerical checks only); "
+        "1 of 2 function pairs passed"
+    )
+    code, out, _ = check(capfd, str(PAIRS / "mixed.py"), "--class", "Relu", "--no-torch")
+    assert code == 0 and "affine_forward" not in out
+
+
+def test_wrong_returns_of_pairs_are_named(capfd):
+    code, out, _ = check(capfd, str(PAIRS / "wrong_returns.py"))
+    assert code == 1
+    assert out.splitlines()[:4] == [
+        "relu_forward/relu_backward: FAIL  forward returned a NumPy array of shape (4, 6); "
+        "expected a tuple (out, cache)",
+        "affine_forward/affine_backward: FAIL  backward returned 2 gradient(s); "
+        "expected a tuple of 3 arrays (dx, dw, db)",
+        "tanh_forward/tanh_backward: FAIL  backward returned None (a missing return?); "
+        "expected a NumPy array (dx) of shape (4, 6)",
+        "svm_loss: FAIL  the loss returned a float; expected a tuple (loss, gradient)",
+    ]
+    assert "nan" not in out.lower()
+
+
+def test_a_pair_that_exits_is_one_error_line(capfd):
+    argv = ["--pair", "affine_forward", "--pair", "relu_forward"]
+    code, out, _ = check(capfd, str(PAIRS / "misbehaving_pairs.py"), *argv)
+    assert code == 1 and "relu_forward/relu_backward: PASS" in out
+    assert error_lines(out) == [
+        "error: ended the process (exit status 0: os._exit?) during backward"
+    ]
