@@ -338,3 +338,17 @@ def test_html_for_notebooks():
 def test_a_loss_of_an_unknown_name_is_not_guessed_at():
     report = check_pair(lambda x, y: (0.0, x), None, Pair("hinge_loss", None, "hinge"))
     assert not report.passed and report.error.startswith("not checked: no loss named 'hinge'")
+
+
+def test_a_forward_that_takes_fewer_shapes_than_the_course_asks_is_warned_about():
+    def affine_forward(x, w, b):  # the course's x is (N, d_1, ..., d_k)
+        return x @ w + b, (x, w)
+
+    def affine_backward(dout, cache):
+        x, w = cache
+        return dout @ w.T, x.T @ dout, dout.sum(0)
+
+    report = check_pair(affine_forward, affine_backward)
+    assert report.passed and report.cases[0].shapes == [(4, 6), (6, 5), (5,)]
+    assert report.warnings[0].startswith("not checked with inputs 4x2x3, 6x5, 5 (the course's)")
+    assert "ValueError" in report.warnings[0]

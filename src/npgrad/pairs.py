@@ -46,8 +46,10 @@ Kinds and their inputs (``--shape``/``--param`` override them):
 ``svm``, ``softmax`` (loss)   x (6, 5), y (6,) in 0..4; or W (5, 4), X (6, 5), y,
                               reg 0.1 for ``(W, X, y, reg)``
 other names                   arguments by name (x, w, b, gamma, beta and the
-                              ``*_param`` dicts above; convolutional when the
-                              name says conv), else shapes tried in turn
+                              ``*_param`` dicts): x (4, 6), w (6, 5); when the
+                              name says conv, x (2, 3, 6, 6), w (3, 3, 3, 3),
+                              stride 1, pad 1, 2x2 pooling with stride 2;
+                              else shapes tried in turn (as for classes)
 ============================  ==================================================
 """
 
@@ -1117,6 +1119,9 @@ def _check_pair(
         else:
             raise first or _Stop("forward failed: no input shapes fit")
         result = CaseResult(label, [np.shape(v) for v in (values[i] for i in diff)])
+        if first is not None and kind is not None:  # the course's own shapes failed
+            shapes = ", ".join("x".join(map(str, s)) for s in candidates[0])
+            _warn(report, f"not checked with inputs {shapes} (the course's): {first}")
         report.cases.append(result)
         _check_case(ctx, result, report, backward, cache, rng, plain)
 
