@@ -352,3 +352,23 @@ def test_a_forward_that_takes_fewer_shapes_than_the_course_asks_is_warned_about(
     assert report.passed and report.cases[0].shapes == [(4, 6), (6, 5), (5,)]
     assert report.warnings[0].startswith("not checked with inputs 4x2x3, 6x5, 5 (the course's)")
     assert "ValueError" in report.warnings[0]
+
+
+def test_the_course_starter_code_is_called_unimplemented():
+    def affine_forward(x, w, b):
+        out = None
+        return out, (x, w, b)
+
+    def relu_forward(x):
+        return np.maximum(0, x), x
+
+    def relu_backward(dout, cache):
+        dx = None
+        return dx
+
+    report = check_pair(affine_forward, ok.affine_backward)
+    assert report.error == "forward returned None as its output (not implemented yet?)"
+    report = check_pair(relu_forward, relu_backward)  # a None alone may be a missing return
+    assert report.error.startswith("backward returned None (a missing return?)")
+    report = check_pair(ok.affine_forward, lambda dout, cache: (None, None, dout.sum(0)))
+    assert report.error == "backward returned None as dx, dw (not implemented yet?)"

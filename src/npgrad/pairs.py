@@ -913,6 +913,8 @@ class _Ctx:
             return [self._loss_value(result)], result
         if not isinstance(result, tuple) or len(result) < 2:
             raise _Stop(f"forward returned {_describe(result)}; expected a tuple (out, cache)")
+        if any(o is None for o in result[:-1]):
+            raise _Stop("forward returned None as its output (not implemented yet?)")
         outs = [
             _real_array(o, "forward returned, as its output,", "a NumPy array") for o in result[:-1]
         ]
@@ -1251,6 +1253,9 @@ def _backward(
         raise _Stop(f"{what} {_describe(items)}{hint}; expected {expected}")
     if len(items) != len(names):
         raise _Stop(f"{what} {len(items)} gradient(s); expected {expected}")
+    unset = [f"d{n}" for item, n in zip(items, names) if item is None]
+    if unset:
+        raise _Stop(f"{what} None as {', '.join(unset)} (not implemented yet?)")
     return [
         _real_array(item, f"{what}, as d{n},", f"an array of shape {np.shape(ctx.values[n])}")
         for item, n in zip(items, names)

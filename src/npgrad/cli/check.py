@@ -158,7 +158,7 @@ crashes, or the file cannot be imported; 2 for a usage error (no such file, clas
 function, a bad option).""",
         formatter_class=formatter,
     )
-    p.add_argument("file", help="a Python file defining layer classes")
+    p.add_argument("file", help="a Python file defining layer classes or function pairs")
     p.add_argument(
         "--class",
         dest="cls",
