@@ -56,6 +56,7 @@ other names                   arguments by name (x, w, b, gamma, beta and the
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 import itertools
 import re
@@ -520,7 +521,6 @@ _BN_CASES = (
     ("mode=train", {"bn_param": {"mode": "train"}}),
     ("mode=test", {"bn_param": {"mode": "test"}}),
 )
-_DENSE = {"relu": KINK}
 
 
 def _elementwise(fn: Callable[[np.ndarray], np.ndarray], domain: Domain = REAL) -> Kind:
@@ -671,7 +671,7 @@ def kind_for(pair: Pair, fn: Callable[..., Any]) -> tuple[Kind | None, str]:
     if pair.backward is None:
         kind = KINDS.get(base)
         if kind is not None and names is not None and len(names) == 4:
-            kind = Kind(**{**asdict_shallow(kind), **_LINEAR_LOSS})  # (W, X, y, reg)
+            kind = dataclasses.replace(kind, **_LINEAR_LOSS)  # (W, X, y, reg)
         if kind is not None and names is not None and len(names) == len(kind.args):
             return kind, base
         return None, base
@@ -681,10 +681,6 @@ def kind_for(pair: Pair, fn: Callable[..., Any]) -> tuple[Kind | None, str]:
     if names is not None:
         return _by_names(base, names), base
     return None, base
-
-
-def asdict_shallow(kind: Kind) -> dict[str, Any]:
-    return {f: getattr(kind, f) for f in kind.__dataclass_fields__}
 
 
 def arg_names(kind: Kind | None, fn: Callable[..., Any]) -> list[str] | None:
