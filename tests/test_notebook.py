@@ -1,5 +1,6 @@
 """examples/exercise.ipynb runs top to bottom (short settings) on the real 10k split."""
 
+import re
 from pathlib import Path
 
 import nbformat
@@ -33,3 +34,14 @@ def test_exercise_notebook_executes(shared_data, monkeypatch):
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) >= 3  # the exercise curve, the Adam curve, the confusion matrix
     assert "digraph npgrad" in text
+    # second derivatives: the Hessian checks and Newton's method agree to float64 precision
+    for line in (
+        "b2 Hessian vs mean of diag(s) - s s^T:",
+        "b2 Hessian vs PyTorch:",
+        "first-layer Hessian vs PyTorch:",
+        "Hessian vs PyTorch:",
+    ):
+        found = re.search(rf"^{re.escape(line)} (\S+)", text, re.M)
+        assert found and float(found.group(1)) < 1e-8, line
+    newton = re.findall(r"Newton step \d: loss \S+, \|gradient\| (\S+)", text)
+    assert len(newton) == 8 and float(newton[-1]) < 1e-8 < float(newton[0])
