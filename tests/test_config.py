@@ -101,7 +101,9 @@ def test_invalid_values_are_refused_with_the_flag_named(option, value, message):
         make_config("default", **{option: value})
 
 
-@pytest.mark.parametrize("option", [o.name for o in OPTIONS if o.models and "exercise" not in o.models])
+@pytest.mark.parametrize(
+    "option", [o.name for o in OPTIONS if o.models and "exercise" not in o.models]
+)
 def test_options_the_exercise_model_does_not_use_are_refused(option):
     value = {"activation": "tanh", "init": "glorot", "optimizer": "sgd", "schedule": "cosine"}
     with pytest.raises(ConfigError, match="is not used by the exercise model"):

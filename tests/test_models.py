@@ -47,7 +47,9 @@ def test_every_model_kind_keeps_the_protocol(kind):
 
 @pytest.mark.parametrize("kind", sorted(MODELS))
 def test_state_round_trip_continues_identically(kind):
-    no_dropout = {"dropout": 0.0} if kind != "exercise" else {}  # masks come from the run's generator
+    no_dropout = (
+        {"dropout": 0.0} if kind != "exercise" else {}
+    )  # masks come from the run's generator
     a, cfg = model_of(kind, **no_dropout)
     x = np.random.default_rng(2).random((6, 16)).astype(cfg.dtype)
     y = np.array([0, 1, 2, 0, 1, 2])
