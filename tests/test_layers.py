@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import npgrad
-from tests import exercise_reference as naive
 from npgrad import layers
 from npgrad.layers import Log, Matmul, Relu, Softmax
+from tests import exercise_reference as naive
 
 
 def rel(a, b):
