@@ -95,3 +95,11 @@ class ExportError(NpgradError, ValueError):
 
 class ServeError(NpgradError):
     """The draw-a-digit server cannot start (port in use, address not available...)."""
+
+
+class RequestRejected(ServeError):
+    """A request to ``npgrad serve`` that is answered with a 4xx status and this message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status

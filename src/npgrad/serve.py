@@ -42,7 +42,7 @@ import numpy as np
 
 from . import nn, ops
 from .autodiff import Tensor, no_grad
-from .errors import ImageError, ServeError
+from .errors import ImageError, RequestRejected, ServeError
 
 __all__ = ["MAX_BODY", "MAX_SIDE", "Predictor", "make_server", "serve"]
 
@@ -130,12 +130,6 @@ class Predictor:
         return answer
 
 
-class _Reject(Exception):
-    def __init__(self, status: HTTPStatus, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 def _page() -> bytes:
     return resources.files("npgrad").joinpath("static", "serve.html").read_bytes()
 
@@ -198,9 +192,9 @@ class Handler(BaseHTTPRequestHandler):
         try:
             if path != "/api/predict":
                 self.close_connection = True
-                raise _Reject(HTTPStatus.NOT_FOUND, "POST drawings to /api/predict")
+                raise RequestRejected(HTTPStatus.NOT_FOUND, "POST drawings to /api/predict")
             drawing = self._drawing(self._body())
-        except _Reject as exc:
+        except RequestRejected as exc:
             self._error(exc.status, str(exc))
             return
         try:
@@ -222,26 +216,26 @@ class Handler(BaseHTTPRequestHandler):
         raw = self.headers.get("Content-Length")
         if raw is None:
             self.close_connection = True
-            raise _Reject(HTTPStatus.LENGTH_REQUIRED, "send a Content-Length header")
+            raise RequestRejected(HTTPStatus.LENGTH_REQUIRED, "send a Content-Length header")
         try:
             length = int(raw)
             if length < 0:
                 raise ValueError
         except ValueError:
             self.close_connection = True
-            raise _Reject(HTTPStatus.BAD_REQUEST, f"bad Content-Length {raw[:40]!r}") from None
+            raise RequestRejected(HTTPStatus.BAD_REQUEST, f"bad Content-Length {raw[:40]!r}") from None
         if length > MAX_BODY:
             self.close_connection = True
             if length <= DRAIN:  # read it, so that the client is listening when the 413 comes
                 self._read(length)
-            raise _Reject(
+            raise RequestRejected(
                 HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                 f"request of {length:,} bytes is over the limit of {MAX_BODY:,}",
             )
         body = self._read(length)
         if len(body) < length:
             self.close_connection = True
-            raise _Reject(HTTPStatus.BAD_REQUEST, "the request body ended early")
+            raise RequestRejected(HTTPStatus.BAD_REQUEST, "the request body ended early")
         return body
 
     def _read(self, length: int) -> bytes:
@@ -249,29 +243,29 @@ class Handler(BaseHTTPRequestHandler):
             return self.rfile.read(length)
         except (TimeoutError, OSError):
             self.close_connection = True
-            raise _Reject(HTTPStatus.REQUEST_TIMEOUT, "the request body did not arrive") from None
+            raise RequestRejected(HTTPStatus.REQUEST_TIMEOUT, "the request body did not arrive") from None
 
     def _drawing(self, body: bytes) -> np.ndarray:
         try:
             req = json.loads(body)
         except (UnicodeDecodeError, ValueError, RecursionError):
-            raise _Reject(HTTPStatus.BAD_REQUEST, "the body is not JSON") from None
+            raise RequestRejected(HTTPStatus.BAD_REQUEST, "the body is not JSON") from None
         if not isinstance(req, dict):
-            raise _Reject(HTTPStatus.BAD_REQUEST, "send a JSON object {width, height, pixels}")
+            raise RequestRejected(HTTPStatus.BAD_REQUEST, "send a JSON object {width, height, pixels}")
         w, h, pixels = req.get("width"), req.get("height"), req.get("pixels")
         for name, v in (("width", w), ("height", h)):
             if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= MAX_SIDE:
-                raise _Reject(
+                raise RequestRejected(
                     HTTPStatus.BAD_REQUEST, f"{name} must be an integer from 1 to {MAX_SIDE}"
                 )
         if not isinstance(pixels, str):
-            raise _Reject(HTTPStatus.BAD_REQUEST, "pixels must be a base64 string of grey bytes")
+            raise RequestRejected(HTTPStatus.BAD_REQUEST, "pixels must be a base64 string of grey bytes")
         try:
             raw = base64.b64decode(pixels, validate=True)
         except (binascii.Error, ValueError):
-            raise _Reject(HTTPStatus.BAD_REQUEST, "pixels is not valid base64") from None
+            raise RequestRejected(HTTPStatus.BAD_REQUEST, "pixels is not valid base64") from None
         if len(raw) != w * h:
-            raise _Reject(
+            raise RequestRejected(
                 HTTPStatus.BAD_REQUEST,
                 f"pixels holds {len(raw)} bytes, width x height is {w * h}",
             )
