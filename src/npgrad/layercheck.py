@@ -33,10 +33,9 @@ import numpy as np
 
 from . import layers as reference_layers
 from .check import agrees, all_ops, mismatches, numeric_vjp, torch_available
+from .mistakes import ATOL, EPS, RTOL, zero_gradient
 from .opspecs import KINK, POSITIVE, REAL, Domain
 
-EPS = 1e-6
-ATOL, RTOL = 1e-6, 1e-4
 DEFAULT_SHAPES = {
     "matmul": [(5, 6), (6, 4)],
     "linear": [(5, 6), (6, 4)],
@@ -302,13 +301,6 @@ def _inputs_for(
 ) -> list[np.ndarray]:
     domains = domains_for(name)
     return [domains[min(i, len(domains) - 1)].sample(rng, s) for i, s in enumerate(shapes)]
-
-
-def zero_gradient(got: np.ndarray, want: np.ndarray) -> str | None:
-    """The diagnosis for a gradient left at zeros where the true one is not."""
-    if got.shape == want.shape and not got.any() and want.size and np.abs(want).max() > ATOL:
-        return "the gradient is identically zero: backward not implemented?"
-    return None
 
 
 def _diagnose(

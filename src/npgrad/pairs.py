@@ -70,10 +70,7 @@ import numpy as np
 from .check import agrees, mismatches, numeric_vjp
 from .errors import LayerCheckError
 from .layercheck import (
-    ATOL,
     CANDIDATE_SHAPES,
-    EPS,
-    RTOL,
     InputResult,
     _describe,
     _diagnose,
@@ -81,89 +78,37 @@ from .layercheck import (
     _Stop,
     _UserCode,
     domains_for,
-    zero_gradient,
+)
+from .mistakes import (
+    ATOL,
+    CONV_HYPOTHESES,
+    EPS,
+    FORWARD_ATOL,
+    FORWARD_RTOL,
+    MAX_POOL_HYPOTHESES,
+    RTOL,
+    Hypothesis,
+    Trial,
+    columns,
+    conv_forward_problem,
+    distinct,
+    name_mistake,
+    norm_hypotheses,
+    norm_ref,
+    normalise,
+    ref_conv,
+    ref_pool,
 )
 from .opspecs import KINK, REAL, Domain
 
 Shape = tuple[int, ...]
 GLOBAL_SEED = 0  # np.random.seed(GLOBAL_SEED) before every forward call
-FORWARD_ATOL, FORWARD_RTOL = 1e-7, 1e-5  # the forward against the course's definition
 ALT_ATOL, ALT_RTOL = 1e-9, 1e-7  # X_backward_alt against X_backward: both analytic
 
 
 # --------------------------------------------------------------------------- references
-# The course's definitions, small and plain: they judge forwards and model the
-# classic mistakes, whose gradients are then taken numerically.
-
-
-def _conv(
-    x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: int, pad: int, step: int | None = None
-) -> np.ndarray:
-    """Cross-correlation; windows start at ``i * step`` (``step`` != stride models a mistake)."""
-    step = stride if step is None else step
-    n, _, h, wd = x.shape
-    f, _, hh, ww = w.shape
-    ho, wo = 1 + (h + 2 * pad - hh) // stride, 1 + (wd + 2 * pad - ww) // stride
-    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    out = np.empty((n, f, ho, wo))
-    for i in range(ho):
-        for j in range(wo):
-            win = xp[:, :, i * step : i * step + hh, j * step : j * step + ww]
-            out[:, :, i, j] = np.tensordot(win, w, axes=([1, 2, 3], [1, 2, 3]))
-    return out + b.reshape(1, -1, 1, 1)
-
-
-def _pool(
-    x: np.ndarray, ph: int, pw: int, stride: int, how: str = "max", step: int | None = None
-) -> np.ndarray:
-    step = stride if step is None else step
-    n, c, h, w = x.shape
-    ho, wo = 1 + (h - ph) // stride, 1 + (w - pw) // stride
-    out = np.empty((n, c, ho, wo))
-    reduce = {"max": np.max, "mean": np.mean, "sum": np.sum}[how]
-    for i in range(ho):
-        for j in range(wo):
-            win = x[:, :, i * step : i * step + ph, j * step : j * step + pw]
-            out[:, :, i, j] = reduce(win, axis=(2, 3))
-    return out
-
-
-def _columns(layout: str, x: np.ndarray, groups: int = 1) -> tuple[np.ndarray, Callable]:
-    """``x`` as a 2-D array whose columns are normalised over axis 0, and the way back."""
-    if layout == "batch":
-        return x, lambda z: z
-    if layout == "layer":
-        return x.T, lambda z: z.T
-    n, c, h, w = x.shape
-    if layout == "spatial":
-        z = x.transpose(0, 2, 3, 1).reshape(-1, c)
-        return z, lambda z: z.reshape(n, h, w, c).transpose(0, 3, 1, 2)
-    z = x.reshape(n * groups, -1).T  # group norm: one column per (sample, group)
-    return z, lambda z: z.T.reshape(n, c, h, w)
-
-
-def _normalise(
-    layout: str,
-    x: np.ndarray,
-    gamma: np.ndarray,
-    beta: np.ndarray,
-    eps: float,
-    groups: int = 1,
-    frozen: tuple[str, ...] = (),
-    x0: np.ndarray | None = None,
-    stats: tuple[np.ndarray, np.ndarray] | None = None,
-) -> np.ndarray:
-    """Batch/layer/group norm. ``frozen`` statistics come from ``x0`` (treated as constants);
-    ``stats`` = (running mean, running var) is test-mode batch norm."""
-    z, back = _columns(layout, x, groups)
-    z0 = _columns(layout, x if x0 is None else x0, groups)[0]
-    mean = z0.mean(0) if "mean" in frozen else z.mean(0)
-    var = z0.var(0) if "var" in frozen else z.var(0)
-    if stats is not None:
-        mean, var = stats
-    xhat = back((z - mean) / np.sqrt(var + eps))
-    shape = (1, -1, 1, 1) if x.ndim == 4 else (1, -1)
-    return gamma.reshape(shape) * xhat + beta.reshape(shape)
+# The course's definitions of convolution, pooling and normalisation, and the
+# classic mistakes modelled, are npgrad.mistakes' (layer classes share them).
 
 
 def _svm(x: np.ndarray, y: np.ndarray) -> float:
@@ -193,9 +138,6 @@ class Case:
     backward: bool = True  # False: forward only (batch norm in test mode)
 
 
-Hypothesis = Callable[["_Ctx", int, np.ndarray, np.ndarray], "str | None"]
-
-
 @dataclass
 class Kind:
     """What the course's layer of this name takes, and how it may go wrong."""
@@ -219,27 +161,6 @@ def _ref_affine(v: dict[str, Any]) -> np.ndarray:
     return v["x"].reshape(v["x"].shape[0], -1) @ v["w"] + v["b"]
 
 
-def _ref_conv(v: dict[str, Any], **kw: Any) -> np.ndarray:
-    p = v["conv_param"]
-    return _conv(v["x"], v["w"], v["b"], int(p["stride"]), int(p["pad"]), **kw)
-
-
-def _ref_pool(v: dict[str, Any], **kw: Any) -> np.ndarray:
-    p = v["pool_param"]
-    return _pool(v["x"], int(p["pool_height"]), int(p["pool_width"]), int(p["stride"]), **kw)
-
-
-def _norm_ref(layout: str, key: str) -> Callable[..., np.ndarray]:
-    def ref(v: dict[str, Any], **kw: Any) -> np.ndarray:
-        p = v[key]
-        eps = float(p.get("eps", 1e-5))
-        if key == "bn_param" and p.get("mode", "train") == "test" and "stats" not in kw:
-            kw["stats"] = (p["running_mean"], p["running_var"])
-        return _normalise(layout, v["x"], v["gamma"], v["beta"], eps, int(v.get("G", 1)), **kw)
-
-    return ref
-
-
 def _loss_ref(fn: Callable[[np.ndarray, np.ndarray], float]) -> Callable[..., np.ndarray]:
     def ref(v: dict[str, Any]) -> np.ndarray:
         if "W" in v:  # (W, X, y, reg): a linear classifier; the course wrote reg or reg / 2
@@ -251,12 +172,6 @@ def _loss_ref(fn: Callable[[np.ndarray, np.ndarray], float]) -> Callable[..., np
 
 
 # ---- preparing inputs
-
-
-def _distinct(rng: np.random.Generator, shape: Shape) -> np.ndarray:
-    """Values at least 0.05 apart: no pooling window has a tie."""
-    size = int(np.prod(shape))
-    return (rng.permutation(size) * 0.05 - size * 0.025).reshape(shape) + rng.uniform(0, 0.01)
 
 
 def _running_stats(v: dict[str, Any], rng: np.random.Generator) -> None:
@@ -290,115 +205,18 @@ def _svm_margins(v: dict[str, Any], rng: np.random.Generator) -> None:
     raise _Stop("could not draw SVM scores away from the margin's kink: give other --shape")
 
 
-# ---- hypotheses: the gradient a classic mistake would give
+# ---- hypotheses: the gradient a classic mistake would give (more in npgrad.mistakes)
 
 
-def _model(
-    message: str, args: Sequence[str], fn: Callable[[dict[str, Any]], np.ndarray]
-) -> Hypothesis:
-    """The mistake whose gradient (for arguments ``args``) is that of the forward ``fn``."""
-
-    def hyp(ctx: _Ctx, i: int, got: np.ndarray, want: np.ndarray) -> str | None:
-        name = ctx.case.names[ctx.case.diff[i]]
-        if name not in args or got.shape != want.shape:
-            return None
-        return message if agrees(got, ctx.vjp_of(i, fn), ATOL, RTOL) else None
-
-    return hyp
-
-
-def _frozen(what: tuple[str, ...], key: str, layout: str) -> Callable[..., np.ndarray]:
-    ref = _norm_ref(layout, key)
-    return lambda v: ref(v, frozen=what, x0=v["_x0"])
-
-
-def _norm_hypotheses(layout: str, key: str) -> tuple[Hypothesis, ...]:
-    const = "treats the {} as {}: {} on x too, so dx has terms through {}"
-    both = const.format("mean and variance", "constants", "they depend", "them")
-    return (
-        _model(both, ["x"], _frozen(("mean", "var"), key, layout)),
-        _model(
-            const.format("mean", "a constant", "it depends", "it"),
-            ["x"],
-            _frozen(("mean",), key, layout),
-        ),
-        _model(
-            const.format("variance", "a constant", "it depends", "it"),
-            ["x"],
-            _frozen(("var",), key, layout),
-        ),
-    )
-
-
-def _padding_kept(ctx: _Ctx, i: int, got: np.ndarray, want: np.ndarray) -> str | None:
-    pad = int(ctx.values["conv_param"]["pad"])
-    if ctx.case.names[ctx.case.diff[i]] != "x" or got.ndim != 4:
-        return None
-    if pad == 0 and got.shape[:2] == want.shape[:2] and got.shape[2:] == (0, 0):
-        return (
-            "dx is empty: with pad = 0, dx_pad[:, :, pad:-pad, pad:-pad] is [0:0], nothing; "
-            "slice pad:pad + H and pad:pad + W instead"
-        )
-    if pad == 0:
-        return None
-    if got.shape[:2] != want.shape[:2] or got.shape[2:] != tuple(
-        n + 2 * pad for n in want.shape[2:]
-    ):
-        return None
-    inner = got[:, :, pad:-pad, pad:-pad]
-    right = " (inside, its values are right)" if agrees(inner, want, ATOL, RTOL) else ""
-    return (
-        f"padding not removed: dx has the padded shape {got.shape}{right}; "
-        f"return dx_pad[:, :, pad:-pad, pad:-pad], shape {want.shape}"
-    )
-
-
-_CONV_HYPOTHESES: tuple[Hypothesis, ...] = (
-    _padding_kept,
-    _model(
-        "kernel flipped: this is the gradient of a true convolution; the forward is a "
-        "cross-correlation (no flip), so backward must not flip w either",
-        ["x", "w"],
-        lambda v: _ref_conv({**v, "w": v["w"][:, :, ::-1, ::-1]}),
-    ),
-    _model(
-        "stride ignored in backward: windows are taken at (i, j) instead of "
-        "(i * stride, j * stride)",
-        ["x", "w"],
-        lambda v: _ref_conv(v, step=1),
-    ),
-)
-_POOL_HYPOTHESES: tuple[Hypothesis, ...] = (
-    _model(
-        "pooling gradient spread over the whole window (as average pooling would): "
-        "it belongs to the maximum of each window only",
-        ["x"],
-        lambda v: _ref_pool(v, how="mean"),
-    ),
-    _model(
-        "pooling gradient spread over the whole window (every element gets the window's "
-        "upstream gradient): it belongs to the maximum of each window only",
-        ["x"],
-        lambda v: _ref_pool(v, how="sum"),
-    ),
-    _model(
-        "stride ignored in backward: windows are taken at (i, j) instead of "
-        "(i * stride, j * stride)",
-        ["x"],
-        lambda v: _ref_pool(v, step=1),
-    ),
-)
-
-
-def _loss_not_divided(ctx: _Ctx, i: int, got: np.ndarray, want: np.ndarray) -> str | None:
-    n = len(ctx.values["y"])
+def _loss_not_divided(trial: Trial, i: int, got: np.ndarray, want: np.ndarray) -> str | None:
+    n = len(trial.values["y"])
     if got.shape == want.shape and agrees(got, n * want, ATOL, RTOL):
         return f"dx is not divided by N: the loss is a mean over the N = {n} samples, so is dx"
     return None
 
 
-def _new_mask(ctx: _Ctx, i: int, got: np.ndarray, want: np.ndarray) -> str | None:
-    g = ctx.g[0]
+def _new_mask(trial: Trial, i: int, got: np.ndarray, want: np.ndarray) -> str | None:
+    g = trial.g
     if got.shape != g.shape or np.any(np.isclose(g, 0)):
         return None
     ratio = got / g
@@ -420,7 +238,7 @@ def _check_running_stats(ctx: _Ctx) -> list[str]:
     p, v = ctx.used_params["bn_param"], ctx.values
     rm0, rv0 = ctx.values["bn_param"]["running_mean"], ctx.values["bn_param"]["running_var"]
     mom = float(v["bn_param"].get("momentum", 0.9))
-    z, _ = _columns("spatial" if v["x"].ndim == 4 else "batch", v["x"])
+    z, _ = columns("spatial" if v["x"].ndim == 4 else "batch", v["x"])
     mean, var, uvar = z.mean(0), z.var(0), z.var(0, ddof=1)
     if v["bn_param"].get("mode") == "test":
         for key, before in (("running_mean", rm0), ("running_var", rv0)):
@@ -458,7 +276,7 @@ def _bn_forward_problem(v: dict[str, Any], out: np.ndarray) -> str | None:
     p = v["bn_param"]
     if p.get("mode") != "test":
         return None
-    batch = _normalise(
+    batch = normalise(
         "spatial" if v["x"].ndim == 4 else "batch",
         v["x"],
         v["gamma"],
@@ -467,18 +285,6 @@ def _bn_forward_problem(v: dict[str, Any], out: np.ndarray) -> str | None:
     )
     if agrees(out, batch, FORWARD_ATOL, FORWARD_RTOL):
         return "test mode normalises with the batch statistics: it must use the running ones"
-    return None
-
-
-def _conv_forward_problem(v: dict[str, Any], out: np.ndarray) -> str | None:
-    flipped = _ref_conv({**v, "w": v["w"][:, :, ::-1, ::-1]})
-    if agrees(out, flipped, FORWARD_ATOL, FORWARD_RTOL):
-        return (
-            "kernel flipped: forward computes a true convolution; CS231n (and PyTorch) "
-            "compute a cross-correlation, out = sum(x_window * w), with no flip"
-        )
-    if agrees(out, _ref_conv(v, step=1), FORWARD_ATOL, FORWARD_RTOL):
-        return "stride ignored in forward: windows start at (i, j), not (i * stride, j * stride)"
     return None
 
 
@@ -534,25 +340,25 @@ KINDS: dict[str, Kind] = {
     "tanh": _elementwise(np.tanh),
     "batchnorm": Kind(
         ("x", "gamma", "beta", "bn_param"), (((6, 5), (5,), (5,)),), {"bn_param": _BN}, _BN_CASES,
-        reference=_norm_ref("batch", "bn_param"), hypotheses=_norm_hypotheses("batch", "bn_param"),
+        reference=norm_ref("batch", "bn_param"), hypotheses=norm_hypotheses("batch", "bn_param"),
         prepare=_running_stats, extra=_check_running_stats, forward_only=("mode=test",),
         forward_problem=_bn_forward_problem,
     ),
     "spatial_batchnorm": Kind(
         ("x", "gamma", "beta", "bn_param"), (((2, 3, 4, 5), (3,), (3,)),), {"bn_param": _BN}, _BN_CASES,
-        reference=_norm_ref("spatial", "bn_param"), hypotheses=_norm_hypotheses("spatial", "bn_param"),
+        reference=norm_ref("spatial", "bn_param"), hypotheses=norm_hypotheses("spatial", "bn_param"),
         prepare=_running_stats, extra=_check_running_stats, forward_only=("mode=test",),
         forward_problem=_bn_forward_problem,
     ),
     "layernorm": Kind(
         ("x", "gamma", "beta", "ln_param"), (((4, 6), (6,), (6,)),), {"ln_param": {"eps": 1e-5}},
-        reference=_norm_ref("layer", "ln_param"), hypotheses=_norm_hypotheses("layer", "ln_param"),
+        reference=norm_ref("layer", "ln_param"), hypotheses=norm_hypotheses("layer", "ln_param"),
     ),
     "spatial_groupnorm": Kind(
         ("x", "gamma", "beta", "G", "gn_param"),
         (((2, 4, 3, 5), (1, 4, 1, 1), (1, 4, 1, 1)), ((2, 4, 3, 5), (4,), (4,))),
         {"G": 2, "gn_param": {"eps": 1e-5}},
-        reference=_norm_ref("group", "gn_param"), hypotheses=_norm_hypotheses("group", "gn_param"),
+        reference=norm_ref("group", "gn_param"), hypotheses=norm_hypotheses("group", "gn_param"),
     ),
     "dropout": Kind(
         ("x", "dropout_param"), (((6, 8),),), {"dropout_param": {"p": 0.3, "mode": "train", "seed": 123}},
@@ -561,12 +367,12 @@ KINDS: dict[str, Kind] = {
     ),
     "conv": Kind(
         ("x", "w", "b", "conv_param"), (((2, 3, 7, 9), (4, 3, 3, 5), (4,)),),
-        {"conv_param": {"stride": 2, "pad": 1}}, reference=_ref_conv, hypotheses=_CONV_HYPOTHESES,
-        forward_problem=_conv_forward_problem,
+        {"conv_param": {"stride": 2, "pad": 1}}, reference=ref_conv, hypotheses=CONV_HYPOTHESES,
+        forward_problem=conv_forward_problem,
     ),
     "max_pool": Kind(
         ("x", "pool_param"), (((2, 3, 8, 9),),), {"pool_param": {"pool_height": 2, "pool_width": 3, "stride": 2}},
-        domains={"x": Domain("distinct")}, reference=_ref_pool, hypotheses=_POOL_HYPOTHESES,
+        domains={"x": Domain("distinct")}, reference=ref_pool, hypotheses=MAX_POOL_HYPOTHESES,
     ),
     "svm": Kind(("x", "y"), (((6, 5),),), reference=_loss_ref(_svm), loss=True, prepare=_svm_margins, hypotheses=(_loss_not_divided,)),
     "softmax": Kind(("x", "y"), (((6, 5),),), reference=_loss_ref(_softmax_loss), loss=True, hypotheses=(_loss_not_divided,)),
@@ -929,12 +735,9 @@ class _Ctx:
     def fresh(self) -> list[Any]:
         return [copy.deepcopy(v) for v in self.case.values]
 
-    def vjp_of(self, i: int, fn: Callable[[dict[str, Any]], np.ndarray]) -> np.ndarray:
-        """The gradient a forward ``fn`` (of the arguments by name) would give for input ``i``."""
-        values = dict(zip(self.case.names, self.fresh()))
-        values["_x0"] = self.values["x"]
-        x = values[self.case.names[self.case.diff[i]]]
-        return numeric_vjp(lambda: np.asarray(fn(values), dtype=np.float64), x, self.g[0], EPS)
+    def trial(self) -> Trial:
+        """This call, for the hypotheses of :mod:`npgrad.mistakes`."""
+        return Trial(self.values, [self.case.names[i] for i in self.case.diff], self.g[0])
 
 
 def _build(
@@ -975,7 +778,7 @@ def _build(
                 fallback[min(len(diff), len(fallback) - 1)] if not kind else REAL
             )
             values[name] = (
-                _distinct(rng, shape) if dom.name == "distinct" else dom.sample(rng, shape)
+                distinct(rng, shape) if dom.name == "distinct" else dom.sample(rng, shape)
             )
             if not (kind and name in kind.constants):
                 diff.append(pos)
@@ -1274,13 +1077,9 @@ def _numeric(ctx: _Ctx, pos: int) -> np.ndarray:
 def _explain(
     ctx: _Ctx, k: int, got: np.ndarray, want: np.ndarray, backward: Callable | None, x: np.ndarray
 ) -> str | None:
-    zero = zero_gradient(got, want)
-    if zero:
-        return zero
-    for hyp in ctx.kind.hypotheses if ctx.kind else ():
-        why = hyp(ctx, k, got, want)
-        if why:
-            return why
+    why = name_mistake(ctx.trial(), ctx.kind.hypotheses if ctx.kind else (), k, got, want)
+    if why:
+        return why
     local = None
     if backward is not None and len(ctx.g) == 1:
         try:
