@@ -134,7 +134,7 @@ def test_pair_results_in_a_child_equal_those_in_this_process():
     "kwargs, match",
     [
         ({"params": {"conv_forward_naive": {"strid": 1}}}, "no single argument or parameter named 'strid'"),
-        ({"params": {"conv_forward": {"stride": 1}}}, "no function pair named conv_forward"),
+        ({"params": {"conv_forward": {"stride": 1}}}, "no layer class or function pair named conv_forward"),
         ({"shapes": {"relu_fwd": [(5, 6)]}}, "no layer class or function pair named relu_fwd"),
     ],
 )  # fmt: skip

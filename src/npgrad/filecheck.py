@@ -26,7 +26,7 @@ from typing import Any
 
 from .check import torch_available
 from .errors import LayerCheckError
-from .layercheck import LayerReport, _user_frame, check_layer
+from .layercheck import LayerReport, _user_frame, check_layer, constructor_args
 from .pairs import (
     PairReport,
     PairReports,
@@ -99,11 +99,14 @@ def _units(module: ModuleType, job: dict[str, Any]) -> list[dict[str, Any]]:
         raise LayerCheckError(
             f"{path}: no layer class or function pair named {', '.join(unknown)} (given a shape)"
         )
-    unknown = sorted(set(job["params"]) - forwards)
+    unknown = sorted(set(job["params"]) - forwards - {c.__name__ for c in classes})
     if unknown:
         raise LayerCheckError(
-            f"{path}: no function pair named {', '.join(unknown)} (given a parameter)"
+            f"{path}: no layer class or function pair named {', '.join(unknown)} "
+            "(given a parameter)"
         )
+    for cls in classes:
+        constructor_args(cls, job["params"].get(cls.__name__, {}))
     for pair in pairs:
         raw = job["params"].get(pair.forward)
         if raw:
@@ -158,7 +161,13 @@ def _check_file_here(job: dict[str, Any], emit: Callable[[dict[str, Any]], None]
         if unit["type"] == "class":
             shapes = job["shapes"].get(name)
             report = check_layer(
-                classes[name], shapes, job["seed"], job["use_torch"], source=path, progress=progress
+                classes[name],
+                shapes,
+                job["seed"],
+                job["use_torch"],
+                source=path,
+                progress=progress,
+                params=job["params"].get(name),
             )
         else:
             pair = pairs[name]
@@ -190,9 +199,10 @@ def check_file(
 
     Returns one report per class (:class:`LayerReport`) and per pair
     (:class:`PairReport`), in that order, or no reports and the reason when the
-    file cannot be imported. ``shapes`` is keyed by class or forward-function
-    name; ``params`` by forward-function name (``{"conv_forward_naive": {"stride": 1}}``,
-    see :func:`npgrad.pairs.resolve_params`). ``timeout`` bounds the whole check in
+    file cannot be imported. ``shapes`` and ``params`` are keyed by class or
+    forward-function name: a pair's parameters (``{"conv_forward_naive": {"stride": 1}}``,
+    see :func:`npgrad.pairs.resolve_params`), a class's constructor arguments
+    (``{"Conv": {"stride": 1}}``, see :func:`npgrad.layercheck.constructor_args`). ``timeout`` bounds the whole check in
     seconds: a unit whose code hangs, exits or crashes the interpreter fails with
     what it was doing; those after it are checked in a fresh process while time
     is left. Raises :class:`LayerCheckError` for a missing file or names not in it.

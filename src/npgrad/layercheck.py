@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import re
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -32,8 +33,26 @@ from typing import Any
 import numpy as np
 
 from . import layers as reference_layers
+from . import ops_conv
 from .check import agrees, all_ops, mismatches, numeric_vjp, torch_available
-from .mistakes import ATOL, EPS, RTOL, zero_gradient
+from .errors import LayerCheckError, NpgradError
+from .mistakes import (
+    ATOL,
+    AVG_POOL_HYPOTHESES,
+    CONV_HYPOTHESES,
+    EPS,
+    FORWARD_ATOL,
+    FORWARD_RTOL,
+    MAX_POOL_HYPOTHESES,
+    RTOL,
+    Hypothesis,
+    Trial,
+    conv_forward_problem,
+    distinct,
+    name_mistake,
+    norm_hypotheses,
+    zero_gradient,
+)
 from .opspecs import KINK, POSITIVE, REAL, Domain
 
 DEFAULT_SHAPES = {
@@ -86,10 +105,12 @@ class LayerReport:
     inputs: list[InputResult] = field(default_factory=list)
     error: str | None = None
     reference: dict[str, str] = field(default_factory=dict)  # "npgrad"/"pytorch" -> "ok" or problem
+    setup: str = ""  # how an image layer was built, and the op it was compared with
 
     @property
     def diagnoses(self) -> list[str]:
-        return [f"input {r.index}: {r.diagnosis}" for r in self.inputs if r.diagnosis]
+        out = [f"input {r.index}: {r.diagnosis}" for r in self.inputs if r.diagnosis]
+        return out + [f"against {k}: {v}" for k, v in self.reference.items() if "differs" in v]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data, to cross a process boundary."""
@@ -104,13 +125,14 @@ class LayerReport:
             [InputResult.from_dict(r) for r in d["inputs"]],
             d["error"],
             dict(d["reference"]),
+            d.get("setup", ""),
         )
 
     def __str__(self) -> str:
         head = f"{self.name}: {'PASS' if self.passed else 'FAIL'}"
         if self.shapes:
             head += "  (inputs " + ", ".join("x".join(map(str, s)) for s in self.shapes) + ")"
-        lines = [head]
+        lines = [head] + ([f"  {self.setup}"] if self.setup else [])
         if self.error:
             lines.append(f"  error: {self.error}")
         for r in self.inputs:
@@ -419,18 +441,505 @@ def _verdict(
     grads: Sequence[np.ndarray],
     forward: Callable[[], Any],
     backward: Callable[[], Sequence[Any]],
+    tol: tuple[float, float] = (1e-9, 1e-7),
+    forward_problem: Callable[[np.ndarray], str] | None = None,
 ) -> str:
-    """Compare the user's output and gradients with a reference's, computed by the callables."""
+    """Compare the user's output and gradients with a reference's, computed by the callables;
+    ``forward_problem(reference output)`` says how a differing forward differs."""
     try:
-        if not agrees(y, forward(), 1e-9, 1e-7):
-            return "forward differs"
+        ref = forward()
+        if not agrees(y, ref, *tol):
+            return "forward differs" + (f": {forward_problem(ref)}" if forward_problem else "")
         rgrads = backward()
     except Exception as exc:  # the reference does not take these inputs: nothing to compare
         return f"not compared: it takes other inputs ({type(exc).__name__}: {exc})"
     for i, (a, b) in enumerate(zip(grads, rgrads)):
-        if not agrees(a, b, 1e-9, 1e-7):
+        if not agrees(a, b, *tol):
             return f"backward differs for input {i}"
-    return "ok (forward and backward agree to 1e-7)"
+    return f"ok (forward and backward agree to {tol[1]:g})"
+
+
+# --------------------------------------------------------------------------- image layers
+# Convolution, pooling and batch-norm classes get 4-D inputs, constructor arguments
+# that make stride and padding matter, the op table's op of their kind as the
+# reference, and the classic mistakes of npgrad.mistakes named.
+
+Shape = tuple[int, ...]
+
+# Constructor parameters and attributes by what they mean, under the names students give them.
+ROLES: dict[str, tuple[str, ...]] = {
+    "stride": ("stride", "strides", "s", "step"),
+    "padding": ("padding", "pad", "p", "pad_size", "padding_size", "zero_padding"),
+    "dilation": ("dilation", "dilation_rate"),
+    "kernel": (
+        "kernel", "kernel_size", "ksize", "k", "pool_size", "pool", "size", "window",
+        "window_size", "filter_size", "field",
+    ),
+    "kernel_h": ("pool_height", "pool_h", "kernel_height", "kernel_h", "kh", "hh"),
+    "kernel_w": ("pool_width", "pool_w", "kernel_width", "kernel_w", "kw", "ww"),
+    "in_channels": ("in_channels", "in_ch", "c_in", "cin", "input_channels", "channels_in"),
+    "out_channels": (
+        "out_channels", "out_ch", "c_out", "cout", "output_channels", "channels_out",
+        "num_filters", "n_filters", "filters",
+    ),
+    "num_features": (
+        "num_features", "n_features", "features", "num_channels", "n_channels", "channels",
+        "dim", "c",
+    ),
+    "eps": ("eps", "epsilon"),
+}  # fmt: skip
+_ROLE_OF = {n: role for role, names in ROLES.items() for n in names}
+
+
+def _role(name: str) -> str | None:
+    return _ROLE_OF.get(name.lower().lstrip("_"))
+
+
+def _distinct_inputs(rng: np.random.Generator, shapes: Sequence[Shape]) -> list[np.ndarray]:
+    return [distinct(rng, s) for s in shapes]
+
+
+def _normal_inputs(rng: np.random.Generator, shapes: Sequence[Shape]) -> list[np.ndarray]:
+    return [REAL.sample(rng, s) for s in shapes]
+
+
+def _norm_inputs(rng: np.random.Generator, shapes: Sequence[Shape]) -> list[np.ndarray]:
+    # a batch mean away from 0, a variance away from 1 (the mistakes then differ), gamma away from 0
+    domains = (Domain("shifted", scale=2.0), Domain("scale", gap=0.5), REAL)
+    xs = [d.sample(rng, s) for d, s in zip(domains, shapes)]
+    xs[0] += 1.0
+    return xs
+
+
+@dataclass(frozen=True)
+class ImageKind:
+    """A kind of image layer: its reference op, inputs, and the constructor settings to try."""
+
+    op: Any  # the op table's class: forward(*inputs, **settings), vjp, spec.torch
+    inputs: tuple[str, ...]  # the forward's inputs, by the course's names
+    candidates: tuple[tuple[dict[str, Any], tuple[Shape, ...]], ...]  # settings, shapes; in turn
+    grid: dict[str, tuple[Any, ...]]  # the op's settings, with values to try when nothing tells
+    sample: Callable[[np.random.Generator, Sequence[Shape]], list[np.ndarray]]
+    fixed: dict[str, Any] = field(default_factory=dict)  # further arguments of the op
+
+
+_X = (2, 3, 7, 9)
+_CONV = {"stride": 2, "padding": 1, "in_channels": 3, "out_channels": 4}
+_POOL = ((2, 3, 8, 9),)
+IMAGE_KINDS: dict[str, ImageKind] = {
+    "conv2d": ImageKind(
+        ops_conv.Conv2d,
+        ("x", "w", "b"),
+        (
+            ({**_CONV, "kernel": (3, 5)}, (_X, (4, 3, 3, 5), (4,))),
+            ({**_CONV, "kernel": (3, 5)}, (_X, (4, 3, 3, 5))),
+            ({**_CONV, "kernel": 3}, (_X, (4, 3, 3, 3), (4,))),
+            ({**_CONV, "kernel": 3}, (_X, (4, 3, 3, 3))),
+        ),
+        {"stride": (1, 2, 3), "padding": (0, 1, 2), "dilation": (1, 2)},
+        _normal_inputs,
+    ),
+    "max_pool2d": ImageKind(
+        ops_conv.MaxPool2d,
+        ("x",),
+        (
+            ({"kernel": (2, 3), "stride": 2, "padding": 1}, _POOL),
+            ({"kernel": 3, "stride": 2, "padding": 1}, _POOL),
+            ({"kernel": 2, "stride": 2, "padding": 0}, _POOL),
+        ),
+        {"kernel": (2, 3), "stride": (None, 1, 2, 3), "padding": (0, 1), "dilation": (1,)},
+        _distinct_inputs,
+    ),
+    "avg_pool2d": ImageKind(
+        ops_conv.AvgPool2d,
+        ("x",),
+        (
+            ({"kernel": (2, 3), "stride": 2, "padding": 1}, _POOL),
+            ({"kernel": 3, "stride": 2, "padding": 1}, _POOL),
+            ({"kernel": 2, "stride": 2, "padding": 0}, _POOL),
+        ),
+        {"kernel": (2, 3), "stride": (None, 1, 2, 3), "padding": (0, 1)},
+        _distinct_inputs,
+    ),
+    "batch_norm": ImageKind(
+        ops_conv.BatchNorm,
+        ("x", "gamma", "beta"),
+        (
+            ({}, ((2, 3, 4, 5), (3,), (3,))),
+            ({}, ((2, 3, 4, 5), (1, 3, 1, 1), (1, 3, 1, 1))),
+            ({}, ((6, 5), (5,), (5,))),
+        ),
+        {"eps": (1e-5, 1e-8, 1e-3, 1e-4, 1e-6, 1e-7, 1e-12, 0.0)},
+        _norm_inputs,
+        {"training": True},
+    ),
+}
+_OTHER_NORMS = {"layer", "group", "instance", "weight", "spectral", "l2", "local"}
+
+
+def _words(name: str) -> list[str]:
+    return [w.lower() for w in re.findall(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+", name)]
+
+
+def _signature(fn: Any, drop_self: bool) -> list[inspect.Parameter] | None:
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    return params[1:] if drop_self and params else params
+
+
+def _positional(params: list[inspect.Parameter] | None) -> tuple[int, float]:
+    """How many positional arguments a function takes: at least, at most."""
+    if params is None or any(p.kind == p.VAR_POSITIONAL for p in params):
+        return 0, float("inf")
+    pos = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return sum(p.default is p.empty for p in pos), len(pos)
+
+
+def _forward_params(layer: Any) -> list[inspect.Parameter] | None:
+    if inspect.isclass(layer):
+        return _signature(getattr(layer, "forward", None), drop_self=True)
+    return None
+
+
+def _init_params(layer: Any) -> list[inspect.Parameter]:
+    """The constructor's named parameters (none for a factory or an instance)."""
+    if not inspect.isclass(layer) or layer.__init__ is object.__init__:
+        return []
+    params = _signature(layer.__init__, drop_self=True) or []
+    return [p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+
+def image_kinds(name: str, layer: Any = None) -> list[str]:
+    """The kinds of image layer (keys of :data:`IMAGE_KINDS`) a class may be, most likely first.
+
+    The class name decides (``Conv2d``, ``MaxPool``, ``AvgPooling``, ``BatchNorm2d``,
+    ``SpatialBN``...; a ``Pool`` that says neither max nor average may be either); a
+    name that says nothing, the signatures (``gamma`` and ``beta`` inputs, a
+    ``momentum``, a pooling window). A name that says two kinds (``ConvBnRelu``) is
+    none: such a layer gets the ordinary check.
+    """
+    words = _words(name)
+    joined = "".join(words)
+    found = []
+    if any(w.startswith("conv") for w in words):
+        found.append(["conv2d"])
+    if "pool" in joined:
+        avg = {"avg", "average", "mean"} & set(words) or "avgpool" in joined
+        found.append(["avg_pool2d"] if avg else ["max_pool2d"] if "max" in joined else
+                     ["max_pool2d", "avg_pool2d"])  # fmt: skip
+    if (
+        "bn" in words
+        or "batchnorm" in joined
+        or (any(w.startswith("norm") for w in words) and not _OTHER_NORMS & set(words))
+    ):
+        found.append(["batch_norm"])
+    if found:
+        return found[0] if len(found) == 1 else []
+    init = {p.name.lower() for p in _init_params(layer)}
+    fwd = {p.name.lower() for p in _forward_params(layer) or []}
+    if {"gamma", "beta"} <= fwd or "momentum" in init:
+        return ["batch_norm"]
+    if _positional(_forward_params(layer))[1] == 1 and init & set(
+        ROLES["kernel"] + ROLES["kernel_h"]
+    ):
+        return ["max_pool2d", "avg_pool2d"]
+    if len(fwd) >= 2 and init & set(ROLES["stride"] + ROLES["padding"]):
+        return ["conv2d"]
+    return []
+
+
+def constructor_args(layer: Any, raw: dict[str, Any], who: str | None = None) -> dict[str, Any]:
+    """``--param`` values for a class's constructor, keyed by its own parameter names.
+
+    A key is a parameter's name or what it means (``stride`` for a parameter
+    ``s``). Raises :class:`LayerCheckError` for a key that names no parameter.
+    """
+    who = who or getattr(layer, "__name__", "the layer")
+    if not raw:
+        return {}
+    if not inspect.isclass(layer):
+        raise LayerCheckError(f"{who}: constructor arguments need a class")
+    params = _init_params(layer)
+    takes_any = any(
+        p.kind == p.VAR_KEYWORD for p in _signature(layer.__init__, drop_self=True) or []
+    )
+    out = {}
+    for key, value in raw.items():
+        value = tuple(value) if isinstance(value, list) else value  # a pair, through JSON
+        named = [p.name for p in params if p.name == key]
+        meant = [p.name for p in params if _role(p.name) is not None and _role(p.name) == key]
+        if named or len(meant) == 1:
+            out[(named or meant)[0]] = value
+        elif takes_any:
+            out[key] = value
+        else:
+            takes = ", ".join(p.name for p in params) or "nothing"
+            raise LayerCheckError(
+                f"{who}: the constructor takes no parameter {key!r} (it takes {takes})"
+            )
+    return out
+
+
+def _derived(kind: str, settings: dict[str, Any], shapes: Sequence[Shape]) -> dict[str, Any]:
+    """The settings that follow from the input shapes (channels, the kernel of W)."""
+    out = dict(settings)
+    x = shapes[0]
+    if kind == "conv2d" and len(x) == 4:
+        out["in_channels"] = x[1]
+        if len(shapes) > 1 and len(shapes[1]) == 4:
+            kh, kw = shapes[1][2:]
+            out["out_channels"], out["kernel"] = shapes[1][0], kh if kh == kw else (kh, kw)
+    if kind == "batch_norm" and len(x) >= 2:
+        out["num_features"] = x[1]
+    if "kernel" in out:
+        out["kernel_h"], out["kernel_w"] = _pair_of(out["kernel"])
+    return out
+
+
+def _pair_of(v: Any) -> tuple[int, int]:
+    return (int(v), int(v)) if np.ndim(v) == 0 else (int(v[0]), int(v[1]))
+
+
+def _setting_like(role: str, value: Any) -> bool:
+    if value is None:
+        return role == "stride"  # pooling: the kernel's
+    if isinstance(value, (list, tuple)):
+        return len(value) == 2 and all(isinstance(v, (int, np.integer)) for v in value)
+    if role == "eps":
+        return isinstance(value, (float, int)) and not isinstance(value, bool)
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _known_settings(
+    params: list[inspect.Parameter], kwargs: dict[str, Any], layer: Any
+) -> dict[str, Any]:
+    """What the class was built with: the arguments passed, its attributes, its defaults."""
+    known: dict[str, Any] = {}
+    for p in params:
+        role = _role(p.name)
+        if role and p.name in kwargs:
+            known[role] = kwargs[p.name]
+    for attr, value in getattr(layer, "__dict__", {}).items():
+        role = _role(attr)
+        if role and role not in known and _setting_like(role, value):
+            known[role] = value
+    for p in params:
+        role = _role(p.name)
+        if role and role not in known and p.default is not p.empty:
+            if _setting_like(role, p.default):
+                known[role] = p.default
+    if "kernel" not in known and "kernel_h" in known and "kernel_w" in known:
+        known["kernel"] = (known["kernel_h"], known["kernel_w"])
+    return known
+
+
+def _op_inputs(xs: Sequence[np.ndarray], kind: str) -> list[np.ndarray]:
+    if kind == "batch_norm":  # gamma and beta may come as (1, C, 1, 1)
+        return [xs[0]] + [a.reshape(-1) for a in xs[1:]]
+    return list(xs)
+
+
+def _reference(kind: str, settings: dict[str, Any], xs: Sequence[np.ndarray]) -> tuple[Any, Any]:
+    """The op's output and saved state on ``xs`` with ``settings``."""
+    spec = IMAGE_KINDS[kind]
+    kw = {r: settings[r] for r in spec.grid} | spec.fixed
+    return spec.op.forward(*_op_inputs(xs, kind), **kw)
+
+
+def _resolve(
+    kinds: Sequence[str], known: dict[str, Any], xs: Sequence[np.ndarray], y: np.ndarray
+) -> tuple[str, dict[str, Any], list[str]]:
+    """The kind and the op's settings the class computes: those known, the rest found by
+    matching its output (exactly if possible, then to the forward's tolerance), else the
+    first that gives its output's shape. Also which settings were found by matching."""
+    shaped: tuple[str, dict[str, Any], list[str]] | None = None
+    for tol in ((1e-9, 1e-7), (FORWARD_ATOL, FORWARD_RTOL)):
+        for kind in kinds:
+            grid = IMAGE_KINDS[kind].grid
+            unknown = [r for r in grid if r not in known]
+            for combo in itertools.product(*(grid[r] for r in unknown)):
+                settings = {**known, **dict(zip(unknown, combo))}
+                try:
+                    ref = np.asarray(_reference(kind, settings, xs)[0])
+                except (NpgradError, ValueError, TypeError, IndexError):
+                    continue
+                if agrees(y, ref, *tol):
+                    return kind, settings, unknown
+                if shaped is None and ref.shape == y.shape:
+                    shaped = (kind, settings, [])
+    if shaped is not None:
+        return shaped
+    grid = IMAGE_KINDS[kinds[0]].grid
+    return kinds[0], {r: known.get(r, values[0]) for r, values in grid.items()}, []
+
+
+def _course_values(
+    kind: str, settings: dict[str, Any], xs: Sequence[np.ndarray]
+) -> tuple[dict[str, Any], tuple[Hypothesis, ...]]:
+    """The inputs and settings by the course's names, and the mistakes to test them for."""
+    x = xs[0]
+    if kind == "conv2d":
+        b = xs[2] if len(xs) > 2 else None
+        p = {"stride": settings["stride"], "pad": settings["padding"]}
+        p["dilation"] = settings["dilation"]
+        return {"x": x, "w": xs[1], "b": b, "conv_param": p}, CONV_HYPOTHESES
+    if kind == "batch_norm":
+        values = dict(zip(("x", "gamma", "beta"), xs)) | {"bn_param": {"eps": settings["eps"]}}
+        return values, norm_hypotheses("spatial" if x.ndim == 4 else "batch", "bn_param")
+    if _pair_of(settings.get("dilation", 1)) != (1, 1):
+        return {"x": x}, ()  # the plain references have no dilated pooling
+    kh, kw = _pair_of(settings["kernel"])
+    stride = (kh, kw) if settings["stride"] is None else settings["stride"]
+    p = {"pool_height": kh, "pool_width": kw, "stride": stride, "pad": settings["padding"]}
+    hyps = MAX_POOL_HYPOTHESES if kind == "max_pool2d" else AVG_POOL_HYPOTHESES
+    return {"x": x, "pool_param": p}, hyps
+
+
+def _call(name: str, kwargs: dict[str, Any]) -> str:
+    return f"{name}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
+
+
+def _image_reference(
+    kind: str,
+    settings: dict[str, Any],
+    xs: list[np.ndarray],
+    y: np.ndarray,
+    grads: list[np.ndarray],
+    g: np.ndarray,
+    values: dict[str, Any],
+    use_torch: bool,
+) -> dict[str, str]:
+    spec = IMAGE_KINDS[kind]
+    try:
+        tight = agrees(y, np.asarray(_reference(kind, settings, xs)[0]), 1e-9, 1e-7)
+    except (NpgradError, ValueError, TypeError, IndexError):
+        tight = False  # _verdict says why
+    tol = (1e-9, 1e-7) if tight else (FORWARD_ATOL, FORWARD_RTOL)  # batch norm's eps, unknown
+    saved: list[Any] = []
+
+    def forward() -> np.ndarray:
+        out, state = _reference(kind, settings, xs)
+        saved.append(state)
+        return out
+
+    def problem(ref: np.ndarray) -> str:
+        why = conv_forward_problem(values, y) if kind == "conv2d" else None
+        if why:
+            return why
+        if ref.shape != y.shape:
+            return f"output shape {y.shape}, the op's is {ref.shape}"
+        return f"by up to {float(np.max(np.abs(y - ref))):.3g}"
+
+    def shaped(grads: Sequence[Any]) -> tuple:
+        return tuple(np.reshape(r, x.shape) for r, x in zip(grads, xs))
+
+    out = {
+        "npgrad": _verdict(
+            y,
+            grads,
+            forward,
+            lambda: shaped(spec.op.vjp(saved[0], g.copy(), (True,) * 3)),
+            tol,
+            problem,
+        )
+    }
+    if use_torch and not out["npgrad"].startswith("not compared"):
+        import torch
+
+        ts = [
+            torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in _op_inputs(xs, kind)
+        ]
+        kw = {r: settings[r] for r in spec.grid} | spec.fixed
+        ty: list[Any] = []
+
+        def torch_forward() -> np.ndarray:
+            ty.append(spec.op.spec.torch(torch, *ts, **kw))
+            return ty[0].detach().numpy()
+
+        def torch_backward() -> tuple:
+            ty[0].backward(torch.tensor(g))
+            return shaped([t.grad.numpy() for t in ts])
+
+        out["pytorch"] = _verdict(y, grads, torch_forward, torch_backward, tol, problem)
+    return out
+
+
+def _check_image(
+    report: LayerReport,
+    user: _UserCode,
+    layer: Any,
+    kinds: list[str],
+    shapes: Sequence[Shape] | None,
+    args: dict[str, Any],
+    rng: np.random.Generator,
+    use_torch: bool,
+) -> bool:
+    """Fill ``report`` for an image layer; False when its forward takes no inputs of ``kinds``."""
+    params = _init_params(layer)
+    low, high = _positional(_forward_params(layer))
+    tries: list[tuple[dict[str, Any], tuple[Shape, ...]]] = []
+    flat = "1" in _words(report.name)  # BatchNorm1d: (N, C) input first
+    for kind in kinds:
+        spec = IMAGE_KINDS[kind]
+        for settings, cand in spec.candidates[:: -1 if flat else 1]:
+            cand = tuple(shapes) if shapes is not None else cand
+            if not low <= len(cand) <= min(high, len(spec.inputs)):
+                continue
+            settings = _derived(kind, settings, cand)
+            kwargs = {p.name: settings[_role(p.name)] for p in params if _role(p.name) in settings}
+            kwargs |= args
+            if (kwargs, cand) not in tries:
+                tries.append((kwargs, cand))
+    if not tries:
+        return False
+    missing = [p.name for p in params if p.default is p.empty and p.name not in tries[0][0]]
+    if missing:
+        raise _Stop(
+            f"the constructor needs {', '.join(missing)}, whose meaning npgrad cannot tell: "
+            f"give {'them' if len(missing) > 1 else 'it'} with --param {report.name}="
+            f"{missing[0]}:VALUE"
+        )
+    first: _Stop | None = None
+    for kwargs, cand in tries:
+        if inspect.isclass(layer):
+            user.factory = lambda kwargs=kwargs: layer(**kwargs)
+        xs = IMAGE_KINDS[kinds[0]].sample(rng, cand)
+        try:
+            built, y = user.forward(xs)
+            break
+        except _Stop as stop:
+            if not stop.retry:
+                raise
+            first = first or stop
+    else:
+        assert first is not None
+        raise first
+    kind, settings, found = _resolve(kinds, _known_settings(params, kwargs, built), xs, y)
+    report.shapes = [x.shape for x in xs]
+    shown = {r: v for r, v in settings.items() if r in IMAGE_KINDS[kind].grid}
+    report.setup = f"compared with {_call(kind, shown)}"
+    if inspect.isclass(layer):
+        report.setup = f"built as {_call(report.name, kwargs)}; {report.setup}"
+    found = [r for r in found if settings[r] != IMAGE_KINDS[kind].grid[r][0]]  # not the default
+    if found:
+        report.setup += f" ({', '.join(found)} read from its output)"
+    values, hyps = _course_values(kind, settings, xs)
+    diff = list(IMAGE_KINDS[kind].inputs[: len(xs)])
+
+    def explain(i: int, got: np.ndarray, want: np.ndarray, g: np.ndarray, local: Any) -> str | None:
+        why = name_mistake(Trial(values, diff, g), hyps, i, got, want)
+        return why or _diagnose(got, want, xs[i], g, y, local, batch=xs[0].shape[0])
+
+    g, grads = _gradients(report, user, xs, y, rng, explain)
+    report.reference = _image_reference(kind, settings, xs, y, grads, g, values, use_torch)
+    if any("differs" in v for v in report.reference.values()):
+        report.passed = False
+    return True
+
+
+# --------------------------------------------------------------------------- checking
 
 
 def check_layer(
@@ -441,21 +950,37 @@ def check_layer(
     name: str | None = None,
     source: str | None = None,
     progress: Callable[[str], None] | None = None,
+    params: dict[str, Any] | None = None,
 ) -> LayerReport:
     """Check a layer class (or a zero-argument factory) following the exercise's protocol.
 
     ``shapes`` gives the input shapes; by default they are guessed (``Matmul``:
     (5, 6) and (6, 4); one input: (5, 6); otherwise the first candidate for which
-    ``forward`` runs). ``source`` is the user's file, so errors point at its lines.
+    ``forward`` runs). Convolution, pooling and batch-norm classes (:func:`image_kinds`)
+    get 4-D inputs, are built with stride 2 and padding 1 where their constructor
+    takes them (non-square windows without ties for pooling), compared with the
+    op table's op of their kind, and their classic mistakes named. ``params``
+    are constructor arguments (:func:`constructor_args`), e.g. ``{"stride": 1}``.
+    ``source`` is the user's file, so errors point at its lines.
     ``progress(phase)`` is called before each call into the user's code.
+    Raises :class:`LayerCheckError` for ``params`` the constructor does not take.
     """
     name = name or getattr(layer, "__name__", type(layer).__name__)
-    factory = layer if inspect.isclass(layer) or callable(layer) else (lambda: layer)
+    args = constructor_args(layer, params or {}, name)
+    if inspect.isclass(layer):
+        factory: Callable[[], Any] = lambda: layer(**args)  # noqa: E731
+    else:
+        factory = layer if callable(layer) else (lambda: layer)
     if use_torch is None:
         use_torch = torch_available()
     report = LayerReport(name, False)
+    user = _UserCode(factory, source, progress)
     try:
-        _check(report, _UserCode(factory, source, progress), shapes, seed, use_torch)
+        rng = np.random.default_rng(seed)
+        given = None if shapes is None else [tuple(int(n) for n in s) for s in shapes]
+        kinds = image_kinds(name, layer)
+        if not (kinds and _check_image(report, user, layer, kinds, given, args, rng, use_torch)):
+            _check(report, user, given, rng, use_torch)
     except _Stop as stop:
         report.passed, report.error = False, str(stop)
     return report
@@ -464,15 +989,14 @@ def check_layer(
 def _check(
     report: LayerReport,
     user: _UserCode,
-    shapes: Sequence[Sequence[int]] | None,
-    seed: int,
+    shapes: list[Shape] | None,
+    rng: np.random.Generator,
     use_torch: bool,
 ) -> None:
     """Fill ``report``; raises :class:`_Stop` when the user's code ends the check early."""
     name = report.name
-    rng = np.random.default_rng(seed)
     if shapes is not None:
-        candidates = [[tuple(int(n) for n in s) for s in shapes]]
+        candidates = [shapes]
     else:
         n = _n_inputs(user.construct().forward)
         default = DEFAULT_SHAPES.get(name.lower())
@@ -494,6 +1018,27 @@ def _check(
     if y is None:
         raise first_error or _Stop("forward failed: no input shapes fit")
     report.shapes = [x.shape for x in xs]
+    batch = xs[0].shape[0] if xs[0].ndim > 1 else 0
+
+    def explain(i: int, got: np.ndarray, want: np.ndarray, g: np.ndarray, local: Any) -> str | None:
+        return _diagnose(got, want, xs[i], g, y, local, batch=batch)
+
+    g, _ = _gradients(report, user, xs, y, rng, explain)
+    report.reference = _reference_compare(name, user, xs, g, use_torch)
+    if any("differs" in v for v in report.reference.values()):
+        report.passed = False
+
+
+def _gradients(
+    report: LayerReport,
+    user: _UserCode,
+    xs: list[np.ndarray],
+    y: np.ndarray,
+    rng: np.random.Generator,
+    explain: Callable[..., str | None],
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Each gradient of the user's backward against central differences, into ``report``;
+    ``explain(i, got, want, g, local)`` names a mistake. Returns the upstream and the gradients."""
     if not np.all(np.isfinite(y)):
         raise _Stop("forward returned NaN or infinity on random inputs")
     g = rng.standard_normal(y.shape)
@@ -521,17 +1066,9 @@ def _check(
                 r.mismatches.append((tuple(int(k) for k in idx), float(got[idx]), float(want[idx])))
         if not r.passed:
             loc = local[i]
-            r.diagnosis = _diagnose(
-                got,
-                want,
-                x,
-                g,
-                y,
-                loc if loc is not None and loc.shape == want.shape else None,
-                batch=xs[0].shape[0] if xs[0].ndim > 1 else 0,
+            r.diagnosis = explain(
+                i, got, want, g, loc if loc is not None and loc.shape == want.shape else None
             )
         report.inputs.append(r)
     report.passed = all(r.passed for r in report.inputs)
-    report.reference = _reference_compare(name, user, xs, g, use_torch)
-    if any("differs" in v for v in report.reference.values()):
-        report.passed = False
+    return g, grads

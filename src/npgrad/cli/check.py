@@ -11,6 +11,7 @@ from .common import formatter
 
 MAX_ELEMENTS = 1_000_000  # per input: central differences run forward twice per element
 _SIZES = re.compile(r"[1-9][0-9]*(x[1-9][0-9]*)*")
+_INTS = re.compile(r"[0-9]+(,[0-9]+)+")
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
 
 
@@ -36,8 +37,11 @@ def _parse_shape_option(items: list[str] | None) -> dict[str, list[tuple[int, ..
     return out
 
 
-def _value(text: str) -> int | float | str | bool | None:
-    """'2' -> 2, '1e-5' -> 1e-05, 'true' -> True, 'none' -> None, anything else as it is."""
+def _value(text: str) -> int | float | str | bool | tuple[int, ...] | None:
+    """'2' -> 2, '1e-5' -> 1e-05, '2,3' -> (2, 3), 'true' -> True, 'none' -> None, anything
+    else as it is."""
+    if _INTS.fullmatch(text):
+        return tuple(int(n) for n in text.split(","))
     low = text.lower()
     if low in ("true", "false"):
         return low == "true"
@@ -61,8 +65,8 @@ def _parse_param_option(items: list[str] | None) -> dict[str, dict[str, object]]
         key, colon, value = setting.partition(":")
         if not (sep and colon and name.isidentifier() and _KEY.fullmatch(key) and value):
             raise ConfigError(
-                f"bad --param {item!r}: give FUNCTION=KEY:VALUE, e.g. conv_forward_naive=stride:1 "
-                "or batchnorm_forward=mode:test"
+                f"bad --param {item!r}: give NAME=KEY:VALUE, e.g. conv_forward_naive=stride:1, "
+                "batchnorm_forward=mode:test or MaxPool=kernel_size:2,3"
             )
         out.setdefault(name, {})[key] = _value(value)
     return out
@@ -137,7 +141,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "convention, with _naive and _alt variants) and every loss X_loss(x, y) -> (loss, dx),\n"
         "and check each backward against numerical gradients (classes named like npgrad's\n"
         "layers also against npgrad's and PyTorch's; pairs named like the course's layers also\n"
-        "against their definitions). When a gradient is wrong, npgrad says where and, if it\n"
+        "against their definitions; convolution, pooling and batch-norm classes get 4-D inputs\n"
+        "and stride 2, padding 1 where their constructor takes them, and are compared with\n"
+        "npgrad's ops). When a gradient is wrong, npgrad says where and, if it\n"
         "can tell, why. Your file runs in a separate process: if it hangs, exits or crashes,\n"
         "npgrad says which class or pair was doing what.",
         epilog="""\
@@ -146,12 +152,18 @@ examples:
   npgrad check my_layers.py --class Softmax
   npgrad check my_layers.py --shape Matmul=8x3,3x5 --shape Relu=4x7
   npgrad check layers.py --pair conv_forward_naive --param conv_forward_naive=stride:1
+  npgrad check conv_layers.py --class Conv --param Conv=stride:1 --shape Conv=2x3x8x8,4x3x3x3,4
+  npgrad check conv_layers.py --param MaxPool=kernel_size:2,3 --param MaxPool=stride:2
   npgrad check layers.py --param batchnorm_forward=mode:test --param max_pool_forward_naive=pool_param.stride:1
   npgrad check slow_layers.py --timeout 300
 
 inputs of function pairs: named by the kind of layer (affine, relu, batchnorm, layernorm,
 dropout, conv, max_pool, spatial_batchnorm, spatial_groupnorm, svm/softmax losses); see
 'python -m pydoc npgrad.pairs'. Batch norm is checked in train and test mode, dropout too.
+Classes named like a convolution (Conv...), pooling (MaxPool, AvgPool, Pool...) or batch
+norm (BatchNorm, BN...) get NCHW inputs (2x3x7x9 with a 4x3x3x5 kernel; 2x3x8x9 for pooling,
+its values without ties) and their constructor's stride, padding and window arguments are
+set (stride 2, padding 1, a 2x3 window); --param sets them by name.
 
 exit status: 0 if everything passes (warnings allowed); 1 if something fails, hangs or
 crashes, or the file cannot be imported; 2 for a usage error (no such file, class or
@@ -181,8 +193,9 @@ function, a bad option).""",
     p.add_argument(
         "--param",
         action="append",
-        metavar="FUNCTION=KEY:VALUE",
-        help="a parameter of a function pair, e.g. conv_forward_naive=stride:1 (repeatable)",
+        metavar="NAME=KEY:VALUE",
+        help="a parameter of a function pair or a constructor argument of a class, e.g. "
+        "conv_forward_naive=stride:1 or Conv=padding:0 (repeatable)",
     )
     p.add_argument(
         "--timeout",
