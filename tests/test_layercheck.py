@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import npgrad
 from npgrad.layercheck import LayerReport, check_layer, domains_for
@@ -228,3 +230,206 @@ def test_a_gradient_left_at_zero_is_called_unimplemented():
     assert (
         report.inputs[1].diagnosis == "the gradient is identically zero: backward not implemented?"
     )
+
+
+# --------------------------------------------------------------------------- image layers
+
+from npgrad.errors import LayerCheckError  # noqa: E402
+from npgrad.layercheck import image_kinds  # noqa: E402
+from tests.layers import wrong_conv_layers as cw  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    "cls, diagnosis",
+    [
+        (cw.FlippedKernelConv2d, "against npgrad: forward differs: kernel flipped: forward computes a true convolution"),
+        (cw.FlippedBackwardConv2d, "input 0: kernel flipped: this is the gradient of a true convolution"),
+        (cw.PaddingKeptConv2d, "input 0: padding not removed: dx has the padded shape (2, 3, 9, 11) (inside, its values are right)"),
+        (cw.StrideIgnoredConv2d, "input 0: stride ignored in backward"),
+        (cw.SpreadMaxPool2d, "input 0: pooling gradient spread over the whole window (as average pooling would)"),
+        (cw.PaddingKeptAvgPool2d, "input 0: padding not removed: dx has the padded shape (2, 3, 10, 11)"),
+        (cw.StrideIgnoredAvgPool2d, "input 0: stride ignored in backward"),
+        (cw.ConstantStatsBatchNorm, "input 0: treats the mean and variance as constants"),
+    ],
+)  # fmt: skip
+def test_each_image_layer_mistake_is_caught_and_named(cls, diagnosis):
+    report = check_layer(cls, use_torch=False)
+    assert not report.passed and report.error is None
+    assert report.diagnoses[0].startswith(diagnosis), report
+    assert diagnosis.split(": ", 1)[1] in str(report) and "nan" not in str(report)
+
+
+@pytest.mark.parametrize("cls", [cw.Conv2d, cw.MaxPool2d, cw.AvgPool2d, cw.BatchNorm])
+def test_correct_image_layers_pass_against_npgrad_and_pytorch(cls, torch):
+    report = check_layer(cls, use_torch=True)
+    assert report.passed, report
+    assert report.reference == {
+        "npgrad": "ok (forward and backward agree to 1e-07)",
+        "pytorch": "ok (forward and backward agree to 1e-07)",
+    }
+
+
+@pytest.mark.parametrize(
+    "cls, shapes, setup",
+    [
+        (cw.Conv2d, [(2, 3, 7, 9), (4, 3, 3, 5), (4,)], "built as Conv2d(stride=2, padding=1); compared with conv2d(stride=2, padding=1, dilation=1)"),
+        (cw.MaxPool2d, [(2, 3, 8, 9)], "built as MaxPool2d(kernel_size=(2, 3), stride=2); compared with max_pool2d(kernel=(2, 3), stride=2, padding=0, dilation=1)"),
+        (cw.AvgPool2d, [(2, 3, 8, 9)], "built as AvgPool2d(kernel_size=3, stride=2, padding=1); compared with avg_pool2d(kernel=3, stride=2, padding=1)"),
+        (cw.BatchNorm, [(2, 3, 4, 5), (3,), (3,)], "built as BatchNorm(); compared with batch_norm(eps=1e-05)"),
+        (npgrad.layers.MaxPool2d, [(2, 3, 8, 9)], "built as MaxPool2d(kernel=(2, 3), stride=2, padding=1); compared with max_pool2d(kernel=(2, 3), stride=2, padding=1, dilation=1)"),
+    ],
+)  # fmt: skip
+def test_image_layers_get_4d_inputs_and_a_stride_and_padding_that_matter(cls, shapes, setup):
+    """Stride 2 and padding 1 where the constructor takes them; a 2x3 window for pooling (a
+    square 3x3 one where it takes one size only: AvgPool2d's kernel_size is an int)."""
+    report = check_layer(cls, use_torch=False)
+    assert report.passed, report
+    assert report.shapes == shapes and report.setup == setup
+
+
+class HiddenSettingsConv(cw.Conv2d):
+    """Built without arguments, its stride and padding where npgrad cannot read them."""
+
+    def __init__(self):
+        self.mem, self.hidden = {}, (2, 1)
+
+    stride = property(lambda self: self.hidden[0])
+    padding = property(lambda self: self.hidden[1])
+
+
+class Pool(cw.AvgPool2d):
+    """A name that says pooling but not which: the output says average, window 3, stride 2."""
+
+    def __init__(self):
+        self.mem = {}
+
+    k, stride, padding = 3, 2, 0  # the class's, not the instance's
+
+
+def test_settings_nothing_tells_are_read_from_the_output():
+    report = check_layer(HiddenSettingsConv, use_torch=False)
+    assert report.passed, report
+    assert report.setup.endswith(
+        "compared with conv2d(stride=2, padding=1, dilation=1) (stride, padding read from its output)"
+    )
+    report = check_layer(Pool, use_torch=False)
+    assert report.passed, report
+    assert "compared with avg_pool2d(kernel=3, stride=2, padding=0)" in report.setup
+
+
+def test_a_flipped_kernel_is_named_even_when_stride_and_padding_are_read_from_the_output():
+    class HiddenFlippedConv(HiddenSettingsConv, cw.FlippedKernelConv2d):
+        pass
+
+    report = check_layer(HiddenFlippedConv, use_torch=False, name="Conv")
+    assert not report.passed
+    assert "forward differs: kernel flipped" in report.reference["npgrad"]
+
+
+class StridedConv(cw.Conv2d):
+    """Its own names for stride and padding."""
+
+    def __init__(self, s, pad=0):
+        super().__init__(s, pad)
+
+
+def test_constructor_arguments_by_their_names_or_their_meaning():
+    report = check_layer(cw.Conv2d, params={"padding": 0}, use_torch=False)
+    assert report.passed and report.setup.startswith("built as Conv2d(stride=2, padding=0);")
+    report = check_layer(StridedConv, params={"stride": 1}, use_torch=False)
+    assert report.passed and report.setup.startswith("built as StridedConv(s=1, pad=1);")
+    with pytest.raises(LayerCheckError, match=r"takes no parameter 'strid' \(it takes s, pad\)"):
+        check_layer(StridedConv, params={"strid": 1})
+
+
+class NeedsAlpha(cw.Conv2d):
+    def __init__(self, alpha, stride=1):
+        super().__init__(stride)
+
+
+def test_a_constructor_argument_of_unknown_meaning_must_be_given():
+    report = check_layer(NeedsAlpha, use_torch=False)
+    assert report.error == (
+        "the constructor needs alpha, whose meaning npgrad cannot tell: "
+        "give it with --param NeedsAlpha=alpha:VALUE"
+    )
+    assert check_layer(NeedsAlpha, params={"alpha": 0.5}, use_torch=False).passed
+
+
+class BatchNorm1d(cw.ConstantStatsBatchNorm):
+    pass
+
+
+def test_batch_norm_on_2d_input_by_name_or_by_shape():
+    report = check_layer(BatchNorm1d, use_torch=False)
+    assert report.shapes == [(6, 5), (5,), (5,)]
+    assert "treats the mean and variance as constants" in report.diagnoses[0]
+    report = check_layer(cw.BatchNorm, shapes=[(6, 5), (5,), (5,)], use_torch=False)
+    assert report.passed, report
+
+
+@pytest.mark.parametrize(
+    "name, kinds",
+    [
+        ("Conv2d", ["conv2d"]),
+        ("conv_layer", ["conv2d"]),
+        ("MyConvolution", ["conv2d"]),
+        ("MaxPool2D", ["max_pool2d"]),
+        ("maxpool", ["max_pool2d"]),
+        ("AvgPooling", ["avg_pool2d"]),
+        ("MeanPool", ["avg_pool2d"]),
+        ("Pool", ["max_pool2d", "avg_pool2d"]),
+        ("BatchNorm1d", ["batch_norm"]),
+        ("SpatialBN", ["batch_norm"]),
+        ("Norm", ["batch_norm"]),
+        ("LayerNorm", []),
+        ("ConvBnRelu", []),  # two kinds: the ordinary check
+        ("Relu", []),
+        ("LogSoftmax", []),
+    ],
+)
+def test_image_kinds_from_the_class_name(name, kinds):
+    assert image_kinds(name) == kinds
+
+
+class Whitening:
+    def forward(self, x, gamma, beta): ...
+
+
+class Window:
+    def __init__(self, pool_height=2, pool_width=2, stride=2): ...
+
+    def forward(self, x): ...
+
+
+class Filter:
+    def __init__(self, stride=1, pad=0): ...
+
+    def forward(self, x, w, b): ...
+
+
+@pytest.mark.parametrize(
+    "cls, kinds",
+    [(Whitening, ["batch_norm"]), (Window, ["max_pool2d", "avg_pool2d"]), (Filter, ["conv2d"])],
+)
+def test_image_kinds_from_the_signatures_when_the_name_says_nothing(cls, kinds):
+    assert image_kinds(cls.__name__, cls) == kinds
+
+
+@settings(max_examples=3, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_image_verdicts_do_not_depend_on_the_drawn_inputs(seed):
+    """No pooling window holds a tie: correct never fails, wrong never passes."""
+    assert check_layer(cw.MaxPool2d, seed=seed, use_torch=False).passed
+    assert check_layer(cw.BatchNorm, seed=seed, use_torch=False).passed
+    for cls in (cw.SpreadMaxPool2d, cw.ConstantStatsBatchNorm):
+        report = check_layer(cls, seed=seed, use_torch=False)
+        assert not report.passed and report.inputs[0].diagnosis
+
+
+def test_image_layer_reports_survive_a_round_trip_through_plain_data():
+    import json
+
+    report = check_layer(cw.PaddingKeptAvgPool2d, use_torch=False)
+    again = LayerReport.from_dict(json.loads(json.dumps(report.to_dict())))
+    assert str(again) == str(report) and again.setup == report.setup
