@@ -56,16 +56,20 @@ def test_cnn_notebook_executes(shared_data, monkeypatch):
     assert _number(r"from npgrad " + number, text) < 1e-10  # batch norm by hand
     assert _number(r"as constants: off by " + number, text) > 0.1  # the classic mistake
 
-    # 3. the layer classes pass; the deliberately wrong one fails
-    for name in ["Conv2d", "MaxPool2d", "AvgPool2d", "BatchNorm", "Conv2d(2, 1)"]:
+    # 3. the layer classes pass, checked at stride 2 and padding 1; the wrong one fails, named
+    for name in ["Conv2d", "MaxPool2d", "AvgPool2d", "BatchNorm"]:
         assert f"\n{name}: PASS" in text, name
+    assert "built as Conv2d(stride=2, padding=1)" in text
+    assert "built as Conv2d(stride=3, padding=1, dilation=2)" in text
+    assert text.count(": PASS  (inputs") == 5
     assert _number(r"vs by hand: " + number, text) < 1e-10
-    assert "BatchNorm: FAIL" in text
+    assert "BatchNormConstantStats: FAIL" in text
+    assert re.search(r"diagnosis: .*constant", text)
     if importlib.util.find_spec("torch") is not None:
-        assert text.count("against pytorch: ok") == 5  # the strided Conv2d(2, 1) too
+        assert text.count("against pytorch: ok") == 5
         assert "against pytorch: backward differs for input 0" in text
 
-    # 4. QUICK: 2 epochs on 2,000 images reach about 0.91 on 2,000 test images
+    # 4. QUICK: 2 epochs on 2,000 images reach about 0.92 on 2,000 test images
     assert _number(r"test accuracy " + number + " on 2000 test images", text) > 0.85
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) >= 2  # the training curve; the filters and feature maps
