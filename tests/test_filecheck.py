@@ -179,3 +179,32 @@ def test_check_functions_takes_a_path_a_module_or_a_namespace():
 def test_check_functions_refuses_what_holds_no_pairs(source, match):
     with pytest.raises(LayerCheckError, match=match):
         check_functions(source)
+
+
+def test_image_layer_classes_in_a_child_equal_those_in_this_process():
+    from tests.layers import wrong_conv_layers as cw
+
+    names = ["Conv2d", "PaddingKeptConv2d", "SpreadMaxPool2d", "ConstantStatsBatchNorm"]
+    reports, error = check_file(HERE / "wrong_conv_layers.py", only=names, use_torch=False)
+    assert error is None and [r.passed for r in reports] == [True, False, False, False]
+    here = [check_layer(getattr(cw, n), use_torch=False, source=cw.__file__) for n in names]
+    assert [str(r) for r in reports] == [str(r) for r in here]
+
+
+def test_constructor_arguments_reach_the_class_in_the_child():
+    reports, _ = check_file(
+        HERE / "wrong_conv_layers.py",
+        only=["Conv2d", "MaxPool2d"],
+        use_torch=False,
+        params={"Conv2d": {"padding": 0}, "MaxPool2d": {"kernel_size": (3, 2)}},
+    )
+    assert [r.passed for r in reports] == [True, True]
+    assert reports[0].setup.startswith("built as Conv2d(stride=2, padding=0);")
+    assert reports[1].setup.startswith("built as MaxPool2d(kernel_size=(3, 2), stride=2);")
+
+
+def test_constructor_arguments_a_class_does_not_take_are_refused():
+    with pytest.raises(
+        LayerCheckError, match=r"Conv2d: the constructor takes no parameter 'strid'"
+    ):
+        check_file(HERE / "wrong_conv_layers.py", params={"Conv2d": {"strid": 1}})

@@ -228,3 +228,29 @@ def test_a_pair_that_exits_is_one_error_line(capfd):
     assert error_lines(out) == [
         "error: ended the process (exit status 0: os._exit?) during backward"
     ]
+
+
+CONV = str(HERE / "wrong_conv_layers.py")
+
+
+def test_image_layer_classes_are_checked_with_their_mistakes_named(capfd):
+    code, out, _ = check(
+        capfd, CONV, "--class", "Conv2d", "--class", "StrideIgnoredConv2d", "--no-torch"
+    )
+    assert code == 1
+    assert "Conv2d: PASS  (inputs 2x3x7x9, 4x3x3x5, 4)" in out
+    assert "built as Conv2d(stride=2, padding=1); compared with conv2d(stride=2" in out
+    assert "StrideIgnoredConv2d: FAIL" in out
+    assert "diagnosis: stride ignored in backward" in out
+    assert "1 of 2 layer classes passed" in out
+
+
+def test_shapes_and_constructor_arguments_of_a_class_from_the_command_line(capfd):
+    argv = ["--class", "Conv2d", "--class", "MaxPool2d", "--no-torch"]
+    argv += ["--shape", "Conv2d=2x3x8x8,4x3x3x3,4", "--param", "Conv2d=stride:1"]
+    argv += ["--param", "MaxPool2d=kernel_size:3,2"]
+    code, out, _ = check(capfd, CONV, *argv)
+    assert code == 0, out
+    assert "Conv2d: PASS  (inputs 2x3x8x8, 4x3x3x3, 4)" in out
+    assert "built as Conv2d(stride=1, padding=1)" in out
+    assert "built as MaxPool2d(kernel_size=(3, 2), stride=2)" in out
