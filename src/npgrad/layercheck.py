@@ -14,6 +14,18 @@ near 0), as that op's spec declares. Classes named like npgrad's own layers
 (``Matmul``, ``Relu``, ``Softmax``, ``Log``, ``Sigmoid``, ``Tanh``) are also
 compared with those and, when installed, with PyTorch.
 
+Convolution, pooling and batch-norm classes (told by their name, else by their
+signatures: :func:`image_kinds`) are checked as such: NCHW inputs (a 2x3x7x9
+input with a non-square 4x3x3x5 kernel; pooling inputs without ties), their
+constructor's stride, padding and window arguments found by name
+(:data:`ROLES`) and set so that they matter (stride 2, padding 1, a 2x3
+window), or given (``params``, ``--param``); settings the class keeps to
+itself are read from its output. Their forward and backward are compared with
+the op table's op of their kind (:mod:`npgrad.ops_conv`) and PyTorch's, and a
+wrong gradient is matched against the classic mistakes of
+:mod:`npgrad.mistakes` (kernel flipped, padding not removed, stride ignored,
+pooling gradient spread over the window, batch statistics taken as constants).
+
 :func:`npgrad.filecheck.check_file` (``npgrad check FILE.py``) checks every
 such class in a file, with its function pairs (:mod:`npgrad.pairs`), in a child
 process with a time limit.
@@ -623,7 +635,7 @@ def image_kinds(name: str, layer: Any = None) -> list[str]:
     words = _words(name)
     joined = "".join(words)
     found = []
-    if any(w.startswith("conv") for w in words):
+    if any(re.fullmatch(r"conv(olution(al)?|olve[dr]?|net|layer)?", w) for w in words):
         found.append(["conv2d"])
     if "pool" in joined:
         avg = {"avg", "average", "mean"} & set(words) or "avgpool" in joined
@@ -846,8 +858,10 @@ def _image_reference(
         )
     }
     if use_torch and not out["npgrad"].startswith("not compared"):
-        import torch
-
+        try:
+            import torch
+        except ImportError:
+            return out
         ts = [
             torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in _op_inputs(xs, kind)
         ]
@@ -921,7 +935,7 @@ def _check_image(
     shown = {r: v for r, v in settings.items() if r in IMAGE_KINDS[kind].grid}
     report.setup = f"compared with {_call(kind, shown)}"
     if inspect.isclass(layer):
-        report.setup = f"built as {_call(report.name, kwargs)}; {report.setup}"
+        report.setup = f"built as {_call(layer.__name__, kwargs)}; {report.setup}"
     found = [r for r in found if settings[r] != IMAGE_KINDS[kind].grid[r][0]]  # not the default
     if found:
         report.setup += f" ({', '.join(found)} read from its output)"

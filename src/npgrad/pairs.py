@@ -21,7 +21,8 @@ norm's running statistics; inverted dropout), and a wrong gradient is matched
 against the gradients the classic mistakes would give (kernel flipped,
 padding not removed, stride ignored, pooling gradient spread over the window,
 mean and variance treated as constants, loss not divided by N, dropout mask
-drawn anew). The global NumPy generator is seeded before every forward call,
+drawn anew; the first five are :mod:`npgrad.mistakes`', shared with the check
+of layer classes). The global NumPy generator is seeded before every forward call,
 so a forward that draws from it (dropout) is the same function each time.
 
 Kinds and their inputs (``--shape``/``--param`` override them):
