@@ -247,6 +247,7 @@ from tests.layers import wrong_conv_layers as cw  # noqa: E402
         (cw.PaddingKeptConv2d, "input 0: padding not removed: dx has the padded shape (2, 3, 9, 11) (inside, its values are right)"),
         (cw.StrideIgnoredConv2d, "input 0: stride ignored in backward"),
         (cw.SpreadMaxPool2d, "input 0: pooling gradient spread over the whole window (as average pooling would)"),
+        (cw.OverlapAssignedMaxPool2d, "input 0: wrong only where windows overlap (stride smaller than the window)"),
         (cw.PaddingKeptAvgPool2d, "input 0: padding not removed: dx has the padded shape (2, 3, 10, 11)"),
         (cw.StrideIgnoredAvgPool2d, "input 0: stride ignored in backward"),
         (cw.ConstantStatsBatchNorm, "input 0: treats the mean and variance as constants"),
@@ -433,3 +434,22 @@ def test_image_layer_reports_survive_a_round_trip_through_plain_data():
     report = check_layer(cw.PaddingKeptAvgPool2d, use_torch=False)
     again = LayerReport.from_dict(json.loads(json.dumps(report.to_dict())))
     assert str(again) == str(report) and again.setup == report.setup
+
+
+class InternalConv(cw.Conv2d):
+    """Its weights inside: forward(x)."""
+
+    def forward(self, x):
+        return super().forward(x, np.ones((2, 3, 3, 3)), np.zeros(2))
+
+    def backward(self, grad_y):
+        return super().backward(grad_y)[0]
+
+
+def test_a_convolution_with_its_weights_inside_is_told_how_to_check_dx():
+    report = check_layer(InternalConv, use_torch=False)
+    assert report.error.startswith("forward takes the input only: a convolution class is checked")
+    assert report.error.endswith("give --shape InternalConv=2x3x7x9")
+    report = check_layer(InternalConv, shapes=[(2, 3, 7, 9)], use_torch=False)
+    assert report.passed and report.inputs[0].shape == (2, 3, 7, 9), report
+    assert report.reference == {"npgrad": "not compared: its parameters are not among its inputs"}

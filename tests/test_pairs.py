@@ -64,6 +64,7 @@ def test_correct_pairs_pass_in_every_mode():
         ("conv_padding_kept", "conv_forward_naive/conv_backward_naive", "dx: padding not removed: dx has the padded shape (2, 3, 9, 11) (inside, its values are right)"),
         ("conv_stride_ignored", "conv_forward_naive/conv_backward_naive", "dx: stride ignored in backward"),
         ("pool_spread", "max_pool_forward_naive/max_pool_backward_naive", "dx: pooling gradient spread over the whole window"),
+        ("pool_overlap_assigned", "max_pool_forward_naive/max_pool_backward_naive", "dx: wrong only where windows overlap"),
         ("pool_raises", "max_pool_forward_naive/max_pool_backward_naive", "backward failed: "),
     ],
 )  # fmt: skip

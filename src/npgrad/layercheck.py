@@ -906,6 +906,12 @@ def _check_image(
             kwargs |= args
             if (kwargs, cand) not in tries:
                 tries.append((kwargs, cand))
+    if not tries and kinds == ["conv2d"] and shapes is None:
+        raise _Stop(
+            "forward takes the input only: a convolution class is checked with its weights as "
+            f"inputs, forward(x, W, b) or forward(x, W); to check dx alone, give --shape "
+            f"{report.name}=2x3x7x9"
+        )
     if not tries:
         return False
     missing = [p.name for p in params if p.default is p.empty and p.name not in tries[0][0]]
@@ -930,12 +936,23 @@ def _check_image(
     else:
         assert first is not None
         raise first
-    kind, settings, found = _resolve(kinds, _known_settings(params, kwargs, built), xs, y)
     report.shapes = [x.shape for x in xs]
-    shown = {r: v for r, v in settings.items() if r in IMAGE_KINDS[kind].grid}
-    report.setup = f"compared with {_call(kind, shown)}"
-    if inspect.isclass(layer):
-        report.setup = f"built as {_call(layer.__name__, kwargs)}; {report.setup}"
+    built_as = f"built as {_call(layer.__name__, kwargs)}" if inspect.isclass(layer) else ""
+    if len(xs) < (2 if kinds == ["conv2d"] else len(IMAGE_KINDS[kinds[0]].inputs)):
+        # its parameters inside (a --shape of x alone): the gradients it has, nothing to compare
+        report.setup = built_as
+
+        def plain(
+            i: int, got: np.ndarray, want: np.ndarray, g: np.ndarray, local: Any
+        ) -> str | None:
+            return _diagnose(got, want, xs[i], g, y, local, batch=xs[0].shape[0])
+
+        _gradients(report, user, xs, y, rng, plain)
+        report.reference = {"npgrad": "not compared: its parameters are not among its inputs"}
+        return True
+    kind, settings, found = _resolve(kinds, _known_settings(params, kwargs, built), xs, y)
+    shown = {r: settings[r] for r in IMAGE_KINDS[kind].grid}
+    report.setup = "; ".join(filter(None, [built_as, f"compared with {_call(kind, shown)}"]))
     found = [r for r in found if settings[r] != IMAGE_KINDS[kind].grid[r][0]]  # not the default
     if found:
         report.setup += f" ({', '.join(found)} read from its output)"

@@ -242,6 +242,39 @@ def padding_kept(trial: Trial, i: int, got: np.ndarray, want: np.ndarray) -> str
     )
 
 
+def _coverage(values: dict[str, Any], shape: tuple[int, ...]) -> np.ndarray:
+    """How many windows of the forward cover each input position (H, W)."""
+    if "conv_param" in values:
+        p, (kh, kw) = values["conv_param"], values["w"].shape[2:]
+        dh, dw = _pair(p.get("dilation", 1))
+        kh, kw = dh * (kh - 1) + 1, dw * (kw - 1) + 1  # a dilated window's span
+    else:
+        p = values["pool_param"]
+        kh, kw = int(p["pool_height"]), int(p["pool_width"])
+    (sh, sw), (ph, pw) = _pair(p["stride"]), _pair(p.get("pad", 0))
+    h, w = shape[2] + 2 * ph, shape[3] + 2 * pw
+    count = np.zeros((h, w), dtype=int)
+    for i in range(0, h - kh + 1, sh):
+        for j in range(0, w - kw + 1, sw):
+            count[i : i + kh, j : j + kw] += 1
+    return count[ph : h - ph, pw : w - pw]
+
+
+def overlap_overwritten(trial: Trial, i: int, got: np.ndarray, want: np.ndarray) -> str | None:
+    """dx right except where windows overlap: assigned (=) where it should be added (+=)."""
+    if trial.diff[i] != "x" or got.shape != want.shape or got.ndim != 4:
+        return None
+    shared = np.broadcast_to(_coverage(trial.values, got.shape) > 1, got.shape)
+    if agrees(got[shared], want[shared], ATOL, RTOL):
+        return None
+    if not agrees(got[~shared], want[~shared], ATOL, RTOL):
+        return None
+    return (
+        "wrong only where windows overlap (stride smaller than the window): the gradients "
+        "of overlapping windows must be added (dx[window] += ...), not assigned (=)"
+    )
+
+
 _STRIDE = (
     "stride ignored in backward: windows are taken at (i, j) instead of (i * stride, j * stride)"
 )
@@ -255,6 +288,7 @@ CONV_HYPOTHESES: tuple[Hypothesis, ...] = (
         lambda v: ref_conv({**v, "w": v["w"][:, :, ::-1, ::-1]}),
     ),
     model(_STRIDE, ["x", "w"], lambda v: ref_conv(v, step=1)),
+    overlap_overwritten,
 )
 MAX_POOL_HYPOTHESES: tuple[Hypothesis, ...] = (
     padding_kept,
@@ -271,10 +305,12 @@ MAX_POOL_HYPOTHESES: tuple[Hypothesis, ...] = (
         lambda v: ref_pool(v, how="sum"),
     ),
     model(_STRIDE, ["x"], lambda v: ref_pool(v, step=1)),
+    overlap_overwritten,
 )
 AVG_POOL_HYPOTHESES: tuple[Hypothesis, ...] = (
     padding_kept,
     model(_STRIDE, ["x"], lambda v: ref_pool(v, how="mean", step=1)),
+    overlap_overwritten,
 )
 
 

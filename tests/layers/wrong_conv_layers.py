@@ -136,6 +136,16 @@ class SpreadMaxPool2d(MaxPool2d):
         return dx
 
 
+class OverlapAssignedMaxPool2d(MaxPool2d):
+    def backward(self, grad_y):
+        x = self.mem["x"]
+        dx = np.zeros_like(x)
+        for i, j, win in self._windows(x.shape):
+            mask = x[win] == x[win].max(axis=(2, 3), keepdims=True)
+            dx[win] = mask * grad_y[:, :, i, j][:, :, None, None]  # = where windows overlap
+        return dx
+
+
 class AvgPool2d:
     """Average pooling with zero padding counted in the average (PyTorch's default)."""
 
