@@ -536,17 +536,18 @@ class ImageKind:
 
 
 _X = (2, 3, 7, 9)
-_CONV = {"stride": 2, "padding": 1, "in_channels": 3, "out_channels": 4}
+_CONV = {"stride": 2, "padding": 1}  # channels and kernel size follow from the shapes
 _POOL = ((2, 3, 8, 9),)
 IMAGE_KINDS: dict[str, ImageKind] = {
     "conv2d": ImageKind(
         ops_conv.Conv2d,
         ("x", "w", "b"),
         (
-            ({**_CONV, "kernel": (3, 5)}, (_X, (4, 3, 3, 5), (4,))),
-            ({**_CONV, "kernel": (3, 5)}, (_X, (4, 3, 3, 5))),
-            ({**_CONV, "kernel": 3}, (_X, (4, 3, 3, 3), (4,))),
-            ({**_CONV, "kernel": 3}, (_X, (4, 3, 3, 3))),
+            # a non-square kernel first; a square one for classes that take one kernel size
+            (_CONV, (_X, (4, 3, 3, 5), (4,))),
+            (_CONV, (_X, (4, 3, 3, 5))),
+            (_CONV, (_X, (4, 3, 3, 3), (4,))),
+            (_CONV, (_X, (4, 3, 3, 3))),
         ),
         {"stride": (1, 2, 3), "padding": (0, 1, 2), "dilation": (1, 2)},
         _normal_inputs,
@@ -638,9 +639,10 @@ def image_kinds(name: str, layer: Any = None) -> list[str]:
     if any(re.fullmatch(r"conv(olution(al)?|olve[dr]?|net|layer)?", w) for w in words):
         found.append(["conv2d"])
     if "pool" in joined:
-        avg = {"avg", "average", "mean"} & set(words) or "avgpool" in joined
-        found.append(["avg_pool2d"] if avg else ["max_pool2d"] if "max" in joined else
-                     ["max_pool2d", "avg_pool2d"])  # fmt: skip
+        if {"avg", "average", "mean"} & set(words) or "avgpool" in joined:
+            found.append(["avg_pool2d"])
+        else:
+            found.append(["max_pool2d"] if "max" in joined else ["max_pool2d", "avg_pool2d"])
     if (
         "bn" in words
         or "batchnorm" in joined
@@ -681,7 +683,7 @@ def constructor_args(layer: Any, raw: dict[str, Any], who: str | None = None) ->
     for key, value in raw.items():
         value = tuple(value) if isinstance(value, list) else value  # a pair, through JSON
         named = [p.name for p in params if p.name == key]
-        meant = [p.name for p in params if _role(p.name) is not None and _role(p.name) == key]
+        meant = [p.name for p in params if _role(p.name) == key]
         if named or len(meant) == 1:
             out[(named or meant)[0]] = value
         elif takes_any:
