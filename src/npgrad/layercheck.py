@@ -958,7 +958,10 @@ def _check_image(
     found = [r for r in found if settings[r] != IMAGE_KINDS[kind].grid[r][0]]  # not the default
     if found:
         report.setup += f" ({', '.join(found)} read from its output)"
-    values, hyps = _course_values(kind, settings, xs)
+    try:
+        values, hyps = _course_values(kind, settings, xs)
+    except (ValueError, TypeError, KeyError):  # settings the plain references cannot take
+        values, hyps = {"x": xs[0]}, ()
     diff = list(IMAGE_KINDS[kind].inputs[: len(xs)])
 
     def explain(i: int, got: np.ndarray, want: np.ndarray, g: np.ndarray, local: Any) -> str | None:
