@@ -103,3 +103,14 @@ class RequestRejected(ServeError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+class UserCodeFailed(NpgradError):
+    """A student's layer or function failed in a way that ends its check; the message says how.
+
+    ``retry`` is set for an ordinary exception in forward: other input shapes may fit.
+    """
+
+    def __init__(self, message: str, retry: bool = False) -> None:
+        super().__init__(message)
+        self.retry = retry

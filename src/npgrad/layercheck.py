@@ -47,7 +47,7 @@ import numpy as np
 from . import layers as reference_layers
 from . import ops_conv
 from .check import agrees, all_ops, mismatches, numeric_vjp, torch_available
-from .errors import LayerCheckError, NpgradError
+from .errors import LayerCheckError, NpgradError, UserCodeFailed
 from .mistakes import (
     ATOL,
     AVG_POOL_HYPOTHESES,
@@ -184,14 +184,6 @@ class LayerReport:
 # --------------------------------------------------------------------------- the user's code
 
 
-class _Stop(Exception):
-    """The user's code failed in a way that ends this class's check; the message says how."""
-
-    def __init__(self, message: str, retry: bool = False) -> None:
-        super().__init__(message)
-        self.retry = retry  # an ordinary exception in forward: other input shapes may fit
-
-
 def _user_frame(exc: BaseException, filename: str | None) -> str:
     """'file:line: Type: message' pointing at the user's code if possible."""
     frames = traceback.extract_tb(exc.__traceback__)
@@ -227,9 +219,11 @@ def _real_array(value: Any, what: str, expected: str) -> np.ndarray:
         arr = np.asarray(value)
         if arr.dtype.kind in "biuf":
             return arr.astype(np.float64)
-        raise _Stop(f"{what} an array of dtype {arr.dtype}; expected {expected} of real numbers")
+        raise UserCodeFailed(
+            f"{what} an array of dtype {arr.dtype}; expected {expected} of real numbers"
+        )
     hint = " (a missing return?)" if value is None else ""
-    raise _Stop(f"{what} {_describe(value)}{hint}; expected {expected}")
+    raise UserCodeFailed(f"{what} {_describe(value)}{hint}; expected {expected}")
 
 
 class _UserCode:
@@ -251,9 +245,11 @@ class _UserCode:
             return fn(*args)
         except SystemExit as exc:
             code = "" if exc.code is None else repr(exc.code)
-            raise _Stop(f"the code called sys.exit({code}) during {phase}") from None
+            raise UserCodeFailed(f"the code called sys.exit({code}) during {phase}") from None
         except Exception as exc:
-            raise _Stop(f"{phase} failed: " + _user_frame(exc, self.source), retry=True) from None
+            raise UserCodeFailed(
+                f"{phase} failed: " + _user_frame(exc, self.source), retry=True
+            ) from None
 
     def construct(self) -> Any:
         return self.call("the constructor", self.factory)
@@ -263,7 +259,7 @@ class _UserCode:
         layer = self.call(phase, self.factory)
         y = self.call(phase, layer.forward, *[x.copy() for x in xs])
         if isinstance(y, tuple):
-            raise _Stop(
+            raise UserCodeFailed(
                 f"forward returned {_describe(y)}; return only the output array "
                 "(keep what backward needs in self.mem)"
             )
@@ -282,9 +278,11 @@ class _UserCode:
             items = result
         else:
             hint = " (a missing return?)" if result is None else ""
-            raise _Stop(f"backward returned {_describe(result)}{hint}; expected {expected}")
+            raise UserCodeFailed(
+                f"backward returned {_describe(result)}{hint}; expected {expected}"
+            )
         if len(items) != len(xs):
-            raise _Stop(
+            raise UserCodeFailed(
                 f"forward takes {len(xs)} input(s) but backward returned {len(items)} "
                 f"gradient(s); expected {expected}"
             )
@@ -909,7 +907,7 @@ def _check_image(
             if (kwargs, cand) not in tries:
                 tries.append((kwargs, cand))
     if not tries and kinds == ["conv2d"] and shapes is None:
-        raise _Stop(
+        raise UserCodeFailed(
             "forward takes the input only: a convolution class is checked with its weights as "
             f"inputs, forward(x, W, b) or forward(x, W); to check dx alone, give --shape "
             f"{report.name}=2x3x7x9"
@@ -918,12 +916,12 @@ def _check_image(
         return False
     missing = [p.name for p in params if p.default is p.empty and p.name not in tries[0][0]]
     if missing:
-        raise _Stop(
+        raise UserCodeFailed(
             f"the constructor needs {', '.join(missing)}, whose meaning npgrad cannot tell: "
             f"give {'them' if len(missing) > 1 else 'it'} with --param {report.name}="
             f"{missing[0]}:VALUE"
         )
-    first: _Stop | None = None
+    first: UserCodeFailed | None = None
     for kwargs, cand in tries:
         if inspect.isclass(layer):
             user.factory = lambda kwargs=kwargs: layer(**kwargs)
@@ -931,7 +929,7 @@ def _check_image(
         try:
             built, y = user.forward(xs)
             break
-        except _Stop as stop:
+        except UserCodeFailed as stop:
             if not stop.retry:
                 raise
             first = first or stop
@@ -1017,7 +1015,7 @@ def check_layer(
         kinds = image_kinds(name, layer)
         if not (kinds and _check_image(report, user, layer, kinds, given, args, rng, use_torch)):
             _check(report, user, given, rng, use_torch)
-    except _Stop as stop:
+    except UserCodeFailed as stop:
         report.passed, report.error = False, str(stop)
     return report
 
@@ -1029,7 +1027,7 @@ def _check(
     rng: np.random.Generator,
     use_torch: bool,
 ) -> None:
-    """Fill ``report``; raises :class:`_Stop` when the user's code ends the check early."""
+    """Fill ``report``; raises :class:`UserCodeFailed` when the user's code ends the check early."""
     name = report.name
     if shapes is not None:
         candidates = [shapes]
@@ -1041,18 +1039,18 @@ def _check(
         ]
     xs: list[np.ndarray] = []
     y = None
-    first_error: _Stop | None = None
+    first_error: UserCodeFailed | None = None
     for cand in candidates:
         xs = _inputs_for(name, cand, rng)
         try:
             _, y = user.forward(xs)
             break
-        except _Stop as stop:  # a wrong guess of shapes, or a bug in forward
+        except UserCodeFailed as stop:  # a wrong guess of shapes, or a bug in forward
             if not stop.retry:
                 raise
             first_error = first_error or stop
     if y is None:
-        raise first_error or _Stop("forward failed: no input shapes fit")
+        raise first_error or UserCodeFailed("forward failed: no input shapes fit")
     report.shapes = [x.shape for x in xs]
     batch = xs[0].shape[0] if xs[0].ndim > 1 else 0
 
@@ -1076,12 +1074,12 @@ def _gradients(
     """Each gradient of the user's backward against central differences, into ``report``;
     ``explain(i, got, want, g, local)`` names a mistake. Returns the upstream and the gradients."""
     if not np.all(np.isfinite(y)):
-        raise _Stop("forward returned NaN or infinity on random inputs")
+        raise UserCodeFailed("forward returned NaN or infinity on random inputs")
     g = rng.standard_normal(y.shape)
     grads = user.backward(xs, g)
     try:
         local: Sequence[np.ndarray | None] = user.backward(xs, np.ones_like(y))
-    except _Stop:
+    except UserCodeFailed:
         local = [None] * len(xs)
 
     def forward_only() -> np.ndarray:

@@ -69,14 +69,13 @@ from typing import Any
 import numpy as np
 
 from .check import agrees, mismatches, numeric_vjp
-from .errors import LayerCheckError
+from .errors import LayerCheckError, UserCodeFailed
 from .layercheck import (
     CANDIDATE_SHAPES,
     InputResult,
     _describe,
     _diagnose,
     _real_array,
-    _Stop,
     _UserCode,
     domains_for,
 )
@@ -203,7 +202,9 @@ def _svm_margins(v: dict[str, Any], rng: np.random.Generator) -> None:
             target[...] = rng.standard_normal(target.shape)
         else:
             target[near] = rng.standard_normal((int(near.sum()), target.shape[1]))
-    raise _Stop("could not draw SVM scores away from the margin's kink: give other --shape")
+    raise UserCodeFailed(
+        "could not draw SVM scores away from the margin's kink: give other --shape"
+    )
 
 
 # ---- hypotheses: the gradient a classic mistake would give (more in npgrad.mistakes)
@@ -715,9 +716,11 @@ class _Ctx:
         if self.kind is not None and self.kind.loss:
             return [self._loss_value(result)], result
         if not isinstance(result, tuple) or len(result) < 2:
-            raise _Stop(f"forward returned {_describe(result)}; expected a tuple (out, cache)")
+            raise UserCodeFailed(
+                f"forward returned {_describe(result)}; expected a tuple (out, cache)"
+            )
         if any(o is None for o in result[:-1]):
-            raise _Stop("forward returned None as its output (not implemented yet?)")
+            raise UserCodeFailed("forward returned None as its output (not implemented yet?)")
         outs = [
             _real_array(o, "forward returned, as its output,", "a NumPy array") for o in result[:-1]
         ]
@@ -725,10 +728,12 @@ class _Ctx:
 
     def _loss_value(self, result: Any) -> np.ndarray:
         if not isinstance(result, tuple) or len(result) != 2:
-            raise _Stop(f"the loss returned {_describe(result)}; expected a tuple (loss, gradient)")
+            raise UserCodeFailed(
+                f"the loss returned {_describe(result)}; expected a tuple (loss, gradient)"
+            )
         loss = _real_array(result[0], "the loss returned, as the loss,", "a number")
         if loss.size != 1:
-            raise _Stop(
+            raise UserCodeFailed(
                 f"the loss returned, as the loss, an array of shape {loss.shape}; expected a number"
             )
         return loss.reshape(())
@@ -774,7 +779,9 @@ def _build(
         else:
             shape = next(arrays, None)
             if shape is None:
-                raise _Stop(f"no shape for argument {name!r}: give one with --shape", retry=True)
+                raise UserCodeFailed(
+                    f"no shape for argument {name!r}: give one with --shape", retry=True
+                )
             dom = domains.get(name) or (
                 fallback[min(len(diff), len(fallback) - 1)] if not kind else REAL
             )
@@ -784,7 +791,7 @@ def _build(
             if not (kind and name in kind.constants):
                 diff.append(pos)
     if next(arrays, None) is not None:
-        raise _Stop(f"more shapes than array arguments ({', '.join(names)})", retry=True)
+        raise UserCodeFailed(f"more shapes than array arguments ({', '.join(names)})", retry=True)
     if kind is not None and kind.prepare is not None:
         kind.prepare(values, rng)
     return [values[n] for n in names], diff
@@ -850,7 +857,7 @@ def check_pair(
     overrides = resolve_params(kind, names, params or {}, pair.forward)
     try:
         if names is None:
-            raise _Stop("forward takes *args: say what it takes with named arguments")
+            raise UserCodeFailed("forward takes *args: say what it takes with named arguments")
         _check_pair(
             report,
             user,
@@ -864,7 +871,7 @@ def check_pair(
             seed,
             plain_backward,
         )
-    except _Stop as stop:
+    except UserCodeFailed as stop:
         report.error = str(stop)
     report.passed = (
         report.error is None and bool(report.cases) and all(c.passed for c in report.cases)
@@ -886,7 +893,7 @@ def _check_pair(
     plain: Callable | None,
 ) -> None:
     if kind is None and backward is None:
-        raise _Stop(
+        raise UserCodeFailed(
             f"not checked: no loss named {base!r} is known; name it svm_loss or softmax_loss"
         )
     if shapes is not None:
@@ -897,10 +904,12 @@ def _check_pair(
         n_arrays = sum(not (n.endswith("_param") or n == "y") for n in names)
         candidates = [c for c in CANDIDATE_SHAPES if len(c) == n_arrays]
         if not candidates:
-            raise _Stop(f"{len(names)} arguments and no known shapes: give them with --shape")
+            raise UserCodeFailed(
+                f"{len(names)} arguments and no known shapes: give them with --shape"
+            )
     for label, merged, with_backward in _cases(kind, names, params):
         rng = np.random.default_rng(seed)
-        first: _Stop | None = None
+        first: UserCodeFailed | None = None
         for cand in candidates:
             values, diff = _build(kind, names, cand, merged, rng, base)
             case = Case(
@@ -914,12 +923,12 @@ def _check_pair(
             try:
                 ctx.outs, cache = ctx.call_forward(ctx.fresh())
                 break
-            except _Stop as stop:
+            except UserCodeFailed as stop:
                 if not stop.retry:
                     raise
                 first = first or stop
         else:
-            raise first or _Stop("forward failed: no input shapes fit")
+            raise first or UserCodeFailed("forward failed: no input shapes fit")
         result = CaseResult(label, [np.shape(v) for v in (values[i] for i in diff)])
         if first is not None and kind is not None:  # the course's own shapes failed
             shapes = ", ".join("x".join(map(str, s)) for s in candidates[0])
@@ -941,7 +950,7 @@ def _check_case(
     names = case.names
     at = f" ({case.label})" if case.label else ""
     if not all(np.all(np.isfinite(o)) for o in ctx.outs):
-        raise _Stop(f"forward returned NaN or infinity on random inputs{at}")
+        raise UserCodeFailed(f"forward returned NaN or infinity on random inputs{at}")
     # what forward did to its arguments
     again = ctx.fresh()
     outs2, _ = ctx.call_forward(again)
@@ -953,7 +962,7 @@ def _check_case(
                 f"forward modifies its argument {names[i]} in place: the caller's array changes",
             )
     if any(not np.array_equal(a, b) for a, b in zip(outs2, ctx.outs)):
-        raise _Stop(
+        raise UserCodeFailed(
             "forward gives different outputs for the same inputs (random without the seed "
             "in its parameters?)" + at
         )
@@ -1050,12 +1059,12 @@ def _backward(
         return [_real_array(items, what, f"a NumPy array (d{names[0]}) of shape {shape}")]
     if not isinstance(items, tuple):
         hint = " (a missing return?)" if items is None else ""
-        raise _Stop(f"{what} {_describe(items)}{hint}; expected {expected}")
+        raise UserCodeFailed(f"{what} {_describe(items)}{hint}; expected {expected}")
     if len(items) != len(names):
-        raise _Stop(f"{what} {len(items)} gradient(s); expected {expected}")
+        raise UserCodeFailed(f"{what} {len(items)} gradient(s); expected {expected}")
     unset = [f"d{n}" for item, n in zip(items, names) if item is None]
     if unset:
-        raise _Stop(f"{what} None as {', '.join(unset)} (not implemented yet?)")
+        raise UserCodeFailed(f"{what} None as {', '.join(unset)} (not implemented yet?)")
     return [
         _real_array(item, f"{what}, as d{n},", f"an array of shape {np.shape(ctx.values[n])}")
         for item, n in zip(items, names)
@@ -1089,7 +1098,7 @@ def _explain(
             ones = ones if isinstance(ones, tuple) else (ones,)
             loc = np.asarray(ones[k], dtype=np.float64)
             local = loc if loc.shape == want.shape else None
-        except (_Stop, IndexError, TypeError, ValueError):
+        except (UserCodeFailed, IndexError, TypeError, ValueError):
             local = None
     batch = x.shape[0] if x.ndim > 1 else 0
     return _diagnose(got, want, x, ctx.g[0], ctx.outs[0], local, batch=batch)
@@ -1104,7 +1113,7 @@ def _compare_alt(
         theirs = ctx.user.call(f"{name} (to compare)", plain, *[g.copy() for g in ctx.g], cache)
         theirs = theirs if isinstance(theirs, tuple) else (theirs,)
         theirs = [np.asarray(t, dtype=np.float64) for t in theirs]
-    except (_Stop, TypeError, ValueError) as exc:
+    except (UserCodeFailed, TypeError, ValueError) as exc:
         result.notes.append(f"not compared with {name}: {exc}")
         return
     for r, mine, other in zip(result.inputs, grads, theirs):
