@@ -356,7 +356,7 @@ OPTIONS: tuple[Option, ...] = (
         check=_integer(0),
         flags=("--batch-size", "-b"),
         metavar="N|full",
-        presets={"exercise": 0},
+        presets={"cnn": 64, "exercise": 0},
         families={"digits": 64},
     ),
     Option(
