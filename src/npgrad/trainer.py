@@ -109,6 +109,36 @@ def evaluate(model: Model, x: np.ndarray, y: np.ndarray, batch_size: int = 2000)
     return Evaluation(total / max(len(y), 1), float((p == y).mean()) if len(y) else 0.0, p, y)
 
 
+def evaluate_checkpoint(
+    path: str | os.PathLike, dataset: str | None = None, data_dir: str | None = None
+) -> tuple[Evaluation, Prepared, dict]:
+    """Evaluate a trained checkpoint on its dataset's test set, or on ``dataset``.
+
+    Refuses a dataset whose images have another shape or whose labels the
+    model does not know. Returns (evaluation, the prepared data, the checkpoint's meta).
+    """
+    from .data import check_labels
+    from .models import load_for_inference
+
+    model, meta = load_for_inference(path)
+    cfg = config_from_dict(meta["config"])
+    if dataset:
+        cfg.dataset = dataset
+    if data_dir:
+        cfg.data_dir = data_dir
+    cfg.val_fraction = 0.0  # evaluation uses the whole test set; no split needed
+    data = prepare_data(cfg)
+    if list(data.dataset.image_shape) != list(meta["image_shape"]):
+        raise CheckpointError(
+            f"the checkpoint expects {meta['image_shape']} images, {data.dataset.name} has "
+            f"{list(data.dataset.image_shape)}"
+        )
+    known = len(meta["classes"])
+    where = f"{data.dataset.name} test labels (the checkpoint's model knows {known} classes)"
+    check_labels(data.y_test, known, where)
+    return evaluate(model, data.x_test, data.y_test), data, meta
+
+
 # --------------------------------------------------------------------------- Ctrl-C
 
 
