@@ -30,6 +30,7 @@ from tests.cli.helpers import assert_one_line_error, run_catching_exit
         (["train", "-d", "digits", "--schedule", "linear"], "unknown value 'linear'"),
         (["train", "-d", "digits", "--dtype", "float16"], "use float32, float64"),
         (["train", "-d", "digits", "--seed", "-1"], "--seed: must be an integer between 0"),
+        (["train", "-d", "digits", "--val", "0.9999", "-o", "{tmp}/r"], "leaves 0 for training"),
         (["train", "-d", "digits", "--warmup", "nan"], "--warmup: must be a number"),
         (["train", "-d", "digits", "--warmup", "-5"], "--warmup: must be a number at least 0"),
         (["train", "-d", "digits", "--clip", "-1"], "--clip: must be a number at least 0"),

@@ -97,3 +97,18 @@ def test_zero_epochs_still_writes_a_usable_checkpoint(capsys, tmp_path):
     summary = json.loads(out)
     assert code == 0 and summary["epochs"] == 0 and (tmp_path / "checkpoint.npz").is_file()
     assert main(["evaluate", str(tmp_path)]) == 0
+
+
+def test_a_run_on_a_relative_dataset_path_works_from_any_directory(
+    capsys, tmp_path, shared_data, monkeypatch
+):
+    import shutil
+
+    data = tmp_path / "work" / "data"
+    shutil.copytree(shared_data / "mnist-10k", data)
+    monkeypatch.chdir(tmp_path / "work")
+    assert main(["train", "-d", "data", "-e", "1", "--hidden", "16", "-o", "run", "-q"]) == 0
+    monkeypatch.chdir(tmp_path)  # elsewhere: the stored dataset path still leads to the data
+    assert main(["evaluate", "work/run", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["test_accuracy"] > 0.5  # trained, not random
+    assert main(["train", "-o", "work/run", "--resume", "-e", "2", "-q"]) == 0
