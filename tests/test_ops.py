@@ -82,6 +82,28 @@ def _batch_norm(t, x, gamma, beta, training, eps, running_mean=None, running_var
     return gamma.reshape(per_channel) * xhat + beta.reshape(per_channel)
 
 
+def _conv2d_input_grad(t, g, w, size, stride, padding, dilation):
+    """The transposed convolution, with the output padding that restores the input size."""
+    k, s, p, d = w.shape[2:], _pair(stride), _pair(padding), _pair(dilation)
+    extra = [
+        size[i] - ((g.shape[2 + i] - 1) * s[i] - 2 * p[i] + d[i] * (k[i] - 1) + 1) for i in (0, 1)
+    ]
+    return t.nn.functional.conv_transpose2d(
+        g, w, stride=s, padding=p, output_padding=extra, dilation=d
+    )
+
+
+def _conv2d_weight_grad(t, x, g, kernel, stride, padding, dilation):
+    """PyTorch's own gradient of conv2d with respect to its weight, kept differentiable."""
+    w = t.zeros((g.shape[1], x.shape[1], *kernel), dtype=x.dtype, requires_grad=True)
+    y = t.nn.functional.conv2d(x, w, stride=stride, padding=padding, dilation=dilation)
+    return t.autograd.grad(y, w, g, create_graph=True)[0]
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
 # fn(torch, *input tensors, **the op's keyword parameters), as the op's forward takes them
 TORCH_REFERENCE = {
     "matmul": lambda t, a, b: t.matmul(a, b),
@@ -112,6 +134,8 @@ TORCH_REFERENCE = {
     "conv2d": lambda t, x, w, b=None, stride=1, padding=0, dilation=1: t.conv2d(
         x, w, bias=b, stride=stride, padding=padding, dilation=dilation
     ),
+    "conv2d_input_grad": _conv2d_input_grad,
+    "conv2d_weight_grad": _conv2d_weight_grad,
     "max_pool2d": lambda t, x, kernel, stride=None, padding=0, dilation=1: t.nn.MaxPool2d(
         kernel_size=kernel, stride=stride, padding=padding, dilation=dilation
     )(x),
@@ -309,7 +333,7 @@ def test_every_op_docstring_derives_its_gradient(name):
 SECOND_ORDER_PENDING = {
     name: "ops_conv.py (owned elsewhere): its vjp calls NumPy functions (np.zeros, np.matmul, "
     "np.ascontiguousarray...) on the gradient, which a Tensor cannot go through yet"
-    for name in ("conv2d", "max_pool2d", "avg_pool2d", "batch_norm")
+    for name in ("max_pool2d", "avg_pool2d", "batch_norm")
 }
 
 

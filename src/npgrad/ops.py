@@ -142,17 +142,20 @@ def _replace(saved: Any, tensors: dict[int, Any]) -> Any:
     return saved
 
 
-def call(op: type[Op], x: Any, **params: Any) -> Any:
-    """Apply ``op`` to ``x`` inside a vjp: the one way a vjp uses a function.
+def call(op: type[Op], *xs: Any, **params: Any) -> Any:
+    """Apply ``op`` to ``xs`` inside a vjp: the one way a vjp uses a function.
 
     On NumPy arrays (and scalars) this is the op's forward, nothing recorded:
-    the fast path. On anything else, a Tensor, it is its array namespace's
-    ``apply`` (``npgrad.autodiff.apply``), which records the op, so the
-    gradient that the vjp computes can be differentiated again.
+    the fast path. When any of ``xs`` is something else, a Tensor, it is that
+    array namespace's ``apply`` (``npgrad.autodiff.apply``), which records the
+    op, so the gradient that the vjp computes can be differentiated again; the
+    other inputs (constants the vjp read) enter as Tensors that need no gradient.
     """
-    if isinstance(x, (np.ndarray, np.generic)):
-        return op.forward(x, **params)[0]
-    return x.__array_namespace__().apply(op, x, **params)
+    for x in xs:
+        if not isinstance(x, (np.ndarray, np.generic)):
+            ns = x.__array_namespace__()
+            return ns.apply(op, *[ns.as_tensor(a) for a in xs], **params)
+    return op.forward(*xs, **params)[0]
 
 
 def unbroadcast(g: Array, shape: tuple[int, ...]) -> Array:

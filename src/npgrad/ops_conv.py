@@ -262,32 +262,209 @@ class Conv2d(Op):
         if b is not None:
             yr = y.reshape(n, -1)
             yr += _tiled(b.astype(dtype, copy=False), ho * wo)
-        return _nchw(y), (xp, wm, geo, (ph, pw, h, wd), b is not None, w.shape)
+        geometry = {"stride": stride, "padding": padding, "dilation": dilation}
+        return _nchw(y), (x, w, b is not None, geometry)
 
     @staticmethod
     def vjp(saved: Any, g: Array, needs: tuple[bool, ...] = (True, True, True)) -> Grads:
-        xp, wm, geo, (ph, pw, h, wd), has_bias, wshape = saved
-        kh, kw, sh, sw, dh, dw = geo
-        o, c = wshape[:2]
-        n, ho, wo = g.shape[0], g.shape[2], g.shape[3]
+        x, w, has_bias, geometry = saved
+        gx = gw = gb = None
+        if needs[0]:
+            gx = ops.call(Conv2dInputGrad, g, w, size=tuple(x.shape[2:]), **geometry)
+        if needs[1]:
+            gw = ops.call(Conv2dWeightGrad, x, g, kernel=tuple(w.shape[2:]), **geometry)
+        if has_bias and needs[2]:
+            gb = _per_channel_sum(_nhwc(g).reshape(g.shape[0], -1), g.shape[1])
+        return (gx, gw, gb)[: 3 if has_bias else 2]
+
+
+def _conv_geometry(
+    what: str,
+    size: Sequence[int],
+    kernel: Sequence[int],
+    out: Sequence[int],
+    stride: IntOrPair,
+    padding: IntOrPair,
+    dilation: IntOrPair,
+) -> tuple[int, ...]:
+    """Stride, padding and dilation as pairs, checked against the output size ``out``."""
+    (h, wd), (kh, kw) = size, kernel
+    sh, sw = as_pair(stride, "stride", 1)
+    ph, pw = as_pair(padding, "padding", 0)
+    dh, dw = as_pair(dilation, "dilation", 1)
+    expected = (_out_size(h, kh, sh, ph, dh), _out_size(wd, kw, sw, pw, dw))
+    if expected != tuple(out) or min(expected) < 1:
+        raise ShapeError(
+            f"{what}: a gradient of spatial size {tuple(out)} does not fit a convolution of "
+            f"input {h}x{wd} with a {kh}x{kw} kernel (stride {stride}, padding {padding}, "
+            f"dilation {dilation}), which gives {expected}"
+        )
+    return sh, sw, ph, pw, dh, dw
+
+
+def _conv_grad_case(d: Draw, which: str) -> Case:
+    """A conv2d case, turned into the inputs of its input or weight gradient."""
+    case = _conv_case(d)
+    (n, c, h, w), (o, _, kh, kw) = case.shapes[:2]
+    sh, sw = as_pair(case.params["stride"], "stride", 1)
+    ph, pw = as_pair(case.params["padding"], "padding", 0)
+    dh, dw = as_pair(case.params["dilation"], "dilation", 1)
+    g = (n, o, _out_size(h, kh, sh, ph, dh), _out_size(w, kw, sw, pw, dw))
+    if which == "input":
+        return Case([g, (o, c, kh, kw)], {**case.params, "size": (h, w)})
+    return Case([(n, c, h, w), g], {**case.params, "kernel": (kh, kw)})
+
+
+class Conv2dInputGrad(Op):
+    r"""The input gradient of [conv2d](#conv2d) (a transposed convolution): $\mathcal{U}^*(G \bar W^T)$.
+
+    `g` is $(N, O, H', W')$, `w` is $(O, C, k_h, k_w)$, `size` is the input's
+    $(H, W)$; stride, padding and dilation are those of the convolution. This is
+    conv2d's vjp with respect to $X$, made an op so that it can be
+    differentiated again: its forward is the fold described under
+    [conv2d](#conv2d), npgrad's fast NumPy code.
+
+    It is linear in $G$ and in $W$. Write $Z = \mathrm{conv}(\cdot, W)$ for the
+    convolution without bias; the op is its adjoint, $\mathcal{A}_W(G) = Z^*(G)$,
+    defined by $\mathrm{tr}\big(\mathcal{A}_W(G)^T X\big) = \mathrm{tr}\big(G^T \mathrm{conv}(X, W)\big)$
+    for every $X$. With upstream $U$ (shaped like $X$) and both factors varying,
+
+    $$df = \mathrm{tr}\big(U^T \mathcal{A}_{W}(dG)\big) + \mathrm{tr}\big(U^T \mathcal{A}_{dW}(G)\big)
+         = \mathrm{tr}\big(\mathrm{conv}(U, W)^T dG\big) + \mathrm{tr}\big(G^T \mathrm{conv}(U, dW)\big),$$
+
+    applying the defining identity to each term. The first gives
+    $\partial f/\partial G = \mathrm{conv}(U, W)$, a [conv2d](#conv2d) of $U$; the
+    second is conv2d's weight term with $U$ as the input, so
+    $\partial f/\partial W = $ [conv2d_weight_grad](#conv2d_weight_grad)$(U, G)$.
+    The three ops close under differentiation: each one's vjp is made of the
+    other two.
+    """
+
+    name = "conv2d_input_grad"
+    spec = OpSpec(
+        draw=lambda d: _conv_grad_case(d, "input"),
+        torch=lambda t, g, w, size=(1, 1), **p: t.nn.grad.conv2d_input(
+            (g.shape[0], w.shape[1], *size), w, g, **p
+        ),
+    )
+
+    @staticmethod
+    def forward(
+        g: Array,
+        w: Array,
+        size: Sequence[int] = (1, 1),
+        stride: IntOrPair = 1,
+        padding: IntOrPair = 0,
+        dilation: IntOrPair = 1,
+    ) -> tuple[Array, Any]:
+        _check_4d(g, "conv2d_input_grad")
+        if w.ndim != 4 or w.shape[0] != g.shape[1]:
+            raise ShapeError(
+                f"conv2d_input_grad: weight of shape {w.shape} does not fit gradient {g.shape}"
+            )
+        o, c, kh, kw = w.shape
+        n, _, ho, wo = g.shape
+        h, wd = size
+        sh, sw, ph, pw, dh, dw = _conv_geometry(
+            "conv2d_input_grad", size, (kh, kw), (ho, wo), stride, padding, dilation
+        )
         g2 = np.ascontiguousarray(_nhwc(g)).reshape(-1, o)
-        gb = _per_channel_sum(g2.reshape(n, -1), o) if has_bias and needs[-1] else None
-        gwm = np.zeros(wm.shape, dtype=np.result_type(wm, g)) if needs[1] else None
-        gxp = np.zeros(xp.shape, dtype=np.result_type(xp, g)) if needs[0] else None
-        wt = np.ascontiguousarray(wm.reshape(kh * kw, c, o).transpose(0, 2, 1))  # (taps, O, C)
+        dtype = np.result_type(w, g)
+        gxp = np.zeros((n, h + 2 * ph, wd + 2 * pw, c), dtype=dtype)
+        wt = np.ascontiguousarray(w.transpose(2, 3, 0, 1)).reshape(kh * kw, o, c)
+        step = _chunk(ho * wo * kh * kw * c * dtype.itemsize)
+        rows = ho * wo
+        for s in range(0, n, step):
+            # one product per kernel offset, so each offset's block comes out contiguous
+            d = np.matmul(g2[s * rows : (s + step) * rows], wt).reshape(kh, kw, -1, ho, wo, c)
+            _fold(gxp[s : s + step], d, sh, sw, dh, dw)
+        geometry = {"stride": stride, "padding": padding, "dilation": dilation}
+        return _nchw(gxp[:, ph : ph + h, pw : pw + wd]), (g, w, geometry)
+
+    @staticmethod
+    def vjp(saved: Any, u: Array, needs: tuple[bool, ...] = (True, True)) -> Grads:
+        g, w, geometry = saved
+        gg = ops.call(Conv2d, u, w, **geometry) if needs[0] else None
+        gw = (
+            ops.call(Conv2dWeightGrad, u, g, kernel=tuple(w.shape[2:]), **geometry)
+            if needs[1]
+            else None
+        )
+        return gg, gw
+
+
+class Conv2dWeightGrad(Op):
+    r"""The weight gradient of [conv2d](#conv2d): $U^T G$ with $U = \mathcal{U}(X)$, as $(O, C, k_h, k_w)$.
+
+    `x` is $(N, C, H, W)$, `g` is $(N, O, H', W')$, `kernel` is $(k_h, k_w)$;
+    stride, padding and dilation are those of the convolution. This is
+    conv2d's vjp with respect to $W$, made an op so that it can be
+    differentiated again: its forward unfolds $X$ a slice of the batch at a
+    time and multiplies, as described under [conv2d](#conv2d).
+
+    It is linear in $X$ and in $G$, and it is defined by
+    $\mathrm{tr}\big(\mathcal{B}(X, G)^T W\big) = \mathrm{tr}\big(G^T \mathrm{conv}(X, W)\big)$
+    for every $W$ (the convolution without bias). With upstream $V$ (shaped like $W$),
+
+    $$df = \mathrm{tr}\big(V^T \mathcal{B}(dX, G)\big) + \mathrm{tr}\big(V^T \mathcal{B}(X, dG)\big)
+         = \mathrm{tr}\big(G^T \mathrm{conv}(dX, V)\big) + \mathrm{tr}\big(\mathrm{conv}(X, V)^T dG\big).$$
+
+    The second term gives $\partial f/\partial G = \mathrm{conv}(X, V)$, a
+    [conv2d](#conv2d) with $V$ as the kernel. In the first, $dX$ enters a
+    convolution with kernel $V$, paired with $G$: that is conv2d's input term,
+    so $\partial f/\partial X = $ [conv2d_input_grad](#conv2d_input_grad)$(G, V)$.
+    """
+
+    name = "conv2d_weight_grad"
+    spec = OpSpec(
+        draw=lambda d: _conv_grad_case(d, "weight"),
+        torch=lambda t, x, g, kernel=(1, 1), **p: t.nn.grad.conv2d_weight(
+            x, (g.shape[1], x.shape[1], *kernel), g, **p
+        ),
+    )
+
+    @staticmethod
+    def forward(
+        x: Array,
+        g: Array,
+        kernel: Sequence[int] = (1, 1),
+        stride: IntOrPair = 1,
+        padding: IntOrPair = 0,
+        dilation: IntOrPair = 1,
+    ) -> tuple[Array, Any]:
+        _check_4d(x, "conv2d_weight_grad")
+        _check_4d(g, "conv2d_weight_grad")
+        if g.shape[0] != x.shape[0]:
+            raise ShapeError(
+                f"conv2d_weight_grad: input {x.shape} and gradient {g.shape} differ in N"
+            )
+        n, c, h, wd = x.shape
+        o, ho, wo = g.shape[1:]
+        kh, kw = as_pair(kernel, "kernel size", 1)
+        sh, sw, ph, pw, dh, dw = _conv_geometry(
+            "conv2d_weight_grad", (h, wd), (kh, kw), (ho, wo), stride, padding, dilation
+        )
+        xp = _padded(x, ph, pw, 0.0)
+        g2 = np.ascontiguousarray(_nhwc(g)).reshape(-1, o)
+        gwm = np.zeros((kh * kw * c, o), dtype=np.result_type(x, g))
+        geo = (kh, kw, sh, sw, dh, dw)
         step = _chunk(ho * wo * kh * kw * c * xp.dtype.itemsize)
         rows = ho * wo
         for s in range(0, n, step):
-            gc = g2[s * rows : (s + step) * rows]
-            if gwm is not None:
-                gwm += _unfold(xp[s : s + step], *geo).T @ gc
-            if gxp is not None:
-                # one product per kernel offset, so each offset's block comes out contiguous
-                d = np.matmul(gc, wt).reshape(kh, kw, -1, ho, wo, c)
-                _fold(gxp[s : s + step], d, sh, sw, dh, dw)
-        gx = None if gxp is None else _nchw(gxp[:, ph : ph + h, pw : pw + wd])
-        gw = None if gwm is None else gwm.reshape(kh, kw, c, o).transpose(3, 2, 0, 1)
-        return (gx, gw, gb)[: 3 if has_bias else 2]
+            gwm += _unfold(xp[s : s + step], *geo).T @ g2[s * rows : (s + step) * rows]
+        geometry = {"stride": stride, "padding": padding, "dilation": dilation}
+        return gwm.reshape(kh, kw, c, o).transpose(3, 2, 0, 1), (x, g, geometry)
+
+    @staticmethod
+    def vjp(saved: Any, v: Array, needs: tuple[bool, ...] = (True, True)) -> Grads:
+        x, g, geometry = saved
+        gx = (
+            ops.call(Conv2dInputGrad, g, v, size=tuple(x.shape[2:]), **geometry)
+            if needs[0]
+            else None
+        )
+        gg = ops.call(Conv2d, x, v, **geometry) if needs[1] else None
+        return gx, gg
 
 
 def _chunk(bytes_per_sample: int) -> int:
