@@ -223,7 +223,9 @@ class Handler(BaseHTTPRequestHandler):
                 raise ValueError
         except ValueError:
             self.close_connection = True
-            raise RequestRejected(HTTPStatus.BAD_REQUEST, f"bad Content-Length {raw[:40]!r}") from None
+            raise RequestRejected(
+                HTTPStatus.BAD_REQUEST, f"bad Content-Length {raw[:40]!r}"
+            ) from None
         if length > MAX_BODY:
             self.close_connection = True
             if length <= DRAIN:  # read it, so that the client is listening when the 413 comes
@@ -243,7 +245,9 @@ class Handler(BaseHTTPRequestHandler):
             return self.rfile.read(length)
         except (TimeoutError, OSError):
             self.close_connection = True
-            raise RequestRejected(HTTPStatus.REQUEST_TIMEOUT, "the request body did not arrive") from None
+            raise RequestRejected(
+                HTTPStatus.REQUEST_TIMEOUT, "the request body did not arrive"
+            ) from None
 
     def _drawing(self, body: bytes) -> np.ndarray:
         try:
@@ -251,7 +255,9 @@ class Handler(BaseHTTPRequestHandler):
         except (UnicodeDecodeError, ValueError, RecursionError):
             raise RequestRejected(HTTPStatus.BAD_REQUEST, "the body is not JSON") from None
         if not isinstance(req, dict):
-            raise RequestRejected(HTTPStatus.BAD_REQUEST, "send a JSON object {width, height, pixels}")
+            raise RequestRejected(
+                HTTPStatus.BAD_REQUEST, "send a JSON object {width, height, pixels}"
+            )
         w, h, pixels = req.get("width"), req.get("height"), req.get("pixels")
         for name, v in (("width", w), ("height", h)):
             if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= MAX_SIDE:
@@ -259,7 +265,9 @@ class Handler(BaseHTTPRequestHandler):
                     HTTPStatus.BAD_REQUEST, f"{name} must be an integer from 1 to {MAX_SIDE}"
                 )
         if not isinstance(pixels, str):
-            raise RequestRejected(HTTPStatus.BAD_REQUEST, "pixels must be a base64 string of grey bytes")
+            raise RequestRejected(
+                HTTPStatus.BAD_REQUEST, "pixels must be a base64 string of grey bytes"
+            )
         try:
             raw = base64.b64decode(pixels, validate=True)
         except (binascii.Error, ValueError):
