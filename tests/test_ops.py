@@ -100,6 +100,29 @@ def _conv2d_weight_grad(t, x, g, kernel, stride, padding, dilation):
     return t.autograd.grad(y, w, g, create_graph=True)[0]
 
 
+def _global_argmax(t, routing):
+    """Each window's arg-max as an index into the whole flattened input."""
+    n, c, h, w = routing.in_shape
+    planes = np.arange(n * c).reshape(n, c, 1, 1) * (h * w)
+    return t.as_tensor((routing.flat() + planes).reshape(-1))
+
+
+def _max_pool2d_scatter(t, g, routing):
+    out = t.zeros(int(np.prod(routing.in_shape)), dtype=g.dtype)
+    return out.index_add(0, _global_argmax(t, routing), g.reshape(-1)).reshape(routing.in_shape)
+
+
+def _max_pool2d_gather(t, u, routing):
+    return u.reshape(-1)[_global_argmax(t, routing)].reshape(routing.out_shape)
+
+
+def _avg_pool2d_input_grad(t, g, kernel, size, stride=None, padding=0):
+    """PyTorch's own gradient of avg_pool2d, kept differentiable."""
+    x = t.zeros((*g.shape[:2], *size), dtype=g.dtype, requires_grad=True)
+    y = t.nn.AvgPool2d(kernel_size=kernel, stride=stride, padding=padding)(x)
+    return t.autograd.grad(y, x, g, create_graph=True)[0]
+
+
 def _pair(v):
     return (v, v) if isinstance(v, int) else tuple(v)
 
@@ -143,6 +166,9 @@ TORCH_REFERENCE = {
         kernel_size=kernel, stride=stride, padding=padding
     )(x),
     "batch_norm": _batch_norm,
+    "max_pool2d_scatter": _max_pool2d_scatter,
+    "max_pool2d_gather": _max_pool2d_gather,
+    "avg_pool2d_input_grad": _avg_pool2d_input_grad,
 }
 
 
@@ -333,7 +359,7 @@ def test_every_op_docstring_derives_its_gradient(name):
 SECOND_ORDER_PENDING = {
     name: "ops_conv.py (owned elsewhere): its vjp calls NumPy functions (np.zeros, np.matmul, "
     "np.ascontiguousarray...) on the gradient, which a Tensor cannot go through yet"
-    for name in ("max_pool2d", "avg_pool2d", "batch_norm")
+    for name in ("batch_norm",)
 }
 
 

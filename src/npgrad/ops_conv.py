@@ -18,6 +18,7 @@ their Tensor-level entry points, as :mod:`npgrad.autodiff` has for the others.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -475,8 +476,13 @@ def _chunk(bytes_per_sample: int) -> int:
 
 
 def _pool_geometry(
-    x: Array, kernel: IntOrPair, stride: IntOrPair | None, padding: IntOrPair, dilation: IntOrPair
+    size: Sequence[int],
+    kernel: IntOrPair,
+    stride: IntOrPair | None,
+    padding: IntOrPair,
+    dilation: IntOrPair,
 ) -> tuple[int, ...]:
+    """Kernel, stride, padding, dilation as pairs, and the output size, for input ``size`` (H, W)."""
     kh, kw = as_pair(kernel, "kernel size", 1)
     sh, sw = as_pair(kernel if stride is None else stride, "stride", 1)
     ph, pw = as_pair(padding, "padding", 0)
@@ -486,9 +492,9 @@ def _pool_geometry(
             f"pooling padding {padding} is more than half the kernel size {kernel} "
             "(PyTorch's limit): a window could hold padding only"
         )
-    ho, wo = _out_size(x.shape[2], kh, sh, ph, dh), _out_size(x.shape[3], kw, sw, pw, dw)
+    ho, wo = _out_size(size[0], kh, sh, ph, dh), _out_size(size[1], kw, sw, pw, dw)
     if ho < 1 or wo < 1:
-        raise ShapeError(f"pooling window {kernel} does not fit input {x.shape[2:]}")
+        raise ShapeError(f"pooling window {kernel} does not fit input {tuple(size)}")
     return kh, kw, sh, sw, ph, pw, dh, dw, ho, wo
 
 
@@ -613,20 +619,169 @@ class MaxPool2d(Op):
     ) -> tuple[Array, Any]:
         _check_4d(x, "max_pool2d")
         kh, kw, sh, sw, ph, pw, dh, dw, ho, wo = _pool_geometry(
-            x, kernel, stride, padding, dilation
+            x.shape[2:], kernel, stride, padding, dilation
         )
         xp = _padded(x, ph, pw, -np.inf)
         wtaps, htaps = _taps(wo, kw, sw, dw), _taps(ho, kh, sh, dh)
         m1, i1 = _max_along(xp, 2, wtaps)
         m2, i2 = _max_along(m1, 1, htaps)
-        return _nchw(m2), (i1, i2, wtaps, htaps, xp.shape, (ph, pw) + x.shape[2:])
+        return _nchw(m2), MaxRouting(i1, i2, wtaps, htaps, xp.shape, (ph, pw, *x.shape[2:]))
 
     @staticmethod
     def vjp(saved: Any, g: Array, needs: tuple[bool, ...] = (True,)) -> Grads:
-        i1, i2, wtaps, htaps, pshape, (ph, pw, h, w) = saved
-        g1 = _spread(_nhwc(g), i2, 1, htaps, pshape[1])
-        gxp = _spread(g1, i1, 2, wtaps, pshape[2])
-        return (_nchw(gxp[:, ph : ph + h, pw : pw + w]),)
+        return (ops.call(MaxPool2dScatter, g, routing=saved),)
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class MaxRouting:
+    """Where each window of a max_pool2d found its maximum: a constant of the forward pass.
+
+    ``i1`` and ``i2`` are the arg-max offsets of the two separable stages (along
+    the width on the padded grid, then along the height), ``wtaps`` and
+    ``htaps`` their taps, ``pshape`` the padded NHWC shape, ``crop`` the
+    padding and the input size ``(ph, pw, h, w)``.
+    """
+
+    i1: Array
+    i2: Array
+    wtaps: list[slice]
+    htaps: list[slice]
+    pshape: tuple[int, ...]
+    crop: tuple[int, ...]
+
+    @property
+    def in_shape(self) -> tuple[int, int, int, int]:
+        n, _, _, c = self.pshape
+        return n, c, self.crop[2], self.crop[3]
+
+    @property
+    def out_shape(self) -> tuple[int, int, int, int]:
+        n, ho, wo, c = self.i2.shape
+        return n, c, ho, wo
+
+    def flat(self) -> Array:
+        """Each window's arg-max as a flat index into its channel's ``H*W`` (N, C, H', W').
+
+        PyTorch's ``return_indices`` convention; for the checks against PyTorch.
+        """
+        n, ho, wo, c = self.i2.shape
+        ph, pw, _, w = self.crop
+        (sh, dh), (sw, dw) = (
+            (t[0].step, t[1].start if len(t) > 1 else 0) for t in (self.htaps, self.wtaps)
+        )
+        ni, hi, wi, ci = np.ogrid[:n, :ho, :wo, :c]
+        rows = hi * sh + self.i2.astype(np.intp) * dh
+        cols = wi * sw + self.i1[ni, rows, wi, ci].astype(np.intp) * dw
+        return ((rows - ph) * w + (cols - pw)).transpose(0, 3, 1, 2)
+
+    def __repr__(self) -> str:
+        return f"MaxRouting{list(self.in_shape)}->{list(self.out_shape)}"
+
+
+def _pick(a: Array, idx: Array, axis: int, taps: list[slice]) -> Array:
+    """Adjoint of :func:`_spread` with ``idx``: each window reads its chosen tap of ``a``."""
+    out = _along(a, axis, taps[0]) * (idx == 0)
+    for t, sl in enumerate(taps[1:], start=1):
+        out += _along(a, axis, sl) * (idx == t)
+    return out
+
+
+def _routing_case(d: Draw, which: str) -> Case:
+    """The routing of a max_pool2d of normal draws (no ties), and a gradient or input for it."""
+    case = _pool_case(d, dilation=True)
+    routing = MaxPool2d.forward(d.rng.standard_normal(case.shapes[0]), **case.params)[1]
+    return Case(
+        [routing.out_shape if which == "scatter" else routing.in_shape], {"routing": routing}
+    )
+
+
+def _torch_flat(t: Any, routing: MaxRouting) -> Any:
+    n, c = routing.out_shape[:2]
+    return t.as_tensor(routing.flat().reshape(n, c, -1))
+
+
+def _torch_scatter(t: Any, g: Any, routing: MaxRouting | None = None) -> Any:
+    n, c, h, w = routing.in_shape  # type: ignore[union-attr]
+    out = t.zeros((n, c, h * w), dtype=g.dtype)
+    return out.scatter_add(2, _torch_flat(t, routing), g.reshape(n, c, -1)).reshape(n, c, h, w)
+
+
+def _torch_gather(t: Any, u: Any, routing: MaxRouting | None = None) -> Any:
+    n, c = u.shape[:2]
+    return u.reshape(n, c, -1).gather(2, _torch_flat(t, routing)).reshape(routing.out_shape)  # type: ignore[union-attr]
+
+
+def _routing_of(
+    routing: MaxRouting | None, what: str, shape: tuple[int, ...], want: str
+) -> MaxRouting:
+    if not isinstance(routing, MaxRouting):
+        raise ConfigError(f"{what} needs the routing=... of a max_pool2d forward pass")
+    expected = getattr(routing, want)
+    if tuple(shape) != expected:
+        raise ShapeError(
+            f"{what}: input of shape {tuple(shape)}, but the routing is for {expected}"
+        )
+    return routing
+
+
+class MaxPool2dScatter(Op):
+    r"""Max pooling's vjp: each window's $G_{\mathcal{W}}$ added at its arg-max, $\mathcal{S}^*(G)$.
+
+    `g` is $(N, C, H', W')$; `routing` (a `MaxRouting`, what a
+    [max_pool2d](#max_pool2d) forward pass saves) says where each window's
+    maximum was. The output has the pooled input's shape. This is
+    [max_pool2d](#max_pool2d)'s vjp, made an op so that it can be
+    differentiated again; its forward is npgrad's fast two-stage spread.
+
+    With the routing fixed it is linear: $Y = \mathcal{S}^*(G)$ with
+    $\mathcal{S}$ the selection $X \mapsto (X_{k(\mathcal{W})})_{\mathcal{W}}$, so
+    $df = \mathrm{tr}\big(U^T \mathcal{S}^*(dG)\big) = \mathrm{tr}\big(\mathcal{S}(U)^T dG\big)$
+    and $\partial f/\partial G = \mathcal{S}(U)$: each window reads $U$ at its
+    arg-max, the [max_pool2d_gather](#max_pool2d_gather). A scatter and its
+    gather are adjoint, as [index_add](#index_add) and [getitem](#getitem) are.
+    """
+
+    name = "max_pool2d_scatter"
+    spec = OpSpec(draw=lambda d: _routing_case(d, "scatter"), torch=_torch_scatter)
+
+    @staticmethod
+    def forward(g: Array, routing: MaxRouting | None = None) -> tuple[Array, Any]:
+        r = _routing_of(routing, "max_pool2d_scatter", g.shape, "out_shape")
+        ph, pw, h, w = r.crop
+        g1 = _spread(_nhwc(g), r.i2, 1, r.htaps, r.pshape[1])
+        gxp = _spread(g1, r.i1, 2, r.wtaps, r.pshape[2])
+        return _nchw(gxp[:, ph : ph + h, pw : pw + w]), r
+
+    @staticmethod
+    def vjp(saved: Any, u: Array, needs: tuple[bool, ...] = (True,)) -> Grads:
+        return (ops.call(MaxPool2dGather, u, routing=saved),)
+
+
+class MaxPool2dGather(Op):
+    r"""Each max-pooling window's arg-max entry of `u`: $\mathcal{S}(U)$, for a fixed `routing`.
+
+    `u` has the shape of the pooled input, $(N, C, H, W)$; the output is
+    $(N, C, H', W')$, $Y_{\mathcal{W}} = U_{k(\mathcal{W})}$ with $k(\mathcal{W})$ the
+    arg-max that `routing` recorded. On the pooled input itself it is the max
+    pool. A selection, linear in $U$: $df = \sum_{\mathcal{W}} G_{\mathcal{W}}\, dU_{k(\mathcal{W})}
+    = \mathrm{tr}\big(\mathcal{S}^*(G)^T dU\big)$, so the gradient is the
+    [max_pool2d_scatter](#max_pool2d_scatter) of $G$. It exists as the vjp of that
+    scatter, so that max pooling can be differentiated to any order.
+    """
+
+    name = "max_pool2d_gather"
+    spec = OpSpec(draw=lambda d: _routing_case(d, "gather"), torch=_torch_gather)
+
+    @staticmethod
+    def forward(u: Array, routing: MaxRouting | None = None) -> tuple[Array, Any]:
+        r = _routing_of(routing, "max_pool2d_gather", u.shape, "in_shape")
+        ph, pw = r.crop[:2]
+        m1 = _pick(_padded(u, ph, pw, 0.0), r.i1, 2, r.wtaps)
+        return _nchw(_pick(m1, r.i2, 1, r.htaps)), r
+
+    @staticmethod
+    def vjp(saved: Any, g: Array, needs: tuple[bool, ...] = (True,)) -> Grads:
+        return (ops.call(MaxPool2dScatter, g, routing=saved),)
 
 
 class AvgPool2d(Op):
@@ -659,7 +814,9 @@ class AvgPool2d(Op):
         x: Array, kernel: IntOrPair = 2, stride: IntOrPair | None = None, padding: IntOrPair = 0
     ) -> tuple[Array, Any]:
         _check_4d(x, "avg_pool2d")
-        kh, kw, sh, sw, ph, pw, _, _, ho, wo = _pool_geometry(x, kernel, stride, padding, 1)
+        kh, kw, sh, sw, ph, pw, _, _, ho, wo = _pool_geometry(
+            x.shape[2:], kernel, stride, padding, 1
+        )
         xp = _padded(x, ph, pw, 0.0)
         wtaps, htaps = _taps(wo, kw, sw, 1), _taps(ho, kh, sh, 1)
         s1 = _along(xp, 2, wtaps[0]).copy()
@@ -669,14 +826,87 @@ class AvgPool2d(Op):
         for sl in htaps[1:]:
             s2 += _along(s1, 1, sl)
         s2 *= s2.dtype.type(1.0 / (kh * kw))
-        return _nchw(s2), (wtaps, htaps, kh * kw, xp.shape, (ph, pw) + x.shape[2:])
+        return _nchw(s2), {
+            "kernel": kernel,
+            "stride": stride,
+            "padding": padding,
+            "size": x.shape[2:],
+        }
 
     @staticmethod
     def vjp(saved: Any, g: Array, needs: tuple[bool, ...] = (True,)) -> Grads:
-        wtaps, htaps, count, pshape, (ph, pw, h, w) = saved
-        gs = _nhwc(g) * g.dtype.type(1.0 / count)
-        gxp = _spread(_spread(gs, None, 1, htaps, pshape[1]), None, 2, wtaps, pshape[2])
-        return (_nchw(gxp[:, ph : ph + h, pw : pw + w]),)
+        return (ops.call(AvgPool2dInputGrad, g, **saved),)
+
+
+def _avg_grad_case(d: Draw) -> Case:
+    case = _pool_case(d, dilation=False)
+    n, c, h, w = case.shapes[0]
+    p = case.params
+    ho, wo = _pool_geometry((h, w), p["kernel"], p.get("stride"), p["padding"], 1)[-2:]
+    return Case([(n, c, ho, wo)], {**p, "size": (h, w)})
+
+
+def _torch_avg_pool2d_backward(
+    t: Any,
+    g: Any,
+    kernel: IntOrPair = 2,
+    stride: Any = None,
+    padding: IntOrPair = 0,
+    size: Any = (),
+) -> Any:
+    like = t.zeros((*g.shape[:2], *size), dtype=g.dtype)
+    k = as_pair(kernel, "kernel", 1)
+    s = k if stride is None else as_pair(stride, "stride", 1)
+    p = as_pair(padding, "padding", 0)
+    return t.ops.aten.avg_pool2d_backward(g, like, k, s, p, False, True, None)
+
+
+class AvgPool2dInputGrad(Op):
+    r"""Average pooling's vjp: every window's $G_{\mathcal{W}}/(k_h k_w)$ spread over the window.
+
+    `g` is $(N, C, H', W')$, `size` the pooled input's $(H, W)$; kernel, stride
+    and padding are those of the [avg_pool2d](#avg_pool2d). It is that op's vjp,
+    made an op so that it can be differentiated again; its forward is npgrad's
+    two-stage spread. Writing avg_pool2d as the linear map $Y = \mathcal{P}(X)$, this
+    op is its adjoint $\mathcal{P}^*$: $\mathrm{tr}\big(\mathcal{P}^*(G)^T X\big) = \mathrm{tr}\big(G^T \mathcal{P}(X)\big)$.
+    So, with upstream $U$,
+
+    $$df = \mathrm{tr}\big(U^T \mathcal{P}^*(dG)\big) = \mathrm{tr}\big(\mathcal{P}(U)^T dG\big),$$
+
+    and $\partial f/\partial G = \mathcal{P}(U)$: the [avg_pool2d](#avg_pool2d) of $U$.
+    """
+
+    name = "avg_pool2d_input_grad"
+    spec = OpSpec(draw=_avg_grad_case, torch=_torch_avg_pool2d_backward)
+
+    @staticmethod
+    def forward(
+        g: Array,
+        kernel: IntOrPair = 2,
+        stride: IntOrPair | None = None,
+        padding: IntOrPair = 0,
+        size: Sequence[int] = (2, 2),
+    ) -> tuple[Array, Any]:
+        _check_4d(g, "avg_pool2d_input_grad")
+        kh, kw, sh, sw, ph, pw, _, _, ho, wo = _pool_geometry(size, kernel, stride, padding, 1)
+        if (ho, wo) != g.shape[2:]:
+            raise ShapeError(
+                f"avg_pool2d_input_grad: a gradient of spatial size {g.shape[2:]} does not fit "
+                f"pooling input {tuple(size)} with kernel {kernel}, which gives {(ho, wo)}"
+            )
+        h, w = size
+        wtaps, htaps = _taps(wo, kw, sw, 1), _taps(ho, kh, sh, 1)
+        gs = _nhwc(g) * g.dtype.type(1.0 / (kh * kw))
+        gxp = _spread(_spread(gs, None, 1, htaps, h + 2 * ph), None, 2, wtaps, w + 2 * pw)
+        return _nchw(gxp[:, ph : ph + h, pw : pw + w]), {
+            "kernel": kernel,
+            "stride": stride,
+            "padding": padding,
+        }
+
+    @staticmethod
+    def vjp(saved: Any, u: Array, needs: tuple[bool, ...] = (True,)) -> Grads:
+        return (ops.call(AvgPool2d, u, **saved),)
 
 
 # --------------------------------------------------------------------------- batch norm
