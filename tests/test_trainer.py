@@ -314,3 +314,16 @@ def test_cnn_resume_is_bit_exact_with_batch_norm_buffers(tmp_path):
     assert_same_run(tmp_path / "a", tmp_path / "b")
     params = final_state(tmp_path / "b")[0]
     assert "1.running_mean" in params and "1.running_var" in params
+
+
+def test_presets_follow_the_dataset_not_its_spelling():
+    from pathlib import Path
+
+    from npgrad.trainer import open_run
+
+    debian = Path("/usr/share/datasets/fashion-mnist")
+    if not debian.is_dir():
+        pytest.skip("Debian's dataset-fashion-mnist not installed")
+    trainer = open_run(None, {"dataset": str(debian)}, "/nonexistent/not-written", log=print)
+    assert trainer.data.dataset.family == "fashion-mnist"
+    assert trainer.cfg.shift == 0  # the Fashion-MNIST adaptation, as by name
