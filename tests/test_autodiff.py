@@ -219,6 +219,36 @@ def test_hvp_of_a_784_32_10_mlp_loss_against_torch(torch):
         np.testing.assert_allclose(got, want.numpy(), rtol=1e-9, atol=1e-12)
 
 
+def test_hvp_through_a_small_cnn_against_torch(torch):
+    """Convolution, batch norm, relu, both poolings: every image op's second order at once."""
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 3, 4)
+    shapes = [(4, 2, 9, 9), (3, 2, 3, 3), (3,), (3,), (4, 3, 2, 2), (4,), (48, 3), (3,)]
+    inputs = [rng.standard_normal(s) * (0.5 if len(s) > 1 else 1.0) for s in shapes]
+    v = [rng.standard_normal(s) for s in shapes]
+
+    def ours(x, w1, gamma, beta, w2, b2, w3, b3):
+        h = npgrad.conv2d(x, w1, padding=1)  # no bias: batch norm would remove it
+        h = npgrad.max_pool2d(npgrad.relu(npgrad.batch_norm(h, gamma, beta)), 3, 2)
+        h = npgrad.avg_pool2d(npgrad.conv2d(h, w2, b2, padding=1, dilation=(1, 2)), 2, 1)
+        return npgrad.cross_entropy(npgrad.linear(npgrad.flatten(h), w3, b3), y)
+
+    def theirs(x, w1, gamma, beta, w2, b2, w3, b3):
+        f = torch.nn.functional
+        h = f.conv2d(x, w1, padding=1)
+        h = f.max_pool2d(f.relu(f.batch_norm(h, None, None, gamma, beta, training=True)), 3, 2)
+        h = f.avg_pool2d(f.conv2d(h, w2, b2, padding=1, dilation=(1, 2)), 2, 1)
+        return f.cross_entropy(torch.flatten(h, 1) @ w3 + b3, torch.as_tensor(y))
+
+    got = npgrad.hvp(ours, inputs, v)
+    as_t = lambda arrays: tuple(torch.tensor(a) for a in arrays)  # noqa: E731
+    _, want = torch.autograd.functional.hvp(theirs, as_t(inputs), as_t(v))
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert g.shape == tuple(w.shape), i
+        np.testing.assert_allclose(g, w.numpy(), rtol=1e-8, atol=1e-10, err_msg=f"input {i}")
+    assert all(np.abs(g).max() > 1e-4 for g in got)  # no input's curvature is trivially 0
+
+
 def test_full_hessian_of_a_tiny_network_against_numerical_differences():
     from npgrad.check import numeric_jacobian
 

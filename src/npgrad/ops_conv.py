@@ -13,6 +13,15 @@ Each op registers itself in :data:`npgrad.ops.OPS` with its derivation (the
 docstring) and its check spec; the functions at the end (:func:`conv2d`,
 :func:`max_pool2d`, :func:`avg_pool2d`, :func:`batch_norm`, :func:`flatten`) are
 their Tensor-level entry points, as :mod:`npgrad.autodiff` has for the others.
+
+Higher order: every vjp here runs on Tensors too (``create_graph``), as the
+module docstring of :mod:`npgrad.ops` asks. The ones that need fast NumPy code
+on the gradient call it as an op of its own through :func:`npgrad.ops.call`:
+conv2d's two products (``conv2d_input_grad``, ``conv2d_weight_grad``), max
+pooling's scatter by its constant routing (``max_pool2d_scatter``, whose vjp is
+``max_pool2d_gather``) and average pooling's spread (``avg_pool2d_input_grad``).
+Each of these ops is in the table with its derivation and check spec, and
+each one's vjp is made of the others, so the tape closes.
 """
 
 from __future__ import annotations
@@ -32,8 +41,14 @@ from .opspecs import REAL, Case, Domain, Draw, OpSpec
 
 __all__ = [
     "Conv2d",
+    "Conv2dInputGrad",
+    "Conv2dWeightGrad",
     "MaxPool2d",
+    "MaxRouting",
+    "MaxPool2dScatter",
+    "MaxPool2dGather",
     "AvgPool2d",
+    "AvgPool2dInputGrad",
     "BatchNorm",
     "conv2d",
     "max_pool2d",
@@ -97,6 +112,10 @@ def _check_4d(x: Array, what: str) -> None:
         raise ShapeError(f"{what} expects input of shape (N, C, H, W), got {x.shape}")
 
 
+# The helpers below that a vjp calls use only methods and ops.call, so they run on
+# Tensors too (the recording path of create_graph) as well as on arrays.
+
+
 def _per_channel_sum(a: Array, c: int) -> Array:
     """Sums over everything but the last (channel) axis of a C-contiguous array.
 
@@ -113,8 +132,8 @@ def _per_channel_dot(a: Array, b: Array, c: int) -> Array:
 
 
 def _tiled(v: Array, reps: int) -> Array:
-    """A per-channel vector repeated to the width of a ``(rows, reps * c)`` view."""
-    return np.tile(v, reps)
+    """A per-channel vector repeated to the width of a ``(rows, reps * c)`` view (``np.tile``)."""
+    return ops.call(ops.BroadcastTo, v.reshape(1, -1), shape=(reps, v.shape[0])).reshape(-1)
 
 
 # --------------------------------------------------------------------------- convolution
@@ -215,6 +234,19 @@ class Conv2d(Op):
     and does both a slice of the batch at a time so the patch matrix stays in
     cache; the backward pass unfolds again rather than keep $U$ (memory
     $k_h k_w$ times the input's).
+
+    *Second order.* The two products are ops of their own,
+    [conv2d_input_grad](#conv2d_input_grad) ($\mathcal{U}^*(G \bar W^T)$, a
+    transposed convolution of $G$ with $W$) and
+    [conv2d_weight_grad](#conv2d_weight_grad) ($U^T G$), and the vjp applies them
+    with `ops.call`: on arrays that is their forward, the fast code above, and
+    when the backward pass records (`create_graph`) they go on the tape. Each is
+    bilinear, and each one's vjp is made of conv2d and the other (as PyTorch's
+    double backward for convolution), so the three close under
+    differentiation: $\partial^2 f/\partial X^2$ and $\partial^2 f/\partial W^2$
+    come only through what follows the convolution, and the mixed term
+    $\partial^2/\partial X\,\partial W$ through these ops. The bias gradient is a
+    sum, written with methods that Tensors have too.
     """
 
     name = "conv2d"
@@ -598,6 +630,13 @@ class MaxPool2d(Op):
     of each stage (first along the row, then the first row): that is the
     row-major first arg-max, and the backward pass undoes the two stages in
     reverse, each a selection.
+
+    *Second order.* The routing (which element of each window is the maximum,
+    `MaxRouting`) is piecewise constant in $X$, like [max](#max)'s: the vjp is
+    the [max_pool2d_scatter](#max_pool2d_scatter) of $G$ by that constant
+    routing, linear in $G$. Differentiating it again gives the
+    [max_pool2d_gather](#max_pool2d_gather) for $G$ and $0$ for $X$, exact
+    everywhere but at ties, where max pooling is not differentiable anyway.
     """
 
     name = "max_pool2d"
@@ -799,6 +838,11 @@ class AvgPool2d(Op):
     it (overlaps add, padding positions are dropped). Like the max, the sum is
     taken separably, along the width and then the height, and spread back in
     reverse.
+
+    *Second order.* The op is linear, and so is its vjp: the spread is the op
+    [avg_pool2d_input_grad](#avg_pool2d_input_grad) (the adjoint, a transposed
+    pooling), whose own vjp is avg_pool2d. Differentiating the gradient again
+    therefore gives avg_pool2d for $G$ and $0$ for $X$.
     """
 
     name = "avg_pool2d"
@@ -913,14 +957,17 @@ class AvgPool2dInputGrad(Op):
 
 
 def _channels_last_2d(x: Array) -> Array:
-    """``(N, C, *S)`` as a C-contiguous ``(N, prod(S) * C)`` matrix, channels fastest."""
-    return np.ascontiguousarray(np.moveaxis(x, 1, -1)).reshape(x.shape[0], -1)
+    """``(N, C, *S)`` as a C-contiguous ``(N, prod(S) * C)`` matrix, channels fastest.
+
+    A view when ``x`` is channels-last in memory; otherwise the reshape copies.
+    """
+    return x.transpose((0, *range(2, x.ndim), 1)).reshape(x.shape[0], -1)
 
 
 def _back_to(y2: Array, like: tuple[int, ...]) -> Array:
     """Inverse of :func:`_channels_last_2d` for an input of shape ``like`` (a view)."""
     n, c, *rest = like
-    return np.moveaxis(y2.reshape(n, *rest, c), -1, 1)
+    return y2.reshape(n, *rest, c).transpose((0, len(like) - 1, *range(1, len(like) - 1)))
 
 
 def _update_running(
@@ -1004,6 +1051,17 @@ class BatchNorm(Op):
     Treating the batch statistics as constants in training mode gives that
     eval formula, the classic mistake; it is wrong, since every $x$ moves
     $\mu$ and $\sigma^2$.
+
+    *Second order.* The vjp is written with element-wise products and
+    per-channel sums (methods and ops that Tensors have too), on the saved
+    $x - \mu$ and $1/s$. Those are computed from $x$, so when the backward pass
+    records (`create_graph`), `on_tape` recomputes them from the input Tensor
+    with the same ops: the gradient's own dependence on $x$ through $\mu$ and
+    $\sigma^2$ is then differentiated as well, which is what makes batch norm's
+    Hessian differ from an affine map's. The running statistics are updated by
+    the forward pass only; the recorded backward pass never touches them. In
+    eval mode the op is affine in $x$: the gradient $\gamma g / s$ depends on
+    $g$ and $\gamma$ only, and the second derivatives are the mixed ones.
     """
 
     name = "batch_norm"
@@ -1047,7 +1105,7 @@ class BatchNorm(Op):
             y = xc * _tiled(gamma * inv, reps)
             if running_mean is not None and running_var is not None:
                 _update_running(running_mean, running_var, mean, var, m, momentum)
-            saved: Any = (True, xc, inv, gamma, reps, x.shape)
+            saved: Any = (True, xc, inv, gamma, reps, x.shape, eps)
         else:
             if running_mean is None or running_var is None:
                 raise ConfigError("batch_norm in eval mode needs running_mean and running_var")
@@ -1060,12 +1118,25 @@ class BatchNorm(Op):
         return _back_to(y, x.shape), saved
 
     @staticmethod
+    def on_tape(saved: Any, inputs: tuple[Any, ...], out: Any) -> Any:
+        """The saved statistics recomputed from the input Tensors, so that they are differentiated."""
+        training, _, inv, _, reps, shape, extra = saved
+        x, gamma = inputs[:2]
+        x2 = _channels_last_2d(x)
+        if training:
+            c, m = shape[1], x2.shape[0] * reps
+            xc = x2 - _tiled(_per_channel_sum(x2, c) / m, reps)
+            inv = (_per_channel_sum(xc * xc, c) / m + extra) ** -0.5
+            return training, xc, inv, gamma, reps, shape, extra
+        return training, x2, inv, gamma, reps, shape, extra
+
+    @staticmethod
     def vjp(saved: Any, g: Array, needs: tuple[bool, ...] = (True, True, True)) -> Grads:
         training, xs, inv, gamma, reps, shape = saved[:6]
         c = shape[1]
         g2 = _channels_last_2d(g)
         sum_g = _per_channel_sum(g2, c)
-        sum_gx = _per_channel_dot(g2, xs, c)  # xs is x - mean (training) or x (eval)
+        sum_gx = _per_channel_sum(g2 * xs, c)  # xs is x - mean (training) or x (eval)
         if training:
             m = g2.shape[0] * reps
             gamma_hat = sum_gx * inv  # sum(g * x_hat)
@@ -1076,12 +1147,12 @@ class BatchNorm(Op):
                 gx -= _tiled(k * sum_g / m, reps)
                 gx -= xs * _tiled(k * inv * gamma_hat / m, reps)
         else:
-            running_mean = saved[6]
+            running_mean = saved[6].astype(xs.dtype, copy=False)  # a constant
             gamma_hat = (sum_gx - running_mean * sum_g) * inv
             gx = g2 * _tiled(gamma * inv, reps) if needs[0] else None
         return (
             None if gx is None else _back_to(gx, shape),
-            gamma_hat.astype(g.dtype, copy=False) if needs[1] else None,
+            gamma_hat if needs[1] else None,
             sum_g if needs[2] else None,
         )
 
