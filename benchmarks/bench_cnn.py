@@ -140,6 +140,95 @@ def torch_step(torch, name: str, x: np.ndarray, y: np.ndarray) -> Callable[[], N
     return step
 
 
+# The NumPy autodiff peers: the "small" network only, each as close to the others as its
+# library allows. They are never dependencies of npgrad: install them in a separate venv.
+PEERS = {"dezero": "DeZero", "mygrad": "MyGrad"}
+PEER_INSTALL = {"dezero": "pip install dezero matplotlib", "mygrad": "pip install mygrad"}
+
+
+def import_peer(module: str):  # noqa: ANN201
+    """The peer's module, or None when it is missing or does not import."""
+    import importlib
+
+    # DeZero 0.0.13 (2020) uses np.int, gone since NumPy 1.24, in a default argument
+    # evaluated at import; the alias exists only while it imports.
+    shim = module == "dezero" and "int" not in np.__dict__
+    if shim:
+        np.int = int
+    try:
+        return importlib.import_module(module)
+    except Exception:  # a broken peer (old code, new NumPy) is skipped, never fatal
+        return None
+    finally:
+        if shim:
+            del np.int
+
+
+def peer_version(module: str) -> str:
+    from importlib.metadata import version
+
+    return version(module)
+
+
+def dezero_step(dezero, x: np.ndarray, y: np.ndarray) -> tuple[Callable[[], None], str]:  # noqa: ANN001
+    F, L = dezero.functions, dezero.layers
+    np.random.seed(0)  # DeZero initialises from NumPy's global generator
+    model = dezero.models.Sequential(
+        L.Conv2d(16, 3, pad=1, in_channels=1), L.BatchNorm(), F.relu,
+        lambda h: F.pooling(h, 2, stride=2),
+        L.Conv2d(32, 3, pad=1, in_channels=16), L.BatchNorm(), F.relu,
+        lambda h: F.pooling(h, 2, stride=2),
+        F.flatten, L.Linear(10, in_size=1568),
+    )  # fmt: skip
+    for p in model.params():
+        if p.data is not None:  # under NumPy 2 DeZero's init scale promotes them to float64
+            p.data = p.data.astype(np.float32)
+    opt = dezero.optimizers.Adam(LR).setup(model)
+
+    def step() -> None:
+        model.cleargrads()
+        loss = F.softmax_cross_entropy(model(x), y)
+        loss.backward()
+        opt.update()
+
+    return step, "Adam; batch norm eps 2e-5 (DeZero's)"
+
+
+def mygrad_step(mg, x: np.ndarray, y: np.ndarray) -> tuple[Callable[[], None], str]:  # noqa: ANN001
+    from mygrad.nnet import batchnorm, conv_nd, max_pool, relu, softmax_crossentropy
+
+    rng = np.random.default_rng(0)
+
+    def param(*shape: int, fan_in: int = 0) -> object:
+        scale = np.sqrt(2 / fan_in) if fan_in else 0.0
+        return mg.Tensor((rng.standard_normal(shape) * scale).astype(np.float32))
+
+    def ones(n: int) -> object:
+        return mg.Tensor(np.ones(n, np.float32))
+
+    w1, b1, g1, c1 = param(16, 1, 3, 3, fan_in=9), param(16), ones(16), param(16)
+    w2, b2, g2, c2 = param(32, 16, 3, 3, fan_in=144), param(32), ones(32), param(32)
+    w3, b3 = param(1568, 10, fan_in=1568), param(10)
+    params = [w1, b1, g1, c1, w2, b2, g2, c2, w3, b3]
+
+    def block(h, w, b, gamma, beta):  # noqa: ANN001, ANN202
+        h = conv_nd(h, w, stride=1, padding=1) + b.reshape(1, -1, 1, 1)
+        h = relu(batchnorm(h, gamma=gamma, beta=beta, eps=1e-5))
+        return max_pool(h, (2, 2), 2)
+
+    def step() -> None:
+        h = block(block(x, w1, b1, g1, c1), w2, b2, g2, c2)
+        loss = softmax_crossentropy(h.reshape(len(x), -1) @ w3 + b3, y)
+        loss.backward()  # sets each parameter's .grad and frees the graph
+        for p in params:
+            p.data -= LR * p.grad
+
+    return step, "plain SGD (MyGrad has no optimizers); batch norm without running statistics"
+
+
+PEER_STEPS = {"dezero": dezero_step, "mygrad": mygrad_step}
+
+
 def samples_per_second(step: Callable[[], None], steps: int, batch: int) -> float:
     t = time.perf_counter()
     for _ in range(steps):
@@ -166,6 +255,20 @@ def peak_gflops() -> float:
     return best
 
 
+def load_peers(args: argparse.Namespace) -> tuple[dict, list[dict]]:
+    """The importable peers by module name, and a row for each missing one."""
+    if not args.peers or "small" not in args.networks:
+        return {}, []
+    found, missing = {}, []
+    for module, label in PEERS.items():
+        lib = import_peer(module)
+        if lib is None:
+            missing.append({"network": "small", "peer": label, "missing": module})
+        else:
+            found[module] = lib
+    return found, missing
+
+
 def run(args: argparse.Namespace) -> list[dict]:
     import torch
 
@@ -175,39 +278,59 @@ def run(args: argparse.Namespace) -> list[dict]:
     rng = np.random.default_rng(0)
     x = rng.random((args.batch, 1, 28, 28), dtype=np.float32)
     y = rng.integers(0, 10, args.batch)
+    peers, missing = load_peers(args)
+    rows, peer_rows = [], []
     peak = peak_gflops()
-    rows = []
     for name in args.networks:
+        # contestant -> (step, steps per round); the peers are slow, so they get fewer steps
         contestants = {
-            "npgrad": npgrad_step(name, x, y),
-            "pytorch": torch_step(torch, name, x, y),
+            "npgrad": (npgrad_step(name, x, y), args.steps),
+            "pytorch": (torch_step(torch, name, x, y), args.steps),
         }
-        for step in contestants.values():
-            for _ in range(args.warmup):
+        notes = {}
+        if name == "small":
+            for module, lib in peers.items():
+                step, notes[module] = PEER_STEPS[module](lib, x, y)
+                contestants[module] = (step, args.peer_steps)
+        for k, (step, _) in contestants.items():
+            for _ in range(args.warmup if k in ("npgrad", "pytorch") else 1):
                 step()
         speeds: dict[str, list[float]] = {k: [] for k in contestants}
-        ratios = []
+        ratios: dict[str, list[float]] = {k: [] for k in contestants}
         for r in range(args.rounds):
             order = list(contestants) if r % 2 == 0 else list(reversed(contestants))
             got = {}
             for k in order:
                 time.sleep(args.pause)
-                got[k] = samples_per_second(contestants[k], args.steps, args.batch)
+                got[k] = samples_per_second(contestants[k][0], contestants[k][1], args.batch)
                 speeds[k].append(got[k])
-            ratios.append(got["npgrad"] / got["pytorch"])
+            for k in contestants:
+                ratios[k].append(got[k] / got["pytorch"])
         np_speed = statistics.median(speeds["npgrad"])
         rows.append(
             {
                 "network": name,
                 "npgrad": np_speed,
                 "pytorch": statistics.median(speeds["pytorch"]),
-                "ratio": statistics.median(ratios),
-                "ratio_range": (min(ratios), max(ratios)),
-                "peak_mb": peak_memory_mb(contestants["npgrad"]),
+                "ratio": statistics.median(ratios["npgrad"]),
+                "ratio_range": (min(ratios["npgrad"]), max(ratios["npgrad"])),
+                "peak_mb": peak_memory_mb(contestants["npgrad"][0]),
                 "roofline": np_speed * gemm_flops_per_sample(name) / 1e9 / peak,
             }
         )
-    return rows
+        for module in notes:  # the peers that ran on this network
+            peer_rows.append(
+                {
+                    "network": name,
+                    "peer": f"{PEERS[module]} {peer_version(module)}",
+                    "speed": statistics.median(speeds[module]),
+                    "ratio": statistics.median(ratios[module]),
+                    "ratio_range": (min(ratios[module]), max(ratios[module])),
+                    "steps": args.rounds * args.peer_steps,
+                    "note": notes[module],
+                }
+            )
+    return rows + peer_rows + missing
 
 
 def table(rows: list[dict], args: argparse.Namespace) -> str:
@@ -220,12 +343,37 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
+        if "peer" in r:
+            continue
         lo, hi = r["ratio_range"]
         lines.append(
             f"| {r['network']} | {r['npgrad']:,.0f} | {r['pytorch']:,.0f} | "
             f"**{r['ratio']:.2f}x** ({lo:.2f}-{hi:.2f}) | {r['peak_mb']:.0f} MiB | "
             f"{100 * r['roofline']:.0f}% |"
         )
+    peers = [r for r in rows if "peer" in r and not r.get("missing")]
+    if peers:
+        lines += [
+            "",
+            f"NumPy autodiff peers, timed in the same rounds ({args.peer_steps} "
+            f"step{'s' if args.peer_steps != 1 else ''} a round each; "
+            "ratio to PyTorch's samples/s in the same round):",
+            "",
+            "| network | samples/s | ratio to PyTorch (min-max) | steps timed | as built |",
+            "|---|---|---|---|---|",
+        ]
+        for r in peers:
+            lo, hi = r["ratio_range"]
+            lines.append(
+                f"| {r['network']} ({r['peer']}) | {r['speed']:,.0f} | "
+                f"**{r['ratio']:.3f}x** ({lo:.3f}-{hi:.3f}) | {r['steps']} | {r['note']} |"
+            )
+    for r in rows:
+        if r.get("missing"):
+            lines.append(
+                f"\n{r['peer']} is not installed, so it has no row: `{PEER_INSTALL[r['missing']]}` "
+                "in a separate venv (never in npgrad's) adds it."
+            )
     return "\n".join(lines)
 
 
@@ -253,6 +401,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--pause", type=float, default=0.5, help="seconds between contestants")
     parser.add_argument("--tiny", action="store_true", help="seconds: 1 round, 2 steps, batch 16")
+    parser.add_argument(
+        "--peers",
+        action=argparse.BooleanOptionalAction,
+        help="time DeZero and MyGrad on the small network where installed "
+        "(default: on, off with --tiny)",
+    )
+    parser.add_argument(
+        "--peer-steps", type=int, default=2, help="training steps per round for each peer"
+    )
     parser.add_argument("--profile", choices=sorted(SHAPES), help="profile npgrad instead")
     parser.add_argument(
         "--default-malloc", action="store_true", help="leave glibc's malloc thresholds alone"
@@ -261,6 +418,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.tiny:
         args.rounds, args.steps, args.warmup, args.batch, args.pause = 1, 2, 1, 16, 0.0
+        args.peer_steps = 1
+    if args.peers is None:
+        args.peers = not args.tiny
     if args.profile:
         profile(args.profile, args.batch, args.steps)
         return

@@ -1,5 +1,7 @@
 """The benchmark scripts run (tiny sizes), so they never rot. No timing assertions."""
 
+import pytest
+
 from benchmarks import bench_accuracy, bench_cnn, bench_speed
 
 
@@ -30,3 +32,26 @@ def test_cnn_benchmark_runs(capsys, torch):
     bench_cnn.main(["--tiny"])
     out = capsys.readouterr().out
     assert "| small |" in out and "| lenet |" in out and "npgrad peak memory" in out
+    assert "DeZero" not in out and "MyGrad" not in out  # --tiny leaves the peers out
+
+
+def test_cnn_benchmark_peer_rows(capsys, torch):
+    # The peers live in a separate benchmark venv, never in npgrad's dependencies.
+    found = [m for m in bench_cnn.PEERS if bench_cnn.import_peer(m) is not None]
+    if not found:
+        pytest.skip("neither DeZero nor MyGrad importable (pip install them in .venv-bench)")
+    bench_cnn.main(["--tiny", "--peers", "--networks", "small"])
+    out = capsys.readouterr().out
+    for module in found:
+        label, version = bench_cnn.PEERS[module], bench_cnn.peer_version(module)
+        assert f"| small ({label} {version}) |" in out
+    assert "NumPy autodiff peers" in out
+
+
+def test_cnn_benchmark_missing_peers_named(capsys, torch, monkeypatch):
+    monkeypatch.setattr(bench_cnn, "import_peer", lambda module: None)
+    bench_cnn.main(["--tiny", "--peers", "--networks", "small"])
+    out = capsys.readouterr().out
+    assert "| small |" in out and "NumPy autodiff peers" not in out
+    for module, label in bench_cnn.PEERS.items():
+        assert f"{label} is not installed" in out and bench_cnn.PEER_INSTALL[module] in out
