@@ -47,14 +47,10 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import http.client
 import os
 import sys
 import tempfile
 import textwrap
-import urllib.error
-import urllib.parse
-import urllib.request
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -496,6 +492,8 @@ def _open_source(mirror: str, filename: str, timeout: float) -> tuple[IO[bytes],
         local = Path(mirror.removeprefix("file://")).expanduser() / filename
         f = open(local, "rb")  # noqa: SIM115 - closed by the caller
         return f, local.stat().st_size
+    import urllib.request  # the network stack loads only when something is downloaded
+
     url = mirror if mirror.endswith("/") else mirror + "/"
     req = urllib.request.Request(url + filename, headers={"User-Agent": "npgrad"})
     resp = urllib.request.urlopen(req, timeout=timeout)  # noqa: S310 - http(s) only
@@ -518,6 +516,9 @@ def download_file(
     A failing or corrupt mirror is reported through ``log`` and the next is
     tried. Nothing partial is left behind, even on Ctrl-C.
     """
+    import http.client
+    import urllib.error
+
     log = log or (lambda msg: print(msg, file=sys.stderr))
     dest_dir = Path(dest_dir)
     dest = dest_dir / spec.name
@@ -790,8 +791,10 @@ def load_dataset(
                 return ds
             attempts += more
         except DownloadError as exc:
+            from urllib.parse import urlsplit
+
             failed = "download failed from every mirror: " + ", ".join(
-                f"{urllib.parse.urlsplit(m).netloc or m} ({r})" for m, r in exc.failures
+                f"{urlsplit(m).netloc or m} ({r})" for m, r in exc.failures
             )
         except DatasetError as exc:
             failed = f"download failed: {exc}"
