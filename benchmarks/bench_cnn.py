@@ -17,9 +17,18 @@ per-round ratios. Both run with glibc told to keep freed memory
 network's GEMM FLOPs per second over the peak of a large float32 GEMM measured
 in the same run.
 
+The NumPy autodiff libraries with convolution, DeZero and MyGrad, run the small
+network in the same rounds as extra rows, where they import; each is timed for
+only ``--peer-steps`` steps a round, being much slower. They are never npgrad's
+dependencies: install them beside torch in a separate venv,
+
+    python3 -m venv .venv-bench && . .venv-bench/bin/activate
+    pip install torch==2.13.0 && pip install -e . dezero matplotlib mygrad
+
     python benchmarks/bench_cnn.py                # the table (a minute or two)
     python benchmarks/bench_cnn.py --profile small  # where npgrad's time goes
-    python benchmarks/bench_cnn.py --tiny         # seconds; a smoke test
+    python benchmarks/bench_cnn.py --tiny         # seconds; a smoke test (no peers)
+    python benchmarks/bench_cnn.py --no-peers     # npgrad and PyTorch only
 """
 
 from __future__ import annotations
