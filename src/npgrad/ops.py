@@ -137,7 +137,7 @@ class Op:
 def _replace(saved: Any, tensors: dict[int, Any]) -> Any:
     if isinstance(saved, tuple):
         return tuple(_replace(s, tensors) for s in saved)
-    if isinstance(saved, np.ndarray):
+    if isinstance(saved, (np.ndarray, np.generic)):  # a 0-d result can be a NumPy scalar
         return tensors.get(id(saved), saved)
     return saved
 
