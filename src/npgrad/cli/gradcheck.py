@@ -32,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
         order=args.order,
     )
     bwd = "torch bwd" if args.order == 1 else "torch 2nd"
-    header = f"{'op':<14} {'case':<42} {'numeric abs err':>15} {'torch fwd':>10} {bwd:>10}  result"
+    w = max([len("op"), *(len(r.op) for r in results)])  # the longest op name sets the column
+    header = f"{'op':<{w}} {'case':<42} {'numeric abs err':>15} {'torch fwd':>10} {bwd:>10}  result"
     print(header)
     print("-" * len(header))
 
@@ -41,16 +42,16 @@ def run(args: argparse.Namespace) -> int:
 
     for r in results:
         if r.skipped:
-            print(f"{r.op:<14} skipped: {r.skipped}")
+            print(f"{r.op:<{w}} skipped: {r.skipped}")
             continue
         numeric = "-" if r.numeric is None else f"{r.numeric.max_abs_error:.1e}"
         print(
-            f"{r.op:<14} {r.label[:42]:<42} {numeric:>15} "
+            f"{r.op:<{w}} {r.label[:42]:<42} {numeric:>15} "
             f"{fmt(r.torch_forward_error):>10} {fmt(r.torch_backward_error):>10}  "
             f"{'ok' if r.passed else 'FAIL'}"
         )
         if r.error:
-            print(f"{'':<14} {r.error}")
+            print(f"{'':<{w}} {r.error}")
     checked = [r for r in results if not r.skipped]
     failed = [r for r in checked if not r.passed]
     ops = len({r.op for r in checked})
