@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     torch_note = (
         f"and against PyTorch autograd (relative tolerance {TORCH_RTOL:g})"
         if use_torch
-        else "(PyTorch not installed: numerical checks only)"
+        else f"({'--no-torch' if args.no_torch else 'PyTorch not installed'}: numerical checks only)"
     )
     print(
         f"\n{len(checked) - len(failed)}/{len(checked)} cases of {ops} ops passed{what}, "
