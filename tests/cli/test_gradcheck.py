@@ -39,7 +39,7 @@ def test_order_2_checks_second_derivatives_numerically(capsys):
     )
     assert code == 0, err
     assert "torch 2nd" in out and "\ntanh " in out and "\nmax " in out
-    assert "6/6 cases of 2 ops passed (second order), numerically (PyTorch" in out
+    assert "6/6 cases of 2 ops passed (second order), numerically (--no-torch: numerical" in out
 
 
 def test_order_2_compares_with_torch_double_backward(capsys, torch):
@@ -66,7 +66,7 @@ def test_order_2_skips_and_names_an_op_whose_vjp_is_numpy_only(monkeypatch, caps
         capsys, "gradcheck", "--order", "2", "--op", "exp", "--op", "neg", "--no-torch"
     )
     assert code == 0
-    assert "exp            skipped: its vjp computes on NumPy arrays only" in out
+    assert "exp skipped: its vjp computes on NumPy arrays only" in out
     assert "3/3 cases of 1 ops passed" in out and "skipped (vjp not differentiable): exp" in out
 
 
