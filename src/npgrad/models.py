@@ -48,8 +48,14 @@ class NetModel:
 
     kind = ""
 
-    def __init__(self, cfg: Any, image_shape: tuple[int, ...], classes: int,
-                 steps_per_epoch: int, rng: np.random.Generator) -> None:  # fmt: skip
+    def __init__(
+        self,
+        cfg: Any,
+        image_shape: tuple[int, ...],
+        classes: int,
+        steps_per_epoch: int,
+        rng: np.random.Generator,
+    ) -> None:
         self.cfg = cfg
         self.image_shape = tuple(int(n) for n in image_shape)
         self.net = self.build(cfg, self.image_shape, classes, np.random.default_rng(cfg.seed))
@@ -61,14 +67,20 @@ class NetModel:
             self.opt: optim.Optimizer = cls(params, cfg.lr, weight_decay=cfg.weight_decay)
         else:
             momentum = 0.0 if name == "sgd" else cfg.momentum
-            self.opt = optim.SGD(params, cfg.lr, momentum=momentum, nesterov=name == "nesterov",
-                                 weight_decay=cfg.weight_decay)  # fmt: skip
+            self.opt = optim.SGD(
+                params,
+                cfg.lr,
+                momentum=momentum,
+                nesterov=name == "nesterov",
+                weight_decay=cfg.weight_decay,
+            )
         steps_total = steps_per_epoch * max(cfg.epochs, 1)
         warmup = int(cfg.warmup_epochs * steps_per_epoch)
         self.schedule = optim.make_schedule(cfg.schedule, cfg.lr, steps_total, warmup)
 
-    def build(self, cfg: Any, image_shape: tuple[int, ...], classes: int,
-              init: np.random.Generator) -> nn.Module:  # fmt: skip
+    def build(
+        self, cfg: Any, image_shape: tuple[int, ...], classes: int, init: np.random.Generator
+    ) -> nn.Module:
         raise NotImplementedError
 
     def inputs(self, x: np.ndarray) -> Tensor:
@@ -120,11 +132,17 @@ class MLPModel(NetModel):
 
     kind = "mlp"
 
-    def build(self, cfg: Any, image_shape: tuple[int, ...], classes: int,
-              init: np.random.Generator) -> nn.Module:  # fmt: skip
-        return nn.MLP([int(np.prod(image_shape)), *cfg.hidden, classes],
-                      activation=cfg.activation, dropout=cfg.dropout, init=cfg.init, rng=init,
-                      dtype=np.dtype(cfg.dtype))  # fmt: skip
+    def build(
+        self, cfg: Any, image_shape: tuple[int, ...], classes: int, init: np.random.Generator
+    ) -> nn.Module:
+        return nn.MLP(
+            [int(np.prod(image_shape)), *cfg.hidden, classes],
+            activation=cfg.activation,
+            dropout=cfg.dropout,
+            init=cfg.init,
+            rng=init,
+            dtype=np.dtype(cfg.dtype),
+        )
 
     def describe(self) -> str:
         sizes = "-".join(str(s) for s in self.net.sizes)
@@ -138,17 +156,29 @@ class CNNModel(NetModel):
 
     kind = "cnn"
 
-    def build(self, cfg: Any, image_shape: tuple[int, ...], classes: int,
-              init: np.random.Generator) -> nn.Module:  # fmt: skip
+    def build(
+        self, cfg: Any, image_shape: tuple[int, ...], classes: int, init: np.random.Generator
+    ) -> nn.Module:
         dtype = np.dtype(cfg.dtype)
         act = nn.ACTIVATIONS[cfg.activation]
         h, w = image_shape
         layers: list[nn.Module] = []
         c_in = 1
         for c in cfg.channels:
-            layers += [nn.Conv2d(c_in, c, cfg.kernel, padding=cfg.kernel // 2, bias=False,
-                                 init=cfg.init, rng=init, dtype=dtype),
-                       nn.BatchNorm2d(c, dtype=dtype), act()]  # fmt: skip
+            layers += [
+                nn.Conv2d(
+                    c_in,
+                    c,
+                    cfg.kernel,
+                    padding=cfg.kernel // 2,
+                    bias=False,
+                    init=cfg.init,
+                    rng=init,
+                    dtype=dtype,
+                ),
+                nn.BatchNorm2d(c, dtype=dtype),
+                act(),
+            ]
             if min(h, w) >= 2:
                 layers.append(nn.MaxPool2d(2))
                 h, w = h // 2, w // 2
@@ -156,8 +186,14 @@ class CNNModel(NetModel):
         layers.append(nn.Flatten())
         if cfg.dropout > 0:
             layers.append(nn.Dropout(cfg.dropout, rng=init))
-        head = nn.MLP([c_in * h * w, *cfg.hidden, classes], activation=cfg.activation,
-                      dropout=cfg.dropout, init=cfg.init, rng=init, dtype=dtype)  # fmt: skip
+        head = nn.MLP(
+            [c_in * h * w, *cfg.hidden, classes],
+            activation=cfg.activation,
+            dropout=cfg.dropout,
+            init=cfg.init,
+            rng=init,
+            dtype=dtype,
+        )
         return nn.Sequential(*layers, *head.layers)
 
     def inputs(self, x: np.ndarray) -> Tensor:
@@ -168,8 +204,10 @@ class CNNModel(NetModel):
             f"conv{self.cfg.kernel}x{self.cfg.kernel}({c})" for c in self.cfg.channels
         )
         head = "-".join(str(s) for s in [*self.cfg.hidden, "out"])
-        return (f"CNN {blocks} with batch norm and pooling, head {head} "
-                f"({self.net.num_parameters():,} parameters), {self.cfg.optimizer}")  # fmt: skip
+        return (
+            f"CNN {blocks} with batch norm and pooling, head {head} "
+            f"({self.net.num_parameters():,} parameters), {self.cfg.optimizer}"
+        )
 
 
 class ExerciseModel:

@@ -14,8 +14,10 @@ def cmd_data_list(args: argparse.Namespace) -> int:
     for name in NAMES:
         ds, attempts = locate(name, args.data_dir)
         if ds is not None:
-            print(f"{name:<14} found  {ds.source}  ({len(ds.train_labels)} train, "
-                  f"{len(ds.test_labels)} test, {ds.image_shape[0]}x{ds.image_shape[1]})")  # fmt: skip
+            print(
+                f"{name:<14} found  {ds.source}  ({len(ds.train_labels)} train, "
+                f"{len(ds.test_labels)} test, {ds.image_shape[0]}x{ds.image_shape[1]})"
+            )
         else:
             print(f"{name:<14} not found: 'npgrad data fetch {name}' downloads it")
             for a in attempts:

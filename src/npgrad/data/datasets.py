@@ -68,8 +68,12 @@ from ..errors import (
 from ..fileio import atomic_write
 from .idx import idx_header, read_idx
 
-FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-         "t10k-labels-idx1-ubyte")  # fmt: skip
+FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 
 
 @dataclass(frozen=True)
@@ -196,8 +200,10 @@ class Dataset:
         (and over the pixels unless they are bytes with ``pixel_max >= 255``).
         """
         f = self.files
-        splits = ((self.train_images, self.train_labels, f[0], f[1], "training"),
-                  (self.test_images, self.test_labels, f[2], f[3], "test"))  # fmt: skip
+        splits = (
+            (self.train_images, self.train_labels, f[0], f[1], "training"),
+            (self.test_images, self.test_labels, f[2], f[3], "test"),
+        )
         for images, labels, fi, fl, split in splits:
             if np.ndim(images) != 3:
                 raise DatasetContentError(
@@ -434,8 +440,9 @@ def _assemble(
         if num_classes is None and trl.ndim == 1 and trl.size:
             num_classes = _infer_classes(trl, files[1])
         classes = tuple(str(i) for i in range(2 if num_classes is None else num_classes))
-    ds = Dataset(name, tri, trl, tei, tel, source, classes=classes, family=family,
-                 files=tuple(files))  # fmt: skip
+    ds = Dataset(
+        name, tri, trl, tei, tel, source, classes=classes, family=family, files=tuple(files)
+    )
     # widened once validated, so that a bad dtype is reported as it was stored
     ds.train_labels, ds.test_labels = trl.astype(np.int64), tel.astype(np.int64)
     return ds
@@ -471,9 +478,16 @@ def digits() -> Dataset:
     raw = resources.files("npgrad.data").joinpath("digits.csv.gz").read_bytes()
     table = np.loadtxt(gzip.decompress(raw).decode().splitlines(), delimiter=",", dtype=np.uint8)
     images, labels = table[:, :64].reshape(-1, 8, 8), table[:, 64].astype(np.int64)
-    return Dataset("digits", images[:1437], labels[:1437], images[1437:], labels[1437:],
-                   source="embedded in npgrad (UCI ML digits, CC BY 4.0)", pixel_max=16.0,
-                   family="digits")  # fmt: skip
+    return Dataset(
+        "digits",
+        images[:1437],
+        labels[:1437],
+        images[1437:],
+        labels[1437:],
+        source="embedded in npgrad (UCI ML digits, CC BY 4.0)",
+        pixel_max=16.0,
+        family="digits",
+    )
 
 
 # --------------------------------------------------------------------------- download
@@ -561,8 +575,14 @@ def wrap(text: str, width: int = 100) -> str:
     For the continuation lines of a long message: its first line says what went
     wrong, these say the details.
     """
-    return textwrap.fill(text, width, initial_indent="  ", subsequent_indent="    ",
-                         break_long_words=False, break_on_hyphens=False)  # fmt: skip
+    return textwrap.fill(
+        text,
+        width,
+        initial_indent="  ",
+        subsequent_indent="    ",
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
 
 
 def _writable_dir(directory: Path) -> None:
@@ -676,8 +696,9 @@ def locate(
             if not _holds_idx_files(directory):
                 attempts.append(Attempt(where, "does not hold all four files"))
                 return None
-            ds = _load_idx_dir(directory, key, spec if verify else None, f"{label}: {directory}",
-                               num_classes)  # fmt: skip
+            ds = _load_idx_dir(
+                directory, key, spec if verify else None, f"{label}: {directory}", num_classes
+            )
         except DatasetError as exc:
             attempts.append(Attempt(where, str(exc)))
             return None
