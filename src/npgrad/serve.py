@@ -286,6 +286,12 @@ class _Server(ThreadingHTTPServer):
     page: bytes
     verbose: bool
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hangs up mid-request is its own business: no traceback on the
+        # terminal unless --verbose asks for the details.
+        if self.verbose:
+            super().handle_error(request, client_address)
+
 
 class _Server6(_Server):
     address_family = socket.AF_INET6
