@@ -126,7 +126,13 @@ def _per_channel_sum(a: Array, c: int) -> Array:
 
 
 def _per_channel_dot(a: Array, b: Array, c: int) -> Array:
-    """Per-channel sums of ``a * b`` (both C-contiguous, channels last), without a temporary."""
+    """Per-channel sums of ``a * b`` (both C-contiguous, channels last).
+
+    On arrays without a temporary (``einsum``); on Tensors, where the sum is
+    recorded, as the product and :func:`_per_channel_sum`: the same value.
+    """
+    if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)):
+        return _per_channel_sum(a * b, c)
     n = a.shape[0]
     return np.einsum("ij,ij->j", a.reshape(n, -1), b.reshape(n, -1)).reshape(-1, c).sum(axis=0)
 
@@ -357,6 +363,18 @@ class Conv2dInputGrad(Op):
     differentiated again: its forward is the fold described under
     [conv2d](#conv2d), npgrad's fast NumPy code.
 
+    **Stride 1: a convolution.** Entry $(h', i)$ of the fold lands on input row
+    $h = h' + i d_h - p_h$, so with $i' = k_h - 1 - i$ and $q_h = d_h(k_h-1) - p_h$,
+    $h' = h + i' d_h - q_h$: row $h$ reads $G$ at $h + i' d_h$ on $G$ padded by $q_h$
+    (likewise the width). Hence, when $q_h, q_w \ge 0$,
+
+    $$\mathcal{U}^*(G \bar W^T)_{n c h w} = \sum_{o, i', j'} \tilde W_{c o i' j'}\, G^{q}_{n,\, o,\, h + i' d_h,\, w + j' d_w},
+    \qquad \tilde W_{c o i' j'} = W_{o,\, c,\, k_h-1-i',\, k_w-1-j'},$$
+
+    the [conv2d](#conv2d) of $G$ with the kernel flipped and its channel axes
+    swapped, padding $q$, dilation $d$. npgrad computes it so: one product of
+    depth $k_h k_w O$ rather than $k_h k_w$ narrow ones and a fold.
+
     It is linear in $G$ and in $W$. Write $Z = \mathrm{conv}(\cdot, W)$ for the
     convolution without bias; the op is its adjoint, $\mathcal{A}_W(G) = Z^*(G)$,
     defined by $\mathrm{tr}\big(\mathcal{A}_W(G)^T X\big) = \mathrm{tr}\big(G^T \mathrm{conv}(X, W)\big)$
@@ -401,6 +419,13 @@ class Conv2dInputGrad(Op):
         sh, sw, ph, pw, dh, dw = _conv_geometry(
             "conv2d_input_grad", size, (kh, kw), (ho, wo), stride, padding, dilation
         )
+        geometry = {"stride": stride, "padding": padding, "dilation": dilation}
+        fh, fw = dh * (kh - 1) - ph, dw * (kw - 1) - pw
+        if sh == sw == 1 and min(fh, fw) >= 0:
+            # stride 1: a convolution of G with the kernel flipped, O and C swapped
+            flipped = w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]
+            gx = Conv2d.forward(g, flipped, padding=(fh, fw), dilation=(dh, dw))[0]
+            return gx, (g, w, geometry)
         g2 = np.ascontiguousarray(_nhwc(g)).reshape(-1, o)
         dtype = np.result_type(w, g)
         gxp = np.zeros((n, h + 2 * ph, wd + 2 * pw, c), dtype=dtype)
@@ -411,7 +436,6 @@ class Conv2dInputGrad(Op):
             # one product per kernel offset, so each offset's block comes out contiguous
             d = np.matmul(g2[s * rows : (s + step) * rows], wt).reshape(kh, kw, -1, ho, wo, c)
             _fold(gxp[s : s + step], d, sh, sw, dh, dw)
-        geometry = {"stride": stride, "padding": padding, "dilation": dilation}
         return _nchw(gxp[:, ph : ph + h, pw : pw + wd]), (g, w, geometry)
 
     @staticmethod
@@ -567,9 +591,12 @@ def _spread(g: Array, idx: Array | None, axis: int, taps: list[slice], size: int
     """
     shape = list(g.shape)
     shape[axis] = size
-    out = np.zeros(shape, dtype=g.dtype)
     extent = taps[-1].start - taps[0].start + 1
     disjoint = len(taps) == 1 or (taps[0].step or 1) >= extent
+    # windows that tile the axis exactly write every entry below: no zeros needed
+    step = taps[0].step or 1
+    tiled = step == extent == len(taps) and step * g.shape[axis] == size
+    out = (np.empty if tiled else np.zeros)(shape, dtype=g.dtype)
     for t, sl in enumerate(taps):
         dst = _along(out, axis, sl)
         if idx is None:
@@ -1136,7 +1163,7 @@ class BatchNorm(Op):
         c = shape[1]
         g2 = _channels_last_2d(g)
         sum_g = _per_channel_sum(g2, c)
-        sum_gx = _per_channel_sum(g2 * xs, c)  # xs is x - mean (training) or x (eval)
+        sum_gx = _per_channel_dot(g2, xs, c)  # xs is x - mean (training) or x (eval)
         if training:
             m = g2.shape[0] * reps
             gamma_hat = sum_gx * inv  # sum(g * x_hat)
