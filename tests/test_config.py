@@ -128,6 +128,9 @@ def test_resume_policy():
     assert resume_config(stored, {"lr": stored.lr}).lr == stored.lr
     with pytest.raises(ConfigError, match="--hidden cannot change when resuming"):
         resume_config(stored, {"hidden": [5]})
+    assert resume_config(stored, {"preset": "default"}) == stored
+    with pytest.raises(ConfigError, match="--preset cannot change when resuming"):
+        resume_config(stored, {"preset": "plain"})
 
 
 def test_config_round_trips_and_reads_older_checkpoints():

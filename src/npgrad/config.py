@@ -524,6 +524,13 @@ def resume_config(stored: Any, changes: Mapping[str, Any]) -> Any:
     for name, value in changes.items():
         if value is None:
             continue
+        if name == "preset":
+            if value != stored.preset:
+                raise ConfigError(
+                    f"--preset cannot change when resuming (the run was trained with "
+                    f"{stored.preset}); drop it, or start a new run with --out"
+                )
+            continue
         o = BY_NAME[name]
         stored_value = getattr(stored, name)
         if name == "dataset":

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -58,6 +59,7 @@ class Prepared:
     x_test: np.ndarray  # (N, D)
     y_test: np.ndarray
 
+    @functools.cached_property
     def fingerprint(self) -> str:
         """Identifies the dataset's content (labels and sizes), for resuming on the same data."""
         ds = self.dataset
@@ -68,13 +70,17 @@ class Prepared:
         return h.hexdigest()[:16]
 
 
-def prepare_data(cfg: Any, dataset: Dataset | None = None) -> Prepared:
+def prepare_data(cfg: Any, dataset: Dataset | None = None, train: bool = True) -> Prepared:
+    """The dataset as floats; ``train=False`` (evaluation) leaves the training split unconverted."""
     ds = dataset or load_dataset(cfg.dataset, data_dir=cfg.data_dir)
     dtype = np.dtype(cfg.dtype).type
-    x = to_float(ds.train_images, ds.pixel_max, dtype)
-    y = ds.train_labels
+    if train:
+        x = to_float(ds.train_images, ds.pixel_max, dtype)
+    else:
+        x = np.zeros((0, *ds.image_shape), dtype=dtype)
+    y = ds.train_labels if train else ds.train_labels[:0]
     xv = yv = None
-    if cfg.val_fraction:
+    if cfg.val_fraction and train:
         x, y, xv, yv = split_validation(x, y, cfg.val_fraction, cfg.seed)
         xv = xv.reshape(len(xv), -1)
     xt = to_float(ds.test_images, ds.pixel_max, dtype)
@@ -126,8 +132,7 @@ def evaluate_checkpoint(
         cfg.dataset = dataset
     if data_dir:
         cfg.data_dir = data_dir
-    cfg.val_fraction = 0.0  # evaluation uses the whole test set; no split needed
-    data = prepare_data(cfg)
+    data = prepare_data(cfg, train=False)
     if list(data.dataset.image_shape) != list(meta["image_shape"]):
         raise CheckpointError(
             f"the checkpoint expects {meta['image_shape']} images, {data.dataset.name} has "
@@ -293,7 +298,7 @@ class Trainer:
         cfg = resume_config(stored, changes or {})
         trainer = cls(cfg, out, dataset=dataset, **kwargs)
         stored = meta.get("dataset_fingerprint")
-        if stored is not None and stored != trainer.data.fingerprint():
+        if stored is not None and stored != trainer.data.fingerprint:
             raise ConfigError(
                 f"{trainer.data.dataset.name} is not the dataset this run was trained on "
                 f"({meta['config'].get('dataset')}); resume with that dataset or start a new run"
@@ -398,7 +403,7 @@ class Trainer:
             "classes": list(ds.classes),
             "image_shape": list(ds.image_shape),
             "pixel_max": ds.pixel_max,
-            "dataset_fingerprint": self.data.fingerprint(),
+            "dataset_fingerprint": self.data.fingerprint,
         }
         if partial is not None:
             meta["partial"] = partial
@@ -548,14 +553,8 @@ def open_run(
     dataset_name = str(options.get("dataset") or BY_NAME["dataset"].default)
     out = Path(out) if out is not None else default_out(dataset_name, preset or "default")
     if resume:
-        ckpt_path = out / CHECKPOINT
-        if preset is not None and ckpt_path.exists():
-            stored = config_from_dict(ckpt.load(ckpt_path)[2].get("config", {})).preset
-            if preset != stored:
-                raise ConfigError(
-                    f"--preset cannot change when resuming (the run was trained with "
-                    f"{stored}); drop it, or start a new run with --out"
-                )
+        if preset is not None:
+            options["preset"] = preset  # may be repeated, not changed (resume_config)
         return Trainer.resume(out, changes=options, **kwargs)
     ds = load_dataset(dataset_name, data_dir=options.get("data_dir"))
     cfg = make_config(preset or "default", family=getattr(ds, "family", None), **options)
