@@ -59,8 +59,10 @@ from collections.abc import Callable  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import npgrad  # noqa: E402
+from benchmarks.machine import describe  # noqa: E402
 from npgrad import nn, optim  # noqa: E402
 from npgrad.allocator import keep_freed_memory  # noqa: E402
 
@@ -344,6 +346,8 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 def table(rows: list[dict], args: argparse.Namespace) -> str:
     lines = [
+        f"Machine: {describe()}.",
+        "",
         f"batch {args.batch}, {args.threads} threads, Adam, {args.rounds} interleaved rounds "
         f"of {args.steps} steps (medians)" + (", default malloc" if args.default_malloc else ""),
         "",

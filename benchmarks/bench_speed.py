@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -41,6 +40,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import npgrad  # noqa: E402
+from benchmarks.machine import describe  # noqa: E402
 from npgrad import nn, optim  # noqa: E402
 from npgrad.config import make_config  # noqa: E402
 from npgrad.models import ExerciseModel  # noqa: E402
@@ -272,23 +272,6 @@ def peak_memory(sizes: list[int], x: np.ndarray, y: np.ndarray) -> dict:
 # --------------------------------------------------------------------------- report
 
 
-def machine() -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, NumPy {np.__version__}, "
-        f"PyTorch {torch.__version__} ({torch.get_num_threads()} threads)"
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -320,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "## Training throughput (one epoch, samples/second, float32 unless noted)",
         "",
-        f"Machine: {machine()}. Peak float32 GEMM measured in this run: {peak:.0f} GFLOP/s.",
+        f"Machine: {describe()}. Peak float32 GEMM measured in this run: {peak:.0f} GFLOP/s.",
         "",
         "| network | batch | npgrad | PyTorch | npgrad / PyTorch | NumPy by hand | exercise (float64) | npgrad % of roofline |",
         "|---|---|---|---|---|---|---|---|",

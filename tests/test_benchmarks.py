@@ -1,8 +1,10 @@
 """The benchmark scripts run (tiny sizes), so they never rot. No timing assertions."""
 
+import sys
+
 import pytest
 
-from benchmarks import bench_accuracy, bench_cnn, bench_speed
+from benchmarks import bench_accuracy, bench_cnn, bench_speed, machine
 
 
 def test_speed_benchmark_runs(capsys, torch):
@@ -33,6 +35,19 @@ def test_cnn_benchmark_runs(capsys, torch):
     out = capsys.readouterr().out
     assert "| small |" in out and "| lenet |" in out and "npgrad peak memory" in out
     assert "DeZero" not in out and "MyGrad" not in out  # --tiny leaves the peers out
+    assert out.startswith("Machine: ") and "PyTorch" in out.splitlines()[0]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="NumPy's wheels ship OpenBLAS on Linux")
+def test_machine_line_names_the_openblas_kernels_and_a_pin(monkeypatch, torch):
+    kernels = machine.openblas_kernels()
+    assert kernels and kernels.isprintable() and " " not in kernels.strip()
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    assert f"OpenBLAS {kernels} kernels (OPENBLAS_CORETYPE=Haswell in the environment)" in (
+        machine.describe()
+    )
+    monkeypatch.delenv("OPENBLAS_CORETYPE")
+    assert "OPENBLAS_CORETYPE" not in machine.describe()
 
 
 def test_cnn_benchmark_peer_rows(capsys, torch):

@@ -1,0 +1,66 @@
+"""One line naming the machine a benchmark ran on, for the head of its table.
+
+Ratios against PyTorch depend on the host more than timings suggest: PyTorch's
+oneDNN kernels use AVX-512 where the processor has it, while NumPy's OpenBLAS
+runs the kernels it detects, or the ones ``OPENBLAS_CORETYPE`` names (an
+environment may pin older ones). So the line says which OpenBLAS kernels ran.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+
+# the names NumPy's and other OpenBLAS builds give openblas_get_corename
+_CORENAME = ("scipy_openblas_get_corename64_", "openblas_get_corename64_", "openblas_get_corename")
+
+
+def openblas_kernels() -> str:
+    """The kernel set of the OpenBLAS NumPy loaded ("Haswell", "SkylakeX", ...), or ''."""
+    try:
+        maps = Path("/proc/self/maps").read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    paths = sorted({line.split()[-1] for line in maps if "openblas" in line.lower()})
+    for path in (p for p in paths if ".so" in os.path.basename(p)):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in _CORENAME:
+            fn = getattr(lib, name, None)
+            if fn is not None:
+                fn.restype = ctypes.c_char_p
+                return fn().decode(errors="replace")
+    return ""
+
+
+def describe() -> str:
+    import torch
+
+    cpu, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and cpu == (platform.processor() or platform.machine()):
+                cpu = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:
+        pass
+    vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else ""
+    kernels = openblas_kernels()
+    pinned = os.environ.get("OPENBLAS_CORETYPE")
+    blas = f"; OpenBLAS {kernels} kernels" if kernels else ""
+    if kernels and pinned:
+        blas += f" (OPENBLAS_CORETYPE={pinned} in the environment)"
+    return (
+        f"{cpu}{f' ({vector})' if vector else ''}, {os.cpu_count()} cores; "
+        f"Python {platform.python_version()}, NumPy {np.__version__}{blas}, "
+        f"PyTorch {torch.__version__} ({torch.get_num_threads()} threads)"
+    )
