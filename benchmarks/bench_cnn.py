@@ -128,10 +128,11 @@ def npgrad_step(name: str, x: np.ndarray, y: np.ndarray) -> Callable[[], None]:
     xt = npgrad.tensor(x)
 
     def step() -> None:
-        opt.zero_grad()
-        loss = npgrad.cross_entropy(net(xt), y)
-        loss.backward()
-        opt.step()
+        with npgrad.cpu.image_threads():  # as npgrad's cnn model trains
+            opt.zero_grad()
+            loss = npgrad.cross_entropy(net(xt), y)
+            loss.backward()
+            opt.step()
 
     return step
 

@@ -117,3 +117,42 @@ def test_cnn_refuses_options_it_does_not_know_of_and_mlp_refuses_cnn_options():
     with pytest.raises(ConfigError, match="--channels is not used by the mlp model"):
         make_config("default", channels=[8])
     assert make_config("cnn").model == "cnn"
+
+
+@pytest.mark.parametrize("kind", sorted(MODELS))
+def test_only_the_cnn_model_splits_its_image_ops_between_threads(kind, monkeypatch):
+    import contextlib
+
+    from npgrad import cpu
+
+    monkeypatch.setattr(cpu, "MIN_PART_BYTES", 1)  # the tiny test arrays split too
+    before = cpu.num_threads()
+    cpu.set_num_threads(2)
+    entered, split = [], []
+    real_block, real_parallel = cpu.image_threads, cpu.parallel
+
+    @contextlib.contextmanager
+    def block():
+        with real_block() as active:
+            entered.append(active)
+            yield active
+
+    def counted(work, n, nbytes):
+        results = real_parallel(work, n, nbytes)
+        split.append(len(results))
+        return results
+
+    monkeypatch.setattr(cpu, "image_threads", block)
+    monkeypatch.setattr(cpu, "parallel", counted)
+    try:
+        model, cfg = model_of(kind)
+        rng = np.random.default_rng(1)
+        x, y = rng.random((6, 16)).astype(cfg.dtype), np.array([0, 1, 2, 0, 1, 2])
+        model.train_step(model.prepare(x), y)
+        model.log_probs(x)
+    finally:
+        cpu.set_num_threads(before)
+    if kind == "cnn":  # training and evaluation, convolution and pooling on both threads
+        assert entered == [True, True] and max(split) == 2
+    else:  # dense layers leave the threads to BLAS
+        assert entered == []
