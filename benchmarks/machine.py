@@ -15,22 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
+from npgrad.cpu import openblas_libraries
+
 # the names NumPy's and other OpenBLAS builds give openblas_get_corename
 _CORENAME = ("scipy_openblas_get_corename64_", "openblas_get_corename64_", "openblas_get_corename")
 
 
 def openblas_kernels() -> str:
     """The kernel set of the OpenBLAS NumPy loaded ("Haswell", "SkylakeX", ...), or ''."""
-    try:
-        maps = Path("/proc/self/maps").read_text(errors="replace").splitlines()
-    except OSError:
-        return ""
-    paths = sorted({line.split()[-1] for line in maps if "openblas" in line.lower()})
-    for path in (p for p in paths if ".so" in os.path.basename(p)):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
+    for lib in openblas_libraries():
         for name in _CORENAME:
             fn = getattr(lib, name, None)
             if fn is not None:

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from benchmarks import bench_accuracy, bench_cnn, bench_speed, machine
+from benchmarks import bench_accuracy, bench_cnn, bench_preset, bench_speed, machine
 
 
 def test_speed_benchmark_runs(capsys, torch):
@@ -70,3 +70,26 @@ def test_cnn_benchmark_missing_peers_named(capsys, torch, monkeypatch):
     assert "| small |" in out and "NumPy autodiff peers" not in out
     for module, label in bench_cnn.PEERS.items():
         assert f"{label} is not installed" in out and bench_cnn.PEER_INSTALL[module] in out
+
+
+def test_preset_benchmark_trains_the_same_network_in_both(capsys, torch):
+    assert bench_preset.main(["--tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "| npgrad |" in out and "| PyTorch |" in out and "| 1 |" in out
+    gap = float(out.split("log-probabilities within ")[1].split(" ")[0])
+    assert gap < 1e-5  # PyTorch's twin computes what npgrad's network does
+
+
+def test_preset_benchmark_twin_is_built_from_the_layer_table(torch):
+    import numpy as np
+
+    from npgrad.config import make_config
+    from npgrad.models import build_model
+
+    cfg = make_config("cnn", dataset="digits", channels=[3, 5], hidden=[7])
+    model = build_model(cfg, (8, 8), 10, rng=np.random.default_rng(0))
+    twin = bench_preset.torch_twin(torch, model.net).eval()
+    x = np.random.default_rng(1).random((5, 64)).astype(np.float32)
+    with torch.no_grad():
+        theirs = torch.log_softmax(twin(torch.from_numpy(x.reshape(5, 1, 8, 8))), 1).numpy()
+    np.testing.assert_allclose(model.log_probs(x), theirs, atol=1e-5)

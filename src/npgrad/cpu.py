@@ -13,8 +13,11 @@ NumPy's OpenBLAS 0.3.31), and its idle threads spin for 2**28 cycles (about
 0.1 s) after each product they shared, on the core a worker needs: left at two
 threads, the dense layers of a CNN made the split convolutions slower than
 unsplit ones. So the block sets OpenBLAS to one thread on entry and restores it
-on exit; the count is found in the loaded library, and where it cannot be (no
-OpenBLAS), the block does nothing and every job runs whole.
+on exit; the count is found in the loaded library (listed in ``/proc/self/maps``,
+so on Linux), and where it cannot be (no OpenBLAS, another system), the block
+does nothing and every job runs whole. Only the threads inside a block split
+their jobs, but the BLAS count is the process's: a dense network trained in
+another thread meanwhile multiplies on one thread too.
 
 Measured on the 2-core CI machine (in one process, rounds alternating with and
 without the block): the training step of ``benchmarks/bench_cnn.py``'s
@@ -55,6 +58,30 @@ _BLAS_THREAD_FUNCTIONS = [
 ]
 
 
+def openblas_libraries() -> list[ctypes.CDLL]:
+    """The OpenBLAS libraries loaded in this process (Linux), NumPy's own first."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
+            # the path is the sixth field and may itself contain spaces
+            paths = {
+                line.split(None, 5)[5].strip()
+                for line in f
+                if "openblas" in line.lower() and len(line.split(None, 5)) == 6
+            }
+    except OSError:
+        return []
+    libs = []
+    # SciPy or another package may have loaded a second copy
+    for path in sorted(paths, key=lambda p: ("numpy" not in p, p)):
+        if ".so" not in os.path.basename(path):
+            continue
+        try:
+            libs.append(ctypes.CDLL(path))
+        except OSError:
+            continue
+    return libs
+
+
 class _Blas:
     """The thread count of the OpenBLAS that NumPy loaded, when there is one."""
 
@@ -62,19 +89,9 @@ class _Blas:
         self._fns: tuple[Any, Any] | None = None
         self._looked = False
 
-    def _find(self) -> tuple[Any, Any] | None:
-        try:
-            with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
-                paths = {line.split()[-1] for line in f if "openblas" in line.lower()}
-        except OSError:
-            return None
-        # NumPy's own copy first: SciPy or another package may have loaded a second one
-        candidates = [p for p in paths if ".so" in os.path.basename(p)]
-        for path in sorted(candidates, key=lambda p: ("numpy" not in p, p)):
-            try:
-                lib = ctypes.CDLL(path)
-            except OSError:
-                continue
+    @staticmethod
+    def _find() -> tuple[Any, Any] | None:
+        for lib in openblas_libraries():
             for get_name, set_name in _BLAS_THREAD_FUNCTIONS:
                 get, set_ = getattr(lib, get_name, None), getattr(lib, set_name, None)
                 if get is not None and set_ is not None:
@@ -100,8 +117,13 @@ def _default_threads() -> int:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cpus = os.cpu_count() or 1
-    value = os.environ.get("NPGRAD_NUM_THREADS", "").strip()
-    if value.isdigit() and int(value) > 0:
+    value = os.environ.get("NPGRAD_NUM_THREADS")
+    if value is not None:
+        if not value.strip().isdigit() or int(value) < 1:
+            raise ConfigError(
+                f"NPGRAD_NUM_THREADS must be a positive integer, got {value!r}; "
+                "unset it to use every processor"
+            )
         return int(value)
     # a thread limit given to BLAS or OpenMP is a limit on the process: npgrad keeps to it
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
@@ -112,31 +134,45 @@ def _default_threads() -> int:
 
 
 class _Workers:
+    """The thread count and the pool of ``threads - 1`` workers (the caller is the last)."""
+
     def __init__(self) -> None:
-        self.threads = _default_threads()
+        self._threads = 0  # read from the environment on first use
         self._pool: ThreadPoolExecutor | None = None
-        self._pid = 0
-        self._lock = threading.Lock()
-        self.local = threading.local()  # .inside: this thread is running a slice
+        self.lock = threading.Lock()
+        self.local = threading.local()  # .inside: running a slice; .blocks: image_threads depth
 
     def _init_worker(self) -> None:
         self.local.inside = True
 
-    def pool(self) -> ThreadPoolExecutor:
-        with self._lock:
-            # a forked child inherits the executor object but not its threads
-            if self._pool is None or self._pid != os.getpid():
+    @property
+    def threads(self) -> int:
+        if not self._threads:
+            self._threads = _default_threads()
+        return self._threads
+
+    def submit(self, jobs: list[tuple[Callable[..., T], int, int]]) -> list[Future[T]]:
+        """Hand ``jobs`` to the pool, under the lock that :meth:`resize` takes too."""
+        with self.lock:
+            if self._pool is None:
                 self._pool = ThreadPoolExecutor(
-                    self.threads - 1, thread_name_prefix="npgrad", initializer=self._init_worker
+                    max(1, self.threads - 1),
+                    thread_name_prefix="npgrad",
+                    initializer=self._init_worker,
                 )
-                self._pid = os.getpid()
-            return self._pool
+            return [self._pool.submit(fn, lo, hi) for fn, lo, hi in jobs]
 
     def resize(self, n: int) -> None:
-        with self._lock:
-            old, self._pool, self.threads = self._pool, None, n
-        if old is not None and self._pid == os.getpid():
-            old.shutdown(wait=True)
+        if getattr(self.local, "inside", False):
+            raise ConfigError("set_num_threads cannot be called from inside a parallel slice")
+        with self.lock:
+            old, self._pool, self._threads = self._pool, None, n
+        if old is not None:
+            old.shutdown(wait=False)  # jobs already handed to it still run; it ends after them
+
+    def after_fork(self) -> None:
+        # a forked child has none of its parent's threads, and maybe a lock held by one
+        self._pool, self.lock, self.local = None, threading.Lock(), threading.local()
 
 
 _WORKERS = _Workers()
@@ -150,8 +186,8 @@ def num_threads() -> int:
 def set_num_threads(n: int) -> None:
     """Use ``n`` threads for the large image ops (1: everything on the calling thread).
 
-    The default is the number of processors this process may use, or
-    ``$NPGRAD_NUM_THREADS``, or at most ``$OPENBLAS_NUM_THREADS`` / ``$OMP_NUM_THREADS``
+    The default is ``$NPGRAD_NUM_THREADS``, else the number of processors this
+    process may use, at most ``$OPENBLAS_NUM_THREADS`` / ``$OMP_NUM_THREADS``
     when those are set.
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -164,7 +200,7 @@ def _bounds(n: int, parts: int) -> list[tuple[int, int]]:
 
 
 class _Scope:
-    """Whether image ops may split now: inside :func:`image_threads`, with BLAS on one thread."""
+    """How many blocks are open in the process, and the BLAS count to restore after the last."""
 
     def __init__(self) -> None:
         self.depth = 0
@@ -172,20 +208,38 @@ class _Scope:
         self.restore: Any = None
         self.lock = threading.Lock()
 
+    def after_fork(self) -> None:
+        # the child's threads are gone, and with them the blocks they had open
+        if self.active:
+            set_, previous = self.restore
+            set_(previous)
+        self.__init__()  # type: ignore[misc]
+
 
 _SCOPE = _Scope()
 
 
+def _after_fork_in_child() -> None:
+    _WORKERS.after_fork()
+    _SCOPE.after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 @contextlib.contextmanager
 def image_threads() -> Iterator[bool]:
-    """Run the large image ops inside on npgrad's threads; yields whether they will.
+    """Split the large image ops of this thread between npgrad's threads; yields whether it will.
 
-    For as long as the block runs, OpenBLAS multiplies on one thread (it has one
-    thread count for the whole process): the workers then have the cores to
-    themselves, with no BLAS threads spinning beside them, and each slice's
+    For as long as a block is open anywhere in the process, OpenBLAS multiplies
+    on one thread (its count is the process's): the workers then have the cores
+    to themselves, with no BLAS threads spinning beside them, and each slice's
     products run on its own worker. It does nothing (yields False) with one
-    thread, or where NumPy's OpenBLAS cannot be found. Blocks nest.
+    thread, or where NumPy's OpenBLAS cannot be found. Blocks nest, and the
+    count is restored when the last one in the process closes.
     """
+    local = _WORKERS.local
     with _SCOPE.lock:
         if _SCOPE.depth == 0:
             fns = _BLAS.functions() if _WORKERS.threads > 1 else None
@@ -196,9 +250,11 @@ def image_threads() -> Iterator[bool]:
             _SCOPE.active = fns is not None
         _SCOPE.depth += 1
         active = _SCOPE.active
+    local.blocks = getattr(local, "blocks", 0) + 1
     try:
         yield active
     finally:
+        local.blocks -= 1
         with _SCOPE.lock:
             _SCOPE.depth -= 1
             if _SCOPE.depth == 0 and _SCOPE.active:
@@ -210,24 +266,26 @@ def image_threads() -> Iterator[bool]:
 def parallel(work: Callable[[int, int], T], n: int, nbytes: int) -> list[T]:
     """``work(lo, hi)`` over a split of ``range(n)``, the slices in parallel; their results in order.
 
-    Only inside :func:`image_threads`; elsewhere, and for small jobs, one call
-    ``work(0, n)`` on the calling thread. ``nbytes`` is about how much memory
-    the whole job moves: it decides how many slices are worth a thread. Slices
-    must write disjoint memory. A call from inside a slice runs whole, on its
-    thread. An exception in a slice is raised here, after every slice has ended.
+    Only in a thread inside :func:`image_threads`; elsewhere, and for small
+    jobs, one call ``work(0, n)`` on the calling thread. ``nbytes`` is about how
+    much memory the whole job moves: it decides how many slices are worth a
+    thread. Slices must write disjoint memory. A call from inside a slice runs
+    whole, on its thread. An exception in a slice is raised here, after every
+    slice has ended.
     """
-    parts = min(_WORKERS.threads, n, max(1, nbytes // MIN_PART_BYTES))
     local = _WORKERS.local
-    if parts <= 1 or not _SCOPE.active or getattr(local, "inside", False):
+    if not (_SCOPE.active and getattr(local, "blocks", 0)) or getattr(local, "inside", False):
+        return [work(0, n)]
+    parts = min(_WORKERS.threads, n, max(1, nbytes // MIN_PART_BYTES))
+    if parts <= 1:
         return [work(0, n)]
     bounds = _bounds(n, parts)
-    futures: list[Future[T]] = [_WORKERS.pool().submit(work, lo, hi) for lo, hi in bounds[1:]]
+    futures = _WORKERS.submit([(work, lo, hi) for lo, hi in bounds[1:]])
     local.inside = True
     try:
         first = work(*bounds[0])
     finally:
         local.inside = False
-        wait(
-            futures
-        )  # every slice ends before we return, also after a failure: they write our arrays
+        # every slice ends before we return, also after a failure: they write our arrays
+        wait(futures)
     return [first, *(f.result() for f in futures)]

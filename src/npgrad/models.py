@@ -50,7 +50,7 @@ class NetModel:
     kind = ""
     # convolutions and pooling split the batch between threads (npgrad.cpu); dense
     # layers leave the threads to BLAS
-    image_threads = False
+    splits_image_ops = False
 
     def __init__(
         self,
@@ -99,7 +99,7 @@ class NetModel:
         return x
 
     def _threads(self) -> contextlib.AbstractContextManager[Any]:
-        return cpu.image_threads() if self.image_threads else contextlib.nullcontext()
+        return cpu.image_threads() if self.splits_image_ops else contextlib.nullcontext()
 
     def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
         self.opt.lr = self.schedule(self.opt.steps)
@@ -163,7 +163,7 @@ class CNNModel(NetModel):
     flatten, dropout and a fully connected head with ``hidden`` layers."""
 
     kind = "cnn"
-    image_threads = True
+    splits_image_ops = True
 
     def build(
         self, cfg: Any, image_shape: tuple[int, ...], classes: int, init: np.random.Generator

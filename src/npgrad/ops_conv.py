@@ -238,7 +238,8 @@ class Conv2d(Op):
     npgrad unfolds with a strided window view and one copy, folds with one
     vectorised slice-add per kernel offset (never `np.add.at`),
     and does both a slice of the batch at a time so the patch matrix stays in
-    cache; the backward pass unfolds again rather than keep $U$ (memory
+    cache (inside `npgrad.cpu.image_threads`, each core takes its own part of
+    the batch); the backward pass unfolds again rather than keep $U$ (memory
     $k_h k_w$ times the input's).
 
     *Second order.* The two products are ops of their own,
@@ -575,6 +576,8 @@ def _along(a: Array, axis: int, sl: slice) -> Array:
 
 
 def _index_dtype(taps: int) -> type:
+    """Offsets 0..taps-1 of a window: one byte each for windows up to 256 wide, a quarter
+    of the memory and of the passes of the int32 that wider ones need."""
     return np.uint8 if taps <= 256 else np.int32
 
 
@@ -634,7 +637,8 @@ def _spread(g: Array, idx: Array | None, axis: int, taps: list[slice], out: Arra
 
 
 def _resized(a: Array, axis: int, size: int) -> Array:
-    """An empty array like ``a`` but of length ``size`` along ``axis``."""
+    """An empty array like ``a`` but of length ``size`` along ``axis``: the output of a
+    :func:`_spread` back to the unpooled length."""
     shape = list(a.shape)
     shape[axis] = size
     return np.empty(shape, dtype=a.dtype)
@@ -1204,7 +1208,6 @@ class BatchNorm(Op):
         training, xs, inv, gamma, reps, shape = saved[:6]
         c = shape[1]
         g2 = _channels_last_2d(g)
-        # xs is x - mean (training) or x (eval)
         sum_g = _per_channel_sum(g2, c)
         sum_gx = _per_channel_dot(g2, xs, c)  # xs is x - mean (training) or x (eval)
         if training:

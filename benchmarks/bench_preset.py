@@ -1,0 +1,223 @@
+"""A preset's network trained by npgrad and by PyTorch, side by side: seconds and accuracy.
+
+npgrad trains exactly as ``npgrad train --preset P`` does: the trainer's data
+pipeline (the preset's shifts, its batch size, the run's seeded generator), its
+model, optimizer and learning-rate schedule. PyTorch trains the same network,
+built from npgrad's own layer table (:func:`npgrad.export.torch_layers`) with
+npgrad's initial weights copied in, on the very same minibatches in the same
+order, with Adam (or SGD) at the learning rate npgrad's schedule gives at each
+step; only the dropout masks differ. Epochs alternate between the two, with a
+pause, so machine noise hits both alike. Reported: training seconds (evaluation
+not included) and the test accuracy after every epoch.
+
+    python benchmarks/bench_preset.py                    # the cnn preset on ../shared/data/mnist-10k
+    python benchmarks/bench_preset.py --dataset /usr/share/datasets/fashion-mnist --seed 1
+    python benchmarks/bench_preset.py --tiny             # a small CNN on digits; what the tests run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _threads_from_argv(argv: list[str]) -> str:
+    for i, a in enumerate(argv):
+        if a == "--threads" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--threads="):
+            return a.split("=", 1)[1]
+    return "2"
+
+
+# BLAS reads its thread count once, when NumPy is first imported; npgrad's own
+# worker threads (npgrad.cpu) keep to the same number.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", _threads_from_argv(sys.argv))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from benchmarks.machine import describe  # noqa: E402
+from npgrad.allocator import keep_freed_memory  # noqa: E402
+from npgrad.config import make_config  # noqa: E402
+from npgrad.export import torch_layers, torch_state  # noqa: E402
+from npgrad.trainer import Trainer  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+EVAL_CHUNK = 1000
+
+
+def torch_twin(torch, net):  # noqa: ANN001, ANN201
+    """The PyTorch network with npgrad's layers and weights (float32)."""
+    layers = []
+    for spec in torch_layers(net):
+        spec = dict(spec)
+        layers.append(getattr(torch.nn, spec.pop("type"))(**spec))
+    twin = torch.nn.Sequential(*layers).float()
+    state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in torch_state(net).items()}
+    twin.load_state_dict(state, strict=True)
+    return twin
+
+
+def torch_optimizer(torch, cfg, params):  # noqa: ANN001, ANN201
+    if cfg.optimizer in ("adam", "adamw"):
+        cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+        return cls(params, cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(
+        params,
+        cfg.lr,
+        momentum=0.0 if cfg.optimizer == "sgd" else cfg.momentum,
+        nesterov=cfg.optimizer == "nesterov",
+        weight_decay=cfg.weight_decay,
+    )
+
+
+def torch_accuracy(torch, twin, x: np.ndarray, y: np.ndarray, shape: tuple[int, ...]) -> float:
+    twin.eval()
+    correct = 0
+    with torch.no_grad():
+        for s in range(0, len(x), EVAL_CHUNK):
+            xb = torch.from_numpy(x[s : s + EVAL_CHUNK].reshape(-1, *shape))
+            correct += int((twin(xb).argmax(1).numpy() == y[s : s + EVAL_CHUNK]).sum())
+    twin.train()
+    return correct / len(y)
+
+
+def npgrad_accuracy(model, x: np.ndarray, y: np.ndarray) -> float:  # noqa: ANN001
+    correct = 0
+    for s in range(0, len(x), EVAL_CHUNK):
+        correct += int(
+            (model.log_probs(x[s : s + EVAL_CHUNK]).argmax(1) == y[s : s + EVAL_CHUNK]).sum()
+        )
+    return correct / len(y)
+
+
+def run(args: argparse.Namespace) -> dict:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as `npgrad train` does; one process, so both alike
+    overrides = {"seed": args.seed}
+    if args.epochs:
+        overrides["epochs"] = args.epochs
+    if args.tiny:
+        overrides.update(channels=[4, 8], hidden=[16], batch_size=64)
+    cfg = make_config(args.preset, dataset=args.dataset, **overrides)
+    with tempfile.TemporaryDirectory() as out:
+        trainer = Trainer(cfg, out, log=lambda line: None, progress=False)
+    model, data = trainer.model, trainer.data
+    if model.kind == "exercise":
+        raise SystemExit(
+            "the exercise preset trains layer classes, not a network PyTorch can mirror"
+        )
+    shape = (1, *data.dataset.image_shape) if model.kind == "cnn" else (-1,)
+    twin = torch_twin(torch, model.net)
+    opt = torch_optimizer(torch, cfg, twin.parameters())
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    # the same network: equal outputs before any training (eval mode: no dropout)
+    probe = data.x_test[:64]
+    twin.eval()
+    with torch.no_grad():
+        theirs = torch.log_softmax(twin(torch.from_numpy(probe.reshape(-1, *shape))), 1).numpy()
+    twin.train()
+    start_gap = float(np.abs(model.log_probs(probe) - theirs).max())
+    # PyTorch's first backward pass sets itself up for seconds: not training time
+    loss_fn(
+        twin(torch.from_numpy(probe.reshape(-1, *shape))), torch.from_numpy(data.y_test[:64])
+    ).backward()
+    opt.zero_grad()
+
+    seconds = {"npgrad": 0.0, "pytorch": 0.0}
+    curves: dict[str, list[float]] = {"npgrad": [], "pytorch": []}
+    step = 0
+    for epoch in range(cfg.epochs):
+        batches = list(trainer.loader)  # one epoch's batches (shifts included), for both
+        order = ("npgrad", "pytorch") if epoch % 2 == 0 else ("pytorch", "npgrad")
+        for who in order:
+            time.sleep(args.pause)
+            t = time.perf_counter()
+            if who == "npgrad":
+                for xb, yb in batches:
+                    model.train_step(xb, yb)
+            else:
+                for i, (xb, yb) in enumerate(batches):
+                    for group in opt.param_groups:
+                        group["lr"] = model.schedule(step + i)  # npgrad's schedule, step by step
+                    opt.zero_grad()
+                    loss = loss_fn(
+                        twin(torch.from_numpy(xb.reshape(-1, *shape))), torch.from_numpy(yb)
+                    )
+                    loss.backward()
+                    opt.step()
+            seconds[who] += time.perf_counter() - t
+        step += len(batches)
+        curves["npgrad"].append(npgrad_accuracy(model, data.x_test, data.y_test))
+        curves["pytorch"].append(torch_accuracy(torch, twin, data.x_test, data.y_test, shape))
+    return {
+        "describe": model.describe(),
+        "dataset": data.dataset.name,
+        "cfg": cfg,
+        "seconds": seconds,
+        "curves": curves,
+        "start_gap": start_gap,
+    }
+
+
+def table(r: dict, args: argparse.Namespace) -> str:
+    cfg, s, c = r["cfg"], r["seconds"], r["curves"]
+    lines = [
+        f"Machine: {describe()}.",
+        "",
+        f"Preset {args.preset} on {r['dataset']}, seed {cfg.seed}: {r['describe']}; "
+        f"batch {cfg.batch_size}, {cfg.epochs} epochs, {args.threads} threads. Same initial "
+        f"weights (log-probabilities within {r['start_gap']:.1e} before training), same batches, "
+        "npgrad's learning-rate schedule in both.",
+        "",
+        "| framework | training seconds | final test accuracy | best test accuracy |",
+        "|---|---|---|---|",
+    ]
+    for who, label in (("npgrad", "npgrad"), ("pytorch", "PyTorch")):
+        lines.append(
+            f"| {label} | {s[who]:.2f} | {100 * c[who][-1]:.2f}% | {100 * max(c[who]):.2f}% |"
+        )
+    lines += [
+        "",
+        f"npgrad / PyTorch training time: **{s['npgrad'] / s['pytorch']:.2f}x**",
+        "",
+        "| epoch | npgrad | PyTorch |",
+        "|---|---|---|",
+    ]
+    for e, (a, b) in enumerate(zip(c["npgrad"], c["pytorch"]), start=1):
+        lines.append(f"| {e} | {100 * a:.2f}% | {100 * b:.2f}% |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", default="cnn")
+    ap.add_argument("--dataset", default=str(SHARED / "mnist-10k"))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--epochs", type=int, default=0, help="default: the preset's")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--pause", type=float, default=0.5, help="seconds between contestants")
+    ap.add_argument("--tiny", action="store_true", help="a small CNN on digits, 1 epoch")
+    ap.add_argument("--out", type=Path, help="also write the table to this Markdown file")
+    args = ap.parse_args(argv)
+    if args.tiny:
+        args.dataset, args.epochs, args.pause = "digits", args.epochs or 1, 0.0
+    text = table(run(args), args)
+    print(text)
+    if args.out:
+        from npgrad.fileio import write_text
+
+        write_text(args.out, text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
