@@ -62,6 +62,9 @@ IntOrPair = int | Sequence[int]
 # Patches are unfolded a slice of the batch at a time, about this many bytes at
 # once: the copy then stays in cache for the matrix product that reads it.
 CHUNK_BYTES = 4 << 20
+# A job that unfolds and multiplies costs about this many times a pass over its patches:
+# what npgrad.cpu.parallel weighs against waking a thread.
+GEMM_WEIGHT = 4
 
 
 # --------------------------------------------------------------------------- geometry
@@ -304,7 +307,7 @@ class Conv2d(Op):
                 if bias is not None:
                     out += bias
 
-        cpu.parallel(rows, n, n * per_sample)
+        cpu.parallel(rows, n, GEMM_WEIGHT * n * per_sample)
         geometry = {"stride": stride, "padding": padding, "dilation": dilation}
         return _nchw(y), (x, w, b is not None, geometry)
 
@@ -443,7 +446,7 @@ class Conv2dInputGrad(Op):
                 d = np.matmul(g2[s * r : e * r], wt).reshape(kh, kw, -1, ho, wo, c)
                 _fold(gxp[s:e], d, sh, sw, dh, dw)
 
-        cpu.parallel(rows, n, n * per_sample)
+        cpu.parallel(rows, n, GEMM_WEIGHT * n * per_sample)
         return _nchw(gxp[:, ph : ph + h, pw : pw + wd]), (g, w, geometry)
 
     @staticmethod
@@ -520,7 +523,7 @@ class Conv2dWeightGrad(Op):
                 part += cols.T @ g2[s * r : e * r]
             return part
 
-        parts = cpu.parallel(rows, n, n * per_sample)
+        parts = cpu.parallel(rows, n, GEMM_WEIGHT * n * per_sample)
         gwm = parts[0]
         for part in parts[1:]:
             gwm += part
