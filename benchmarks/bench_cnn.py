@@ -128,11 +128,10 @@ def npgrad_step(name: str, x: np.ndarray, y: np.ndarray) -> Callable[[], None]:
     xt = npgrad.tensor(x)
 
     def step() -> None:
-        with npgrad.cpu.image_threads():  # as npgrad's cnn model trains
-            opt.zero_grad()
-            loss = npgrad.cross_entropy(net(xt), y)
-            loss.backward()
-            opt.step()
+        opt.zero_grad()
+        loss = npgrad.cross_entropy(net(xt), y)
+        loss.backward()
+        opt.step()
 
     return step
 

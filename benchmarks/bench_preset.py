@@ -34,8 +34,7 @@ def _threads_from_argv(argv: list[str]) -> str:
     return "2"
 
 
-# BLAS reads its thread count once, when NumPy is first imported; npgrad's own
-# worker threads (npgrad.cpu) keep to the same number.
+# BLAS reads its thread count once, when NumPy is first imported.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", _threads_from_argv(sys.argv))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 

@@ -15,10 +15,28 @@ from pathlib import Path
 
 import numpy as np
 
-from npgrad.cpu import openblas_libraries
-
 # the names NumPy's and other OpenBLAS builds give openblas_get_corename
 _CORENAME = ("scipy_openblas_get_corename64_", "openblas_get_corename64_", "openblas_get_corename")
+
+
+def openblas_libraries() -> list[ctypes.CDLL]:
+    """The OpenBLAS libraries loaded in this process (Linux), NumPy's own first."""
+    try:
+        maps = Path("/proc/self/maps").read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    # the path is the sixth field and may itself contain spaces
+    fields = (line.split(None, 5) for line in maps if "openblas" in line.lower())
+    paths = {f[5].strip() for f in fields if len(f) == 6}
+    libs = []
+    # SciPy or another package may have loaded a second copy
+    for path in sorted(paths, key=lambda p: ("numpy" not in p, p)):
+        if ".so" in os.path.basename(path):
+            try:
+                libs.append(ctypes.CDLL(path))
+            except OSError:
+                continue
+    return libs
 
 
 def openblas_kernels() -> str:

@@ -13,7 +13,7 @@ The pieces, one module per concern:
 * :mod:`npgrad.check`   gradient checking, for built-in ops and your own layers
 """
 
-from . import cpu, data, layers, nn, ops_conv, optim  # noqa: E402  (submodules as attributes)
+from . import data, layers, nn, ops_conv, optim  # noqa: E402  (submodules as attributes)
 
 # npgrad.sum, npgrad.max, npgrad.pow: attributes, but not in __all__, so that
 # 'from npgrad import *' does not shadow Python's builtins.
@@ -88,7 +88,6 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
-    "cpu",
     "data",
     "ops_conv",
     "avg_pool2d",

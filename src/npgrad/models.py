@@ -16,14 +16,13 @@ kind of network is one more class here and one more value there.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from typing import Any, Protocol
 
 import numpy as np
 
 from . import checkpoint as ckpt
-from . import cpu, layers, nn, ops, optim
+from . import layers, nn, ops, optim
 from .autodiff import Tensor, cross_entropy, no_grad
 from .config import config_from_dict
 from .errors import CheckpointError, ConfigError
@@ -48,9 +47,6 @@ class NetModel:
     learning-rate schedule. Subclasses say how to build the network and shape its input."""
 
     kind = ""
-    # convolutions and pooling split the batch between threads (npgrad.cpu); dense
-    # layers leave the threads to BLAS
-    splits_image_ops = False
 
     def __init__(
         self,
@@ -98,25 +94,21 @@ class NetModel:
     def prepare(self, x: np.ndarray) -> np.ndarray:
         return x
 
-    def _threads(self) -> contextlib.AbstractContextManager[Any]:
-        return cpu.image_threads() if self.splits_image_ops else contextlib.nullcontext()
-
     def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
         self.opt.lr = self.schedule(self.opt.steps)
-        with self._threads():
-            logits = self.net(self.inputs(x))
-            loss = cross_entropy(logits, y)
-            self.opt.zero_grad()
-            loss.backward()
-            if self.cfg.clip:
-                optim.clip_grad_norm(self.opt.params, self.cfg.clip)
-            self.opt.step()
+        logits = self.net(self.inputs(x))
+        loss = cross_entropy(logits, y)
+        self.opt.zero_grad()
+        loss.backward()
+        if self.cfg.clip:
+            optim.clip_grad_norm(self.opt.params, self.cfg.clip)
+        self.opt.step()
         return float(loss.data), int((logits.data.argmax(axis=1) == y).sum())
 
     def log_probs(self, x: np.ndarray) -> np.ndarray:
         self.net.eval()
         try:
-            with no_grad(), self._threads():
+            with no_grad():
                 logits = self.net(self.inputs(x)).data
         finally:
             self.net.train()
@@ -163,7 +155,6 @@ class CNNModel(NetModel):
     flatten, dropout and a fully connected head with ``hidden`` layers."""
 
     kind = "cnn"
-    splits_image_ops = True
 
     def build(
         self, cfg: Any, image_shape: tuple[int, ...], classes: int, init: np.random.Generator

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from . import cpu, ops
+from . import ops
 from .autodiff import Tensor, apply, as_tensor
 from .errors import ConfigError, ShapeError
 from .ops import Array, Grads, Op
@@ -62,9 +62,6 @@ IntOrPair = int | Sequence[int]
 # Patches are unfolded a slice of the batch at a time, about this many bytes at
 # once: the copy then stays in cache for the matrix product that reads it.
 CHUNK_BYTES = 4 << 20
-# A job that unfolds and multiplies costs about this many times a pass over its patches:
-# what npgrad.cpu.parallel weighs against waking a thread.
-GEMM_WEIGHT = 4
 
 
 # --------------------------------------------------------------------------- geometry
@@ -241,8 +238,7 @@ class Conv2d(Op):
     npgrad unfolds with a strided window view and one copy, folds with one
     vectorised slice-add per kernel offset (never `np.add.at`),
     and does both a slice of the batch at a time so the patch matrix stays in
-    cache (inside `npgrad.cpu.image_threads`, each core takes its own part of
-    the batch); the backward pass unfolds again rather than keep $U$ (memory
+    cache; the backward pass unfolds again rather than keep $U$ (memory
     $k_h k_w$ times the input's).
 
     *Second order.* The two products are ops of their own,
@@ -293,21 +289,18 @@ class Conv2d(Op):
                 f"conv2d: a {kh}x{kw} kernel (dilation {dilation}) does not fit input "
                 f"{h}x{wd} with padding {padding}"
             )
+        xp = _padded(x, ph, pw, 0.0)
         wm = w.transpose(2, 3, 1, 0).reshape(kh * kw * c, o)
         dtype = np.result_type(x, w)
         y = np.empty((n, ho, wo, o), dtype=dtype)
-        bias = None if b is None else _tiled(b.astype(dtype, copy=False), ho * wo)
-        per_sample = ho * wo * kh * kw * c * dtype.itemsize
-
-        def rows(lo: int, hi: int) -> None:
-            for s, e in _chunks(lo, hi, per_sample):
-                cols = _unfold(_padded(x[s:e], ph, pw, 0.0), kh, kw, sh, sw, dh, dw)
-                out = y[s:e].reshape(e - s, -1)  # a view: y is C-contiguous
-                np.matmul(cols, wm, out=out.reshape(-1, o))
-                if bias is not None:
-                    out += bias
-
-        cpu.parallel(rows, n, GEMM_WEIGHT * n * per_sample)
+        step = _chunk(ho * wo * kh * kw * c * dtype.itemsize)
+        geo = (kh, kw, sh, sw, dh, dw)
+        for s in range(0, n, step):
+            cols = _unfold(xp[s : s + step], *geo)
+            np.matmul(cols, wm, out=y[s : s + step].reshape(-1, o))
+        if b is not None:
+            yr = y.reshape(n, -1)
+            yr += _tiled(b.astype(dtype, copy=False), ho * wo)
         geometry = {"stride": stride, "padding": padding, "dilation": dilation}
         return _nchw(y), (x, w, b is not None, geometry)
 
@@ -435,18 +428,14 @@ class Conv2dInputGrad(Op):
             return gx, (g, w, geometry)
         g2 = np.ascontiguousarray(_nhwc(g)).reshape(-1, o)
         dtype = np.result_type(w, g)
-        gxp = np.empty((n, h + 2 * ph, wd + 2 * pw, c), dtype=dtype)
+        gxp = np.zeros((n, h + 2 * ph, wd + 2 * pw, c), dtype=dtype)
         wt = np.ascontiguousarray(w.transpose(2, 3, 0, 1)).reshape(kh * kw, o, c)
-        per_sample, r = ho * wo * kh * kw * c * dtype.itemsize, ho * wo
-
-        def rows(lo: int, hi: int) -> None:
-            gxp[lo:hi] = 0
-            for s, e in _chunks(lo, hi, per_sample):
-                # one product per kernel offset, so each offset's block comes out contiguous
-                d = np.matmul(g2[s * r : e * r], wt).reshape(kh, kw, -1, ho, wo, c)
-                _fold(gxp[s:e], d, sh, sw, dh, dw)
-
-        cpu.parallel(rows, n, GEMM_WEIGHT * n * per_sample)
+        step = _chunk(ho * wo * kh * kw * c * dtype.itemsize)
+        rows = ho * wo
+        for s in range(0, n, step):
+            # one product per kernel offset, so each offset's block comes out contiguous
+            d = np.matmul(g2[s * rows : (s + step) * rows], wt).reshape(kh, kw, -1, ho, wo, c)
+            _fold(gxp[s : s + step], d, sh, sw, dh, dw)
         return _nchw(gxp[:, ph : ph + h, pw : pw + wd]), (g, w, geometry)
 
     @staticmethod
@@ -512,21 +501,14 @@ class Conv2dWeightGrad(Op):
         sh, sw, ph, pw, dh, dw = _conv_geometry(
             "conv2d_weight_grad", (h, wd), (kh, kw), (ho, wo), stride, padding, dilation
         )
+        xp = _padded(x, ph, pw, 0.0)
         g2 = np.ascontiguousarray(_nhwc(g)).reshape(-1, o)
-        dtype = np.result_type(x, g)
-        per_sample, r = ho * wo * kh * kw * c * x.dtype.itemsize, ho * wo
-
-        def rows(lo: int, hi: int) -> Array:
-            part = np.zeros((kh * kw * c, o), dtype=dtype)
-            for s, e in _chunks(lo, hi, per_sample):
-                cols = _unfold(_padded(x[s:e], ph, pw, 0.0), kh, kw, sh, sw, dh, dw)
-                part += cols.T @ g2[s * r : e * r]
-            return part
-
-        parts = cpu.parallel(rows, n, GEMM_WEIGHT * n * per_sample)
-        gwm = parts[0]
-        for part in parts[1:]:
-            gwm += part
+        gwm = np.zeros((kh * kw * c, o), dtype=np.result_type(x, g))
+        geo = (kh, kw, sh, sw, dh, dw)
+        step = _chunk(ho * wo * kh * kw * c * xp.dtype.itemsize)
+        rows = ho * wo
+        for s in range(0, n, step):
+            gwm += _unfold(xp[s : s + step], *geo).T @ g2[s * rows : (s + step) * rows]
         geometry = {"stride": stride, "padding": padding, "dilation": dilation}
         return gwm.reshape(kh, kw, c, o).transpose(3, 2, 0, 1), (x, g, geometry)
 
@@ -542,10 +524,8 @@ class Conv2dWeightGrad(Op):
         return gx, gg
 
 
-def _chunks(lo: int, hi: int, bytes_per_sample: int) -> list[tuple[int, int]]:
-    """``range(lo, hi)`` in slices of about :data:`CHUNK_BYTES` of patches each."""
-    step = max(1, CHUNK_BYTES // max(1, bytes_per_sample))
-    return [(s, min(s + step, hi)) for s in range(lo, hi, step)]
+def _chunk(bytes_per_sample: int) -> int:
+    return max(1, CHUNK_BYTES // max(1, bytes_per_sample))
 
 
 # --------------------------------------------------------------------------- pooling
@@ -578,51 +558,45 @@ def _along(a: Array, axis: int, sl: slice) -> Array:
     return a[(slice(None),) * axis + (sl,)]
 
 
-def _index_dtype(taps: int) -> type:
-    """Offsets 0..taps-1 of a window: one byte each for windows up to 256 wide, a quarter
-    of the memory and of the passes of the int32 that wider ones need."""
-    return np.uint8 if taps <= 256 else np.int32
-
-
-def _max_along(a: Array, axis: int, taps: list[slice], m: Array, idx: Array) -> None:
-    """Windowed max along one axis into ``m`` and, per window, the first offset attaining it into ``idx``.
+def _max_along(a: Array, axis: int, taps: list[slice]) -> tuple[Array, Array]:
+    """Windowed max along one axis and, per window, the first offset that attains it.
 
     Offset t wins when it is strictly greater than the maximum of the offsets
     before it, so the winner is the largest t that won: a running ``maximum`` of
     ``t * won`` tracks it without masked assignment (which is far slower).
     """
     if len(taps) == 1:
-        m[...] = _along(a, axis, taps[0])
-        idx[...] = 0
-        return
+        m = _along(a, axis, taps[0]).copy()
+        return m, np.zeros(m.shape, dtype=np.uint8)
     v0, v1 = _along(a, axis, taps[0]), _along(a, axis, taps[1])
-    # strictly: a tie keeps the earlier offset
-    if idx.dtype == np.uint8:
-        np.greater(v1, v0, out=idx.view(np.bool_))
-    else:
-        idx[...] = v1 > v0
-    np.maximum(v0, v1, out=m)  # NaN propagates, as in PyTorch
+    idx = (v1 > v0).view(np.uint8)  # strictly: a tie keeps the earlier offset
+    m = np.maximum(v0, v1)  # NaN propagates, as in PyTorch
+    if len(taps) > 255:
+        idx = idx.astype(np.int32)
     for t, sl in enumerate(taps[2:], start=2):
         v = _along(a, axis, sl)
         won = (v > m).astype(idx.dtype)
         won *= idx.dtype.type(t)
         np.maximum(idx, won, out=idx)
         np.maximum(m, v, out=m)
+    return m, idx
 
 
-def _spread(g: Array, idx: Array | None, axis: int, taps: list[slice], out: Array) -> Array:
-    """Adjoint of a one-axis window reduction: send each window's gradient to its taps, in ``out``.
+def _spread(g: Array, idx: Array | None, axis: int, taps: list[slice], size: int) -> Array:
+    """Adjoint of a one-axis window reduction: send each window's gradient to its taps.
 
     With ``idx`` (max) only the chosen offset receives it; without (sum) every
     offset does. Overlapping windows add; when they do not overlap (stride at
     least the window, the usual pooling) each tap is written once, in place.
     """
+    shape = list(g.shape)
+    shape[axis] = size
     extent = taps[-1].start - taps[0].start + 1
     disjoint = len(taps) == 1 or (taps[0].step or 1) >= extent
     # windows that tile the axis exactly write every entry below: no zeros needed
     step = taps[0].step or 1
-    if not (step == extent == len(taps) and step * g.shape[axis] == out.shape[axis]):
-        out[...] = 0
+    tiled = step == extent == len(taps) and step * g.shape[axis] == size
+    out = (np.empty if tiled else np.zeros)(shape, dtype=g.dtype)
     for t, sl in enumerate(taps):
         dst = _along(out, axis, sl)
         if idx is None:
@@ -637,14 +611,6 @@ def _spread(g: Array, idx: Array | None, axis: int, taps: list[slice], out: Arra
         else:
             dst += src
     return out
-
-
-def _resized(a: Array, axis: int, size: int) -> Array:
-    """An empty array like ``a`` but of length ``size`` along ``axis``: the output of a
-    :func:`_spread` back to the unpooled length."""
-    shape = list(a.shape)
-    shape[axis] = size
-    return np.empty(shape, dtype=a.dtype)
 
 
 def _pool_case(d: Draw, dilation: bool) -> Case:
@@ -721,20 +687,11 @@ class MaxPool2d(Op):
         kh, kw, sh, sw, ph, pw, dh, dw, ho, wo = _pool_geometry(
             x.shape[2:], kernel, stride, padding, dilation
         )
+        xp = _padded(x, ph, pw, -np.inf)
         wtaps, htaps = _taps(wo, kw, sw, dw), _taps(ho, kh, sh, dh)
-        (n, c, h, w), hp = x.shape, x.shape[2] + 2 * ph
-        i1 = np.empty((n, hp, wo, c), dtype=_index_dtype(kw))
-        m2 = np.empty((n, ho, wo, c), dtype=x.dtype)
-        i2 = np.empty((n, ho, wo, c), dtype=_index_dtype(kh))
-
-        def rows(lo: int, hi: int) -> None:
-            m1 = np.empty((hi - lo, hp, wo, c), dtype=x.dtype)
-            _max_along(_padded(x[lo:hi], ph, pw, -np.inf), 2, wtaps, m1, i1[lo:hi])
-            _max_along(m1, 1, htaps, m2[lo:hi], i2[lo:hi])
-
-        cpu.parallel(rows, n, x.nbytes)
-        pshape = (n, hp, w + 2 * pw, c)
-        return _nchw(m2), MaxRouting(i1, i2, wtaps, htaps, pshape, (ph, pw, h, w))
+        m1, i1 = _max_along(xp, 2, wtaps)
+        m2, i2 = _max_along(m1, 1, htaps)
+        return _nchw(m2), MaxRouting(i1, i2, wtaps, htaps, xp.shape, (ph, pw, *x.shape[2:]))
 
     @staticmethod
     def vjp(saved: Any, g: Array, needs: tuple[bool, ...] = (True,)) -> Grads:
@@ -857,13 +814,8 @@ class MaxPool2dScatter(Op):
     def forward(g: Array, routing: MaxRouting | None = None) -> tuple[Array, Any]:
         r = _routing_of(routing, "max_pool2d_scatter", g.shape, "out_shape")
         ph, pw, h, w = r.crop
-        gn, gxp = _nhwc(g), np.empty(r.pshape, dtype=g.dtype)
-
-        def rows(lo: int, hi: int) -> None:
-            g1 = _spread(gn[lo:hi], r.i2[lo:hi], 1, r.htaps, _resized(gn[lo:hi], 1, r.pshape[1]))
-            _spread(g1, r.i1[lo:hi], 2, r.wtaps, gxp[lo:hi])
-
-        cpu.parallel(rows, len(gn), gxp.nbytes)
+        g1 = _spread(_nhwc(g), r.i2, 1, r.htaps, r.pshape[1])
+        gxp = _spread(g1, r.i1, 2, r.wtaps, r.pshape[2])
         return _nchw(gxp[:, ph : ph + h, pw : pw + w]), r
 
     @staticmethod
@@ -1016,8 +968,7 @@ class AvgPool2dInputGrad(Op):
         h, w = size
         wtaps, htaps = _taps(wo, kw, sw, 1), _taps(ho, kh, sh, 1)
         gs = _nhwc(g) * g.dtype.type(1.0 / (kh * kw))
-        g1 = _spread(gs, None, 1, htaps, _resized(gs, 1, h + 2 * ph))
-        gxp = _spread(g1, None, 2, wtaps, _resized(g1, 2, w + 2 * pw))
+        gxp = _spread(_spread(gs, None, 1, htaps, h + 2 * ph), None, 2, wtaps, w + 2 * pw)
         return _nchw(gxp[:, ph : ph + h, pw : pw + w]), {
             "kernel": kernel,
             "stride": stride,
