@@ -34,23 +34,15 @@ dependencies: install them beside torch in a separate venv,
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-def _threads_from_argv(argv: list[str]) -> str:
-    for i, a in enumerate(argv):
-        if a == "--threads" and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith("--threads="):
-            return a.split("=", 1)[1]
-    return "2"
+from benchmarks.threads import set_blas_threads  # noqa: E402
 
-
-# BLAS reads its thread count once, when NumPy is first imported.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", _threads_from_argv(sys.argv))
+set_blas_threads(sys.argv)  # before NumPy loads: BLAS reads its thread count once
 
 import statistics  # noqa: E402
 import tracemalloc  # noqa: E402
@@ -59,7 +51,6 @@ from collections.abc import Callable  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import npgrad  # noqa: E402
 from benchmarks.machine import describe  # noqa: E402

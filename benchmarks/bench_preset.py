@@ -18,25 +18,16 @@ not included) and the test accuracy after every epoch.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-
-def _threads_from_argv(argv: list[str]) -> str:
-    for i, a in enumerate(argv):
-        if a == "--threads" and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith("--threads="):
-            return a.split("=", 1)[1]
-    return "2"
-
-
-# BLAS reads its thread count once, when NumPy is first imported.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", _threads_from_argv(sys.argv))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.threads import set_blas_threads  # noqa: E402
+
+set_blas_threads(sys.argv)  # before NumPy loads: BLAS reads its thread count once
 
 import numpy as np  # noqa: E402
 

@@ -93,3 +93,11 @@ def test_preset_benchmark_twin_is_built_from_the_layer_table(torch):
     with torch.no_grad():
         theirs = torch.log_softmax(twin(torch.from_numpy(x.reshape(5, 1, 8, 8))), 1).numpy()
     np.testing.assert_allclose(model.log_probs(x), theirs, atol=1e-5)
+
+
+def test_threads_are_read_from_the_command_line_before_argparse():
+    from benchmarks.threads import threads_from_argv
+
+    assert threads_from_argv(["bench", "--threads", "3"]) == "3"
+    assert threads_from_argv(["bench", "--threads=1", "--tiny"]) == "1"
+    assert threads_from_argv(["bench", "--tiny"]) == "2"
