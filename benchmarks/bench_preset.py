@@ -34,6 +34,7 @@ import numpy as np  # noqa: E402
 from benchmarks.machine import describe  # noqa: E402
 from npgrad.allocator import keep_freed_memory  # noqa: E402
 from npgrad.config import make_config  # noqa: E402
+from npgrad.errors import ConfigError, NpgradError  # noqa: E402
 from npgrad.export import torch_layers, torch_state  # noqa: E402
 from npgrad.trainer import Trainer  # noqa: E402
 
@@ -101,7 +102,7 @@ def run(args: argparse.Namespace) -> dict:
         trainer = Trainer(cfg, out, log=lambda line: None, progress=False)
     model, data = trainer.model, trainer.data
     if model.kind == "exercise":
-        raise SystemExit(
+        raise ConfigError(
             "the exercise preset trains layer classes, not a network PyTorch can mirror"
         )
     shape = (1, *data.dataset.image_shape) if model.kind == "cnn" else (-1,)
@@ -200,7 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.tiny:
         args.dataset, args.epochs, args.pause = "digits", args.epochs or 1, 0.0
-    text = table(run(args), args)
+    try:
+        result = run(args)
+    except NpgradError as exc:  # a preset, dataset or option npgrad refuses: its one line
+        print(f"bench_preset: error: {exc}", file=sys.stderr)
+        return 2
+    text = table(result, args)
     print(text)
     if args.out:
         from npgrad.fileio import write_text

@@ -101,3 +101,9 @@ def test_threads_are_read_from_the_command_line_before_argparse():
     assert threads_from_argv(["bench", "--threads", "3"]) == "3"
     assert threads_from_argv(["bench", "--threads=1", "--tiny"]) == "1"
     assert threads_from_argv(["bench", "--tiny"]) == "2"
+
+
+def test_preset_benchmark_refuses_what_npgrad_refuses_in_one_line(capsys):
+    assert bench_preset.main(["--preset", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bench_preset: error: unknown preset 'nope'") and err.count("\n") == 1
