@@ -36,7 +36,7 @@ from npgrad.allocator import keep_freed_memory  # noqa: E402
 from npgrad.config import make_config  # noqa: E402
 from npgrad.errors import ConfigError, NpgradError  # noqa: E402
 from npgrad.export import torch_layers, torch_state  # noqa: E402
-from npgrad.trainer import Trainer  # noqa: E402
+from npgrad.trainer import Trainer, evaluate  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 EVAL_CHUNK = 1000
@@ -78,15 +78,6 @@ def torch_accuracy(torch, twin, x: np.ndarray, y: np.ndarray, shape: tuple[int, 
     return correct / len(y)
 
 
-def npgrad_accuracy(model, x: np.ndarray, y: np.ndarray) -> float:  # noqa: ANN001
-    correct = 0
-    for s in range(0, len(x), EVAL_CHUNK):
-        correct += int(
-            (model.log_probs(x[s : s + EVAL_CHUNK]).argmax(1) == y[s : s + EVAL_CHUNK]).sum()
-        )
-    return correct / len(y)
-
-
 def run(args: argparse.Namespace) -> dict:
     import torch
 
@@ -112,15 +103,14 @@ def run(args: argparse.Namespace) -> dict:
 
     # the same network: equal outputs before any training (eval mode: no dropout)
     probe = data.x_test[:64]
+    probe_t = torch.from_numpy(probe.reshape(-1, *shape))
     twin.eval()
     with torch.no_grad():
-        theirs = torch.log_softmax(twin(torch.from_numpy(probe.reshape(-1, *shape))), 1).numpy()
+        theirs = torch.log_softmax(twin(probe_t), 1).numpy()
     twin.train()
     start_gap = float(np.abs(model.log_probs(probe) - theirs).max())
     # PyTorch's first backward pass sets itself up for seconds: not training time
-    loss_fn(
-        twin(torch.from_numpy(probe.reshape(-1, *shape))), torch.from_numpy(data.y_test[:64])
-    ).backward()
+    loss_fn(twin(probe_t), torch.from_numpy(data.y_test[:64])).backward()
     opt.zero_grad()
 
     seconds = {"npgrad": 0.0, "pytorch": 0.0}
@@ -147,7 +137,7 @@ def run(args: argparse.Namespace) -> dict:
                     opt.step()
             seconds[who] += time.perf_counter() - t
         step += len(batches)
-        curves["npgrad"].append(npgrad_accuracy(model, data.x_test, data.y_test))
+        curves["npgrad"].append(evaluate(model, data.x_test, data.y_test).accuracy)
         curves["pytorch"].append(torch_accuracy(torch, twin, data.x_test, data.y_test, shape))
     return {
         "describe": model.describe(),

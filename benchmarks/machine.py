@@ -53,17 +53,18 @@ def openblas_kernels() -> str:
 def describe() -> str:
     import torch
 
-    cpu, flags = platform.processor() or platform.machine(), set()
-    try:
+    model, flags = "", set()
+    try:  # the first processor's model name and flags (Linux)
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
-            if key.strip() == "model name" and cpu == (platform.processor() or platform.machine()):
-                cpu = value.strip()
+            if key.strip() == "model name" and not model:
+                model = value.strip()
             elif key.strip() == "flags":
                 flags = set(value.split())
                 break
     except OSError:
         pass
+    cpu = model or platform.processor() or platform.machine()
     vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else ""
     kernels = openblas_kernels()
     pinned = os.environ.get("OPENBLAS_CORETYPE")
