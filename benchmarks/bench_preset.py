@@ -196,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     except NpgradError as exc:  # a preset, dataset or option npgrad refuses: its one line
         print(f"bench_preset: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # nothing was written: --out is written whole, at the end
+        print("bench_preset: interrupted; no table written", file=sys.stderr)
+        return 130
     text = table(result, args)
     print(text)
     if args.out:
