@@ -13,9 +13,13 @@ contestants, so machine noise hits both alike; the ratio is the median of the
 per-round ratios. Both run with glibc told to keep freed memory
 (:func:`npgrad.allocator.keep_freed_memory`, one process, so both alike;
 ``--default-malloc`` to compare without). Also reported: npgrad's peak traced memory for one step
-(``tracemalloc`` sees NumPy's allocations) and the roofline share, the
+(``tracemalloc`` sees NumPy's allocations), the roofline share (the
 network's GEMM FLOPs per second over the peak of a large float32 GEMM measured
-in the same run.
+in the same run), and "products alone": the step's matrix products by
+themselves, at the shapes npgrad multiplies, on operands made once, timed in
+the same rounds. No unfolding, element-wise op or optimizer runs there, so it
+is the ceiling of npgrad's im2col convolutions with this BLAS; its ratio to
+PyTorch says how far that ceiling is from PyTorch's whole step.
 
 The NumPy autodiff libraries with convolution, DeZero and MyGrad, run the small
 network in the same rounds as extra rows, where they import; each is timed for
@@ -72,13 +76,46 @@ SHAPES = {
 }
 
 
+def products(name: str, batch: int) -> list[tuple[int, int, int, bool]]:
+    """Every matrix product of one npgrad training step, as (m, k, n, a transposed).
+
+    The shapes npgrad multiplies (im2col): a conv's forward is an (N*H'*W', C*k*k) x
+    (C*k*k, O) product, its weight gradient the unfolded input transposed times the
+    output gradient, its input gradient (stride 1) the convolution of the output
+    gradient with the flipped kernel, (N*H*W, O*k*k) x (O*k*k, C); the first layer
+    needs no input gradient.
+    """
+    out = []
+    for i, (kind, cin, cout, k, side) in enumerate(SHAPES[name]):
+        rows = batch * side * side if kind == "conv" else batch
+        depth = k * k * cin if kind == "conv" else cin
+        out += [(rows, depth, cout, False), (depth, rows, cout, True)]
+        if i:
+            out.append((rows, k * k * cout if kind == "conv" else cout, cin, False))
+    return out
+
+
 def gemm_flops_per_sample(name: str) -> float:
     """Forward and backward GEMM FLOPs per sample (no input gradient for the first layer)."""
-    total = 0.0
-    for i, (_, cin, cout, k, side) in enumerate(SHAPES[name]):
-        macs = side * side * cin * k * k * cout
-        total += 2 * macs * (2 if i == 0 else 3)
-    return total
+    return sum(2 * m * k * n for m, k, n, _ in products(name, 1))
+
+
+def products_step(name: str, batch: int, rng: np.random.Generator) -> Callable[[], None]:
+    """The step's matrix products alone, on operands made once: npgrad's floor under im2col.
+
+    No unfolding, folding, element-wise op or optimizer runs, so its samples/s
+    bounds what npgrad's im2col convolutions can reach with this BLAS.
+    """
+    pairs = []
+    for m, k, n, transposed in products(name, batch):
+        a = rng.random((k, m) if transposed else (m, k), dtype=np.float32)
+        pairs.append((a.T if transposed else a, rng.random((k, n), dtype=np.float32)))
+
+    def step() -> None:
+        for a, b in pairs:
+            a @ b
+
+    return step
 
 
 def npgrad_net(name: str, rng: np.random.Generator) -> nn.Module:
@@ -288,6 +325,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         contestants = {
             "npgrad": (npgrad_step(name, x, y), args.steps),
             "pytorch": (torch_step(torch, name, x, y), args.steps),
+            "products": (products_step(name, args.batch, rng), args.steps),
         }
         notes = {}
         if name == "small":
@@ -295,7 +333,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                 step, notes[module] = PEER_STEPS[module](lib, x, y)
                 contestants[module] = (step, args.peer_steps)
         for k, (step, _) in contestants.items():
-            for _ in range(args.warmup if k in ("npgrad", "pytorch") else 1):
+            for _ in range(args.warmup if k in ("npgrad", "pytorch", "products") else 1):
                 step()
         speeds: dict[str, list[float]] = {k: [] for k in contestants}
         ratios: dict[str, list[float]] = {k: [] for k in contestants}
@@ -318,6 +356,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                 "ratio_range": (min(ratios["npgrad"]), max(ratios["npgrad"])),
                 "peak_mb": peak_memory_mb(contestants["npgrad"][0]),
                 "roofline": np_speed * gemm_flops_per_sample(name) / 1e9 / peak,
+                "products": statistics.median(speeds["products"]),
+                "products_ratio": statistics.median(ratios["products"]),
             }
         )
         for module in notes:  # the peers that ran on this network
@@ -343,8 +383,8 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
         f"of {args.steps} steps (medians)" + (", default malloc" if args.default_malloc else ""),
         "",
         "| network | npgrad samples/s | PyTorch samples/s | ratio (min-max) "
-        "| npgrad peak memory | roofline share |",
-        "|---|---|---|---|---|---|",
+        "| npgrad peak memory | roofline share | products alone samples/s (ratio) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "peer" in r:
@@ -353,7 +393,7 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
         lines.append(
             f"| {r['network']} | {r['npgrad']:,.0f} | {r['pytorch']:,.0f} | "
             f"**{r['ratio']:.2f}x** ({lo:.2f}-{hi:.2f}) | {r['peak_mb']:.0f} MiB | "
-            f"{100 * r['roofline']:.0f}% |"
+            f"{100 * r['roofline']:.0f}% | {r['products']:,.0f} ({r['products_ratio']:.2f}x) |"
         )
     peers = [r for r in rows if "peer" in r and not r.get("missing")]
     if peers:

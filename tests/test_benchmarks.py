@@ -25,6 +25,23 @@ def test_accuracy_benchmark_runs(capsys, torch, tmp_path):
     assert (tmp_path / "acc.png").stat().st_size > 5000
 
 
+def test_cnn_products_are_the_im2col_shapes():
+    # forward, weight gradient (unfolded input transposed), input gradient from layer 2 on
+    assert bench_cnn.products("small", 4) == [
+        (4 * 784, 9, 16, False),
+        (9, 4 * 784, 16, True),
+        (4 * 196, 144, 32, False),
+        (144, 4 * 196, 32, True),
+        (4 * 196, 288, 16, False),  # the flipped-kernel convolution of the output gradient
+        (4, 1568, 10, False),
+        (1568, 4, 10, True),
+        (4, 10, 1568, False),
+    ]
+    assert bench_cnn.gemm_flops_per_sample("small") == 2 * (
+        2 * 784 * 9 * 16 + 3 * 196 * 144 * 32 + 3 * 1568 * 10
+    )
+
+
 def test_flops_per_sample():
     # forward and weight gradients for both layers, input gradient for the second only
     assert bench_speed.flops_per_sample([784, 100, 10]) == 2 * (3 * (78400 + 1000) - 78400)
@@ -34,6 +51,7 @@ def test_cnn_benchmark_runs(capsys, torch):
     bench_cnn.main(["--tiny"])
     out = capsys.readouterr().out
     assert "| small |" in out and "| lenet |" in out and "npgrad peak memory" in out
+    assert "products alone samples/s" in out
     assert "DeZero" not in out and "MyGrad" not in out  # --tiny leaves the peers out
     assert out.startswith("Machine: ") and "PyTorch" in out.splitlines()[0]
 

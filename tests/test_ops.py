@@ -471,3 +471,31 @@ def test_relu_and_max_second_derivatives_treat_mask_and_routing_as_constants():
     np.testing.assert_array_equal(hv, [[0, 0, 6.0], [0, 0, 12.0]])
     # relu alone is piecewise linear: its Hessian is 0
     np.testing.assert_array_equal(npgrad.hvp(lambda t: npgrad.relu(t).sum(), a, v), 0 * v)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda a: a.reshape(2, 3, 1000),  # C-contiguous, not a multiple of the zero row
+        lambda a: a.reshape(2, 100, 10, 3).transpose(0, 3, 1, 2),  # NCHW view of NHWC memory
+        lambda a: a.reshape(600, 10)[:, ::2],  # gaps in memory: the plain path
+        lambda a: np.asfortranarray(a.reshape(60, 100)),
+    ],
+)
+def test_relu_array_is_maximum_with_zero_in_the_input_layout(dtype, make):
+    rng = np.random.default_rng(0)
+    x = make(rng.standard_normal(6000).astype(dtype))
+    x[(0,) * x.ndim] = np.nan
+    x[(-1,) * x.ndim] = -np.inf
+    y = ops.relu_array(x)
+    np.testing.assert_array_equal(y, np.maximum(x, 0))  # NaN stays NaN, -inf becomes 0
+    assert y.dtype == dtype and np.isnan(y[(0,) * x.ndim]) and y[(-1,) * x.ndim] == 0
+    if ops._memory_flat(x) is not None:
+        assert np.argsort(y.strides).tolist() == np.argsort(x.strides).tolist()
+
+
+def test_relu_array_small_and_integer_inputs_take_the_plain_path():
+    for x in (np.array([-1.5, 0.0, 2.0], np.float32), np.arange(-5000, 5000)):
+        np.testing.assert_array_equal(ops.relu_array(x), np.maximum(x, 0))
+        assert ops.relu_array(x).dtype == x.dtype

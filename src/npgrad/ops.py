@@ -505,6 +505,41 @@ class Log(Op):
             return (g / (x + eps if eps else x),)
 
 
+# NumPy's maximum against a scalar runs 2-3x slower than against an array
+# (measured on float32 with NumPy 2.4: the array-array loop is the vectorised
+# one), so max(x, 0) is taken row by row against a short row of zeros, which
+# stays in the first-level cache. The rows are a flat view of x's memory, so the
+# output keeps x's memory layout (an NCHW view of channels-last memory stays one).
+_ZERO_ROW = 4096
+_zero_rows: dict[np.dtype, Array] = {}
+
+
+def _memory_flat(a: Array) -> Array | None:
+    """``a``'s elements as a 1-D view in memory order, or None when its memory has gaps."""
+    if a.flags.c_contiguous:
+        return a.reshape(-1)
+    t = a.transpose(np.argsort([-s for s in a.strides], kind="stable"))
+    return t.reshape(-1) if t.flags.c_contiguous else None
+
+
+def relu_array(x: Array) -> Array:
+    """``np.maximum(x, 0)``, NaN propagating, in ``x``'s memory layout; faster on large floats."""
+    if x.size < 2 * _ZERO_ROW or x.dtype.kind != "f":
+        return np.maximum(x, 0)
+    y = np.empty_like(x)  # order "K": the same layout as x
+    fx, fy = _memory_flat(x), _memory_flat(y)
+    if fx is None or fy is None:
+        return np.maximum(x, 0)
+    zeros = _zero_rows.get(x.dtype)
+    if zeros is None:
+        zeros = _zero_rows[x.dtype] = np.zeros(_ZERO_ROW, dtype=x.dtype)
+        zeros.flags.writeable = False
+    whole = fx.size - fx.size % _ZERO_ROW
+    np.maximum(fx[:whole].reshape(-1, _ZERO_ROW), zeros, out=fy[:whole].reshape(-1, _ZERO_ROW))
+    np.maximum(fx[whole:], zeros[: fx.size - whole], out=fy[whole:])
+    return y
+
+
 class Relu(Op):
     r"""Rectifier $Y = \max(X, 0)$, element-wise.
 
@@ -526,7 +561,7 @@ class Relu(Op):
 
     @staticmethod
     def forward(x: Array) -> tuple[Array, Any]:
-        y = np.maximum(x, 0)
+        y = relu_array(x)
         return y, y
 
     @staticmethod
