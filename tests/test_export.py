@@ -285,6 +285,7 @@ def test_safetensors_round_trip_into_npgrad_is_exact(
     model, _ = load_for_inference(run)
     seq = as_sequential(model)
     back, meta = load_safetensors(path)
+    assert not any(m.training for m in back.modules())  # ready to predict: dropout off
     assert meta["npgrad.model"] == {"default": "mlp"}.get(preset, preset)
     assert meta["npgrad.classes"] == DIGITS
     assert list(back.state_dict()) == list(seq.state_dict())

@@ -547,7 +547,9 @@ def load_safetensors(path: str | os.PathLike) -> tuple[nn.Sequential, dict[str, 
     """Rebuild the network a safetensors file from :func:`export_run` describes.
 
     Returns ``(network, metadata)`` with the JSON metadata decoded; the weights
-    keep the file's dtype, so an exported network comes back bit for bit.
+    keep the file's dtype, so an exported network comes back bit for bit. The
+    network is in eval mode, ready to predict (dropout off, batch norm on its
+    running statistics): call ``network.train()`` to train it further.
     """
     tensors, raw = st.load(path)
     if "npgrad.layers" not in raw:
@@ -569,7 +571,7 @@ def load_safetensors(path: str | os.PathLike) -> tuple[nn.Sequential, dict[str, 
         layers.append(_build_layer(path, i, spec, dtype))
     net = nn.Sequential(*layers)
     _load_tensors(net, tensors, str(path), strict=True)
-    return net, metadata
+    return net.eval(), metadata
 
 
 def _build_layer(path: Any, i: int, spec: Any, dtype: np.dtype) -> nn.Module:

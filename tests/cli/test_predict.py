@@ -135,8 +135,19 @@ def test_mistakes_are_one_line_exit_2_and_change_nothing(capsys, run_dir, tmp_pa
     assert snapshot(run_dir) == before
 
 
-def test_one_bad_picture_in_a_folder_names_it(capsys, run_dir, tmp_path):
-    dark_on_light(digits().test_images[0]).save(tmp_path / "a.png")
+def test_bad_pictures_in_a_folder_are_named_and_the_others_still_answered(
+    capsys, run_dir, tmp_path
+):
+    for name in ("a.png", "c.png"):
+        dark_on_light(digits().test_images[0]).save(tmp_path / name)
     (tmp_path / "b.npy").write_bytes(b"")
-    code, out, err = predict(capsys, run_dir, tmp_path)
-    assert code == 2 and f"{tmp_path / 'b.npy'}: empty file" in err and err.count("\n") == 1
+    Image.new("L", (50, 50), 255).save(tmp_path / "d.png")  # blank
+    code, out, err = predict(capsys, run_dir, tmp_path, "--json")
+    assert code == 2
+    assert [json.loads(line)["image"] for line in out.splitlines()] == [
+        str(tmp_path / "a.png"),
+        str(tmp_path / "c.png"),
+    ]
+    lines = err.splitlines()
+    assert len(lines) == 2 and all(line.startswith("npgrad: error: ") for line in lines)
+    assert f"{tmp_path / 'b.npy'}: empty file" in lines[0] and "blank" in lines[1]

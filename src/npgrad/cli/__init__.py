@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import textwrap
 import warnings
 from collections.abc import Sequence
 
 from ..errors import Interrupted, NpgradError
 from . import check, data, evaluate, export, gradcheck, predict, serve, train
-from .common import Parser, formatter
+from .common import Parser, formatter, print_error, readable
 
 COMMANDS = (train, evaluate, predict, export, serve, data, gradcheck, check)
 
@@ -51,10 +50,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.simplefilter("ignore", RuntimeWarning)
             return int(args.func(args) or 0)
     except Interrupted as exc:
-        print(_readable(f"npgrad: {exc}"), file=sys.stderr)
+        print(readable(f"npgrad: {exc}"), file=sys.stderr)
         return 130
     except NpgradError as exc:
-        print(_readable(f"npgrad: error: {exc}"), file=sys.stderr)
+        print_error(exc)
         return 2
     except BrokenPipeError:  # output piped into head & co.: not an error
         sys.stderr.close()
@@ -62,13 +61,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("npgrad: interrupted", file=sys.stderr)
         return 130
-
-
-def _readable(message: str, width: int = 100, longest_line: int = 240) -> str:
-    """A short message stays one line; a long one is wrapped into a few indented lines."""
-    if len(message) <= longest_line or "\n" in message:
-        return message
-    return textwrap.fill(message, width=width, subsequent_indent="  ", break_on_hyphens=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import textwrap
 
 
 class Parser(argparse.ArgumentParser):
@@ -14,3 +16,15 @@ class Parser(argparse.ArgumentParser):
 
 def formatter(prog: str) -> argparse.HelpFormatter:
     return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
+
+
+def readable(message: str, width: int = 100, longest_line: int = 240) -> str:
+    """A short message stays one line; a long one is wrapped into a few indented lines."""
+    if len(message) <= longest_line or "\n" in message:
+        return message
+    return textwrap.fill(message, width=width, subsequent_indent="  ", break_on_hyphens=False)
+
+
+def print_error(exc: BaseException) -> None:
+    """A user error as the command line reports it: ``npgrad: error: ...`` on stderr."""
+    print(readable(f"npgrad: error: {exc}"), file=sys.stderr)

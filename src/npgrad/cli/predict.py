@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import formatter
+from .common import formatter, print_error
 
 BATCH = 256  # images read and classified at a time: a large folder never sits in memory whole
 
@@ -16,7 +16,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .. import images, ops
-    from ..errors import CheckpointError, ConfigError
+    from ..errors import CheckpointError, ConfigError, ImageError
     from ..models import load_for_inference
 
     if args.top < 1:
@@ -29,12 +29,23 @@ def run(args: argparse.Namespace) -> int:
     pixel_max = meta.get("pixel_max", 255.0)
     dtype = np.dtype(meta["config"]["dtype"])
     top = min(args.top, len(classes))
+    refused = 0
     for start in range(0, len(paths), BATCH):
-        chunk = paths[start : start + BATCH]
+        chunk, pictures = [], []
         # NumPy's overflow warnings would name source files; the result is checked instead.
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")
-            x = np.stack([images.load_image(p, shape, pixel_max, recipe) for p in chunk])
+            for p in paths[start : start + BATCH]:
+                try:
+                    pictures.append(images.load_image(p, shape, pixel_max, recipe))
+                except ImageError as exc:  # one bad picture must not cost the others' answers
+                    print_error(exc)
+                    refused += 1
+                    continue
+                chunk.append(p)
+            if not chunk:
+                continue
+            x = np.stack(pictures)
             lp = model.log_probs(x.reshape(len(x), -1).astype(dtype))
             probs = ops.Softmax.forward(lp, axis=1)[0]  # renormalises the exercise's log(s + eps)
         if not np.isfinite(probs).all():
@@ -52,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
             else:
                 ranked = ", ".join(f"{classes[i]} {pr[i]:.1%}" for i in order)
                 print(f"{path}: {classes[order[0]]}   ({ranked})")
-    return 0
+    return 2 if refused else 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -64,7 +75,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "as MNIST's digits were: transparency composited, dark-on-light inverted,\n"
         "contrast stretched, the digit cropped, scaled into a 20x20 box and centred\n"
         "by its centre of mass in 28x28 (8x8 models: scaled to fill the frame).\n"
-        "A .npy array of exactly the model's input shape is used as it is.",
+        "A .npy array of exactly the model's input shape is used as it is. A picture that\n"
+        "cannot be used is named on stderr and the others are still classified; the\n"
+        "exit status is then 2.",
         epilog="""\
 examples:
   npgrad predict runs/mnist-default/checkpoint.npz seven.png
