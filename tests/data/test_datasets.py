@@ -79,6 +79,18 @@ def test_failures_leave_nothing_partial_and_are_listed_one_per_line(mirror, tmp_
     assert "corrupt download" in firsts[2] and all(len(line) <= 100 for line in lines)
 
 
+def test_a_fetch_that_gets_nothing_leaves_no_cache_folder(mirror, tmp_path):
+    base, _ = mirror
+    target = tmp_path / "cache" / "mnist"
+    with pytest.raises(DownloadError):
+        fetch("mnist", mirrors=[f"{base}/missing/mnist"], cache=target, log=lambda m: None)
+    assert not target.exists() and (tmp_path / "cache").exists()
+    target.mkdir()  # a folder the user already had stays, empty or not
+    with pytest.raises(DownloadError):
+        fetch("mnist", mirrors=[f"{base}/missing/mnist"], cache=target, log=lambda m: None)
+    assert target.is_dir()
+
+
 def test_interrupted_download_leaves_nothing(mirror, tmp_path, monkeypatch):
     base, _ = mirror
 

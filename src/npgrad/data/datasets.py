@@ -45,6 +45,7 @@ recognised; ``"digits"`` for the embedded set; ``None`` otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import os
@@ -770,11 +771,18 @@ def fetch(
         raise DatasetError(f"{name!r} cannot be downloaded{why}: known are {', '.join(DATASETS)}")
     spec = DATASETS[key]
     target = Path(cache).expanduser() if cache is not None else cache_root() / key
-    for fs in spec.files:
-        path = target / fs.name
-        if _is_file(path) and _is_verified(path, fs):
-            continue  # otherwise replaced below, atomically
-        download_file(fs, target, mirrors_for(spec, mirrors), timeout, progress, log)
+    existed = _is_dir(target)
+    try:
+        for fs in spec.files:
+            path = target / fs.name
+            if _is_file(path) and _is_verified(path, fs):
+                continue  # otherwise replaced below, atomically
+            download_file(fs, target, mirrors_for(spec, mirrors), timeout, progress, log)
+    except BaseException:
+        if not existed:  # a download that got nothing leaves no empty cache folder behind
+            with contextlib.suppress(OSError):
+                target.rmdir()  # only when empty: a file already fetched stays
+        raise
     return target
 
 
