@@ -260,8 +260,26 @@ def test_cnn_module_arguments_are_checked_when_built():
         nn.Conv2d(1, 2, (3, 3, 3))
     with pytest.raises(ConfigError, match="momentum"):
         nn.BatchNorm2d(3, momentum=2.0)
-    with pytest.raises(ConfigError, match="positive"):
+    with pytest.raises(ConfigError, match="in_channels must be an int >= 1, got 0"):
         nn.Conv2d(0, 2, 3)
+
+
+@pytest.mark.parametrize(
+    "build, match",
+    [
+        (lambda: nn.Conv2d(3.5, 4, 3), "in_channels must be an int"),
+        (lambda: nn.Conv2d("3", 4, 3), "in_channels must be an int"),
+        (lambda: nn.Conv2d(3, 4, 2.5), "kernel size must be an int or a pair"),
+        (lambda: nn.Conv2d(3, 4, 3, stride=True), "stride must be an int or a pair"),
+        (lambda: nn.BatchNorm2d(2.5), "num_features must be an int"),
+        (lambda: nn.BatchNorm2d(3, eps=0), "eps must be a positive number"),
+        (lambda: nn.BatchNorm2d(3, eps=float("nan")), "eps must be a positive number"),
+        (lambda: nn.Linear(784.0, 10), "in_features must be an int"),
+    ],
+)
+def test_non_integer_sizes_and_bad_eps_are_refused_not_truncated(build, match):
+    with pytest.raises(ConfigError, match=match):
+        build()
 
 
 def test_set_rng_reaches_dropout_in_any_module_tree():

@@ -289,3 +289,35 @@ def test_first_layer_skips_the_input_gradient():
     y = ops_conv.conv2d(rng.standard_normal((2, 1, 6, 6)), w)  # data: no gradient wanted
     grads = ops.OPS["conv2d"].vjp(y._node.saved, np.ones(y.shape), (False, True))
     assert grads[0] is None and grads[1].shape == w.shape
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda x, w: ops_conv.conv2d(x, w, stride=2.9), "ConfigError", "stride must be an int"),
+        (lambda x, w: ops_conv.conv2d(x, w, padding="1"), "ConfigError", "padding must be an int"),
+        (lambda x, w: ops_conv.max_pool2d(x, 2.9), "ConfigError", "kernel size must be an int"),
+        (lambda x, w: ops_conv.conv2d(x, w[:, :, :0]), "ShapeError", "has an empty axis"),
+        (lambda x, w: ops_conv.conv2d(x, w[:0]), "ShapeError", "has an empty axis"),
+        (lambda x, w: ops_conv.batch_norm(x[:0], np.ones(3), np.zeros(3)), "ShapeError", "empty"),
+        (
+            lambda x, w: ops_conv.batch_norm(x, np.ones(3), np.zeros(3), eps=-1.0),
+            "ConfigError",
+            "eps must be a positive number",
+        ),
+        (
+            lambda x, w: ops_conv.batch_norm(
+                x, np.ones(3), np.zeros(3), np.zeros(3, int), np.ones(3, int)
+            ),
+            "ShapeError",
+            "running_mean must be a float array",
+        ),
+        (lambda x, w: ops_conv.flatten(x, start_dim=5), "ShapeError", "start_dim 5 is not an axis"),
+        (lambda x, w: ops_conv.flatten(x, start_dim=-9), "ShapeError", "start_dim -9"),
+    ],
+)
+def test_bad_geometry_and_empty_inputs_are_typed_errors(call, error, match):
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((2, 3, 7, 9)), rng.standard_normal((4, 3, 3, 3))
+    with pytest.raises(getattr(npgrad, error), match=match):
+        call(x, w)

@@ -84,3 +84,12 @@ def test_star_import_does_not_shadow_builtins():
     exec("from npgrad import *", namespace)
     assert not {"sum", "max", "min", "pow", "abs"} & set(namespace)
     assert npgrad.sum is not sum and npgrad.max is not max  # still reachable as attributes
+
+
+def test_submodules_are_reachable_after_a_plain_import():
+    import subprocess
+    import sys
+
+    code = "import npgrad; print(npgrad.export.load_safetensors.__name__, npgrad.checkpoint.load.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.split() == ["load_safetensors", "load"], out.stderr

@@ -75,6 +75,8 @@ _LAZY = {
     "check_functions": "filecheck",
     "PairReport": "pairs",
 }
+# Submodules reached as attributes (npgrad.export.load_safetensors) after a plain import.
+_SUBMODULES = ("export", "checkpoint", "images", "graph", "layers", "models", "trainer")
 
 
 def __getattr__(name: str) -> object:
@@ -84,6 +86,10 @@ def __getattr__(name: str) -> object:
         value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
         globals()[name] = value
         return value
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'npgrad' has no attribute {name!r}")
 
 

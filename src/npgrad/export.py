@@ -493,6 +493,31 @@ def format_for(path: str | os.PathLike, fmt: str | None = None) -> str:
     return suffix
 
 
+# Files an export must never replace: a checkpoint (a zip), a gzipped IDX file, a raw one.
+_PRECIOUS = ((b"PK\x03\x04", "a checkpoint or zip archive"), (b"\x1f\x8b", "a gzip file"),
+             (b"\x00\x00\x08", "an IDX data file"))  # fmt: skip
+
+
+def _refuse_to_overwrite(run: str | os.PathLike, path: Path) -> None:
+    """Refuse a target that is the run's own checkpoint, or a file that holds data, not an export."""
+    source = Path(run)
+    if source.is_dir():
+        source = source / "checkpoint.npz"
+    try:
+        same = path.exists() and source.exists() and os.path.samefile(source, path)
+        head = path.read_bytes()[:4] if path.is_file() else b""
+    except OSError:
+        return  # unreadable: writing it will say why
+    if same:
+        raise ExportError(f"{path}: is the checkpoint being exported; give another file name")
+    for magic, what in _PRECIOUS:
+        if head.startswith(magic):
+            raise ExportError(
+                f"{path}: already exists and is {what}, not an export; remove it or give "
+                "another file name"
+            )
+
+
 def export_run(run: str | os.PathLike, path: str | os.PathLike, fmt: str | None = None) -> str:
     """Export the checkpoint in ``run`` (a run directory or checkpoint file) to ``path``.
 
@@ -504,6 +529,7 @@ def export_run(run: str | os.PathLike, path: str | os.PathLike, fmt: str | None 
     if path.is_dir():
         raise ExportError(f"{path}: is a directory; give the file to write, e.g. {path}/model.onnx")
     fmt = format_for(path, fmt)
+    _refuse_to_overwrite(run, path)
     if fmt == "onnx":
         _onnx()  # a missing extra is said before the checkpoint is read
     model, meta = load_for_inference(run)

@@ -206,8 +206,8 @@ class Linear(Module):
         dtype: Any = np.float32,
     ) -> None:
         super().__init__()
-        if in_features <= 0 or out_features <= 0:
-            raise ConfigError(f"Linear needs positive sizes, got {in_features} -> {out_features}")
+        in_features = C.as_int(in_features, "Linear's in_features", 1)
+        out_features = C.as_int(out_features, "Linear's out_features", 1)
         rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
         self.in_features, self.out_features = in_features, out_features
         self.weight = Parameter(_init_weight(in_features, out_features, init, rng, dtype))
@@ -366,10 +366,8 @@ class Conv2d(Module):
         dtype: Any = np.float32,
     ) -> None:
         super().__init__()
-        if in_channels <= 0 or out_channels <= 0:
-            raise ConfigError(
-                f"Conv2d needs positive channels, got {in_channels} -> {out_channels}"
-            )
+        in_channels = C.as_int(in_channels, "Conv2d's in_channels", 1)
+        out_channels = C.as_int(out_channels, "Conv2d's out_channels", 1)
         kh, kw = C.as_pair(kernel_size, "kernel size", 1)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size = (kh, kw)
@@ -446,8 +444,9 @@ class _BatchNorm(Module):
         self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, dtype: Any = np.float32
     ) -> None:
         super().__init__()
-        if num_features <= 0:
-            raise ConfigError(f"{type(self).__name__} needs num_features > 0, got {num_features}")
+        num_features = C.as_int(num_features, f"{type(self).__name__}'s num_features", 1)
+        if not (isinstance(eps, (int, float, np.floating)) and np.isfinite(eps) and eps > 0):
+            raise ConfigError(f"batch norm eps must be a positive number, got {eps!r}")
         if not 0.0 <= momentum <= 1.0:
             raise ConfigError(f"batch norm momentum must lie in [0, 1], got {momentum}")
         self.num_features, self.eps, self.momentum = num_features, eps, momentum

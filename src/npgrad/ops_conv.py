@@ -67,15 +67,25 @@ CHUNK_BYTES = 4 << 20
 # --------------------------------------------------------------------------- geometry
 
 
+def _is_int(v: Any) -> bool:
+    # 2.9 must not quietly become 2, nor True become 1 (PyTorch refuses both too)
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def as_int(v: Any, what: str, low: int) -> int:
+    """``v`` as an int ``>= low``; anything else (a float, a string, a bool) is refused."""
+    if not _is_int(v) or v < low:
+        raise ConfigError(f"{what} must be an int >= {low}, got {v!r}")
+    return int(v)
+
+
 def as_pair(v: IntOrPair, what: str, low: int) -> tuple[int, int]:
     """``v`` as two ints ``>= low`` (an int means the same for height and width)."""
-    try:
-        pair = (int(v), int(v)) if np.ndim(v) == 0 else tuple(int(i) for i in v)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ConfigError(f"{what} must be an int or a pair of ints, got {v!r}") from None
-    if len(pair) != 2 or min(pair) < low:
+    ndim = 0 if isinstance(v, str) else np.ndim(v)
+    pair = (v, v) if ndim == 0 else tuple(v) if ndim == 1 else None  # type: ignore[arg-type]
+    if pair is None or len(pair) != 2 or not all(_is_int(i) and i >= low for i in pair):
         raise ConfigError(f"{what} must be an int or a pair of ints >= {low}, got {v!r}")
-    return pair  # type: ignore[return-value]
+    return int(pair[0]), int(pair[1])
 
 
 def _out_size(size: int, k: int, s: int, p: int, d: int) -> int:
@@ -277,6 +287,8 @@ class Conv2d(Op):
                 f"expected (out_channels, {x.shape[1]}, kh, kw)"
             )
         o, c, kh, kw = w.shape
+        if min(w.shape) == 0:
+            raise ShapeError(f"conv2d: weight of shape {w.shape} has an empty axis")
         if b is not None and b.shape != (o,):
             raise ShapeError(f"conv2d: bias of shape {b.shape}, expected ({o},)")
         sh, sw = as_pair(stride, "stride", 1)
@@ -1113,9 +1125,19 @@ class BatchNorm(Op):
         if x.ndim < 2:
             raise ShapeError(f"batch_norm expects input of shape (N, C, ...), got {x.shape}")
         c = x.shape[1]
+        if x.size == 0:
+            raise ShapeError(f"batch_norm: input of shape {x.shape} is empty")
         for a, what in ((gamma, "weight"), (beta, "bias")):
             if a.shape != (c,):
                 raise ShapeError(f"batch_norm: {what} of shape {a.shape}, expected ({c},)")
+        if not (np.isfinite(eps) and eps > 0):
+            raise ConfigError(f"batch_norm: eps must be a positive number, got {eps!r}")
+        for a, what in ((running_mean, "running_mean"), (running_var, "running_var")):
+            if a is not None and (a.shape != (c,) or a.dtype.kind != "f"):
+                raise ShapeError(
+                    f"batch_norm: {what} must be a float array of shape ({c},), got "
+                    f"{a.dtype} {a.shape}"
+                )
         x2 = _channels_last_2d(x)
         reps = x2.shape[1] // c
         m = x2.shape[0] * reps
@@ -1276,5 +1298,9 @@ def flatten(x: Any, start_dim: int = 1) -> Tensor:
     NCHW order is kept whatever the memory layout, as in PyTorch.
     """
     x = as_tensor(x)
+    if x.ndim and not (_is_int(start_dim) and -x.ndim <= start_dim < x.ndim):
+        raise ShapeError(
+            f"flatten: start_dim {start_dim!r} is not an axis of an input of shape {x.shape}"
+        )
     start = start_dim % x.ndim if x.ndim else 0
     return apply(ops.Reshape, x, shape=tuple(x.shape[:start]) + (-1,))

@@ -253,7 +253,8 @@ class Trainer:
         self.data = prepare_data(cfg, dataset)
         self.rng = np.random.default_rng([cfg.seed, 1])
         classes = self.data.dataset.num_classes
-        batch = cfg.batch_size or len(self.data.y_train)
+        # a batch larger than the training set is the whole set (as the loader makes it)
+        batch = min(cfg.batch_size or len(self.data.y_train), len(self.data.y_train))
         steps_per_epoch = -(-len(self.data.y_train) // batch)
         self.model = build_model(
             cfg, self.data.dataset.image_shape, classes, steps_per_epoch, self.rng, batch=batch

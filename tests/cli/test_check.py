@@ -254,3 +254,34 @@ def test_shapes_and_constructor_arguments_of_a_class_from_the_command_line(capfd
     assert "Conv2d: PASS  (inputs 2x3x8x8, 4x3x3x3, 4)" in out
     assert "built as Conv2d(stride=1, padding=1)" in out
     assert "built as MaxPool2d(kernel_size=(3, 2), stride=2)" in out
+
+
+CONV = str(HERE / "wrong_conv_layers.py")
+
+
+@pytest.mark.parametrize(
+    "param, message",
+    [
+        ("Conv2d=stride:0", "stride must be an int or a pair of ints >= 1, got 0"),
+        ("Conv2d=padding:-1", "padding must be an int or a pair of ints >= 0, got -1"),
+        ("MaxPool2d=kernel_size:2,3,4", "kernel_size must be an int or a pair"),
+    ],
+)
+def test_a_bad_geometry_param_is_the_options_error_not_the_layers(capfd, param, message):
+    code, out, err = check(capfd, CONV, "--class", param.split("=")[0], "--param", param)
+    assert out == ""
+    assert_one_line_error(code, err, message)
+
+
+def test_inputs_that_leave_nothing_to_compare_fail_instead_of_passing(capfd):
+    # a wrong pooling backward "passes" when the window does not fit: the output is empty
+    code, out, _ = check(
+        capfd,
+        CONV,
+        "--class",
+        "SpreadMaxPool2d",
+        "--shape",
+        "SpreadMaxPool2d=2x3x1x1",
+        "--no-torch",
+    )
+    assert code == 1 and "is empty: nothing to check" in out

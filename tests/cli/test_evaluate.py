@@ -69,3 +69,25 @@ def test_evaluate_on_labels_the_model_does_not_know(capsys, digits_run, tmp_path
     code, _, err = run_catching_exit(capsys, ["evaluate", str(digits_run), "-d", str(tmp_path)])
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert "7" in err and "12" in err
+
+
+def test_a_nan_weight_is_refused_not_reported_as_a_nan_loss(capsys, digits_run, tmp_path):
+    from npgrad import checkpoint as ckpt
+
+    params, optim, meta = ckpt.load(digits_run)
+    name = next(iter(params))
+    params[name] = params[name].copy()
+    params[name].flat[0] = np.nan
+    ckpt.save(tmp_path / "checkpoint.npz", params, optim, meta)
+    code, out, err = run_catching_exit(capsys, ["evaluate", str(tmp_path)])
+    assert code == 2 and out == "" and "non-finite test loss" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_plot_folder_that_cannot_be_made_is_one_line(capsys, digits_run, tmp_path):
+    (tmp_path / "afile").write_text("in the way")
+    code, _, err = run_catching_exit(
+        capsys, ["evaluate", str(digits_run), "--plot", "-o", str(tmp_path / "afile")]
+    )
+    assert code == 2 and err.strip().splitlines()[-1].startswith("npgrad: error: ")
+    assert "Traceback" not in err and (tmp_path / "afile").read_text() == "in the way"

@@ -77,3 +77,23 @@ def test_mistakes_are_one_line_and_exit_2(capsys, run_dir, tmp_path, monkeypatch
 def test_help_shows_examples(capsys):
     code, out, _ = export(capsys, "--help")
     assert code == 0 and "npgrad export runs/mnist-default mnist.onnx" in out
+
+
+def test_export_never_overwrites_its_checkpoint_or_a_data_file(capsys, run_dir, tmp_path):
+    before = snapshot(run_dir)
+    code, _, err = export(capsys, run_dir, run_dir / "checkpoint.npz", "--format", "safetensors")
+    assert_one_line_error(code, err, "is the checkpoint being exported")
+    idx = tmp_path / "train-labels-idx1-ubyte.gz"
+    idx.write_bytes(b"\x1f\x8b" + b"data")
+    code, _, err = export(capsys, run_dir, idx, "--format", "safetensors")
+    assert_one_line_error(code, err, "already exists and is a gzip file, not an export")
+    assert snapshot(run_dir) == before and idx.read_bytes() == b"\x1f\x8bdata"
+
+
+def test_a_file_name_too_long_is_one_line(capsys, run_dir, tmp_path):
+    code, _, err = export(capsys, run_dir, tmp_path / ("y" * 300 + ".onnx"))
+    if "pip install" in err:
+        pytest.skip("the onnx extra is not installed")
+    # one message (wrapped, being long), exit 2, no traceback
+    assert code == 2 and err.startswith("npgrad: error: ") and "Traceback" not in err
+    assert "File name too long" in " ".join(err.split())

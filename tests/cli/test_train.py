@@ -112,3 +112,23 @@ def test_a_run_on_a_relative_dataset_path_works_from_any_directory(
     assert main(["evaluate", "work/run", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["test_accuracy"] > 0.5  # trained, not random
     assert main(["train", "-o", "work/run", "--resume", "-e", "2", "-q"]) == 0
+
+
+def test_a_batch_larger_than_the_training_set_is_the_whole_set_in_the_memory_check(tmp_path):
+    assert (
+        main(
+            [
+                "train",
+                "-d",
+                "digits",
+                "-e",
+                "1",
+                "-b",
+                "1000000000",
+                "-o",
+                str(tmp_path / "r"),
+                "-q",
+            ]
+        )
+        == 0
+    )

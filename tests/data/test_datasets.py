@@ -310,7 +310,7 @@ def images(n, h=3, w=3):
         ({"train_labels": labels(0, 1, 2, 0, 2_000_000_000, 2, dtype=np.int32)}, "train-labels",
          "label 2000000000 at index 4 would make more than 1000 classes"),
         ({"train_labels": labels(0, 1, -1, 0, 1, 2, dtype=np.int8)}, "train-labels",
-         r"label -1 at index 2 is outside the"),
+         r"label -1 at index 2 is negative; class labels count from 0"),
         ({"train_labels": labels(0, 1, 2, 0, 1, 2, dtype=np.float32)}, "train-labels",
          "labels must be integers, got float32"),
         ({"test_labels": labels(2, 1, 7, 3)}, "t10k-labels",

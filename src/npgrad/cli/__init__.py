@@ -3,8 +3,9 @@
 Each sub-command is one module here with ``register(sub)`` (its parser) and
 ``run(args)`` (parse, call the library, print). Every user error is an
 :class:`~npgrad.errors.NpgradError`: the command prints it as one line
-(``npgrad: error: ...``) and exits with status 2. Anything else is a bug and
-keeps its traceback.
+(``npgrad: error: ...``) and exits with status 2, and so is an ``OSError`` that
+reaches it (a file name too long, a full or read-only disk: the file system's
+answer, named with its path). Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -58,6 +59,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into head & co.: not an error
         sys.stderr.close()
         return 0
+    except OSError as exc:  # the file system said no (name too long, disk full, read-only)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print_error(f"{where}{exc.strerror or exc} (check the path and the disk)")
+        return 2
     except KeyboardInterrupt:
         print("npgrad: interrupted", file=sys.stderr)
         return 130

@@ -69,7 +69,25 @@ def _parse_param_option(items: list[str] | None) -> dict[str, dict[str, object]]
                 "batchnorm_forward=mode:test or MaxPool=kernel_size:2,3"
             )
         out.setdefault(name, {})[key] = _value(value)
+        _check_geometry(item, key.rpartition(".")[2], out[name][key])
     return out
+
+
+# Window geometry a convolution or pooling takes: ints (or pairs) of at least this much.
+_GEOMETRY = {"stride": 1, "dilation": 1, "kernel_size": 1, "kernel": 1, "pool_size": 1,
+             "pool_height": 1, "pool_width": 1, "padding": 0, "pad": 0}  # fmt: skip
+
+
+def _check_geometry(item: str, key: str, value: object) -> None:
+    """A stride of 0 or a padding of -1 is the option's mistake, not the checked layer's."""
+    from ..errors import ConfigError
+    from ..ops_conv import as_pair
+
+    if key in _GEOMETRY:
+        try:
+            as_pair(value, key, _GEOMETRY[key])  # type: ignore[arg-type]
+        except ConfigError as exc:
+            raise ConfigError(f"bad --param {item!r}: {exc}") from None
 
 
 def _positive_seconds(text: str) -> float:

@@ -25,6 +25,6 @@ def readable(message: str, width: int = 100, longest_line: int = 240) -> str:
     return textwrap.fill(message, width=width, subsequent_indent="  ", break_on_hyphens=False)
 
 
-def print_error(exc: BaseException) -> None:
+def print_error(exc: BaseException | str) -> None:
     """A user error as the command line reports it: ``npgrad: error: ...`` on stderr."""
     print(readable(f"npgrad: error: {exc}"), file=sys.stderr)

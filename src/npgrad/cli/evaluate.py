@@ -15,9 +15,15 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
+    from ..errors import CheckpointError
     from ..trainer import evaluate_checkpoint
 
     ev, data, meta = evaluate_checkpoint(args.checkpoint, args.dataset, args.data_dir)
+    if not np.isfinite(ev.loss):
+        raise CheckpointError(
+            f"{args.checkpoint}: the model gives a non-finite test loss (weights overflow or "
+            "NaN?); retrain it or use another checkpoint"
+        )
     classes = list(meta["classes"])
     cm = ev.confusion(len(classes))
     per_class = np.diag(cm) / np.maximum(cm.sum(axis=1), 1)

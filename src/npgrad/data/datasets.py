@@ -260,7 +260,12 @@ def check_labels(labels: np.ndarray, num_classes: int, where: str = "labels") ->
         raise DatasetContentError(f"{where}: labels must be integers, got {labels.dtype}")
     if not labels.size:
         return
-    bad = (labels < 0) | (labels >= num_classes)
+    if labels.dtype.kind == "i" and labels.min() < 0:
+        i = _first(labels < 0)
+        raise DatasetContentError(
+            f"{where}: label {labels[i]} at index {i} is negative; class labels count from 0"
+        )
+    bad = labels >= num_classes
     if bad.any():
         i = _first(bad)
         raise DatasetContentError(
@@ -412,15 +417,15 @@ def _infer_classes(labels: np.ndarray, where: str) -> int:
         i = int(np.argmax(labels >= MAX_CLASSES))
         raise DatasetContentError(
             f"{where}: label {labels[i]} at index {i} would make more than {MAX_CLASSES} "
-            "classes: a corrupt label? (pass num_classes= to load_dataset if intended)"
+            "classes: a corrupt label? (from Python, pass num_classes= to load_dataset if intended)"
         )
     present = np.count_nonzero(np.bincount(labels.astype(np.int64), minlength=k))
     if k > 2 and 2 * present < k:
         i = int(np.argmax(labels))
         raise DatasetContentError(
             f"{where}: label {labels[i]} at index {i} would make {k} classes, but only "
-            f"{present} of them occur in training: a corrupt label? (pass num_classes= to "
-            "load_dataset if this is intended)"
+            f"{present} of them occur in training: a corrupt label? (from Python, pass "
+            "num_classes= to load_dataset if this is intended)"
         )
     return max(k, 2)
 
