@@ -122,6 +122,28 @@ def test_second_interrupt_mid_step_keeps_last_epoch(tmp_path):
     resume(tmp_path).fit()
 
 
+def test_second_ctrl_c_during_the_save_waits_until_checkpoint_and_metrics_agree(
+    tmp_path, monkeypatch
+):
+    from npgrad import trainer as tr
+
+    real_save = tr.ckpt.save
+
+    def save_with_two_ctrl_cs(*args, **kwargs):
+        if not (tmp_path / "checkpoint.npz").exists():  # the first epoch's save
+            os.kill(os.getpid(), signal.SIGINT)  # first Ctrl-C: stop after this epoch
+            os.kill(os.getpid(), signal.SIGINT)  # second: would split checkpoint and metrics
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(tr.ckpt, "save", save_with_two_ctrl_cs)
+    with pytest.raises(Interrupted, match="interrupted after epoch 1; saved to"):
+        quiet(small_cfg(), tmp_path).fit()
+    meta = final_state(tmp_path)[2]
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert meta["epoch"] == 1 and len(lines) == 1
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
+
+
 def test_same_seed_is_bit_identical_and_other_seed_differs(tmp_path):
     quiet(small_cfg(), tmp_path / "a").fit()
     quiet(small_cfg(), tmp_path / "b").fit()

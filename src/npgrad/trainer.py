@@ -152,6 +152,20 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.requested = False
+        self.saving = False  # a second Ctrl-C now would split the checkpoint from its metrics
+        self.pending = False  # ... so it waits here until the save is done
+
+    @contextlib.contextmanager
+    def protect(self) -> Iterator[None]:
+        """Write the checkpoint and the metrics whole: a second Ctrl-C takes effect after."""
+        self.saving = True
+        try:
+            yield
+        finally:
+            self.saving = False
+        if self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
@@ -166,6 +180,9 @@ def stop_on_sigint(stop: StopRequest, log: Callable[[str], None]) -> Iterator[No
 
     def handler(_signum: int, _frame: Any) -> None:
         if stop.requested:
+            if stop.saving:
+                stop.pending = True
+                return
             raise KeyboardInterrupt
         stop.requested = True
         log("stopping after this step to save; press Ctrl-C again to stop at once")
@@ -378,14 +395,22 @@ class Trainer:
                     "continue with --resume"
                 ) from None
             if paused is not None:
-                self._save(epoch - 1, partial=dataclasses.asdict(paused))
+                with contextlib.suppress(KeyboardInterrupt), self.stop.protect():
+                    self._save(epoch - 1, partial=dataclasses.asdict(paused))
                 raise Interrupted(
                     f"stopped in epoch {epoch} after step {paused.step} of {len(loader)}; "
                     f"saved to {self.checkpoint_path}; continue with --resume"
                 )
             self.history.append(record)
-            self._save(epoch)
-            self._write_metrics()
+            try:
+                with self.stop.protect():
+                    self._save(epoch)
+                    self._write_metrics()
+            except KeyboardInterrupt:  # a second Ctrl-C during the save: it finished first
+                raise Interrupted(
+                    f"interrupted after epoch {epoch}; saved to {self.checkpoint_path}; "
+                    "continue with --resume"
+                ) from None
             self.log(_epoch_line(record, cfg.epochs))
             if self.stop.requested and epoch < cfg.epochs:
                 raise Interrupted(
