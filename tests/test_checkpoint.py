@@ -318,3 +318,26 @@ def test_mutated_checkpoints_raise_only_checkpoint_error(real_checkpoint, tmp_pa
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["examples"] == EXAMPLES and summary["refused"] > EXAMPLES // 2, summary
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda p, o, m: m.update(rng="x"), "metadata rng"),
+        (lambda p, o, m: m.update(history="x"), "metadata history"),
+        (lambda p, o, m: m.update(image_shape=[0, 28]), "metadata image_shape"),
+        (lambda p, o, m: m.update(image_shape=[28]), "metadata image_shape"),
+        (lambda p, o, m: m.update(pixel_max="x"), "metadata pixel_max"),
+        (lambda p, o, m: o.update(steps=np.array(-1)), "step count"),
+    ],
+)
+def test_metadata_of_the_wrong_kind_is_refused_even_with_a_valid_digest(tmp_path, edit, match):
+    from npgrad.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "-d", "digits", "-e", "1", "-o", str(run), "-q"]) == 0
+    params, optim, meta = ckpt.load(run)
+    edit(params, optim, meta)
+    ckpt.save(tmp_path / "checkpoint.npz", params, optim, meta)  # a digest that matches
+    with pytest.raises(CheckpointError, match=match):
+        ckpt.load(tmp_path)

@@ -109,7 +109,40 @@ def load(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, np.n
                 meta[k[5:]] = json.loads(str(v))
             except (ValueError, RecursionError):
                 raise CheckpointError(f"{path}: metadata {k} is not valid JSON text") from None
+    _check_meta(path, meta, optim)
     return params, optim, meta
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_meta(path: Path, meta: dict, optim: dict[str, np.ndarray]) -> None:
+    """The metadata the commands read, each of the type they expect: a file that passes its
+    digest but was written by other code must still fail here, in one line, not deep inside."""
+    checks = {
+        "image_shape": lambda v: (
+            isinstance(v, list)
+            and len(v) == 2  # (height, width)
+            and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in v)
+        ),
+        "classes": lambda v: isinstance(v, list) and len(v) >= 2,
+        "pixel_max": lambda v: _is_number(v) and v > 0,
+        "epoch": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+        "history": lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v),
+        "rng": lambda v: isinstance(v, dict),
+        "config": lambda v: isinstance(v, dict),
+        "partial": lambda v: isinstance(v, dict),
+    }
+    for key, ok in checks.items():
+        if key in meta and not ok(meta[key]):
+            raise CheckpointError(
+                f"{path}: metadata {key} = {_printable(repr(meta[key]))[:80]} is not what npgrad "
+                "writes; use a checkpoint written by 'npgrad train'"
+            )
+    steps = optim.get("steps")
+    if steps is not None and (steps.size != 1 or steps.item() < 0):
+        raise CheckpointError(f"{path}: optimizer step count {steps.tolist()} is not a count >= 0")
 
 
 def _read_arrays(path: Path) -> dict[str, np.ndarray]:
