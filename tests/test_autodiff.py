@@ -419,3 +419,9 @@ def test_swapaxes_and_transpose_forms():
     np.testing.assert_array_equal(x.transpose(None).data, a.transpose())
     np.testing.assert_array_equal(x.transpose(np.array([2, 0, 1])).data, a.transpose(2, 0, 1))
     np.testing.assert_array_equal(npgrad.broadcast_to(np.ones(4), (3, 4)).data, np.ones((3, 4)))
+
+
+@pytest.mark.parametrize("data", ["abc", np.array([object()]), [None, 1.0]])
+def test_a_tensor_of_non_numbers_is_refused_when_made(data):
+    with pytest.raises(npgrad.ConfigError, match="a Tensor holds numbers"):
+        npgrad.tensor(data)

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from . import ops
-from .errors import GradError
+from .errors import ConfigError, GradError
 
 _GRAD_ENABLED = True
 
@@ -91,6 +91,10 @@ class Tensor:
         name: str | None = None,
     ) -> None:
         arr = np.array(data, dtype=dtype) if dtype is not None else np.asarray(data)
+        if arr.dtype.kind not in "biufc":  # strings and objects would fail deep inside an op
+            raise ConfigError(
+                f"a Tensor holds numbers; got {arr.dtype} data ({type(data).__name__})"
+            )
         if requires_grad and not np.issubdtype(arr.dtype, np.floating):
             raise GradError(
                 f"only floating-point tensors can require gradients, got dtype {arr.dtype}; "

@@ -46,6 +46,15 @@ def parse_hidden(text: str) -> list[int]:
     text = str(text).strip().lower()
     if text in ("", "none", "0"):
         return []
+    return _sizes(text, "hidden sizes", "--hidden 256,128", "('none' for no hidden layer)")
+
+
+def parse_channels(text: str) -> list[int]:
+    """``"16,32"`` -> [16, 32]: the output channels of each convolution block."""
+    return _sizes(str(text).strip().lower(), "channel counts", "--channels 16,32", "")
+
+
+def _sizes(text: str, what: str, example: str, none: str) -> list[int]:
     parts = [p.strip() for p in text.replace("x", ",").split(",")]
     if len(parts) == 1 and "-" in text.lstrip("-"):
         parts = [p.strip() for p in text.split("-")]
@@ -53,12 +62,10 @@ def parse_hidden(text: str) -> list[int]:
         sizes = [int(p) for p in parts]
     except ValueError:
         raise ConfigError(
-            f"bad architecture {text!r}: give hidden sizes as integers, e.g. --hidden 256,128"
+            f"bad architecture {text!r}: give {what} as integers, e.g. {example}"
         ) from None
     if any(s <= 0 for s in sizes):
-        raise ConfigError(
-            f"bad architecture {text!r}: hidden sizes must be positive ('none' for no hidden layer)"
-        )
+        raise ConfigError(f"bad architecture {text!r}: {what} must be positive {none}".rstrip())
     return sizes
 
 
@@ -98,7 +105,12 @@ def _dataset(text: str) -> str:
 
 
 def _optional_dir(text: str | None) -> str | None:
-    return None if text is None else str(Path(text).expanduser().resolve())
+    if text is None:
+        return None
+    path = Path(text).expanduser().resolve()
+    if not path.is_dir():  # a mistyped folder must not be silently skipped in the search
+        raise ConfigError(f"--data-dir {text}: no such directory")
+    return str(path)
 
 
 # --------------------------------------------------------------------------- checks
@@ -137,8 +149,9 @@ def _finite(
 def _integer(lo: int, hi: int | None = None) -> Callable[[Any], str | None]:
     def check(v: Any) -> str | None:
         if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
-            top = f" and {hi}" if hi is not None else " or more"
-            return f"must be an integer between {lo}{top}, got {v}"
+            if hi is None:
+                return f"must be an integer >= {lo}, got {v}"
+            return f"must be an integer between {lo} and {hi}, got {v}"
         return None
 
     return check
@@ -278,7 +291,7 @@ OPTIONS: tuple[Option, ...] = (
         [32, 64],
         "output channels of each convolution block, e.g. 16,32",
         "model",
-        parse=parse_hidden,
+        parse=parse_channels,
         check=_channels_ok,
         metavar="SIZES",
         models=("cnn",),

@@ -47,6 +47,14 @@ from tests.cli.helpers import assert_one_line_error, run_catching_exit
         (["predict", "{tmp}/file.txt", "x.png"], "corrupt or not an npz"),
         (["data", "fetch", "cifar"], "cannot be downloaded"),
         (["bogus"], "invalid choice"),
+        (["train", "-d", "digits", "--data-dir", "{tmp}/nowhere"], "no such directory"),
+        (["evaluate", "{tmp}/r", "--data-dir", "{tmp}/nowhere"], "no such checkpoint file"),
+        (["data", "list", "--data-dir", "{tmp}/nowhere"], "no such directory"),
+        (["train", "-d", "digits", "-o", ""], "--out/-o: must not be empty"),
+        (["serve", "{tmp}/r", "--host", ""], "--host: must not be empty"),
+        (["train", "-d", "digits", "--channels", ","], "give channel counts as integers"),
+        (["train", "-d", "digits", "-b", "-1"], "must be an integer >= 0, got -1"),
+        (["predict", "{tmp}/r\x1b[31m", "x.png"], "r\\x1b[31m: no such checkpoint"),
     ],
 )
 def test_user_errors_are_one_line_and_non_zero(capsys, tmp_path, argv, message):

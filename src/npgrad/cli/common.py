@@ -18,8 +18,21 @@ def formatter(prog: str) -> argparse.HelpFormatter:
     return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
 
 
+def nonempty(hint: str):  # noqa: ANN201
+    """An argparse type refusing the empty string (``-o ''`` would mean the current directory)."""
+
+    def check(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"must not be empty: {hint}")
+        return text
+
+    return check
+
+
 def readable(message: str, width: int = 100, longest_line: int = 240) -> str:
     """A short message stays one line; a long one is wrapped into a few indented lines."""
+    # a file name's control characters (escape codes, tabs) must not reach the terminal raw
+    message = "".join(c if c == "\n" or c.isprintable() else repr(c)[1:-1] for c in message)
     if len(message) <= longest_line or "\n" in message:
         return message
     return textwrap.fill(message, width=width, subsequent_indent="  ", break_on_hyphens=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import formatter
+from .common import formatter, nonempty
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,6 +37,7 @@ examples:
     p.add_argument(
         "--host",
         default="127.0.0.1",
+        type=nonempty("give 127.0.0.1, or 0.0.0.0 for every interface"),
         help="address to listen on (default 127.0.0.1: this computer)",
     )
     p.add_argument(

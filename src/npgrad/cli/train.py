@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from .common import formatter
+from .common import formatter, nonempty
 
 TRAIN_EPILOG = """\
 examples:
@@ -96,7 +96,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     g = p.add_argument_group("output")
     g.add_argument(
-        "--out", "-o", metavar="DIR", help="output directory (default runs/DATASET-PRESET)"
+        "--out",
+        "-o",
+        metavar="DIR",
+        type=nonempty("give a directory, e.g. runs/a"),
+        help="output directory (default runs/DATASET-PRESET)",
     )
     g.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
     g.add_argument("--force", action="store_true", help="start over even if OUT holds a checkpoint")

@@ -681,6 +681,8 @@ def locate(
     (otherwise inferred from its labels: see the module docstring).
     """
     attempts: list[Attempt] = []
+    if data_dir is not None and not _is_dir(Path(data_dir).expanduser()):
+        raise DatasetError(f"data directory {data_dir}: no such directory")
     if os.sep in name or (os.altsep and os.altsep in name) or _is_dir(Path(name).expanduser()):
         return _user_dir(name, num_classes), [Attempt(str(Path(name).expanduser()), "found")]
     key = ALIASES.get(name.lower(), name.lower())
