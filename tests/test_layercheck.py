@@ -453,3 +453,15 @@ def test_a_convolution_with_its_weights_inside_is_told_how_to_check_dx():
     report = check_layer(InternalConv, shapes=[(2, 3, 7, 9)], use_torch=False)
     assert report.passed and report.inputs[0].shape == (2, 3, 7, 9), report
     assert report.reference == {"npgrad": "not compared: its parameters are not among its inputs"}
+
+
+def test_a_gigantic_returned_gradient_is_named_not_converted():
+    class Relu:
+        def forward(self, x):
+            return np.maximum(x, 0)
+
+        def backward(self, g):
+            return np.broadcast_to(np.uint8(0), (10**5, 10**5))  # 10 GB as float64
+
+    report = check_layer(Relu, use_torch=False)
+    assert not report.passed and "far larger than anything checked here" in str(report)

@@ -213,10 +213,20 @@ def _shape_words(shapes: Sequence[tuple[int, ...]]) -> str:
     return f"a tuple of {len(shapes)} NumPy arrays (one per input) of shapes {listed}"
 
 
+# The checked inputs are small (--shape refuses over a million elements); an output or a
+# gradient this large is a mistake, and converting it would only exhaust the memory.
+_MAX_RETURNED = 1 << 24
+
+
 def _real_array(value: Any, what: str, expected: str) -> np.ndarray:
     """``value`` as float64 if it is a NumPy array (or number) of real numbers."""
     if isinstance(value, (np.ndarray, np.generic, int, float)) and not isinstance(value, bool):
         arr = np.asarray(value)
+        if arr.size > _MAX_RETURNED:  # converting it to float64 could exhaust the memory
+            raise UserCodeFailed(
+                f"{what} an array of shape {arr.shape}, far larger than anything checked here "
+                f"({arr.size:,} elements); expected {expected}: a wrong shape?"
+            )
         if arr.dtype.kind in "biuf":
             return arr.astype(np.float64)
         raise UserCodeFailed(

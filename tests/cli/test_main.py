@@ -54,6 +54,7 @@ from tests.cli.helpers import assert_one_line_error, run_catching_exit
         (["serve", "{tmp}/r", "--host", ""], "--host: must not be empty"),
         (["train", "-d", "digits", "--channels", ","], "give channel counts as integers"),
         (["train", "-d", "digits", "-b", "-1"], "must be an integer >= 0, got -1"),
+        (["gradcheck", "--cases", "100000000"], "must be a whole number from 1 to 1000"),
         (["predict", "{tmp}/r\x1b[31m", "x.png"], "r\\x1b[31m: no such checkpoint"),
     ],
 )

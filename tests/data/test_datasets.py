@@ -324,6 +324,8 @@ def images(n, h=3, w=3):
         ({"train": images(5)}, "train-images", "holds 5 images but .* holds 6 labels"),
         ({"train": images(6, 0, 3), "test": images(4, 0, 3)}, "train-images",
          "images of 0x3 pixels are empty"),
+        ({"train": np.full((6, 3, 3), 0.5, np.float32)}, "train-images",
+         "float pixels all within 0..1, but IDX pixels are read on MNIST's 0..255 scale"),
     ],
 )  # fmt: skip
 def test_well_formed_but_wrong_data_is_refused(tmp_path, arrays, file, match):

@@ -29,6 +29,23 @@ def nonempty(hint: str):  # noqa: ANN201
     return check
 
 
+def int_between(lo: int, hi: int):  # noqa: ANN201
+    """An argparse type for a whole number in ``lo..hi``."""
+
+    def check(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = lo - 1
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(
+                f"must be a whole number from {lo} to {hi}, not {text!r}"
+            )
+        return value
+
+    return check
+
+
 def readable(message: str, width: int = 100, longest_line: int = 240) -> str:
     """A short message stays one line; a long one is wrapped into a few indented lines."""
     # a file name's control characters (escape codes, tabs) must not reach the terminal raw

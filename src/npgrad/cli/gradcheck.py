@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import formatter
+from .common import formatter, int_between
 
 EPILOG_GRADCHECK = """\
 examples:
@@ -90,7 +90,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=formatter,
     )
     p.add_argument("--op", action="append", metavar="NAME", help="check only this op (repeatable)")
-    p.add_argument("--cases", type=int, default=3, help="random cases per op (default 3)")
+    p.add_argument(
+        "--cases", type=int_between(1, 1000), default=3, help="random cases per op (default 3)"
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed for the inputs (default 0)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     p.add_argument(

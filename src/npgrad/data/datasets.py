@@ -287,6 +287,11 @@ def _check_pixels(images: np.ndarray, pixel_max: float, where: str) -> None:
                 f"{where}: pixel {images.ravel()[i]} (image {i // _per_image(images)}) "
                 "is not a finite number"
             )
+    if images.dtype.kind == "f" and pixel_max == 255 and images.size and 0 < images.max() <= 1:
+        raise DatasetContentError(
+            f"{where}: float pixels all within 0..1, but IDX pixels are read on MNIST's 0..255 "
+            "scale (they would be divided by 255 again): store them as 0..255, e.g. uint8"
+        )
     bad = (images < 0) | (images > pixel_max)
     if bad.any():
         i = _first(bad.ravel())
