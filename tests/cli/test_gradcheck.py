@@ -76,10 +76,14 @@ def test_order_2_skips_and_names_an_op_whose_vjp_is_numpy_only(monkeypatch, caps
         (["--order", "3"], "argument --order: invalid choice: 3 (choose from 1, 2)"),
         (["--op", "nope"], "unknown op 'nope'; 'npgrad gradcheck' without --op lists every op"),
         (["--op", "sofmax"], "unknown op 'sofmax'; did you mean 'softmax' or"),
-        (["--cases", "0"], "cases per op must be a whole number >= 1, not 0"),
-        (["--cases", "-2"], "cases per op must be a whole number >= 1, not -2"),
+        (["--cases", "0"], "argument --cases: must be a whole number from 1 to 1000, not '0'"),
+        (["--cases", "-2"], "argument --cases: must be a whole number from 1 to 1000, not '-2'"),
+        (["--cases", "1001"], "argument --cases: must be a whole number from 1 to 1000"),
         (["--seed", "-1"], "the seed must be a whole number >= 0, not -1"),
-        (["--cases", "many"], "argument --cases: invalid int value: 'many'"),
+        (
+            ["--cases", "many"],
+            "argument --cases: must be a whole number from 1 to 1000, not 'many'",
+        ),
     ],
 )
 def test_usage_errors_are_one_line(capsys, argv, message):
