@@ -78,6 +78,8 @@ def load(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, np.n
     """Read ``(params, optim, meta)``; any defect raises :class:`CheckpointError`."""
     path = Path(path)
     if path.is_dir():
+        if path.name == "checkpoint.npz":
+            raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
         path = path / "checkpoint.npz"
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")

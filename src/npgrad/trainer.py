@@ -349,6 +349,11 @@ class Trainer:
             try:
                 self.out.mkdir(parents=True, exist_ok=True)
                 with run_lock(self.out):
+                    if self.checkpoint_path.is_dir():  # no save could ever replace it
+                        raise ConfigError(
+                            f"{self.checkpoint_path} is a directory: move it away, the run "
+                            "writes its checkpoint there"
+                        )
                     if not self.resumed and self.checkpoint_path.exists() and not force:
                         raise ConfigError(
                             f"{self.out} already holds a checkpoint: pass --resume to continue "

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from npgrad import checkpoint as ckpt
 from npgrad.cli import main
@@ -132,3 +133,12 @@ def test_a_batch_larger_than_the_training_set_is_the_whole_set_in_the_memory_che
         )
         == 0
     )
+
+
+@pytest.mark.parametrize("extra", [[], ["--force"], ["--resume"]])
+def test_a_checkpoint_path_that_is_a_directory_is_named(capsys, tmp_path, extra):
+    (tmp_path / "checkpoint.npz").mkdir()
+    code = main(["train", "-d", "digits", "-e", "1", "-q", "-o", str(tmp_path), *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "checkpoint.npz" in err
+    assert "is a directory" in err and "checkpoint.npz/checkpoint.npz" not in err
