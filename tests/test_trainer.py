@@ -97,6 +97,21 @@ def test_ctrl_c_mid_epoch_saves_and_resume_equals_uninterrupted(tmp_path):
     assert len(assert_same_run(tmp_path / "a", tmp_path / "b")) == 3
 
 
+def test_sigterm_saves_like_a_first_ctrl_c_and_resume_equals_uninterrupted(tmp_path):
+    quiet(small_cfg(), tmp_path / "a").fit()
+
+    def terminate(epoch, step):
+        if epoch == 2 and step == 5:
+            os.kill(os.getpid(), signal.SIGTERM)  # what a job scheduler or `kill` sends
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Interrupted, match="stopped in epoch 2 after step 6 of 23; saved to"):
+        quiet(small_cfg(), tmp_path / "b", step_hook=terminate).fit()
+    assert signal.getsignal(signal.SIGTERM) is before
+    resume(tmp_path / "b").fit()
+    assert len(assert_same_run(tmp_path / "a", tmp_path / "b")) == 3
+
+
 def test_stop_twice_in_the_same_epoch(tmp_path):
     quiet(small_cfg(), tmp_path / "a").fit()
     for step in (3, 9):

@@ -169,29 +169,35 @@ class StopRequest:
 
 
 @contextlib.contextmanager
-def stop_on_sigint(stop: StopRequest, log: Callable[[str], None]) -> Iterator[None]:
-    """First Ctrl-C: set ``stop``. Second: KeyboardInterrupt. The caller's handler is restored."""
+def stop_on_signals(stop: StopRequest, log: Callable[[str], None]) -> Iterator[None]:
+    """First Ctrl-C (or SIGTERM, as a job scheduler or ``kill`` sends): set ``stop``, so the
+    run saves at the next step. Second: KeyboardInterrupt. The caller's handlers are restored."""
     if threading.current_thread() is not threading.main_thread():
         yield  # signals can only be caught in the main thread
         return
-    previous = signal.getsignal(signal.SIGINT)
-    if previous is None:  # installed outside Python: restore the default afterwards
-        previous = signal.SIG_DFL
+    signals = [signal.SIGINT] + ([signal.SIGTERM] if hasattr(signal, "SIGTERM") else [])
+    previous = {}
+    for sig in signals:
+        before = signal.getsignal(sig)
+        previous[sig] = signal.SIG_DFL if before is None else before  # None: set outside Python
 
-    def handler(_signum: int, _frame: Any) -> None:
+    def handler(signum: int, _frame: Any) -> None:
         if stop.requested:
             if stop.saving:
                 stop.pending = True
                 return
             raise KeyboardInterrupt
         stop.requested = True
-        log("stopping after this step to save; press Ctrl-C again to stop at once")
+        what = "terminated" if signum != signal.SIGINT else "Ctrl-C"
+        log(f"{what}: stopping after this step to save; press Ctrl-C again to stop at once")
 
-    signal.signal(signal.SIGINT, handler)
+    for sig in signals:
+        signal.signal(sig, handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, before in previous.items():
+            signal.signal(sig, before)
 
 
 # --------------------------------------------------------------------------- the run lock
@@ -360,7 +366,7 @@ class Trainer:
                             "it or --force to start over"
                         )
                     self._write_metrics()
-                    with stop_on_sigint(self.stop, self.log):
+                    with stop_on_signals(self.stop, self.log):
                         self._train()
                     if not self.checkpoint_path.exists():  # zero epochs: keep the initial model
                         self._save(0)
