@@ -445,9 +445,10 @@ def test_image_paths_expands_directories_sorted(tmp_path):
     assert [p.name for p in found] == ["x.bin", "a.JPG", "b.png", "c.npy", "d.webp"]
 
 
-def test_image_paths_refuses_a_directory_without_images_and_missing_paths(tmp_path):
+def test_image_paths_refuses_a_directory_without_images_and_keeps_missing_paths(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(ImageError, match="no images in this directory"):
         image_paths([tmp_path])
+    assert image_paths([tmp_path / "missing.png"]) == [tmp_path / "missing.png"]  # named on read
     with pytest.raises(ImageError, match="no such image file"):
-        image_paths([tmp_path / "missing.png"])
+        load_image(tmp_path / "missing.png", (28, 28))

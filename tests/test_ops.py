@@ -477,21 +477,24 @@ def test_relu_and_max_second_derivatives_treat_mask_and_routing_as_constants():
 @pytest.mark.parametrize(
     "make",
     [
-        lambda a: a.reshape(2, 3, 1000),  # C-contiguous, not a multiple of the zero row
-        lambda a: a.reshape(2, 100, 10, 3).transpose(0, 3, 1, 2),  # NCHW view of NHWC memory
-        lambda a: a.reshape(600, 10)[:, ::2],  # gaps in memory: the plain path
-        lambda a: np.asfortranarray(a.reshape(60, 100)),
+        # 12,600 elements: past the fast path's threshold, not a multiple of its zero row
+        lambda a: a.reshape(2, 3, 2100),  # C-contiguous
+        lambda a: a.reshape(2, 350, 6, 3).transpose(0, 3, 1, 2),  # NCHW view of NHWC memory
+        lambda a: a.reshape(1260, 10)[:, ::2],  # gaps in memory: the plain path
+        lambda a: np.asfortranarray(a.reshape(126, 100)),
     ],
 )
 def test_relu_array_is_maximum_with_zero_in_the_input_layout(dtype, make):
     rng = np.random.default_rng(0)
-    x = make(rng.standard_normal(6000).astype(dtype))
+    x = make(rng.standard_normal(12600).astype(dtype))
+    fast = ops._memory_flat(x) is not None  # else the plain np.maximum path
+    assert not fast or (x.size > 2 * ops._ZERO_ROW and x.size % ops._ZERO_ROW)
     x[(0,) * x.ndim] = np.nan
     x[(-1,) * x.ndim] = -np.inf
     y = ops.relu_array(x)
     np.testing.assert_array_equal(y, np.maximum(x, 0))  # NaN stays NaN, -inf becomes 0
     assert y.dtype == dtype and np.isnan(y[(0,) * x.ndim]) and y[(-1,) * x.ndim] == 0
-    if ops._memory_flat(x) is not None:
+    if fast:
         assert np.argsort(y.strides).tolist() == np.argsort(x.strides).tolist()
 
 

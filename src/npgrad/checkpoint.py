@@ -78,7 +78,7 @@ def load(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, np.n
     """Read ``(params, optim, meta)``; any defect raises :class:`CheckpointError`."""
     path = Path(path)
     if path.is_dir():
-        if path.name == "checkpoint.npz":
+        if path.name == "checkpoint.npz" and not (path / "checkpoint.npz").is_file():
             raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
         path = path / "checkpoint.npz"
     if not path.is_file():
@@ -116,7 +116,9 @@ def load(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, np.n
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if isinstance(v, bool):
+        return False
+    return isinstance(v, int) or (isinstance(v, float) and math.isfinite(v))
 
 
 def _check_meta(path: Path, meta: dict, optim: dict[str, np.ndarray]) -> None:
@@ -128,7 +130,7 @@ def _check_meta(path: Path, meta: dict, optim: dict[str, np.ndarray]) -> None:
             and len(v) == 2  # (height, width)
             and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in v)
         ),
-        "classes": lambda v: isinstance(v, list) and len(v) >= 2,
+        "classes": lambda v: isinstance(v, list) and len(v) >= 1,
         "pixel_max": lambda v: _is_number(v) and v > 0,
         "epoch": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
         "history": lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v),
@@ -143,7 +145,7 @@ def _check_meta(path: Path, meta: dict, optim: dict[str, np.ndarray]) -> None:
                 "writes; use a checkpoint written by 'npgrad train'"
             )
     steps = optim.get("steps")
-    if steps is not None and (steps.size != 1 or steps.item() < 0):
+    if steps is not None and (steps.size != 1 or steps.dtype.kind not in "iu" or steps.item() < 0):
         raise CheckpointError(f"{path}: optimizer step count {steps.tolist()} is not a count >= 0")
 
 

@@ -104,11 +104,15 @@ def _dataset(text: str) -> str:
     return str(path.resolve()) if path.is_dir() or os.sep in text else text
 
 
-def _optional_dir(text: str | None) -> str | None:
+def existing_dir(text: str | None) -> str | None:
+    """A ``--data-dir`` the user gives, absolute; a mistyped one must not be skipped silently.
+
+    (A run's stored one is only a place to search: it may be gone when the run is read.)
+    """
     if text is None:
         return None
     path = Path(text).expanduser().resolve()
-    if not path.is_dir():  # a mistyped folder must not be silently skipped in the search
+    if not path.is_dir():
         raise ConfigError(f"--data-dir {text}: no such directory")
     return str(path)
 
@@ -237,7 +241,7 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "look for named datasets in DIR (and DIR/NAME) first",
         "data",
-        parse=_optional_dir,
+        parse=existing_dir,
         metavar="DIR",
         resumable=True,
     ),

@@ -494,8 +494,17 @@ def format_for(path: str | os.PathLike, fmt: str | None = None) -> str:
 
 
 # Files an export must never replace: a checkpoint (a zip), a gzipped IDX file, a raw one.
-_PRECIOUS = ((b"PK\x03\x04", "a checkpoint or zip archive"), (b"\x1f\x8b", "a gzip file"),
-             (b"\x00\x00\x08", "an IDX data file"))  # fmt: skip
+_PRECIOUS = ((b"PK\x03\x04", "a checkpoint or zip archive"), (b"\x1f\x8b", "a gzip file"))
+_IDX_TYPES = (0x08, 0x09, 0x0B, 0x0C, 0x0D, 0x0E)  # IDX: 0, 0, its type byte, 1-4 dimensions
+
+
+def _held_data(head: bytes) -> str | None:
+    for magic, what in _PRECIOUS:
+        if head.startswith(magic):
+            return what
+    if len(head) == 4 and head[:2] == b"\0\0" and head[2] in _IDX_TYPES and 1 <= head[3] <= 4:
+        return "an IDX data file"
+    return None
 
 
 def _refuse_to_overwrite(run: str | os.PathLike, path: Path) -> None:
@@ -505,17 +514,20 @@ def _refuse_to_overwrite(run: str | os.PathLike, path: Path) -> None:
         source = source / "checkpoint.npz"
     try:
         same = path.exists() and source.exists() and os.path.samefile(source, path)
-        head = path.read_bytes()[:4] if path.is_file() else b""
+        head = b""
+        if path.is_file():
+            with open(path, "rb") as f:
+                head = f.read(4)
     except OSError:
         return  # unreadable: writing it will say why
     if same:
         raise ExportError(f"{path}: is the checkpoint being exported; give another file name")
-    for magic, what in _PRECIOUS:
-        if head.startswith(magic):
-            raise ExportError(
-                f"{path}: already exists and is {what}, not an export; remove it or give "
-                "another file name"
-            )
+    what = _held_data(head)
+    if what:
+        raise ExportError(
+            f"{path}: already exists and is {what}, not an export; remove it or give "
+            "another file name"
+        )
 
 
 def export_run(run: str | os.PathLike, path: str | os.PathLike, fmt: str | None = None) -> str:

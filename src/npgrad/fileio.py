@@ -25,6 +25,13 @@ def _umask() -> int:
     return mask
 
 
+def _about(path: Path, exc: OSError) -> OSError:
+    """``exc`` naming the file the caller asked for, not the temporary one beside it."""
+    if exc.errno is None:
+        return exc
+    return OSError(exc.errno, exc.strerror, str(path))
+
+
 @contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb", fsync: bool = True) -> Iterator[Any]:
     """Open a temporary file beside ``path``; on a clean exit it replaces ``path``.
@@ -34,8 +41,11 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", fsync: bool = True) 
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_write mode must be 'wb' or 'w', not {mode!r}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    except OSError as exc:
+        raise _about(path, exc) from exc
     try:
         f: IO[Any]
         with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
@@ -45,6 +55,9 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", fsync: bool = True) 
                 os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise _about(path, exc) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -57,13 +70,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     The suffix is kept, so format detection by extension still works.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+        os.close(fd)
+    except OSError as exc:
+        raise _about(path, exc) from exc
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as exc:
+        raise _about(path, exc) from exc
     finally:
         Path(tmp).unlink(missing_ok=True)
 

@@ -68,7 +68,10 @@ _MAGIC = (
 
 
 def image_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """The image files named by ``paths``, each directory replaced by its images (sorted)."""
+    """The image files named by ``paths``, each directory replaced by its images (sorted).
+
+    A path that does not exist is kept: reading it names it, beside the others' answers.
+    """
     out: list[Path] = []
     for raw in paths:
         p = Path(raw)
@@ -84,10 +87,8 @@ def image_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
                     f"{p}: no images in this directory (looked for {', '.join(SUFFIXES)})"
                 )
             out.extend(found)
-        elif p.exists():
-            out.append(p)
         else:
-            raise ImageError(f"{p}: no such image file")
+            out.append(p)
     return out
 
 

@@ -69,12 +69,14 @@ CHUNK_BYTES = 4 << 20
 
 def _is_int(v: Any) -> bool:
     # 2.9 must not quietly become 2, nor True become 1 (PyTorch refuses both too)
+    if isinstance(v, np.ndarray) and v.ndim == 0:  # np.array(3), as a 0-d array of ints
+        v = v[()]
     return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 
 
 def as_int(v: Any, what: str, low: int) -> int:
     """``v`` as an int ``>= low``; anything else (a float, a string, a bool) is refused."""
-    if not _is_int(v) or v < low:
+    if not _is_int(v) or int(v) < low:
         raise ConfigError(f"{what} must be an int >= {low}, got {v!r}")
     return int(v)
 

@@ -161,6 +161,9 @@ class StopRequest:
         self.saving = True
         try:
             yield
+        except BaseException:
+            self.pending = False  # the save failed: that error is the one to report
+            raise
         finally:
             self.saving = False
         if self.pending:

@@ -48,7 +48,7 @@ from tests.cli.helpers import assert_one_line_error, run_catching_exit
         (["data", "fetch", "cifar"], "cannot be downloaded"),
         (["bogus"], "invalid choice"),
         (["train", "-d", "digits", "--data-dir", "{tmp}/nowhere"], "no such directory"),
-        (["evaluate", "{tmp}/r", "--data-dir", "{tmp}/nowhere"], "no such checkpoint file"),
+        (["evaluate", "{tmp}/r", "--data-dir", "{tmp}/nowhere"], "--data-dir"),
         (["data", "list", "--data-dir", "{tmp}/nowhere"], "no such directory"),
         (["train", "-d", "digits", "-o", ""], "--out/-o: must not be empty"),
         (["serve", "{tmp}/r", "--host", ""], "--host: must not be empty"),

@@ -142,6 +142,9 @@ def test_bad_pictures_in_a_folder_are_named_and_the_others_still_answered(
         dark_on_light(digits().test_images[0]).save(tmp_path / name)
     (tmp_path / "b.npy").write_bytes(b"")
     Image.new("L", (50, 50), 255).save(tmp_path / "d.png")  # blank
+    code, out, err = predict(capsys, run_dir, tmp_path / "a.png", tmp_path / "gone.png", "--json")
+    assert code == 2 and json.loads(out)["image"] == str(tmp_path / "a.png")
+    assert "gone.png: no such image file" in err and err.count("\n") == 1
     code, out, err = predict(capsys, run_dir, tmp_path, "--json")
     assert code == 2
     assert [json.loads(line)["image"] for line in out.splitlines()] == [

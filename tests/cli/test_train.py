@@ -142,3 +142,14 @@ def test_a_checkpoint_path_that_is_a_directory_is_named(capsys, tmp_path, extra)
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "checkpoint.npz" in err
     assert "is a directory" in err and "checkpoint.npz/checkpoint.npz" not in err
+
+
+def test_a_stored_data_dir_that_is_gone_is_only_a_place_not_searched(capsys, tmp_path):
+    place = tmp_path / "datasets"
+    place.mkdir()
+    run_dir = tmp_path / "run"
+    argv = ["train", "-d", "digits", "-e", "1", "-q", "-o", str(run_dir), "--data-dir", str(place)]
+    assert main(argv) == 0
+    place.rmdir()
+    assert main(["evaluate", str(run_dir)]) == 0
+    assert main(["train", "-o", str(run_dir), "--resume", "-e", "2", "-q"]) == 0

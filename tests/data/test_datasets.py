@@ -324,8 +324,8 @@ def images(n, h=3, w=3):
         ({"train": images(5)}, "train-images", "holds 5 images but .* holds 6 labels"),
         ({"train": images(6, 0, 3), "test": images(4, 0, 3)}, "train-images",
          "images of 0x3 pixels are empty"),
-        ({"train": np.full((6, 3, 3), 0.5, np.float32)}, "train-images",
-         "float pixels all within 0..1, but IDX pixels are read on MNIST's 0..255 scale"),
+        ({"train": np.full((6, 3, 3), 0.5, np.float32), "test": np.full((4, 3, 3), 1.0, np.float32)},
+         "train-images", r"float pixels all within 0..1 \(both splits\), but IDX pixels are read"),
     ],
 )  # fmt: skip
 def test_well_formed_but_wrong_data_is_refused(tmp_path, arrays, file, match):
@@ -397,3 +397,11 @@ def test_unreadable_file_inside_a_dataset(tmp_path):
     (directory / "t10k-labels-idx1-ubyte.gz").mkdir()  # a directory where a file should be
     with pytest.raises(DatasetError, match="missing t10k-labels"):
         load_dataset(str(directory))
+
+
+def test_a_dark_float_split_on_the_0_255_scale_is_data_not_a_mistake(tmp_path):
+    rng = np.random.default_rng(0)
+    train = rng.uniform(0, 200, (6, 3, 3)).astype(np.float32)
+    test = rng.uniform(0, 0.9, (4, 3, 3)).astype(np.float32)  # dark, but 0..255
+    ds = load_dataset(str(write_dataset(tmp_path / "d", train=train, test=test)))
+    assert ds.test_images.max() < 1

@@ -11,6 +11,7 @@ answer, named with its path). Anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import warnings
 from collections.abc import Sequence
@@ -20,6 +21,13 @@ from . import check, data, evaluate, export, gradcheck, predict, serve, train
 from .common import Parser, formatter, print_error, readable
 
 COMMANDS = (train, evaluate, predict, export, serve, data, gradcheck, check)
+# What a user's paths and disks can answer; an OSError with any other errno is a bug.
+FILE_SYSTEM_ERRORS = {
+    getattr(errno, name)
+    for name in ("ENAMETOOLONG", "ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "EEXIST",
+                 "ENOTDIR", "EISDIR", "ENOENT", "ELOOP", "EFBIG", "EMLINK", "EXDEV")
+    if hasattr(errno, name)
+}  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except OSError as exc:  # the file system said no (name too long, disk full, read-only)
+        if exc.errno not in FILE_SYSTEM_ERRORS:
+            raise  # anything else is a bug: keep its traceback
         where = f"{exc.filename}: " if exc.filename else ""
         print_error(f"{where}{exc.strerror or exc} (check the path and the disk)")
         return 2

@@ -83,7 +83,7 @@ def _check_geometry(item: str, key: str, value: object) -> None:
     from ..errors import ConfigError
     from ..ops_conv import as_pair
 
-    if key in _GEOMETRY:
+    if key in _GEOMETRY and isinstance(value, (int, float, tuple)):  # None, "same": the layer's
         try:
             as_pair(value, key, _GEOMETRY[key])  # type: ignore[arg-type]
         except ConfigError as exc:

@@ -8,11 +8,13 @@ from .common import formatter
 
 
 def cmd_data_list(args: argparse.Namespace) -> int:
+    from ..config import existing_dir
     from ..data import NAMES, cache_root, locate
 
+    data_dir = existing_dir(args.data_dir)
     print(f"npgrad cache: {cache_root()}")
     for name in NAMES:
-        ds, attempts = locate(name, args.data_dir)
+        ds, attempts = locate(name, data_dir)
         if ds is not None:
             print(
                 f"{name:<14} found  {ds.source}  ({len(ds.train_labels)} train, "

@@ -15,10 +15,12 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
+    from ..config import existing_dir
     from ..errors import CheckpointError
     from ..trainer import evaluate_checkpoint
 
-    ev, data, meta = evaluate_checkpoint(args.checkpoint, args.dataset, args.data_dir)
+    data_dir = existing_dir(args.data_dir)
+    ev, data, meta = evaluate_checkpoint(args.checkpoint, args.dataset, data_dir)
     if not np.isfinite(ev.loss):
         raise CheckpointError(
             f"{args.checkpoint}: the model gives a non-finite test loss (weights overflow or "

@@ -287,11 +287,6 @@ def _check_pixels(images: np.ndarray, pixel_max: float, where: str) -> None:
                 f"{where}: pixel {images.ravel()[i]} (image {i // _per_image(images)}) "
                 "is not a finite number"
             )
-    if images.dtype.kind == "f" and pixel_max == 255 and images.size and 0 < images.max() <= 1:
-        raise DatasetContentError(
-            f"{where}: float pixels all within 0..1, but IDX pixels are read on MNIST's 0..255 "
-            "scale (they would be divided by 255 again): store them as 0..255, e.g. uint8"
-        )
     bad = (images < 0) | (images > pixel_max)
     if bad.any():
         i = _first(bad.ravel())
@@ -435,6 +430,21 @@ def _infer_classes(labels: np.ndarray, where: str) -> int:
     return max(k, 2)
 
 
+def _refuse_unit_floats(train: np.ndarray, test: np.ndarray, where: str) -> None:
+    """Float IDX images whose pixels all lie in 0..1, both splits: already scaled, surely.
+
+    IDX pixels are read on MNIST's 0..255 scale, so these would be divided by 255 again
+    and train to chance, silently.
+    """
+    if train.dtype.kind == test.dtype.kind == "f" and train.size and test.size:
+        if max(train.max(), test.max()) <= 1:
+            raise DatasetContentError(
+                f"{where}: float pixels all within 0..1 (both splits), but IDX pixels are read "
+                "on MNIST's 0..255 scale (they would be divided by 255 again): store them as "
+                "0..255, e.g. uint8"
+            )
+
+
 def _assemble(
     name: str,
     arrays: list[np.ndarray],
@@ -454,6 +464,7 @@ def _assemble(
     ds = Dataset(
         name, tri, trl, tei, tel, source, classes=classes, family=family, files=tuple(files)
     )
+    _refuse_unit_floats(tri, tei, files[0])
     # widened once validated, so that a bad dtype is reported as it was stored
     ds.train_labels, ds.test_labels = trl.astype(np.int64), tel.astype(np.int64)
     return ds
@@ -686,8 +697,6 @@ def locate(
     (otherwise inferred from its labels: see the module docstring).
     """
     attempts: list[Attempt] = []
-    if data_dir is not None and not _is_dir(Path(data_dir).expanduser()):
-        raise DatasetError(f"data directory {data_dir}: no such directory")
     if os.sep in name or (os.altsep and os.altsep in name) or _is_dir(Path(name).expanduser()):
         return _user_dir(name, num_classes), [Attempt(str(Path(name).expanduser()), "found")]
     key = ALIASES.get(name.lower(), name.lower())
