@@ -329,6 +329,8 @@ def test_mutated_checkpoints_raise_only_checkpoint_error(real_checkpoint, tmp_pa
         (lambda p, o, m: m.update(image_shape=[28]), "metadata image_shape"),
         (lambda p, o, m: m.update(pixel_max="x"), "metadata pixel_max"),
         (lambda p, o, m: o.update(steps=np.array(-1)), "step count"),
+        (lambda p, o, m: o.update(steps=np.array(np.nan)), "step count"),
+        (lambda p, o, m: m.update(pixel_max=10**400), "metadata pixel_max"),
     ],
 )
 def test_metadata_of_the_wrong_kind_is_refused_even_with_a_valid_digest(tmp_path, edit, match):
@@ -341,3 +343,11 @@ def test_metadata_of_the_wrong_kind_is_refused_even_with_a_valid_digest(tmp_path
     ckpt.save(tmp_path / "checkpoint.npz", params, optim, meta)  # a digest that matches
     with pytest.raises(CheckpointError, match=match):
         ckpt.load(tmp_path)
+
+
+def test_a_run_folder_named_checkpoint_npz_reads_back(tmp_path):
+    from npgrad.cli import main
+
+    run = tmp_path / "checkpoint.npz"
+    assert main(["train", "-d", "digits", "-e", "1", "-o", str(run), "-q"]) == 0
+    assert ckpt.load(run)[2]["epoch"] == 1

@@ -118,7 +118,9 @@ def load(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, np.n
 def _is_number(v: Any) -> bool:
     if isinstance(v, bool):
         return False
-    return isinstance(v, int) or (isinstance(v, float) and math.isfinite(v))
+    if isinstance(v, int):
+        return abs(v) < 2**63  # JSON ints have no bound; a float of 10**400 overflows
+    return isinstance(v, float) and math.isfinite(v)
 
 
 def _check_meta(path: Path, meta: dict, optim: dict[str, np.ndarray]) -> None:
