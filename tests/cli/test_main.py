@@ -94,3 +94,14 @@ def test_long_messages_are_wrapped_into_a_few_lines(capsys, monkeypatch):
     assert code == 2 and 3 <= len(lines) <= 6
     assert lines[0].startswith("npgrad: error: a very long") and all(len(x) <= 100 for x in lines)
     assert all(x.startswith("  ") for x in lines[1:])
+
+
+def test_running_out_of_memory_is_one_line(capsys, monkeypatch):
+    from npgrad.cli import gradcheck
+
+    def exhausted(args):
+        raise MemoryError
+
+    monkeypatch.setattr(gradcheck, "run", exhausted)
+    code, _, err = run_catching_exit(capsys, ["gradcheck"])
+    assert_one_line_error(code, err, "out of memory")

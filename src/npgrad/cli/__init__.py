@@ -5,7 +5,8 @@ Each sub-command is one module here with ``register(sub)`` (its parser) and
 :class:`~npgrad.errors.NpgradError`: the command prints it as one line
 (``npgrad: error: ...``) and exits with status 2, and so is an ``OSError`` that
 reaches it (a file name too long, a full or read-only disk: the file system's
-answer, named with its path). Anything else is a bug and keeps its traceback.
+answer, named with its path), and running out of memory. Anything else is a bug
+and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into head & co.: not an error
         sys.stderr.close()
         return 0
+    except MemoryError:  # an input far larger than this machine holds (a huge padding, a file)
+        print_error("out of memory: the input or the network is too large for this machine")
+        return 2
     except OSError as exc:  # the file system said no (name too long, disk full, read-only)
         if exc.errno not in FILE_SYSTEM_ERRORS:
             raise  # anything else is a bug: keep its traceback
