@@ -115,6 +115,10 @@ def load(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, np.n
     return params, optim, meta
 
 
+def _is_count(v: Any, low: int = 0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
 def _is_number(v: Any) -> bool:
     if isinstance(v, bool):
         return False
@@ -130,11 +134,11 @@ def _check_meta(path: Path, meta: dict, optim: dict[str, np.ndarray]) -> None:
         "image_shape": lambda v: (
             isinstance(v, list)
             and len(v) == 2  # (height, width)
-            and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in v)
+            and all(_is_count(n, 1) for n in v)
         ),
         "classes": lambda v: isinstance(v, list) and len(v) >= 1,
         "pixel_max": lambda v: _is_number(v) and v > 0,
-        "epoch": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+        "epoch": _is_count,
         "history": lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v),
         "rng": lambda v: isinstance(v, dict),
         "config": lambda v: isinstance(v, dict),

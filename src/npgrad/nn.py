@@ -445,9 +445,7 @@ class _BatchNorm(Module):
     ) -> None:
         super().__init__()
         num_features = C.as_int(num_features, f"{type(self).__name__}'s num_features", 1)
-        number = isinstance(eps, (int, float, np.floating)) and not isinstance(eps, bool)
-        if not (number and np.isfinite(eps) and eps > 0):
-            raise ConfigError(f"batch norm eps must be a positive number, got {eps!r}")
+        C.check_eps(eps, "batch norm eps")
         if not 0.0 <= momentum <= 1.0:
             raise ConfigError(f"batch norm momentum must lie in [0, 1], got {momentum}")
         self.num_features, self.eps, self.momentum = num_features, eps, momentum

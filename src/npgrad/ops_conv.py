@@ -81,6 +81,16 @@ def as_int(v: Any, what: str, low: int) -> int:
     return int(v)
 
 
+def check_eps(v: Any, what: str) -> None:
+    """Refuse an ``eps`` that is not a positive finite number (0 or NaN would give NaN silently)."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.floating)):
+        finite = False
+    else:
+        finite = isinstance(v, int) or bool(np.isfinite(v))  # a huge int is finite, not a float
+    if not (finite and v > 0):
+        raise ConfigError(f"{what} must be a positive number, got {v!r}")
+
+
 def as_pair(v: IntOrPair, what: str, low: int) -> tuple[int, int]:
     """``v`` as two ints ``>= low`` (an int means the same for height and width)."""
     ndim = 0 if isinstance(v, str) else np.ndim(v)
@@ -1132,8 +1142,8 @@ class BatchNorm(Op):
         for a, what in ((gamma, "weight"), (beta, "bias")):
             if a.shape != (c,):
                 raise ShapeError(f"batch_norm: {what} of shape {a.shape}, expected ({c},)")
-        if not (np.isfinite(eps) and eps > 0):
-            raise ConfigError(f"batch_norm: eps must be a positive number, got {eps!r}")
+        check_eps(eps, "batch_norm: eps")
+        eps = float(eps)  # a Python float: an np.float64 eps must not widen float32 data
         for a, what in ((running_mean, "running_mean"), (running_var, "running_var")):
             if a is not None and (a.shape != (c,) or a.dtype.kind != "f"):
                 raise ShapeError(
@@ -1289,7 +1299,7 @@ def batch_norm(
         running_var=_buffer(running_var, "running_var", c),
         training=bool(training),
         momentum=float(momentum),
-        eps=float(eps),
+        eps=eps,  # checked by the op, which is also called directly
     )
 
 

@@ -161,13 +161,9 @@ class StopRequest:
         self.saving = True
         try:
             yield
-        except BaseException:
-            self.pending = False  # the save failed: that error is the one to report
-            raise
-        finally:
-            self.saving = False
-        if self.pending:
-            self.pending = False
+        finally:  # on a failed save, its error is the one reported: the Ctrl-C is dropped
+            self.saving, pending, self.pending = False, self.pending, False
+        if pending:
             raise KeyboardInterrupt
 
 
