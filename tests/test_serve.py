@@ -1,12 +1,15 @@
 """npgrad.serve: the drawing goes through predict's preprocessing; the server refuses bad
 requests with a 4xx and goes on serving, serves clients at once, never serves a file from a
-request's path; and the page works in a real browser, drawn on stroke by stroke."""
+request's path, answers only requests addressed to this computer and every request with a
+status line, in time; and the page works in a real browser, drawn on stroke by stroke."""
 
 import base64
+import contextlib
 import http.client
 import json
 import os
 import re
+import select
 import shutil
 import socket
 import threading
@@ -16,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from npgrad import images
 from npgrad.autodiff import Tensor, no_grad
@@ -229,10 +234,11 @@ def test_oversized_and_broken_requests_get_a_4xx(server, digits):
     assert status == 413 and "over the limit" in json.loads(reply)["error"]
     start = time.monotonic()
     status, reply = raw_request(
-        server, b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n"
+        server,
+        b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000000000\r\n\r\n",
     )
     assert status == 413 and time.monotonic() - start < 5  # not waiting for a gigabyte
-    status, reply = raw_request(server, b"POST /api/predict HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, reply = raw_request(server, b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     assert status == 411 and "Content-Length" in json.loads(reply)["error"]
     for bad in (b"abc", b"-5"):
         head = b"POST /api/predict HTTP/1.1\r\nContent-Length: " + bad + b"\r\n\r\n"
@@ -243,9 +249,8 @@ def test_oversized_and_broken_requests_get_a_4xx(server, digits):
     assert status == 400 and "ended early" in json.loads(reply)["error"]
     status, reply = raw_request(server, b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n")
     assert status == 414 and "error" in json.loads(reply)
-    with socket.create_connection(server.server_address[:2], timeout=10) as s:
-        s.sendall(b"\x16\x03\x01\x02\x00 not http at all\r\n\r\n")  # e.g. a TLS hello
-        assert b"error" in s.recv(65536)
+    status, reply = raw_request(server, b"\x16\x03\x01\x02\x00 not http\r\n\r\n")  # a TLS hello
+    assert status == 400 and "error" in json.loads(reply)
     still_serving(server, digits)
 
 
@@ -263,7 +268,7 @@ def test_oversized_and_broken_requests_get_a_4xx(server, digits):
     ],
 )
 def test_no_file_is_ever_served_from_a_path(server, path):
-    status, reply = raw_request(server, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    status, reply = raw_request(server, f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
     assert status == 404
     assert "error" in json.loads(reply) and b"root:" not in reply and b"import" not in reply
 
@@ -307,6 +312,270 @@ def test_a_port_in_use_is_a_serve_error(server, predictor):
         make_server(predictor, "127.0.0.1", port)
     with pytest.raises(ServeError, match="cannot listen on 203.0.113.7"):
         make_server(predictor, "203.0.113.7", 0)  # TEST-NET-3: an address no machine here has
+
+
+@contextlib.contextmanager
+def serving(predictor, host="127.0.0.1", start=True, **options):
+    """A server of its own, for a test that changes its settings or how it is run."""
+    srv = make_server(predictor, host, 0, **options)
+    thread = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
+    if start:
+        thread.start()
+    try:
+        yield srv, thread
+    finally:
+        if thread.is_alive():
+            srv.shutdown()
+            thread.join(5)
+        srv.server_close()
+
+
+def exchange(address, data: bytes, timeout: float = 5) -> bytes:
+    """Send bytes as they are, say no more, and read the whole reply."""
+    with socket.create_connection(address, timeout=timeout) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+STATUS_LINE = re.compile(rb"HTTP/1\.[01] ([1-5][0-9][0-9]) [^\r\n]*\r\n")
+
+
+def parse_reply(reply: bytes) -> tuple[int, dict[str, str], bytes]:
+    """An HTTP/1.x answer's status, headers and body; fails if it has no status line."""
+    match = STATUS_LINE.match(reply)
+    assert match, f"no status line in {reply[:80]!r}"
+    head, sep, body = reply.partition(b"\r\n\r\n")
+    assert sep, f"no end of the headers in {reply[:200]!r}"
+    headers = dict(line.decode("latin-1").split(": ", 1) for line in head.split(b"\r\n")[1:])
+    return int(match[1]), headers, body
+
+
+def get(address, path="/", host="127.0.0.1", method="GET") -> tuple[int, dict[str, str], bytes]:
+    head = f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode("latin-1")
+    return parse_reply(exchange(address, head))
+
+
+# --------------------------------------------------------------------------- hostile clients
+
+LOOPBACK_HOST = re.compile(r"(localhost|127\.0\.0\.1|\[::1\])(:[0-9]{1,5})?", re.IGNORECASE)
+
+
+def answered_host(value: str) -> bool:
+    """What a server bound to 127.0.0.1 answers: loopback's names, with any valid port."""
+    match = LOOPBACK_HOST.fullmatch(value.strip(" \t"))
+    return bool(match) and (not match[2] or 0 < int(match[2][1:]) <= 65535)
+
+
+def test_a_page_of_another_name_is_refused(server, digits):
+    port = server.server_address[1]
+    for host in (
+        "localhost",
+        f"localhost:{port}",
+        "127.0.0.1",
+        f"127.0.0.1:{port}",
+        "[::1]",
+        f"[::1]:{port}",
+        "LocalHost",
+        "localhost:8080",
+    ):  # a tunnel may change the port
+        status, _, body = get(server.server_address, "/api/info", host)
+        assert status == 200 and b"classes" in body, host
+    # DNS rebinding: a page of evil.example whose name now points at 127.0.0.1
+    for host in (
+        "evil.example",
+        f"evil.example:{port}",
+        "localhost.evil.example",
+        "127.0.0.1.nip.io",
+        "localhost:80@evil.example",
+        "localhost:99999",
+        "",
+        "[::1",
+        "127.0.0.1:",
+    ):
+        status, headers, body = get(server.server_address, "/api/info", host)
+        assert status == 421, host
+        assert "localhost" in json.loads(body)["error"] and len(body) < 200
+        assert int(headers["Content-Length"]) == len(body)
+    two = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\n\r\n"
+    status, _, body = parse_reply(exchange(server.server_address, two))
+    assert status == 400 and "Host" in json.loads(body)["error"]
+    # no Host at all is no browser, so no page of another name: answered as before
+    assert parse_reply(exchange(server.server_address, b"GET /api/info HTTP/1.0\r\n\r\n"))[0] == 200
+    still_serving(server, digits)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.one_of(
+        st.text(st.characters(min_codepoint=0x21, max_codepoint=0xFF), max_size=30),
+        st.tuples(
+            st.sampled_from(["localhost", "LOCALHOST", "127.0.0.1", "[::1]", "evil.example"]),
+            st.sampled_from(["", ":", ":0", ":8000", ":65535", ":65536", ".", ".evil", "@x"]),
+            st.text(st.characters(min_codepoint=0x21, max_codepoint=0xFF), max_size=3),
+        ).map("".join),
+    )
+)
+def test_only_loopback_host_names_are_answered(server, value):
+    status, headers, body = get(server.server_address, "/api/info", value)
+    assert status == (200 if answered_host(value) else 421), value
+    assert int(headers["Content-Length"]) == len(body)
+
+
+def test_any_host_is_answered_when_listening_on_every_interface(predictor):
+    with serving(predictor, "0.0.0.0") as (srv, _):
+        status, _, body = get(("127.0.0.1", srv.server_address[1]), "/api/info", "npgrad.lan")
+        assert status == 200 and b"classes" in body
+
+
+def test_a_name_it_was_given_is_answered(predictor):
+    with serving(predictor, "localhost") as (srv, _):  # a name for a loopback address
+        assert get(srv.server_address, "/", f"localhost:{srv.server_address[1]}")[0] == 200
+        assert get(srv.server_address, "/", "evil.example")[0] == 421
+
+
+def test_a_burst_of_64_clients_is_answered(predictor):
+    # 64 clients connect while the server is busy and not accepting: the kernel keeps them
+    # waiting in the listen queue, and once the server is free every one is answered.
+    with serving(predictor, start=False) as (srv, thread):
+        clients = []
+        try:
+            for _ in range(64):
+                clients.append(socket.create_connection(srv.server_address, timeout=1))
+            for c in clients:
+                c.sendall(b"GET /api/info HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            thread.start()
+            for c in clients:
+                c.settimeout(5)
+                reply = b""
+                while chunk := c.recv(65536):
+                    reply += chunk
+                assert parse_reply(reply)[0] == 200
+        finally:
+            for c in clients:
+                c.close()
+
+
+@pytest.mark.parametrize(
+    "sent, trickled",
+    [
+        (b"", b"GET /api/info HTTP/1.1\r\n"),  # the request line
+        (b"GET /api/info HTTP/1.1\r\n", b"Host: 127.0.0.1\r\n"),  # the headers
+        (b"POST /api/predict HTTP/1.1\r\nContent-Length: 100\r\n\r\n", b'{"width": 28}'),
+    ],
+    ids=["request-line", "headers", "body"],
+)
+def test_a_trickling_client_is_answered_408_at_the_deadline(predictor, sent, trickled):
+    # one byte every 0.1 s: each receive is quick, the whole request never ends
+    with serving(predictor, deadline=0.5) as (srv, _):
+        with socket.create_connection(srv.server_address, timeout=5) as s:
+            start = time.monotonic()
+            s.sendall(sent)
+            reply = b""
+            for i in range(len(trickled)):
+                if time.monotonic() - start > 1.5:
+                    break
+                s.sendall(trickled[i : i + 1])
+                if select.select([s], [], [], 0.1)[0]:  # the answer
+                    break
+            s.settimeout(max(0.1, 1.5 - (time.monotonic() - start)))
+            with contextlib.suppress(OSError):
+                while chunk := s.recv(65536):
+                    reply += chunk
+            elapsed = time.monotonic() - start
+        status, _, body = parse_reply(reply)
+        assert status == 408 and "in time" in json.loads(body)["error"]
+        assert elapsed < 1.5
+
+
+def test_a_silent_client_is_let_go_at_the_deadline(predictor):
+    with serving(predictor, deadline=0.5) as (srv, _):
+        with socket.create_connection(srv.server_address, timeout=1.5) as s:
+            start = time.monotonic()
+            assert s.recv(100) == b""  # nothing asked, nothing answered: the connection closes
+            assert time.monotonic() - start < 1.5
+
+
+@pytest.mark.parametrize(
+    "line, status",
+    [
+        (b"GET / HTTP/2.0", 505),
+        (b"PRI * HTTP/2.0", 505),  # HTTP/2's preface
+        (b"GET / HTTP/0.9", 200),
+        (b"GET /", 200),  # HTTP/0.9's form, answered as HTTP/1.0
+        (b"GET / HTTP/x.y", 400),
+        (b"\x16\x03\x01\x02\x00 not http at all", 400),  # a TLS hello
+        (b"\x00\x01\x02", 400),
+        (b" \t ", 400),
+        (b"", 400),
+        (b"GET http://[/ HTTP/1.1", 400),
+        (b"BREW /pot HTTP/1.1", 501),
+    ],
+)
+def test_every_request_line_gets_a_status_line(server, line, status):
+    reply = exchange(server.server_address, line + b"\r\nHost: 127.0.0.1\r\n\r\n")
+    got, headers, body = parse_reply(reply)
+    assert got == status and int(headers["Content-Length"]) == len(body)
+
+
+TOKENS = [
+    b"GET",
+    b"HEAD",
+    b"POST",
+    b"PUT",
+    b"BREW",
+    b"/",
+    b"/api/info",
+    b"*",
+    b"http://[",
+    b"HTTP/1.1",
+    b"HTTP/1.0",
+    b"HTTP/2.0",
+    b"HTTP/0.9",
+    b"HTTP/",
+    b"\x00",
+    b"\xff",
+    b"\r",
+]
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    line=st.one_of(
+        st.binary(max_size=60),
+        st.lists(st.sampled_from(TOKENS), max_size=5).map(b" ".join),
+    ),
+    headers=st.lists(
+        st.one_of(
+            st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")),
+            st.tuples(
+                st.sampled_from([b"Host", b"Content-Length", b"Expect", b"Connection"]),
+                st.binary(max_size=20).map(lambda b: b.replace(b"\n", b"")),
+            ).map(b": ".join),
+        ),
+        max_size=4,
+    ),
+)
+def test_anything_sent_gets_an_http_answer(server, line, headers):
+    status, head, body = parse_reply(
+        exchange(server.server_address, b"\r\n".join([line, *headers, b"", b""]))
+    )
+    if body:  # none only for HEAD
+        assert int(head["Content-Length"]) == len(body)
+        if status >= 400:
+            assert "error" in json.loads(body)
+
+
+@pytest.mark.parametrize("path, status", [("/", 200), ("/api/info", 200), ("/nowhere", 404)])
+def test_head_is_get_without_the_body(server, path, status):
+    got, headers, body = get(server.server_address, path, method="HEAD")
+    _, get_headers, get_body = get(server.server_address, path)
+    assert got == status and body == b""
+    assert int(headers["Content-Length"]) == len(get_body) > 0
+    assert headers["Content-Type"] == get_headers["Content-Type"]
 
 
 # --------------------------------------------------------------------------- in a real browser

@@ -5,7 +5,7 @@ Python's standard HTTP server, one thread per client, and one static page
 elsewhere). The page sends the drawing to one JSON endpoint and shows what
 comes back:
 
-``GET /``
+``GET /`` (and ``HEAD``, for every page GET serves)
     the page.
 ``GET /api/info``
     the model: classes, input shape, a one-line description, the hidden layer shown.
@@ -20,7 +20,17 @@ comes back:
 Anything else is a 4xx answer with a JSON ``{"error": message}``: unknown
 paths 404 (no file is ever read from a request's path), a body over
 :data:`MAX_BODY` 413, no length 411, malformed JSON or fields 400, a drawing
-with no digit in it 422. The server binds 127.0.0.1 unless told otherwise.
+with no digit in it 422, a request not all sent within :data:`DEADLINE` 408.
+Every answer has an HTTP/1.0 status line, whatever was sent: a request line
+that is not HTTP is 400, HTTP/2 505.
+
+The server binds 127.0.0.1 unless told otherwise. Bound to a loopback address it
+answers only requests addressed to it by a loopback name (``localhost``,
+``127.0.0.1``, ``[::1]``, or the name and address it was given; any port, since a
+tunnel may change it) and refuses others with 421: a web page cannot reach it by
+pointing a name of its own at 127.0.0.1 (DNS rebinding). A request with no ``Host``
+comes from no browser, and is answered. Bound to any other address (``0.0.0.0``) it
+is meant to be reached by names it cannot know, and answers every ``Host``.
 """
 
 from __future__ import annotations
@@ -28,10 +38,15 @@ from __future__ import annotations
 import base64
 import binascii
 import errno
+import io
+import ipaddress
 import json
+import math
+import re
 import socket
 import sys
 import threading
+import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -44,12 +59,16 @@ from . import nn, ops
 from .autodiff import Tensor, no_grad
 from .errors import ImageError, RequestRejected, ServeError
 
-__all__ = ["MAX_BODY", "MAX_SIDE", "Predictor", "make_server", "serve"]
+__all__ = ["DEADLINE", "MAX_BODY", "MAX_SIDE", "Predictor", "make_server", "serve"]
 
 MAX_SIDE = 560  # the page's canvas is 280x280; twice that leaves room for other clients
 MAX_BODY = 512 * 1024  # a 560x560 drawing is 418 KiB in base64
 DRAIN = 4 * MAX_BODY  # an oversized body up to this is read and dropped so the client gets the 413
-TIMEOUT = 10.0  # seconds a client may take to send its request: a stalled one frees its thread
+TIMEOUT = 10.0  # seconds a client may stall (sending or reading): its thread is then freed
+DEADLINE = 15.0  # seconds to send the whole request: a client trickling it frees its thread too
+BACKLOG = 128  # connections kept waiting while busy (the standard library's 5 drops bursts)
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]"})
+_HOST = re.compile(r"(\[[^\]]*\]|[^:\[\]]*)(?::([0-9]{1,5}))?")
 _ACTIVATIONS = tuple(nn.ACTIVATIONS.values())
 
 
@@ -134,15 +153,114 @@ def _page() -> bytes:
     return resources.files("npgrad").joinpath("static", "serve.html").read_bytes()
 
 
+def _host_names(given: str, bound: str) -> frozenset[str] | None:
+    """The ``Host`` names a server bound to ``bound`` (named ``given``) answers; None: any."""
+    try:
+        if not ipaddress.ip_address(bound).is_loopback:
+            return None
+    except ValueError:
+        return None
+    return LOOPBACK_NAMES | {f"[{n}]" if ":" in n else n for n in (given.lower(), bound)}
+
+
+def _host_name(value: str) -> str | None:
+    """The name in a ``Host`` value, lowercase, its port dropped; None if it is malformed."""
+    match = _HOST.fullmatch(value.strip(" \t"))
+    if not match or (match[2] and not 0 < int(match[2]) <= 65535):
+        return None
+    return match[1].lower()
+
+
+class _Receiver(io.RawIOBase):
+    """A connection's reading end that gives each receive only what is left of the request's time.
+
+    The socket's timeout bounds one receive: a client sending a byte every few seconds
+    would pass it forever. Here the whole request (line, headers, body) must arrive
+    by ``deadline``; a receive after it raises :class:`TimeoutError`.
+    """
+
+    def __init__(self, sock: socket.socket, patience: float) -> None:
+        super().__init__()
+        self.sock, self.patience = sock, patience
+        self.deadline = math.inf
+        self.received = 0  # bytes, so that a client who sent nothing is not answered
+        self.expired = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self.deadline - time.monotonic()
+        try:
+            if left <= 0:
+                raise TimeoutError("the request's deadline passed")
+            self.sock.settimeout(min(left, self.patience))
+            n = self.sock.recv_into(buffer)
+        except TimeoutError:
+            self.expired = True
+            raise
+        self.received += n
+        return n
+
+
 class Handler(BaseHTTPRequestHandler):
     server_version = "npgrad"
     sys_version = ""  # the Server header names npgrad, not the Python version
     timeout = TIMEOUT
     server: _Server
+    _in: _Receiver
+    _answered = False
+
+    # ---------------------------------------------------------------- a connection
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # the standard library's reader, replaced by one that keeps the deadline
+        self._in = _Receiver(self.connection, self.timeout)
+        self.rfile = io.BufferedReader(self._in)
+
+    def handle_one_request(self) -> None:
+        # What send_error and log_request read, in case no request line ever arrives.
+        self.requestline, self.request_version, self.command = "", "HTTP/1.0", None
+        self._answered = False
+        self._in.deadline = time.monotonic() + self.server.deadline
+        super().handle_one_request()
+        # The standard library hangs up without a word on a read that times out and on
+        # a request line of blanks; a client who sent something is told why.
+        if self._answered or not self._in.received:
+            return
+        self.close_connection = True
+        if self._in.expired:
+            message = f"the request did not arrive in time ({self.server.deadline:g} s)"
+            self._error(HTTPStatus.REQUEST_TIMEOUT, message)
+        else:
+            self._error(HTTPStatus.BAD_REQUEST, "the request line is empty")
+
+    def parse_request(self) -> bool:
+        if not super().parse_request():
+            return False
+        names = self.server.host_names
+        hosts = self.headers.get_all("Host") or []
+        if len(hosts) > 1:
+            self.send_error(HTTPStatus.BAD_REQUEST, "send one Host header")
+            return False
+        if names is not None and hosts and _host_name(hosts[0]) not in names:
+            self.send_error(
+                HTTPStatus.MISDIRECTED_REQUEST,
+                f"this server answers requests for localhost or 127.0.0.1, not {hosts[0][:60]!r}",
+            )
+            return False
+        return True
 
     # ---------------------------------------------------------------- answers
 
     def _send(self, status: int, body: bytes, content_type: str) -> None:
+        self._answered = True
+        self.connection.settimeout(self.timeout)  # the deadline is the request's, not the answer's
+        if self.request_version == "HTTP/0.9":
+            # The standard library's version until a request line is parsed (and HTTP/0.9's
+            # own), for which it writes no status line and no headers: every answer has them.
+            self.request_version = "HTTP/1.0"
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -156,7 +274,8 @@ class Handler(BaseHTTPRequestHandler):
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     def _json(self, status: int, obj: Any) -> None:
         self._send(status, json.dumps(obj).encode(), "application/json")
@@ -176,8 +295,19 @@ class Handler(BaseHTTPRequestHandler):
 
     # ---------------------------------------------------------------- methods
 
+    def _path(self) -> str | None:
+        """The request's path; None, answered 400, if it cannot be parsed."""
+        try:
+            return urlsplit(self.path).path
+        except ValueError:  # e.g. "http://[": an IPv6 address never closed
+            self.close_connection = True
+            self._error(HTTPStatus.BAD_REQUEST, f"bad request target {self.path[:100]!r}")
+            return None
+
     def do_GET(self) -> None:
-        path = urlsplit(self.path).path
+        path = self._path()
+        if path is None:
+            return
         if path in ("/", "/index.html"):
             self._send(HTTPStatus.OK, self.server.page, "text/html; charset=utf-8")
         elif path == "/api/info":
@@ -187,8 +317,12 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self._error(HTTPStatus.NOT_FOUND, f"no such page: {path[:100]}; the page is at /")
 
+    do_HEAD = do_GET  # _send leaves the body out
+
     def do_POST(self) -> None:
-        path = urlsplit(self.path).path
+        path = self._path()
+        if path is None:
+            return
         try:
             if path != "/api/predict":
                 self.close_connection = True
@@ -245,9 +379,10 @@ class Handler(BaseHTTPRequestHandler):
             return self.rfile.read(length)
         except (TimeoutError, OSError):
             self.close_connection = True
-            raise RequestRejected(
-                HTTPStatus.REQUEST_TIMEOUT, "the request body did not arrive"
-            ) from None
+            message = "the request body did not arrive"
+            if self._in.expired:
+                message = f"the request did not arrive in time ({self.server.deadline:g} s)"
+            raise RequestRejected(HTTPStatus.REQUEST_TIMEOUT, message) from None
 
     def _drawing(self, body: bytes) -> np.ndarray:
         try:
@@ -282,9 +417,12 @@ class Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a client that never finishes does not hold up Ctrl-C
+    request_queue_size = BACKLOG
     predictor: Predictor
     page: bytes
     verbose: bool
+    deadline: float  # seconds a client has to send its whole request
+    host_names: frozenset[str] | None  # the Host names answered; None: any
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that hangs up mid-request is its own business: no traceback on the
@@ -298,9 +436,16 @@ class _Server6(_Server):
 
 
 def make_server(
-    predictor: Predictor, host: str = "127.0.0.1", port: int = 8000, verbose: bool = False
+    predictor: Predictor,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    verbose: bool = False,
+    deadline: float = DEADLINE,
 ) -> _Server:
-    """A bound server (``serve_forever()`` runs it); port 0 picks a free port."""
+    """A bound server (``serve_forever()`` runs it); port 0 picks a free port.
+
+    ``deadline`` is the seconds a client has to send its whole request.
+    """
     cls = _Server6 if ":" in host else _Server
     try:
         server = cls((host, port), Handler)
@@ -319,6 +464,8 @@ def make_server(
     except (OverflowError, UnicodeError) as exc:
         raise ServeError(f"cannot listen on {host!r} port {port} ({exc})") from None
     server.predictor, server.page, server.verbose = predictor, _page(), verbose
+    server.deadline = deadline
+    server.host_names = _host_names(host, server.server_address[0])
     return server
 
 

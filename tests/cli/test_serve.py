@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -57,6 +58,11 @@ def test_serves_until_ctrl_c_then_stops_cleanly(run_dir):
         assert url.startswith("http://127.0.0.1:")
         with urllib.request.urlopen(url + "api/info", timeout=10) as r:
             assert json.load(r)["image_shape"] == [8, 8]
+        # a page whose own name was pointed at this computer (DNS rebinding) is refused
+        rebound = urllib.request.Request(url + "api/info", headers={"Host": "evil.example"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(rebound, timeout=10)
+        assert refused.value.code == 421
         time.sleep(0.2)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=10)
@@ -72,6 +78,13 @@ def test_serves_until_ctrl_c_then_stops_cleanly(run_dir):
 def test_help_shows_examples(capsys):
     code, out, _ = serve(capsys, "--help")
     assert code == 0 and "npgrad serve runs/mnist-default --port 8080" in out
+
+
+def test_help_says_which_names_are_answered(capsys):
+    code, out, _ = serve(capsys, "--help")
+    text = " ".join(out.split())
+    assert code == 0 and "only by the names localhost, 127.0.0.1 or [::1]" in text
+    assert "--host 0.0.0.0 listens on every interface and answers any name" in text
 
 
 def test_the_default_address_is_this_computer_only():

@@ -24,8 +24,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Serve a page where you draw a digit (mouse or touch) and see the\n"
         "predicted class, every class's probability, the 28x28 picture the network\n"
         "sees and its hidden layer's activations, updated as you draw. The drawing\n"
-        "is normalised as 'npgrad predict' normalises pictures. Only this computer\n"
-        "can reach the page unless --host says otherwise. Ctrl-C stops the server.",
+        "is normalised as 'npgrad predict' normalises pictures. Ctrl-C stops the server.\n\n"
+        "Only this computer can reach the page, and only by the names localhost,\n"
+        "127.0.0.1 or [::1]: a web page that points a name of its own at this computer\n"
+        "(DNS rebinding) is refused. --host 0.0.0.0 listens on every interface and\n"
+        "answers any name, so every machine (and web page) that can reach this one\n"
+        "can use it: trusted networks only.",
         epilog="""\
 examples:
   npgrad serve runs/mnist-default                 # then open http://127.0.0.1:8000/
@@ -38,7 +42,8 @@ examples:
         "--host",
         default="127.0.0.1",
         type=nonempty("give 127.0.0.1, or 0.0.0.0 for every interface"),
-        help="address to listen on (default 127.0.0.1: this computer)",
+        help="address to listen on (default 127.0.0.1: this computer; 0.0.0.0: every interface, "
+        "answering any host name)",
     )
     p.add_argument(
         "--port", type=int, default=8000, help="port to listen on (default 8000; 0: any free port)"
