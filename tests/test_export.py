@@ -6,20 +6,27 @@ metadata (with the README's lines), and the exercise's logits are computed
 here from W1 and W2 as the exercise does.
 """
 
+import functools
 import json
+import os
+import stat
 import sys
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as s
 
 from npgrad import data, nn
 from npgrad import safetensors as st
 from npgrad.autodiff import Tensor, no_grad
 from npgrad.cli import main
-from npgrad.errors import ExportError, SafetensorsError
+from npgrad.errors import ExportError, NotARegularFile, SafetensorsError
 from npgrad.export import (
     LAYERS,
+    REQUIRED,
     as_sequential,
     export_run,
     format_for,
@@ -27,6 +34,7 @@ from npgrad.export import (
     load_safetensors_into,
     onnx_model,
     safetensors_bytes,
+    torch_layers,
     torch_state,
 )
 from npgrad.models import load_for_inference
@@ -347,6 +355,269 @@ def test_loading_names_every_mismatch(tmp_path):
     st.save(path, good, {"npgrad.layers": json.dumps([{"type": "Linear", "in_features": 4}])})
     with pytest.raises(SafetensorsError, match=r"layer 0 \(Linear\) is described wrongly"):
         load_safetensors(path)
+
+
+def test_the_layer_table_knows_each_layers_arguments_and_tensors(rng):
+    # What load_safetensors checks a file against must be what the exporter writes.
+    layers = [*small_cnn(rng).layers, nn.BatchNorm1d(5), nn.Linear(3, 2, bias=False, rng=rng)]
+    assert {type(m) for m in layers} == set(LAYERS)
+    for m in layers:
+        lm = LAYERS[type(m)]
+        spec = lm.torch(m)
+        assert set(spec) - {"type"} == set(lm.args), spec
+        checked = {name: check(spec[name]) for name, (check, _) in lm.args.items()}
+        assert checked == {k: v for k, v in spec.items() if k != "type"}
+        assert lm.shapes(checked) == {k: a.shape for k, a in lm.to_torch(m).items()}, spec
+        for check, default in lm.args.values():  # PyTorch's defaults pass their own checks
+            if default is not REQUIRED:
+                check(default)
+
+
+OWN = object()  # small_mlp_file's own npgrad.layers
+
+
+@functools.cache
+def small_mlp():
+    return nn.Sequential(
+        nn.Linear(4, 3, rng=0),
+        nn.BatchNorm1d(3),
+        nn.ReLU(),
+        nn.Dropout(0.2),
+        nn.Linear(3, 2, rng=0),
+    )
+
+
+def small_mlp_file(path, layers=OWN, **metadata):
+    """An MLP with batch norm and dropout written as export_run writes it, ``layers`` replacing
+    its npgrad.layers and ``metadata`` (JSON values) the rest."""
+    net = small_mlp()
+    meta = {
+        "npgrad.layers": json.dumps(torch_layers(net) if layers is OWN else layers),
+        "npgrad.classes": json.dumps(["a", "b"]),
+        "npgrad.input": json.dumps({"shape": ["N", 4]}),
+        **{k: json.dumps(v) for k, v in metadata.items()},
+    }
+    path.write_bytes(st.dumps(torch_state(net), meta))  # no fsync: fast enough to fuzz
+    return net
+
+
+LINEAR = {"type": "Linear", "in_features": 4, "out_features": 3, "bias": True}
+WRONG_ARCHITECTURES = [
+    (5, "metadata npgrad.layers is 5, not a non-empty list of layers"),
+    (None, "metadata npgrad.layers is null, not a non-empty list of layers"),
+    ([], "metadata npgrad.layers is [], not a non-empty list of layers"),
+    ({"0": LINEAR}, 'npgrad.layers is {"0": {"type": "Linear", '),
+    ("Linear", "metadata npgrad.layers is 'Linear', not a non-empty list"),
+    ([7], 'layer 0 is 7, not an object with a "type"'),
+    ([{"in_features": 4}], 'layer 0 has no "type" (one of AvgPool2d, '),
+    ([{"type": ["Linear"]}], 'layer 0 ["Linear"] is not one npgrad has'),
+    ([{"type": None}], "layer 0 null is not one npgrad has"),
+    ([{"type": "Linear"}], "layer 0 (Linear) is described wrongly: missing in_features, out_f"),
+    ([{**LINEAR, "in_features": "4"}], "in_features '4' is not an int >= 1"),
+    ([{**LINEAR, "in_features": 4.0}], "in_features 4.0 is not an int >= 1"),
+    ([{**LINEAR, "in_features": True}], "in_features true is not an int >= 1"),
+    ([{**LINEAR, "bias": "yes"}], "bias 'yes' is not true or false"),
+    ([{**LINEAR, "bias": 1}], "bias 1 is not true or false"),
+    ([{**LINEAR, "device": "cuda"}], "npgrad's Linear takes in_features, out_features, bias, not 'device'"),
+    ([{"type": "ReLU", "inplace": True}], "npgrad's ReLU takes no arguments, not 'inplace'"),
+    ([LINEAR, {"type": "BatchNorm1d", "num_features": 3, "eps": float("nan")}], "eps NaN is not a positive number"),
+    ([LINEAR, {"type": "BatchNorm1d", "num_features": 3, "eps": 0}], "eps 0 is not a positive number"),
+    ([LINEAR, {"type": "BatchNorm1d", "num_features": 3, "momentum": None}], "momentum null is not a number in [0, 1]"),
+    ([LINEAR, {"type": "Dropout", "p": 1}], "layer 1 (Dropout) is described wrongly: p 1 is not a number in [0, 1)"),
+    ([{"type": "MaxPool2d", "kernel_size": [2, 2, 2]}], "kernel_size [2, 2, 2] is not an int or a pair of ints >= 1"),
+    ([{"type": "MaxPool2d", "kernel_size": 2, "stride": 0}], "stride 0 is not an int or a pair of ints >= 1, or null"),
+    ([{"type": "AvgPool2d", "kernel_size": [[2], 2]}], "kernel_size [[2], 2] is not an int or a pair"),
+    ([{"type": "Flatten", "start_dim": "1"}], "start_dim '1' is not an int"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("layers, message", WRONG_ARCHITECTURES)
+def test_architecture_metadata_of_the_wrong_kind_is_named(tmp_path, layers, message):
+    path = tmp_path / "m.safetensors"
+    small_mlp_file(path, layers)
+    with pytest.raises(SafetensorsError) as info:
+        load_safetensors(path)
+    assert str(info.value).startswith(f"{path}: ") and message in str(info.value)
+    assert "\n" not in str(info.value) and "export" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("npgrad.classes", 5, "metadata npgrad.classes is 5, not a list of class names"),
+        ("npgrad.classes", ["a", 1], 'npgrad.classes is ["a", 1], not a list of class names'),
+        ("npgrad.input", [], "metadata npgrad.input is [], not an object"),
+    ],
+)
+def test_the_other_metadata_of_the_wrong_kind_is_named(tmp_path, key, value, message):
+    path = tmp_path / "m.safetensors"
+    small_mlp_file(path, **{key: value})
+    with pytest.raises(SafetensorsError, match=f"^{path}: ") as info:
+        load_safetensors(path)
+    assert message in str(info.value)
+
+
+json_values = s.recursive(
+    s.none()
+    | s.booleans()
+    | s.integers()
+    | s.sampled_from([0, -1, 1, 2, 3, 4, 60000, 2**40, 2**70, 0.5, 1.0])
+    | s.floats()
+    | s.text(max_size=6)
+    | s.sampled_from(sorted(t.__name__ for t in LAYERS)),
+    lambda inner: (
+        s.lists(inner, max_size=3) | s.dictionaries(s.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@pytest.fixture(scope="module")
+def fuzz_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("fuzz")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=s.data())
+def test_random_architecture_metadata_raises_only_safetensors_errors(fuzz_dir, data):
+    net = small_mlp()
+    layers: object = torch_layers(net)
+    extra = {}
+    for _ in range(data.draw(s.integers(1, 3))):
+        where = data.draw(s.sampled_from(["all", "layer", "key", "drop", "classes", "input"]))
+        if where == "all":
+            layers = data.draw(json_values)
+        elif where in ("classes", "input"):
+            extra[f"npgrad.{where}"] = data.draw(json_values)
+        elif isinstance(layers, list) and layers:
+            i = data.draw(s.integers(0, len(layers) - 1))
+            if where == "layer" or not isinstance(layers[i], dict):
+                layers[i] = data.draw(json_values)
+            elif where == "key":
+                key = data.draw(s.sampled_from([*layers[i], "type"]) | s.text(max_size=6))
+                layers[i][key] = data.draw(json_values)
+            elif layers[i]:
+                del layers[i][data.draw(s.sampled_from(sorted(layers[i])))]
+    path = fuzz_dir / "m.safetensors"
+    small_mlp_file(path, layers, **extra)
+    try:
+        back, _ = load_safetensors(path)
+    except SafetensorsError as exc:
+        assert str(exc).startswith(f"{path}: ") and "\n" not in str(exc)
+        return
+    assert sum(a.size for a in back.state_dict().values()) == net.num_parameters() + 6
+
+
+def test_declared_sizes_are_checked_against_the_file_before_anything_is_allocated(
+    tmp_path, monkeypatch
+):
+    # A 3 KB file describing Linear(60000, 60000): 26.8 GiB of float64 to initialise.
+    def no_weights(*args, **kwargs):
+        raise AssertionError("a layer was built before its size was checked against the file")
+
+    huge = [
+        ([{**LINEAR, "in_features": 60000, "out_features": 60000}], "0.weight is (60000, 60000) by the description, (3, 4) in the file"),
+        ([{"type": "Conv2d", "in_channels": 10**6, "out_channels": 10**6, "kernel_size": 99}], "0.weight is (1000000, 1000000, 99, 99)"),
+        ([LINEAR, {"type": "BatchNorm1d", "num_features": 10**12}], "1.weight is (1000000000000,) by the description, (3,) in the file"),
+        ([LINEAR, {"type": "BatchNorm1d", "num_features": 3}, {"type": "ReLU"}, {"type": "Dropout"}, {"type": "Linear", "in_features": 3, "out_features": 2}, {"type": "Linear", "in_features": 2, "out_features": 2}], "layer 5 (Linear) does not fit the file's tensors: 5.weight (2, 2) is not in the file; 5.bias (2,) is not in the file"),
+    ]  # fmt: skip
+    paths = [tmp_path / f"huge{i}.safetensors" for i in range(len(huge))]
+    for path, (layers, _) in zip(paths, huge):
+        small_mlp_file(path, layers)
+        assert path.stat().st_size < 3000
+    monkeypatch.setattr(nn, "_init_weight", no_weights)
+    tracemalloc.start()
+    try:
+        for path, (_, message) in zip(paths, huge):
+            with pytest.raises(SafetensorsError) as info:
+                load_safetensors(path)
+            assert str(info.value).startswith(f"{path}: layer ") and message in str(info.value)
+            assert "does not fit the file's tensors" in str(info.value)
+        assert tracemalloc.get_traced_memory()[1] < 20 * 2**20
+    finally:
+        tracemalloc.stop()
+
+
+def torch_bn_net(torch):
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 2, 3),
+        torch.nn.BatchNorm2d(2, eps=1e-3, momentum=0.2),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(2 * 4 * 4, 3),
+    ).float()
+
+
+def npgrad_bn_net():
+    return nn.Sequential(
+        nn.Conv2d(1, 2, 3, rng=0),
+        nn.BatchNorm2d(2, eps=1e-3, momentum=0.2),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(2 * 4 * 4, 3, rng=0),
+    )
+
+
+def test_pytorch_batch_norm_files_load_into_npgrad(tmp_path, torch):
+    from safetensors.torch import save_file
+
+    tnet = torch_bn_net(torch)
+    x = np.random.default_rng(0).normal(size=(8, 1, 6, 6)).astype(np.float32)
+    with torch.no_grad():
+        tnet.train()(torch.from_numpy(x) * 3 + 1)  # running statistics away from 0 and 1
+        expected = tnet.eval()(torch.from_numpy(x)).numpy()
+    state = tnet.state_dict()
+    assert state["1.num_batches_tracked"].shape == torch.Size([])  # PyTorch's 0-d int64
+    save_file(state, str(tmp_path / "t.safetensors"))
+    ours = npgrad_bn_net()
+    load_safetensors_into(ours, tmp_path / "t.safetensors")
+    np.testing.assert_allclose(npgrad_logits(ours, x), expected, atol=1e-5)
+
+
+def test_npgrad_batch_norm_files_are_pytorchs_layout(tmp_path, torch):
+    from safetensors.torch import load_file
+
+    ours = npgrad_bn_net()
+    ours[1].running_mean[...] = [0.5, -1]
+    ours[1].running_var[...] = [2, 0.25]
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(safetensors_bytes(ours, {**MNIST_META, "image_shape": [6, 6]}, "cnn"))
+    tensors = load_file(str(path))
+    assert tensors["1.num_batches_tracked"].shape == torch.Size([])
+    assert tensors["1.num_batches_tracked"].dtype == torch.int64
+    tnet = torch_bn_net(torch)
+    tnet.load_state_dict(tensors, strict=True)
+    x = np.random.default_rng(1).normal(size=(5, 1, 6, 6)).astype(np.float32)
+    with torch.no_grad():
+        expected = tnet.eval()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(npgrad_logits(ours, x), expected, atol=1e-5)
+    back, _ = load_safetensors(path)  # and back into npgrad, checked against its declared sizes
+    np.testing.assert_array_equal(npgrad_logits(back, x), npgrad_logits(ours, x))
+
+
+def test_files_from_npgrad_0_1_0_with_a_1_d_count_still_load(tmp_path):
+    net = small_mlp_file(tmp_path / "new.safetensors")
+    tensors, meta = st.load(tmp_path / "new.safetensors")
+    assert tensors["1.num_batches_tracked"].shape == ()
+    tensors["1.num_batches_tracked"] = np.zeros(1, np.int64)  # as npgrad 0.1.0 wrote it
+    st.save(tmp_path / "old.safetensors", tensors, meta)
+    back, _ = load_safetensors(tmp_path / "old.safetensors")
+    load_safetensors_into(back, tmp_path / "old.safetensors")
+    for a, b in zip(back.state_dict().values(), net.state_dict().values()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_export_run_refuses_what_is_not_a_regular_file(mlp_run, tmp_path):
+    fifo = tmp_path / "m.safetensors"
+    os.mkfifo(fifo)
+    with pytest.raises(NotARegularFile, match="is a FIFO"):
+        export_run(mlp_run, fifo)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    link = tmp_path / "out.onnx"
+    link.symlink_to("/dev/null")
+    with pytest.raises(NotARegularFile, match=r"is a symbolic link \(to /dev/null\)"):
+        export_run(mlp_run, link)
+    assert link.is_symlink()
 
 
 # --------------------------------------------------------------------------- choosing the format

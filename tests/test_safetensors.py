@@ -126,6 +126,10 @@ MALFORMED = [
     (raw(b'{"a": {}, "a": {}}'), "key 'a' appears twice"),
     (raw({"__metadata__": {"k": 1}}), "__metadata__ must map strings to strings"),
     (raw({"__metadata__": "text"}), "__metadata__ must map strings to strings"),
+    (raw({"__metadata__": []}), "__metadata__ must map strings to strings"),
+    (raw({"__metadata__": 0}), "__metadata__ must map strings to strings"),
+    (raw({"a": {**F32x2, "dtype": ["F32"]}}, bytes(8)), "dtype ['F32'] is not supported"),
+    (raw({"a": {**F32x2, "dtype": {"F32": 1}}}, bytes(8)), "dtype {'F32': 1} is not supported"),
     (raw({"a": [1]}), "must have dtype, shape and data_offsets"),
     (
         raw({"a": {"dtype": "F32", "shape": [2]}}, bytes(8)),
@@ -171,6 +175,7 @@ def test_valid_edge_cases_are_accepted():
     zero = {"dtype": "F32", "shape": [0, 3], "data_offsets": [0, 0]}
     assert st.loads(raw({"a": zero, "b": {**zero}}))[0]["b"].shape == (0, 3)
     assert st.loads(raw({}))[0] == {}
+    assert st.loads(raw({"__metadata__": None})) == ({}, {})  # null: none, as the reference reads
     # as the reference implementation: an empty name, and keys beyond the three, are allowed
     (a,) = st.loads(raw({"": {**F32x2, "extra": 1}}, bytes(8)))[0].values()
     assert a.shape == (2,)
@@ -201,3 +206,47 @@ def test_damaged_files_raise_only_safetensors_errors(draw):
     except SafetensorsError:
         return
     assert sum(a.nbytes for a in tensors.values()) <= len(good)
+
+
+json_values = s.recursive(
+    s.none()
+    | s.booleans()
+    | s.integers()
+    | s.sampled_from([0, 2, 4, 8, 2**64, 0.0, 8.0])
+    | s.floats()
+    | s.text(max_size=5)
+    | s.sampled_from([*st.DTYPES, "BF16"]),
+    lambda inner: (
+        s.lists(inner, max_size=3) | s.dictionaries(s.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+def entries():
+    """Tensor entries, each field well-formed or JSON of any kind."""
+    return (
+        s.fixed_dictionaries(
+            {
+                "dtype": s.sampled_from([*st.DTYPES]) | json_values,
+                "shape": s.lists(s.integers(0, 3), max_size=3) | json_values,
+                "data_offsets": s.lists(s.integers(0, 16), min_size=2, max_size=2) | json_values,
+            }
+        )
+        | json_values
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    s.dictionaries(s.text(max_size=3) | s.just("__metadata__"), entries(), max_size=3),
+    s.binary(max_size=24),
+)
+def test_random_headers_raise_only_safetensors_errors(header, data):
+    # JSON of every kind where the format wants a dtype name, a shape, offsets or metadata
+    try:
+        tensors, metadata = st.loads(raw(header, data))
+    except SafetensorsError:
+        return
+    assert sum(a.nbytes for a in tensors.values()) == len(data)
+    assert all(isinstance(v, str) for v in metadata.values())

@@ -56,6 +56,13 @@ class RunLocked(ConfigError):
     """Another process is training in the same run directory."""
 
 
+class NotARegularFile(NpgradError):
+    """A write would replace what is not a regular file: a device, a FIFO, a socket, a
+    directory or a symbolic link (``/dev/null``, ``/dev/stdout``). npgrad only creates files
+    and replaces regular ones; not an ``OSError``, so no caller mistakes it for a retryable
+    failure (a download does not try the next mirror)."""
+
+
 class DownloadError(DatasetError):
     """Every mirror failed; ``failures`` lists (mirror, reason) pairs."""
 

@@ -28,9 +28,10 @@ extra), imported only when an ONNX file is written.
 from __future__ import annotations
 
 import json
+import math
 import os
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ import numpy as np
 from . import nn
 from . import safetensors as st
 from .errors import ExportError, SafetensorsError
-from .fileio import write_bytes
+from .fileio import check_target, write_bytes
 from .ops_conv import as_pair
 
 __all__ = [
@@ -100,6 +101,69 @@ def _own_back(m: nn.Module, t: Tensors) -> Tensors:
     return dict(t)
 
 
+def _no_tensors(spec: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    return {}
+
+
+# A file's architecture is JSON anyone could have written: each argument is checked by one of
+# these (it returns the value, pairs as [h, w], or raises ValueError saying what it must be).
+REQUIRED = object()  # the default of an argument PyTorch's constructor requires too
+Check = Callable[[Any], Any]
+
+
+def _whole(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _int_from(low: int | None) -> Check:
+    def check(v: Any) -> int:
+        if _whole(v) and (low is None or v >= low):
+            return v
+        raise ValueError("an int" if low is None else f"an int >= {low}")
+
+    return check
+
+
+def _flag(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    raise ValueError("true or false")
+
+
+def _pair(low: int, null: bool = False) -> Check:
+    def check(v: Any) -> list[int] | None:
+        if v is None and null:
+            return None
+        pair = v if isinstance(v, list) else [v, v]
+        if len(pair) == 2 and all(_whole(i) and i >= low for i in pair):
+            return list(pair)
+        raise ValueError(f"an int or a pair of ints >= {low}" + (", or null" if null else ""))
+
+    return check
+
+
+def _number(
+    low: float, high: float, low_open: bool = False, high_open: bool = False, what: str = ""
+) -> Check:
+    what = (
+        what
+        or f"a number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    )
+
+    def check(v: Any) -> float:
+        number = isinstance(v, (int, float)) and not isinstance(v, bool)
+        finite = number and (_whole(v) or math.isfinite(v))  # a huge int is finite, not a float
+        if (
+            finite
+            and (low < v if low_open else low <= v)
+            and (v < high if high_open else v <= high)
+        ):
+            return v
+        raise ValueError(what)
+
+    return check
+
+
 @dataclass(frozen=True)
 class LayerMap:
     """How one npgrad layer type exists elsewhere (see the module docstring)."""
@@ -110,6 +174,12 @@ class LayerMap:
     to_torch: Callable[[Any], Tensors] = _own  # tensors by PyTorch's local names and layouts
     from_torch: Callable[[Any, Tensors], Tensors] = _own_back  # and back to npgrad's
     nchw: bool = False  # a network starting with this layer takes (N, C, H, W) images
+    # The torch entry's arguments: name -> (check, PyTorch's default or REQUIRED); any other
+    # key in a file is refused. ``build`` gets them checked, defaults filled in.
+    args: Mapping[str, tuple[Check, Any]] = field(default_factory=dict)
+    # The tensors (PyTorch's local names and shapes) a layer of a checked entry holds: a file
+    # is compared with them before anything is allocated.
+    shapes: Callable[[dict[str, Any]], dict[str, tuple[int, ...]]] = _no_tensors
 
 
 def _linear_onnx(g: OnnxGraph, m: nn.Linear, x: str, prefix: str) -> str:
@@ -128,6 +198,10 @@ def _linear_to_torch(m: nn.Linear) -> Tensors:
 
 def _linear_from_torch(m: nn.Linear, t: Tensors) -> Tensors:
     return {k: (v.T if k == "weight" else v) for k, v in t.items()}
+
+
+def _with_bias(spec: dict[str, Any], weight: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    return {"weight": weight, **({"bias": weight[:1]} if spec["bias"] else {})}
 
 
 def _activation(onnx_op: str, torch_type: str, cls: type[nn.Module]) -> LayerMap:
@@ -171,6 +245,22 @@ def _conv_build(spec: dict[str, Any], dtype: np.dtype) -> nn.Module:
     return nn.Conv2d(**args, dtype=dtype)
 
 
+_CONV_ARGS = {
+    "in_channels": (_int_from(1), REQUIRED),
+    "out_channels": (_int_from(1), REQUIRED),
+    "kernel_size": (_pair(1), REQUIRED),
+    "stride": (_pair(1), 1),
+    "padding": (_pair(0), 0),
+    "dilation": (_pair(1), 1),
+    "bias": (_flag, True),
+}
+_POOL_ARGS = {
+    "kernel_size": (_pair(1), REQUIRED),
+    "stride": (_pair(1, null=True), None),  # None: the kernel size
+    "padding": (_pair(0), 0),
+}
+
+
 def _pool_geometry(m: Any) -> dict[str, list[int]]:
     """Kernel, stride (the kernel when not given), padding and dilation as pairs."""
     kernel = as_pair(m.kernel_size, "kernel size", 1)
@@ -204,12 +294,19 @@ def _batch_norm_torch(m: Any) -> dict[str, Any]:
 
 
 def _batch_norm_to_torch(m: Any) -> Tensors:
-    # PyTorch's batch norm also keeps a step count; its load_state_dict requires the key.
+    # PyTorch's batch norm also keeps a step count, a 0-d int64; its load_state_dict requires
+    # the key. npgrad keeps no count (its momentum is never None): it writes 0, ignores it on read.
     return {**m.state_dict(), "num_batches_tracked": np.array(0, dtype=np.int64)}
 
 
 def _batch_norm_from_torch(m: Any, t: Tensors) -> Tensors:
     return {k: v for k, v in t.items() if k != "num_batches_tracked"}
+
+
+def _batch_norm_shapes(spec: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    n = (spec["num_features"],)
+    names = ("weight", "bias", "running_mean", "running_var")
+    return {**dict.fromkeys(names, n), "num_batches_tracked": ()}
 
 
 def _batch_norm_onnx(g: OnnxGraph, m: Any, x: str, prefix: str) -> str:
@@ -227,6 +324,12 @@ def _batch_norm(cls: type[nn.Module], nchw: bool) -> LayerMap:
         to_torch=_batch_norm_to_torch,
         from_torch=_batch_norm_from_torch,
         nchw=nchw,
+        args={
+            "num_features": (_int_from(1), REQUIRED),
+            "eps": (_number(0, math.inf, low_open=True, what="a positive number"), 1e-5),
+            "momentum": (_number(0, 1), 0.1),  # PyTorch's None (a cumulative mean): not in npgrad
+        },
+        shapes=_batch_norm_shapes,
     )
 
 
@@ -250,6 +353,12 @@ LAYERS: dict[type, LayerMap] = {
         ),
         to_torch=_linear_to_torch,
         from_torch=_linear_from_torch,
+        args={
+            "in_features": (_int_from(1), REQUIRED),
+            "out_features": (_int_from(1), REQUIRED),
+            "bias": (_flag, True),
+        },
+        shapes=lambda spec: _with_bias(spec, (spec["out_features"], spec["in_features"])),
     ),
     nn.ReLU: _activation("Relu", "ReLU", nn.ReLU),
     nn.Sigmoid: _activation("Sigmoid", "Sigmoid", nn.Sigmoid),
@@ -258,8 +367,18 @@ LAYERS: dict[type, LayerMap] = {
         torch=lambda m: {"type": "Dropout", "p": m.p},
         onnx=lambda g, m, x, prefix: x,  # identity at inference
         build=lambda spec, dtype: nn.Dropout(spec["p"]),
+        args={"p": (_number(0, 1, high_open=True), 0.5)},
     ),
-    nn.Conv2d: LayerMap(torch=_conv_torch, onnx=_conv_onnx, build=_conv_build, nchw=True),
+    nn.Conv2d: LayerMap(
+        torch=_conv_torch,
+        onnx=_conv_onnx,
+        build=_conv_build,
+        nchw=True,
+        args=_CONV_ARGS,
+        shapes=lambda spec: _with_bias(
+            spec, (spec["out_channels"], spec["in_channels"], *spec["kernel_size"])
+        ),
+    ),
     nn.MaxPool2d: LayerMap(
         torch=lambda m: {"type": "MaxPool2d", **_pool_geometry(m)},
         onnx=_pool_onnx("MaxPool"),
@@ -267,6 +386,7 @@ LAYERS: dict[type, LayerMap] = {
             spec["kernel_size"], spec["stride"], spec["padding"], spec["dilation"]
         ),
         nchw=True,
+        args={**_POOL_ARGS, "dilation": (_pair(1), 1)},
     ),
     nn.AvgPool2d: LayerMap(
         torch=lambda m: {"type": "AvgPool2d", **_pool_geometry(m)},
@@ -275,6 +395,7 @@ LAYERS: dict[type, LayerMap] = {
             spec["kernel_size"], spec["stride"], spec["padding"]
         ),
         nchw=True,
+        args=_POOL_ARGS,
     ),
     nn.BatchNorm1d: _batch_norm(nn.BatchNorm1d, nchw=False),
     nn.BatchNorm2d: _batch_norm(nn.BatchNorm2d, nchw=True),
@@ -282,6 +403,7 @@ LAYERS: dict[type, LayerMap] = {
         torch=lambda m: {"type": "Flatten", "start_dim": m.start_dim},
         onnx=_flatten_onnx,
         build=lambda spec, dtype: nn.Flatten(spec["start_dim"]),
+        args={"start_dim": (_int_from(None), 1)},
     ),
 }
 
@@ -385,7 +507,7 @@ def torch_state(seq: nn.Module) -> Tensors:
     out: Tensors = {}
     for prefix, m in _leaves(seq):
         for name, a in _layer_map(m).to_torch(m).items():
-            out[prefix + name] = np.ascontiguousarray(a)
+            out[prefix + name] = np.array(a, order="C")  # not ascontiguousarray: it makes 0-d 1-d
     return out
 
 
@@ -541,6 +663,7 @@ def export_run(run: str | os.PathLike, path: str | os.PathLike, fmt: str | None 
     if path.is_dir():
         raise ExportError(f"{path}: is a directory; give the file to write, e.g. {path}/model.onnx")
     fmt = format_for(path, fmt)
+    check_target(path)  # a device, FIFO or link is refused before the checkpoint is read
     _refuse_to_overwrite(run, path)
     if fmt == "onnx":
         _onnx()  # a missing extra is said before the checkpoint is read
@@ -577,7 +700,7 @@ def load_safetensors_into(module: nn.Module, path: str | os.PathLike, strict: bo
     wrong shape raises :class:`~npgrad.errors.SafetensorsError` listing them
     (with ``strict=False``, missing and unexpected names are allowed).
     """
-    tensors, _ = st.load(path)
+    tensors = _read_tensors(path)[0]
     _load_tensors(module, tensors, str(path), strict)
 
 
@@ -588,40 +711,130 @@ def load_safetensors(path: str | os.PathLike) -> tuple[nn.Sequential, dict[str, 
     keep the file's dtype, so an exported network comes back bit for bit. The
     network is in eval mode, ready to predict (dropout off, batch norm on its
     running statistics): call ``network.train()`` to train it further.
+
+    The metadata is checked as untrusted input: ``npgrad.layers`` must be a list
+    of ``{"type": ..., **arguments}`` with each argument of its kind (missing ones
+    take PyTorch's defaults, unknown ones are refused), and the tensors each layer
+    declares must be in the file with those shapes before any layer is built, so a
+    small file cannot ask for gigabytes. Any defect is a
+    :class:`~npgrad.errors.SafetensorsError` naming the file and the defect.
     """
-    tensors, raw = st.load(path)
+    tensors, raw = _read_tensors(path)
     if "npgrad.layers" not in raw:
         raise SafetensorsError(
             f"{path}: has no npgrad.layers metadata (not written by npgrad export); build the "
             "network yourself and use load_safetensors_into(network, path)"
         )
     metadata: dict[str, Any] = dict(raw)
-    for key in ("npgrad.layers", "npgrad.input", "npgrad.classes"):
+    for key, kind, ok in _METADATA:
         if key in raw:
             try:
-                metadata[key] = json.loads(raw[key])
-            except ValueError:
+                metadata[key] = value = json.loads(raw[key])
+            except (ValueError, RecursionError):
                 raise SafetensorsError(f"{path}: metadata {key} is not valid JSON") from None
+            if not ok(value):
+                raise SafetensorsError(f"{path}: metadata {key} is {_shown(value)}, not {kind}")
     floats = [a.dtype for a in tensors.values() if a.dtype.kind == "f"]
     dtype = floats[0] if floats else np.dtype(np.float32)
-    layers = []
-    for i, spec in enumerate(metadata["npgrad.layers"]):
-        layers.append(_build_layer(path, i, spec, dtype))
+    checked = [
+        _checked_spec(path, i, spec, tensors) for i, spec in enumerate(metadata["npgrad.layers"])
+    ]
+    layers = [_build_layer(path, i, *entry, dtype) for i, entry in enumerate(checked)]
     net = nn.Sequential(*layers)
     _load_tensors(net, tensors, str(path), strict=True)
     return net.eval(), metadata
 
 
-def _build_layer(path: Any, i: int, spec: Any, dtype: np.dtype) -> nn.Module:
-    by_name = {t.__name__: t for t in LAYERS}
-    kind = spec.get("type") if isinstance(spec, dict) else None
-    if kind not in by_name:
-        raise SafetensorsError(
-            f"{path}: layer {i} {kind!r} is not one npgrad has ({', '.join(sorted(by_name))})"
-        )
+# The JSON metadata load_safetensors decodes: its key, what it must be, and the test.
+_METADATA: tuple[tuple[str, str, Callable[[Any], bool]], ...] = (
+    ("npgrad.layers", "a non-empty list of layers", lambda v: isinstance(v, list) and bool(v)),
+    ("npgrad.input", "an object", lambda v: isinstance(v, dict)),
+    (
+        "npgrad.classes",
+        "a list of class names (strings)",
+        lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v),
+    ),
+)
+
+
+def _read_tensors(path: str | os.PathLike) -> tuple[Tensors, dict[str, str]]:
+    """The file's tensors and metadata, npgrad's old batch-norm layout read as PyTorch's.
+
+    npgrad 0.1.0 wrote ``num_batches_tracked`` with shape (1,) (NumPy's
+    ``ascontiguousarray`` makes a 0-d array 1-d); PyTorch's is 0-d. Both load.
+    """
+    tensors, metadata = st.load(path)
+    for name, a in tensors.items():
+        if name.rsplit(".", 1)[-1] == "num_batches_tracked" and a.shape == (1,):
+            tensors[name] = a.reshape(())
+    return tensors, metadata
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """A short rendering of a JSON value for a message (a string keeps its quotes)."""
     try:
-        return LAYERS[by_name[kind]].build(spec, dtype)
-    except (KeyError, TypeError, ValueError) as exc:
+        text = repr(value) if isinstance(value, str) else json.dumps(value)
+    except RecursionError:  # nested as deep as json.loads allows
+        text = f"a deeply nested {type(value).__name__}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _checked_spec(
+    path: Any, i: int, spec: Any, tensors: Tensors
+) -> tuple[str, LayerMap, dict[str, Any]]:
+    """Layer ``i``'s type, entry and arguments, checked, its tensors compared with the file's."""
+    by_name = {t.__name__: t for t in LAYERS}
+    where = f"{path}: layer {i}"
+    if not isinstance(spec, dict):
+        raise SafetensorsError(f'{where} is {_shown(spec)}, not an object with a "type"')
+    if "type" not in spec:
+        raise SafetensorsError(f'{where} has no "type" (one of {", ".join(sorted(by_name))})')
+    kind = spec["type"]
+    if not isinstance(kind, str) or kind not in by_name:
+        raise SafetensorsError(
+            f"{where} {_shown(kind)} is not one npgrad has ({', '.join(sorted(by_name))})"
+        )
+    lm = LAYERS[by_name[kind]]
+    problems = []
+    if unknown := [k for k in spec if k != "type" and k not in lm.args]:
+        takes = f"takes {', '.join(lm.args)}" if lm.args else "takes no arguments"
+        problems.append(f"npgrad's {kind} {takes}, not {', '.join(map(repr, unknown))}")
+    if missing := [
+        k for k, (_, default) in lm.args.items() if default is REQUIRED and k not in spec
+    ]:
+        problems.append(f"missing {', '.join(missing)}")
+    args: dict[str, Any] = {}
+    for name, (check, default) in lm.args.items():
+        value = spec.get(name, default)
+        if value is REQUIRED:
+            continue
+        try:
+            args[name] = check(value)
+        except ValueError as exc:
+            problems.append(f"{name} {_shown(value)} is not {exc}")
+    if problems:
+        raise SafetensorsError(f"{where} ({kind}) is described wrongly: " + "; ".join(problems))
+    for name, shape in lm.shapes(args).items():
+        key = f"{i}.{name}"
+        if key not in tensors:
+            problems.append(f"{key} {shape} is not in the file")
+        elif tensors[key].shape != shape:
+            problems.append(
+                f"{key} is {shape} by the description, {tensors[key].shape} in the file"
+            )
+    if problems:
+        raise SafetensorsError(
+            f"{where} ({kind}) does not fit the file's tensors: " + "; ".join(problems)
+        )
+    return kind, lm, args
+
+
+def _build_layer(
+    path: Any, i: int, kind: str, lm: LayerMap, args: dict[str, Any], dtype: np.dtype
+) -> nn.Module:
+    try:
+        return lm.build(args, dtype)
+    except (KeyError, TypeError, ValueError) as exc:  # a constructor's own check (ConfigError)
         raise SafetensorsError(f"{path}: layer {i} ({kind}) is described wrongly: {exc}") from None
 
 

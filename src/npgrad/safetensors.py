@@ -148,7 +148,9 @@ def _parse(name: str, header: bytes, data: bytes) -> tuple[dict[str, np.ndarray]
         raise SafetensorsError(f"{name}: header is not valid UTF-8 JSON ({exc})") from None
     if not isinstance(parsed, dict):
         raise SafetensorsError(f"{name}: header is JSON {type(parsed).__name__}, not an object")
-    metadata = parsed.pop("__metadata__", None) or {}
+    metadata = parsed.pop("__metadata__", None)
+    if metadata is None:  # null is no metadata, as the reference reads it; [] or 0 is refused
+        metadata = {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise SafetensorsError(f"{name}: __metadata__ must map strings to strings")
     entries = []
@@ -182,7 +184,7 @@ def _entry(name: str, key: str, entry: object) -> tuple[int, int, np.dtype, tupl
     if not isinstance(entry, dict) or not _ENTRY_KEYS <= set(entry):
         raise SafetensorsError(f"{where}: entry must have dtype, shape and data_offsets")
     dtype_name, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-    if dtype_name not in DTYPES:
+    if not isinstance(dtype_name, str) or dtype_name not in DTYPES:  # a list is not hashable
         raise SafetensorsError(
             f"{where}: dtype {dtype_name!r} is not supported (use one of {', '.join(DTYPES)})"
         )

@@ -1,5 +1,7 @@
 """``npgrad export``: both formats written from a run, and every mistake one line with exit 2."""
 
+import os
+import stat
 import sys
 
 import numpy as np
@@ -97,3 +99,30 @@ def test_a_file_name_too_long_is_one_line(capsys, run_dir, tmp_path):
     # one message (wrapped, being long), exit 2, no traceback
     assert code == 2 and err.startswith("npgrad: error: ") and "Traceback" not in err
     assert "File name too long" in " ".join(err.split())
+
+
+def test_export_never_replaces_what_is_not_a_regular_file(capsys, run_dir, tmp_path):
+    # As root, replacing a device with the export would replace the system's /dev/null.
+    fifo = tmp_path / "pipe.safetensors"
+    os.mkfifo(fifo)
+    code, _, err = export(capsys, run_dir, fifo)
+    assert_one_line_error(code, err, f"{fifo}: is a FIFO (named pipe)")
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    link = tmp_path / "null.onnx"  # as /dev/stdout is a link
+    link.symlink_to("/dev/null")
+    code, _, err = export(capsys, run_dir, link)
+    assert_one_line_error(code, err, f"{link}: is a symbolic link (to /dev/null)")
+    assert link.is_symlink() and os.readlink(link) == "/dev/null"
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["null.onnx", "pipe.safetensors"]
+
+
+def test_export_onto_a_copy_of_dev_null_leaves_the_device(capsys, run_dir, tmp_path):
+    null = tmp_path / "null"
+    try:
+        os.mknod(null, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    except (PermissionError, AttributeError):
+        pytest.skip("making a device needs root (and CAP_MKNOD)")
+    code, _, err = export(capsys, run_dir, null, "--format", "safetensors")
+    assert_one_line_error(code, err, f"{null}: is a character device")
+    assert stat.S_ISCHR(os.lstat(null).st_mode)
