@@ -79,7 +79,7 @@ def test_explicit_values_win_and_none_means_not_given():
 @pytest.mark.parametrize(
     "option, value, message",
     [
-        ("epochs", -3, "--epochs must be an integer between 0"),
+        ("epochs", 0, "--epochs must be an integer between 1"),
         ("lr", -1.0, "--lr must be a number in (0, 1000], got -1.0"),
         ("lr", math.nan, "--lr must be a number"),
         ("lr", 1e30, "--lr must be a number in"),

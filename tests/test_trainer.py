@@ -327,10 +327,15 @@ def test_killed_trainer_resumes_and_its_stale_lock_is_taken_over(tmp_path):
     assert [json.loads(x)["epoch"] for x in lines] == list(range(1, done + 2))
 
 
-def test_digits_default_preset_reaches_96_percent(tmp_path):
-    # A 3-nearest-neighbour classifier reaches 96.7% on this split; the preset must be close.
-    final = quiet(make_config("default", dataset="digits"), tmp_path).fit()
-    assert final["test_accuracy"] >= 0.96, final
+def test_digits_default_preset_averages_96_5_percent_over_three_seeds(tmp_path):
+    # A 3-nearest-neighbour classifier reaches 96.7% on this split. One seed's figure moves by
+    # a picture or two (0.3% each) with the BLAS kernels' last bits, so the claim is the mean.
+    runs = [
+        quiet(make_config("default", dataset="digits", seed=seed), tmp_path / str(seed)).fit()
+        for seed in (0, 1, 2)
+    ]
+    accuracies = [r["test_accuracy"] for r in runs]
+    assert np.mean(accuracies) >= 0.965 and min(accuracies) >= 0.955, accuracies
 
 
 def test_cnn_resume_is_bit_exact_with_batch_norm_buffers(tmp_path):

@@ -357,11 +357,11 @@ OPTIONS: tuple[Option, ...] = (
         "number of epochs",
         "optimisation",
         parse=_number(int),
-        check=_integer(0, 100_000),
+        check=_integer(1, 100_000),
         flags=("--epochs", "-e"),
         metavar="N",
         presets={"exercise": 50},
-        families={"digits": 100},
+        families={"digits": 200},
         resumable=True,
     ),
     Option(

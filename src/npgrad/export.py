@@ -680,11 +680,10 @@ def export_run(run: str | os.PathLike, path: str | os.PathLike, fmt: str | None 
         raise ExportError(f"{path}: cannot write ({exc.strerror or exc})") from None
     spec = input_spec(seq, meta)
     shape = "(" + ", ".join(str(s) for s in spec["shape"]) + ")"
-    params = sum(a.size for a in seq.state_dict().values())
     what = f"ONNX opset {OPSET}" if fmt == "onnx" else "safetensors, PyTorch names"
     outputs = "outputs 'logits', 'probabilities'" if fmt == "onnx" else "architecture in metadata"
     return (
-        f"wrote {path} ({what}): {_describe(seq)}, {params:,} parameters; "
+        f"wrote {path} ({what}): {_describe(seq)}, {seq.size_text()}; "
         f"input {shape} float32 = pixels / {spec['pixel_max']:g}; {outputs}"
     )
 

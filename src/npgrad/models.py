@@ -146,7 +146,7 @@ class MLPModel(NetModel):
 
     def describe(self) -> str:
         sizes = "-".join(str(s) for s in self.net.sizes)
-        return f"MLP {sizes} ({self.net.num_parameters():,} parameters), {self.cfg.optimizer}"
+        return f"MLP {sizes} ({self.net.size_text()}), {self.cfg.optimizer}"
 
 
 class CNNModel(NetModel):
@@ -206,7 +206,7 @@ class CNNModel(NetModel):
         head = "-".join(str(s) for s in [*self.cfg.hidden, "out"])
         return (
             f"CNN {blocks} with batch norm and pooling, head {head} "
-            f"({self.net.num_parameters():,} parameters), {self.cfg.optimizer}"
+            f"({self.net.size_text()}), {self.cfg.optimizer}"
         )
 
 

@@ -127,6 +127,16 @@ class Module:
     def num_parameters(self) -> int:
         return sum(p.size for p in self.parameters())
 
+    def num_buffer_values(self) -> int:
+        """Values in buffers (batch norm's running statistics): stored, never trained."""
+        return sum(b.size for _, b in self.named_buffers())
+
+    def size_text(self) -> str:
+        """The one way npgrad states a network's size: parameters, then buffers if any."""
+        text = f"{self.num_parameters():,} parameters"
+        buffers = self.num_buffer_values()
+        return f"{text} + {buffers:,} buffer values" if buffers else text
+
     def set_rng(self, rng: np.random.Generator) -> None:
         """Draw every Dropout mask in this module from ``rng`` from now on."""
         for m in self.modules():

@@ -33,15 +33,20 @@ def test_data_fetch_from_local_mirror(capsys, mirror, monkeypatch, tmp_path, sha
     assert (tmp_path / "mnist10k" / "train-images-idx3-ubyte.gz").is_file()
 
 
-def test_data_fetch_offline_is_a_short_line_then_one_line_per_mirror(capsys):
+def test_data_fetch_offline_is_one_line(capsys):
     code, _, err = run(capsys, "data", "fetch", "mnist")
     assert code == 2 and "Traceback" not in err
-    lines = err.strip().splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("npgrad: error:"))
-    assert lines[start] == (
-        "npgrad: error: could not download train-images-idx3-ubyte.gz from any of 1 mirror(s):"
-    )
-    assert lines[start + 1].startswith("  http://127.0.0.1:9/: ") and len(lines) == start + 2
+    assert err.strip().splitlines() == [
+        "npgrad: error: could not download train-images-idx3-ubyte.gz: 127.0.0.1:9 failed "
+        "(Connection refused)"
+    ]
+
+
+def test_train_offline_is_one_line(capsys, tmp_path):
+    code, out, err = run(capsys, "train", "-o", str(tmp_path / "run"))
+    assert code == 2 and out == "" and not (tmp_path / "run").exists()
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("npgrad: error: mnist is not on this machine and every mirror failed")
 
 
 @pytest.mark.parametrize(

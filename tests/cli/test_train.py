@@ -91,13 +91,12 @@ def test_validation_split_is_reported(capsys, tmp_path):
     assert "val_loss" in record and "val_accuracy" in record
 
 
-def test_zero_epochs_still_writes_a_usable_checkpoint(capsys, tmp_path):
-    code, out, _ = run(
-        capsys, "train", "-d", "digits", "-e", "0", "-o", str(tmp_path), "--json", "-q"
-    )
-    summary = json.loads(out)
-    assert code == 0 and summary["epochs"] == 0 and (tmp_path / "checkpoint.npz").is_file()
-    assert main(["evaluate", str(tmp_path)]) == 0
+def test_zero_epochs_is_refused_and_nothing_is_written(capsys, tmp_path):
+    argv = ["train", "-d", "digits", "-e", "0", "-o", str(tmp_path / "r")]
+    code, out, err = run_catching_exit(capsys, argv)
+    assert code == 2 and out == ""
+    assert err.strip().count("\n") == 0 and "between 1 and" in err
+    assert not (tmp_path / "r").exists()
 
 
 def test_a_run_on_a_relative_dataset_path_works_from_any_directory(

@@ -49,9 +49,9 @@ import contextlib
 import gzip
 import hashlib
 import os
+import re
 import sys
 import tempfile
-import textwrap
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -565,7 +565,7 @@ def download_file(
             "set NPGRAD_MIRRORS)"
         )
     failures: list[tuple[str, str]] = []
-    for k, mirror in enumerate(mirrors):
+    for mirror in mirrors:
         try:
             with atomic_write(dest) as out:  # moved into place only if verified
                 digest = _copy_hashing(mirror, spec, out, timeout, progress)
@@ -575,7 +575,6 @@ def download_file(
                         f"corrupt download ({size} bytes, SHA-256 {digest[:12]}..., "
                         f"expected {spec.size} bytes, {spec.sha256[:12]}...)"
                     )
-            return dest
         except (
             OSError,
             urllib.error.URLError,
@@ -583,28 +582,25 @@ def download_file(
             ChecksumError,
             ValueError,
         ) as exc:
+            # Told only at the end: offline, one line says it all; online, the mirror
+            # that worked is named with those that did not.
             reason = str(getattr(exc, "reason", None) or exc)
-            failures.append((mirror, reason))
-            more = "; trying the next mirror" if k + 1 < len(mirrors) else ""
-            log(f"npgrad: {spec.name} from {mirror} failed: {reason}{more}")
-    lines = [f"could not download {spec.name} from any of {len(failures)} mirror(s):"]
-    raise DownloadError("\n".join(lines + [wrap(f"{m}: {r}") for m, r in failures]), failures)
+            failures.append((mirror, re.sub(r"^\[Errno -?\d+\] ", "", reason)))
+            continue
+        if failures:
+            log(f"npgrad: {spec.name} from {mirror}; {failure_list(failures)}")
+        return dest
+    raise DownloadError(f"could not download {spec.name}: {failure_list(failures)}", failures)
 
 
-def wrap(text: str, width: int = 100) -> str:
-    """``text`` as indented lines of at most ``width`` characters (long paths kept whole).
+def failure_list(failures: Sequence[tuple[str, str]]) -> str:
+    """Failed mirrors grouped by reason, on one line: offline, every mirror fails alike."""
+    from urllib.parse import urlsplit
 
-    For the continuation lines of a long message: its first line says what went
-    wrong, these say the details.
-    """
-    return textwrap.fill(
-        text,
-        width,
-        initial_indent="  ",
-        subsequent_indent="    ",
-        break_long_words=False,
-        break_on_hyphens=False,
-    )
+    by_reason: dict[str, list[str]] = {}
+    for mirror, reason in failures:
+        by_reason.setdefault(reason, []).append(urlsplit(mirror).netloc or mirror)
+    return "; ".join(f"{', '.join(where)} failed ({why})" for why, where in by_reason.items())
 
 
 def _writable_dir(directory: Path) -> None:
@@ -841,26 +837,17 @@ def load_dataset(
                 return ds
             attempts += more
         except DownloadError as exc:
-            from urllib.parse import urlsplit
-
-            failed = "download failed from every mirror: " + ", ".join(
-                f"{urlsplit(m).netloc or m} ({r})" for m, r in exc.failures
-            )
+            reasons = {r for _, r in exc.failures}
+            failed = f"every mirror failed ({reasons.pop()})" if len(reasons) == 1 else ""
+            failed = failed or failure_list(exc.failures)
         except DatasetError as exc:
             failed = f"download failed: {exc}"
+    # One line: what went wrong, then what to do; `npgrad data list` shows every place looked.
     absent = ("no such directory", "no such file", "does not hold all four files")
-    missing = [a.where for a in attempts if a.result in absent]
-    lines = [f"{key} is not on this machine" + (" and could not be downloaded" if failed else "")]
-    if missing:
-        lines.append(wrap("not in: " + ", ".join(missing)))
-    lines += [wrap(f"{a.where}: {a.result}") for a in attempts if a.result not in absent]
-    if failed:
-        lines.append(wrap(failed))
-    lines.append(
-        wrap(
-            f"Put the four .gz files in {cache_root() / key}, pass --dataset DIR (any folder "
-            "with the four IDX files), or set NPGRAD_MIRRORS to a mirror you can reach; "
-            "'--dataset digits' works offline"
-        )
+    unusable = "".join(f"; {a.where}: {a.result}" for a in attempts if a.result not in absent)
+    why = f" and {failed}" if failed else ""
+    raise DatasetError(
+        f"{key} is not on this machine{why}{unusable}: pass --dataset DIR (a folder of the four "
+        "IDX files) or --dataset digits, which works offline; 'npgrad data list' shows where "
+        "npgrad looked"
     )
-    raise DatasetError("\n".join(lines))
