@@ -95,6 +95,19 @@ def test_missing_checkpoint(tmp_path):
         ckpt.load(tmp_path)  # a directory without checkpoint.npz
 
 
+def test_a_missing_run_names_the_runs_beside_it_or_how_to_make_one(tmp_path):
+    with pytest.raises(CheckpointError, match="train one first: npgrad train -o RUN"):
+        ckpt.load(tmp_path / "runs" / "mnist-default")
+    for name in ("b-run", "a-run"):
+        ckpt.save(tmp_path / "runs" / name / "checkpoint.npz", {"w": np.zeros(1)}, {}, {})
+    (tmp_path / "runs" / "not-a-run").mkdir()
+    for missing in ("mnist-default", "mnist-default/checkpoint.npz"):
+        with pytest.raises(CheckpointError) as info:
+            ckpt.load(tmp_path / "runs" / missing)
+        runs = tmp_path / "runs"
+        assert str(info.value).endswith(f"; runs in {runs}: {runs / 'a-run'}, {runs / 'b-run'}")
+
+
 def test_truncated_checkpoint(tmp_path):
     path = ckpt.save(tmp_path / "c.npz", {"w": np.zeros(1000)}, {}, {"epoch": 1})
     data = path.read_bytes()

@@ -133,9 +133,13 @@ def test_onnx_of_a_cnn_run_agrees_with_npgrad_on_the_whole_test_set(
 ):
     run = trained_run(tmp_path_factory, shared_data, "cnn")
     path = tmp_path / "cnn.onnx"
-    assert "input (N, 1, 28, 28)" in export_run(run, path)
+    line = export_run(run, path)
+    assert "input (N, 1, 28, 28)" in line
     x, labels = test_set
     model, _ = load_for_inference(run)
+    # the size as train and serve state it: batch norm's statistics are not parameters
+    size = model.net.size_text()
+    assert f"({size})" in model.describe() and f", {size};" in line and "buffer values" in size
     x32 = x.astype(np.float32)
     logits, _ = onnxruntime_session(path).run(None, {"input": x32.reshape(-1, 1, 28, 28)})
     lp = model.log_probs(x32)

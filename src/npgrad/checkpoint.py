@@ -74,6 +74,19 @@ def save(
     return path
 
 
+def _runs_beside(path: Path) -> str:
+    """What to do instead of a run that is not there: the runs that are, or how to make one."""
+    folder = path.parent.parent if path.name == "checkpoint.npz" else path.parent
+    try:
+        runs = sorted(str(d) for d in folder.iterdir() if (d / "checkpoint.npz").is_file())
+    except OSError:
+        runs = []
+    if runs:
+        shown = ", ".join(runs[:5]) + (f" and {len(runs) - 5} more" if len(runs) > 5 else "")
+        return f"runs in {folder}: {shown}"
+    return "train one first: npgrad train -o RUN (offline: npgrad train -d digits)"
+
+
 def load(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict]:
     """Read ``(params, optim, meta)``; any defect raises :class:`CheckpointError`."""
     path = Path(path)
@@ -82,7 +95,7 @@ def load(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, np.n
             raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
         path = path / "checkpoint.npz"
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+        raise CheckpointError(f"{path}: no such checkpoint file; {_runs_beside(path)}")
     try:
         if not zipfile.is_zipfile(path):
             raise CheckpointError(f"{path}: corrupt or not an npz checkpoint (not a zip archive)")

@@ -108,6 +108,20 @@ def load_image(
     ``pixel_max`` is the training set's full scale (255 for MNIST, 16 for ``digits``):
     integer ``.npy`` arrays of the model's shape are divided by it.
     """
+    return load_picture(path, shape, pixel_max, recipe)[0]
+
+
+def load_picture(
+    path: str | os.PathLike,
+    shape: tuple[int, int],
+    pixel_max: float = 255.0,
+    recipe: str | None = None,
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """:func:`load_image` and the (height, width) the picture had in its file.
+
+    A caller can then say when a picture was scaled to a model of another size (a
+    28x28 MNIST digit given to the 8x8 digits model) instead of answering silently.
+    """
     p = Path(path)
     if p.is_dir():
         raise ImageError(f"{p}: is a directory; give an image file (predict expands directories)")
@@ -131,9 +145,10 @@ def load_image(
     if is_npy:
         a = _read_npy(p)
         if a.shape == tuple(shape) or (a.ndim == 1 and a.size == math.prod(shape)):
-            return _as_model_input(p, a, shape, pixel_max)
-        return preprocess(a, shape, recipe, name=str(p))
-    return preprocess(_read_picture(p), shape, recipe, name=str(p))
+            return _as_model_input(p, a, shape, pixel_max), tuple(shape)
+        return preprocess(a, shape, recipe, name=str(p)), (a.shape[0], a.shape[1])
+    pixels, size = _read_picture(p)
+    return preprocess(pixels, shape, recipe, name=str(p)), size
 
 
 def preprocess(
@@ -263,8 +278,9 @@ def _pillow():
     return Image
 
 
-def _read_picture(p: Path) -> np.ndarray:
-    """Grey (H, W) or RGBA (H, W, 4) pixels of a picture file; the size checked before decoding."""
+def _read_picture(p: Path) -> tuple[np.ndarray, tuple[int, int]]:
+    """Grey (H, W) or RGBA (H, W, 4) pixels of a picture file (perhaps box-reduced), and its
+    (height, width) in the file; the size checked before decoding."""
     Image = _pillow()
     from PIL import ImageOps
 
@@ -281,6 +297,7 @@ def _read_picture(p: Path) -> np.ndarray:
             raise ImageError(f"{p}: not a readable image ({_reason(exc)})") from None
         with img:
             _check_size(str(p), img.height, img.width)
+            size = (img.height, img.width)
             try:
                 img = ImageOps.exif_transpose(img)  # phone photos are stored sideways
                 deep = img.mode.startswith("I") or img.mode == "F"
@@ -289,9 +306,9 @@ def _read_picture(p: Path) -> np.ndarray:
                 if factor > 1:  # box average while still 8 bits: the same digit, less memory
                     img = img.reduce(factor)
                 if not deep:
-                    return np.asarray(img)
+                    return np.asarray(img), size
                 a = np.asarray(img, dtype=np.float64)
-                return a / (65535.0 if a.max() > 255 else 255.0)
+                return a / (65535.0 if a.max() > 255 else 255.0), size
             except Exception as exc:  # as above: damaged data inside the file
                 raise ImageError(f"{p}: not a readable image ({_reason(exc)})") from None
 

@@ -78,7 +78,9 @@ def test_mistakes_are_one_line_and_exit_2(capsys, run_dir, tmp_path, monkeypatch
 
 def test_help_shows_examples(capsys):
     code, out, _ = export(capsys, "--help")
-    assert code == 0 and "npgrad export runs/mnist-default mnist.onnx" in out
+    assert code == 0 and "npgrad export runs/digits-default digits.onnx" in out
+    text = " ".join(out.split())
+    assert "pixels / 255 for MNIST" in text and "pixels / 16 for the 8x8 digits" in text
 
 
 def test_export_never_overwrites_its_checkpoint_or_a_data_file(capsys, run_dir, tmp_path):

@@ -77,7 +77,7 @@ def test_serves_until_ctrl_c_then_stops_cleanly(run_dir):
 
 def test_help_shows_examples(capsys):
     code, out, _ = serve(capsys, "--help")
-    assert code == 0 and "npgrad serve runs/mnist-default --port 8080" in out
+    assert code == 0 and "npgrad serve runs/digits-default --port 8080" in out
 
 
 def test_help_says_which_names_are_answered(capsys):

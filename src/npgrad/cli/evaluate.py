@@ -82,8 +82,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Evaluate a trained checkpoint on its dataset's test set (or another one).",
         epilog="""\
 examples:
-  npgrad evaluate runs/mnist-default/checkpoint.npz
-  npgrad evaluate runs/mnist-default                     a run directory works too
+  npgrad evaluate runs/digits-default/checkpoint.npz
+  npgrad evaluate runs/digits-default                     a run directory works too
   npgrad evaluate runs/a/checkpoint.npz --plot           also confusion.png, misclassified.png
   npgrad evaluate runs/a/checkpoint.npz --dataset ../shared/data/mnist-10k --json""",
         formatter_class=formatter,

@@ -22,13 +22,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "input 'input', outputs 'logits' and 'probabilities'; needs the onnx package:\n"
         "pip install 'npgrad[export]') or as a safetensors file (.safetensors: PyTorch's\n"
         "parameter names, the architecture in its metadata; no extra needed).\n"
-        "The input is the picture scaled to 0..1 (pixels / 255), light digit on dark,\n"
-        "normalised as 'npgrad predict' does; the files' metadata says so.",
+        "The input is the picture scaled to 0..1 (pixels / 255 for MNIST and Fashion-MNIST,\n"
+        "pixels / 16 for the 8x8 digits: the dataset's pixel maximum), light digit on dark,\n"
+        "normalised as 'npgrad predict' does; the line printed and the files' metadata say so.",
         epilog="""\
 examples:
-  npgrad export runs/mnist-default mnist.onnx
-  npgrad export runs/mnist-default mnist.safetensors
-  npgrad export runs/mnist-default/checkpoint.npz model.bin --format safetensors""",
+  npgrad export runs/digits-default digits.onnx
+  npgrad export runs/digits-default digits.safetensors
+  npgrad export runs/digits-default/checkpoint.npz model.bin --format safetensors""",
         formatter_class=formatter,
     )
     p.add_argument("run", help="run directory of 'npgrad train' (or its checkpoint.npz)")

@@ -24,6 +24,7 @@ def run(args: argparse.Namespace) -> int:
     model, meta = load_for_inference(args.checkpoint)
     paths = images.image_paths(args.images)
     shape = tuple(meta["image_shape"])
+    shape_text = "x".join(str(n) for n in shape) + " as the model takes it"
     classes = list(meta["classes"])
     recipe = images.recipe_for(shape, classes)
     pixel_max = meta.get("pixel_max", 255.0)
@@ -31,18 +32,20 @@ def run(args: argparse.Namespace) -> int:
     top = min(args.top, len(classes))
     refused = 0
     for start in range(0, len(paths), BATCH):
-        chunk, pictures = [], []
+        chunk, pictures, sizes = [], [], []
         # NumPy's overflow warnings would name source files; the result is checked instead.
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")
             for p in paths[start : start + BATCH]:
                 try:
-                    pictures.append(images.load_image(p, shape, pixel_max, recipe))
+                    picture, size = images.load_picture(p, shape, pixel_max, recipe)
                 except ImageError as exc:  # one bad picture must not cost the others' answers
                     print_error(exc)
                     refused += 1
                     continue
                 chunk.append(p)
+                pictures.append(picture)
+                sizes.append(size)
             if not chunk:
                 continue
             x = np.stack(pictures)
@@ -53,16 +56,23 @@ def run(args: argparse.Namespace) -> int:
                 f"{args.checkpoint}: the model gives non-finite probabilities (weights overflow?); "
                 "retrain it or use another checkpoint"
             )
-        for path, pr in zip(chunk, probs):
+        for path, pr, size in zip(chunk, probs, sizes):
             order = np.argsort(-pr, kind="stable")[:top]
+            # a picture of another size than the model's is said so, never answered silently
+            scaled = tuple(size) != shape
             if args.json:
                 line = {"image": str(path), "prediction": classes[order[0]]}
                 line["class_index"] = int(order[0])
                 line["probabilities"] = {c: float(q) for c, q in zip(classes, pr)}
+                if scaled:
+                    line["scaled_from"] = list(size)
                 print(json.dumps(line))
             else:
                 ranked = ", ".join(f"{classes[i]} {pr[i]:.1%}" for i in order)
-                print(f"{path}: {classes[order[0]]}   ({ranked})")
+                note = (
+                    f"   [a {size[0]}x{size[1]} picture, scaled to {shape_text}]" if scaled else ""
+                )
+                print(f"{path}: {classes[order[0]]}   ({ranked}){note}")
     return 2 if refused else 0
 
 
@@ -80,9 +90,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "exit status is then 2.",
         epilog="""\
 examples:
-  npgrad predict runs/mnist-default/checkpoint.npz seven.png
-  npgrad predict runs/mnist-default my_digits/ --top 1
-  npgrad predict runs/mnist-default digit1.png digit2.jpg --top 3
+  npgrad predict runs/digits-default/checkpoint.npz seven.png
+  npgrad predict runs/digits-default my_digits/ --top 1
+  npgrad predict runs/digits-default digit1.png digit2.jpg --top 3
   npgrad predict runs/digits-default/checkpoint.npz sample.npy --json""",
         formatter_class=formatter,
     )

@@ -32,9 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "can use it: trusted networks only.",
         epilog="""\
 examples:
-  npgrad serve runs/mnist-default                 # then open http://127.0.0.1:8000/
-  npgrad serve runs/mnist-default --port 8080
-  npgrad serve runs/mnist-default --host 0.0.0.0  # reachable from the network: trusted ones only""",
+  npgrad serve runs/digits-default                 # then open http://127.0.0.1:8000/
+  npgrad serve runs/digits-default --port 8080
+  npgrad serve runs/digits-default --host 0.0.0.0  # reachable from the network: trusted ones only""",
         formatter_class=formatter,
     )
     p.add_argument("run", help="run directory of 'npgrad train' (or its checkpoint.npz)")
