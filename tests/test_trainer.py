@@ -369,3 +369,20 @@ def test_presets_follow_the_dataset_not_its_spelling():
     trainer = open_run(None, {"dataset": str(debian)}, "/nonexistent/not-written", log=print)
     assert trainer.data.dataset.family == "fashion-mnist"
     assert trainer.cfg.shift == 0  # the Fashion-MNIST adaptation, as by name
+
+
+def test_without_a_terminal_progress_is_a_plain_line_every_few_seconds(tmp_path, monkeypatch):
+    import npgrad.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "PROGRESS_EVERY", 0.0)  # every step, for the test
+    lines = []
+    cfg = make_config("default", dataset="digits", epochs=1)
+    Trainer(cfg, tmp_path / "a", log=lines.append).fit()  # pytest's stderr is no terminal
+    progress = [line for line in lines if " step " in line]
+    steps = -(-1437 // 64)  # the digits training set in batches of 64
+    assert len(progress) == steps - 1  # the last step is the epoch's own line
+    assert progress[0].startswith(f"epoch 1/1  step 1/{steps} (4%)  loss ")
+    assert all("\r" not in line and "samples/s" in line for line in progress)
+    lines.clear()
+    Trainer(cfg, tmp_path / "b", log=lines.append, progress=False).fit()
+    assert not [line for line in lines if " step " in line]

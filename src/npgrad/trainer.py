@@ -269,7 +269,8 @@ class Trainer:
         self.cfg = cfg
         self.out = Path(out)
         self.log = log or (lambda line: print(line, file=sys.stderr))
-        self.progress = sys.stderr.isatty() if progress is None else progress
+        # None: a bar on a terminal, a plain line every few seconds in a log or CI
+        self.progress = progress
         self.step_hook = step_hook
         self.stop = StopRequest()
         self.data = prepare_data(cfg, dataset)
@@ -474,11 +475,12 @@ class Trainer:
         t0 = time.perf_counter()
         batches, rng_start, start = self._batches(epoch, resume_at)
         r = resume_at or EpochProgress(epoch, 0, 0.0, 0, 0, 0.0, rng_start)
-        bar = (
-            _progress_bar(batches, len(self.loader), start, epoch, self.cfg.epochs)
-            if self.progress
-            else None
-        )
+        bar, lines = None, None
+        terminal = sys.stderr.isatty()
+        if self.progress or (self.progress is None and terminal):
+            bar = _progress_bar(batches, len(self.loader), start, epoch, self.cfg.epochs)
+        if self.progress is not False and bar is None:
+            lines = ProgressLines(self.log, epoch, self.cfg.epochs, len(self.loader), r.seen)
         for step, (xb, yb) in enumerate(bar if bar is not None else batches, start=start):
             if self.step_hook is not None:
                 self.step_hook(epoch, step)
@@ -495,6 +497,8 @@ class Trainer:
             r.seen += len(yb)
             if bar is not None and step % 20 == 0:
                 bar.set_postfix(loss=f"{r.loss_sum / r.seen:.4f}", acc=f"{r.correct / r.seen:.2%}")
+            if lines is not None:
+                lines.update(step + 1, r)
             if self.stop.requested and step + 1 < len(self.loader):
                 # Between steps, before the next batch is drawn: everything is consistent.
                 if bar is not None:
@@ -517,6 +521,36 @@ class Trainer:
         record["seconds"] = seconds
         record["samples_per_second"] = r.seen / seconds if seconds > 0 else 0.0
         return record, None
+
+
+PROGRESS_EVERY = 10.0  # seconds between plain progress lines
+
+
+class ProgressLines:
+    """Progress where no bar can be drawn (a log file, CI): a plain line every few seconds.
+
+    A short epoch prints nothing; a CNN epoch of minutes shows that it is alive and how
+    far it is, as one line each time, never a carriage-return animation.
+    """
+
+    def __init__(
+        self, log: Callable[[str], None], epoch: int, epochs: int, total: int, seen: int
+    ) -> None:
+        self.log, self.epoch, self.epochs, self.total = log, epoch, epochs, total
+        self.seen = seen  # a resumed epoch's samples were not seen in this process
+        self.start = self.last = time.perf_counter()
+
+    def update(self, step: int, r: EpochProgress) -> None:
+        now = time.perf_counter()
+        if now - self.last < PROGRESS_EVERY or step >= self.total:
+            return
+        self.last = now
+        rate = (r.seen - self.seen) / max(now - self.start, 1e-9)
+        self.log(
+            f"epoch {self.epoch}/{self.epochs}  step {step}/{self.total} "
+            f"({step / self.total:.0%})  loss {r.loss_sum / r.seen:.4f} "
+            f"acc {r.correct / r.seen:.2%}  {rate:,.0f} samples/s"
+        )
 
 
 def _progress_bar(batches: Any, total: int, initial: int, epoch: int, epochs: int) -> Any:
