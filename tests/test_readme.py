@@ -3,6 +3,8 @@
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
@@ -18,3 +20,19 @@ def test_test_command_is_what_ci_runs():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "python -m pytest" in README and "python -m pytest" in ci
     assert "pip install torch==2.13.0" in README and "torch==2.13.0" in ci
+
+
+def test_the_examples_use_the_run_the_quick_start_makes():
+    # an offline newcomer has runs/digits-default and nothing else
+    assert "npgrad train --dataset digits" in README
+    used = re.findall(r"^npgrad (?:evaluate|predict|export|serve) (\S+)", README, flags=re.M)
+    assert used and set(used) == {"runs/digits-default"}
+
+
+def test_the_notebook_runner_named_is_installed_by_an_extra():
+    tomllib = pytest.importorskip("tomllib")
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = extras["optional-dependencies"]
+    assert 'pip install -e ".[notebooks]"' in README and "jupyter nbconvert" in README
+    names = {re.split(r"[<>=\[ ]", req)[0] for req in extras["notebooks"]}
+    assert {"notebook", "nbconvert", "ipykernel"} <= names
