@@ -4,6 +4,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from npgrad.allocator import keep_freed_memory
+
+# As `npgrad train` does: this process is ours, so freed activations are reused instead of
+# page-faulted back in (a training test runs 2-5x faster with it).
+keep_freed_memory()
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("NPGRAD_SHARED_DATA", ROOT.parent / "shared" / "data"))
 

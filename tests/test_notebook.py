@@ -4,6 +4,7 @@ import re
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,6 +17,7 @@ def test_notebook_has_no_stored_outputs():
             assert not cell.outputs and cell.execution_count is None
 
 
+@pytest.mark.slow
 def test_exercise_notebook_executes(shared_data, monkeypatch):
     monkeypatch.setenv("NPGRAD_SHARED_DATA", str(shared_data))
     monkeypatch.setenv("NPGRAD_NOTEBOOK_QUICK", "1")

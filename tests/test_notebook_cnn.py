@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,6 +25,7 @@ def _number(pattern: str, text: str) -> float:
     return float(match.group(1))
 
 
+@pytest.mark.slow
 def test_cnn_notebook_executes(shared_data, monkeypatch):
     monkeypatch.setenv("NPGRAD_SHARED_DATA", str(shared_data))
     monkeypatch.setenv("NPGRAD_NOTEBOOK_QUICK", "1")

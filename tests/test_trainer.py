@@ -188,6 +188,7 @@ def test_exercise_preset_matches_an_independent_computation(mnist10k, tmp_path):
     np.testing.assert_allclose(params["W2"], model.W2, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_exercise_preset_matches_the_exercise_for_all_50_epochs(mnist10k):
     from npgrad.models import ExerciseModel
 
@@ -327,6 +328,7 @@ def test_killed_trainer_resumes_and_its_stale_lock_is_taken_over(tmp_path):
     assert [json.loads(x)["epoch"] for x in lines] == list(range(1, done + 2))
 
 
+@pytest.mark.slow
 def test_digits_default_preset_averages_96_5_percent_over_three_seeds(tmp_path):
     # A 3-nearest-neighbour classifier reaches 96.7% on this split. One seed's figure moves by
     # a picture or two (0.3% each) with the BLAS kernels' last bits, so the claim is the mean.
