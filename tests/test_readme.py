@@ -36,3 +36,12 @@ def test_the_notebook_runner_named_is_installed_by_an_extra():
     assert 'pip install -e ".[notebooks]"' in README and "jupyter nbconvert" in README
     names = {re.split(r"[<>=\[ ]", req)[0] for req in extras["notebooks"]}
     assert {"notebook", "nbconvert", "ipykernel"} <= names
+
+
+def test_the_opening_is_what_npgrad_does_then_the_two_commands():
+    opening, _, rest = README.partition("## Quick start")
+    assert rest, "a Quick start section"
+    for per_host in ("AVX", "OpenBLAS", "kernel", "0.55", "x PyTorch"):
+        assert per_host not in opening, per_host  # the speed story lives in benchmarks/
+    quick_start = rest.split("\n## ")[0]
+    assert "npgrad train --dataset digits" in quick_start and "python -m pytest" in quick_start
