@@ -13,6 +13,7 @@ from npgrad.check import (
     numeric_jacobian,
     numeric_vjp,
     op_case,
+    perturbed_projections,
     torch_available,
 )
 
@@ -106,6 +107,20 @@ def test_numeric_vjp_is_g_times_the_jacobian_and_restores_x():
     exact = a.T @ (g * (1 - np.tanh(a @ x) ** 2))
     np.testing.assert_allclose(vjp, exact, rtol=1e-6, atol=1e-9)
     np.testing.assert_array_equal(x, before)
+
+
+def test_perturbed_projections_are_the_raw_material_of_the_vjp():
+    rng = np.random.default_rng(1)
+    a, x = rng.standard_normal((4, 3)), rng.standard_normal((3, 2))
+    before, g = x.copy(), rng.standard_normal((4, 2))
+    plus, minus = perturbed_projections(lambda: np.tanh(a @ x), x, g, 1e-6)
+    assert plus.shape == minus.shape == x.shape
+    np.testing.assert_array_equal(x, before)
+    vjp = numeric_vjp(lambda: np.tanh(a @ x), x, g)
+    np.testing.assert_allclose((plus - minus) / 2e-6, vjp, rtol=1e-6, atol=1e-9)
+    shapes = iter([(4, 2), (4, 3)])
+    with pytest.raises(ValueError, match=r"shape changed from \(4, 2\) to \(4, 3\)"):
+        perturbed_projections(lambda: np.zeros(next(shapes)), x, g)
 
 
 # --------------------------------------------------------------------------- check_ops

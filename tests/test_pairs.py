@@ -373,3 +373,63 @@ def test_the_course_starter_code_is_called_unimplemented():
     assert report.error.startswith("backward returned None (a missing return?)")
     report = check_pair(ok.affine_forward, lambda dout, cache: (None, None, dout.sum(0)))
     assert report.error == "backward returned None as dx, dw (not implemented yet?)"
+
+
+# --------------------------------------------------------------------------- what cannot apply
+
+
+@pytest.mark.parametrize(
+    "forward, params, match",
+    [
+        (ok.svm_loss, {"y": 3}, "svm_loss: y is the labels, drawn by npgrad, not a parameter"),
+        (ok.affine_forward, {"b": 0.5}, "affine_forward: b is an input array"),
+        (ok.conv_forward_naive, {"conv_param": {"stride": "2"}}, "conv_param.stride must be a whole number"),
+        (ok.conv_forward_naive, {"pad": (1, -1)}, "conv_param.pad must be a whole number >= 0 or a pair"),
+        (ok.max_pool_forward_naive, {"pool_param.pool_height": 0}, "pool_param.pool_height must be"),
+        (ok.batchnorm_forward, {"momentum": True}, "bn_param.momentum must be a number, not True"),
+        (ok.dropout_forward, {"seed": 1.5}, "dropout_param.seed must be a whole number >= 0"),
+    ],
+)  # fmt: skip
+def test_parameters_that_cannot_apply_are_refused_not_crashed_on(forward, params, match):
+    backward = getattr(ok, forward.__name__.replace("forward", "backward"), None)
+    with pytest.raises(LayerCheckError, match=match):
+        check_pair(forward, None if backward is forward else backward, params=params)
+
+
+def test_parameters_of_the_right_type_still_apply():
+    kind = KINDS["conv"]
+    assert resolve_params(kind, kind.args, {"stride": [1, 2], "pad": 0}, "conv") == {
+        "conv_param": {"stride": [1, 2], "pad": 0}
+    }
+    kind = KINDS["batchnorm"]
+    raw = {"bn_param": {"mode": "test", "running_mean": np.zeros(5)}, "eps": 1}
+    assert resolve_params(kind, kind.args, raw, "bn")["bn_param"]["eps"] == 1
+
+
+def test_a_numerical_gradient_that_does_not_fit_the_definition_fails(monkeypatch):
+    # What a child whose npgrad was patched would report: a flat forward around the inputs.
+    import npgrad.pairs
+
+    monkeypatch.setattr(
+        npgrad.pairs, "perturbed_projections", lambda f, x, g, eps: (np.zeros(x.shape),) * 2
+    )
+    report = check_pair(ok.relu_forward, lambda dout, cache: np.zeros_like(dout))
+    assert not report.passed
+    assert report.diagnoses[0].startswith(
+        "dx: the numerical gradient disagrees with the definition's, though the forward's output"
+    )
+
+
+def test_base_exceptions_of_the_code_fail_the_pair_but_ctrl_c_stops_the_check():
+    def relu_forward(x):
+        raise GeneratorExit("closed")
+
+    report = check_pair(relu_forward, ok.relu_backward)
+    assert not report.passed and report.error.endswith("GeneratorExit: closed")
+    assert report.error.startswith("forward failed: ")
+
+    def interrupted(x):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # in this process, it may be the user's Ctrl-C
+        check_pair(interrupted, ok.relu_backward, Pair("relu_forward", "relu_backward", "relu"))

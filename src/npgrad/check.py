@@ -11,8 +11,9 @@
   ``npgrad gradcheck``, ``--order 2`` for second derivatives; :func:`op_case`
   draws one case).
 * :func:`mismatches` is the pass rule and :func:`numeric_jacobian` /
-  :func:`numeric_vjp` the central differences of every check in npgrad,
-  :mod:`npgrad.layercheck` included.
+  :func:`numeric_vjp` the central differences of every check in npgrad
+  (:func:`perturbed_projections` their raw material, for the checks of a user's
+  code that runs in another process).
 """
 
 from __future__ import annotations
@@ -165,6 +166,37 @@ def numeric_vjp(
     for j, column in enumerate(_central_differences(f, x, eps)):
         out[j] = float(np.sum(g * column))
     return out.reshape(x.shape)
+
+
+def perturbed_projections(
+    f: Callable[[], Any], x: np.ndarray, g: np.ndarray, eps: float = 1e-6
+) -> tuple[np.ndarray, np.ndarray]:
+    """The raw material of :func:`numeric_vjp`, for a ``f`` that runs elsewhere than the verdict.
+
+    For each element j of ``x``: ``sum(g * (f(x + eps e_j) - f(x)))`` and the same at
+    ``x - eps e_j``, two arrays shaped like ``x``; ``(plus - minus) / (2 * eps)`` is the
+    numerical vector-Jacobian product. ``npgrad check`` has the user's forward evaluated at
+    the perturbed points in the child process and draws the conclusions in its own (the
+    differences from ``f(x)`` keep the projections exact to the last digits).
+    """
+    base = np.array(f(), dtype=np.float64)
+    flat = x.reshape(-1)  # a view: writing it perturbs x
+    plus, minus = np.empty(flat.size), np.empty(flat.size)
+
+    def moved() -> np.ndarray:
+        out = np.array(f(), dtype=np.float64)
+        if out.shape != base.shape:
+            raise ValueError(f"the output's shape changed from {base.shape} to {out.shape}")
+        return out - base
+
+    for j in range(flat.size):
+        old = flat[j]
+        flat[j] = old + eps
+        plus[j] = float(np.sum(g * moved()))
+        flat[j] = old - eps
+        minus[j] = float(np.sum(g * moved()))
+        flat[j] = old
+    return plus.reshape(x.shape), minus.reshape(x.shape)
 
 
 def mismatches(got: Any, want: Any, atol: float, rtol: float) -> np.ndarray:

@@ -33,6 +33,7 @@ process with a time limit.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import itertools
 import re
@@ -46,7 +47,7 @@ import numpy as np
 
 from . import layers as reference_layers
 from . import ops_conv
-from .check import agrees, all_ops, mismatches, numeric_vjp, torch_available
+from .check import agrees, all_ops, mismatches, perturbed_projections, torch_available
 from .errors import LayerCheckError, NpgradError, UserCodeFailed
 from .mistakes import (
     ATOL,
@@ -192,7 +193,11 @@ def _user_frame(exc: BaseException, filename: str | None) -> str:
     ]
     where = mine[-1] if mine else (frames[-1] if frames else None)
     loc = f"{where.filename}:{where.lineno}: " if where else ""
-    return f"{loc}{type(exc).__name__}: {exc}".rstrip()
+    try:
+        message = str(exc).strip()
+    except Exception:  # the user's exception class cannot say what it is
+        message = "(its message could not be read)"
+    return f"{loc}{type(exc).__name__}" + (f": {message}" if message else "")
 
 
 def _describe(value: Any) -> str:
@@ -236,16 +241,125 @@ def _real_array(value: Any, what: str, expected: str) -> np.ndarray:
     raise UserCodeFailed(f"{what} {_describe(value)}{hint}; expected {expected}")
 
 
-class _UserCode:
-    """Calls into the user's class, each call in a named phase, failures made into messages."""
+class Diverged(Exception):
+    """A replayed check asked for an answer the child's recording does not hold next."""
+
+
+def _digest(value: Any) -> str:
+    """A short fingerprint of the arguments of a question to the user's code (arrays by content)."""
+    h = hashlib.sha256()
+
+    def feed(v: Any) -> None:
+        if isinstance(v, np.ndarray):
+            h.update(f"a{v.dtype.str}{v.shape}".encode())
+            h.update(v.tobytes() if v.dtype.kind in "biuf" else b"?")
+        elif isinstance(v, dict):
+            h.update(b"{")
+            for k, item in v.items():
+                feed(k)
+                feed(item)
+            h.update(b"}")
+        elif isinstance(v, (list, tuple)):
+            h.update(b"(" if isinstance(v, tuple) else b"[")
+            for item in v:
+                feed(item)
+            h.update(b")")
+        elif v is None or isinstance(v, (bool, int, float, str, np.generic)):
+            h.update(f"{type(v).__name__}:{v!r};".encode())
+        else:
+            h.update(f"<{type(v).__name__}>".encode())
+
+    feed(value)
+    return h.hexdigest()[:24]
+
+
+class Tape:
+    """What the user's code answered, in order: recorded where it runs, replayed where it is judged.
+
+    ``npgrad check`` runs the user's file in a child process that the file controls: it may
+    patch npgrad there. So the child only records the answers of the user's code (outputs,
+    gradients, the forward's values at the points of the numerical gradient, each already
+    read into plain arrays), and the checking process runs the very same check again with
+    those answers in place of the calls: every comparison and verdict is made there, by an
+    npgrad the file never touched. Each answer carries its question (what was asked and a
+    digest of the arguments): a replay asked anything else stops with :class:`Diverged`.
+
+    ``record(entry)`` receives ``{"key", "value"}`` or ``{"key", "error", "retry"}`` with
+    the value as :func:`npgrad.sandbox.encode` writes it; ``answers`` are such entries.
+    """
 
     def __init__(
-        self, factory: Callable[[], Any], source: str | None, progress: Callable[[str], None] | None
+        self,
+        record: Callable[[dict[str, Any]], None] | None = None,
+        answers: Sequence[dict[str, Any]] | None = None,
+    ) -> None:
+        self.record = record
+        self.answers = list(answers or [])
+        self.replaying = answers is not None
+        self.position = 0
+
+    def keep(self, key: list[str], value: Any) -> Any:
+        """Record ``value`` and return it as the replay will see it (decoded from the record)."""
+        from .sandbox import decode, encode
+
+        encoded = encode(value)
+        if self.record is not None:
+            self.record({"key": key, "value": encoded})
+        return decode(encoded)
+
+    def keep_failure(self, key: list[str], stop: UserCodeFailed) -> None:
+        if self.record is not None:
+            self.record({"key": key, "error": str(stop), "retry": stop.retry})
+
+    def next(self, key: list[str]) -> Any:
+        """The answer to ``key``, or its failure raised again."""
+        from .sandbox import decode
+
+        if self.position >= len(self.answers):
+            raise Diverged(f"no answer recorded for {key[0]}")
+        entry = self.answers[self.position]
+        self.position += 1
+        if not isinstance(entry, dict) or entry.get("key") != key:
+            raise Diverged(f"the answer recorded next is not for {key[0]}")
+        if "error" in entry:
+            raise UserCodeFailed(str(entry["error"]), retry=bool(entry.get("retry")))
+        try:
+            return decode(entry.get("value"))
+        except ValueError as exc:
+            raise Diverged(f"the answer recorded for {key[0]} is not data: {exc}") from None
+
+    def finish(self) -> None:
+        """Raise :class:`Diverged` if answers are left: the child asked more than the replay."""
+        if self.position != len(self.answers):
+            raise Diverged(f"{len(self.answers) - self.position} answers recorded beyond the check")
+
+
+class _UserCode:
+    """Calls into the user's class, each call in a named phase, failures made into messages.
+
+    Every question to the user's code goes through :meth:`answer`, which records the
+    answer on a recording :class:`Tape` or takes it from a replaying one instead of
+    calling anything.
+    """
+
+    def __init__(
+        self,
+        factory: Callable[[], Any],
+        source: str | None,
+        progress: Callable[[str], None] | None,
+        tape: Tape | None = None,
     ) -> None:
         self.factory = factory
         self.source = source
         self.progress = progress or (lambda phase: None)
         self.phase: str | None = None
+        self.tape = tape
+        self.built = ""  # how the factory builds the instance, when a check changes it
+
+    @property
+    def sandboxed(self) -> bool:
+        """Running in the child of ``npgrad check``: no Ctrl-C can reach it, only the code's own."""
+        return self.tape is not None and not self.tape.replaying
 
     def call(self, phase: str, fn: Callable[..., Any], *args: Any) -> Any:
         if phase != self.phase:  # the numerical gradient calls forward hundreds of times
@@ -260,12 +374,89 @@ class _UserCode:
             raise UserCodeFailed(
                 f"{phase} failed: " + _user_frame(exc, self.source), retry=True
             ) from None
+        except BaseException as exc:  # KeyboardInterrupt, GeneratorExit, the user's own...
+            if isinstance(exc, KeyboardInterrupt) and not self.sandboxed:
+                raise  # Ctrl-C in this process: whoever pressed it wants the check stopped
+            raise UserCodeFailed(f"{phase} failed: " + _user_frame(exc, self.source)) from None
 
-    def construct(self) -> Any:
-        return self.call("the constructor", self.factory)
+    def answer(self, what: str, args: Any, compute: Callable[[], Any]) -> Any:
+        """``compute()``: the user's code asked (through :meth:`call`) and its answer read into
+        plain values; recorded on the tape, or taken from it when replaying."""
+        if self.tape is None:
+            return self._guarded(compute)
+        key = [what, _digest(args)]
+        if self.tape.replaying:
+            return self.tape.next(key)
+        try:
+            value = self._guarded(compute)
+        except UserCodeFailed as stop:
+            self.tape.keep_failure(key, stop)
+            raise
+        return self.tape.keep(key, value)
 
-    def forward(self, xs: Sequence[np.ndarray], phase: str = "forward") -> tuple[Any, np.ndarray]:
-        """A fresh instance, and its output on copies of ``xs`` (the constructor counts as ``phase``)."""
+    def _guarded(self, compute: Callable[[], Any]) -> Any:
+        """``compute()``, with whatever escapes it while reading the answer (the methods of a
+        returned object run the user's code too) made into a failure of the phase."""
+        try:
+            return compute()
+        except UserCodeFailed:
+            raise
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt) and not self.sandboxed:
+                raise
+            phase = self.phase or "the check"
+            raise UserCodeFailed(f"{phase} failed: " + _user_frame(exc, self.source)) from None
+
+    def rebuild(self, factory: Callable[[], Any], built: str) -> None:
+        """Build the instances with ``factory`` from now on (``built`` says how, for the tape)."""
+        self.factory, self.built = factory, built
+
+    def arity(self) -> int | None:
+        """How many inputs a fresh instance's forward takes (None: any number)."""
+        return self.answer(
+            "arity",
+            [self.built],
+            lambda: _n_inputs(self.call("the constructor", self.factory).forward),
+        )
+
+    def forward(self, xs: Sequence[np.ndarray], phase: str = "forward") -> np.ndarray:
+        """A fresh instance's output on copies of ``xs`` (the constructor counts as ``phase``)."""
+        return self.answer(
+            "forward", [self.built, phase, list(xs)], lambda: self._forward(xs, phase)[1]
+        )
+
+    def built_forward(self, xs: Sequence[np.ndarray]) -> tuple[list[list[Any]], np.ndarray]:
+        """As :meth:`forward`, with the settings the fresh instance keeps as attributes (stride,
+        padding...), as (role, value) pairs in the order of its attributes."""
+
+        def compute() -> list[Any]:
+            layer, y = self._forward(xs, "forward")
+            return [_attribute_settings(layer), y]
+
+        settings, y = self.answer("built forward", [self.built, list(xs)], compute)
+        return [list(s) for s in settings], y
+
+    def backward(
+        self, xs: Sequence[np.ndarray], g: np.ndarray, phase: str = "backward"
+    ) -> list[np.ndarray]:
+        """A fresh instance's gradients: forward on copies of ``xs``, then backward of ``g``."""
+        return self.answer(
+            "backward", [self.built, phase, list(xs), g], lambda: self._backward(xs, g, phase)
+        )
+
+    def perturbed(
+        self, xs: list[np.ndarray], i: int, g: np.ndarray, eps: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`npgrad.check.perturbed_projections` of the forward for input ``i``."""
+        phase = "numerical gradient: forward on perturbed inputs"
+
+        def compute() -> list[np.ndarray]:
+            return list(perturbed_projections(lambda: self._forward(xs, phase)[1], xs[i], g, eps))
+
+        plus, minus = self.answer("perturbed", [self.built, list(xs), i, g, eps], compute)
+        return plus, minus
+
+    def _forward(self, xs: Sequence[np.ndarray], phase: str) -> tuple[Any, np.ndarray]:
         layer = self.call(phase, self.factory)
         y = self.call(phase, layer.forward, *[x.copy() for x in xs])
         if isinstance(y, tuple):
@@ -275,10 +466,8 @@ class _UserCode:
             )
         return layer, _real_array(y, "forward returned", "a NumPy array (the output)")
 
-    def backward(
-        self, xs: Sequence[np.ndarray], g: np.ndarray, phase: str = "backward"
-    ) -> list[np.ndarray]:
-        layer, _ = self.forward(xs)
+    def _backward(self, xs: Sequence[np.ndarray], g: np.ndarray, phase: str) -> list[np.ndarray]:
+        layer, _ = self._forward(xs, "forward")
         result = self.call(phase, layer.backward, g.copy())
         shapes = [x.shape for x in xs]
         expected = _shape_words(shapes)
@@ -425,7 +614,7 @@ def _reference_compare(
     ref_cls = _reference_class(name)
     if ref_cls is None:
         return {}
-    _, y = user.forward(xs, "comparing with npgrad: forward")
+    y = user.forward(xs, "comparing with npgrad: forward")
     grads = user.backward(xs, g, "comparing with npgrad: backward")
     ref = ref_cls()
 
@@ -734,18 +923,28 @@ def _setting_like(role: str, value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
+def _attribute_settings(layer: Any) -> list[list[Any]]:
+    """The settings an instance keeps as attributes: [role, value] in the attributes' order."""
+    out = []
+    for attr, value in getattr(layer, "__dict__", {}).items():
+        role = _role(attr) if isinstance(attr, str) else None
+        if role and _setting_like(role, value):
+            out.append([role, value])
+    return out
+
+
 def _known_settings(
-    params: list[inspect.Parameter], kwargs: dict[str, Any], layer: Any
+    params: list[inspect.Parameter], kwargs: dict[str, Any], attributes: list[list[Any]]
 ) -> dict[str, Any]:
-    """What the class was built with: the arguments passed, its attributes, its defaults."""
+    """What the class was built with: the arguments passed, its attributes
+    (:func:`_attribute_settings`), its defaults."""
     known: dict[str, Any] = {}
     for p in params:
         role = _role(p.name)
         if role and p.name in kwargs:
             known[role] = kwargs[p.name]
-    for attr, value in getattr(layer, "__dict__", {}).items():
-        role = _role(attr)
-        if role and role not in known and _setting_like(role, value):
+    for role, value in attributes:
+        if role not in known:
             known[role] = value
     for p in params:
         role = _role(p.name)
@@ -934,10 +1133,10 @@ def _check_image(
     first: UserCodeFailed | None = None
     for kwargs, cand in tries:
         if inspect.isclass(layer):
-            user.factory = lambda kwargs=kwargs: layer(**kwargs)
+            user.rebuild(lambda kwargs=kwargs: layer(**kwargs), _call(layer.__name__, kwargs))
         xs = IMAGE_KINDS[kinds[0]].sample(rng, cand)
         try:
-            built, y = user.forward(xs)
+            attributes, y = user.built_forward(xs)
             break
         except UserCodeFailed as stop:
             if not stop.retry:
@@ -965,7 +1164,7 @@ def _check_image(
         _gradients(report, user, xs, y, rng, plain)
         report.reference = {"npgrad": "not compared: its parameters are not among its inputs"}
         return True
-    kind, settings, found = _resolve(kinds, _known_settings(params, kwargs, built), xs, y)
+    kind, settings, found = _resolve(kinds, _known_settings(params, kwargs, attributes), xs, y)
     shown = {r: settings[r] for r in IMAGE_KINDS[kind].grid}
     report.setup = "; ".join(filter(None, [built_as, f"compared with {_call(kind, shown)}"]))
     found = [r for r in found if settings[r] != IMAGE_KINDS[kind].grid[r][0]]  # not the default
@@ -1003,6 +1202,8 @@ def check_layer(
     source: str | None = None,
     progress: Callable[[str], None] | None = None,
     params: dict[str, Any] | None = None,
+    *,
+    tape: Tape | None = None,
 ) -> LayerReport:
     """Check a layer class (or a zero-argument factory) following the exercise's protocol.
 
@@ -1016,6 +1217,8 @@ def check_layer(
     ``source`` is the user's file, so errors point at its lines.
     ``progress(phase)`` is called before each call into the user's code.
     Raises :class:`LayerCheckError` for ``params`` the constructor does not take.
+    ``tape`` records the answers of the class's code, or replays them instead of calling
+    it (:class:`Tape`: ``npgrad check`` judges in its own process what its child recorded).
     """
     name = name or getattr(layer, "__name__", type(layer).__name__)
     args = constructor_args(layer, params or {}, name)
@@ -1026,7 +1229,7 @@ def check_layer(
     if use_torch is None:
         use_torch = torch_available()
     report = LayerReport(name, False)
-    user = _UserCode(factory, source, progress)
+    user = _UserCode(factory, source, progress, tape)
     try:
         rng = np.random.default_rng(seed)
         given = None if shapes is None else [tuple(int(n) for n in s) for s in shapes]
@@ -1050,7 +1253,7 @@ def _check(
     if shapes is not None:
         candidates = [shapes]
     else:
-        n = _n_inputs(user.construct().forward)
+        n = user.arity()
         default = DEFAULT_SHAPES.get(name.lower())
         candidates = ([default] if default else []) + [
             c for c in CANDIDATE_SHAPES if n is None or len(c) == n
@@ -1061,7 +1264,7 @@ def _check(
     for cand in candidates:
         xs = _inputs_for(name, cand, rng)
         try:
-            _, y = user.forward(xs)
+            y = user.forward(xs)
             break
         except UserCodeFailed as stop:  # a wrong guess of shapes, or a bug in forward
             if not stop.retry:
@@ -1100,11 +1303,9 @@ def _gradients(
     except UserCodeFailed:
         local = [None] * len(xs)
 
-    def forward_only() -> np.ndarray:
-        return user.forward(xs, "numerical gradient: forward on perturbed inputs")[1]
-
     for i, (x, got) in enumerate(zip(xs, grads)):
-        want = numeric_vjp(forward_only, xs[i], g, EPS)
+        plus, minus = user.perturbed(xs, i, g, EPS)
+        want = (plus - minus) / (2 * EPS)  # judged here, from the forward's values
         r = InputResult(i, x.shape)
         if got.shape == want.shape:
             diff = np.abs(got - want)

@@ -60,7 +60,9 @@ import copy
 import dataclasses
 import inspect
 import itertools
+import math
 import re
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from html import escape
@@ -68,11 +70,12 @@ from typing import Any
 
 import numpy as np
 
-from .check import agrees, mismatches, numeric_vjp
+from .check import agrees, mismatches, perturbed_projections
 from .errors import LayerCheckError, UserCodeFailed
 from .layercheck import (
     CANDIDATE_SHAPES,
     InputResult,
+    Tape,
     _describe,
     _diagnose,
     _real_array,
@@ -504,7 +507,11 @@ def resolve_params(
     Keys may be an argument (``"G"``, ``"conv_param"`` with a dict), ``"dict.key"``
     (``"pool_param.stride"``), or a key of the one parameter dict that has it
     (``"stride"`` for ``conv_forward_naive``; ``"mode"`` for ``batchnorm_forward``).
-    Raises :class:`LayerCheckError` for a key that names nothing, or more than one thing.
+    Raises :class:`LayerCheckError` for a key that names nothing, or more than one thing,
+    for an input array or the labels (npgrad draws those: ``--shape`` sets their shapes),
+    and, for the layers the course defines, for a value of the wrong type (``stride:"a"``,
+    ``mode:3``) or a dict's key it does not take: such a parameter would make the check
+    itself fail, not the user's code.
     """
     names = list(names or [])
     defaults = kind.params if kind is not None else {}
@@ -513,9 +520,25 @@ def resolve_params(
     for key, value in raw.items():
         arg, dot, sub = key.partition(".")
         if not dot and key in names:
-            if isinstance(value, dict) and key in dicts:
+            if key in dicts and (isinstance(value, dict) or kind is not None):
+                if not isinstance(value, dict):
+                    example = next(iter(defaults.get(key) or {"KEY": 0}))
+                    raise LayerCheckError(
+                        f"{who}: {key} is a dict of parameters, not {value!r}: set its keys, "
+                        f"e.g. {key}.{example}:VALUE"
+                    )
+                for k, v in value.items():
+                    _check_param(kind, key, str(k), v, who)
                 out.setdefault(key, {}).update(value)
             else:
+                if kind is not None and key not in defaults:
+                    what = "the labels" if key == "y" else "an input array"
+                    raise LayerCheckError(
+                        f"{who}: {key} is {what}, drawn by npgrad, not a parameter "
+                        f"(its parameters: {', '.join(defaults) or 'none'}; --shape sets the "
+                        "input shapes)"
+                    )
+                _check_param(kind, None, key, value, who)
                 out[key] = value
             continue
         if dot:
@@ -534,8 +557,68 @@ def resolve_params(
                 f"{who}: no single argument or parameter named {key!r} (it takes {takes}; "
                 "name a dict's key as DICT.KEY, e.g. pool_param.stride)"
             )
+        _check_param(kind, target, sub, value, who)
         out.setdefault(target, {})[sub] = value
     return out
+
+
+# Keys of the course's parameter dicts holding window geometry, and their least values.
+_GEOMETRY = {"stride": 1, "pad": 0, "pool_height": 1, "pool_width": 1}
+_RUNNING = ("running_mean", "running_var")  # bn_param may start with them: arrays
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float: finite
+        return True
+
+
+def _check_param(kind: Kind | None, table: str | None, key: str, value: Any, who: str) -> None:
+    """Refuse a value the course's layer cannot take where the table knows its type.
+
+    ``table`` is the parameter dict holding ``key``, None for an argument of its own.
+    """
+    if kind is None:
+        return
+    known = kind.params.get(table, {}) if table is not None else kind.params
+    if not isinstance(known, dict) or (table is not None and table not in kind.params):
+        return  # a dict the table knows nothing about may hold anything
+    name = f"{table}.{key}" if table is not None else key
+    if key not in known:
+        if table == "bn_param" and key in _RUNNING:
+            return
+        raise LayerCheckError(f"{who}: {table} has no key {key!r} (it takes {', '.join(known)})")
+    default = known[key]
+
+    def whole(v: Any, least: int) -> bool:
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= least
+
+    problem = None
+    if key == "mode":
+        if not (isinstance(value, str) and value in ("train", "test")):
+            problem = "must be 'train' or 'test'"
+    elif key in _GEOMETRY:
+        least = _GEOMETRY[key]
+        pair = isinstance(value, (list, tuple)) and len(value) == 2
+        if not (whole(value, least) or (pair and all(whole(v, least) for v in value))):
+            problem = f"must be a whole number >= {least} or a pair of them"
+    elif isinstance(default, bool) or isinstance(default, str):
+        if type(value) is not type(default):
+            problem = f"must be a {type(default).__name__}"
+    elif isinstance(default, int):
+        if not whole(value, 1 if key == "G" else 0):
+            problem = f"must be a whole number >= {1 if key == 'G' else 0}"
+    elif isinstance(default, float):
+        number = isinstance(value, (int, float, np.integer, np.floating))
+        if not number or isinstance(value, bool) or not _finite(value):
+            problem = "must be a number"
+        elif key == "p" and not 0 < value <= 1:
+            problem = "must be a probability in (0, 1]"
+        elif value < 0:
+            problem = "must be >= 0"
+    if problem:
+        raise LayerCheckError(f"{who}: {name} {problem}, not {value!r}")
 
 
 # --------------------------------------------------------------------------- reports
@@ -708,9 +791,27 @@ class _Ctx:
         self.warnings: list[str] = []
 
     def call_forward(
-        self, values: list[Any], phase: str = "forward"
+        self, values: list[Any], phase: str = "forward", keep: bool = False
     ) -> tuple[list[np.ndarray], Any]:
-        """Outputs and cache of the user's forward on copies of ``values``."""
+        """Outputs and cache of the user's forward on ``values``.
+
+        The cache is None when replaying (:class:`npgrad.layercheck.Tape`): only calls into
+        the user's code use it. With ``keep``, ``values`` become the arguments as the call left
+        them (a forward may update ``bn_param`` in place), as recorded.
+        """
+        live: list[Any] = []
+
+        def compute() -> list[Any]:
+            outs, cache = self._forward_raw(values, phase)
+            live.append(cache)
+            return [outs, list(values) if keep else None]
+
+        outs, after = self.user.answer("forward", [phase, keep, values], compute)
+        if keep and self.user.tape is not None:
+            values[:] = after
+        return outs, (live[0] if live else None)
+
+    def _forward_raw(self, values: list[Any], phase: str) -> tuple[list[np.ndarray], Any]:
         np.random.seed(GLOBAL_SEED)
         result = self.user.call(phase, self.fwd, *values)
         if self.kind is not None and self.kind.loss:
@@ -838,6 +939,8 @@ def check_pair(
     plain_backward: Callable[..., Any] | None = None,
     source: str | None = None,
     progress: Callable[[str], None] | None = None,
+    *,
+    tape: Tape | None = None,
 ) -> PairReport:
     """Check one function pair (``backward=None``: a loss returning ``(loss, grad)``).
 
@@ -845,13 +948,16 @@ def check_pair(
     ``params`` overrides arguments that are not arrays: ``{"conv_param": {"stride": 1}}``,
     ``{"stride": 1}`` or ``{"G": 4}`` (see :func:`resolve_params`). ``plain_backward`` is the ``X_backward`` an ``X_backward_alt``
     must agree with. ``source`` is the user's file, so errors point at its lines.
+    ``tape`` records the answers of the user's functions, or replays them instead of calling
+    them (:class:`npgrad.layercheck.Tape`). Raises :class:`LayerCheckError` for ``params``
+    that cannot apply.
     """
     pair = pair or Pair(forward.__name__, None if backward is None else backward.__name__, "")
     if not pair.base:
         m = _FORWARD.match(pair.forward) or _LOSS.match(pair.forward)
         pair.base = m["base"] if m else pair.forward
     report = PairReport(pair.forward, pair.backward, False)
-    user = _UserCode(lambda: None, source, progress)
+    user = _UserCode(lambda: None, source, progress, tape)
     kind, base = kind_for(pair, forward)
     names = arg_names(kind, forward)
     overrides = resolve_params(kind, names, params or {}, pair.forward)
@@ -953,7 +1059,7 @@ def _check_case(
         raise UserCodeFailed(f"forward returned NaN or infinity on random inputs{at}")
     # what forward did to its arguments
     again = ctx.fresh()
-    outs2, _ = ctx.call_forward(again)
+    outs2, _ = ctx.call_forward(again, keep=True)
     ctx.used_params = {n: v for n, v in zip(names, again) if isinstance(v, dict)}
     for i in case.diff:
         if not np.array_equal(again[i], case.values[i]):
@@ -967,11 +1073,22 @@ def _check_case(
             "in its parameters?)" + at
         )
     # the forward against the course's definition
+    definition: Callable[[dict[str, Any]], Any] | None = None  # the output's, when it is right
     if kind is not None and kind.reference is not None:
-        allowed = kind.reference(ctx.values)
-        allowed = allowed if isinstance(allowed, list) else [allowed]
-        if any(agrees(ctx.outs[0], w, FORWARD_ATOL, FORWARD_RTOL) for w in allowed):
+        reference = kind.reference
+        allowed = _as_list(reference(ctx.values))
+        match = next(
+            (
+                i
+                for i, w in enumerate(allowed)
+                if agrees(ctx.outs[0], w, FORWARD_ATOL, FORWARD_RTOL)
+            ),
+            None,
+        )
+        if match is not None:
             result.forward = "ok"
+            if len(ctx.outs) == 1:
+                definition = lambda v, i=match: _as_list(reference(v))[i]  # noqa: E731
         else:
             why = kind.forward_problem(ctx.values, ctx.outs[0]) if kind.forward_problem else None
             result.forward = why or _differs(ctx.outs[0], allowed[0])
@@ -1005,11 +1122,51 @@ def _check_case(
             r.passed = not bool(bad.any())
             for idx in itertools.islice(zip(*np.nonzero(bad)), 3):
                 r.mismatches.append((tuple(int(j) for j in idx), float(got[idx]), float(want[idx])))
-        if not r.passed:
+        if r.passed and definition is not None and not _fits(ctx, pos, want, definition):
+            r.passed = False
+            r.diagnosis = (
+                "the numerical gradient disagrees with the definition's, though the forward's "
+                "output agrees with it: the values from the file's process do not fit together "
+                "(does the file change npgrad or NumPy?)"
+            )
+            r.mismatches = []
+        elif not r.passed:
             r.diagnosis = _explain(ctx, k, got, want, backward, x)
         result.inputs.append(r)
     if plain is not None:
         _compare_alt(ctx, result, report, plain, grads)
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _fits(
+    ctx: _Ctx, pos: int, want: np.ndarray, definition: Callable[[dict[str, Any]], Any]
+) -> bool:
+    """Whether the numerical gradient for argument ``pos`` is the definition's, along a direction
+    drawn here, unforeseeably.
+
+    The forward's values at the perturbed points come from the process that ran the user's
+    code, which the code controls; where the forward's output is the definition's, its
+    numerical gradient must be the definition's too. Two calls of the definition tell.
+    """
+    name = ctx.case.names[pos]
+    x = np.asarray(ctx.values[name], dtype=np.float64)
+    u = np.random.default_rng(secrets.randbits(64)).standard_normal(x.shape)
+    norm = float(np.linalg.norm(u))
+    if want.shape != x.shape or norm == 0:
+        return True
+    u /= norm
+    g = np.concatenate([gk.ravel() for gk in ctx.g])
+
+    def along(t: float) -> float:
+        moved = dict(ctx.values)
+        moved[name] = x + t * u
+        return float(np.sum(g * np.asarray(definition(moved), dtype=np.float64).ravel()))
+
+    slope = (along(EPS) - along(-EPS)) / (2 * EPS)
+    return agrees(float(np.sum(want * u)), slope, 1e-5, 1e-3)
 
 
 def _warn(report: PairReport, message: str) -> None:
@@ -1033,7 +1190,24 @@ def _backward(
     ctx: _Ctx, backward: Callable | None, cache: Any, report: PairReport
 ) -> list[np.ndarray]:
     """The user's gradients, one per array argument, checked for type and count."""
+
+    def compute() -> list[Any]:
+        return _read_gradients(ctx, backward, cache)
+
+    grads, dout_changed = ctx.user.answer("gradients", [ctx.case.values, ctx.g], compute)
+    if dout_changed:
+        _warn(
+            report,
+            "backward modifies its upstream gradient dout in place: in a network, "
+            "that corrupts the gradients of the layers after it (copy it first)",
+        )
+    return grads
+
+
+def _read_gradients(ctx: _Ctx, backward: Callable | None, cache: Any) -> list[Any]:
+    """[the gradients, whether backward changed its dout] (:func:`_backward`'s question)."""
     names = [ctx.case.names[i] for i in ctx.case.diff]
+    dout_changed = False
     expected = (
         f"a NumPy array (d{names[0]})"
         if len(names) == 1
@@ -1047,16 +1221,12 @@ def _backward(
     else:
         douts = [g.copy() for g in ctx.g]
         items = ctx.user.call("backward", backward, *douts, cache)
-        if any(not np.array_equal(a, b) for a, b in zip(douts, ctx.g)):
-            _warn(
-                report,
-                "backward modifies its upstream gradient dout in place: in a network, "
-                "that corrupts the gradients of the layers after it (copy it first)",
-            )
+        dout_changed = any(not np.array_equal(a, b) for a, b in zip(douts, ctx.g))
         what = "backward returned"
     if len(names) == 1 and not isinstance(items, (tuple, list)):
         shape = np.shape(ctx.values[names[0]])
-        return [_real_array(items, what, f"a NumPy array (d{names[0]}) of shape {shape}")]
+        got = _real_array(items, what, f"a NumPy array (d{names[0]}) of shape {shape}")
+        return [[got], dout_changed]
     if not isinstance(items, tuple):
         hint = " (a missing return?)" if items is None else ""
         raise UserCodeFailed(f"{what} {_describe(items)}{hint}; expected {expected}")
@@ -1065,23 +1235,31 @@ def _backward(
     unset = [f"d{n}" for item, n in zip(items, names) if item is None]
     if unset:
         raise UserCodeFailed(f"{what} None as {', '.join(unset)} (not implemented yet?)")
-    return [
+    grads = [
         _real_array(item, f"{what}, as d{n},", f"an array of shape {np.shape(ctx.values[n])}")
         for item, n in zip(items, names)
     ]
+    return [grads, dout_changed]
 
 
 def _numeric(ctx: _Ctx, pos: int) -> np.ndarray:
+    """The numerical gradient for argument ``pos``: the forward runs where the user's code does,
+    the differences are taken here."""
     values = ctx.fresh()
-
-    def f() -> np.ndarray:
-        outs, _ = ctx.call_forward(
-            [copy.deepcopy(v) for v in values], "numerical gradient: forward on perturbed inputs"
-        )
-        return np.concatenate([o.ravel() for o in outs])
-
     g = np.concatenate([gk.ravel() for gk in ctx.g])
-    return numeric_vjp(f, values[pos], g, EPS)
+
+    def compute() -> list[np.ndarray]:
+        def f() -> np.ndarray:
+            outs, _ = ctx._forward_raw(
+                [copy.deepcopy(v) for v in values],
+                "numerical gradient: forward on perturbed inputs",
+            )
+            return np.concatenate([o.ravel() for o in outs])
+
+        return list(perturbed_projections(f, values[pos], g, EPS))
+
+    plus, minus = ctx.user.answer("perturbed", [values, pos, g, EPS], compute)
+    return (plus - minus) / (2 * EPS)
 
 
 def _explain(
@@ -1092,14 +1270,18 @@ def _explain(
         return why
     local = None
     if backward is not None and len(ctx.g) == 1:
-        try:
-            outs, cache = ctx.call_forward(ctx.fresh())
-            ones = ctx.user.call("backward", backward, np.ones_like(outs[0]), cache)
-            ones = ones if isinstance(ones, tuple) else (ones,)
-            loc = np.asarray(ones[k], dtype=np.float64)
-            local = loc if loc.shape == want.shape else None
-        except (UserCodeFailed, IndexError, TypeError, ValueError):
-            local = None
+
+        def compute() -> np.ndarray | None:
+            try:
+                outs, cache = ctx._forward_raw(ctx.fresh(), "forward")
+                ones = ctx.user.call("backward", backward, np.ones_like(outs[0]), cache)
+                ones = ones if isinstance(ones, tuple) else (ones,)
+                loc = np.asarray(ones[k], dtype=np.float64)
+                return loc if loc.shape == want.shape else None
+            except (UserCodeFailed, IndexError, TypeError, ValueError):
+                return None
+
+        local = ctx.user.answer("local", [ctx.case.values, k, want.shape], compute)
     batch = x.shape[0] if x.ndim > 1 else 0
     return _diagnose(got, want, x, ctx.g[0], ctx.outs[0], local, batch=batch)
 
@@ -1108,13 +1290,19 @@ def _compare_alt(
     ctx: _Ctx, result: CaseResult, report: PairReport, plain: Callable, grads: list[np.ndarray]
 ) -> None:
     name = getattr(plain, "__name__", "the plain backward")
-    try:
-        _, cache = ctx.call_forward(ctx.fresh())
-        theirs = ctx.user.call(f"{name} (to compare)", plain, *[g.copy() for g in ctx.g], cache)
-        theirs = theirs if isinstance(theirs, tuple) else (theirs,)
-        theirs = [np.asarray(t, dtype=np.float64) for t in theirs]
-    except (UserCodeFailed, TypeError, ValueError) as exc:
-        result.notes.append(f"not compared with {name}: {exc}")
+
+    def compute() -> list[np.ndarray] | str:
+        try:
+            _, cache = ctx._forward_raw(ctx.fresh(), "forward")
+            got = ctx.user.call(f"{name} (to compare)", plain, *[g.copy() for g in ctx.g], cache)
+            got = got if isinstance(got, tuple) else (got,)
+            return [np.asarray(t, dtype=np.float64) for t in got]
+        except (UserCodeFailed, TypeError, ValueError) as exc:
+            return f"not compared with {name}: {exc}"
+
+    theirs = ctx.user.answer("alternative", [name, ctx.case.values, ctx.g], compute)
+    if isinstance(theirs, str):
+        result.notes.append(theirs)
         return
     for r, mine, other in zip(result.inputs, grads, theirs):
         if mine.shape != other.shape or agrees(mine, other, ALT_ATOL, ALT_RTOL):

@@ -4,10 +4,15 @@ The file runs in a child process, whose own output goes straight to the
 terminal: these tests read both through ``capfd``.
 """
 
+import os
+import textwrap
 import time
+import uuid
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from npgrad.cli import main
 from tests.cli.helpers import assert_one_line_error
@@ -285,3 +290,142 @@ def test_inputs_that_leave_nothing_to_compare_fail_instead_of_passing(capfd):
         "--no-torch",
     )
     assert code == 1 and "is empty: nothing to check" in out
+
+
+# --------------------------------------------------------------------------- hostile files
+
+
+def test_a_syntax_error_is_one_clean_line(capfd, tmp_path):
+    file = tmp_path / "broken.py"
+    file.write_text('import numpy as np\npattern = "\\d+"\n\ndef relu_forward(x)\n    return x\n')
+    code, out, err = check(capfd, str(file))
+    assert code == 1 and out == ""
+    assert err.splitlines() == [
+        f"{file}: error while importing: {file}:4: SyntaxError: expected ':'"
+    ]
+
+
+def test_a_parameter_naming_an_input_is_a_usage_error(capfd):
+    code, out, err = check(capfd, str(PAIRS / "correct_layers.py"), "--param", "svm_loss=y:3")
+    assert_one_line_error(code, err, "svm_loss: y is the labels, drawn by npgrad, not a parameter")
+    assert out == ""
+    code, out, err = check(
+        capfd, str(PAIRS / "correct_layers.py"), "--param", "conv_forward_naive=stride:a"
+    )
+    assert_one_line_error(code, err, "conv_param.stride must be a whole number >= 1")
+
+
+def test_a_keyboard_interrupt_from_the_code_is_its_units_failure_not_a_crash(capfd, tmp_path):
+    file = tmp_path / "interrupts.py"
+    file.write_text(
+        "def relu_forward(x):\n    raise KeyboardInterrupt\n\n"
+        "def relu_backward(dout, cache):\n    return dout\n"
+    )
+    code, out, err = check(capfd, str(file))
+    assert code == 1 and "SIGINT" not in out + err and err == ""
+    assert out.splitlines()[0] == (
+        f"relu_forward/relu_backward: FAIL  forward failed: {file}:2: KeyboardInterrupt"
+    )
+
+
+def _marked(mark):
+    """PIDs of live processes whose environment holds ``mark`` (what a test's children inherit)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if mark in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+# Statements a hostile file may run, at import or in a method; {pid} is a file for PIDs.
+HOSTILE = {
+    "exit": "os._exit(3)",
+    "sys.exit": "sys.exit(4)",
+    "raise": "raise ValueError('hostile')",
+    "interrupt": "raise KeyboardInterrupt",
+    "base exception": "raise Custom('hostile')",
+    "segfault": "os.kill(os.getpid(), signal.SIGSEGV)",
+    "fork": "if os.fork() == 0:\n    time.sleep(60)\n    os._exit(0)",
+    "daemon": (
+        "if os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        time.sleep(60)\n"
+        "    os._exit(0)"
+    ),
+    "process": "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])",
+    "loop": "while True:\n    pass",
+    "kill the supervisor": (
+        "if os.getppid() != TESTER:\n    os.kill(os.getppid(), signal.SIGKILL)\n    time.sleep(0.2)"
+    ),
+    "patch the check": (
+        "import npgrad.pairs, npgrad.layercheck\n"
+        "npgrad.pairs.mismatches = npgrad.layercheck.mismatches = lambda *a: np.zeros(1, bool)"
+    ),
+    "patch numpy": "np.allclose = np.array_equal = lambda *a, **k: True",
+    "patch the recording": "import npgrad.sandbox\nnpgrad.sandbox.encode = lambda value: None",
+}
+PLACES = ["import", "Relu.forward", "Relu.backward", "relu_forward", "relu_backward"]
+
+
+def _hostile_file(statements):
+    def at(place, indent):
+        body = [HOSTILE[s] for p, s in statements if p == place]
+        return "".join(textwrap.indent(b, " " * indent) + "\n" for b in body)
+
+    return f"""import os, signal, subprocess, sys, time
+import numpy as np
+
+TESTER = {os.getpid()}
+
+class Custom(BaseException):
+    pass
+
+{at("import", 0)}
+class Relu:
+    def forward(self, x):
+{at("Relu.forward", 8)}        self.x = x
+        return np.maximum(x, 0)
+
+    def backward(self, g):
+{at("Relu.backward", 8)}        return g * (self.x > 0)
+
+def relu_forward(x):
+{at("relu_forward", 4)}    return np.maximum(x, 0), x
+
+def relu_backward(dout, cache):
+{at("relu_backward", 4)}    return dout * (cache > 0)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc")
+@settings(
+    max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    statements=st.lists(
+        st.tuples(st.sampled_from(PLACES), st.sampled_from(sorted(HOSTILE))), max_size=3
+    )
+)
+def test_hostile_files_end_in_one_line_each_and_leave_no_process(
+    capfd, tmp_path, monkeypatch, statements
+):
+    mark = f"NPGRAD_TEST_MARK={uuid.uuid4().hex}"
+    monkeypatch.setenv(*mark.split("="))
+    file = tmp_path / f"hostile_{uuid.uuid4().hex[:8]}.py"
+    file.write_text(_hostile_file(statements))
+    code, out, err = check(capfd, str(file), "--timeout", "0.7", "--no-torch")
+    assert code in (0, 1), (code, out, err)
+    if out == "":  # the file could not be imported: that is the one line
+        assert len(err.splitlines()) == 1 and err.startswith(f"{file}: "), err
+    else:
+        lines = out.splitlines()
+        assert lines[0].startswith("relu_forward/relu_backward: ")  # its one line, first
+        assert len([line for line in lines if line.startswith("Relu: ")]) == 1
+        assert all(len(e.splitlines()) == 1 for e in error_lines(out))
+        assert (
+            "of 1 layer classes passed" in lines[-1] and "of 1 function pairs passed" in lines[-1]
+        )
+    assert "Traceback" not in out + err
+    assert _marked(mark.encode()) == [], "a process the file started outlived the check"

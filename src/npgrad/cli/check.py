@@ -163,7 +163,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "and stride 2, padding 1 where their constructor takes them, and are compared with\n"
         "npgrad's ops). When a gradient is wrong, npgrad says where and, if it\n"
         "can tell, why. Your file runs in a separate process: if it hangs, exits or crashes,\n"
-        "npgrad says which class or pair was doing what.",
+        "npgrad says which class or pair was doing what, and whatever it started is killed\n"
+        "when the check ends (on Linux also a daemon that left its session; elsewhere what\n"
+        "stayed in its process group). That process only reports what your code returned:\n"
+        "the comparisons and verdicts are made outside it, where patching npgrad cannot reach.",
         epilog="""\
 examples:
   npgrad check my_layers.py
@@ -185,7 +188,8 @@ set (stride 2, padding 1, a 2x3 window); --param sets them by name.
 
 exit status: 0 if everything passes (warnings allowed); 1 if something fails, hangs or
 crashes, or the file cannot be imported; 2 for a usage error (no such file, class or
-function, a bad option).""",
+function, a bad option, a --param that cannot apply: an input array such as y, a key
+or a type the course's layer does not take).""",
         formatter_class=formatter,
     )
     p.add_argument("file", help="a Python file defining layer classes or function pairs")
