@@ -17,7 +17,7 @@ from tests.cli.helpers import assert_one_line_error, run_catching_exit
         (["train", "-d", "digits", "--hidden", "256,abc"], "bad architecture"),
         (["train", "-d", "digits", "--hidden", "-5"], "hidden sizes must be positive"),
         (["train", "-d", "digits", "--hidden", "100000000"], "this network needs at least"),
-        (["train", "-d", "digits", "--epochs", "-3"], "must be an integer between 0"),
+        (["train", "-d", "digits", "--epochs", "0"], "must be an integer between 1"),
         (["train", "-d", "digits", "--epochs", "three"], "expected an integer, got 'three'"),
         (["train", "-d", "digits", "--lr", "-1"], "--lr: must be a number in (0, 1000]"),
         (["train", "-d", "digits", "--lr", "1e30"], "--lr: must be a number in (0, 1000]"),
