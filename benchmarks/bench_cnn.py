@@ -11,7 +11,7 @@ Both libraries get the same thread count (``--threads``: NumPy's BLAS through
 Rounds are interleaved, the order alternating, with a pause between
 contestants, so machine noise hits both alike; the ratio is the median of the
 per-round ratios. Both run with glibc told to keep freed memory
-(:func:`npgrad.allocator.keep_freed_memory`, one process, so both alike;
+(:func:`npgrad.app.allocator.keep_freed_memory`, one process, so both alike;
 ``--default-malloc`` to compare without). Also reported: npgrad's peak traced memory for one step
 (``tracemalloc`` sees NumPy's allocations), the roofline share (the
 network's GEMM FLOPs per second over the peak of a large float32 GEMM measured
@@ -59,7 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import npgrad  # noqa: E402
 from benchmarks.machine import describe  # noqa: E402
 from npgrad import nn, optim  # noqa: E402
-from npgrad.allocator import keep_freed_memory  # noqa: E402
+from npgrad.app.allocator import keep_freed_memory  # noqa: E402
 
 LR = 1e-3
 

@@ -3,7 +3,7 @@
 npgrad trains exactly as ``npgrad train --preset P`` does: the trainer's data
 pipeline (the preset's shifts, its batch size, the run's seeded generator), its
 model, optimizer and learning-rate schedule. PyTorch trains the same network,
-built from npgrad's own layer table (:func:`npgrad.export.torch_layers`) with
+built from npgrad's own layer table (:func:`npgrad.app.export.torch_layers`) with
 npgrad's initial weights copied in, on the very same minibatches in the same
 order, with Adam (or SGD) at the learning rate npgrad's schedule gives at each
 step; only the dropout masks differ. Epochs alternate between the two, with a
@@ -32,11 +32,11 @@ set_blas_threads(sys.argv)  # before NumPy loads: BLAS reads its thread count on
 import numpy as np  # noqa: E402
 
 from benchmarks.machine import describe  # noqa: E402
-from npgrad.allocator import keep_freed_memory  # noqa: E402
-from npgrad.config import make_config  # noqa: E402
+from npgrad.app.allocator import keep_freed_memory  # noqa: E402
+from npgrad.app.config import make_config  # noqa: E402
+from npgrad.app.export import torch_layers, torch_state  # noqa: E402
+from npgrad.app.trainer import Trainer, evaluate  # noqa: E402
 from npgrad.errors import ConfigError, NpgradError  # noqa: E402
-from npgrad.export import torch_layers, torch_state  # noqa: E402
-from npgrad.trainer import Trainer, evaluate  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 EVAL_CHUNK = 1000

@@ -42,8 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import npgrad  # noqa: E402
 from benchmarks.machine import describe  # noqa: E402
 from npgrad import nn, optim  # noqa: E402
-from npgrad.config import make_config  # noqa: E402
-from npgrad.models import ExerciseModel  # noqa: E402
+from npgrad.app.config import make_config  # noqa: E402
+from npgrad.app.models import ExerciseModel  # noqa: E402
 from tests import exercise_reference as naive  # noqa: E402
 
 LR = 1e-3

@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from npgrad.allocator import keep_freed_memory
+from npgrad.app.allocator import keep_freed_memory
 
 # As `npgrad train` does: this process is ours, so freed activations are reused instead of
 # page-faulted back in (a training test runs 2-5x faster with it).

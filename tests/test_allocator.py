@@ -1,10 +1,10 @@
-"""npgrad.allocator: glibc's malloc thresholds, where there is a glibc."""
+"""npgrad.app.allocator: glibc's malloc thresholds, where there is a glibc."""
 
 import platform
 
 import pytest
 
-from npgrad.allocator import keep_freed_memory
+from npgrad.app.allocator import keep_freed_memory
 
 
 @pytest.mark.skipif(

@@ -101,8 +101,8 @@ def test_preset_benchmark_trains_the_same_network_in_both(capsys, torch):
 def test_preset_benchmark_twin_is_built_from_the_layer_table(torch):
     import numpy as np
 
-    from npgrad.config import make_config
-    from npgrad.models import build_model
+    from npgrad.app.config import make_config
+    from npgrad.app.models import build_model
 
     cfg = make_config("cnn", dataset="digits", channels=[3, 5], hidden=[7])
     model = build_model(cfg, (8, 8), 10, rng=np.random.default_rng(0))

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 import npgrad
-from npgrad import GradcheckError, ops
-from npgrad.check import (
+from npgrad import GradcheckError
+from npgrad.checking.gradcheck import (
     agrees,
     all_ops,
     check_ops,
@@ -16,6 +16,7 @@ from npgrad.check import (
     perturbed_projections,
     torch_available,
 )
+from npgrad.ops import dense as ops
 
 
 def test_full_mode_passes_on_a_correct_function():

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from npgrad import checkpoint as ckpt
+from npgrad.app import checkpoint as ckpt
 from npgrad.errors import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,8 +5,7 @@ import math
 
 import pytest
 
-from npgrad.cli import build_parser
-from npgrad.config import (
+from npgrad.app.config import (
     BY_NAME,
     OPTIONS,
     PRESETS,
@@ -18,6 +17,7 @@ from npgrad.config import (
     preset_values,
     resume_config,
 )
+from npgrad.cli import build_parser
 from npgrad.errors import CheckpointError, ConfigError
 
 

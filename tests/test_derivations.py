@@ -3,16 +3,16 @@
 import re
 from pathlib import Path
 
-from npgrad import derivations
-from npgrad.check import all_ops
-from npgrad.ops import unbroadcast
+from npgrad.checking import derivations
+from npgrad.checking.gradcheck import all_ops
+from npgrad.ops.dense import unbroadcast
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "derivations.md"
 
 
 def test_the_derivations_page_is_up_to_date():
     assert DOC.read_text(encoding="utf-8") == derivations.render(), (
-        "docs/derivations.md is stale: run python -m npgrad.derivations docs/derivations.md"
+        "docs/derivations.md is stale: run python -m npgrad.checking.derivations docs/derivations.md"
     )
 
 
@@ -23,7 +23,7 @@ def test_every_op_has_its_docstring_as_a_section():
     for name, op in all_ops().items():
         first_line = op.__doc__.strip().splitlines()[0]
         assert sections[name].startswith(first_line), name
-    assert "npgrad.ops.unbroadcast" in sections["broadcasting"]
+    assert "npgrad.ops.dense.unbroadcast" in sections["broadcasting"]
     assert unbroadcast.__doc__.strip().splitlines()[0] in sections["broadcasting"]
 
 
@@ -39,7 +39,7 @@ def test_the_command_writes_checks_and_prints(tmp_path, capsys):
     target = tmp_path / "derivations.md"
     target.write_text("# old\n")
     assert derivations.main([str(target), "--check"]) == 1
-    assert "is stale: run python -m npgrad.derivations" in capsys.readouterr().err
+    assert "is stale: run python -m npgrad.checking.derivations" in capsys.readouterr().err
     assert derivations.main([str(target)]) == 0
     assert target.read_text(encoding="utf-8") == derivations.render()
     assert derivations.main([str(target), "--check"]) == 0

@@ -1,4 +1,4 @@
-"""npgrad.export: ONNX graphs and safetensors files that other runtimes read as npgrad computes.
+"""npgrad.app.export: ONNX graphs and safetensors files that other runtimes read as npgrad computes.
 
 The oracles are other people's code: onnxruntime runs the ONNX graphs, PyTorch
 loads the safetensors files into ``torch.nn.Sequential`` built from their
@@ -20,11 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as s
 
 from npgrad import data, nn
-from npgrad import safetensors as st
-from npgrad.autodiff import Tensor, no_grad
-from npgrad.cli import main
-from npgrad.errors import ExportError, NotARegularFile, SafetensorsError
-from npgrad.export import (
+from npgrad.app import safetensors as st
+from npgrad.app.export import (
     LAYERS,
     REQUIRED,
     as_sequential,
@@ -37,7 +34,10 @@ from npgrad.export import (
     torch_layers,
     torch_state,
 )
-from npgrad.models import load_for_inference
+from npgrad.app.models import load_for_inference
+from npgrad.autodiff import Tensor, no_grad
+from npgrad.cli import main
+from npgrad.errors import ExportError, NotARegularFile, SafetensorsError
 
 DIGITS = [str(i) for i in range(10)]
 MNIST_META = {"image_shape": [28, 28], "classes": DIGITS, "pixel_max": 255.0}

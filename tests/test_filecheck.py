@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 import npgrad
+from npgrad.checking.function_pairs import PairReport, PairReports
+from npgrad.checking.layer_classes import LayerReport, check_layer
+from npgrad.checking.user_files import check_file, check_functions
 from npgrad.errors import LayerCheckError
-from npgrad.filecheck import check_file, check_functions
-from npgrad.layercheck import LayerReport, check_layer
-from npgrad.pairs import PairReport, PairReports
 
 HERE = Path(__file__).parent / "layers"
 PAIRS = Path(__file__).parent / "pairs"
@@ -291,8 +291,8 @@ class Square:
 # Each patches npgrad (or NumPy) in the child, where the file runs, to forge a PASS.
 FORGERIES = {
     "the comparisons and tolerances": """
-import npgrad.check, npgrad.layercheck, npgrad.mistakes, npgrad.pairs
-for m in (npgrad.check, npgrad.layercheck, npgrad.mistakes, npgrad.pairs):
+import npgrad.checking.gradcheck, npgrad.checking.layer_classes, npgrad.checking.mistake_models, npgrad.checking.function_pairs
+for m in (npgrad.checking.gradcheck, npgrad.checking.layer_classes, npgrad.checking.mistake_models, npgrad.checking.function_pairs):
     if hasattr(m, "mismatches"):
         m.mismatches = lambda got, want, atol, rtol: np.zeros(np.shape(got), bool)
     if hasattr(m, "agrees"):
@@ -303,19 +303,19 @@ for m in (npgrad.check, npgrad.layercheck, npgrad.mistakes, npgrad.pairs):
 np.allclose = lambda *args, **kwargs: True
 """,
     "the reports": """
-import npgrad.layercheck, npgrad.pairs
-npgrad.pairs.PairReport.summary = property(lambda self: self.name + ": PASS")
-npgrad.pairs.CaseResult.passed = property(lambda self: True)
-npgrad.layercheck.LayerReport.to_dict = lambda self: dict(
+import npgrad.checking.layer_classes, npgrad.checking.function_pairs
+npgrad.checking.function_pairs.PairReport.summary = property(lambda self: self.name + ": PASS")
+npgrad.checking.function_pairs.CaseResult.passed = property(lambda self: True)
+npgrad.checking.layer_classes.LayerReport.to_dict = lambda self: dict(
     __import__("dataclasses").asdict(self), passed=True, inputs=[], error=None)
 """,
     "the numerical gradient": """
-import npgrad.check, npgrad.layercheck, npgrad.pairs
+import npgrad.checking.gradcheck, npgrad.checking.layer_classes, npgrad.checking.function_pairs
 def _flat(f, x, g, eps=1e-6):
     return np.zeros(x.shape), np.zeros(x.shape)
-npgrad.check.perturbed_projections = npgrad.layercheck.perturbed_projections = _flat
-npgrad.pairs.perturbed_projections = _flat
-npgrad.check.numeric_vjp = lambda f, x, g, eps=1e-6: np.zeros(x.shape)
+npgrad.checking.gradcheck.perturbed_projections = npgrad.checking.layer_classes.perturbed_projections = _flat
+npgrad.checking.function_pairs.perturbed_projections = _flat
+npgrad.checking.gradcheck.numeric_vjp = lambda f, x, g, eps=1e-6: np.zeros(x.shape)
 """,
 }
 
@@ -346,9 +346,9 @@ def test_a_file_hiding_a_unit_from_the_check_fails_it(tmp_path):
     file = tmp_path / "hider.py"
     file.write_text(
         """import numpy as np
-import npgrad.filecheck
-_units = npgrad.filecheck._units
-npgrad.filecheck._units = lambda module, job: [
+import npgrad.checking.user_files
+_units = npgrad.checking.user_files._units
+npgrad.checking.user_files._units = lambda module, job: [
     u for u in _units(module, job) if u["name"] != "relu_forward/relu_backward"]
 
 def relu_forward(x):
@@ -377,13 +377,13 @@ def test_a_replay_asked_what_the_child_did_not_record_fails_as_not_checked(tmp_p
     file = tmp_path / "shuffles.py"
     file.write_text(
         """import numpy as np
-import npgrad.layercheck
-_answer = npgrad.layercheck._UserCode.answer
+import npgrad.checking.layer_classes
+_answer = npgrad.checking.layer_classes._UserCode.answer
 def answer(self, what, args, compute):  # asks one question twice: the replay asks it once
     if what == "backward":
         _answer(self, what, args, compute)
     return _answer(self, what, args, compute)
-npgrad.layercheck._UserCode.answer = answer
+npgrad.checking.layer_classes._UserCode.answer = answer
 
 class Tanh:
     def forward(self, x):

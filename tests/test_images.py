@@ -1,4 +1,4 @@
-"""Reading pictures and normalising digits as MNIST's were made (npgrad.images)."""
+"""Reading pictures and normalising digits as MNIST's were made (npgrad.app.images)."""
 
 import os
 import struct
@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 import npgrad
+from npgrad.app.images import image_paths, load_image, preprocess, recipe_for
 from npgrad.data import digits, read_idx
 from npgrad.errors import BlankImageError, ImageError
-from npgrad.images import image_paths, load_image, preprocess, recipe_for
 
 Image = pytest.importorskip("PIL.Image")
 

@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import npgrad
-from npgrad.layercheck import LayerReport, check_layer, domains_for
-from npgrad.opspecs import KINK, NONZERO, POSITIVE, REAL, WIDE
+from npgrad.checking.layer_classes import LayerReport, check_layer, domains_for
+from npgrad.ops.specs import KINK, NONZERO, POSITIVE, REAL, WIDE
 
 HERE = Path(__file__).parent / "layers"
 sys.path.insert(0, str(HERE))  # wrong_layers imports its sibling helper, as a student's would
@@ -234,8 +234,8 @@ def test_a_gradient_left_at_zero_is_called_unimplemented():
 
 # --------------------------------------------------------------------------- image layers
 
+from npgrad.checking.layer_classes import image_kinds  # noqa: E402
 from npgrad.errors import LayerCheckError  # noqa: E402
-from npgrad.layercheck import image_kinds  # noqa: E402
 from tests.layers import wrong_conv_layers as cw  # noqa: E402
 
 

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from npgrad import mistakes, ops_conv
+from npgrad.checking import mistake_models as mistakes
+from npgrad.ops import conv as ops_conv
 
 
 @settings(max_examples=10, deadline=None)

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from npgrad.config import make_config
+from npgrad.app.config import make_config
+from npgrad.app.models import MODELS, ExerciseModel, build_model, estimate_bytes
 from npgrad.errors import CheckpointError, ConfigError
-from npgrad.models import MODELS, ExerciseModel, build_model, estimate_bytes
 
 PROTOCOL = (
     "prepare",

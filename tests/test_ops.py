@@ -18,10 +18,10 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import npgrad
-from npgrad import ops
 from npgrad.autodiff import apply
-from npgrad.check import all_ops, gradcheck, gradgradcheck, op_case
-from npgrad.opspecs import OpSpec
+from npgrad.checking.gradcheck import all_ops, gradcheck, gradgradcheck, op_case
+from npgrad.ops import dense as ops
+from npgrad.ops.specs import OpSpec
 
 SHAPES = hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=4)
 SEEDS = st.integers(0, 2**32 - 1)

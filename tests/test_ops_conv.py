@@ -10,10 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import npgrad
-from npgrad import ops, ops_conv
 from npgrad.autodiff import apply
-from npgrad.check import gradcheck
+from npgrad.checking.gradcheck import gradcheck
 from npgrad.errors import ConfigError, ShapeError
+from npgrad.ops import conv as ops_conv
+from npgrad.ops import dense as ops
 
 CONV_OPS = ["conv2d", "max_pool2d", "avg_pool2d", "batch_norm"]
 SEEDS = st.integers(0, 2**32 - 1)
@@ -22,7 +23,7 @@ SEEDS = st.integers(0, 2**32 - 1)
 def test_ops_are_registered_with_spec_and_derivation():
     for name in CONV_OPS:
         op = ops.OPS[name]
-        assert op.__module__ == "npgrad.ops_conv"
+        assert op.__module__ == "npgrad.ops.conv"
         assert op.spec is not None, name
         assert "$$" in (op.__doc__ or ""), f"{name}: the docstring must derive the vjp"
 

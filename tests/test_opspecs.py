@@ -6,8 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from npgrad import opspecs
-from npgrad.opspecs import KINK, NONZERO, POSITIVE, REAL, WIDE, Case, Domain, Draw, OpSpec
+from npgrad.ops import specs as opspecs
+from npgrad.ops.specs import KINK, NONZERO, POSITIVE, REAL, WIDE, Case, Domain, Draw, OpSpec
 
 SHAPES = hnp.array_shapes(min_dims=1, max_dims=4, min_side=1, max_side=5)
 SEEDS = st.integers(0, 2**32 - 1)

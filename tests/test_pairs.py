@@ -15,8 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from npgrad.errors import LayerCheckError
-from npgrad.pairs import (
+from npgrad.checking.function_pairs import (
     KINDS,
     Pair,
     PairReport,
@@ -26,6 +25,7 @@ from npgrad.pairs import (
     resolve_params,
     user_functions,
 )
+from npgrad.errors import LayerCheckError
 
 PAIRS = Path(__file__).parent / "pairs"
 sys.path.insert(0, str(PAIRS))
@@ -243,7 +243,7 @@ def test_verdicts_do_not_depend_on_the_drawn_inputs(seed):
 
 
 def test_pooling_windows_hold_no_ties_and_relu_inputs_no_kink():
-    from npgrad.pairs import _build
+    from npgrad.checking.function_pairs import _build
 
     rng = np.random.default_rng(0)
     (x, _), _ = _build(
@@ -256,7 +256,7 @@ def test_pooling_windows_hold_no_ties_and_relu_inputs_no_kink():
 
 
 def test_svm_margins_keep_clear_of_the_hinge():
-    from npgrad.pairs import _build
+    from npgrad.checking.function_pairs import _build
 
     rng = np.random.default_rng(0)
     x, y = _build(KINDS["svm"], ["x", "y"], [(50, 10)], {}, rng, "")[0]
@@ -408,10 +408,12 @@ def test_parameters_of_the_right_type_still_apply():
 
 def test_a_numerical_gradient_that_does_not_fit_the_definition_fails(monkeypatch):
     # What a child whose npgrad was patched would report: a flat forward around the inputs.
-    import npgrad.pairs
+    import npgrad.checking.function_pairs
 
     monkeypatch.setattr(
-        npgrad.pairs, "perturbed_projections", lambda f, x, g, eps: (np.zeros(x.shape),) * 2
+        npgrad.checking.function_pairs,
+        "perturbed_projections",
+        lambda f, x, g, eps: (np.zeros(x.shape),) * 2,
     )
     report = check_pair(ok.relu_forward, lambda dout, cache: np.zeros_like(dout))
     assert not report.passed

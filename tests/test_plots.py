@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from npgrad import plots
+from npgrad.app import plots
 from npgrad.errors import ConfigError
 
 PIL = pytest.importorskip("PIL.Image")

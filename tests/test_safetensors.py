@@ -1,4 +1,4 @@
-"""npgrad.safetensors: the format as the reference implementation writes and reads it, and a
+"""npgrad.app.safetensors: the format as the reference implementation writes and reads it, and a
 reader that refuses every malformed file with a SafetensorsError naming the defect."""
 
 import json
@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as s
 from hypothesis.extra import numpy as hnp
 
-from npgrad import safetensors as st
+from npgrad.app import safetensors as st
 from npgrad.errors import CheckpointError, SafetensorsError
 
 reference = pytest.importorskip("safetensors.numpy")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from npgrad.sandbox import Opaque, decode, encode, run_child
+from npgrad.checking.sandbox import Opaque, decode, encode, run_child
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = "tests.test_sandbox"

@@ -1,4 +1,4 @@
-"""npgrad.serve: the drawing goes through predict's preprocessing; the server refuses bad
+"""npgrad.app.serve: the drawing goes through predict's preprocessing; the server refuses bad
 requests with a 4xx and goes on serving, serves clients at once, never serves a file from a
 request's path, answers only requests addressed to this computer and every request with a
 status line, in time; and the page works in a real browser, drawn on stroke by stroke."""
@@ -22,12 +22,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from npgrad import images
+from npgrad.app import images
+from npgrad.app.models import load_for_inference
+from npgrad.app.serve import MAX_BODY, Predictor, make_server, url_of
 from npgrad.autodiff import Tensor, no_grad
 from npgrad.data import read_idx
 from npgrad.errors import BlankImageError, ServeError
-from npgrad.models import load_for_inference
-from npgrad.serve import MAX_BODY, Predictor, make_server, url_of
 from tests.cli.helpers import run as run_cli
 from tests.test_export import MNIST_META, small_cnn, trained_run
 

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from npgrad import CheckpointError, ConfigError, DatasetError, TrainingDiverged
-from npgrad import checkpoint as ckpt
-from npgrad.config import make_config
+from npgrad.app import checkpoint as ckpt
+from npgrad.app.config import make_config
+from npgrad.app.trainer import Trainer
 from npgrad.data import load_dataset
 from npgrad.errors import Interrupted
-from npgrad.trainer import Trainer
 from tests import exercise_reference as naive
 
 
@@ -140,7 +140,7 @@ def test_second_interrupt_mid_step_keeps_last_epoch(tmp_path):
 def test_second_ctrl_c_during_the_save_waits_until_checkpoint_and_metrics_agree(
     tmp_path, monkeypatch
 ):
-    from npgrad import trainer as tr
+    from npgrad.app import trainer as tr
 
     real_save = tr.ckpt.save
 
@@ -190,7 +190,7 @@ def test_exercise_preset_matches_an_independent_computation(mnist10k, tmp_path):
 
 @pytest.mark.slow
 def test_exercise_preset_matches_the_exercise_for_all_50_epochs(mnist10k):
-    from npgrad.models import ExerciseModel
+    from npgrad.app.models import ExerciseModel
 
     ours = ExerciseModel(make_config("exercise"), (28, 28), 10)
     theirs = naive.make_model(naive)(ours.W1.copy(), ours.W2.copy())
@@ -363,7 +363,7 @@ def test_cnn_resume_is_bit_exact_with_batch_norm_buffers(tmp_path):
 def test_presets_follow_the_dataset_not_its_spelling():
     from pathlib import Path
 
-    from npgrad.trainer import open_run
+    from npgrad.app.trainer import open_run
 
     debian = Path("/usr/share/datasets/fashion-mnist")
     if not debian.is_dir():
@@ -374,7 +374,7 @@ def test_presets_follow_the_dataset_not_its_spelling():
 
 
 def test_without_a_terminal_progress_is_a_plain_line_every_few_seconds(tmp_path, monkeypatch):
-    import npgrad.trainer as trainer_module
+    import npgrad.app.trainer as trainer_module
 
     monkeypatch.setattr(trainer_module, "PROGRESS_EVERY", 0.0)  # every step, for the test
     lines = []

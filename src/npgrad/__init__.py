@@ -2,18 +2,18 @@
 
 The pieces, one module per concern:
 
-* :mod:`npgrad.ops`, :mod:`npgrad.ops_conv`  the op table: forward, vector-Jacobian product,
+* :mod:`npgrad.ops.dense`, :mod:`npgrad.ops.conv`  the op table: forward, vector-Jacobian product,
   derivation (dense ops; convolution, pooling, batch norm)
 * :mod:`npgrad.autodiff`  the reverse-mode autodiff engine over that table
 * :mod:`npgrad.layers`  the exercise's ``Matmul``/``Relu``/``Softmax``/``Log`` classes
 * :mod:`npgrad.nn`, :mod:`npgrad.optim`  modules and optimizers for training
 * :mod:`npgrad.data`    IDX files, named datasets, the embedded digits, batching
-* :mod:`npgrad.config`, :mod:`npgrad.models`, :mod:`npgrad.trainer`  options, models, training
+* :mod:`npgrad.app.config`, :mod:`npgrad.app.models`, :mod:`npgrad.app.trainer`  options, models, training
 * :mod:`npgrad.cli`     the ``npgrad`` command, one module per sub-command
-* :mod:`npgrad.check`   gradient checking, for built-in ops and your own layers
+* :mod:`npgrad.checking.gradcheck`   gradient checking, for built-in ops and your own layers
 """
 
-from . import data, layers, nn, ops_conv, optim  # noqa: E402  (submodules as attributes)
+from . import data, layers, nn, optim  # noqa: E402  (submodules as attributes)
 
 # npgrad.sum, npgrad.max, npgrad.pow: attributes, but not in __all__, so that
 # 'from npgrad import *' does not shadow Python's builtins.
@@ -61,22 +61,33 @@ from .errors import (
     ShapeError,
     TrainingDiverged,
 )
-from .ops_conv import avg_pool2d, batch_norm, conv2d, flatten, max_pool2d
+from .ops import conv as ops_conv
+from .ops.conv import avg_pool2d, batch_norm, conv2d, flatten, max_pool2d
 
 __version__ = "0.1.0"
 
 # The checking tools load on first use: most programs train and never check.
 _LAZY = {
-    "gradcheck": "check",
-    "gradgradcheck": "check",
-    "GradcheckReport": "check",
-    "check_layer": "layercheck",
-    "LayerReport": "layercheck",
-    "check_functions": "filecheck",
-    "PairReport": "pairs",
+    "gradcheck": "checking.gradcheck",
+    "gradgradcheck": "checking.gradcheck",
+    "GradcheckReport": "checking.gradcheck",
+    "check_layer": "checking.layer_classes",
+    "LayerReport": "checking.layer_classes",
+    "check_functions": "checking.user_files",
+    "PairReport": "checking.function_pairs",
 }
-# Submodules reached as attributes (npgrad.export.load_safetensors) after a plain import.
-_SUBMODULES = ("export", "checkpoint", "images", "graph", "layers", "models", "trainer")
+# Modules reached as attributes after a plain import (npgrad.export.load_safetensors, as
+# before they moved into npgrad.app), loaded on first use.
+_SUBMODULES = {
+    "app": "app",
+    "checking": "checking",
+    "export": "app.export",
+    "checkpoint": "app.checkpoint",
+    "images": "app.images",
+    "graph": "graph",
+    "models": "app.models",
+    "trainer": "app.trainer",
+}
 
 
 def __getattr__(name: str) -> object:
@@ -89,7 +100,7 @@ def __getattr__(name: str) -> object:
     if name in _SUBMODULES:
         import importlib
 
-        return importlib.import_module(f".{name}", __name__)
+        return importlib.import_module(f".{_SUBMODULES[name]}", __name__)
     raise AttributeError(f"module 'npgrad' has no attribute {name!r}")
 
 

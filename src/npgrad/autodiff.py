@@ -4,9 +4,9 @@ A :class:`Tensor` wraps a NumPy array. Every operation on tensors that require
 gradients records one :class:`Node` (the op, what its forward saved, the input
 tensors). :meth:`Tensor.backward` walks those nodes in reverse topological order
 with an explicit stack, never recursion, so graphs of any depth work, and
-calls each op's ``vjp`` from :mod:`npgrad.ops`. Gradients of inputs that were
+calls each op's ``vjp`` from :mod:`npgrad.ops.dense`. Gradients of inputs that were
 broadcast are summed back to their shapes here, once, by
-:func:`npgrad.ops.unbroadcast`.
+:func:`npgrad.ops.dense.unbroadcast`.
 
 Gradient accumulation: ``backward`` *adds* into ``.grad`` of leaf tensors, as
 PyTorch does, so gradients of several backward calls accumulate until you
@@ -15,7 +15,7 @@ module's ``zero_grad()``.
 
 Higher order: ``backward(create_graph=True)`` and :func:`grad` run the same
 vjps on Tensors instead of arrays (the op table's vjps are written for both,
-see :mod:`npgrad.ops`), so the backward pass is itself recorded and its
+see :mod:`npgrad.ops.dense`), so the backward pass is itself recorded and its
 gradients are Tensors that can be differentiated again, to any order.
 :func:`hvp` builds Hessian-vector products on it. Without ``create_graph``
 nothing of this runs: the vjps see NumPy arrays, as they always did.
@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from . import ops
 from .errors import ConfigError, GradError
+from .ops import dense as ops
 
 _GRAD_ENABLED = True
 
@@ -614,7 +614,7 @@ def matmul(a: Any, b: Any) -> Tensor:
 
 
 def linear(x: Any, w: Any, b: Any) -> Tensor:
-    """``x @ w + b`` as one fused node (see :class:`npgrad.ops.Linear`)."""
+    """``x @ w + b`` as one fused node (see :class:`npgrad.ops.dense.Linear`)."""
     x = as_tensor(x)
     return apply(ops.Linear, x, _lift(w, x), _lift(b, x))
 

@@ -71,6 +71,11 @@ class DownloadError(DatasetError):
         self.failures = failures or []
 
 
+class ReplayDiverged(NpgradError):
+    """A check replayed in the parent asked for an answer that the child's recording does not
+    hold next: the user's file changed npgrad, or answered differently, inside the child."""
+
+
 class LayerCheckError(NpgradError):
     """The user's file could not be loaded or holds no layer classes."""
 

@@ -8,7 +8,7 @@ Each class keeps the exercise's protocol: a ``mem`` dict filled by
 ``forward``, ``backward(grad_y)`` returning the input gradient (``Matmul``
 returns ``(grad_x, grad_W)``), and an ``epsilon`` attribute on ``Softmax`` and
 ``Log`` (1e-12, as in the exercise). They hold no formulas of their own: the
-forward and backward passes are the op table's (:mod:`npgrad.ops`), the same
+forward and backward passes are the op table's (:mod:`npgrad.ops.dense`), the same
 code the :class:`~npgrad.Tensor` engine runs.
 
 What differs from the exercise's own classes, always without changing a
@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from . import ops, ops_conv
+from .ops import conv as ops_conv
+from .ops import dense as ops
 
 __all__ = [
     "Layer",
@@ -145,7 +146,7 @@ class Tanh(Layer):
 
 # --------------------------------------------------------------------------- convolutional
 # The same protocol for the second half of the course: NCHW arrays, PyTorch's
-# argument names, the formulas of npgrad.ops_conv.
+# argument names, the formulas of npgrad.ops.conv.
 
 
 class Conv2d(Layer):

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from . import autodiff as T
-from . import ops_conv as C
 from .autodiff import Tensor
 from .errors import CheckpointError, ConfigError, ShapeError
+from .ops import conv as C
 
 __all__ = [
     "Parameter",
@@ -403,7 +403,7 @@ class Conv2d(Module):
 
 
 class MaxPool2d(Module):
-    """Max pooling; ``stride`` defaults to the kernel size (see :class:`npgrad.ops_conv.MaxPool2d`)."""
+    """Max pooling; ``stride`` defaults to the kernel size (see :class:`npgrad.ops.conv.MaxPool2d`)."""
 
     def __init__(
         self,

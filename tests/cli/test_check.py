@@ -360,11 +360,11 @@ HOSTILE = {
         "if os.getppid() != TESTER:\n    os.kill(os.getppid(), signal.SIGKILL)\n    time.sleep(0.2)"
     ),
     "patch the check": (
-        "import npgrad.pairs, npgrad.layercheck\n"
-        "npgrad.pairs.mismatches = npgrad.layercheck.mismatches = lambda *a: np.zeros(1, bool)"
+        "import npgrad.checking.function_pairs, npgrad.checking.layer_classes\n"
+        "npgrad.checking.function_pairs.mismatches = npgrad.checking.layer_classes.mismatches = lambda *a: np.zeros(1, bool)"
     ),
     "patch numpy": "np.allclose = np.array_equal = lambda *a, **k: True",
-    "patch the recording": "import npgrad.sandbox\nnpgrad.sandbox.encode = lambda value: None",
+    "patch the recording": "import npgrad.checking.sandbox\nnpgrad.sandbox.encode = lambda value: None",
 }
 PLACES = ["import", "Relu.forward", "Relu.backward", "relu_forward", "relu_backward"]
 

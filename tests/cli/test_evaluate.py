@@ -72,7 +72,7 @@ def test_evaluate_on_labels_the_model_does_not_know(capsys, digits_run, tmp_path
 
 
 def test_a_nan_weight_is_refused_not_reported_as_a_nan_loss(capsys, digits_run, tmp_path):
-    from npgrad import checkpoint as ckpt
+    from npgrad.app import checkpoint as ckpt
 
     params, optim, meta = ckpt.load(digits_run)
     name = next(iter(params))

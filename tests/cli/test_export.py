@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import pytest
 
+from npgrad.app.export import load_safetensors
 from npgrad.cli import main
-from npgrad.export import load_safetensors
 from tests.cli.helpers import assert_one_line_error, run_catching_exit
 
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from npgrad import ops
-from npgrad.check import all_ops
+from npgrad.checking.gradcheck import all_ops
+from npgrad.ops import dense as ops
 from tests.cli.helpers import assert_one_line_error, run, run_catching_exit
 
 

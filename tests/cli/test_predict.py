@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from npgrad import checkpoint as ckpt
+from npgrad.app import checkpoint as ckpt
 from npgrad.cli import main
 from npgrad.data import digits
 from tests.test_images import png_header_only
@@ -60,7 +60,7 @@ def test_a_folder_is_every_image_in_it_sorted(capsys, run_dir, tmp_path):
     for r in results:
         assert abs(sum(r["probabilities"].values()) - 1) < 1e-6
     # an array of the model's shape is the model's input as it is: scaled by pixel_max only
-    from npgrad.models import load_for_inference
+    from npgrad.app.models import load_for_inference
 
     model, meta = load_for_inference(run_dir)
     x = (ds.test_images[3] / meta["pixel_max"]).reshape(1, -1).astype(meta["config"]["dtype"])

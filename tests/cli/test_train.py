@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from npgrad import checkpoint as ckpt
+from npgrad.app import checkpoint as ckpt
 from npgrad.cli import main
 from tests.cli.helpers import assert_one_line_error, run, run_catching_exit
 

@@ -81,7 +81,7 @@ _GEOMETRY = {"stride": 1, "dilation": 1, "kernel_size": 1, "kernel": 1, "pool_si
 def _check_geometry(item: str, key: str, value: object) -> None:
     """A stride of 0 or a padding of -1 is the option's mistake, not the checked layer's."""
     from ..errors import ConfigError
-    from ..ops_conv import as_pair
+    from ..ops.conv import as_pair
 
     if key in _GEOMETRY and isinstance(value, (int, float, tuple)):  # None, "same": the layer's
         try:
@@ -107,9 +107,9 @@ def _seed(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..check import torch_available
-    from ..filecheck import check_file
-    from ..pairs import PairReport, PairReports
+    from ..checking.function_pairs import PairReport, PairReports
+    from ..checking.gradcheck import torch_available
+    from ..checking.user_files import check_file
 
     shapes = _parse_shape_option(args.shape)
     params = _parse_param_option(args.param)
@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..sandbox import DEFAULT_TIMEOUT
+    from ..checking.sandbox import DEFAULT_TIMEOUT
 
     p = sub.add_parser(
         "check",
@@ -180,7 +180,7 @@ examples:
 
 inputs of function pairs: named by the kind of layer (affine, relu, batchnorm, layernorm,
 dropout, conv, max_pool, spatial_batchnorm, spatial_groupnorm, svm/softmax losses); see
-'python -m pydoc npgrad.pairs'. Batch norm is checked in train and test mode, dropout too.
+'python -m pydoc npgrad.checking.function_pairs'. Batch norm is checked in train and test mode, dropout too.
 Classes named like a convolution (Conv...), pooling (MaxPool, AvgPool, Pool...) or batch
 norm (BatchNorm, BN...) get NCHW inputs (2x3x7x9 with a 4x3x3x5 kernel; 2x3x8x9 for pooling,
 its values without ties) and their constructor's stride, padding and window arguments are

@@ -8,7 +8,7 @@ from .common import formatter
 
 
 def cmd_data_list(args: argparse.Namespace) -> int:
-    from ..config import existing_dir
+    from ..app.config import existing_dir
     from ..data import NAMES, cache_root, locate
 
     data_dir = existing_dir(args.data_dir)

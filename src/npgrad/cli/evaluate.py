@@ -15,9 +15,9 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from ..config import existing_dir
+    from ..app.config import existing_dir
+    from ..app.trainer import evaluate_checkpoint
     from ..errors import CheckpointError
-    from ..trainer import evaluate_checkpoint
 
     data_dir = existing_dir(args.data_dir)
     ev, data, meta = evaluate_checkpoint(args.checkpoint, args.dataset, data_dir)
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(_report(data.dataset.name, ev, classes, cm, per_class))
     if args.plot:
-        from .. import plots
+        from ..app import plots
 
         ck = Path(args.checkpoint).resolve()
         out = Path(args.out) if args.out else (ck if ck.is_dir() else ck.parent)

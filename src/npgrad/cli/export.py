@@ -8,7 +8,7 @@ from .common import formatter
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..export import export_run
+    from ..app.export import export_run
 
     print(export_run(args.run, args.file, args.format))
     return 0

@@ -1,6 +1,6 @@
 """``npgrad gradcheck``: every built-in op checked numerically and against PyTorch.
 
-``--order 2`` checks second derivatives: :func:`npgrad.check.gradgradcheck`
+``--order 2`` checks second derivatives: :func:`npgrad.checking.gradcheck.gradgradcheck`
 and PyTorch's double backward.
 """
 
@@ -21,7 +21,7 @@ examples:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..check import TORCH_RTOL, check_ops, torch_available
+    from ..checking.gradcheck import TORCH_RTOL, check_ops, torch_available
 
     use_torch = torch_available() and not args.no_torch
     results = check_ops(

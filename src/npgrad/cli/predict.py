@@ -15,9 +15,10 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from .. import images, ops
+    from ..app import images
+    from ..app.models import load_for_inference
     from ..errors import CheckpointError, ConfigError, ImageError
-    from ..models import load_for_inference
+    from ..ops import dense as ops
 
     if args.top < 1:
         raise ConfigError(f"--top must be 1 or more, got {args.top}")

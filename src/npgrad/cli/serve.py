@@ -8,8 +8,8 @@ from .common import formatter, nonempty
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..app.serve import serve
     from ..errors import ServeError
-    from ..serve import serve
 
     if not 0 <= args.port <= 65535:
         raise ServeError(f"--port must be from 0 to 65535 (0 picks a free port), got {args.port}")

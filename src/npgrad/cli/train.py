@@ -27,9 +27,9 @@ def run(args: argparse.Namespace) -> int:
     import json
     import time
 
-    from ..allocator import keep_freed_memory
-    from ..config import explicit_options
-    from ..trainer import open_run, summary
+    from ..app.allocator import keep_freed_memory
+    from ..app.config import explicit_options
+    from ..app.trainer import open_run, summary
 
     keep_freed_memory()  # this process is ours: reuse freed activations instead of page-faulting
 
@@ -62,8 +62,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _plot_run(trainer: Any) -> list[Any]:
-    from .. import plots
-    from ..trainer import evaluate
+    from ..app import plots
+    from ..app.trainer import evaluate
 
     data, out = trainer.data, trainer.out
     written = []
@@ -77,7 +77,7 @@ def _plot_run(trainer: Any) -> list[Any]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..config import PRESETS, add_arguments, preset_summary
+    from ..app.config import PRESETS, add_arguments, preset_summary
 
     p = sub.add_parser(
         "train",

@@ -45,8 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import BlankImageError, ImageError
 from .checkpoint import npy_header
-from .errors import BlankImageError, ImageError
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".npy")
 MAX_SIDE = 4096  # a digit needs no more; caps a picture at 16.8M pixels before it is decoded

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError
 
 MODELS = ("mlp", "cnn", "exercise")
 # The model kinds trained by an optimizer on the Tensor engine (not the exercise's recipe).

@@ -2,7 +2,7 @@ r"""The op table: every differentiable operation, defined exactly once.
 
 An op is a class that registers itself in :data:`OPS` by subclassing :class:`Op`,
 here or in another module of the package named ``ops_<topic>.py`` (so that
-:func:`npgrad.check.all_ops`, and with it the checkers and the docs, loads it).
+:func:`npgrad.checking.gradcheck.all_ops`, and with it the checkers and the docs, loads it).
 It has four parts:
 
 * ``forward(*arrays, **params) -> (out, saved)``, a static method, computes the
@@ -14,9 +14,9 @@ It has four parts:
   of the vjp with differentials and the trace trick, the method of the
   exercise, in Markdown with GitHub math (``$...$``, ``$$...$$``). It is the only
   copy: ``docs/derivations.md`` is generated from the docstrings by
-  ``python -m npgrad.derivations docs/derivations.md``, and a test fails when
+  ``python -m npgrad.checking.derivations docs/derivations.md``, and a test fails when
   that file is stale;
-* ``spec = OpSpec(...)`` (:mod:`npgrad.opspecs`): how to draw valid inputs for
+* ``spec = OpSpec(...)`` (:mod:`npgrad.ops.specs`): how to draw valid inputs for
   checking it, and the same computation in PyTorch. ``npgrad gradcheck``,
   ``npgrad check`` and the test suite use it; a test fails for an op without one.
 
@@ -49,7 +49,7 @@ and ``create_graph`` refuses it with a clear error.
 Declaring the checks of a new op (a sketch; ``x`` and ``w`` are its array
 inputs, ``stride`` a keyword parameter of its ``forward``)::
 
-    from npgrad.opspecs import KINK, REAL, Case, OpSpec
+    from npgrad.ops.specs import KINK, REAL, Case, OpSpec
 
     def _conv_case(d):  # d is an opspecs.Draw: d.rng, d.shape, d.size(), d.flag(), ...
         n, c, o, k = d.size(1, 2), d.size(1, 3), d.size(1, 3), d.choice([1, 3])
@@ -64,15 +64,15 @@ inputs, ``stride`` a keyword parameter of its ``forward``)::
             torch=lambda t, x, w, stride=1: t.nn.functional.conv2d(x, w, stride=stride),
         )
 
-* ``draw(d)`` returns a :class:`~npgrad.opspecs.Case`: the shape of each array
+* ``draw(d)`` returns a :class:`~npgrad.ops.specs.Case`: the shape of each array
   input and the keyword parameters for ``forward``. Without ``draw`` the op gets
-  one input of the base shape ``d.shape``; :mod:`npgrad.opspecs` has the shared
+  one input of the base shape ``d.shape``; :mod:`npgrad.ops.specs` has the shared
   patterns (``broadcast_pair``, ``reduction``, ``one_axis``, ``with_params``...).
   Non-differentiable arguments (labels, indices) are parameters, not arrays.
 * ``domains`` keeps each array input where central differences are meaningful,
   away from kinks and poles: ``REAL`` (standard normal), ``WIDE`` (times 3,
   saturating functions), ``POSITIVE``, ``NONZERO``, ``KINK`` (at least 0.1 from
-  0), or your own :class:`~npgrad.opspecs.Domain`. The last one repeats.
+  0), or your own :class:`~npgrad.ops.specs.Domain`. The last one repeats.
 * ``torch(torch, *tensors, **params)`` is the PyTorch twin, called with the
   module so that nothing imports PyTorch before it is needed.
 
@@ -88,9 +88,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from . import opspecs
-from .errors import ShapeError
-from .opspecs import KINK, NONZERO, POSITIVE, REAL, WIDE, OpSpec
+from ..errors import ShapeError
+from . import specs as opspecs
+from .specs import KINK, NONZERO, POSITIVE, REAL, WIDE, OpSpec
 
 Array = np.ndarray
 Grads = tuple[Array | None, ...]
@@ -169,7 +169,7 @@ def unbroadcast(g: Array, shape: tuple[int, ...]) -> Array:
     so $\partial f / \partial b = G^T \mathbf{1}$: the column sums of $G$. In words:
     every copy of $b$ contributes to $f$, so its gradient adds up over the copies.
     The same holds for any axis a tensor was broadcast along. npgrad applies this
-    rule in exactly one place, `npgrad.ops.unbroadcast`, which the engine calls
+    rule in exactly one place, `npgrad.ops.dense.unbroadcast`, which the engine calls
     for every op; the ops themselves return gradients in the broadcast shape of
     their output.
     """

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CheckpointError
-from .fileio import atomic_write
+from ..errors import CheckpointError
+from ..fileio import atomic_write
 
 FORMAT = "npgrad-checkpoint-1"
 

@@ -21,7 +21,7 @@ metadata, ``npgrad.layers`` (the architecture as a JSON list of
 ``{"type": ..., **arguments}``), ``npgrad.input`` (shape, scale, layout,
 preprocessing) and ``npgrad.classes``; a few lines of PyTorch rebuild the
 network from that (README). Writing and reading it needs NumPy only
-(:mod:`npgrad.safetensors`). ONNX needs the ``onnx`` package (the ``export``
+(:mod:`npgrad.app.safetensors`). ONNX needs the ``onnx`` package (the ``export``
 extra), imported only when an ONNX file is written.
 """
 
@@ -37,11 +37,11 @@ from typing import Any
 
 import numpy as np
 
-from . import nn
+from .. import nn
+from ..errors import ExportError, SafetensorsError
+from ..fileio import check_target, write_bytes
+from ..ops.conv import as_pair
 from . import safetensors as st
-from .errors import ExportError, SafetensorsError
-from .fileio import check_target, write_bytes
-from .ops_conv import as_pair
 
 __all__ = [
     "FORMATS",
@@ -414,7 +414,7 @@ def _layer_map(m: nn.Module) -> LayerMap:
         known = ", ".join(sorted(t.__name__ for t in LAYERS))
         raise ExportError(
             f"cannot export a {type(m).__name__} layer: the exporters know {known}; "
-            "add an entry for it to npgrad.export.LAYERS"
+            "add an entry for it to npgrad.app.export.LAYERS"
         )
     return lm
 
@@ -433,7 +433,7 @@ def _leaves(module: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Modul
 
 
 def as_sequential(model: Any) -> nn.Sequential:
-    """The network of a model (as :func:`npgrad.models.load_for_inference` returns) as layers.
+    """The network of a model (as :func:`npgrad.app.models.load_for_inference` returns) as layers.
 
     MLP-like models (anything whose ``net`` is an :class:`~npgrad.nn.Module`) give
     their own network, sharing its weights; the exercise model gives a new
@@ -487,9 +487,9 @@ def input_spec(seq: nn.Module, meta: dict[str, Any]) -> dict[str, Any]:
         "scale": f"x = pixel / {pixel_max:g}: 0.0 is the background, 1.0 the ink (light on dark)",
         "preprocessing": (
             "as MNIST's digits: the digit scaled into a 20x20 box, its centre of mass placed "
-            "at the centre of the 28x28 frame (npgrad.images.preprocess)"
+            "at the centre of the 28x28 frame (npgrad.app.images.preprocess)"
             if recipe == "mnist"
-            else "the longest side scaled to fill the frame, centred (npgrad.images.preprocess)"
+            else "the longest side scaled to fill the frame, centred (npgrad.app.images.preprocess)"
         ),
     }
 
@@ -578,7 +578,7 @@ def onnx_model(seq: nn.Module, meta: dict[str, Any], kind: str = "mlp") -> Any:
         ],
         g.initializers,
     )
-    from . import __version__
+    from .. import __version__
 
     model = helper.make_model(
         graph,

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SafetensorsError
-from .fileio import write_bytes
+from ..errors import SafetensorsError
+from ..fileio import write_bytes
 
 __all__ = ["DTYPES", "dumps", "loads", "save", "load", "MAX_HEADER"]
 

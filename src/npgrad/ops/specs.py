@@ -1,7 +1,7 @@
 """How an op is checked: what valid inputs look like, declared once per op.
 
 Every op class carries ``spec = OpSpec(...)`` beside its forward and vjp (see
-the :mod:`npgrad.ops` docstring). ``npgrad gradcheck``, ``npgrad check`` and
+the :mod:`npgrad.ops.dense` docstring). ``npgrad gradcheck``, ``npgrad check`` and
 the test suite all draw their inputs from these declarations, so an op is
 checked the moment it is registered, and no checker knows any op by name.
 

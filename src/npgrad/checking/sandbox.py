@@ -50,7 +50,7 @@ DEFAULT_TIMEOUT = 60.0  # seconds: generous for a student's layers, short for a 
 STOP_GRACE = 10.0  # seconds the supervisor has to kill and reap everything once told to stop
 TOKEN_VARIABLE = "NPGRAD_SANDBOX_TOKEN"  # in the child's environment: marks what it started
 
-_CHILD = "from npgrad.sandbox import _child_main; _child_main()"
+_CHILD = "from npgrad.checking.sandbox import _child_main; _child_main()"
 
 # The supervisor: standard library only, run with -I -S so that it starts in milliseconds.
 # argv: STATUS_FILE COMMAND...; it writes the child's pid to STATUS_FILE at once, and
@@ -195,7 +195,7 @@ def run_child(target: str, job: dict[str, Any], timeout: float) -> ChildRun:
         status_path = Path(tmp) / "status"
         env = dict(os.environ)
         # The child must import this very npgrad, wherever it was imported from.
-        root = str(Path(__file__).resolve().parents[1])
+        root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         token = secrets.token_hex(16)
         env[TOKEN_VARIABLE] = token

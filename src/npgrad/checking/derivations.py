@@ -2,10 +2,10 @@ r"""``docs/derivations.md``, generated from the op docstrings (their only source
 
 Each op's docstring says what it computes and derives its vector-Jacobian
 product; this module adds the introduction below and writes one section per
-op (``npgrad/ops.py``, then each ``npgrad/ops_*.py``), in registration order::
+op (``npgrad/ops/dense.py``, then ``npgrad/ops/conv.py``), in registration order::
 
-    python -m npgrad.derivations docs/derivations.md          # regenerate
-    python -m npgrad.derivations docs/derivations.md --check  # exit 1 if stale
+    python -m npgrad.checking.derivations docs/derivations.md          # regenerate
+    python -m npgrad.checking.derivations docs/derivations.md --check  # exit 1 if stale
 
 A test runs the check, so an edited docstring without a regenerated page fails.
 """
@@ -17,13 +17,13 @@ import inspect
 import sys
 from collections.abc import Sequence
 
-from .check import all_ops
-from .ops import unbroadcast
+from ..ops.dense import unbroadcast
+from .gradcheck import all_ops
 
 INTRO = r"""# Derivations of every backward pass
 
-<!-- Generated from the op docstrings in src/npgrad/ops.py by
-     `python -m npgrad.derivations docs/derivations.md`: edit those, not this file. -->
+<!-- Generated from the op docstrings in src/npgrad/ops/ by
+     `python -m npgrad.checking.derivations docs/derivations.md`: edit those, not this file. -->
 
 Every op in `npgrad.ops` computes a *vector-Jacobian product* (vjp): given the
 gradient $G = \partial f / \partial Y$ of a scalar loss $f$ with respect to the
@@ -71,7 +71,7 @@ def render() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m npgrad.derivations",
+        prog="python -m npgrad.checking.derivations",
         description="Write docs/derivations.md from the op docstrings (stdout without PATH).",
     )
     parser.add_argument("path", nargs="?", help="the file to write, e.g. docs/derivations.md")
@@ -89,12 +89,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             current = None
         if current != text:
             print(
-                f"{args.path} is stale: run python -m npgrad.derivations {args.path}",
+                f"{args.path} is stale: run python -m npgrad.checking.derivations {args.path}",
                 file=sys.stderr,
             )
             return 1
         return 0
-    from .fileio import write_text
+    from ..fileio import write_text
 
     write_text(args.path, text)
     return 0

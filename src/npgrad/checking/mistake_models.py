@@ -7,8 +7,8 @@ of ``(i * stride, j * stride)``, average instead of max pooling, batch
 statistics frozen as constants). Its gradient is taken numerically and compared
 with the user's: a match is a numerical fact, not a guess.
 
-Both checkers use these models: :mod:`npgrad.pairs` for function pairs
-(``conv_forward_naive``...) and :mod:`npgrad.layercheck` for layer classes
+Both checkers use these models: :mod:`npgrad.checking.function_pairs` for function pairs
+(``conv_forward_naive``...) and :mod:`npgrad.checking.layer_classes` for layer classes
 (``Conv2d``...). The arguments are named as the course names them (``x``,
 ``w``, ``b``, ``gamma``, ``beta``, and ``conv_param``, ``pool_param``,
 ``bn_param`` dicts); a layer class's inputs and constructor arguments are
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .check import agrees, numeric_vjp
+from .gradcheck import agrees, numeric_vjp
 
 EPS = 1e-6  # the step of the central differences
 ATOL, RTOL = 1e-6, 1e-4  # a gradient against the numerical one

@@ -21,11 +21,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from .. import layers, nn, optim
+from ..autodiff import Tensor, cross_entropy, no_grad
+from ..errors import CheckpointError, ConfigError
+from ..ops import dense as ops
 from . import checkpoint as ckpt
-from . import layers, nn, ops, optim
-from .autodiff import Tensor, cross_entropy, no_grad
 from .config import config_from_dict
-from .errors import CheckpointError, ConfigError
 
 
 class Model(Protocol):

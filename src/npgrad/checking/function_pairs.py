@@ -21,7 +21,7 @@ norm's running statistics; inverted dropout), and a wrong gradient is matched
 against the gradients the classic mistakes would give (kernel flipped,
 padding not removed, stride ignored, pooling gradient spread over the window,
 mean and variance treated as constants, loss not divided by N, dropout mask
-drawn anew; the first five are :mod:`npgrad.mistakes`', shared with the check
+drawn anew; the first five are :mod:`npgrad.checking.mistake_models`', shared with the check
 of layer classes). The global NumPy generator is seeded before every forward call,
 so a forward that draws from it (dropout) is the same function each time.
 
@@ -70,9 +70,10 @@ from typing import Any
 
 import numpy as np
 
-from .check import agrees, mismatches, perturbed_projections
-from .errors import LayerCheckError, UserCodeFailed
-from .layercheck import (
+from ..errors import LayerCheckError, UserCodeFailed
+from ..ops.specs import KINK, REAL, Domain
+from .gradcheck import agrees, mismatches, perturbed_projections
+from .layer_classes import (
     CANDIDATE_SHAPES,
     InputResult,
     Tape,
@@ -82,7 +83,7 @@ from .layercheck import (
     _UserCode,
     domains_for,
 )
-from .mistakes import (
+from .mistake_models import (
     ATOL,
     CONV_HYPOTHESES,
     EPS,
@@ -102,7 +103,6 @@ from .mistakes import (
     ref_conv,
     ref_pool,
 )
-from .opspecs import KINK, REAL, Domain
 
 Shape = tuple[int, ...]
 GLOBAL_SEED = 0  # np.random.seed(GLOBAL_SEED) before every forward call
@@ -111,7 +111,7 @@ ALT_ATOL, ALT_RTOL = 1e-9, 1e-7  # X_backward_alt against X_backward: both analy
 
 # --------------------------------------------------------------------------- references
 # The course's definitions of convolution, pooling and normalisation, and the
-# classic mistakes modelled, are npgrad.mistakes' (layer classes share them).
+# classic mistakes modelled, are npgrad.checking.mistake_models' (layer classes share them).
 
 
 def _svm(x: np.ndarray, y: np.ndarray) -> float:
@@ -210,7 +210,7 @@ def _svm_margins(v: dict[str, Any], rng: np.random.Generator) -> None:
     )
 
 
-# ---- hypotheses: the gradient a classic mistake would give (more in npgrad.mistakes)
+# ---- hypotheses: the gradient a classic mistake would give (more in npgrad.checking.mistake_models)
 
 
 def _loss_not_divided(trial: Trial, i: int, got: np.ndarray, want: np.ndarray) -> str | None:
@@ -795,7 +795,7 @@ class _Ctx:
     ) -> tuple[list[np.ndarray], Any]:
         """Outputs and cache of the user's forward on ``values``.
 
-        The cache is None when replaying (:class:`npgrad.layercheck.Tape`): only calls into
+        The cache is None when replaying (:class:`npgrad.checking.layer_classes.Tape`): only calls into
         the user's code use it. With ``keep``, ``values`` become the arguments as the call left
         them (a forward may update ``bn_param`` in place), as recorded.
         """
@@ -843,7 +843,7 @@ class _Ctx:
         return [copy.deepcopy(v) for v in self.case.values]
 
     def trial(self) -> Trial:
-        """This call, for the hypotheses of :mod:`npgrad.mistakes`."""
+        """This call, for the hypotheses of :mod:`npgrad.checking.mistake_models`."""
         return Trial(self.values, [self.case.names[i] for i in self.case.diff], self.g[0])
 
 
@@ -949,7 +949,7 @@ def check_pair(
     ``{"stride": 1}`` or ``{"G": 4}`` (see :func:`resolve_params`). ``plain_backward`` is the ``X_backward`` an ``X_backward_alt``
     must agree with. ``source`` is the user's file, so errors point at its lines.
     ``tape`` records the answers of the user's functions, or replays them instead of calling
-    them (:class:`npgrad.layercheck.Tape`). Raises :class:`LayerCheckError` for ``params``
+    them (:class:`npgrad.checking.layer_classes.Tape`). Raises :class:`LayerCheckError` for ``params``
     that cannot apply.
     """
     pair = pair or Pair(forward.__name__, None if backward is None else backward.__name__, "")

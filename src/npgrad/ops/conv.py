@@ -9,14 +9,14 @@ contiguous. Their outputs are NCHW-shaped *views* of NHWC memory (PyTorch's
 copies to change layout, and an NCHW-contiguous input works too, at the cost of
 one transposing copy.
 
-Each op registers itself in :data:`npgrad.ops.OPS` with its derivation (the
+Each op registers itself in :data:`npgrad.ops.dense.OPS` with its derivation (the
 docstring) and its check spec; the functions at the end (:func:`conv2d`,
 :func:`max_pool2d`, :func:`avg_pool2d`, :func:`batch_norm`, :func:`flatten`) are
 their Tensor-level entry points, as :mod:`npgrad.autodiff` has for the others.
 
 Higher order: every vjp here runs on Tensors too (``create_graph``), as the
-module docstring of :mod:`npgrad.ops` asks. The ones that need fast NumPy code
-on the gradient call it as an op of its own through :func:`npgrad.ops.call`:
+module docstring of :mod:`npgrad.ops.dense` asks. The ones that need fast NumPy code
+on the gradient call it as an op of its own through :func:`npgrad.ops.dense.call`:
 conv2d's two products (``conv2d_input_grad``, ``conv2d_weight_grad``), max
 pooling's scatter by its constant routing (``max_pool2d_scatter``, whose vjp is
 ``max_pool2d_gather``) and average pooling's spread (``avg_pool2d_input_grad``).
@@ -33,11 +33,11 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from . import ops
-from .autodiff import Tensor, apply, as_tensor
-from .errors import ConfigError, ShapeError
-from .ops import Array, Grads, Op
-from .opspecs import REAL, Case, Domain, Draw, OpSpec
+from ..autodiff import Tensor, apply, as_tensor
+from ..errors import ConfigError, ShapeError
+from . import dense as ops
+from .dense import Array, Grads, Op
+from .specs import REAL, Case, Domain, Draw, OpSpec
 
 __all__ = [
     "Conv2d",
@@ -1304,7 +1304,7 @@ def batch_norm(
 
 
 def flatten(x: Any, start_dim: int = 1) -> Tensor:
-    """Merge the axes from ``start_dim`` on into one (the :class:`npgrad.ops.Reshape` op).
+    """Merge the axes from ``start_dim`` on into one (the :class:`npgrad.ops.dense.Reshape` op).
 
     Flattening is a reshape, so it is that op and its derivation, not a new one.
     NCHW order is kept whatever the memory layout, as in PyTorch.

@@ -33,11 +33,11 @@ from typing import Any
 
 import numpy as np
 
+from ..data import DataLoader, Dataset, load_dataset, split_validation, to_float
+from ..errors import CheckpointError, ConfigError, Interrupted, RunLocked, TrainingDiverged
+from ..fileio import write_text
 from . import checkpoint as ckpt
 from .config import config_from_dict, resume_config, validate
-from .data import DataLoader, Dataset, load_dataset, split_validation, to_float
-from .errors import CheckpointError, ConfigError, Interrupted, RunLocked, TrainingDiverged
-from .fileio import write_text
 from .models import Model, build_model
 
 CHECKPOINT = "checkpoint.npz"
@@ -123,7 +123,7 @@ def evaluate_checkpoint(
     Refuses a dataset whose images have another shape or whose labels the
     model does not know. Returns (evaluation, the prepared data, the checkpoint's meta).
     """
-    from .data import check_labels
+    from ..data import check_labels
     from .models import load_for_inference
 
     model, meta = load_for_inference(path)
@@ -610,10 +610,10 @@ def open_run(
 ) -> Trainer:
     """A :class:`Trainer` for a new run, or for continuing one: what ``npgrad train`` does.
 
-    ``options`` are the explicitly given options (see :mod:`npgrad.config`). A
+    ``options`` are the explicitly given options (see :mod:`npgrad.app.config`). A
     new run loads its dataset first, so that the default preset adapts to the
     dataset's family whatever it was called; a resumed run keeps its stored
-    configuration except for what :func:`~npgrad.config.resume_config` allows.
+    configuration except for what :func:`~npgrad.app.config.resume_config` allows.
     """
     from .config import BY_NAME, make_config
 

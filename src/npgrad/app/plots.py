@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError
-from .fileio import atomic_path
+from ..errors import ConfigError
+from ..fileio import atomic_path
 
 
 def _pyplot() -> Any:

@@ -21,13 +21,13 @@ constructor's stride, padding and window arguments found by name
 (:data:`ROLES`) and set so that they matter (stride 2, padding 1, a 2x3
 window), or given (``params``, ``--param``); settings the class keeps to
 itself are read from its output. Their forward and backward are compared with
-the op table's op of their kind (:mod:`npgrad.ops_conv`) and PyTorch's, and a
+the op table's op of their kind (:mod:`npgrad.ops.conv`) and PyTorch's, and a
 wrong gradient is matched against the classic mistakes of
-:mod:`npgrad.mistakes` (kernel flipped, padding not removed, stride ignored,
+:mod:`npgrad.checking.mistake_models` (kernel flipped, padding not removed, stride ignored,
 pooling gradient spread over the window, batch statistics taken as constants).
 
-:func:`npgrad.filecheck.check_file` (``npgrad check FILE.py``) checks every
-such class in a file, with its function pairs (:mod:`npgrad.pairs`), in a child
+:func:`npgrad.checking.user_files.check_file` (``npgrad check FILE.py``) checks every
+such class in a file, with its function pairs (:mod:`npgrad.checking.function_pairs`), in a child
 process with a time limit.
 """
 
@@ -45,11 +45,12 @@ from typing import Any
 
 import numpy as np
 
-from . import layers as reference_layers
-from . import ops_conv
-from .check import agrees, all_ops, mismatches, perturbed_projections, torch_available
-from .errors import LayerCheckError, NpgradError, UserCodeFailed
-from .mistakes import (
+from .. import layers as reference_layers
+from ..errors import LayerCheckError, NpgradError, ReplayDiverged, UserCodeFailed
+from ..ops import conv as ops_conv
+from ..ops.specs import KINK, POSITIVE, REAL, Domain
+from .gradcheck import agrees, all_ops, mismatches, perturbed_projections, torch_available
+from .mistake_models import (
     ATOL,
     AVG_POOL_HYPOTHESES,
     CONV_HYPOTHESES,
@@ -66,7 +67,6 @@ from .mistakes import (
     norm_hypotheses,
     zero_gradient,
 )
-from .opspecs import KINK, POSITIVE, REAL, Domain
 
 DEFAULT_SHAPES = {
     "matmul": [(5, 6), (6, 4)],
@@ -241,10 +241,6 @@ def _real_array(value: Any, what: str, expected: str) -> np.ndarray:
     raise UserCodeFailed(f"{what} {_describe(value)}{hint}; expected {expected}")
 
 
-class Diverged(Exception):
-    """A replayed check asked for an answer the child's recording does not hold next."""
-
-
 def _digest(value: Any) -> str:
     """A short fingerprint of the arguments of a question to the user's code (arrays by content)."""
     h = hashlib.sha256()
@@ -282,10 +278,10 @@ class Tape:
     read into plain arrays), and the checking process runs the very same check again with
     those answers in place of the calls: every comparison and verdict is made there, by an
     npgrad the file never touched. Each answer carries its question (what was asked and a
-    digest of the arguments): a replay asked anything else stops with :class:`Diverged`.
+    digest of the arguments): a replay asked anything else stops with :class:`ReplayDiverged`.
 
     ``record(entry)`` receives ``{"key", "value"}`` or ``{"key", "error", "retry"}`` with
-    the value as :func:`npgrad.sandbox.encode` writes it; ``answers`` are such entries.
+    the value as :func:`npgrad.checking.sandbox.encode` writes it; ``answers`` are such entries.
     """
 
     def __init__(
@@ -316,22 +312,24 @@ class Tape:
         from .sandbox import decode
 
         if self.position >= len(self.answers):
-            raise Diverged(f"no answer recorded for {key[0]}")
+            raise ReplayDiverged(f"no answer recorded for {key[0]}")
         entry = self.answers[self.position]
         self.position += 1
         if not isinstance(entry, dict) or entry.get("key") != key:
-            raise Diverged(f"the answer recorded next is not for {key[0]}")
+            raise ReplayDiverged(f"the answer recorded next is not for {key[0]}")
         if "error" in entry:
             raise UserCodeFailed(str(entry["error"]), retry=bool(entry.get("retry")))
         try:
             return decode(entry.get("value"))
         except ValueError as exc:
-            raise Diverged(f"the answer recorded for {key[0]} is not data: {exc}") from None
+            raise ReplayDiverged(f"the answer recorded for {key[0]} is not data: {exc}") from None
 
     def finish(self) -> None:
-        """Raise :class:`Diverged` if answers are left: the child asked more than the replay."""
+        """Raise :class:`ReplayDiverged` if answers are left: the child asked more than the replay."""
         if self.position != len(self.answers):
-            raise Diverged(f"{len(self.answers) - self.position} answers recorded beyond the check")
+            raise ReplayDiverged(
+                f"{len(self.answers) - self.position} answers recorded beyond the check"
+            )
 
 
 class _UserCode:
@@ -447,7 +445,7 @@ class _UserCode:
     def perturbed(
         self, xs: list[np.ndarray], i: int, g: np.ndarray, eps: float
     ) -> tuple[np.ndarray, np.ndarray]:
-        """:func:`npgrad.check.perturbed_projections` of the forward for input ``i``."""
+        """:func:`npgrad.checking.gradcheck.perturbed_projections` of the forward for input ``i``."""
         phase = "numerical gradient: forward on perturbed inputs"
 
         def compute() -> list[np.ndarray]:
@@ -671,7 +669,7 @@ def _verdict(
 # --------------------------------------------------------------------------- image layers
 # Convolution, pooling and batch-norm classes get 4-D inputs, constructor arguments
 # that make stride and padding matter, the op table's op of their kind as the
-# reference, and the classic mistakes of npgrad.mistakes named.
+# reference, and the classic mistakes of npgrad.checking.mistake_models named.
 
 Shape = tuple[int, ...]
 

@@ -1,14 +1,14 @@
 """Check a user's file (``npgrad check FILE.py``): its layer classes and its function pairs.
 
-The file runs in a child process with a time limit (:mod:`npgrad.sandbox`):
+The file runs in a child process with a time limit (:mod:`npgrad.checking.sandbox`):
 whatever its code does (loop forever, exit, crash the interpreter, start
 processes), the checker survives and says which class or pair was in which
 phase. The units after one that took the child down are checked in a fresh
-child while time is left. Layer classes are checked by :mod:`npgrad.layercheck`,
-function pairs (``X_forward``/``X_backward``, losses) by :mod:`npgrad.pairs`.
+child while time is left. Layer classes are checked by :mod:`npgrad.checking.layer_classes`,
+function pairs (``X_forward``/``X_backward``, losses) by :mod:`npgrad.checking.function_pairs`.
 
 The child only *asks*: it runs each check with a recording
-:class:`~npgrad.layercheck.Tape`, which keeps what the user's code answered
+:class:`~npgrad.checking.layer_classes.Tape`, which keeps what the user's code answered
 (outputs, gradients, the forward's values at the points of the numerical
 gradient). The verdicts are made here: each check runs again in this process
 with those answers in place of the calls, so every comparison is this
@@ -45,17 +45,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from .check import torch_available
-from .errors import LayerCheckError
-from .layercheck import (
-    Diverged,
-    LayerReport,
-    Tape,
-    _user_frame,
-    check_layer,
-    constructor_args,
-)
-from .pairs import (
+from ..errors import LayerCheckError, ReplayDiverged
+from .function_pairs import (
     Pair,
     PairReport,
     PairReports,
@@ -66,6 +57,14 @@ from .pairs import (
     kind_for,
     resolve_params,
     user_functions,
+)
+from .gradcheck import torch_available
+from .layer_classes import (
+    LayerReport,
+    Tape,
+    _user_frame,
+    check_layer,
+    constructor_args,
 )
 from .sandbox import DEFAULT_TIMEOUT, ChildRun, decode, encode, run_child
 
@@ -292,8 +291,8 @@ def check_file(
     (:class:`PairReport`), in that order, or no reports and the reason when the
     file cannot be imported. ``shapes`` and ``params`` are keyed by class or
     forward-function name: a pair's parameters (``{"conv_forward_naive": {"stride": 1}}``,
-    see :func:`npgrad.pairs.resolve_params`), a class's constructor arguments
-    (``{"Conv": {"stride": 1}}``, see :func:`npgrad.layercheck.constructor_args`). ``timeout`` bounds the whole check in
+    see :func:`npgrad.checking.function_pairs.resolve_params`), a class's constructor arguments
+    (``{"Conv": {"stride": 1}}``, see :func:`npgrad.checking.layer_classes.constructor_args`). ``timeout`` bounds the whole check in
     seconds: a unit whose code hangs, exits or crashes the interpreter fails with
     what it was doing; those after it are checked in a fresh process while time
     is left. The file's code runs only in child processes; the verdicts are made
@@ -329,7 +328,9 @@ def check_file(
     units: list[dict[str, Any]] | None = None
     reports: dict[str, Report] = {}
     while True:
-        run = run_child("npgrad.filecheck:_check_file_here", job, deadline - time.monotonic())
+        run = run_child(
+            "npgrad.checking.user_files:_check_file_here", job, deadline - time.monotonic()
+        )
         answers: dict[str, list[dict[str, Any]]] = {}
         for event in run.events:
             kind = event.get("event")
@@ -453,7 +454,7 @@ def _judge(
                 tape=tape,
             )
         tape.finish()
-    except Diverged as exc:
+    except ReplayDiverged as exc:
         return _failed(
             unit,
             f"not checked: what the file's process reported does not follow npgrad's check "
@@ -494,7 +495,7 @@ class _StandIn:
         return self._signature
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        raise Diverged(f"{self.__name__} was to be called where its code does not run")
+        raise ReplayDiverged(f"{self.__name__} was to be called where its code does not run")
 
 
 def _stand_in_class(name: str, init: _StandIn | None, forward: _StandIn) -> type:

@@ -12,7 +12,7 @@ comes back:
 ``POST /api/predict``
     body ``{"width": W, "height": H, "pixels": base64}`` where ``pixels`` holds
     ``W * H`` grey bytes row by row (the canvas, any polarity). The drawing goes
-    through :func:`npgrad.images.preprocess`, as ``npgrad predict``'s pictures
+    through :func:`npgrad.app.images.preprocess`, as ``npgrad predict``'s pictures
     do; the answer holds the predicted class, every class's probability, the
     28x28 the network saw and the first hidden layer's activations (for a
     convolutional network, the first layer's feature maps).
@@ -55,9 +55,10 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from . import nn, ops
-from .autodiff import Tensor, no_grad
-from .errors import ImageError, RequestRejected, ServeError
+from .. import nn
+from ..autodiff import Tensor, no_grad
+from ..errors import ImageError, RequestRejected, ServeError
+from ..ops import dense as ops
 
 __all__ = ["DEADLINE", "MAX_BODY", "MAX_SIDE", "Predictor", "make_server", "serve"]
 
@@ -75,7 +76,7 @@ _ACTIVATIONS = tuple(nn.ACTIVATIONS.values())
 class Predictor:
     """A trained network answering drawings: the class, probabilities, and what it computed.
 
-    ``net`` is the network as layers (:func:`npgrad.export.as_sequential`), ``meta``
+    ``net`` is the network as layers (:func:`npgrad.app.export.as_sequential`), ``meta``
     the checkpoint's metadata (classes, image shape); :meth:`from_run` reads both
     from a run.
     """
@@ -150,7 +151,7 @@ class Predictor:
 
 
 def _page() -> bytes:
-    return resources.files("npgrad").joinpath("static", "serve.html").read_bytes()
+    return resources.files("npgrad.app").joinpath("static", "serve.html").read_bytes()
 
 
 def _host_names(given: str, bound: str) -> frozenset[str] | None:
