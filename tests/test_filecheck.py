@@ -502,6 +502,8 @@ def test_a_syntax_error_is_named_with_its_line_even_in_a_helper(tmp_path):
         ({"spatial_groupnorm_forward": {"G": 2.5}}, "G must be a whole number >= 1, not 2.5"),
         ({"dropout_forward": {"p": 2}}, r"dropout_param.p must be a probability in \(0, 1\], not 2"),
         ({"softmax_loss_vectorized": {"reg": None}}, "reg must be a number, not None"),
+        ({"conv_forward_naive": {"pad": 1000000}}, "conv_param.pad 1000000 is larger than the input's 7x9: at most 9"),
+        ({"max_pool_forward_naive": {"pool_height": 99}}, "pool_param.pool_height 99 is larger than the input's height 8"),
     ],
 )  # fmt: skip
 def test_parameters_that_cannot_apply_are_refused_before_the_file_runs(tmp_path, param, match):

@@ -377,9 +377,10 @@ def test_without_a_terminal_progress_is_a_plain_line_every_few_seconds(tmp_path,
     import npgrad.app.trainer as trainer_module
 
     monkeypatch.setattr(trainer_module, "PROGRESS_EVERY", 0.0)  # every step, for the test
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)  # a log file, also under -s
     lines = []
     cfg = make_config("default", dataset="digits", epochs=1)
-    Trainer(cfg, tmp_path / "a", log=lines.append).fit()  # pytest's stderr is no terminal
+    Trainer(cfg, tmp_path / "a", log=lines.append).fit()
     progress = [line for line in lines if " step " in line]
     steps = -(-1437 // 64)  # the digits training set in batches of 64
     assert len(progress) == steps - 1  # the last step is the epoch's own line

@@ -158,15 +158,15 @@ def test_bad_pictures_in_a_folder_are_named_and_the_others_still_answered(
 
 def test_a_picture_of_another_size_is_said_to_be_scaled(capsys, run_dir, tmp_path):
     # A 28x28 MNIST-sized picture given to the 8x8 digits model: answered, and said so.
-    big = np.zeros((28, 28), np.uint8)
-    big[4:24, 12:16] = 255  # a one
+    big = np.zeros((28, 36), np.uint8)  # 36 wide, 28 high
+    big[4:24, 16:20] = 255  # a one
     Image.fromarray(big).save(tmp_path / "mnist-sized.png")
     np.save(tmp_path / "model-sized.npy", digits().test_images[0])
     code, out, err = predict(capsys, run_dir, tmp_path / "mnist-sized.png",
                              tmp_path / "model-sized.npy")  # fmt: skip
     lines = out.splitlines()
     assert code == 0 and err == "" and len(lines) == 2
-    assert lines[0].endswith("[a 28x28 picture, scaled to 8x8 as the model takes it]")
+    assert lines[0].endswith("[a 36x28 picture, scaled to 8x8 as the model takes it]")
     assert "scaled" not in lines[1]
     code, out, _ = predict(capsys, run_dir, tmp_path / "mnist-sized.png", "--json")
-    assert code == 0 and json.loads(out)["scaled_from"] == [28, 28]
+    assert code == 0 and json.loads(out)["scaled_from"] == [28, 36]  # (height, width)

@@ -297,9 +297,9 @@ def _read_picture(p: Path) -> tuple[np.ndarray, tuple[int, int]]:
             raise ImageError(f"{p}: not a readable image ({_reason(exc)})") from None
         with img:
             _check_size(str(p), img.height, img.width)
-            size = (img.height, img.width)
             try:
                 img = ImageOps.exif_transpose(img)  # phone photos are stored sideways
+                size = (img.height, img.width)  # as the user sees it, upright
                 deep = img.mode.startswith("I") or img.mode == "F"
                 img = img.convert("F" if deep else "RGBA")
                 factor = math.ceil(max(img.size) / WORK_SIDE)

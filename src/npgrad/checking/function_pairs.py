@@ -500,7 +500,11 @@ def arg_names(kind: Kind | None, fn: Callable[..., Any]) -> list[str] | None:
 
 
 def resolve_params(
-    kind: Kind | None, names: Sequence[str] | None, raw: dict[str, Any], who: str
+    kind: Kind | None,
+    names: Sequence[str] | None,
+    raw: dict[str, Any],
+    who: str,
+    shapes: Sequence[Sequence[int]] | None = None,
 ) -> dict[str, Any]:
     """Overrides of the arguments that are not arrays, as ``{argument: value or {key: value}}``.
 
@@ -510,8 +514,9 @@ def resolve_params(
     Raises :class:`LayerCheckError` for a key that names nothing, or more than one thing,
     for an input array or the labels (npgrad draws those: ``--shape`` sets their shapes),
     and, for the layers the course defines, for a value of the wrong type (``stride:"a"``,
-    ``mode:3``) or a dict's key it does not take: such a parameter would make the check
-    itself fail, not the user's code.
+    ``mode:3``) or a dict's key it does not take, and for a window larger than the input
+    (``shapes``, or the kind's own): such a parameter would make the check itself fail, or
+    allocate without bound, not the user's code.
     """
     names = list(names or [])
     defaults = kind.params if kind is not None else {}
@@ -559,7 +564,33 @@ def resolve_params(
             )
         _check_param(kind, target, sub, value, who)
         out.setdefault(target, {})[sub] = value
+    _check_window(kind, out, shapes, who)
     return out
+
+
+def _check_window(
+    kind: Kind | None, out: dict[str, Any], shapes: Sequence[Sequence[int]] | None, who: str
+) -> None:
+    """Refuse padding beyond the image's size and pooling windows larger than the image."""
+    if kind is None:
+        return
+    images = [tuple(shapes[0])] if shapes else [tuple(c[0]) for c in kind.shapes]
+    for table, default in kind.params.items():
+        if not isinstance(default, dict):
+            continue
+        merged = {**default, **out.get(table, {})}
+        for h, w in (s[2:] for s in images if len(s) == 4):
+            for key, limit, what in (
+                ("pad", max(h, w), f"the input's {h}x{w}"),
+                ("pool_height", h, f"the input's height {h}"),
+                ("pool_width", w, f"the input's width {w}"),
+            ):
+                value = merged.get(key)
+                sizes = value if isinstance(value, (list, tuple)) else [value]
+                if value is not None and any(v > limit for v in sizes):
+                    raise LayerCheckError(
+                        f"{who}: {table}.{key} {value!r} is larger than {what}: at most {limit}"
+                    )
 
 
 # Keys of the course's parameter dicts holding window geometry, and their least values.
@@ -960,7 +991,7 @@ def check_pair(
     user = _UserCode(lambda: None, source, progress, tape)
     kind, base = kind_for(pair, forward)
     names = arg_names(kind, forward)
-    overrides = resolve_params(kind, names, params or {}, pair.forward)
+    overrides = resolve_params(kind, names, params or {}, pair.forward, shapes)
     try:
         if names is None:
             raise UserCodeFailed("forward takes *args: say what it takes with named arguments")

@@ -155,7 +155,13 @@ def _units(module: ModuleType, job: dict[str, Any]) -> list[dict[str, Any]]:
         raw = job["params"].get(pair.forward)
         if raw:
             kind, _ = kind_for(pair, functions[pair.forward])
-            resolve_params(kind, arg_names(kind, functions[pair.forward]), raw, pair.forward)
+            resolve_params(
+                kind,
+                arg_names(kind, functions[pair.forward]),
+                raw,
+                pair.forward,
+                job["shapes"].get(pair.forward),
+            )
     only = job["only"]
     if only:
         missing = set(only) - names
@@ -633,7 +639,8 @@ def _refuse_statically(tree: ast.Module, job: dict[str, Any]) -> None:
             if raw:
                 forward = _StandIn(pair.forward, _ast_signature(functions[pair.forward]))
                 kind, _ = kind_for(pair, forward)
-                resolve_params(kind, arg_names(kind, forward), raw, pair.forward)
+                shapes = job["shapes"].get(pair.forward)
+                resolve_params(kind, arg_names(kind, forward), raw, pair.forward, shapes)
     if "classes" in job["what"]:
         for name, node in classes.items():
             raw = job["params"].get(name)

@@ -25,7 +25,8 @@ def run(args: argparse.Namespace) -> int:
     model, meta = load_for_inference(args.checkpoint)
     paths = images.image_paths(args.images)
     shape = tuple(meta["image_shape"])
-    shape_text = "x".join(str(n) for n in shape) + " as the model takes it"
+    # width x height, as picture sizes are said
+    shape_text = f"{shape[-1]}x{shape[-2]} as the model takes it"
     classes = list(meta["classes"])
     recipe = images.recipe_for(shape, classes)
     pixel_max = meta.get("pixel_max", 255.0)
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
             else:
                 ranked = ", ".join(f"{classes[i]} {pr[i]:.1%}" for i in order)
                 note = (
-                    f"   [a {size[0]}x{size[1]} picture, scaled to {shape_text}]" if scaled else ""
+                    f"   [a {size[1]}x{size[0]} picture, scaled to {shape_text}]" if scaled else ""
                 )
                 print(f"{path}: {classes[order[0]]}   ({ranked}){note}")
     return 2 if refused else 0
