@@ -369,7 +369,7 @@ HOSTILE = {
 PLACES = ["import", "Relu.forward", "Relu.backward", "relu_forward", "relu_backward"]
 
 
-def _hostile_file(statements):
+def _hostile_file(statements, wrong=False):
     def at(place, indent):
         body = [HOSTILE[s] for p, s in statements if p == place]
         return "".join(textwrap.indent(b, " " * indent) + "\n" for b in body)
@@ -395,7 +395,7 @@ def relu_forward(x):
 {at("relu_forward", 4)}    return np.maximum(x, 0), x
 
 def relu_backward(dout, cache):
-{at("relu_backward", 4)}    return dout * (cache > 0)
+{at("relu_backward", 4)}    return dout * (cache > 0){" * 0" if wrong else ""}
 """
 
 
@@ -406,17 +406,20 @@ def relu_backward(dout, cache):
 @given(
     statements=st.lists(
         st.tuples(st.sampled_from(PLACES), st.sampled_from(sorted(HOSTILE))), max_size=3
-    )
+    ),
+    wrong=st.booleans(),
 )
 def test_hostile_files_end_in_one_line_each_and_leave_no_process(
-    capfd, tmp_path, monkeypatch, statements
+    capfd, tmp_path, monkeypatch, statements, wrong
 ):
     mark = f"NPGRAD_TEST_MARK={uuid.uuid4().hex}"
     monkeypatch.setenv(*mark.split("="))
     file = tmp_path / f"hostile_{uuid.uuid4().hex[:8]}.py"
-    file.write_text(_hostile_file(statements))
+    file.write_text(_hostile_file(statements, wrong))
     code, out, err = check(capfd, str(file), "--timeout", "0.7", "--no-torch")
     assert code in (0, 1), (code, out, err)
+    if wrong:  # whatever else the file does (patch npgrad, its recording...), never a PASS
+        assert code == 1 and "relu_forward/relu_backward: PASS" not in out, out
     if out == "":  # the file could not be imported: that is the one line
         assert len(err.splitlines()) == 1 and err.startswith(f"{file}: "), err
     else:
