@@ -40,12 +40,10 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-Emit = Callable[[dict[str, Any]], None]
 DEFAULT_TIMEOUT = 60.0  # seconds: generous for a student's layers, short for a hang
 STOP_GRACE = 10.0  # seconds the supervisor has to kill and reap everything once told to stop
 TOKEN_VARIABLE = "NPGRAD_SANDBOX_TOKEN"  # in the child's environment: marks what it started

@@ -118,10 +118,6 @@ class DataLoader:
         n, b = len(self.labels), self.batch_size
         return n // b if self.drop_last else -(-n // b)
 
-    @property
-    def num_samples(self) -> int:
-        return len(self) * self.batch_size if self.drop_last else len(self.labels)
-
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         return self.batches()
 
