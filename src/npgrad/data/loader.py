@@ -9,6 +9,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ..errors import ConfigError
+from ..rng import as_generator
 
 
 def to_float(images: np.ndarray, pixel_max: float = 255.0, dtype: type = np.float32) -> np.ndarray:
@@ -109,7 +110,7 @@ class DataLoader:
         self.batch_size = min(batch_size, len(labels)) if len(labels) else batch_size
         self.shuffle = shuffle
         self.drop_last = drop_last
-        self.rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        self.rng = as_generator(rng)
         self.shift = shift
         self.mean, self.std = mean, std
         self.features = int(np.prod(images.shape[1:]))
