@@ -1,7 +1,10 @@
 """The option schema: one declaration per option, presets, validation, the resume policy."""
 
 import argparse
+import dataclasses
 import math
+import types
+import typing
 
 import pytest
 
@@ -24,6 +27,38 @@ from npgrad.errors import CheckpointError, ConfigError
 def test_every_option_is_a_config_field_and_nothing_else():
     fields = set(Config.__dataclass_fields__)
     assert fields == {o.name for o in OPTIONS} | {"preset"}
+
+
+def _has_type(value, hint):
+    """isinstance for the field types Config uses: classes, ``list[X]`` and ``X | None``."""
+    if isinstance(hint, types.UnionType):
+        return any(_has_type(value, h) for h in typing.get_args(hint))
+    if typing.get_origin(hint) is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_has_type(v, item) for v in value)
+    if hint is type(None):
+        return value is None
+    assert hint in (str, int, float, bool), f"not a real field type: {hint}"
+    return type(value) is hint  # an int is not a float here, nor a bool an int
+
+
+def test_config_fields_are_the_option_table_in_order_typed_and_defaulted_by_it():
+    fields = dataclasses.fields(Config)
+    assert [f.name for f in fields] == ["preset"] + [o.name for o in OPTIONS]
+    hints = typing.get_type_hints(Config)
+    assert hints["preset"] is str and Config().preset == "default"
+    cfg = Config()
+    for o in OPTIONS:
+        hint = hints[o.name]
+        assert getattr(cfg, o.name) == o.default, o.name
+        # Every value the table declares for the option has the field's type ...
+        declared = [o.default, *o.presets.values(), *o.families.values()]
+        assert all(_has_type(v, hint) for v in declared), (o.name, hint, declared)
+        # ... and so has what its flag makes of text.
+        if o.default is not None:
+            shown = ",".join(map(str, o.default)) if isinstance(o.default, list) else o.default
+            assert _has_type(o.parse(str(shown)), hint), (o.name, hint)
+    assert Config().hidden is not Config().hidden  # a list default is each Config's own
 
 
 def test_every_train_flag_comes_from_the_schema():

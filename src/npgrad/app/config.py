@@ -6,7 +6,8 @@ and, for the default preset, on each dataset family, the check a value must
 pass, its help text and flag, which model kinds use it, and whether
 ``--resume`` may change it. From this one table come:
 
-* :class:`Config`, the dataclass stored in every checkpoint;
+* :class:`Config`, the dataclass stored in every checkpoint (its defaults are
+  the table's; a test holds its fields, their order and types to the table);
 * :func:`make_config` (preset merging and validation);
 * :func:`resume_config` (what a resumed run may change);
 * the ``npgrad train`` flags, their help and the defaults it shows
@@ -459,17 +460,54 @@ OPTIONS: tuple[Option, ...] = (
 )
 BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
 
-Config = dataclasses.make_dataclass(
-    "Config",
-    [("preset", str, field(default="default"))]
-    + [(o.name, Any, field(default_factory=lambda o=o: _copy(o.default))) for o in OPTIONS],
-    namespace={
-        "__doc__": "Everything that defines a run (one field per :data:`OPTIONS` entry); "
-        "stored in every checkpoint.",
-        "to_dict": lambda self: dataclasses.asdict(self),
-        "from_dict": classmethod(lambda cls, d: config_from_dict(d)),
-    },
-)
+
+def _default(name: str) -> Any:
+    """A :class:`Config` field whose default is option ``name``'s in :data:`OPTIONS` (copied)."""
+    option = BY_NAME[name]
+    return field(default_factory=lambda: _copy(option.default))
+
+
+@dataclass
+class Config:
+    """Everything that defines a run; stored in every checkpoint.
+
+    One field per :data:`OPTIONS` entry, in the table's order, after ``preset``.
+    The defaults come from the table (tests/test_config.py holds the two together).
+    """
+
+    preset: str = "default"
+    # data
+    dataset: str = _default("dataset")
+    data_dir: str | None = _default("data_dir")
+    val_fraction: float = _default("val_fraction")
+    shift: int = _default("shift")
+    # model
+    model: str = _default("model")
+    hidden: list[int] = _default("hidden")
+    channels: list[int] = _default("channels")
+    kernel: int = _default("kernel")
+    activation: str = _default("activation")
+    dropout: float = _default("dropout")
+    init: str = _default("init")
+    dtype: str = _default("dtype")
+    # optimisation
+    epochs: int = _default("epochs")
+    batch_size: int = _default("batch_size")
+    optimizer: str = _default("optimizer")
+    lr: float = _default("lr")
+    momentum: float = _default("momentum")
+    weight_decay: float = _default("weight_decay")
+    schedule: str = _default("schedule")
+    warmup_epochs: float = _default("warmup_epochs")
+    clip: float = _default("clip")
+    seed: int = _default("seed")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Config:
+        return config_from_dict(d)
 
 
 def _copy(v: Any) -> Any:
@@ -492,7 +530,7 @@ def preset_values(preset: str, family: str | None = None) -> dict[str, Any]:
     return values
 
 
-def validate(cfg: Any, explicit: Mapping[str, Any] | None = None) -> None:
+def validate(cfg: Config, explicit: Mapping[str, Any] | None = None) -> None:
     """Check every value; refuse explicit options the chosen model does not use."""
     for o in OPTIONS:
         o.validate(getattr(cfg, o.name))
@@ -510,7 +548,7 @@ def validate(cfg: Any, explicit: Mapping[str, Any] | None = None) -> None:
             )
 
 
-def make_config(preset: str = "default", family: str | None = None, **overrides: Any) -> Any:
+def make_config(preset: str = "default", family: str | None = None, **overrides: Any) -> Config:
     """A preset's configuration with explicit ``overrides`` (None values are ignored).
 
     ``family`` names the dataset family (``digits``, ``fashion-mnist``...) whose
@@ -531,7 +569,7 @@ def make_config(preset: str = "default", family: str | None = None, **overrides:
     return cfg
 
 
-def resume_config(stored: Any, changes: Mapping[str, Any]) -> Any:
+def resume_config(stored: Config, changes: Mapping[str, Any]) -> Config:
     """The stored configuration with the ``changes`` a resumed run may make.
 
     An option that is not resumable may be repeated with its stored value, not
@@ -567,7 +605,7 @@ def resume_config(stored: Any, changes: Mapping[str, Any]) -> Any:
 _LEGACY_KEYS = ("loss_reduction",)
 
 
-def config_from_dict(d: Mapping[str, Any]) -> Any:
+def config_from_dict(d: Mapping[str, Any]) -> Config:
     """A :class:`Config` from a checkpoint's stored dictionary (older layouts included)."""
     if not isinstance(d, Mapping):
         raise CheckpointError("configuration is not a mapping")
