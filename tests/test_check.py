@@ -233,6 +233,25 @@ def test_gradgradcheck_catches_a_vjp_right_only_to_first_order(monkeypatch, max_
         npgrad.gradgradcheck(npgrad.tanh, x, raise_on_failure=True)
 
 
+@pytest.mark.parametrize("max_full", [4096, 1])
+@pytest.mark.parametrize("vjp", ["right", "wrong to second order"])
+def test_gradcheck_order_2_and_gradgradcheck_give_the_same_report(monkeypatch, max_full, vjp):
+    if vjp != "right":
+        monkeypatch.setattr(ops.Tanh, "vjp", staticmethod(_tanh_vjp_treating_y_as_constant))
+    rng = np.random.default_rng(2)
+    a, b = rng.standard_normal((3, 4)), rng.standard_normal((4, 2)).astype(np.float32)
+    report = npgrad.gradcheck(lambda x, w: npgrad.tanh(x @ w), a, b, order=2, max_full=max_full)
+    old_name = npgrad.gradgradcheck(lambda x, w: npgrad.tanh(x @ w), a, b, max_full=max_full)
+    assert report == old_name and str(report) == str(old_name)
+    assert report.passed == (vjp == "right") and report.mode.startswith("second order")
+
+
+@pytest.mark.parametrize("order", [0, 3, True])
+def test_gradcheck_refuses_an_order_it_cannot_check(order):
+    with pytest.raises(GradcheckError, match="the order must be 1 or 2"):
+        npgrad.gradcheck(npgrad.tanh, np.ones(2), order=order)
+
+
 def test_gradgradcheck_of_a_linear_function_and_a_non_tensor():
     x = np.ones((2, 2))
     assert npgrad.gradgradcheck(lambda t: t * 3.0, x).passed  # every second derivative is 0

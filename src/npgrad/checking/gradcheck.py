@@ -3,9 +3,9 @@
 * :func:`gradcheck` compares the gradients the engine computes for any
   function of tensors with central differences, in float64: the full Jacobian
   for small problems, random-direction vector-Jacobian products for large ones.
-* :func:`gradgradcheck` does the same for the second order: the gradient
-  that ``grad(..., create_graph=True)`` records, checked by central
-  differences of itself.
+  ``gradcheck(..., order=2)`` does the same for the second order: the
+  gradient that ``grad(..., create_graph=True)`` records, checked by central
+  differences of itself (:func:`gradgradcheck` is its older name).
 * :func:`check_ops` checks every op in :data:`npgrad.ops.dense.OPS` that way and
   against PyTorch, on inputs drawn from the op's own ``spec`` (this is
   ``npgrad gradcheck``, ``--order 2`` for second derivatives; :func:`op_case`
@@ -221,6 +221,7 @@ def gradcheck(
     max_full: int = 4096,
     directions: int = 8,
     seed: int = 0,
+    order: int = 1,
     raise_on_failure: bool = False,
 ) -> GradcheckReport:
     """Check ``fn``'s backward against central differences, in float64.
@@ -231,10 +232,63 @@ def gradcheck(
     vector-Jacobian products ``v^T J u`` are. An element passes when
     ``|numeric - analytic| <= atol + rtol * |numeric|``.
 
+    ``order=2`` checks the second order instead: with ``v`` a random upstream
+    gradient for ``fn``'s output (drawn from ``seed``), the first-order
+    vector-Jacobian product ``h(x, v) = grad(fn(x), x, v, create_graph=True)``
+    is a function whose own backward pass is the second order, and it is
+    checked as above with respect to every input and to ``v`` (the last input
+    of the report): every second derivative when the Jacobian of ``h`` has at
+    most ``max_full`` elements, ``directions`` random directions otherwise.
+
     Inputs in other floating dtypes are cast to float64 (noted in the report);
     non-floating inputs are refused with :class:`GradcheckError`.
     Returns a :class:`GradcheckReport`; raises instead when ``raise_on_failure``.
     """
+    if isinstance(order, bool) or order not in (1, 2):
+        raise GradcheckError(f"the order must be 1 or 2, not {order!r}")
+    check = _first_order if order == 1 else _second_order
+    report = check(fn, inputs, eps, atol, rtol, max_full, directions, seed)
+    if raise_on_failure:
+        report.raise_if_failed()
+    return report
+
+
+def gradgradcheck(
+    fn: Callable[..., Any],
+    *inputs: Any,
+    eps: float = 1e-6,
+    atol: float = 1e-5,
+    rtol: float = 1e-3,
+    max_full: int = 4096,
+    directions: int = 8,
+    seed: int = 0,
+    raise_on_failure: bool = False,
+) -> GradcheckReport:
+    """``gradcheck(fn, *inputs, order=2)``, under its older name (same arguments, same report)."""
+    return gradcheck(
+        fn,
+        *inputs,
+        eps=eps,
+        atol=atol,
+        rtol=rtol,
+        max_full=max_full,
+        directions=directions,
+        seed=seed,
+        order=2,
+        raise_on_failure=raise_on_failure,
+    )
+
+
+def _first_order(
+    fn: Callable[..., Any],
+    inputs: Sequence[Any],
+    eps: float,
+    atol: float,
+    rtol: float,
+    max_full: int,
+    directions: int,
+    seed: int,
+) -> GradcheckReport:
     notes: list[str] = []
     arrays = _as_float64(inputs, notes)
     y0 = _evaluate(fn, arrays)
@@ -271,39 +325,25 @@ def gradcheck(
                 num[i, d] = float(np.sum((plus - minus) / (2 * eps) * v))
         for i, a in enumerate(arrays):
             results.append(_compare(i, a.shape, num[i], ana[i], atol, rtol, full=False))
-    report = GradcheckReport(
+    return GradcheckReport(
         passed=all(r.passed for r in results),
         mode="full" if full else "directional",
         inputs=results,
         notes=notes,
     )
-    if raise_on_failure:
-        report.raise_if_failed()
-    return report
 
 
-def gradgradcheck(
+def _second_order(
     fn: Callable[..., Any],
-    *inputs: Any,
-    eps: float = 1e-6,
-    atol: float = 1e-5,
-    rtol: float = 1e-3,
-    max_full: int = 4096,
-    directions: int = 8,
-    seed: int = 0,
-    raise_on_failure: bool = False,
+    inputs: Sequence[Any],
+    eps: float,
+    atol: float,
+    rtol: float,
+    max_full: int,
+    directions: int,
+    seed: int,
 ) -> GradcheckReport:
-    """Check ``fn``'s second-order gradients against central differences, in float64.
-
-    With ``v`` a random upstream gradient for ``fn``'s output (drawn from
-    ``seed``), the first-order vector-Jacobian product
-    ``h(x, v) = grad(fn(x), x, v, create_graph=True)`` is a function whose own
-    backward pass is the second order. :func:`gradcheck` checks ``h`` with
-    respect to every input and to ``v`` (the last input of the report): the
-    whole Jacobian of ``h`` (every second derivative) when it has at most
-    ``max_full`` elements, ``directions`` random directions otherwise.
-    Tolerances and the report are :func:`gradcheck`'s.
-    """
+    """The first-order check of ``h(x, v)``, the vjp ``fn``'s backward records (see gradcheck)."""
     notes: list[str] = []
     arrays = _as_float64(inputs, notes)
     y0 = _evaluate(fn, arrays)
@@ -315,27 +355,17 @@ def gradgradcheck(
             leaves = [x if x.requires_grad else Tensor(x.data, requires_grad=True) for x in xs]
             out = fn(*leaves)
             if not isinstance(out, Tensor):
-                raise GradcheckError("gradgradcheck: the function must return an npgrad Tensor")
+                raise GradcheckError(
+                    "gradcheck(order=2): the function must return an npgrad Tensor"
+                )
             if not out.requires_grad:
                 return Tensor(np.zeros(sum(x.size for x in xs)))
             grads = T.grad(out, leaves, g, create_graph=True)
             return T.concatenate([d.reshape(-1) for d in grads])
 
-    report = gradcheck(
-        first_order,
-        *arrays,
-        v,
-        eps=eps,
-        atol=atol,
-        rtol=rtol,
-        max_full=max_full,
-        directions=directions,
-        seed=seed,
-    )
+    report = _first_order(first_order, [*arrays, v], eps, atol, rtol, max_full, directions, seed)
     report.mode = f"second order, {report.mode}"
     report.notes = notes + [f"input {len(arrays)} is the upstream gradient of the output"]
-    if raise_on_failure:
-        report.raise_if_failed()
     return report
 
 
@@ -550,8 +580,8 @@ def check_ops(
 ) -> list[OpCheckResult]:
     """Check every registered op (or ``names``) numerically and against PyTorch.
 
-    ``order=2`` checks second derivatives instead (:func:`gradgradcheck` and
-    PyTorch's double backward); an op whose vjp declares
+    ``order=2`` checks second derivatives instead (``gradcheck(..., order=2)``
+    and PyTorch's double backward); an op whose vjp declares
     ``differentiable_vjp = False`` gets one skipped row saying so.
     """
     if isinstance(cases_per_op, bool) or not isinstance(cases_per_op, int) or cases_per_op < 1:
@@ -567,11 +597,7 @@ def check_ops(
         use_torch = torch_available()
     rng = np.random.default_rng(seed)
     results = []
-    check, compare = (
-        (gradcheck, compare_with_torch)
-        if order == 1
-        else (gradgradcheck, compare_second_order_with_torch)
-    )
+    compare = compare_with_torch if order == 1 else compare_second_order_with_torch
     for name in names:
         if order == 2 and not OPS[name].differentiable_vjp:
             why = "its vjp computes on NumPy arrays only (differentiable_vjp = False)"
@@ -580,7 +606,7 @@ def check_ops(
         for k in range(cases_per_op):
             case = op_case(name, rng, SHAPES[k % len(SHAPES)])
             try:
-                report = check(case.fn, *case.inputs, atol=OP_ATOL, rtol=OP_RTOL)
+                report = gradcheck(case.fn, *case.inputs, atol=OP_ATOL, rtol=OP_RTOL, order=order)
             except GradError as exc:  # a vjp that cannot record: this op fails, the rest go on
                 results.append(
                     OpCheckResult(name, case.label, None, None, None, order, None, str(exc))

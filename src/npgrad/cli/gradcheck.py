@@ -1,7 +1,7 @@
 """``npgrad gradcheck``: every built-in op checked numerically and against PyTorch.
 
-``--order 2`` checks second derivatives: :func:`npgrad.checking.gradcheck.gradgradcheck`
-and PyTorch's double backward.
+``--order 2`` checks second derivatives: :func:`npgrad.checking.gradcheck.gradcheck` with
+``order=2`` and PyTorch's double backward.
 """
 
 from __future__ import annotations
