@@ -17,6 +17,7 @@ from npgrad.checking.gradcheck import (
     torch_available,
 )
 from npgrad.ops import dense as ops
+from npgrad.ops.base import OPS, Op
 
 
 def test_full_mode_passes_on_a_correct_function():
@@ -36,7 +37,7 @@ def test_directional_mode_for_large_inputs():
     assert report.passed and report.mode == "directional"
 
 
-class WrongSigmoidOp(ops.Op):
+class WrongSigmoidOp(Op):
     """A sigmoid whose backward forgets a factor (not registered: no name)."""
 
     @staticmethod
@@ -166,7 +167,7 @@ def test_check_ops_refuses_what_it_cannot_do(kwargs, match):
         check_ops(use_torch=False, **kwargs)
 
 
-class Unchecked(ops.Op):
+class Unchecked(Op):
     """An op without a spec (not registered by name: the test registers it)."""
 
     @staticmethod
@@ -179,7 +180,7 @@ class Unchecked(ops.Op):
 
 
 def test_an_op_without_a_spec_is_refused_by_name(monkeypatch):
-    monkeypatch.setitem(ops.OPS, "unchecked", Unchecked)
+    monkeypatch.setitem(OPS, "unchecked", Unchecked)
     with pytest.raises(GradcheckError, match="'unchecked' declares no spec"):
         check_ops(use_torch=False)
     with pytest.raises(GradcheckError, match="declares no spec"):

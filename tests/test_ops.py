@@ -21,6 +21,7 @@ import npgrad
 from npgrad.autodiff import apply
 from npgrad.checking.gradcheck import all_ops, gradcheck, gradgradcheck, op_case
 from npgrad.ops import dense as ops
+from npgrad.ops.base import OPS
 from npgrad.ops.specs import OpSpec
 
 SHAPES = hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=4)
@@ -344,7 +345,7 @@ def test_matmul_vector_and_batched_forms(sa, sb, torch):
 
 @pytest.mark.parametrize("name", ALL_OPS)
 def test_every_op_docstring_derives_its_gradient(name):
-    doc = ops.OPS[name].__doc__ or ""
+    doc = OPS[name].__doc__ or ""
     summary, _, derivation = doc.strip().partition("\n\n")
     assert summary and "\n" not in summary.strip(), f"{name}: a one-line summary comes first"
     assert "$" in derivation, f"{name}: the derivation is written in math"

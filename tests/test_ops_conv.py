@@ -10,11 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import npgrad
+from npgrad import autodiff
 from npgrad.autodiff import apply
 from npgrad.checking.gradcheck import gradcheck
 from npgrad.errors import ConfigError, ShapeError
 from npgrad.ops import conv as ops_conv
-from npgrad.ops import dense as ops
+from npgrad.ops.base import OPS
 
 CONV_OPS = ["conv2d", "max_pool2d", "avg_pool2d", "batch_norm"]
 SEEDS = st.integers(0, 2**32 - 1)
@@ -22,7 +23,7 @@ SEEDS = st.integers(0, 2**32 - 1)
 
 def test_ops_are_registered_with_spec_and_derivation():
     for name in CONV_OPS:
-        op = ops.OPS[name]
+        op = OPS[name]
         assert op.__module__ == "npgrad.ops.conv"
         assert op.spec is not None, name
         assert "$$" in (op.__doc__ or ""), f"{name}: the docstring must derive the vjp"
@@ -32,7 +33,7 @@ def test_ops_are_registered_with_spec_and_derivation():
 @settings(max_examples=12, deadline=None)
 @given(seed=SEEDS)
 def test_numerical_gradcheck_on_spec_draws(name, seed):
-    op = ops.OPS[name]
+    op = OPS[name]
     arrays, params = op.spec.sample(np.random.default_rng(seed))
     report = gradcheck(lambda *xs: apply(op, *xs, **params), *arrays, atol=1e-6, rtol=1e-5)
     assert report.passed, f"{[a.shape for a in arrays]} {params}\n{report}"
@@ -86,14 +87,14 @@ def test_conv2d_matches_torch(case, seed, torch):
     kw = {"stride": s, "padding": p, "dilation": d}
     if as_int:
         kw = {"stride": s[0], "padding": p[0], "dilation": d[0]}
-    out = ops_conv.conv2d(*arrays, **kw)
+    out = autodiff.conv2d(*arrays, **kw)
     g = rng.standard_normal(out.shape)
     _assert_same(
         *_torch_pair(
             torch,
             arrays,
             g,
-            lambda *t: ops_conv.conv2d(*t, **kw),
+            lambda *t: autodiff.conv2d(*t, **kw),
             lambda *t: torch.nn.functional.conv2d(*t, **kw),
         )
     )
@@ -112,14 +113,14 @@ def test_max_pool2d_matches_torch(case, seed, torch):
     shape, k, s, p, d = case
     rng = np.random.default_rng(seed)
     x = rng.permutation(np.arange(np.prod(shape), dtype=np.float64)).reshape(shape)  # no ties
-    out = ops_conv.max_pool2d(x, k, s, p, d)
+    out = autodiff.max_pool2d(x, k, s, p, d)
     g = rng.standard_normal(out.shape)
     _assert_same(
         *_torch_pair(
             torch,
             [x],
             g,
-            lambda t: ops_conv.max_pool2d(t, k, s, p, d),
+            lambda t: autodiff.max_pool2d(t, k, s, p, d),
             lambda t: torch.nn.functional.max_pool2d(t, k, s, p, d),
         )
     )
@@ -143,14 +144,14 @@ def test_avg_pool2d_matches_torch(case, seed, torch):
     shape, k, s, p, _ = case
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(shape)
-    out = ops_conv.avg_pool2d(x, k, s, p)
+    out = autodiff.avg_pool2d(x, k, s, p)
     g = rng.standard_normal(out.shape)
     _assert_same(
         *_torch_pair(
             torch,
             [x],
             g,
-            lambda t: ops_conv.avg_pool2d(t, k, s, p),
+            lambda t: autodiff.avg_pool2d(t, k, s, p),
             lambda t: torch.nn.functional.avg_pool2d(t, k, s, p),
         )
     )
@@ -160,7 +161,7 @@ def test_max_pool_ties_send_the_gradient_to_one_element_as_torch(torch):
     x = np.zeros((1, 1, 4, 4))
     x[0, 0, 1, 1] = x[0, 0, 0, 1] = x[0, 0, 1, 0] = 1.0  # three tied maxima in the first window
     t = npgrad.tensor(x, requires_grad=True)
-    ops_conv.max_pool2d(t, 2).sum().backward()
+    autodiff.max_pool2d(t, 2).sum().backward()
     assert t.grad.sum() == 4.0  # one unit of gradient per window, never split
     assert t.grad[0, 0, 0, 1] == 1.0 and t.grad[0, 0, 1, 0] == 0.0 == t.grad[0, 0, 1, 1]
     tt = torch.tensor(x, requires_grad=True)
@@ -187,14 +188,14 @@ def test_batch_norm_matches_torch_in_both_modes(case, seed, torch):
     rm, rv = rng.standard_normal(c), rng.random(c) + 0.5
     rm_t, rv_t = torch.tensor(rm), torch.tensor(rv)
     rm_n, rv_n = rm.copy(), rv.copy()
-    out = ops_conv.batch_norm(*arrays, rm_n.copy(), rv_n.copy(), training, 0.1, eps)
+    out = autodiff.batch_norm(*arrays, rm_n.copy(), rv_n.copy(), training, 0.1, eps)
     g = rng.standard_normal(out.shape)
     _assert_same(
         *_torch_pair(
             torch,
             arrays,
             g,
-            lambda x, w, b: ops_conv.batch_norm(x, w, b, rm_n, rv_n, training, 0.1, eps),
+            lambda x, w, b: autodiff.batch_norm(x, w, b, rm_n, rv_n, training, 0.1, eps),
             lambda x, w, b: torch.nn.functional.batch_norm(x, rm_t, rv_t, w, b, training, 0.1, eps),
         )
     )
@@ -210,7 +211,7 @@ def test_batch_norm_running_statistics_follow_torch_over_many_float32_steps(torc
     rm, rv = np.zeros(3, np.float32), np.ones(3, np.float32)
     for _ in range(6):
         x = (2 * rng.standard_normal((4, 3, 5, 5)) + 3).astype(np.float32)
-        ops_conv.batch_norm(x, None, None, rm, rv, training=True, momentum=0.2)
+        autodiff.batch_norm(x, None, None, rm, rv, training=True, momentum=0.2)
         tbn(torch.from_numpy(x))
     assert rm.dtype == rv.dtype == np.float32
     np.testing.assert_allclose(rm, tbn.running_mean.numpy(), rtol=1e-5)
@@ -221,14 +222,14 @@ def test_float32_stays_float32_and_outputs_are_nchw_views_of_channels_last_memor
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
     w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
-    y = ops_conv.conv2d(x, w, padding=1)
+    y = autodiff.conv2d(x, w, padding=1)
     assert y.dtype == np.float32 and y.shape == (2, 4, 8, 8)
     assert y.data.transpose(0, 2, 3, 1).flags.c_contiguous  # channels-last underneath
-    z = ops_conv.max_pool2d(npgrad.relu(ops_conv.batch_norm(y)), 2)
+    z = autodiff.max_pool2d(npgrad.relu(autodiff.batch_norm(y)), 2)
     assert z.dtype == np.float32 and z.data.transpose(0, 2, 3, 1).flags.c_contiguous
     # and an NCHW-contiguous input gives the same numbers as a channels-last one
     x_cl = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
-    np.testing.assert_array_equal(ops_conv.conv2d(x_cl, w, padding=1).data, y.data)
+    np.testing.assert_array_equal(autodiff.conv2d(x_cl, w, padding=1).data, y.data)
 
 
 def test_result_does_not_depend_on_the_batch_chunking(monkeypatch):
@@ -238,7 +239,7 @@ def test_result_does_not_depend_on_the_batch_chunking(monkeypatch):
 
     def run():
         ts = [npgrad.tensor(a, requires_grad=True) for a in (x, w, b)]
-        y = ops_conv.conv2d(*ts, stride=(2, 1), padding=1)
+        y = autodiff.conv2d(*ts, stride=(2, 1), padding=1)
         y.backward(g)
         return [y.data] + [t.grad for t in ts]
 
@@ -253,30 +254,30 @@ def test_flatten_keeps_nchw_order_like_torch(torch):
     x = rng.standard_normal((2, 3, 4, 4))
     cl = npgrad.tensor(np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2))
     cl.requires_grad_()
-    f = ops_conv.flatten(cl)
+    f = autodiff.flatten(cl)
     np.testing.assert_array_equal(f.data, torch.flatten(torch.tensor(x), 1).numpy())
     g = rng.standard_normal(f.shape)
     f.backward(g)
     np.testing.assert_array_equal(cl.grad, g.reshape(x.shape))
-    assert ops_conv.flatten(x, start_dim=2).shape == (2, 3, 16)
+    assert autodiff.flatten(x, start_dim=2).shape == (2, 3, 16)
 
 
 @pytest.mark.parametrize(
     "call, error, match",
     [
-        (lambda: ops_conv.conv2d(np.ones((1, 2, 5, 5)), np.ones((3, 4, 3, 3))), ShapeError, "weight"),
-        (lambda: ops_conv.conv2d(np.ones((1, 1, 2, 2)), np.ones((1, 1, 3, 3))), ShapeError, "fit"),
-        (lambda: ops_conv.conv2d(np.ones((2, 5, 5)), np.ones((1, 1, 3, 3))), ShapeError, "N, C"),
-        (lambda: ops_conv.conv2d(np.ones((1, 1, 5, 5)), np.ones((2, 1, 3, 3)), np.ones(3)), ShapeError, "bias"),
-        (lambda: ops_conv.conv2d(np.ones((1, 1, 5, 5)), np.ones((1, 1, 3, 3)), stride=0), ConfigError, "stride"),
-        (lambda: ops_conv.conv2d(np.ones((1, 1, 5, 5)), np.ones((1, 1, 3, 3)), padding=(1, 2, 3)), ConfigError, "padding"),
-        (lambda: ops_conv.max_pool2d(np.ones((1, 1, 5, 5)), 2, padding=2), ConfigError, "half"),
-        (lambda: ops_conv.avg_pool2d(np.ones((1, 1, 2, 2)), 3), ShapeError, "fit"),
-        (lambda: ops_conv.batch_norm(np.ones((1, 3))), ShapeError, "more than one value"),
-        (lambda: ops_conv.batch_norm(np.ones((4, 3)), training=False), ConfigError, "running"),
-        (lambda: ops_conv.batch_norm(np.ones((4, 3)), np.ones(2)), ShapeError, "weight"),
-        (lambda: ops_conv.batch_norm(np.ones((4, 3)), None, None, [0, 0, 0]), ShapeError, "in place"),
-        (lambda: ops_conv.batch_norm(np.ones((4, 3)), momentum=None), ConfigError, "momentum"),
+        (lambda: autodiff.conv2d(np.ones((1, 2, 5, 5)), np.ones((3, 4, 3, 3))), ShapeError, "weight"),
+        (lambda: autodiff.conv2d(np.ones((1, 1, 2, 2)), np.ones((1, 1, 3, 3))), ShapeError, "fit"),
+        (lambda: autodiff.conv2d(np.ones((2, 5, 5)), np.ones((1, 1, 3, 3))), ShapeError, "N, C"),
+        (lambda: autodiff.conv2d(np.ones((1, 1, 5, 5)), np.ones((2, 1, 3, 3)), np.ones(3)), ShapeError, "bias"),
+        (lambda: autodiff.conv2d(np.ones((1, 1, 5, 5)), np.ones((1, 1, 3, 3)), stride=0), ConfigError, "stride"),
+        (lambda: autodiff.conv2d(np.ones((1, 1, 5, 5)), np.ones((1, 1, 3, 3)), padding=(1, 2, 3)), ConfigError, "padding"),
+        (lambda: autodiff.max_pool2d(np.ones((1, 1, 5, 5)), 2, padding=2), ConfigError, "half"),
+        (lambda: autodiff.avg_pool2d(np.ones((1, 1, 2, 2)), 3), ShapeError, "fit"),
+        (lambda: autodiff.batch_norm(np.ones((1, 3))), ShapeError, "more than one value"),
+        (lambda: autodiff.batch_norm(np.ones((4, 3)), training=False), ConfigError, "running"),
+        (lambda: autodiff.batch_norm(np.ones((4, 3)), np.ones(2)), ShapeError, "weight"),
+        (lambda: autodiff.batch_norm(np.ones((4, 3)), None, None, [0, 0, 0]), ShapeError, "in place"),
+        (lambda: autodiff.batch_norm(np.ones((4, 3)), momentum=None), ConfigError, "momentum"),
     ],
 )  # fmt: skip
 def test_bad_arguments_raise_clear_typed_errors(call, error, match):
@@ -287,34 +288,34 @@ def test_bad_arguments_raise_clear_typed_errors(call, error, match):
 def test_first_layer_skips_the_input_gradient():
     rng = np.random.default_rng(3)
     w = npgrad.tensor(rng.standard_normal((2, 1, 3, 3)), requires_grad=True)
-    y = ops_conv.conv2d(rng.standard_normal((2, 1, 6, 6)), w)  # data: no gradient wanted
-    grads = ops.OPS["conv2d"].vjp(y._node.saved, np.ones(y.shape), (False, True))
+    y = autodiff.conv2d(rng.standard_normal((2, 1, 6, 6)), w)  # data: no gradient wanted
+    grads = OPS["conv2d"].vjp(y._node.saved, np.ones(y.shape), (False, True))
     assert grads[0] is None and grads[1].shape == w.shape
 
 
 @pytest.mark.parametrize(
     "call, error, match",
     [
-        (lambda x, w: ops_conv.conv2d(x, w, stride=2.9), "ConfigError", "stride must be an int"),
-        (lambda x, w: ops_conv.conv2d(x, w, padding="1"), "ConfigError", "padding must be an int"),
-        (lambda x, w: ops_conv.max_pool2d(x, 2.9), "ConfigError", "kernel size must be an int"),
-        (lambda x, w: ops_conv.conv2d(x, w[:, :, :0]), "ShapeError", "has an empty axis"),
-        (lambda x, w: ops_conv.conv2d(x, w[:0]), "ShapeError", "has an empty axis"),
-        (lambda x, w: ops_conv.batch_norm(x[:0], np.ones(3), np.zeros(3)), "ShapeError", "empty"),
+        (lambda x, w: autodiff.conv2d(x, w, stride=2.9), "ConfigError", "stride must be an int"),
+        (lambda x, w: autodiff.conv2d(x, w, padding="1"), "ConfigError", "padding must be an int"),
+        (lambda x, w: autodiff.max_pool2d(x, 2.9), "ConfigError", "kernel size must be an int"),
+        (lambda x, w: autodiff.conv2d(x, w[:, :, :0]), "ShapeError", "has an empty axis"),
+        (lambda x, w: autodiff.conv2d(x, w[:0]), "ShapeError", "has an empty axis"),
+        (lambda x, w: autodiff.batch_norm(x[:0], np.ones(3), np.zeros(3)), "ShapeError", "empty"),
         (
-            lambda x, w: ops_conv.batch_norm(x, np.ones(3), np.zeros(3), eps=-1.0),
+            lambda x, w: autodiff.batch_norm(x, np.ones(3), np.zeros(3), eps=-1.0),
             "ConfigError",
             "eps must be a positive number",
         ),
         (
-            lambda x, w: ops_conv.batch_norm(
+            lambda x, w: autodiff.batch_norm(
                 x, np.ones(3), np.zeros(3), np.zeros(3, int), np.ones(3, int)
             ),
             "ShapeError",
             "running_mean must be a float array",
         ),
-        (lambda x, w: ops_conv.flatten(x, start_dim=5), "ShapeError", "start_dim 5 is not an axis"),
-        (lambda x, w: ops_conv.flatten(x, start_dim=-9), "ShapeError", "start_dim -9"),
+        (lambda x, w: autodiff.flatten(x, start_dim=5), "ShapeError", "start_dim 5 is not an axis"),
+        (lambda x, w: autodiff.flatten(x, start_dim=-9), "ShapeError", "start_dim -9"),
     ],
 )
 def test_bad_geometry_and_empty_inputs_are_typed_errors(call, error, match):

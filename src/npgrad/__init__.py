@@ -20,12 +20,16 @@ from . import data, layers, nn, optim  # noqa: E402  (submodules as attributes)
 from .autodiff import (  # noqa: F401
     Tensor,
     add,
+    avg_pool2d,
+    batch_norm,
     broadcast_to,
     concatenate,
+    conv2d,
     cross_entropy,
     div,
     enable_grad,
     exp,
+    flatten,
     getitem,
     grad,
     hvp,
@@ -35,6 +39,7 @@ from .autodiff import (  # noqa: F401
     log_softmax,
     matmul,
     max,
+    max_pool2d,
     mean,
     mul,
     neg,
@@ -62,7 +67,6 @@ from .errors import (
     TrainingDiverged,
 )
 from .ops import conv as ops_conv
-from .ops.conv import avg_pool2d, batch_norm, conv2d, flatten, max_pool2d
 
 __version__ = "0.1.0"
 

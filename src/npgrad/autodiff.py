@@ -6,7 +6,7 @@ tensors). :meth:`Tensor.backward` walks those nodes in reverse topological order
 with an explicit stack, never recursion, so graphs of any depth work, and
 calls each op's ``vjp`` from :mod:`npgrad.ops.dense`. Gradients of inputs that were
 broadcast are summed back to their shapes here, once, by
-:func:`npgrad.ops.dense.unbroadcast`.
+:func:`npgrad.ops.base.unbroadcast`.
 
 Gradient accumulation: ``backward`` *adds* into ``.grad`` of leaf tensors, as
 PyTorch does, so gradients of several backward calls accumulate until you
@@ -24,14 +24,16 @@ nothing of this runs: the vjps see NumPy arrays, as they always did.
 from __future__ import annotations
 
 import contextlib
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, GradError
+from .errors import ConfigError, GradError, ShapeError
+from .ops import conv
 from .ops import dense as ops
+from .ops.base import Op, set_recorder, unbroadcast
+from .ops.geometry import IntOrPair, is_int
 
 _GRAD_ENABLED = True
 
@@ -68,7 +70,7 @@ class Node:
     __slots__ = ("op", "saved", "parents", "needs")
 
     def __init__(
-        self, op: type[ops.Op], saved: Any, parents: tuple[Tensor, ...], needs: tuple[bool, ...]
+        self, op: type[Op], saved: Any, parents: tuple[Tensor, ...], needs: tuple[bool, ...]
     ) -> None:
         self.op = op
         self.saved = saved
@@ -152,10 +154,6 @@ class Tensor:
 
     def item(self) -> float:
         return self.data.item()
-
-    def __array_namespace__(self, api_version: str | None = None) -> Any:
-        """This module: the functions (``apply`` above all) that vjps call on Tensors."""
-        return sys.modules[__name__]
 
     def detach(self) -> Tensor:
         """A new leaf tensor sharing the data, cut from the graph."""
@@ -367,36 +365,65 @@ def _backprop(
     create_graph: bool,
     wanted: set[int] | None,
 ) -> dict[int, Any]:
-    """The backward pass: each op's vjp in reverse topological order.
+    """The backward pass: the walk (:func:`_walk`), then the accumulation (:func:`_propagate`).
 
     ``wanted is None``: accumulate into ``.grad`` of the leaves (``backward``).
     Otherwise return the gradients of the tensors whose ids are in ``wanted``
-    (:func:`grad`), touching no ``.grad`` and skipping every node from which
-    no wanted tensor can be reached. ``create_graph`` runs the vjps on Tensors,
+    (:func:`grad`), touching no ``.grad``. ``create_graph`` runs the vjps on Tensors,
     so that they record.
     """
+    order, reaches = _walk(roots, wanted)
+    captured: dict[int, Any] = {}
+    handed_out: set[int] = set()
+
+    def deliver(t: Tensor, g: Any) -> None:
+        if wanted is None:
+            if t._node is None or t._retain:
+                _accumulate_leaf(t, g, handed_out, create_graph)
+        elif id(t) in wanted:
+            captured[id(t)] = g
+
+    _propagate(order, roots, seeds, reaches, retain_graph, create_graph, deliver)
+    return captured
+
+
+def _walk(
+    roots: Sequence[Tensor], wanted: set[int] | None
+) -> tuple[list[Tensor], set[int] | None]:
+    """Which tensors the pass visits: the graph below ``roots`` in topological order and,
+    when only ``wanted`` gradients are asked for, the ids of the tensors from which a
+    wanted one can be reached (None: every tensor is wanted)."""
     order = topological_order(roots)
+    if wanted is None:
+        return order, None
+    reaches: set[int] = set()
+    for t in order:  # inputs first: a tensor reaches a wanted one if one of its parents does
+        if id(t) in wanted or any(id(p) in reaches for p in t.parents):
+            reaches.add(id(t))
+    return order, reaches
+
+
+def _propagate(
+    order: list[Tensor],
+    roots: Sequence[Tensor],
+    seeds: Sequence[Any],
+    reaches: set[int] | None,
+    retain_graph: bool,
+    create_graph: bool,
+    deliver: Callable[[Tensor, Any], None],
+) -> None:
+    """The accumulation: each tensor's gradient, complete once every consumer has added
+    to it (reverse topological order), is handed to ``deliver`` and sent through its op's
+    vjp to the inputs that need it (and reach a wanted tensor)."""
     grads: dict[int, Any] = {}
     for r, seed in zip(roots, seeds):
         grads[id(r)] = seed if id(r) not in grads else grads[id(r)] + seed
-    reaches: set[int] | None = None  # tensors at or above a wanted one
-    if wanted is not None:
-        reaches = set()
-        for t in order:
-            if id(t) in wanted or any(id(p) in reaches for p in t.parents):
-                reaches.add(id(t))
-    captured: dict[int, Any] = {}
-    handed_out: set[int] = set()
     for t in reversed(order):
         g = grads.pop(id(t), None)
         if g is None:
             continue
+        deliver(t, g)
         node = t._node
-        if wanted is None:
-            if node is None or t._retain:
-                _accumulate_leaf(t, g, handed_out, create_graph)
-        elif id(t) in wanted:
-            captured[id(t)] = g
         if node is None:
             continue
         needs = node.needs
@@ -417,14 +444,12 @@ def _backprop(
             if gi is None or not n or not p.requires_grad:
                 continue
             if gi.shape != p.data.shape:
-                gi = ops.unbroadcast(gi, p.data.shape)
-            k = id(p)
-            prev = grads.get(k)
+                gi = unbroadcast(gi, p.data.shape)
+            prev = grads.get(id(p))
             # Never in place: gi may alias an array that another input also received.
-            grads[k] = gi if prev is None else prev + gi
+            grads[id(p)] = gi if prev is None else prev + gi
         if not retain_graph:
             node.saved = _FREED
-    return captured
 
 
 def _recorded_vjp(node: Node, out: Tensor, g: Tensor, needs: tuple[bool, ...]) -> tuple[Any, ...]:
@@ -476,7 +501,7 @@ def _lift(x: Any, like: Tensor) -> Tensor:
     return Tensor(np.asarray(x))
 
 
-def apply(op: type[ops.Op], *inputs: Tensor, **params: Any) -> Tensor:
+def apply(op: type[Op], *inputs: Tensor, **params: Any) -> Tensor:
     """Run ``op`` forward on tensors and, if any input requires grad, record it."""
     out_data, saved = op.forward(*[t.data for t in inputs], **params)
     out = Tensor.__new__(Tensor)
@@ -496,6 +521,11 @@ def apply(op: type[ops.Op], *inputs: Tensor, **params: Any) -> Tensor:
 
 def as_tensor(x: Any) -> Tensor:
     return x if isinstance(x, Tensor) else Tensor(x)
+
+
+# The op table's one hook into the engine: a vjp's ops.call on Tensors is recorded, the
+# constants it read entering as Tensors that need no gradient.
+set_recorder(lambda op, *xs, **params: apply(op, *[as_tensor(x) for x in xs], **params))
 
 
 def tensor(data: Any, requires_grad: bool = False, dtype: Any = None) -> Tensor:
@@ -710,3 +740,103 @@ def cross_entropy(logits: Any, target: Any, reduction: str = "mean") -> Tensor:
     """Stable fused softmax cross-entropy; ``target`` is class indices (N,) or (N, C)."""
     target = target.data if isinstance(target, Tensor) else np.asarray(target)
     return apply(ops.CrossEntropy, as_tensor(logits), target=target, reduction=reduction)
+
+
+# --------------------------------------------------------------------------- image ops (npgrad.ops.conv)
+
+
+def conv2d(
+    x: Any,
+    w: Any,
+    b: Any = None,
+    stride: IntOrPair = 1,
+    padding: IntOrPair = 0,
+    dilation: IntOrPair = 1,
+) -> Tensor:
+    """2-D convolution of NCHW ``x`` with ``w`` (O, C, kh, kw) and optional bias ``b`` (O,)."""
+    args = [as_tensor(x), as_tensor(w)] + ([] if b is None else [as_tensor(b)])
+    return apply(conv.Conv2d, *args, stride=stride, padding=padding, dilation=dilation)
+
+
+def max_pool2d(
+    x: Any,
+    kernel: IntOrPair,
+    stride: IntOrPair | None = None,
+    padding: IntOrPair = 0,
+    dilation: IntOrPair = 1,
+) -> Tensor:
+    """Max pooling of NCHW ``x``; ``stride`` defaults to ``kernel``."""
+    return apply(
+        conv.MaxPool2d, as_tensor(x), kernel=kernel, stride=stride, padding=padding, dilation=dilation
+    )
+
+
+def avg_pool2d(
+    x: Any, kernel: IntOrPair, stride: IntOrPair | None = None, padding: IntOrPair = 0
+) -> Tensor:
+    """Average pooling of NCHW ``x`` (padding zeros count, as PyTorch's default)."""
+    return apply(conv.AvgPool2d, as_tensor(x), kernel=kernel, stride=stride, padding=padding)
+
+
+def _buffer(a: Any, what: str, c: int) -> np.ndarray | None:
+    if a is None:
+        return None
+    a = a.data if isinstance(a, Tensor) else a
+    if not isinstance(a, np.ndarray) or a.shape != (c,):
+        raise ShapeError(
+            f"batch_norm: {what} must be a NumPy array of shape ({c},) (it is updated in place)"
+        )
+    return a
+
+
+def batch_norm(
+    x: Any,
+    gamma: Any = None,
+    beta: Any = None,
+    running_mean: Any = None,
+    running_var: Any = None,
+    training: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Tensor:
+    """Batch normalisation per channel (axis 1) of ``x``; see :class:`npgrad.ops.conv.BatchNorm`.
+
+    ``gamma``/``beta`` default to 1 and 0 (constants). In training mode the
+    batch statistics normalise, and ``running_mean``/``running_var`` (NumPy
+    arrays, when given) are updated in place as PyTorch does; in eval mode the
+    running statistics normalise and are required.
+    """
+    x = as_tensor(x)
+    if x.ndim < 2:
+        raise ShapeError(f"batch_norm expects input of shape (N, C, ...), got {x.shape}")
+    c = x.shape[1]
+    if momentum is None or not 0.0 <= momentum <= 1.0:
+        raise ConfigError(f"batch_norm momentum must be a number in [0, 1], got {momentum!r}")
+    g = as_tensor(np.ones(c, dtype=x.dtype)) if gamma is None else as_tensor(gamma)
+    b = as_tensor(np.zeros(c, dtype=x.dtype)) if beta is None else as_tensor(beta)
+    return apply(
+        conv.BatchNorm,
+        x,
+        g,
+        b,
+        running_mean=_buffer(running_mean, "running_mean", c),
+        running_var=_buffer(running_var, "running_var", c),
+        training=bool(training),
+        momentum=float(momentum),
+        eps=eps,  # checked by the op, which is also called directly
+    )
+
+
+def flatten(x: Any, start_dim: int = 1) -> Tensor:
+    """Merge the axes from ``start_dim`` on into one (the :class:`npgrad.ops.dense.Reshape` op).
+
+    Flattening is a reshape, so it is that op and its derivation, not a new one.
+    NCHW order is kept whatever the memory layout, as in PyTorch.
+    """
+    x = as_tensor(x)
+    if x.ndim and not (is_int(start_dim) and -x.ndim <= start_dim < x.ndim):
+        raise ShapeError(
+            f"flatten: start_dim {start_dim!r} is not an axis of an input of shape {x.shape}"
+        )
+    start = start_dim % x.ndim if x.ndim else 0
+    return apply(ops.Reshape, x, shape=tuple(x.shape[:start]) + (-1,))

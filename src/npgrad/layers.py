@@ -24,6 +24,8 @@ import numpy as np
 
 from .ops import conv as ops_conv
 from .ops import dense as ops
+from .ops.base import Op
+from .ops.geometry import IntOrPair
 
 __all__ = [
     "Layer",
@@ -43,7 +45,7 @@ __all__ = [
 class Layer:
     """A layer over one op: ``forward`` stores the op's saved state in ``mem``."""
 
-    op: type[ops.Op]
+    op: type[Op]
 
     def __init__(self) -> None:
         self.mem: dict[str, Any] = {}
@@ -160,9 +162,9 @@ class Conv2d(Layer):
 
     def __init__(
         self,
-        stride: ops_conv.IntOrPair = 1,
-        padding: ops_conv.IntOrPair = 0,
-        dilation: ops_conv.IntOrPair = 1,
+        stride: IntOrPair = 1,
+        padding: IntOrPair = 0,
+        dilation: IntOrPair = 1,
     ) -> None:
         super().__init__()
         self.stride, self.padding, self.dilation = stride, padding, dilation
@@ -190,10 +192,10 @@ class MaxPool2d(Layer):
 
     def __init__(
         self,
-        kernel: ops_conv.IntOrPair = 2,
-        stride: ops_conv.IntOrPair | None = None,
-        padding: ops_conv.IntOrPair = 0,
-        dilation: ops_conv.IntOrPair = 1,
+        kernel: IntOrPair = 2,
+        stride: IntOrPair | None = None,
+        padding: IntOrPair = 0,
+        dilation: IntOrPair = 1,
     ) -> None:
         super().__init__()
         self.kernel, self.stride, self.padding, self.dilation = kernel, stride, padding, dilation
@@ -214,9 +216,9 @@ class AvgPool2d(Layer):
 
     def __init__(
         self,
-        kernel: ops_conv.IntOrPair = 2,
-        stride: ops_conv.IntOrPair | None = None,
-        padding: ops_conv.IntOrPair = 0,
+        kernel: IntOrPair = 2,
+        stride: IntOrPair | None = None,
+        padding: IntOrPair = 0,
     ) -> None:
         super().__init__()
         self.kernel, self.stride, self.padding = kernel, stride, padding

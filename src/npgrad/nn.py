@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from . import autodiff as T
+from . import autodiff
 from .autodiff import Tensor
 from .errors import CheckpointError, ConfigError, ShapeError
-from .ops import conv as C
+from .ops.geometry import IntOrPair, as_int, as_pair, check_eps
 
 __all__ = [
     "Parameter",
@@ -216,8 +216,8 @@ class Linear(Module):
         dtype: Any = np.float32,
     ) -> None:
         super().__init__()
-        in_features = C.as_int(in_features, "Linear's in_features", 1)
-        out_features = C.as_int(out_features, "Linear's out_features", 1)
+        in_features = as_int(in_features, "Linear's in_features", 1)
+        out_features = as_int(out_features, "Linear's out_features", 1)
         rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
         self.in_features, self.out_features = in_features, out_features
         self.weight = Parameter(_init_weight(in_features, out_features, init, rng, dtype))
@@ -225,8 +225,8 @@ class Linear(Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.bias is None:
-            return T.matmul(x, self.weight)
-        return T.linear(x, self.weight, self.bias)
+            return autodiff.matmul(x, self.weight)
+        return autodiff.linear(x, self.weight, self.bias)
 
     def __repr__(self) -> str:
         return f"Linear({self.in_features}, {self.out_features}, bias={self.bias is not None})"
@@ -234,7 +234,7 @@ class Linear(Module):
 
 class ReLU(Module):
     def forward(self, x: Tensor) -> Tensor:
-        return T.relu(x)
+        return autodiff.relu(x)
 
     def __repr__(self) -> str:
         return "ReLU()"
@@ -242,7 +242,7 @@ class ReLU(Module):
 
 class Sigmoid(Module):
     def forward(self, x: Tensor) -> Tensor:
-        return T.sigmoid(x)
+        return autodiff.sigmoid(x)
 
     def __repr__(self) -> str:
         return "Sigmoid()"
@@ -250,7 +250,7 @@ class Sigmoid(Module):
 
 class Tanh(Module):
     def forward(self, x: Tensor) -> Tensor:
-        return T.tanh(x)
+        return autodiff.tanh(x)
 
     def __repr__(self) -> str:
         return "Tanh()"
@@ -366,25 +366,25 @@ class Conv2d(Module):
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size: C.IntOrPair,
-        stride: C.IntOrPair = 1,
-        padding: C.IntOrPair = 0,
-        dilation: C.IntOrPair = 1,
+        kernel_size: IntOrPair,
+        stride: IntOrPair = 1,
+        padding: IntOrPair = 0,
+        dilation: IntOrPair = 1,
         bias: bool = True,
         init: str = "he",
         rng: np.random.Generator | int | None = None,
         dtype: Any = np.float32,
     ) -> None:
         super().__init__()
-        in_channels = C.as_int(in_channels, "Conv2d's in_channels", 1)
-        out_channels = C.as_int(out_channels, "Conv2d's out_channels", 1)
-        kh, kw = C.as_pair(kernel_size, "kernel size", 1)
+        in_channels = as_int(in_channels, "Conv2d's in_channels", 1)
+        out_channels = as_int(out_channels, "Conv2d's out_channels", 1)
+        kh, kw = as_pair(kernel_size, "kernel size", 1)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size = (kh, kw)
         # Checked now, so a bad architecture fails when built, not at the first batch.
-        self.stride = C.as_pair(stride, "stride", 1)
-        self.padding = C.as_pair(padding, "padding", 0)
-        self.dilation = C.as_pair(dilation, "dilation", 1)
+        self.stride = as_pair(stride, "stride", 1)
+        self.padding = as_pair(padding, "padding", 0)
+        self.dilation = as_pair(dilation, "dilation", 1)
         fan_in, fan_out = in_channels * kh * kw, out_channels * kh * kw
         w = _init_weight(
             fan_in, fan_out, init, _rng(rng), dtype, (out_channels, in_channels, kh, kw)
@@ -393,7 +393,7 @@ class Conv2d(Module):
         self.bias = Parameter(np.zeros(out_channels, dtype=dtype)) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
-        return C.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
+        return autodiff.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
 
     def __repr__(self) -> str:
         return (
@@ -407,17 +407,17 @@ class MaxPool2d(Module):
 
     def __init__(
         self,
-        kernel_size: C.IntOrPair,
-        stride: C.IntOrPair | None = None,
-        padding: C.IntOrPair = 0,
-        dilation: C.IntOrPair = 1,
+        kernel_size: IntOrPair,
+        stride: IntOrPair | None = None,
+        padding: IntOrPair = 0,
+        dilation: IntOrPair = 1,
     ) -> None:
         super().__init__()
         self.kernel_size, self.stride = kernel_size, stride
         self.padding, self.dilation = padding, dilation
 
     def forward(self, x: Tensor) -> Tensor:
-        return C.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation)
+        return autodiff.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation)
 
     def __repr__(self) -> str:
         return f"MaxPool2d({self.kernel_size}, stride={self.stride}, padding={self.padding})"
@@ -427,13 +427,13 @@ class AvgPool2d(Module):
     """Average pooling (padding counts in the average, as PyTorch's default)."""
 
     def __init__(
-        self, kernel_size: C.IntOrPair, stride: C.IntOrPair | None = None, padding: C.IntOrPair = 0
+        self, kernel_size: IntOrPair, stride: IntOrPair | None = None, padding: IntOrPair = 0
     ) -> None:
         super().__init__()
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
 
     def forward(self, x: Tensor) -> Tensor:
-        return C.avg_pool2d(x, self.kernel_size, self.stride, self.padding)
+        return autodiff.avg_pool2d(x, self.kernel_size, self.stride, self.padding)
 
     def __repr__(self) -> str:
         return f"AvgPool2d({self.kernel_size}, stride={self.stride}, padding={self.padding})"
@@ -454,8 +454,8 @@ class _BatchNorm(Module):
         self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, dtype: Any = np.float32
     ) -> None:
         super().__init__()
-        num_features = C.as_int(num_features, f"{type(self).__name__}'s num_features", 1)
-        C.check_eps(eps, "batch norm eps")
+        num_features = as_int(num_features, f"{type(self).__name__}'s num_features", 1)
+        check_eps(eps, "batch norm eps")
         if not 0.0 <= momentum <= 1.0:
             raise ConfigError(f"batch norm momentum must lie in [0, 1], got {momentum}")
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
@@ -471,7 +471,7 @@ class _BatchNorm(Module):
                 f"{type(self).__name__}({self.num_features}) expects {want} input with "
                 f"{self.num_features} channels on axis 1, got shape {x.shape}"
             )
-        return C.batch_norm(
+        return autodiff.batch_norm(
             x,
             self.weight,
             self.bias,
@@ -508,7 +508,7 @@ class Flatten(Module):
         self.start_dim = start_dim
 
     def forward(self, x: Tensor) -> Tensor:
-        return C.flatten(x, self.start_dim)
+        return autodiff.flatten(x, self.start_dim)
 
     def __repr__(self) -> str:
         return f"Flatten(start_dim={self.start_dim})"

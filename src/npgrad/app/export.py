@@ -40,7 +40,7 @@ import numpy as np
 from .. import nn
 from ..errors import ExportError, SafetensorsError
 from ..fileio import check_target, write_bytes
-from ..ops.conv import as_pair
+from ..ops.geometry import as_pair
 from . import safetensors as st
 
 __all__ = [

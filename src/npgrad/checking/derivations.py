@@ -17,7 +17,7 @@ import inspect
 import sys
 from collections.abc import Sequence
 
-from ..ops.dense import unbroadcast
+from ..ops.base import unbroadcast
 from .gradcheck import all_ops
 
 INTRO = r"""# Derivations of every backward pass

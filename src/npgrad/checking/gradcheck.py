@@ -6,7 +6,7 @@
   ``gradcheck(..., order=2)`` does the same for the second order: the
   gradient that ``grad(..., create_graph=True)`` records, checked by central
   differences of itself (:func:`gradgradcheck` is its older name).
-* :func:`check_ops` checks every op in :data:`npgrad.ops.dense.OPS` that way and
+* :func:`check_ops` checks every op in :data:`npgrad.ops.base.OPS` that way and
   against PyTorch, on inputs drawn from the op's own ``spec`` (this is
   ``npgrad gradcheck``, ``--order 2`` for second derivatives; :func:`op_case`
   draws one case).
@@ -31,7 +31,7 @@ import numpy as np
 from .. import autodiff as T
 from ..autodiff import Tensor, apply
 from ..errors import GradcheckError, GradError
-from ..ops.dense import OPS, Op
+from ..ops.base import OPS, Op
 from ..ops.specs import OpSpec
 
 # --------------------------------------------------------------------------- gradcheck

@@ -81,7 +81,7 @@ _GEOMETRY = {"stride": 1, "dilation": 1, "kernel_size": 1, "kernel": 1, "pool_si
 def _check_geometry(item: str, key: str, value: object) -> None:
     """A stride of 0 or a padding of -1 is the option's mistake, not the checked layer's."""
     from ..errors import ConfigError
-    from ..ops.conv import as_pair
+    from ..ops.geometry import as_pair
 
     if key in _GEOMETRY and isinstance(value, (int, float, tuple)):  # None, "same": the layer's
         try:

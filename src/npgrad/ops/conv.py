@@ -9,14 +9,15 @@ contiguous. Their outputs are NCHW-shaped *views* of NHWC memory (PyTorch's
 copies to change layout, and an NCHW-contiguous input works too, at the cost of
 one transposing copy.
 
-Each op registers itself in :data:`npgrad.ops.dense.OPS` with its derivation (the
-docstring) and its check spec; the functions at the end (:func:`conv2d`,
-:func:`max_pool2d`, :func:`avg_pool2d`, :func:`batch_norm`, :func:`flatten`) are
-their Tensor-level entry points, as :mod:`npgrad.autodiff` has for the others.
+Each op registers itself in :data:`npgrad.ops.base.OPS` with its derivation (the
+docstring) and its check spec; their Tensor-level entry points (``conv2d``,
+``max_pool2d``, ``avg_pool2d``, ``batch_norm``, ``flatten``) are in
+:mod:`npgrad.autodiff` with the others'. Arguments are checked by
+:mod:`npgrad.ops.geometry`.
 
 Higher order: every vjp here runs on Tensors too (``create_graph``), as the
 module docstring of :mod:`npgrad.ops.dense` asks. The ones that need fast NumPy code
-on the gradient call it as an op of its own through :func:`npgrad.ops.dense.call`:
+on the gradient call it as an op of its own through :func:`npgrad.ops.base.call`:
 conv2d's two products (``conv2d_input_grad``, ``conv2d_weight_grad``), max
 pooling's scatter by its constant routing (``max_pool2d_scatter``, whose vjp is
 ``max_pool2d_gather``) and average pooling's spread (``avg_pool2d_input_grad``).
@@ -28,15 +29,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ..autodiff import Tensor, apply, as_tensor
 from ..errors import ConfigError, ShapeError
 from . import dense as ops
-from .dense import Array, Grads, Op
+from .base import Array, Grads, Op, call
+from .geometry import IntOrPair, as_pair, check_eps
 from .specs import REAL, Case, Domain, Draw, OpSpec
 
 __all__ = [
@@ -50,14 +51,7 @@ __all__ = [
     "AvgPool2d",
     "AvgPool2dInputGrad",
     "BatchNorm",
-    "conv2d",
-    "max_pool2d",
-    "avg_pool2d",
-    "batch_norm",
-    "flatten",
 ]
-
-IntOrPair = int | Sequence[int]
 
 # Patches are unfolded a slice of the batch at a time, about this many bytes at
 # once: the copy then stays in cache for the matrix product that reads it.
@@ -65,39 +59,6 @@ CHUNK_BYTES = 4 << 20
 
 
 # --------------------------------------------------------------------------- geometry
-
-
-def _is_int(v: Any) -> bool:
-    # 2.9 must not quietly become 2, nor True become 1 (PyTorch refuses both too)
-    if isinstance(v, np.ndarray) and v.ndim == 0:  # np.array(3), as a 0-d array of ints
-        v = v[()]
-    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-
-def as_int(v: Any, what: str, low: int) -> int:
-    """``v`` as an int ``>= low``; anything else (a float, a string, a bool) is refused."""
-    if not _is_int(v) or int(v) < low:
-        raise ConfigError(f"{what} must be an int >= {low}, got {v!r}")
-    return int(v)
-
-
-def check_eps(v: Any, what: str) -> None:
-    """Refuse an ``eps`` that is not a positive finite number (0 or NaN would give NaN silently)."""
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.floating)):
-        finite = False
-    else:
-        finite = isinstance(v, int) or bool(np.isfinite(v))  # a huge int is finite, not a float
-    if not (finite and v > 0):
-        raise ConfigError(f"{what} must be a positive number, got {v!r}")
-
-
-def as_pair(v: IntOrPair, what: str, low: int) -> tuple[int, int]:
-    """``v`` as two ints ``>= low`` (an int means the same for height and width)."""
-    ndim = 0 if isinstance(v, str) else np.ndim(v)
-    pair = (v, v) if ndim == 0 else tuple(v) if ndim == 1 else None  # type: ignore[arg-type]
-    if pair is None or len(pair) != 2 or not all(_is_int(i) and i >= low for i in pair):
-        raise ConfigError(f"{what} must be an int or a pair of ints >= {low}, got {v!r}")
-    return int(pair[0]), int(pair[1])
 
 
 def _out_size(size: int, k: int, s: int, p: int, d: int) -> int:
@@ -134,7 +95,7 @@ def _check_4d(x: Array, what: str) -> None:
         raise ShapeError(f"{what} expects input of shape (N, C, H, W), got {x.shape}")
 
 
-# The helpers below that a vjp calls use only methods and ops.call, so they run on
+# The helpers below that a vjp calls use only methods and call, so they run on
 # Tensors too (the recording path of create_graph) as well as on arrays.
 
 
@@ -161,7 +122,7 @@ def _per_channel_dot(a: Array, b: Array, c: int) -> Array:
 
 def _tiled(v: Array, reps: int) -> Array:
     """A per-channel vector repeated to the width of a ``(rows, reps * c)`` view (``np.tile``)."""
-    return ops.call(ops.BroadcastTo, v.reshape(1, -1), shape=(reps, v.shape[0])).reshape(-1)
+    return call(ops.BroadcastTo, v.reshape(1, -1), shape=(reps, v.shape[0])).reshape(-1)
 
 
 # --------------------------------------------------------------------------- convolution
@@ -267,7 +228,7 @@ class Conv2d(Op):
     [conv2d_input_grad](#conv2d_input_grad) ($\mathcal{U}^*(G \bar W^T)$, a
     transposed convolution of $G$ with $W$) and
     [conv2d_weight_grad](#conv2d_weight_grad) ($U^T G$), and the vjp applies them
-    with `ops.call`: on arrays that is their forward, the fast code above, and
+    with `call`: on arrays that is their forward, the fast code above, and
     when the backward pass records (`create_graph`) they go on the tape. Each is
     bilinear, and each one's vjp is made of conv2d and the other (as PyTorch's
     double backward for convolution), so the three close under
@@ -333,9 +294,9 @@ class Conv2d(Op):
         x, w, has_bias, geometry = saved
         gx = gw = gb = None
         if needs[0]:
-            gx = ops.call(Conv2dInputGrad, g, w, size=tuple(x.shape[2:]), **geometry)
+            gx = call(Conv2dInputGrad, g, w, size=tuple(x.shape[2:]), **geometry)
         if needs[1]:
-            gw = ops.call(Conv2dWeightGrad, x, g, kernel=tuple(w.shape[2:]), **geometry)
+            gw = call(Conv2dWeightGrad, x, g, kernel=tuple(w.shape[2:]), **geometry)
         if has_bias and needs[2]:
             gb = _per_channel_sum(_nhwc(g).reshape(g.shape[0], -1), g.shape[1])
         return (gx, gw, gb)[: 3 if has_bias else 2]
@@ -465,9 +426,9 @@ class Conv2dInputGrad(Op):
     @staticmethod
     def vjp(saved: Any, u: Array, needs: tuple[bool, ...] = (True, True)) -> Grads:
         g, w, geometry = saved
-        gg = ops.call(Conv2d, u, w, **geometry) if needs[0] else None
+        gg = call(Conv2d, u, w, **geometry) if needs[0] else None
         gw = (
-            ops.call(Conv2dWeightGrad, u, g, kernel=tuple(w.shape[2:]), **geometry)
+            call(Conv2dWeightGrad, u, g, kernel=tuple(w.shape[2:]), **geometry)
             if needs[1]
             else None
         )
@@ -540,11 +501,11 @@ class Conv2dWeightGrad(Op):
     def vjp(saved: Any, v: Array, needs: tuple[bool, ...] = (True, True)) -> Grads:
         x, g, geometry = saved
         gx = (
-            ops.call(Conv2dInputGrad, g, v, size=tuple(x.shape[2:]), **geometry)
+            call(Conv2dInputGrad, g, v, size=tuple(x.shape[2:]), **geometry)
             if needs[0]
             else None
         )
-        gg = ops.call(Conv2d, x, v, **geometry) if needs[1] else None
+        gg = call(Conv2d, x, v, **geometry) if needs[1] else None
         return gx, gg
 
 
@@ -719,7 +680,7 @@ class MaxPool2d(Op):
 
     @staticmethod
     def vjp(saved: Any, g: Array, needs: tuple[bool, ...] = (True,)) -> Grads:
-        return (ops.call(MaxPool2dScatter, g, routing=saved),)
+        return (call(MaxPool2dScatter, g, routing=saved),)
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -844,7 +805,7 @@ class MaxPool2dScatter(Op):
 
     @staticmethod
     def vjp(saved: Any, u: Array, needs: tuple[bool, ...] = (True,)) -> Grads:
-        return (ops.call(MaxPool2dGather, u, routing=saved),)
+        return (call(MaxPool2dGather, u, routing=saved),)
 
 
 class MaxPool2dGather(Op):
@@ -871,7 +832,7 @@ class MaxPool2dGather(Op):
 
     @staticmethod
     def vjp(saved: Any, g: Array, needs: tuple[bool, ...] = (True,)) -> Grads:
-        return (ops.call(MaxPool2dScatter, g, routing=saved),)
+        return (call(MaxPool2dScatter, g, routing=saved),)
 
 
 class AvgPool2d(Op):
@@ -930,7 +891,7 @@ class AvgPool2d(Op):
 
     @staticmethod
     def vjp(saved: Any, g: Array, needs: tuple[bool, ...] = (True,)) -> Grads:
-        return (ops.call(AvgPool2dInputGrad, g, **saved),)
+        return (call(AvgPool2dInputGrad, g, **saved),)
 
 
 def _avg_grad_case(d: Draw) -> Case:
@@ -1001,7 +962,7 @@ class AvgPool2dInputGrad(Op):
 
     @staticmethod
     def vjp(saved: Any, u: Array, needs: tuple[bool, ...] = (True,)) -> Grads:
-        return (ops.call(AvgPool2d, u, **saved),)
+        return (call(AvgPool2d, u, **saved),)
 
 
 # --------------------------------------------------------------------------- batch norm
@@ -1055,6 +1016,19 @@ def _torch_batch_norm(
     rm = None if running_mean is None else t.tensor(running_mean, dtype=x.dtype)
     rv = None if running_var is None else t.tensor(running_var, dtype=x.dtype)
     return t.nn.functional.batch_norm(x, rm, rv, gamma, beta, training, momentum, eps)
+
+
+class BatchNormSaved(NamedTuple):
+    """What batch norm's vjp reads, the same fields in both modes."""
+
+    training: bool
+    xs: Array  # channels-last (rows, C * reps): x - batch mean (training) or x itself (eval)
+    inv: Array  # 1 / sqrt(var + eps), of the batch (training) or the running variance (eval)
+    gamma: Array
+    reps: int  # values per channel in one row of xs
+    shape: tuple[int, ...]  # the input's (NCHW) shape
+    eps: float
+    running_mean: Array | None  # eval mode: the mean it subtracted; None in training mode
 
 
 class BatchNorm(Op):
@@ -1166,7 +1140,7 @@ class BatchNorm(Op):
             y = xc * _tiled(gamma * inv, reps)
             if running_mean is not None and running_var is not None:
                 _update_running(running_mean, running_var, mean, var, m, momentum)
-            saved: Any = (True, xc, inv, gamma, reps, x.shape, eps)
+            saved = BatchNormSaved(True, xc, inv, gamma, reps, x.shape, eps, None)
         else:
             if running_mean is None or running_var is None:
                 raise ConfigError("batch_norm in eval mode needs running_mean and running_var")
@@ -1174,25 +1148,26 @@ class BatchNorm(Op):
             a = gamma * inv
             y = x2 * _tiled(a, reps)
             y += _tiled(-running_mean * a, reps)
-            saved = (False, x2, inv, gamma, reps, x.shape, running_mean)
+            saved = BatchNormSaved(False, x2, inv, gamma, reps, x.shape, eps, running_mean)
         y += _tiled(beta, reps)
         return _back_to(y, x.shape), saved
 
     @staticmethod
     def on_tape(saved: Any, inputs: tuple[Any, ...], out: Any) -> Any:
         """The saved statistics recomputed from the input Tensors, so that they are differentiated."""
-        training, _, inv, _, reps, shape, extra = saved
         x, gamma = inputs[:2]
         x2 = _channels_last_2d(x)
-        if training:
-            c, m = shape[1], x2.shape[0] * reps
-            xc = x2 - _tiled(_per_channel_sum(x2, c) / m, reps)
-            inv = (_per_channel_sum(xc * xc, c) / m + extra) ** -0.5
-            return training, xc, inv, gamma, reps, shape, extra
-        return training, x2, inv, gamma, reps, shape, extra
+        if saved.training:
+            c, m = saved.shape[1], x2.shape[0] * saved.reps
+            xc = x2 - _tiled(_per_channel_sum(x2, c) / m, saved.reps)
+            inv = (_per_channel_sum(xc * xc, c) / m + saved.eps) ** -0.5
+            return saved._replace(xs=xc, inv=inv, gamma=gamma)
+        return saved._replace(xs=x2, gamma=gamma)
 
     @staticmethod
-    def vjp(saved: Any, g: Array, needs: tuple[bool, ...] = (True, True, True)) -> Grads:
+    def vjp(
+        saved: BatchNormSaved, g: Array, needs: tuple[bool, ...] = (True, True, True)
+    ) -> Grads:
         training, xs, inv, gamma, reps, shape = saved[:6]
         c = shape[1]
         g2 = _channels_last_2d(g)
@@ -1208,7 +1183,8 @@ class BatchNorm(Op):
                 gx -= _tiled(k * sum_g / m, reps)
                 gx -= xs * _tiled(k * inv * gamma_hat / m, reps)
         else:
-            running_mean = saved[6].astype(xs.dtype, copy=False)  # a constant
+            assert saved.running_mean is not None  # eval mode always saves it
+            running_mean = saved.running_mean.astype(xs.dtype, copy=False)  # a constant
             gamma_hat = (sum_gx - running_mean * sum_g) * inv
             gx = g2 * _tiled(gamma * inv, reps) if needs[0] else None
         return (
@@ -1216,103 +1192,3 @@ class BatchNorm(Op):
             gamma_hat if needs[1] else None,
             sum_g if needs[2] else None,
         )
-
-
-# --------------------------------------------------------------------------- Tensor functions
-
-
-def conv2d(
-    x: Any,
-    w: Any,
-    b: Any = None,
-    stride: IntOrPair = 1,
-    padding: IntOrPair = 0,
-    dilation: IntOrPair = 1,
-) -> Tensor:
-    """2-D convolution of NCHW ``x`` with ``w`` (O, C, kh, kw) and optional bias ``b`` (O,)."""
-    args = [as_tensor(x), as_tensor(w)] + ([] if b is None else [as_tensor(b)])
-    return apply(Conv2d, *args, stride=stride, padding=padding, dilation=dilation)
-
-
-def max_pool2d(
-    x: Any,
-    kernel: IntOrPair,
-    stride: IntOrPair | None = None,
-    padding: IntOrPair = 0,
-    dilation: IntOrPair = 1,
-) -> Tensor:
-    """Max pooling of NCHW ``x``; ``stride`` defaults to ``kernel``."""
-    return apply(
-        MaxPool2d, as_tensor(x), kernel=kernel, stride=stride, padding=padding, dilation=dilation
-    )
-
-
-def avg_pool2d(
-    x: Any, kernel: IntOrPair, stride: IntOrPair | None = None, padding: IntOrPair = 0
-) -> Tensor:
-    """Average pooling of NCHW ``x`` (padding zeros count, as PyTorch's default)."""
-    return apply(AvgPool2d, as_tensor(x), kernel=kernel, stride=stride, padding=padding)
-
-
-def _buffer(a: Any, what: str, c: int) -> Array | None:
-    if a is None:
-        return None
-    a = a.data if isinstance(a, Tensor) else a
-    if not isinstance(a, np.ndarray) or a.shape != (c,):
-        raise ShapeError(
-            f"batch_norm: {what} must be a NumPy array of shape ({c},) (it is updated in place)"
-        )
-    return a
-
-
-def batch_norm(
-    x: Any,
-    gamma: Any = None,
-    beta: Any = None,
-    running_mean: Any = None,
-    running_var: Any = None,
-    training: bool = True,
-    momentum: float = 0.1,
-    eps: float = 1e-5,
-) -> Tensor:
-    """Batch normalisation per channel (axis 1) of ``x``; see :class:`BatchNorm`.
-
-    ``gamma``/``beta`` default to 1 and 0 (constants). In training mode the
-    batch statistics normalise, and ``running_mean``/``running_var`` (NumPy
-    arrays, when given) are updated in place as PyTorch does; in eval mode the
-    running statistics normalise and are required.
-    """
-    x = as_tensor(x)
-    if x.ndim < 2:
-        raise ShapeError(f"batch_norm expects input of shape (N, C, ...), got {x.shape}")
-    c = x.shape[1]
-    if momentum is None or not 0.0 <= momentum <= 1.0:
-        raise ConfigError(f"batch_norm momentum must be a number in [0, 1], got {momentum!r}")
-    g = as_tensor(np.ones(c, dtype=x.dtype)) if gamma is None else as_tensor(gamma)
-    b = as_tensor(np.zeros(c, dtype=x.dtype)) if beta is None else as_tensor(beta)
-    return apply(
-        BatchNorm,
-        x,
-        g,
-        b,
-        running_mean=_buffer(running_mean, "running_mean", c),
-        running_var=_buffer(running_var, "running_var", c),
-        training=bool(training),
-        momentum=float(momentum),
-        eps=eps,  # checked by the op, which is also called directly
-    )
-
-
-def flatten(x: Any, start_dim: int = 1) -> Tensor:
-    """Merge the axes from ``start_dim`` on into one (the :class:`npgrad.ops.dense.Reshape` op).
-
-    Flattening is a reshape, so it is that op and its derivation, not a new one.
-    NCHW order is kept whatever the memory layout, as in PyTorch.
-    """
-    x = as_tensor(x)
-    if x.ndim and not (_is_int(start_dim) and -x.ndim <= start_dim < x.ndim):
-        raise ShapeError(
-            f"flatten: start_dim {start_dim!r} is not an axis of an input of shape {x.shape}"
-        )
-    start = start_dim % x.ndim if x.ndim else 0
-    return apply(ops.Reshape, x, shape=tuple(x.shape[:start]) + (-1,))
