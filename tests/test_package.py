@@ -67,6 +67,58 @@ def test_no_import_cycle_in_the_package():
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
 
 
+# Which part of npgrad may import which (docs/architecture.md draws it): each only from
+# the parts below it, so the op table stays NumPy only and the library never needs the
+# application, the checking tools or the command line.
+LAYERS = {
+    "errors": set(),
+    "rng": set(),
+    "fileio": {"errors"},
+    "ops": {"errors"},
+    "autodiff": {"ops", "errors"},
+    "layers": {"ops", "errors"},
+    "nn": {"autodiff", "ops", "errors", "rng"},
+    "optim": {"autodiff", "errors"},
+    "graph": {"autodiff", "nn", "errors"},
+    "data": {"errors", "fileio", "rng"},
+    "checking": {"ops", "autodiff", "layers", "errors", "fileio", "rng"},
+    "app": {"npgrad", "ops", "autodiff", "layers", "nn", "optim", "data", "errors", "fileio",
+            "rng"},  # "npgrad": its __version__
+    "cli": {"npgrad", "app", "checking", "data", "ops", "errors", "fileio"},
+    "npgrad": {"ops", "autodiff", "layers", "nn", "optim", "data", "errors"},
+    "__main__": {"cli"},
+}  # fmt: skip
+
+
+def part(module: str) -> str:
+    """``npgrad.app.trainer`` -> ``app``; ``npgrad`` (the package itself) -> ``npgrad``."""
+    return module.split(".")[1] if "." in module else module
+
+
+def test_each_part_imports_only_the_parts_below_it():
+    graph = import_graph()
+    assert {part(m) for m in graph} == set(LAYERS), "a new part: place it in LAYERS"
+    wrong = sorted(
+        f"{m} imports {t}"
+        for m, targets in graph.items()
+        for t in targets
+        if part(t) != part(m) and part(t) not in LAYERS[part(m)]
+    )
+    assert not wrong, wrong
+
+
+def test_the_op_table_imports_nothing_but_numpy_and_errors():
+    for path in (SRC / "ops").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            for name in names:
+                top = name.split(".")[0]
+                assert top in {"numpy", "__future__", "collections", "dataclasses", "typing",
+                               "math", "functools"}, f"{path.name} imports {name}"  # fmt: skip
+
+
 def test_the_cycle_finder_finds_cycles():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
