@@ -18,12 +18,12 @@ from npgrad.checking.layer_classes import LayerReport, check_layer
 from npgrad.checking.user_files import check_file, check_functions
 from npgrad.errors import LayerCheckError
 
-HERE = Path(__file__).parent / "layers"
-PAIRS = Path(__file__).parent / "pairs"
+HERE = Path(__file__).parent / "fixtures" / "layers"
+PAIRS = Path(__file__).parent / "fixtures" / "pairs"
 sys.path.insert(0, str(HERE))  # wrong_layers imports its sibling helper, as a student's would
 sys.path.insert(0, str(PAIRS))
-from tests.layers import wrong_layers as w  # noqa: E402
-from tests.pairs import correct_layers  # noqa: E402
+from tests.fixtures.layers import wrong_layers as w  # noqa: E402
+from tests.fixtures.pairs import correct_layers  # noqa: E402
 
 
 def test_file_that_raises_at_import_is_reported_not_crashed():
@@ -183,7 +183,7 @@ def test_check_functions_refuses_what_holds_no_pairs(source, match):
 
 
 def test_image_layer_classes_in_a_child_equal_those_in_this_process():
-    from tests.layers import wrong_conv_layers as cw
+    from tests.fixtures.layers import wrong_conv_layers as cw
 
     names = ["Conv2d", "PaddingKeptConv2d", "SpreadMaxPool2d", "ConstantStatsBatchNorm"]
     reports, error = check_file(HERE / "wrong_conv_layers.py", only=names, use_torch=False)

@@ -16,11 +16,11 @@ import npgrad
 from npgrad.checking.layer_classes import LayerReport, check_layer, domains_for
 from npgrad.ops.specs import KINK, NONZERO, POSITIVE, REAL, WIDE
 
-HERE = Path(__file__).parent / "layers"
+HERE = Path(__file__).parent / "fixtures" / "layers"
 sys.path.insert(0, str(HERE))  # wrong_layers imports its sibling helper, as a student's would
-from tests.layers import misbehaving_layers as bad  # noqa: E402
-from tests.layers import wrong_layers as w  # noqa: E402
-from tests.layers import wrong_returns as r  # noqa: E402
+from tests.fixtures.layers import misbehaving_layers as bad  # noqa: E402
+from tests.fixtures.layers import wrong_layers as w  # noqa: E402
+from tests.fixtures.layers import wrong_returns as r  # noqa: E402
 
 
 @pytest.mark.parametrize(
@@ -236,7 +236,7 @@ def test_a_gradient_left_at_zero_is_called_unimplemented():
 
 from npgrad.checking.layer_classes import image_kinds  # noqa: E402
 from npgrad.errors import LayerCheckError  # noqa: E402
-from tests.layers import wrong_conv_layers as cw  # noqa: E402
+from tests.fixtures.layers import wrong_conv_layers as cw  # noqa: E402
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 """Checking function pairs (CS231n's convention): each classic mistake caught and named, correct
 pairs passing, whatever the seed of the inputs.
 
-One file per diagnosis lives in ``tests/pairs``; they import the correct forms from
+One file per diagnosis lives in ``tests/fixtures/pairs``; they import the correct forms from
 ``correct_layers.py`` beside them, as students' files import their helpers.
 """
 
@@ -27,7 +27,7 @@ from npgrad.checking.function_pairs import (
 )
 from npgrad.errors import LayerCheckError
 
-PAIRS = Path(__file__).parent / "pairs"
+PAIRS = Path(__file__).parent / "fixtures" / "pairs"
 sys.path.insert(0, str(PAIRS))
 import correct_layers as ok  # noqa: E402
 
@@ -289,7 +289,7 @@ def test_pairs_are_found_by_name():
 
 
 def test_only_functions_defined_in_the_module_count():
-    import tests.pairs.broadcast_shape as module
+    import tests.fixtures.pairs.broadcast_shape as module
 
     assert list(user_functions(vars(module), module.__name__)) == [
         "batchnorm_forward",

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from npgrad.cli import main
 from tests.cli.helpers import assert_one_line_error
 
-HERE = Path(__file__).resolve().parents[1] / "layers"  # the student-style files
-PAIRS = Path(__file__).resolve().parents[1] / "pairs"  # the same, as function pairs
+HERE = Path(__file__).resolve().parents[1] / "fixtures" / "layers"  # the student-style files
+PAIRS = Path(__file__).resolve().parents[1] / "fixtures" / "pairs"  # the same, as function pairs
 WRONG = str(HERE / "wrong_layers.py")
 
 
