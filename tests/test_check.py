@@ -148,7 +148,7 @@ def test_check_ops_compares_with_torch(torch):
 
 
 def test_check_ops_fails_an_op_whose_backward_is_wrong(monkeypatch):
-    monkeypatch.setattr(ops.Tanh, "vjp", staticmethod(lambda saved, g, needs=(True,): (g,)))
+    monkeypatch.setattr(ops.TanhOp, "vjp", staticmethod(lambda saved, g, needs=(True,): (g,)))
     results = check_ops(["tanh", "exp"], use_torch=False, cases_per_op=1)
     assert [(r.op, r.passed) for r in results] == [("tanh", False), ("exp", True)]
 
@@ -225,7 +225,7 @@ def test_gradgradcheck_passes_a_correct_function_in_both_modes(max_full):
 
 @pytest.mark.parametrize("max_full", [4096, 1])
 def test_gradgradcheck_catches_a_vjp_right_only_to_first_order(monkeypatch, max_full):
-    monkeypatch.setattr(ops.Tanh, "vjp", staticmethod(_tanh_vjp_treating_y_as_constant))
+    monkeypatch.setattr(ops.TanhOp, "vjp", staticmethod(_tanh_vjp_treating_y_as_constant))
     x = np.random.default_rng(1).standard_normal((2, 3))
     assert npgrad.gradcheck(npgrad.tanh, x).passed
     report = npgrad.gradgradcheck(npgrad.tanh, x, max_full=max_full)
@@ -238,7 +238,7 @@ def test_gradgradcheck_catches_a_vjp_right_only_to_first_order(monkeypatch, max_
 @pytest.mark.parametrize("vjp", ["right", "wrong to second order"])
 def test_gradcheck_order_2_and_gradgradcheck_give_the_same_report(monkeypatch, max_full, vjp):
     if vjp != "right":
-        monkeypatch.setattr(ops.Tanh, "vjp", staticmethod(_tanh_vjp_treating_y_as_constant))
+        monkeypatch.setattr(ops.TanhOp, "vjp", staticmethod(_tanh_vjp_treating_y_as_constant))
     rng = np.random.default_rng(2)
     a, b = rng.standard_normal((3, 4)), rng.standard_normal((4, 2)).astype(np.float32)
     report = npgrad.gradcheck(lambda x, w: npgrad.tanh(x @ w), a, b, order=2, max_full=max_full)
@@ -269,13 +269,13 @@ def test_check_ops_second_order_checks_and_compares_with_torch(torch):
 
 
 def test_check_ops_second_order_fails_a_wrong_second_derivative(monkeypatch):
-    monkeypatch.setattr(ops.Tanh, "vjp", staticmethod(_tanh_vjp_treating_y_as_constant))
+    monkeypatch.setattr(ops.TanhOp, "vjp", staticmethod(_tanh_vjp_treating_y_as_constant))
     assert all(r.passed for r in check_ops(["tanh"], use_torch=False))
     assert not any(r.passed for r in check_ops(["tanh"], use_torch=False, order=2))
 
 
 def test_check_ops_second_order_skips_an_op_that_says_its_vjp_is_numpy_only(monkeypatch):
-    monkeypatch.setattr(ops.Exp, "differentiable_vjp", False)
+    monkeypatch.setattr(ops.ExpOp, "differentiable_vjp", False)
     (row,) = check_ops(["exp"], use_torch=False, order=2)
     assert row.passed and row.numeric is None and "NumPy arrays only" in row.skipped
 
@@ -284,7 +284,7 @@ def test_check_ops_second_order_reports_a_vjp_that_cannot_record(monkeypatch):
     def numpy_only(saved, g, needs=(True,)):
         return (g * np.asarray(saved),)  # np.asarray of a Tensor: not Tensor-capable
 
-    monkeypatch.setattr(ops.Exp, "vjp", staticmethod(numpy_only))
+    monkeypatch.setattr(ops.ExpOp, "vjp", staticmethod(numpy_only))
     rows = check_ops(["exp", "tanh"], use_torch=False, cases_per_op=1, order=2)
     assert [r.passed for r in rows] == [False, True]
     assert "the vjp of op 'exp' computes on NumPy arrays only" in rows[0].error

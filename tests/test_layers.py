@@ -176,8 +176,8 @@ def test_log_nonpositive_gives_nan_or_inf_without_exception():
 def test_layers_and_engine_share_the_op_formulas():
     from npgrad.ops import dense as ops
 
-    assert Matmul.op is ops.Matmul and Relu.op is ops.Relu
-    assert Softmax.op is ops.Softmax and Log.op is ops.Log
+    assert Matmul.op is ops.MatmulOp and Relu.op is ops.ReluOp
+    assert Softmax.op is ops.SoftmaxOp and Log.op is ops.LogOp
 
 
 # ----------------------------------------------------------------- convolutional layers

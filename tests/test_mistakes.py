@@ -24,7 +24,7 @@ def test_conv_reference_is_the_op_tables_conv2d(seed, stride, pad, dilation):
         rng.standard_normal((4, 3, 3, 2)),
         rng.standard_normal(4),
     )
-    want, _ = ops_conv.Conv2d.forward(x, w, b, stride=stride, padding=pad, dilation=dilation)
+    want, _ = ops_conv.Conv2dOp.forward(x, w, b, stride=stride, padding=pad, dilation=dilation)
     got = mistakes.conv(x, w, b, stride, pad, dilation=dilation)
     np.testing.assert_allclose(got, want, atol=1e-12)
 
@@ -38,7 +38,7 @@ def test_conv_reference_is_the_op_tables_conv2d(seed, stride, pad, dilation):
 )
 def test_pool_references_are_the_op_tables_pooling(seed, kernel, stride, pad):
     x = mistakes.distinct(np.random.default_rng(seed), (2, 3, 8, 9))
-    for how, op in (("max", ops_conv.MaxPool2d), ("mean", ops_conv.AvgPool2d)):
+    for how, op in (("max", ops_conv.MaxPool2dOp), ("mean", ops_conv.AvgPool2dOp)):
         want, _ = op.forward(x, kernel, stride, pad)
         got = mistakes.pool(x, *kernel, stride, how=how, pad=pad)
         np.testing.assert_allclose(got, want, atol=1e-12)
@@ -52,7 +52,7 @@ def test_batch_norm_reference_is_the_op_tables(shape):
         rng.standard_normal(shape[1]),
         rng.standard_normal(shape[1]),
     )
-    want, _ = ops_conv.BatchNorm.forward(x, gamma, beta, eps=1e-3)
+    want, _ = ops_conv.BatchNormOp.forward(x, gamma, beta, eps=1e-3)
     layout = "batch" if len(shape) == 2 else "spatial"
     np.testing.assert_allclose(mistakes.normalise(layout, x, gamma, beta, 1e-3), want, atol=1e-12)
 

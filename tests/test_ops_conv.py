@@ -132,7 +132,7 @@ def test_max_pool2d_routing_is_torchs_return_indices(case, seed, torch):
     shape, k, s, p, d = case
     x = np.random.default_rng(seed).permutation(np.arange(np.prod(shape), dtype=np.float64))
     x = x.reshape(shape)
-    routing = ops_conv.MaxPool2d.forward(x, k, s, p, d)[1]
+    routing = ops_conv.MaxPool2dOp.forward(x, k, s, p, d)[1]
     _, want = torch.nn.functional.max_pool2d(torch.tensor(x), k, s, p, d, return_indices=True)
     np.testing.assert_array_equal(routing.flat(), want.numpy())
     assert routing.in_shape == shape and routing.out_shape == tuple(want.shape)

@@ -199,49 +199,49 @@ class Tensor:
 
     # ------------------------------------------------------------------ operators
     def __add__(self, other: Any) -> Tensor:
-        return apply(ops.Add, self, _lift(other, self))
+        return apply(ops.AddOp, self, _lift(other, self))
 
     def __radd__(self, other: Any) -> Tensor:
-        return apply(ops.Add, _lift(other, self), self)
+        return apply(ops.AddOp, _lift(other, self), self)
 
     def __sub__(self, other: Any) -> Tensor:
-        return apply(ops.Sub, self, _lift(other, self))
+        return apply(ops.SubOp, self, _lift(other, self))
 
     def __rsub__(self, other: Any) -> Tensor:
-        return apply(ops.Sub, _lift(other, self), self)
+        return apply(ops.SubOp, _lift(other, self), self)
 
     def __mul__(self, other: Any) -> Tensor:
-        return apply(ops.Mul, self, _lift(other, self))
+        return apply(ops.MulOp, self, _lift(other, self))
 
     def __rmul__(self, other: Any) -> Tensor:
-        return apply(ops.Mul, _lift(other, self), self)
+        return apply(ops.MulOp, _lift(other, self), self)
 
     def __truediv__(self, other: Any) -> Tensor:
-        return apply(ops.Div, self, _lift(other, self))
+        return apply(ops.DivOp, self, _lift(other, self))
 
     def __rtruediv__(self, other: Any) -> Tensor:
-        return apply(ops.Div, _lift(other, self), self)
+        return apply(ops.DivOp, _lift(other, self), self)
 
     def __matmul__(self, other: Any) -> Tensor:
-        return apply(ops.Matmul, self, _lift(other, self))
+        return apply(ops.MatmulOp, self, _lift(other, self))
 
     def __rmatmul__(self, other: Any) -> Tensor:
-        return apply(ops.Matmul, _lift(other, self), self)
+        return apply(ops.MatmulOp, _lift(other, self), self)
 
     def __pow__(self, p: float) -> Tensor:
         if isinstance(p, Tensor) or np.ndim(p) != 0:
             raise GradError("only a constant scalar exponent is supported: x ** 2.0")
-        return apply(ops.Pow, self, p=float(p))
+        return apply(ops.PowOp, self, p=float(p))
 
     def __neg__(self) -> Tensor:
-        return apply(ops.Neg, self)
+        return apply(ops.NegOp, self)
 
     def __getitem__(self, index: Any) -> Tensor:
         if isinstance(index, Tensor):
             index = index.data
         elif isinstance(index, tuple):
             index = tuple(i.data if isinstance(i, Tensor) else i for i in index)
-        return apply(ops.GetItem, self, index=index)
+        return apply(ops.GetItemOp, self, index=index)
 
     # Comparisons give plain boolean arrays: they have no gradient.
     def __gt__(self, other: Any) -> np.ndarray:
@@ -261,52 +261,52 @@ class Tensor:
     # ------------------------------------------------------------------ methods
     @property
     def T(self) -> Tensor:
-        return apply(ops.Transpose, self, axes=None)
+        return apply(ops.TransposeOp, self, axes=None)
 
     def transpose(self, *axes: Any) -> Tensor:
         if len(axes) == 1 and (axes[0] is None or isinstance(axes[0], (tuple, list, np.ndarray))):
             axes = () if axes[0] is None else tuple(axes[0])
-        return apply(ops.Transpose, self, axes=tuple(int(a) for a in axes) if axes else None)
+        return apply(ops.TransposeOp, self, axes=tuple(int(a) for a in axes) if axes else None)
 
     def swapaxes(self, axis1: int, axis2: int) -> Tensor:
         axes = list(range(self.ndim))
         axes[axis1], axes[axis2] = axes[axis2], axes[axis1]
-        return apply(ops.Transpose, self, axes=tuple(axes))
+        return apply(ops.TransposeOp, self, axes=tuple(axes))
 
     def reshape(self, *shape: Any) -> Tensor:
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
-        return apply(ops.Reshape, self, shape=tuple(shape))
+        return apply(ops.ReshapeOp, self, shape=tuple(shape))
 
     def sum(self, axis: Any = None, keepdims: bool = False) -> Tensor:
-        return apply(ops.Sum, self, axis=axis, keepdims=keepdims)
+        return apply(ops.SumOp, self, axis=axis, keepdims=keepdims)
 
     def mean(self, axis: Any = None, keepdims: bool = False) -> Tensor:
-        return apply(ops.Mean, self, axis=axis, keepdims=keepdims)
+        return apply(ops.MeanOp, self, axis=axis, keepdims=keepdims)
 
     def max(self, axis: Any = None, keepdims: bool = False) -> Tensor:
-        return apply(ops.Max, self, axis=axis, keepdims=keepdims)
+        return apply(ops.MaxOp, self, axis=axis, keepdims=keepdims)
 
     def exp(self) -> Tensor:
-        return apply(ops.Exp, self)
+        return apply(ops.ExpOp, self)
 
     def log(self) -> Tensor:
-        return apply(ops.Log, self)
+        return apply(ops.LogOp, self)
 
     def relu(self) -> Tensor:
-        return apply(ops.Relu, self)
+        return apply(ops.ReluOp, self)
 
     def sigmoid(self) -> Tensor:
-        return apply(ops.Sigmoid, self)
+        return apply(ops.SigmoidOp, self)
 
     def tanh(self) -> Tensor:
-        return apply(ops.Tanh, self)
+        return apply(ops.TanhOp, self)
 
     def softmax(self, axis: int = -1) -> Tensor:
-        return apply(ops.Softmax, self, axis=axis)
+        return apply(ops.SoftmaxOp, self, axis=axis)
 
     def log_softmax(self, axis: int = -1) -> Tensor:
-        return apply(ops.LogSoftmax, self, axis=axis)
+        return apply(ops.LogSoftmaxOp, self, axis=axis)
 
 
 _FREED = object()
@@ -387,9 +387,7 @@ def _backprop(
     return captured
 
 
-def _walk(
-    roots: Sequence[Tensor], wanted: set[int] | None
-) -> tuple[list[Tensor], set[int] | None]:
+def _walk(roots: Sequence[Tensor], wanted: set[int] | None) -> tuple[list[Tensor], set[int] | None]:
     """Which tensors the pass visits: the graph below ``roots`` in topological order and,
     when only ``wanted`` gradients are asked for, the ids of the tensors from which a
     wanted one can be reached (None: every tensor is wanted)."""
@@ -635,42 +633,42 @@ def hvp(f: Callable[..., Tensor], inputs: Any, v: Any) -> Any:
 
 def broadcast_to(x: Any, shape: Sequence[int]) -> Tensor:
     """``x`` broadcast to ``shape`` (its gradient sums over the copies)."""
-    return apply(ops.BroadcastTo, as_tensor(x), shape=tuple(shape))
+    return apply(ops.BroadcastToOp, as_tensor(x), shape=tuple(shape))
 
 
 def matmul(a: Any, b: Any) -> Tensor:
     a = as_tensor(a)
-    return apply(ops.Matmul, a, _lift(b, a))
+    return apply(ops.MatmulOp, a, _lift(b, a))
 
 
 def linear(x: Any, w: Any, b: Any) -> Tensor:
-    """``x @ w + b`` as one fused node (see :class:`npgrad.ops.dense.Linear`)."""
+    """``x @ w + b`` as one fused node (see :class:`npgrad.ops.dense.LinearOp`)."""
     x = as_tensor(x)
-    return apply(ops.Linear, x, _lift(w, x), _lift(b, x))
+    return apply(ops.LinearOp, x, _lift(w, x), _lift(b, x))
 
 
 def add(a: Any, b: Any) -> Tensor:
     a = as_tensor(a)
-    return apply(ops.Add, a, _lift(b, a))
+    return apply(ops.AddOp, a, _lift(b, a))
 
 
 def sub(a: Any, b: Any) -> Tensor:
     a = as_tensor(a)
-    return apply(ops.Sub, a, _lift(b, a))
+    return apply(ops.SubOp, a, _lift(b, a))
 
 
 def mul(a: Any, b: Any) -> Tensor:
     a = as_tensor(a)
-    return apply(ops.Mul, a, _lift(b, a))
+    return apply(ops.MulOp, a, _lift(b, a))
 
 
 def div(a: Any, b: Any) -> Tensor:
     a = as_tensor(a)
-    return apply(ops.Div, a, _lift(b, a))
+    return apply(ops.DivOp, a, _lift(b, a))
 
 
 def neg(x: Any) -> Tensor:
-    return apply(ops.Neg, as_tensor(x))
+    return apply(ops.NegOp, as_tensor(x))
 
 
 def pow(x: Any, p: float) -> Tensor:  # noqa: A001 - mirrors the op's name
@@ -678,31 +676,31 @@ def pow(x: Any, p: float) -> Tensor:  # noqa: A001 - mirrors the op's name
 
 
 def exp(x: Any) -> Tensor:
-    return apply(ops.Exp, as_tensor(x))
+    return apply(ops.ExpOp, as_tensor(x))
 
 
 def log(x: Any) -> Tensor:
-    return apply(ops.Log, as_tensor(x))
+    return apply(ops.LogOp, as_tensor(x))
 
 
 def relu(x: Any) -> Tensor:
-    return apply(ops.Relu, as_tensor(x))
+    return apply(ops.ReluOp, as_tensor(x))
 
 
 def sigmoid(x: Any) -> Tensor:
-    return apply(ops.Sigmoid, as_tensor(x))
+    return apply(ops.SigmoidOp, as_tensor(x))
 
 
 def tanh(x: Any) -> Tensor:
-    return apply(ops.Tanh, as_tensor(x))
+    return apply(ops.TanhOp, as_tensor(x))
 
 
 def softmax(x: Any, axis: int = -1) -> Tensor:
-    return apply(ops.Softmax, as_tensor(x), axis=axis)
+    return apply(ops.SoftmaxOp, as_tensor(x), axis=axis)
 
 
 def log_softmax(x: Any, axis: int = -1) -> Tensor:
-    return apply(ops.LogSoftmax, as_tensor(x), axis=axis)
+    return apply(ops.LogSoftmaxOp, as_tensor(x), axis=axis)
 
 
 def sum(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A001
@@ -722,14 +720,14 @@ def reshape(x: Any, shape: Sequence[int]) -> Tensor:
 
 
 def transpose(x: Any, axes: Sequence[int] | None = None) -> Tensor:
-    return apply(ops.Transpose, as_tensor(x), axes=None if axes is None else tuple(axes))
+    return apply(ops.TransposeOp, as_tensor(x), axes=None if axes is None else tuple(axes))
 
 
 def concatenate(tensors: Sequence[Any], axis: int = 0) -> Tensor:
     ts = [as_tensor(t) for t in tensors]
     if not ts:
         raise GradError("concatenate needs at least one tensor")
-    return apply(ops.Concatenate, *ts, axis=axis)
+    return apply(ops.ConcatenateOp, *ts, axis=axis)
 
 
 def getitem(x: Any, index: Any) -> Tensor:
@@ -739,7 +737,7 @@ def getitem(x: Any, index: Any) -> Tensor:
 def cross_entropy(logits: Any, target: Any, reduction: str = "mean") -> Tensor:
     """Stable fused softmax cross-entropy; ``target`` is class indices (N,) or (N, C)."""
     target = target.data if isinstance(target, Tensor) else np.asarray(target)
-    return apply(ops.CrossEntropy, as_tensor(logits), target=target, reduction=reduction)
+    return apply(ops.CrossEntropyOp, as_tensor(logits), target=target, reduction=reduction)
 
 
 # --------------------------------------------------------------------------- image ops (npgrad.ops.conv)
@@ -755,7 +753,7 @@ def conv2d(
 ) -> Tensor:
     """2-D convolution of NCHW ``x`` with ``w`` (O, C, kh, kw) and optional bias ``b`` (O,)."""
     args = [as_tensor(x), as_tensor(w)] + ([] if b is None else [as_tensor(b)])
-    return apply(conv.Conv2d, *args, stride=stride, padding=padding, dilation=dilation)
+    return apply(conv.Conv2dOp, *args, stride=stride, padding=padding, dilation=dilation)
 
 
 def max_pool2d(
@@ -767,7 +765,12 @@ def max_pool2d(
 ) -> Tensor:
     """Max pooling of NCHW ``x``; ``stride`` defaults to ``kernel``."""
     return apply(
-        conv.MaxPool2d, as_tensor(x), kernel=kernel, stride=stride, padding=padding, dilation=dilation
+        conv.MaxPool2dOp,
+        as_tensor(x),
+        kernel=kernel,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
     )
 
 
@@ -775,7 +778,7 @@ def avg_pool2d(
     x: Any, kernel: IntOrPair, stride: IntOrPair | None = None, padding: IntOrPair = 0
 ) -> Tensor:
     """Average pooling of NCHW ``x`` (padding zeros count, as PyTorch's default)."""
-    return apply(conv.AvgPool2d, as_tensor(x), kernel=kernel, stride=stride, padding=padding)
+    return apply(conv.AvgPool2dOp, as_tensor(x), kernel=kernel, stride=stride, padding=padding)
 
 
 def _buffer(a: Any, what: str, c: int) -> np.ndarray | None:
@@ -799,7 +802,7 @@ def batch_norm(
     momentum: float = 0.1,
     eps: float = 1e-5,
 ) -> Tensor:
-    """Batch normalisation per channel (axis 1) of ``x``; see :class:`npgrad.ops.conv.BatchNorm`.
+    """Batch normalisation per channel (axis 1) of ``x``; see :class:`npgrad.ops.conv.BatchNormOp`.
 
     ``gamma``/``beta`` default to 1 and 0 (constants). In training mode the
     batch statistics normalise, and ``running_mean``/``running_var`` (NumPy
@@ -815,7 +818,7 @@ def batch_norm(
     g = as_tensor(np.ones(c, dtype=x.dtype)) if gamma is None else as_tensor(gamma)
     b = as_tensor(np.zeros(c, dtype=x.dtype)) if beta is None else as_tensor(beta)
     return apply(
-        conv.BatchNorm,
+        conv.BatchNormOp,
         x,
         g,
         b,
@@ -828,7 +831,7 @@ def batch_norm(
 
 
 def flatten(x: Any, start_dim: int = 1) -> Tensor:
-    """Merge the axes from ``start_dim`` on into one (the :class:`npgrad.ops.dense.Reshape` op).
+    """Merge the axes from ``start_dim`` on into one (the :class:`npgrad.ops.dense.ReshapeOp` op).
 
     Flattening is a reshape, so it is that op and its derivation, not a new one.
     NCHW order is kept whatever the memory layout, as in PyTorch.
@@ -839,4 +842,4 @@ def flatten(x: Any, start_dim: int = 1) -> Tensor:
             f"flatten: start_dim {start_dim!r} is not an axis of an input of shape {x.shape}"
         )
     start = start_dim % x.ndim if x.ndim else 0
-    return apply(ops.Reshape, x, shape=tuple(x.shape[:start]) + (-1,))
+    return apply(ops.ReshapeOp, x, shape=tuple(x.shape[:start]) + (-1,))

@@ -68,7 +68,7 @@ class Layer:
 class Matmul(Layer):
     """``forward(x, W) = x @ W``; ``backward(g) = (g @ W.T, x.T @ g)``."""
 
-    op = ops.Matmul
+    op = ops.MatmulOp
 
     def __init__(self) -> None:
         super().__init__()
@@ -90,7 +90,7 @@ class Matmul(Layer):
 class Relu(Layer):
     """``forward(x) = max(x, 0)``; ``backward(g) = g * (x > 0)``."""
 
-    op = ops.Relu
+    op = ops.ReluOp
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         out = super().forward(x)
@@ -101,7 +101,7 @@ class Relu(Layer):
 class Softmax(Layer):
     """Softmax over the last axis, ``exp(x) / (sum(exp(x)) + epsilon)``, computed stably."""
 
-    op = ops.Softmax
+    op = ops.SoftmaxOp
 
     def __init__(self) -> None:
         super().__init__()
@@ -119,7 +119,7 @@ class Softmax(Layer):
 class Log(Layer):
     """``forward(x) = log(x + epsilon)``; ``backward(g) = g / (x + epsilon)``."""
 
-    op = ops.Log
+    op = ops.LogOp
 
     def __init__(self) -> None:
         super().__init__()
@@ -137,13 +137,13 @@ class Log(Layer):
 class Sigmoid(Layer):
     """Logistic sigmoid, in the same protocol (not part of the exercise)."""
 
-    op = ops.Sigmoid
+    op = ops.SigmoidOp
 
 
 class Tanh(Layer):
     """Hyperbolic tangent, in the same protocol (not part of the exercise)."""
 
-    op = ops.Tanh
+    op = ops.TanhOp
 
 
 # --------------------------------------------------------------------------- convolutional
@@ -158,7 +158,7 @@ class Conv2d(Layer):
     when a bias was given. ``mem`` keeps ``x`` and ``W`` besides the op's state.
     """
 
-    op = ops_conv.Conv2d
+    op = ops_conv.Conv2dOp
 
     def __init__(
         self,
@@ -188,7 +188,7 @@ class Conv2d(Layer):
 class MaxPool2d(Layer):
     """``forward(x)``: max over ``kernel`` windows; ``backward(g)`` routes g to each window's arg-max."""
 
-    op = ops_conv.MaxPool2d
+    op = ops_conv.MaxPool2dOp
 
     def __init__(
         self,
@@ -212,7 +212,7 @@ class MaxPool2d(Layer):
 class AvgPool2d(Layer):
     """``forward(x)``: mean over ``kernel`` windows; ``backward(g)`` spreads g evenly over each."""
 
-    op = ops_conv.AvgPool2d
+    op = ops_conv.AvgPool2dOp
 
     def __init__(
         self,
@@ -236,7 +236,7 @@ class BatchNorm(Layer):
     ``backward(g)`` returns ``(grad_x, grad_gamma, grad_beta)``.
     """
 
-    op = ops_conv.BatchNorm
+    op = ops_conv.BatchNormOp
 
     def __init__(self, momentum: float = 0.1, eps: float = 1e-5) -> None:
         super().__init__()

@@ -21,6 +21,7 @@ from . import autodiff
 from .autodiff import Tensor
 from .errors import CheckpointError, ConfigError, ShapeError
 from .ops.geometry import IntOrPair, as_int, as_pair, check_eps
+from .rng import as_generator
 
 __all__ = [
     "Parameter",
@@ -218,7 +219,7 @@ class Linear(Module):
         super().__init__()
         in_features = as_int(in_features, "Linear's in_features", 1)
         out_features = as_int(out_features, "Linear's out_features", 1)
-        rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        rng = as_generator(rng)
         self.in_features, self.out_features = in_features, out_features
         self.weight = Parameter(_init_weight(in_features, out_features, init, rng, dtype))
         self.bias = Parameter(np.zeros(out_features, dtype=dtype)) if bias else None
@@ -269,7 +270,7 @@ class Dropout(Module):
         if not 0.0 <= p < 1.0:
             raise ConfigError(f"dropout probability must be in [0, 1), got {p}")
         self.p = p
-        self.rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        self.rng = as_generator(rng)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0.0:
@@ -335,7 +336,7 @@ class MLP(Sequential):
                 f"unknown activation {activation!r}: use {', '.join(sorted(ACTIVATIONS))}"
             )
         init = init or ("he" if activation == "relu" else "glorot")
-        rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        rng = as_generator(rng)
         layers: list[Module] = []
         for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
             layers.append(Linear(a, b, init=init, rng=rng, dtype=dtype))
@@ -348,10 +349,6 @@ class MLP(Sequential):
 
 
 # --------------------------------------------------------------------------- convolutional
-
-
-def _rng(rng: np.random.Generator | int | None) -> np.random.Generator:
-    return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
 
 
 class Conv2d(Module):
@@ -387,7 +384,7 @@ class Conv2d(Module):
         self.dilation = as_pair(dilation, "dilation", 1)
         fan_in, fan_out = in_channels * kh * kw, out_channels * kh * kw
         w = _init_weight(
-            fan_in, fan_out, init, _rng(rng), dtype, (out_channels, in_channels, kh, kw)
+            fan_in, fan_out, init, as_generator(rng), dtype, (out_channels, in_channels, kh, kw)
         )
         self.weight = Parameter(w)
         self.bias = Parameter(np.zeros(out_channels, dtype=dtype)) if bias else None
@@ -403,7 +400,7 @@ class Conv2d(Module):
 
 
 class MaxPool2d(Module):
-    """Max pooling; ``stride`` defaults to the kernel size (see :class:`npgrad.ops.conv.MaxPool2d`)."""
+    """Max pooling; ``stride`` defaults to the kernel size (see :class:`npgrad.ops.conv.MaxPool2dOp`)."""
 
     def __init__(
         self,

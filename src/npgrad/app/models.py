@@ -113,7 +113,7 @@ class NetModel:
                 logits = self.net(self.inputs(x)).data
         finally:
             self.net.train()
-        return ops.LogSoftmax.forward(logits, axis=1)[0]
+        return ops.LogSoftmaxOp.forward(logits, axis=1)[0]
 
     def params(self) -> dict[str, np.ndarray]:
         return self.net.state_dict()

@@ -133,7 +133,7 @@ class Predictor:
                 h = layer(h)
                 if i == self.hidden_index:
                     hidden = h.data[0]
-        probs = ops.Softmax.forward(h.data.astype(np.float64), axis=1)[0][0]
+        probs = ops.SoftmaxOp.forward(h.data.astype(np.float64), axis=1)[0][0]
         best = int(np.argmax(probs))
         answer: dict[str, Any] = {
             "prediction": self.classes[best],

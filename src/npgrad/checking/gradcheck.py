@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import autodiff as T
+from .. import autodiff
 from ..autodiff import Tensor, apply
 from ..errors import GradcheckError, GradError
 from ..ops.base import OPS, Op
@@ -104,7 +104,7 @@ def _as_float64(inputs: Sequence[Any], notes: list[str]) -> list[np.ndarray]:
 
 
 def _evaluate(fn: Callable[..., Any], arrays: Sequence[np.ndarray]) -> np.ndarray:
-    with T.no_grad():
+    with autodiff.no_grad():
         out = fn(*[Tensor(a) for a in arrays])
     # Copy: the output may be a view of the input that the caller perturbs next.
     return np.array(out.data if isinstance(out, Tensor) else out, dtype=np.float64)
@@ -351,7 +351,7 @@ def _second_order(
 
     def first_order(*tensors: Tensor) -> Tensor:
         *xs, g = tensors
-        with T.enable_grad():  # the numerical side evaluates under no_grad
+        with autodiff.enable_grad():  # the numerical side evaluates under no_grad
             leaves = [x if x.requires_grad else Tensor(x.data, requires_grad=True) for x in xs]
             out = fn(*leaves)
             if not isinstance(out, Tensor):
@@ -360,8 +360,8 @@ def _second_order(
                 )
             if not out.requires_grad:
                 return Tensor(np.zeros(sum(x.size for x in xs)))
-            grads = T.grad(out, leaves, g, create_graph=True)
-            return T.concatenate([d.reshape(-1) for d in grads])
+            grads = autodiff.grad(out, leaves, g, create_graph=True)
+            return autodiff.concatenate([d.reshape(-1) for d in grads])
 
     report = _first_order(first_order, [*arrays, v], eps, atol, rtol, max_full, directions, seed)
     report.mode = f"second order, {report.mode}"
@@ -542,8 +542,8 @@ def compare_second_order_with_torch(case: OpCase, rng: np.random.Generator) -> t
     out = case.fn(*ts)
     v = rng.standard_normal(out.shape)
     us = [rng.standard_normal(a.shape) for a in case.inputs]
-    mixed = _dot(T.grad(out, ts, Tensor(v), create_graph=True), us)
-    ours = [h.data for h in T.grad(mixed, ts)] if mixed.requires_grad else None
+    mixed = _dot(autodiff.grad(out, ts, Tensor(v), create_graph=True), us)
+    ours = [h.data for h in autodiff.grad(mixed, ts)] if mixed.requires_grad else None
     tt = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in case.inputs]
     tout = case.torch_fn(*tt)
     tg = torch.autograd.grad(tout, tt, torch.as_tensor(v), create_graph=True, allow_unused=True)

@@ -735,7 +735,7 @@ _CONV = {"stride": 2, "padding": 1}  # channels and kernel size follow from the 
 _POOL = ((2, 3, 8, 9),)
 IMAGE_KINDS: dict[str, ImageKind] = {
     "conv2d": ImageKind(
-        ops_conv.Conv2d,
+        ops_conv.Conv2dOp,
         ("x", "w", "b"),
         (
             # a non-square kernel first; a square one for classes that take one kernel size
@@ -748,7 +748,7 @@ IMAGE_KINDS: dict[str, ImageKind] = {
         _normal_inputs,
     ),
     "max_pool2d": ImageKind(
-        ops_conv.MaxPool2d,
+        ops_conv.MaxPool2dOp,
         ("x",),
         (
             ({"kernel": (2, 3), "stride": 2, "padding": 1}, _POOL),
@@ -759,7 +759,7 @@ IMAGE_KINDS: dict[str, ImageKind] = {
         _distinct_inputs,
     ),
     "avg_pool2d": ImageKind(
-        ops_conv.AvgPool2d,
+        ops_conv.AvgPool2dOp,
         ("x",),
         (
             ({"kernel": (2, 3), "stride": 2, "padding": 1}, _POOL),
@@ -770,7 +770,7 @@ IMAGE_KINDS: dict[str, ImageKind] = {
         _distinct_inputs,
     ),
     "batch_norm": ImageKind(
-        ops_conv.BatchNorm,
+        ops_conv.BatchNormOp,
         ("x", "gamma", "beta"),
         (
             ({}, ((2, 3, 4, 5), (3,), (3,))),

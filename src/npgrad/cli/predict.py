@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
                 continue
             x = np.stack(pictures)
             lp = model.log_probs(x.reshape(len(x), -1).astype(dtype))
-            probs = ops.Softmax.forward(lp, axis=1)[0]  # renormalises the exercise's log(s + eps)
+            probs = ops.SoftmaxOp.forward(lp, axis=1)[0]  # renormalises the exercise's log(s + eps)
         if not np.isfinite(probs).all():
             raise CheckpointError(
                 f"{args.checkpoint}: the model gives non-finite probabilities (weights overflow?); "

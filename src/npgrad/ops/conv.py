@@ -41,16 +41,16 @@ from .geometry import IntOrPair, as_pair, check_eps
 from .specs import REAL, Case, Domain, Draw, OpSpec
 
 __all__ = [
-    "Conv2d",
-    "Conv2dInputGrad",
-    "Conv2dWeightGrad",
-    "MaxPool2d",
+    "Conv2dOp",
+    "Conv2dInputGradOp",
+    "Conv2dWeightGradOp",
+    "MaxPool2dOp",
     "MaxRouting",
-    "MaxPool2dScatter",
-    "MaxPool2dGather",
-    "AvgPool2d",
-    "AvgPool2dInputGrad",
-    "BatchNorm",
+    "MaxPool2dScatterOp",
+    "MaxPool2dGatherOp",
+    "AvgPool2dOp",
+    "AvgPool2dInputGradOp",
+    "BatchNormOp",
 ]
 
 # Patches are unfolded a slice of the batch at a time, about this many bytes at
@@ -122,7 +122,7 @@ def _per_channel_dot(a: Array, b: Array, c: int) -> Array:
 
 def _tiled(v: Array, reps: int) -> Array:
     """A per-channel vector repeated to the width of a ``(rows, reps * c)`` view (``np.tile``)."""
-    return call(ops.BroadcastTo, v.reshape(1, -1), shape=(reps, v.shape[0])).reshape(-1)
+    return call(ops.BroadcastToOp, v.reshape(1, -1), shape=(reps, v.shape[0])).reshape(-1)
 
 
 # --------------------------------------------------------------------------- convolution
@@ -170,7 +170,7 @@ def _conv_case(d: Draw) -> Case:
     return Case(shapes, {"stride": stride, "padding": padding, "dilation": dilation})
 
 
-class Conv2d(Op):
+class Conv2dOp(Op):
     r"""2-D convolution (cross-correlation, as in PyTorch): $Y = X \star W + b$, NCHW.
 
     `x` is $(N, C, H, W)$, `w` is $(O, C, k_h, k_w)$, `b` (optional) is $(O,)$;
@@ -294,9 +294,9 @@ class Conv2d(Op):
         x, w, has_bias, geometry = saved
         gx = gw = gb = None
         if needs[0]:
-            gx = call(Conv2dInputGrad, g, w, size=tuple(x.shape[2:]), **geometry)
+            gx = call(Conv2dInputGradOp, g, w, size=tuple(x.shape[2:]), **geometry)
         if needs[1]:
-            gw = call(Conv2dWeightGrad, x, g, kernel=tuple(w.shape[2:]), **geometry)
+            gw = call(Conv2dWeightGradOp, x, g, kernel=tuple(w.shape[2:]), **geometry)
         if has_bias and needs[2]:
             gb = _per_channel_sum(_nhwc(g).reshape(g.shape[0], -1), g.shape[1])
         return (gx, gw, gb)[: 3 if has_bias else 2]
@@ -339,7 +339,7 @@ def _conv_grad_case(d: Draw, which: str) -> Case:
     return Case([(n, c, h, w), g], {**case.params, "kernel": (kh, kw)})
 
 
-class Conv2dInputGrad(Op):
+class Conv2dInputGradOp(Op):
     r"""The input gradient of [conv2d](#conv2d) (a transposed convolution): $\mathcal{U}^*(G \bar W^T)$.
 
     `g` is $(N, O, H', W')$, `w` is $(O, C, k_h, k_w)$, `size` is the input's
@@ -409,7 +409,7 @@ class Conv2dInputGrad(Op):
         if sh == sw == 1 and min(fh, fw) >= 0:
             # stride 1: a convolution of G with the kernel flipped, O and C swapped
             flipped = w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]
-            gx = Conv2d.forward(g, flipped, padding=(fh, fw), dilation=(dh, dw))[0]
+            gx = Conv2dOp.forward(g, flipped, padding=(fh, fw), dilation=(dh, dw))[0]
             return gx, (g, w, geometry)
         g2 = np.ascontiguousarray(_nhwc(g)).reshape(-1, o)
         dtype = np.result_type(w, g)
@@ -426,16 +426,16 @@ class Conv2dInputGrad(Op):
     @staticmethod
     def vjp(saved: Any, u: Array, needs: tuple[bool, ...] = (True, True)) -> Grads:
         g, w, geometry = saved
-        gg = call(Conv2d, u, w, **geometry) if needs[0] else None
+        gg = call(Conv2dOp, u, w, **geometry) if needs[0] else None
         gw = (
-            call(Conv2dWeightGrad, u, g, kernel=tuple(w.shape[2:]), **geometry)
+            call(Conv2dWeightGradOp, u, g, kernel=tuple(w.shape[2:]), **geometry)
             if needs[1]
             else None
         )
         return gg, gw
 
 
-class Conv2dWeightGrad(Op):
+class Conv2dWeightGradOp(Op):
     r"""The weight gradient of [conv2d](#conv2d): $U^T G$ with $U = \mathcal{U}(X)$, as $(O, C, k_h, k_w)$.
 
     `x` is $(N, C, H, W)$, `g` is $(N, O, H', W')$, `kernel` is $(k_h, k_w)$;
@@ -501,11 +501,9 @@ class Conv2dWeightGrad(Op):
     def vjp(saved: Any, v: Array, needs: tuple[bool, ...] = (True, True)) -> Grads:
         x, g, geometry = saved
         gx = (
-            call(Conv2dInputGrad, g, v, size=tuple(x.shape[2:]), **geometry)
-            if needs[0]
-            else None
+            call(Conv2dInputGradOp, g, v, size=tuple(x.shape[2:]), **geometry) if needs[0] else None
         )
-        gg = call(Conv2d, x, v, **geometry) if needs[1] else None
+        gg = call(Conv2dOp, x, v, **geometry) if needs[1] else None
         return gx, gg
 
 
@@ -614,7 +612,7 @@ def _pool_case(d: Draw, dilation: bool) -> Case:
     return Case([(n, c, h, w)], params)
 
 
-class MaxPool2d(Op):
+class MaxPool2dOp(Op):
     r"""2-D max pooling over windows of `kernel` (NCHW), PyTorch's `max_pool2d`.
 
     `stride` defaults to the kernel; `padding` adds $-\infty$ around the input
@@ -680,7 +678,7 @@ class MaxPool2d(Op):
 
     @staticmethod
     def vjp(saved: Any, g: Array, needs: tuple[bool, ...] = (True,)) -> Grads:
-        return (call(MaxPool2dScatter, g, routing=saved),)
+        return (call(MaxPool2dScatterOp, g, routing=saved),)
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -740,7 +738,7 @@ def _pick(a: Array, idx: Array, axis: int, taps: list[slice]) -> Array:
 def _routing_case(d: Draw, which: str) -> Case:
     """The routing of a max_pool2d of normal draws (no ties), and a gradient or input for it."""
     case = _pool_case(d, dilation=True)
-    routing = MaxPool2d.forward(d.rng.standard_normal(case.shapes[0]), **case.params)[1]
+    routing = MaxPool2dOp.forward(d.rng.standard_normal(case.shapes[0]), **case.params)[1]
     return Case(
         [routing.out_shape if which == "scatter" else routing.in_shape], {"routing": routing}
     )
@@ -775,7 +773,7 @@ def _routing_of(
     return routing
 
 
-class MaxPool2dScatter(Op):
+class MaxPool2dScatterOp(Op):
     r"""Max pooling's vjp: each window's $G_{\mathcal{W}}$ added at its arg-max, $\mathcal{S}^*(G)$.
 
     `g` is $(N, C, H', W')$; `routing` (a `MaxRouting`, what a
@@ -805,10 +803,10 @@ class MaxPool2dScatter(Op):
 
     @staticmethod
     def vjp(saved: Any, u: Array, needs: tuple[bool, ...] = (True,)) -> Grads:
-        return (call(MaxPool2dGather, u, routing=saved),)
+        return (call(MaxPool2dGatherOp, u, routing=saved),)
 
 
-class MaxPool2dGather(Op):
+class MaxPool2dGatherOp(Op):
     r"""Each max-pooling window's arg-max entry of `u`: $\mathcal{S}(U)$, for a fixed `routing`.
 
     `u` has the shape of the pooled input, $(N, C, H, W)$; the output is
@@ -832,10 +830,10 @@ class MaxPool2dGather(Op):
 
     @staticmethod
     def vjp(saved: Any, g: Array, needs: tuple[bool, ...] = (True,)) -> Grads:
-        return (call(MaxPool2dScatter, g, routing=saved),)
+        return (call(MaxPool2dScatterOp, g, routing=saved),)
 
 
-class AvgPool2d(Op):
+class AvgPool2dOp(Op):
     r"""2-D average pooling over windows of `kernel` (NCHW), PyTorch's `avg_pool2d`.
 
     `stride` defaults to the kernel; `padding` adds zeros, which count in the
@@ -891,7 +889,7 @@ class AvgPool2d(Op):
 
     @staticmethod
     def vjp(saved: Any, g: Array, needs: tuple[bool, ...] = (True,)) -> Grads:
-        return (call(AvgPool2dInputGrad, g, **saved),)
+        return (call(AvgPool2dInputGradOp, g, **saved),)
 
 
 def _avg_grad_case(d: Draw) -> Case:
@@ -917,7 +915,7 @@ def _torch_avg_pool2d_backward(
     return t.ops.aten.avg_pool2d_backward(g, like, k, s, p, False, True, None)
 
 
-class AvgPool2dInputGrad(Op):
+class AvgPool2dInputGradOp(Op):
     r"""Average pooling's vjp: every window's $G_{\mathcal{W}}/(k_h k_w)$ spread over the window.
 
     `g` is $(N, C, H', W')$, `size` the pooled input's $(H, W)$; kernel, stride
@@ -962,7 +960,7 @@ class AvgPool2dInputGrad(Op):
 
     @staticmethod
     def vjp(saved: Any, u: Array, needs: tuple[bool, ...] = (True,)) -> Grads:
-        return (call(AvgPool2d, u, **saved),)
+        return (call(AvgPool2dOp, u, **saved),)
 
 
 # --------------------------------------------------------------------------- batch norm
@@ -1031,7 +1029,7 @@ class BatchNormSaved(NamedTuple):
     running_mean: Array | None  # eval mode: the mean it subtracted; None in training mode
 
 
-class BatchNorm(Op):
+class BatchNormOp(Op):
     r"""Batch normalisation of `x` $(N, C)$ or $(N, C, H, W)$ per channel, PyTorch's `batch_norm`.
 
     For one channel, let $x$ be its $m$ values ($m = N$, or $N H W$ for 4-D input).
@@ -1165,9 +1163,7 @@ class BatchNorm(Op):
         return saved._replace(xs=x2, gamma=gamma)
 
     @staticmethod
-    def vjp(
-        saved: BatchNormSaved, g: Array, needs: tuple[bool, ...] = (True, True, True)
-    ) -> Grads:
+    def vjp(saved: BatchNormSaved, g: Array, needs: tuple[bool, ...] = (True, True, True)) -> Grads:
         training, xs, inv, gamma, reps, shape = saved[:6]
         c = shape[1]
         g2 = _channels_last_2d(g)

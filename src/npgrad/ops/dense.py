@@ -55,7 +55,7 @@ def _expand_reduced(g: Array, axes: tuple[int, ...], keepdims: bool) -> Array:
 # --------------------------------------------------------------------------- linear algebra
 
 
-class Matmul(Op):
+class MatmulOp(Op):
     r"""Matrix product $Y = AB$ (NumPy `@` semantics, batched and 1-D too).
 
     With $A$ of shape $(n, k)$ and $B$ of shape $(k, m)$, the product rule gives
@@ -114,7 +114,7 @@ class Matmul(Op):
         return ga, gb
 
 
-class Linear(Op):
+class LinearOp(Op):
     r"""Affine map $Y = XW + \mathbf{1} b^T$ (a dense layer), fused into one node.
 
     It is a [matmul](#matmul) followed by a broadcast [add](#add), so its
@@ -136,7 +136,7 @@ class Linear(Op):
 
     @staticmethod
     def forward(x: Array, w: Array, b: Array) -> tuple[Array, Any]:
-        y, saved = Matmul.forward(x, w)
+        y, saved = MatmulOp.forward(x, w)
         if np.result_type(y, b) == y.dtype:
             y += b  # y is a fresh product: nobody else holds it
         else:
@@ -145,14 +145,14 @@ class Linear(Op):
 
     @staticmethod
     def vjp(saved: Any, g: Array, needs: tuple[bool, ...] = (True, True, True)) -> Grads:
-        gx, gw = Matmul.vjp(saved, g, needs[:2])
+        gx, gw = MatmulOp.vjp(saved, g, needs[:2])
         return gx, gw, (g if needs[2] else None)
 
 
 # --------------------------------------------------------------------------- element-wise binary
 
 
-class Add(Op):
+class AddOp(Op):
     r"""Sum $Y = A + B$, with broadcasting.
 
     $dY = dA + dB$, so $df = \mathrm{tr}(G^T dA) + \mathrm{tr}(G^T dB)$ and both
@@ -172,7 +172,7 @@ class Add(Op):
         return g, g
 
 
-class Sub(Op):
+class SubOp(Op):
     r"""Difference $Y = A - B$, with broadcasting.
 
     $dY = dA - dB$, so $df = \mathrm{tr}(G^T dA) + \mathrm{tr}\big((-G)^T dB\big)$
@@ -191,7 +191,7 @@ class Sub(Op):
         return g, (-g if needs[1] else None)
 
 
-class Mul(Op):
+class MulOp(Op):
     r"""Element-wise product $Y = A \odot B$, with broadcasting.
 
     $dY = dA \odot B + A \odot dB$. With
@@ -216,7 +216,7 @@ class Mul(Op):
         return (g * b if needs[0] else None), (g * a if needs[1] else None)
 
 
-class Div(Op):
+class DivOp(Op):
     r"""Element-wise quotient $Y = A \oslash B$, with broadcasting.
 
     Since $d(1/B) = -dB \oslash B^{2}$,
@@ -248,7 +248,7 @@ class Div(Op):
 # --------------------------------------------------------------------------- element-wise unary
 
 
-class Neg(Op):
+class NegOp(Op):
     r"""Negation $Y = -X$.
 
     $dY = -dX$, so $df = \mathrm{tr}\big((-G)^T dX\big)$ and the gradient is $-G$.
@@ -266,7 +266,7 @@ class Neg(Op):
         return (-g,)
 
 
-class Pow(Op):
+class PowOp(Op):
     r"""Power with a constant exponent, $Y = X^{p}$ element-wise.
 
     $dY = p X^{p-1} \odot dX$, so $df = \mathrm{tr}\big((p\, G \odot X^{p-1})^T dX\big)$
@@ -290,7 +290,7 @@ class Pow(Op):
         return (g * (p * x ** (p - 1)),)
 
 
-class Exp(Op):
+class ExpOp(Op):
     r"""Exponential $Y = \exp(X)$, element-wise.
 
     $dY = \exp(X) \odot dX = Y \odot dX$, so $df = \mathrm{tr}\big((G \odot Y)^T dX\big)$
@@ -313,7 +313,7 @@ class Exp(Op):
         return (g * saved,)
 
 
-class Log(Op):
+class LogOp(Op):
     r"""Natural logarithm $Y = \log(X + \epsilon)$, element-wise (`eps` defaults to 0).
 
     $dY = dX \oslash (X + \epsilon)$, so $df = \mathrm{tr}\big((G \oslash (X + \epsilon))^T dX\big)$
@@ -343,7 +343,7 @@ class Log(Op):
 # one), so max(x, 0) is taken row by row against a short row of zeros, which
 # stays in the first-level cache. The rows are a flat view of x's memory, so the
 # output keeps x's memory layout (an NCHW view of channels-last memory stays one).
-class Relu(Op):
+class ReluOp(Op):
     r"""Rectifier $Y = \max(X, 0)$, element-wise.
 
     $dY = \mathbb{1}[X > 0] \odot dX$, so $df = \mathrm{tr}\big((G \odot \mathbb{1}[X > 0])^T dX\big)$
@@ -403,7 +403,7 @@ def relu_array(x: Array) -> Array:
     return y
 
 
-class Sigmoid(Op):
+class SigmoidOp(Op):
     r"""Logistic function $Y = \sigma(X) = 1/(1 + e^{-X})$, element-wise.
 
     From $\sigma' = \sigma(1-\sigma)$: $dY = Y \odot (1 - Y) \odot dX$, so
@@ -428,7 +428,7 @@ class Sigmoid(Op):
         return (g * saved * (1 - saved),)
 
 
-class Tanh(Op):
+class TanhOp(Op):
     r"""Hyperbolic tangent $Y = \tanh(X)$, element-wise.
 
     From $\tanh' = 1 - \tanh^2$: $dY = (1 - Y \odot Y) \odot dX$, so
@@ -452,7 +452,7 @@ class Tanh(Op):
 # --------------------------------------------------------------------------- normalisations
 
 
-class Softmax(Op):
+class SoftmaxOp(Op):
     r"""Softmax over `axis`: $s = e^{x} / (\mathbf{1}^T e^{x} + \epsilon)$ for each row $x$.
 
     Take one row $x \in \mathbb{R}^c$ and $s = e^{x} / S$ with $S = \mathbf{1}^T e^{x} + \epsilon$
@@ -505,7 +505,7 @@ class Softmax(Op):
         return (gs - s * gs.sum(axis=axis, keepdims=True),)
 
 
-class LogSoftmax(Op):
+class LogSoftmaxOp(Op):
     r"""Log-softmax over `axis`: $y = x - \mathbf{1}\,\mathrm{lse}(x)$ for each row $x$, computed stably.
 
     Here $\mathrm{lse}(x) = \log \mathbf{1}^T e^{x}$. Since
@@ -533,10 +533,10 @@ class LogSoftmax(Op):
     @staticmethod
     def vjp(saved: Any, g: Array, needs: tuple[bool, ...] = (True,)) -> Grads:
         y, axis = saved
-        return (g - call(Exp, y) * g.sum(axis=axis, keepdims=True),)
+        return (g - call(ExpOp, y) * g.sum(axis=axis, keepdims=True),)
 
 
-class CrossEntropy(Op):
+class CrossEntropyOp(Op):
     r"""Fused, stable softmax cross-entropy of logits $X$ $(N, C)$ against targets $T$.
 
     `target` is either integer class indices $(N,)$, meaning one-hot rows, or a
@@ -621,7 +621,7 @@ class CrossEntropy(Op):
     @staticmethod
     def on_tape(saved: Any, inputs: tuple[Any, ...], out: Any) -> Any:
         _, target, scale = saved
-        return call(Softmax, inputs[0], axis=1), target, scale
+        return call(SoftmaxOp, inputs[0], axis=1), target, scale
 
     @staticmethod
     def vjp(saved: Any, g: Array, needs: tuple[bool, ...] = (True,)) -> Grads:
@@ -641,7 +641,7 @@ class CrossEntropy(Op):
 # --------------------------------------------------------------------------- reductions
 
 
-class Sum(Op):
+class SumOp(Op):
     r"""Sum over `axis` (all axes when None), optionally keeping the reduced axes.
 
     For a full sum $y = \mathbf{1}^T X \mathbf{1}$,
@@ -670,10 +670,10 @@ class Sum(Op):
     @staticmethod
     def vjp(saved: Any, g: Array, needs: tuple[bool, ...] = (True,)) -> Grads:
         shape, axes, keepdims = saved
-        return (call(BroadcastTo, _expand_reduced(g, axes, keepdims), shape=shape),)
+        return (call(BroadcastToOp, _expand_reduced(g, axes, keepdims), shape=shape),)
 
 
-class Mean(Op):
+class MeanOp(Op):
     r"""Mean over `axis`: the sum divided by the number $n$ of reduced elements.
 
     For a mean over rows, $y^T = \tfrac{1}{n}\mathbf{1}^T X$ and
@@ -698,10 +698,10 @@ class Mean(Op):
     @staticmethod
     def vjp(saved: Any, g: Array, needs: tuple[bool, ...] = (True,)) -> Grads:
         shape, axes, keepdims, n = saved
-        return (call(BroadcastTo, _expand_reduced(g, axes, keepdims) / n, shape=shape),)
+        return (call(BroadcastToOp, _expand_reduced(g, axes, keepdims) / n, shape=shape),)
 
 
-class Max(Op):
+class MaxOp(Op):
     r"""Maximum over `axis` (all axes when None), optionally keeping the reduced axes.
 
     Locally (no ties) $y = x_k$ for the position $k$ of the maximum, so $dy = dx_k$,
@@ -743,7 +743,7 @@ class Max(Op):
 # --------------------------------------------------------------------------- shape ops
 
 
-class Reshape(Op):
+class ReshapeOp(Op):
     r"""Reshape: the same elements under a new shape.
 
     $\mathrm{vec}(Y) = \mathrm{vec}(X)$: reshaping only relabels elements, so
@@ -771,7 +771,7 @@ def _broadcast_source(d: opspecs.Draw) -> opspecs.Case:
     return opspecs.Case([d.partner()], {"shape": d.shape})
 
 
-class BroadcastTo(Op):
+class BroadcastToOp(Op):
     r"""Broadcast to `shape`: copies of $X$ along new leading axes and along its axes of length 1.
 
     The copies are linear in $X$: for a row $b$ repeated $n$ times, $Y = \mathbf{1} b^T$
@@ -797,7 +797,7 @@ class BroadcastTo(Op):
         return (unbroadcast(g, saved),)
 
 
-class Transpose(Op):
+class TransposeOp(Op):
     r"""Axis permutation (reversal when `axes` is None).
 
     For a matrix, $Y = X^T$: $dY = dX^T$, and
@@ -823,7 +823,7 @@ class Transpose(Op):
         return (g.transpose(tuple(int(i) for i in np.argsort(saved))),)
 
 
-class Concatenate(Op):
+class ConcatenateOp(Op):
     r"""Concatenation along `axis`: $Y = [X_1, X_2, \dots]$.
 
     $df = \mathrm{tr}(G^T dY) = \sum_i \mathrm{tr}(G_i^T dX_i)$, where $G_i$ is the
@@ -846,7 +846,7 @@ class Concatenate(Op):
         return tuple(g[(*lead, slice(lo, hi))] for lo, hi in zip(bounds, bounds[1:]))
 
 
-class GetItem(Op):
+class GetItemOp(Op):
     r"""Indexing and slicing $Y = X[\text{idx}]$ (basic and advanced NumPy indices).
 
     The selection is linear: $\mathrm{vec}(Y) = P\,\mathrm{vec}(X)$ with $P$ a 0/1
@@ -873,7 +873,7 @@ class GetItem(Op):
     @staticmethod
     def vjp(saved: Any, g: Array, needs: tuple[bool, ...] = (True,)) -> Grads:
         shape, dtype, index = saved
-        return (call(IndexAdd, g, shape=shape, index=index, dtype=dtype),)
+        return (call(IndexAddOp, g, shape=shape, index=index, dtype=dtype),)
 
 
 def _scatter_case(d: opspecs.Draw) -> opspecs.Case:
@@ -891,7 +891,7 @@ def _torch_index_add(t: Any, x: Any, shape: tuple[int, ...] = (), index: Any = (
     return out
 
 
-class IndexAdd(Op):
+class IndexAddOp(Op):
     r"""Scatter-add into zeros: $Y$ of shape `shape` is $0$ except $Y[\text{idx}] \mathrel{+}= X$.
 
     The adjoint of [getitem](#getitem) and its vjp: with the selection matrix
