@@ -24,9 +24,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import npgrad  # noqa: E402
-from npgrad import nn, optim  # noqa: E402
-from npgrad.data import load_dataset, to_float  # noqa: E402
+import npgrad
+from npgrad import nn, optim
+from npgrad.data import load_dataset, to_float
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -44,7 +44,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.threads import set_blas_threads  # noqa: E402
+from benchmarks.threads import set_blas_threads
 
 set_blas_threads(sys.argv)  # before NumPy loads: BLAS reads its thread count once
 
@@ -135,7 +135,7 @@ def npgrad_net(name: str, rng: np.random.Generator) -> nn.Module:
     )  # fmt: skip
 
 
-def torch_net(torch, name: str):  # noqa: ANN001, ANN201
+def torch_net(torch, name: str):
     t = torch.nn
     if name == "small":
         return t.Sequential(
@@ -164,7 +164,7 @@ def npgrad_step(name: str, x: np.ndarray, y: np.ndarray) -> Callable[[], None]:
     return step
 
 
-def torch_step(torch, name: str, x: np.ndarray, y: np.ndarray) -> Callable[[], None]:  # noqa: ANN001
+def torch_step(torch, name: str, x: np.ndarray, y: np.ndarray) -> Callable[[], None]:
     torch.manual_seed(0)
     net = torch_net(torch, name).float()  # float32 whatever the default dtype
     opt = torch.optim.Adam(net.parameters(), LR)
@@ -185,7 +185,7 @@ PEERS = {"dezero": "DeZero", "mygrad": "MyGrad"}
 PEER_INSTALL = {"dezero": "pip install dezero matplotlib", "mygrad": "pip install mygrad"}
 
 
-def import_peer(module: str):  # noqa: ANN201
+def import_peer(module: str):
     """The peer's module, or None when it is missing or does not import."""
     import importlib
 
@@ -209,7 +209,7 @@ def peer_version(module: str) -> str:
     return version(module)
 
 
-def dezero_step(dezero, x: np.ndarray, y: np.ndarray) -> tuple[Callable[[], None], str]:  # noqa: ANN001
+def dezero_step(dezero, x: np.ndarray, y: np.ndarray) -> tuple[Callable[[], None], str]:
     F, L = dezero.functions, dezero.layers
     np.random.seed(0)  # DeZero initialises from NumPy's global generator
     model = dezero.models.Sequential(
@@ -233,7 +233,7 @@ def dezero_step(dezero, x: np.ndarray, y: np.ndarray) -> tuple[Callable[[], None
     return step, "Adam; batch norm eps 2e-5 (DeZero's)"
 
 
-def mygrad_step(mg, x: np.ndarray, y: np.ndarray) -> tuple[Callable[[], None], str]:  # noqa: ANN001
+def mygrad_step(mg, x: np.ndarray, y: np.ndarray) -> tuple[Callable[[], None], str]:
     from mygrad.nnet import batchnorm, conv_nd, max_pool, relu, softmax_crossentropy
 
     rng = np.random.default_rng(0)
@@ -250,7 +250,7 @@ def mygrad_step(mg, x: np.ndarray, y: np.ndarray) -> tuple[Callable[[], None], s
     w3, b3 = param(1568, 10, fan_in=1568), param(10)
     params = [w1, b1, g1, c1, w2, b2, g2, c2, w3, b3]
 
-    def block(h, w, b, gamma, beta):  # noqa: ANN001, ANN202
+    def block(h, w, b, gamma, beta):
         h = conv_nd(h, w, stride=1, padding=1) + b.reshape(1, -1, 1, 1)
         h = relu(batchnorm(h, gamma=gamma, beta=beta, eps=1e-5))
         return max_pool(h, (2, 2), 2)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.threads import set_blas_threads  # noqa: E402
+from benchmarks.threads import set_blas_threads
 
 set_blas_threads(sys.argv)  # before NumPy loads: BLAS reads its thread count once
 
@@ -42,7 +42,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 EVAL_CHUNK = 1000
 
 
-def torch_twin(torch, net):  # noqa: ANN001, ANN201
+def torch_twin(torch, net):
     """The PyTorch network with npgrad's layers and weights (float32)."""
     layers = []
     for spec in torch_layers(net):
@@ -54,7 +54,7 @@ def torch_twin(torch, net):  # noqa: ANN001, ANN201
     return twin
 
 
-def torch_optimizer(torch, cfg, params):  # noqa: ANN001, ANN201
+def torch_optimizer(torch, cfg, params):
     if cfg.optimizer in ("adam", "adamw"):
         cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
         return cls(params, cfg.lr, weight_decay=cfg.weight_decay)

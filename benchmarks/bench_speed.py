@@ -39,12 +39,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import npgrad  # noqa: E402
-from benchmarks.machine import describe  # noqa: E402
-from npgrad import nn, optim  # noqa: E402
-from npgrad.app.config import make_config  # noqa: E402
-from npgrad.app.models import ExerciseModel  # noqa: E402
-from tests import exercise_reference as naive  # noqa: E402
+import npgrad
+from benchmarks.machine import describe
+from npgrad import nn, optim
+from npgrad.app.config import make_config
+from npgrad.app.models import ExerciseModel
+from tests import exercise_reference as naive
 
 LR = 1e-3
 

@@ -13,7 +13,7 @@ The pieces, one module per concern:
 * :mod:`npgrad.checking.gradcheck`   gradient checking, for built-in ops and your own layers
 """
 
-from . import data, layers, nn, optim  # noqa: E402  (submodules as attributes)
+from . import data, layers, nn, optim
 
 # npgrad.sum, npgrad.max, npgrad.pow: attributes, but not in __all__, so that
 # 'from npgrad import *' does not shadow Python's builtins.

@@ -671,7 +671,7 @@ def neg(x: Any) -> Tensor:
     return apply(ops.NegOp, as_tensor(x))
 
 
-def pow(x: Any, p: float) -> Tensor:  # noqa: A001 - mirrors the op's name
+def pow(x: Any, p: float) -> Tensor:
     return as_tensor(x) ** p
 
 
@@ -703,7 +703,7 @@ def log_softmax(x: Any, axis: int = -1) -> Tensor:
     return apply(ops.LogSoftmaxOp, as_tensor(x), axis=axis)
 
 
-def sum(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A001
+def sum(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:
     return as_tensor(x).sum(axis=axis, keepdims=keepdims)
 
 
@@ -711,7 +711,7 @@ def mean(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:
     return as_tensor(x).mean(axis=axis, keepdims=keepdims)
 
 
-def max(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:  # noqa: A001
+def max(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:
     return as_tensor(x).max(axis=axis, keepdims=keepdims)
 
 

@@ -30,7 +30,7 @@ class MirrorHandler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         self.requests.append(self.path)
         _, kind, *rest = self.path.split("/")
         path = self.root / "/".join(rest)

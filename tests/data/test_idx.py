@@ -156,7 +156,7 @@ def peak_allocation(fn):
     try:
         fn()
         raised = None
-    except Exception as exc:  # noqa: BLE001 - returned for the caller to judge
+    except Exception as exc:
         raised = exc
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()

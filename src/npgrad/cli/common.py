@@ -18,7 +18,7 @@ def formatter(prog: str) -> argparse.HelpFormatter:
     return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
 
 
-def nonempty(hint: str):  # noqa: ANN201
+def nonempty(hint: str):
     """An argparse type refusing the empty string (``-o ''`` would mean the current directory)."""
 
     def check(text: str) -> str:
@@ -29,7 +29,7 @@ def nonempty(hint: str):  # noqa: ANN201
     return check
 
 
-def int_between(lo: int, hi: int):  # noqa: ANN201
+def int_between(lo: int, hi: int):
     """An argparse type for a whole number in ``lo..hi``."""
 
     def check(text: str) -> int:

@@ -526,13 +526,13 @@ def mirrors_for(spec: DatasetSpec, mirrors: Sequence[str] | None = None) -> list
 def _open_source(mirror: str, filename: str, timeout: float) -> tuple[IO[bytes], int | None]:
     if "://" not in mirror or mirror.startswith("file://"):
         local = Path(mirror.removeprefix("file://")).expanduser() / filename
-        f = open(local, "rb")  # noqa: SIM115 - closed by the caller
+        f = open(local, "rb")
         return f, local.stat().st_size
     import urllib.request  # the network stack loads only when something is downloaded
 
     url = mirror if mirror.endswith("/") else mirror + "/"
     req = urllib.request.Request(url + filename, headers={"User-Agent": "npgrad"})
-    resp = urllib.request.urlopen(req, timeout=timeout)  # noqa: S310 - http(s) only
+    resp = urllib.request.urlopen(req, timeout=timeout)
     length = resp.headers.get("Content-Length")
     return resp, int(length) if length else None
 
@@ -634,7 +634,7 @@ def _copy_hashing(
     return h.hexdigest()
 
 
-def _progress_bar(total: int, desc: str, enabled: bool | None):  # noqa: ANN202
+def _progress_bar(total: int, desc: str, enabled: bool | None):
     if enabled is None:
         enabled = sys.stderr.isatty()
     if not enabled:

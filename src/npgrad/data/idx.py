@@ -52,7 +52,7 @@ _MAX_DIMS = 32
 
 def _open(path: Path) -> IO[bytes]:
     try:
-        return open(path, "rb")  # noqa: SIM115 - closed by the caller
+        return open(path, "rb")
     except FileNotFoundError:
         raise IDXFormatError(f"{path}: file not found") from None
     except IsADirectoryError:
