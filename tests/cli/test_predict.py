@@ -10,7 +10,7 @@ import pytest
 from npgrad.app import checkpoint as ckpt
 from npgrad.cli import main
 from npgrad.data import digits
-from tests.test_images import png_header_only
+from tests.app.test_images import png_header_only
 
 Image = pytest.importorskip("PIL.Image")
 

@@ -79,7 +79,7 @@ inputs, ``stride`` a keyword parameter of its ``forward``)::
   module so that nothing imports PyTorch before it is needed.
 
 The tests compare every op with a PyTorch reference of their own
-(``TORCH_REFERENCE`` in ``tests/test_ops.py``, written independently of
+(``TORCH_REFERENCE`` in ``tests/ops/test_dense.py``, written independently of
 ``spec.torch``, so each checks the other): add the new op there too.
 """
 

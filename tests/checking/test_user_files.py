@@ -18,8 +18,8 @@ from npgrad.checking.layer_classes import LayerReport, check_layer
 from npgrad.checking.user_files import check_file, check_functions
 from npgrad.errors import LayerCheckError
 
-HERE = Path(__file__).parent / "fixtures" / "layers"
-PAIRS = Path(__file__).parent / "fixtures" / "pairs"
+HERE = Path(__file__).parents[1] / "fixtures" / "layers"
+PAIRS = Path(__file__).parents[1] / "fixtures" / "pairs"
 sys.path.insert(0, str(HERE))  # wrong_layers imports its sibling helper, as a student's would
 sys.path.insert(0, str(PAIRS))
 from tests.fixtures.layers import wrong_layers as w  # noqa: E402

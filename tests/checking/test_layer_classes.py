@@ -1,7 +1,7 @@
 """Checking a student's own layers: each mistake caught with the right diagnosis.
 
 In the same process, as in a notebook; files (in a child process) are
-``tests/test_filecheck.py``'s.
+``tests/checking/test_user_files.py``'s.
 """
 
 import sys
@@ -16,7 +16,7 @@ import npgrad
 from npgrad.checking.layer_classes import LayerReport, check_layer, domains_for
 from npgrad.ops.specs import KINK, NONZERO, POSITIVE, REAL, WIDE
 
-HERE = Path(__file__).parent / "fixtures" / "layers"
+HERE = Path(__file__).parents[1] / "fixtures" / "layers"
 sys.path.insert(0, str(HERE))  # wrong_layers imports its sibling helper, as a student's would
 from tests.fixtures.layers import misbehaving_layers as bad  # noqa: E402
 from tests.fixtures.layers import wrong_layers as w  # noqa: E402

@@ -7,7 +7,7 @@ from npgrad.checking import derivations
 from npgrad.checking.gradcheck import all_ops
 from npgrad.ops.dense import unbroadcast
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "derivations.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "derivations.md"
 
 
 def test_the_derivations_page_is_up_to_date():

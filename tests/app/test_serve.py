@@ -28,10 +28,10 @@ from npgrad.app.serve import MAX_BODY, Predictor, make_server, url_of
 from npgrad.autodiff import Tensor, no_grad
 from npgrad.data import read_idx
 from npgrad.errors import BlankImageError, ServeError
+from tests.app.test_export import MNIST_META, small_cnn, trained_run
 from tests.cli.helpers import run as run_cli
-from tests.test_export import MNIST_META, small_cnn, trained_run
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from npgrad.checking.function_pairs import (
 )
 from npgrad.errors import LayerCheckError
 
-PAIRS = Path(__file__).parent / "fixtures" / "pairs"
+PAIRS = Path(__file__).parents[1] / "fixtures" / "pairs"
 sys.path.insert(0, str(PAIRS))
 import correct_layers as ok  # noqa: E402
 

@@ -14,8 +14,8 @@ import pytest
 
 from npgrad.checking.sandbox import Opaque, decode, encode, run_child
 
-ROOT = Path(__file__).resolve().parents[1]
-HERE = "tests.test_sandbox"
+ROOT = Path(__file__).resolve().parents[2]
+HERE = "tests.checking.test_sandbox"
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,7 @@ import pytest
 from npgrad.app import checkpoint as ckpt
 from npgrad.errors import CheckpointError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # Mutations per CI run (the whole file stays under ~10 s); NPGRAD_FUZZ_EXAMPLES=30000 (and
 # NPGRAD_FUZZ_SEED) for a longer local run.
 EXAMPLES = int(os.environ.get("NPGRAD_FUZZ_EXAMPLES", "600"))
@@ -323,7 +323,7 @@ def fuzz(checkpoint: str, workdir: str, examples: str, seed: str) -> None:
 
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="memory bound needs Linux")
 def test_mutated_checkpoints_raise_only_checkpoint_error(real_checkpoint, tmp_path):
-    code = "import sys; from tests.test_checkpoint import fuzz; fuzz(*sys.argv[1:])"
+    code = "import sys; from tests.app.test_checkpoint import fuzz; fuzz(*sys.argv[1:])"
     args = [str(real_checkpoint), str(tmp_path), str(EXAMPLES), SEED]
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=env,
