@@ -18,7 +18,7 @@ builds the (N, c, c) Jacobian; arrays keep their dtype (float64 stays float64).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -53,7 +53,8 @@ class Layer:
     def _params(self) -> dict[str, Any]:
         return {}
 
-    def forward(self, *inputs: np.ndarray) -> np.ndarray:
+    # Any: each layer's own forward takes its own fixed arguments (x, W...).
+    def forward(self, *inputs: Any) -> np.ndarray:
         out, saved = self.op.forward(*[np.asarray(x) for x in inputs], **self._params())
         self.mem = {"saved": saved}
         return out
@@ -84,7 +85,11 @@ class Matmul(Layer):
     def backward(self, grad_y: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
         if "saved" not in self.mem:
             raise RuntimeError("Matmul.backward called before forward")
-        return self.op.vjp(self.mem["saved"], np.asarray(grad_y), (self.input_grad, True))
+        # grad_W is always computed (needs[1] is True); the op's signature cannot say so.
+        return cast(
+            "tuple[np.ndarray | None, np.ndarray]",
+            self.op.vjp(self.mem["saved"], np.asarray(grad_y), (self.input_grad, True)),
+        )
 
 
 class Relu(Layer):

@@ -13,7 +13,7 @@ statistics): both are in :meth:`Module.state_dict`, so checkpoints carry them.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -43,6 +43,9 @@ __all__ = [
 ]
 
 
+_M = TypeVar("_M", bound="Module")
+
+
 class Parameter(Tensor):
     """A leaf tensor that a :class:`Module` registers and optimizers update."""
 
@@ -58,6 +61,12 @@ class Module:
     Buffers (arrays of state that is saved but not trained) are declared with
     :meth:`register_buffer`; assigning a new array to a buffer's name replaces it.
     """
+
+    # The registries, set in __init__ (around __setattr__, which fills them).
+    _params: dict[str, Parameter]
+    _modules: dict[str, Module]
+    _buffers: dict[str, np.ndarray]
+    training: bool
 
     def __init__(self) -> None:
         object.__setattr__(self, "_params", {})
@@ -117,12 +126,12 @@ class Module:
         for p in self.parameters():
             p.grad = None
 
-    def train(self, mode: bool = True) -> Module:
+    def train(self: _M, mode: bool = True) -> _M:
         for m in self.modules():
             object.__setattr__(m, "training", mode)
         return self
 
-    def eval(self) -> Module:
+    def eval(self: _M) -> _M:
         return self.train(False)
 
     def num_parameters(self) -> int:
@@ -446,6 +455,8 @@ class _BatchNorm(Module):
     """
 
     dims: tuple[int, ...] = ()
+    running_mean: np.ndarray  # buffers, registered in __init__
+    running_var: np.ndarray
 
     def __init__(
         self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, dtype: Any = np.float32

@@ -17,7 +17,7 @@ kind of network is one more class here and one more value there.
 from __future__ import annotations
 
 import os
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -26,12 +26,14 @@ from ..autodiff import Tensor, cross_entropy, no_grad
 from ..errors import CheckpointError, ConfigError
 from ..ops import dense as ops
 from . import checkpoint as ckpt
-from .config import config_from_dict
+from .config import Config, config_from_dict
 
 
 class Model(Protocol):
     kind: str
-    lr: float
+
+    @property
+    def lr(self) -> float: ...
 
     def prepare(self, x: np.ndarray) -> np.ndarray: ...
     def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]: ...
@@ -51,7 +53,7 @@ class NetModel:
 
     def __init__(
         self,
-        cfg: Any,
+        cfg: Config,
         image_shape: tuple[int, ...],
         classes: int,
         steps_per_epoch: int,
@@ -80,8 +82,11 @@ class NetModel:
         self.schedule = optim.make_schedule(cfg.schedule, cfg.lr, steps_total, warmup)
 
     def build(
-        self, cfg: Any, image_shape: tuple[int, ...], classes: int, init: np.random.Generator
+        self, cfg: Config, image_shape: tuple[int, ...], classes: int, init: np.random.Generator
     ) -> nn.Module:
+        raise NotImplementedError
+
+    def describe(self) -> str:
         raise NotImplementedError
 
     def inputs(self, x: np.ndarray) -> Tensor:
@@ -132,10 +137,11 @@ class MLPModel(NetModel):
     """A fully connected network, :class:`~npgrad.nn.MLP`."""
 
     kind = "mlp"
+    net: nn.MLP  # what build returns
 
     def build(
-        self, cfg: Any, image_shape: tuple[int, ...], classes: int, init: np.random.Generator
-    ) -> nn.Module:
+        self, cfg: Config, image_shape: tuple[int, ...], classes: int, init: np.random.Generator
+    ) -> nn.MLP:
         return nn.MLP(
             [int(np.prod(image_shape)), *cfg.hidden, classes],
             activation=cfg.activation,
@@ -158,7 +164,7 @@ class CNNModel(NetModel):
     kind = "cnn"
 
     def build(
-        self, cfg: Any, image_shape: tuple[int, ...], classes: int, init: np.random.Generator
+        self, cfg: Config, image_shape: tuple[int, ...], classes: int, init: np.random.Generator
     ) -> nn.Module:
         dtype = np.dtype(cfg.dtype)
         act = nn.ACTIVATIONS[cfg.activation]
@@ -223,7 +229,7 @@ class ExerciseModel:
 
     def __init__(
         self,
-        cfg: Any,
+        cfg: Config,
         image_shape: tuple[int, ...],
         classes: int,
         steps_per_epoch: int = 1,
@@ -257,6 +263,7 @@ class ExerciseModel:
         loss = -float(log_prob[rows, y].sum()) / len(y)
         g = self.softmax.backward(self.log.backward(-onehot))
         g, W2_grad = self.matmul2.backward(g)
+        assert g is not None  # matmul2.input_grad is True
         _, W1_grad = self.matmul1.backward(self.relu.backward(g))
         self.W1 -= self.lr * W1_grad
         self.W2 -= self.lr * W2_grad
@@ -303,13 +310,17 @@ def add_ones_column(x: np.ndarray) -> np.ndarray:
     return out
 
 
-MODELS: dict[str, type] = {"mlp": MLPModel, "cnn": CNNModel, "exercise": ExerciseModel}
+MODELS: dict[str, type[NetModel] | type[ExerciseModel]] = {
+    "mlp": MLPModel,
+    "cnn": CNNModel,
+    "exercise": ExerciseModel,
+}
 
 
 # --------------------------------------------------------------------------- memory
 
 
-def estimate_bytes(cfg: Any, image_shape: tuple[int, ...], classes: int, batch: int) -> int:
+def estimate_bytes(cfg: Config, image_shape: tuple[int, ...], classes: int, batch: int) -> int:
     """A lower bound on the memory one training step needs: weights, gradients,
     optimizer state (Adam: two moments) and the activations of one batch."""
     item = np.dtype(cfg.dtype).itemsize
@@ -351,7 +362,7 @@ def _gib(n: float) -> str:
 
 
 def build_model(
-    cfg: Any,
+    cfg: Config,
     image_shape: tuple[int, ...],
     classes: int,
     steps_per_epoch: int = 1,

@@ -26,7 +26,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from ..data import DataLoader, Dataset, load_dataset, split_validation, to_float
 from ..errors import CheckpointError, ConfigError, Interrupted, RunLocked, TrainingDiverged
 from ..fileio import write_text
 from . import checkpoint as ckpt
-from .config import config_from_dict, resume_config, validate
+from .config import Config, config_from_dict, resume_config, validate
 from .models import Model, build_model
 
 CHECKPOINT = "checkpoint.npz"
@@ -70,7 +70,7 @@ class Prepared:
         return h.hexdigest()[:16]
 
 
-def prepare_data(cfg: Any, dataset: Dataset | None = None, train: bool = True) -> Prepared:
+def prepare_data(cfg: Config, dataset: Dataset | None = None, train: bool = True) -> Prepared:
     """The dataset as floats; ``train=False`` (evaluation) leaves the training split unconverted."""
     ds = dataset or load_dataset(cfg.dataset, data_dir=cfg.data_dir)
     dtype = np.dtype(cfg.dtype).type
@@ -246,7 +246,7 @@ class EpochProgress:
     correct: int
     seen: int
     seconds: float
-    rng_epoch_start: dict  # generator state before this epoch's permutation
+    rng_epoch_start: Mapping[str, Any]  # generator state before this epoch's permutation
 
 
 class Trainer:
@@ -258,7 +258,7 @@ class Trainer:
 
     def __init__(
         self,
-        cfg: Any,
+        cfg: Config,
         out: str | os.PathLike,
         dataset: Dataset | None = None,
         log: Callable[[str], None] | None = None,
@@ -321,8 +321,8 @@ class Trainer:
             raise CheckpointError(f"{path}: checkpoint metadata is incomplete ({exc})") from None
         cfg = resume_config(stored, changes or {})
         trainer = cls(cfg, out, dataset=dataset, **kwargs)
-        stored = meta.get("dataset_fingerprint")
-        if stored is not None and stored != trainer.data.fingerprint:
+        fingerprint = meta.get("dataset_fingerprint")
+        if fingerprint is not None and fingerprint != trainer.data.fingerprint:
             raise ConfigError(
                 f"{trainer.data.dataset.name} is not the dataset this run was trained on "
                 f"({meta['config'].get('dataset')}); resume with that dataset or start a new run"
@@ -398,20 +398,21 @@ class Trainer:
             resume_at = EpochProgress(**partial) if partial and partial["epoch"] == epoch else None
             partial = None
             try:
-                record, paused = self._epoch(epoch, resume_at)
+                outcome = self._epoch(epoch, resume_at)
             except KeyboardInterrupt:  # a second Ctrl-C, mid-step: nothing consistent to save
                 kept = f"epoch {epoch - 1}" if epoch > 1 else "none yet"
                 raise Interrupted(
                     f"interrupted in epoch {epoch}; checkpoint kept: {kept} in {self.out}; "
                     "continue with --resume"
                 ) from None
-            if paused is not None:
+            if isinstance(outcome, EpochProgress):  # asked to stop mid-epoch
                 with contextlib.suppress(KeyboardInterrupt), self.stop.protect():
-                    self._save(epoch - 1, partial=dataclasses.asdict(paused))
+                    self._save(epoch - 1, partial=dataclasses.asdict(outcome))
                 raise Interrupted(
-                    f"stopped in epoch {epoch} after step {paused.step} of {len(loader)}; "
+                    f"stopped in epoch {epoch} after step {outcome.step} of {len(loader)}; "
                     f"saved to {self.checkpoint_path}; continue with --resume"
                 )
+            record = outcome
             self.history.append(record)
             try:
                 with self.stop.protect():
@@ -454,7 +455,9 @@ class Trainer:
         ev = evaluate(self.model, self.data.x_test, self.data.y_test)
         return {"epoch": 0, "test_loss": ev.loss, "test_accuracy": ev.accuracy}
 
-    def _batches(self, epoch: int, resume_at: EpochProgress | None) -> tuple[Any, dict, int]:
+    def _batches(
+        self, epoch: int, resume_at: EpochProgress | None
+    ) -> tuple[Iterator[tuple[np.ndarray, np.ndarray]], Mapping[str, Any], int]:
         """This epoch's batches, the generator state it started from, and the first step."""
         loader = self.loader
         if resume_at is None:
@@ -468,10 +471,8 @@ class Trainer:
         start = resume_at.step
         return loader.batches(order=order, start_batch=start), resume_at.rng_epoch_start, start
 
-    def _epoch(
-        self, epoch: int, resume_at: EpochProgress | None
-    ) -> tuple[dict[str, Any] | None, EpochProgress | None]:
-        """Train one epoch: (metrics record, None), or (None, progress) when asked to stop."""
+    def _epoch(self, epoch: int, resume_at: EpochProgress | None) -> dict[str, Any] | EpochProgress:
+        """Train one epoch: its metrics record, or where it stands when asked to stop."""
         t0 = time.perf_counter()
         batches, rng_start, start = self._batches(epoch, resume_at)
         r = resume_at or EpochProgress(epoch, 0, 0.0, 0, 0, 0.0, rng_start)
@@ -504,7 +505,7 @@ class Trainer:
                 if bar is not None:
                     bar.close()
                 r.step, r.seconds = step + 1, r.seconds + time.perf_counter() - t0
-                return None, r
+                return r
         seconds = r.seconds + time.perf_counter() - t0
         test = evaluate(self.model, self.data.x_test, self.data.y_test)
         record: dict[str, Any] = {
@@ -514,13 +515,13 @@ class Trainer:
             "test_loss": test.loss,
             "test_accuracy": test.accuracy,
         }
-        if self.data.x_val is not None:
+        if self.data.x_val is not None and self.data.y_val is not None:  # set together
             val = evaluate(self.model, self.data.x_val, self.data.y_val)
             record["val_loss"], record["val_accuracy"] = val.loss, val.accuracy
         record["lr"] = float(self.model.lr)
         record["seconds"] = seconds
         record["samples_per_second"] = r.seen / seconds if seconds > 0 else 0.0
-        return record, None
+        return record
 
 
 PROGRESS_EVERY = 10.0  # seconds between plain progress lines
