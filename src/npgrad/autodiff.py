@@ -348,7 +348,7 @@ def _seed(out: Tensor, grad: Any, create_graph: bool) -> Any:
                 f"backward() without a gradient needs a one-element output, got shape "
                 f"{out.shape}; pass grad=... of that shape or reduce with .sum()/.mean()"
             )
-        seed = np.ones_like(out.data)
+        seed: np.ndarray | Tensor = np.ones_like(out.data)
     elif create_graph and isinstance(grad, Tensor):
         seed = grad  # kept: the gradient may itself be differentiated with respect to it
     else:

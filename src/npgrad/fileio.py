@@ -96,7 +96,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", fsync: bool = True) 
         raise _about(path, exc) from exc
     try:
         f: IO[Any]
-        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
+        with os.fdopen(fd, mode, encoding="utf-8" if mode == "w" else None) as f:
             yield f
             f.flush()
             if fsync:

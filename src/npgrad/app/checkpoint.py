@@ -70,7 +70,8 @@ def save(
         arrays[f"meta/{k}"] = np.array(json.dumps(v))
     arrays["meta/digest"] = np.array(_digest(arrays))
     with atomic_write(path) as f:
-        np.savez(f, **arrays)
+        # allow_pickle=True is the default: named, NumPy's stubs cannot take **arrays for it
+        np.savez(f, allow_pickle=True, **arrays)
     return path
 
 

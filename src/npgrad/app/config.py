@@ -524,7 +524,7 @@ def preset_values(preset: str, family: str | None = None) -> dict[str, Any]:
     values = {}
     for o in OPTIONS:
         v = o.presets.get(preset, o.default)
-        if preset == "default" and family in o.families:
+        if preset == "default" and family is not None and family in o.families:
             v = o.families[family]
         values[o.name] = _copy(v)
     return values

@@ -276,7 +276,9 @@ def _pool_onnx(op: str, **extra: Any) -> Callable[[OnnxGraph, Any, str, str], st
     def build(g: OnnxGraph, m: Any, x: str, prefix: str) -> str:
         geo = _pool_geometry(m)
         ph, pw = geo["padding"]
-        attrs = dict(kernel_shape=geo["kernel_size"], strides=geo["stride"], pads=[ph, pw, ph, pw])
+        attrs: dict[str, Any] = dict(
+            kernel_shape=geo["kernel_size"], strides=geo["stride"], pads=[ph, pw, ph, pw]
+        )
         if "dilation" in geo:
             attrs["dilations"] = geo["dilation"]
         return g.node(op, [x], **attrs, **extra)
@@ -316,7 +318,7 @@ def _batch_norm_onnx(g: OnnxGraph, m: Any, x: str, prefix: str) -> str:
     return g.node("BatchNormalization", [x, *inputs], epsilon=float(m.eps))
 
 
-def _batch_norm(cls: type[nn.Module], nchw: bool) -> LayerMap:
+def _batch_norm(cls: type[nn.BatchNorm1d | nn.BatchNorm2d], nchw: bool) -> LayerMap:
     return LayerMap(
         torch=_batch_norm_torch,
         onnx=_batch_norm_onnx,
@@ -450,6 +452,7 @@ def as_sequential(model: Any) -> nn.Sequential:
         W1, W2 = model.W1, model.W2
         first = nn.Linear(W1.shape[0] - 1, W1.shape[1], rng=0, dtype=W1.dtype)
         first.weight.data[...] = W1[:-1]
+        assert first.bias is not None  # made with bias=True
         first.bias.data[...] = W1[-1]  # the row the ones column multiplies
         second = nn.Linear(W2.shape[0], W2.shape[1], bias=False, rng=0, dtype=W2.dtype)
         second.weight.data[...] = W2

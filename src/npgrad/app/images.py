@@ -145,7 +145,7 @@ def load_picture(
     if is_npy:
         a = _read_npy(p)
         if a.shape == tuple(shape) or (a.ndim == 1 and a.size == math.prod(shape)):
-            return _as_model_input(p, a, shape, pixel_max), tuple(shape)
+            return _as_model_input(p, a, shape, pixel_max), (shape[0], shape[1])
         return preprocess(a, shape, recipe, name=str(p)), (a.shape[0], a.shape[1])
     pixels, size = _read_picture(p)
     return preprocess(pixels, shape, recipe, name=str(p)), size

@@ -151,7 +151,7 @@ class Predictor:
 
 
 def _page() -> bytes:
-    return resources.files("npgrad.app").joinpath("static", "serve.html").read_bytes()
+    return resources.files("npgrad.app").joinpath("static").joinpath("serve.html").read_bytes()
 
 
 def _host_names(given: str, bound: str) -> frozenset[str] | None:
@@ -221,8 +221,10 @@ class Handler(BaseHTTPRequestHandler):
         self.rfile = io.BufferedReader(self._in)
 
     def handle_one_request(self) -> None:
-        # What send_error and log_request read, in case no request line ever arrives.
-        self.requestline, self.request_version, self.command = "", "HTTP/1.0", None
+        # What send_error and log_request read, in case no request line ever arrives
+        # (command None, as the standard library's parse_request sets it: typeshed says str).
+        self.requestline, self.request_version = "", "HTTP/1.0"
+        self.command = None  # type: ignore[assignment]
         self._answered = False
         self._in.deadline = time.monotonic() + self.server.deadline
         super().handle_one_request()
@@ -281,7 +283,7 @@ class Handler(BaseHTTPRequestHandler):
     def _json(self, status: int, obj: Any) -> None:
         self._send(status, json.dumps(obj).encode(), "application/json")
 
-    def _error(self, status: HTTPStatus, message: str) -> None:
+    def _error(self, status: int, message: str) -> None:
         self._json(status, {"error": message})
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
@@ -394,12 +396,8 @@ class Handler(BaseHTTPRequestHandler):
             raise RequestRejected(
                 HTTPStatus.BAD_REQUEST, "send a JSON object {width, height, pixels}"
             )
-        w, h, pixels = req.get("width"), req.get("height"), req.get("pixels")
-        for name, v in (("width", w), ("height", h)):
-            if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= MAX_SIDE:
-                raise RequestRejected(
-                    HTTPStatus.BAD_REQUEST, f"{name} must be an integer from 1 to {MAX_SIDE}"
-                )
+        w, h = _side("width", req.get("width")), _side("height", req.get("height"))
+        pixels = req.get("pixels")
         if not isinstance(pixels, str):
             raise RequestRejected(
                 HTTPStatus.BAD_REQUEST, "pixels must be a base64 string of grey bytes"
@@ -416,6 +414,15 @@ class Handler(BaseHTTPRequestHandler):
         return np.frombuffer(raw, np.uint8).reshape(h, w)
 
 
+def _side(name: str, v: Any) -> int:
+    """A drawing's width or height: an integer from 1 to MAX_SIDE."""
+    if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= MAX_SIDE:
+        raise RequestRejected(
+            HTTPStatus.BAD_REQUEST, f"{name} must be an integer from 1 to {MAX_SIDE}"
+        )
+    return v
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a client that never finishes does not hold up Ctrl-C
     request_queue_size = BACKLOG
@@ -424,6 +431,8 @@ class _Server(ThreadingHTTPServer):
     verbose: bool
     deadline: float  # seconds a client has to send its whole request
     host_names: frozenset[str] | None  # the Host names answered; None: any
+    # (host, port), and for IPv6 flow info and scope: a TCP server's host is text, never bytes
+    server_address: tuple[str, int] | tuple[str, int, int, int]
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that hangs up mid-request is its own business: no traceback on the

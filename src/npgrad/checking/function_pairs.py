@@ -63,7 +63,7 @@ import itertools
 import math
 import re
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from html import escape
 from typing import Any
@@ -164,8 +164,10 @@ def _ref_affine(v: dict[str, Any]) -> np.ndarray:
     return v["x"].reshape(v["x"].shape[0], -1) @ v["w"] + v["b"]
 
 
-def _loss_ref(fn: Callable[[np.ndarray, np.ndarray], float]) -> Callable[..., np.ndarray]:
-    def ref(v: dict[str, Any]) -> np.ndarray:
+def _loss_ref(
+    fn: Callable[[np.ndarray, np.ndarray], float],
+) -> Callable[..., np.ndarray | list[np.ndarray]]:
+    def ref(v: dict[str, Any]) -> np.ndarray | list[np.ndarray]:
         if "W" in v:  # (W, X, y, reg): a linear classifier; the course wrote reg or reg / 2
             data, l2 = fn(v["X"] @ v["W"], v["y"]), float(np.sum(v["W"] ** 2))
             return [np.array(data + v["reg"] * l2), np.array(data + 0.5 * v["reg"] * l2)]
@@ -382,7 +384,7 @@ KINDS: dict[str, Kind] = {
     "svm": Kind(("x", "y"), (((6, 5),),), reference=_loss_ref(_svm), loss=True, prepare=_svm_margins, hypotheses=(_loss_not_divided,)),
     "softmax": Kind(("x", "y"), (((6, 5),),), reference=_loss_ref(_softmax_loss), loss=True, hypotheses=(_loss_not_divided,)),
 }  # fmt: skip
-_LINEAR_LOSS = {
+_LINEAR_LOSS: dict[str, Any] = {
     "args": ("W", "X", "y", "reg"),
     "shapes": (((5, 4), (6, 5)),),
     "params": {"reg": 0.1},
@@ -443,8 +445,9 @@ _FORWARD = re.compile(r"^(?P<base>[A-Za-z0-9_]+?)_forward(?P<suffix>_[A-Za-z0-9_
 _LOSS = re.compile(r"^(?P<base>[A-Za-z0-9_]+?)_loss(_[A-Za-z0-9_]+)?$")
 
 
-def find_pairs(functions: dict[str, Callable[..., Any]]) -> list[Pair]:
-    """Function pairs and losses among ``functions`` (name -> function), in definition order."""
+def find_pairs(functions: Collection[str]) -> list[Pair]:
+    """Function pairs and losses among ``functions`` (their names: a dict name -> function
+    will do), in definition order."""
     pairs = []
     for name in functions:
         m = _FORWARD.match(name)
@@ -456,8 +459,8 @@ def find_pairs(functions: dict[str, Callable[..., Any]]) -> list[Pair]:
             alt = f"{base}_backward{suffix}_alt"
             if alt in functions:
                 pairs.append(Pair(name, alt, base, back if back in functions else None))
-        elif _LOSS.match(name):
-            pairs.append(Pair(name, None, _LOSS.match(name)["base"]))  # type: ignore[index]
+        elif (loss := _LOSS.match(name)) is not None:
+            pairs.append(Pair(name, None, loss["base"]))
     return pairs
 
 
@@ -586,8 +589,10 @@ def _check_window(
                 ("pool_width", w, f"the input's width {w}"),
             ):
                 value = merged.get(key)
+                if value is None:
+                    continue
                 sizes = value if isinstance(value, (list, tuple)) else [value]
-                if value is not None and any(v > limit for v in sizes):
+                if any(v > limit for v in sizes):
                     raise LayerCheckError(
                         f"{who}: {table}.{key} {value!r} is larger than {what}: at most {limit}"
                     )
@@ -623,7 +628,7 @@ def _check_param(kind: Kind | None, table: str | None, key: str, value: Any, who
     default = known[key]
 
     def whole(v: Any, least: int) -> bool:
-        return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= least
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and bool(v >= least)
 
     problem = None
     if key == "mode":
@@ -941,7 +946,7 @@ def _cases(
 ) -> list[tuple[str, dict[str, Any], bool]]:
     """(label, parameters, backward checked) for each case; overrides replace the defaults."""
     params = _merge(kind.params if kind else {}, {})
-    out = []
+    out: list[tuple[str, dict[str, Any], bool]] = []
     for label, over in kind.cases if kind else (("", {}),):
         merged = _merge(_merge(params, over), overrides)
         if any(m[0] != label and m[1] == merged for m in out):  # an override made them equal
@@ -1068,8 +1073,8 @@ def _check_pair(
             raise first or UserCodeFailed("forward failed: no input shapes fit")
         result = CaseResult(label, [np.shape(v) for v in (values[i] for i in diff)])
         if first is not None and kind is not None:  # the course's own shapes failed
-            shapes = ", ".join("x".join(map(str, s)) for s in candidates[0])
-            _warn(report, f"not checked with inputs {shapes} (the course's): {first}")
+            tried = ", ".join("x".join(map(str, s)) for s in candidates[0])
+            _warn(report, f"not checked with inputs {tried} (the course's): {first}")
         report.cases.append(result)
         _check_case(ctx, result, report, backward, cache, rng, plain)
 

@@ -524,7 +524,10 @@ def compare_with_torch(case: OpCase, rng: np.random.Generator) -> tuple[float, f
     tout.backward(torch.as_tensor(g))
     fwd = _rel_err(out.data, tout.detach().numpy())
     bwd = max(
-        _rel_err(t.grad if t.grad is not None else np.zeros_like(t.data), u.grad.numpy())
+        _rel_err(
+            t.grad if t.grad is not None else np.zeros_like(t.data),
+            u.grad.numpy() if u.grad is not None else np.zeros_like(t.data),
+        )
         for t, u in zip(ts, tt)
     )
     return fwd, bwd
@@ -546,8 +549,8 @@ def compare_second_order_with_torch(case: OpCase, rng: np.random.Generator) -> t
     ours = [h.data for h in autodiff.grad(mixed, ts)] if mixed.requires_grad else None
     tt = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in case.inputs]
     tout = case.torch_fn(*tt)
-    tg = torch.autograd.grad(tout, tt, torch.as_tensor(v), create_graph=True, allow_unused=True)
-    tg = [g if g is not None else torch.zeros_like(t) for g, t in zip(tg, tt)]
+    th1 = torch.autograd.grad(tout, tt, torch.as_tensor(v), create_graph=True, allow_unused=True)
+    tg = [g if g is not None else torch.zeros_like(t) for g, t in zip(th1, tt)]
     tmixed = _dot(tg, [torch.as_tensor(u) for u in us])
     theirs = [np.zeros_like(a) for a in case.inputs]
     if tmixed.requires_grad:
@@ -558,7 +561,7 @@ def compare_second_order_with_torch(case: OpCase, rng: np.random.Generator) -> t
     return fwd, max(_rel_err(a, b) for a, b in zip(ours, theirs))
 
 
-def _dot(grads: Sequence[Any], us: Sequence[np.ndarray]) -> Any:
+def _dot(grads: Sequence[Any], us: Sequence[Any]) -> Any:
     """``sum_i <grads_i, u_i>`` on npgrad or PyTorch tensors alike."""
     total = (grads[0] * us[0]).sum()
     for g, u in zip(grads[1:], us[1:]):

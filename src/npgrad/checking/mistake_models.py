@@ -81,7 +81,8 @@ def pool(
     n, c, h, w = xp.shape
     ho, wo = 1 + (h - ph) // sh, 1 + (w - pw) // sw
     out = np.empty((n, c, ho, wo))
-    reduce = {"max": np.max, "mean": np.mean, "sum": np.sum}[how]
+    reducers: dict[str, Callable[..., Any]] = {"max": np.max, "mean": np.mean, "sum": np.sum}
+    reduce = reducers[how]
     for i in range(ho):
         for j in range(wo):
             win = xp[:, :, i * th : i * th + ph, j * tw : j * tw + pw]

@@ -117,7 +117,7 @@ def _syntax_error(exc: SyntaxError) -> str:
     return f"{where}{type(exc).__name__}: {exc.msg}"
 
 
-def layer_classes(module: ModuleType) -> list[type]:
+def layer_classes(module: ModuleType) -> list[type[Any]]:
     """The classes defined in ``module`` that have ``forward`` and ``backward`` methods."""
     return [
         obj
@@ -350,7 +350,7 @@ def check_file(
                 continue
             name = event.get("unit")
             unit = next((u for u in units if u["name"] == name), None)
-            if unit is None or name in reports:
+            if unit is None or name is None or name in reports:  # (a unit found has a name)
                 continue
             if kind == "answer":
                 answers.setdefault(name, []).append(event)
@@ -622,7 +622,7 @@ def _expected_units(tree: ast.Module, job: dict[str, Any]) -> list[dict[str, Any
     if "pairs" in job["what"]:
         units += [
             {"type": "pair", "name": p.name, "forward": p.forward, "backward": p.backward}
-            for p in find_pairs(dict.fromkeys(functions))  # type: ignore[arg-type]
+            for p in find_pairs(dict.fromkeys(functions))
         ]
     only = job["only"]
     return [u for u in units if not only or u["name"] in only or u.get("forward") in only]
@@ -634,7 +634,7 @@ def _refuse_statically(tree: ast.Module, job: dict[str, Any]) -> None:
     The child refuses the rest the same way once the file is imported."""
     functions, classes = _declared(tree)
     if "pairs" in job["what"]:
-        for pair in find_pairs(dict.fromkeys(functions)):  # type: ignore[arg-type]
+        for pair in find_pairs(dict.fromkeys(functions)):
             raw = job["params"].get(pair.forward)
             if raw:
                 forward = _StandIn(pair.forward, _ast_signature(functions[pair.forward]))
@@ -647,11 +647,12 @@ def _refuse_statically(tree: ast.Module, job: dict[str, Any]) -> None:
             inits = [m for m in node.body if _binds(m, "__init__")]
             if not raw or node.bases or len(inits) > 1:
                 continue  # a base class's constructor: only the child can tell
-            if inits and not (
-                isinstance(inits[0], ast.FunctionDef) and not inits[0].decorator_list
-            ):
-                continue
-            init = _StandIn("__init__", _ast_signature(inits[0])) if inits else None
+            init = None
+            if inits:
+                first = inits[0]
+                if not isinstance(first, ast.FunctionDef) or first.decorator_list:
+                    continue
+                init = _StandIn("__init__", _ast_signature(first))
             constructor_args(_stand_in_class(name, init, _StandIn("forward", None)), raw, name)
 
 
@@ -671,8 +672,9 @@ _DEFAULT = object()  # stands for a default value the file's text gives
 def _ast_signature(node: ast.FunctionDef) -> inspect.Signature:
     """The signature a ``def`` statement gives its function (defaults only as present)."""
     a, p = node.args, inspect.Parameter
-    positional = [(x, p.POSITIONAL_ONLY) for x in a.posonlyargs]
-    positional += [(x, p.POSITIONAL_OR_KEYWORD) for x in a.args]
+    positional = [(x, p.POSITIONAL_ONLY) for x in a.posonlyargs] + [
+        (x, p.POSITIONAL_OR_KEYWORD) for x in a.args
+    ]
     first_default = len(positional) - len(a.defaults)
     params = [
         p(x.arg, kind, default=_DEFAULT if i >= first_default else p.empty)

@@ -85,7 +85,7 @@ def _check_geometry(item: str, key: str, value: object) -> None:
 
     if key in _GEOMETRY and isinstance(value, (int, float, tuple)):  # None, "same": the layer's
         try:
-            as_pair(value, key, _GEOMETRY[key])  # type: ignore[arg-type]
+            as_pair(value, key, _GEOMETRY[key])
         except ConfigError as exc:
             raise ConfigError(f"bad --param {item!r}: {exc}") from None
 

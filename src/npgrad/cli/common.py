@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 import textwrap
+from typing import NoReturn
 
 
 class Parser(argparse.ArgumentParser):
     """argparse with one-line errors: what was wrong and where to look."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 

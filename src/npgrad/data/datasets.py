@@ -343,6 +343,16 @@ def _holds_idx_files(p: Path) -> bool:
     return p.is_dir() and all(_find_file(p, stem) for stem in FILES)
 
 
+def _sha256_hex(f: IO[bytes]) -> str:
+    """The SHA-256 of an open binary file, read in chunks (``hashlib.file_digest``)."""
+    if sys.version_info >= (3, 11):
+        return hashlib.file_digest(f, "sha256").hexdigest()
+    h = hashlib.sha256()  # Python 3.10 has no file_digest
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+        h.update(chunk)
+    return h.hexdigest()
+
+
 def _verify(path: Path, spec: FileSpec, content: np.ndarray) -> None:
     """Check a local file against the official gzip SHA-256, or its content's SHA-256.
 
@@ -352,7 +362,7 @@ def _verify(path: Path, spec: FileSpec, content: np.ndarray) -> None:
     """
     try:
         with open(path, "rb") as f:
-            if hashlib.file_digest(f, "sha256").hexdigest() == spec.sha256:
+            if _sha256_hex(f) == spec.sha256:
                 return
     except OSError as exc:
         raise DatasetError(f"{path}: cannot be read ({exc.strerror or exc})") from None
@@ -473,7 +483,7 @@ def _assemble(
 def _load_keras_npz(path: Path, spec: DatasetSpec) -> Dataset:
     try:
         with open(path, "rb") as f:
-            digest = hashlib.file_digest(f, "sha256").hexdigest()
+            digest = _sha256_hex(f)
     except OSError as exc:
         raise DatasetError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     if spec.keras_npz_sha256 and digest != spec.keras_npz_sha256:

@@ -23,7 +23,7 @@ import math
 import os
 import zlib
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 import numpy as np
 
@@ -50,6 +50,12 @@ _FIRST_BUFFER = 16 << 20  # grown by doubling beyond this, as data really arrive
 _MAX_DIMS = 32
 
 
+class _Reader(Protocol):
+    """What the parser reads from: a file, a GzipFile over one, or BytesIO."""
+
+    def read(self, size: int, /) -> bytes: ...
+
+
 def _open(path: Path) -> IO[bytes]:
     try:
         return open(path, "rb")
@@ -63,7 +69,7 @@ def _open(path: Path) -> IO[bytes]:
         raise IDXFormatError(f"{path}: cannot be read ({exc.strerror or exc})") from None
 
 
-def _read(f: IO[bytes], n: int) -> bytes:
+def _read(f: _Reader, n: int) -> bytes:
     """Up to ``n`` bytes (fewer only at the end of the data)."""
     parts, got = [], 0
     while got < n:
@@ -75,7 +81,7 @@ def _read(f: IO[bytes], n: int) -> bytes:
     return b"".join(parts)
 
 
-def _header(f: IO[bytes], name: str, ndim: int | None) -> tuple[np.dtype, tuple[int, ...], int]:
+def _header(f: _Reader, name: str, ndim: int | None) -> tuple[np.dtype, tuple[int, ...], int]:
     """Read and check the magic number and dimensions: (dtype, shape, header length)."""
     magic = _read(f, 4)
     if not magic:
@@ -113,7 +119,7 @@ def _payload_size(shape: tuple[int, ...], dtype: np.dtype) -> tuple[int, int]:
 
 
 def _read_payload(
-    f: IO[bytes], nbytes: int, name: str, shape: tuple[int, ...], header: int
+    f: _Reader, nbytes: int, name: str, shape: tuple[int, ...], header: int
 ) -> np.ndarray:
     """Exactly ``nbytes`` from ``f`` into a uint8 array that grows only as data arrives.
 
@@ -143,7 +149,7 @@ def _read_payload(
 
 
 def _parse_stream(
-    f: IO[bytes],
+    f: _Reader,
     name: str,
     ndim: int | None,
     length: int,

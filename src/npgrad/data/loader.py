@@ -14,7 +14,7 @@ from ..rng import as_generator
 
 def to_float(images: np.ndarray, pixel_max: float = 255.0, dtype: type = np.float32) -> np.ndarray:
     """Scale integer pixels to [0, 1] in ``dtype`` (one pass, one allocation)."""
-    out = np.asarray(images, dtype=dtype)
+    out: np.ndarray = np.asarray(images, dtype=dtype)
     out *= dtype(1.0 / pixel_max)
     return out
 
@@ -25,7 +25,7 @@ def one_hot(
     """(N,) integer labels -> (N, C) one-hot matrix."""
     labels = np.asarray(labels)
     c = int(labels.max()) + 1 if num_classes is None else num_classes
-    out = np.zeros((labels.shape[0], c), dtype=dtype)
+    out: np.ndarray = np.zeros((labels.shape[0], c), dtype=dtype)
     out[np.arange(labels.shape[0]), labels] = 1
     return out
 

@@ -166,7 +166,7 @@ def _conv_case(d: Draw) -> Case:
     dh, dw = as_pair(dilation, "dilation", 1)
     # sizes from "just fits" to a few extra, so the last window sometimes does not fit
     h, w = dh * (kh - 1) + d.size(1, 4), dw * (kw - 1) + d.size(1, 4)
-    shapes = [(n, c, h, w), (o, c, kh, kw)] + ([(o,)] if d.flag() else [])
+    shapes: list[tuple[int, ...]] = [(n, c, h, w), (o, c, kh, kw)] + ([(o,)] if d.flag() else [])
     return Case(shapes, {"stride": stride, "padding": padding, "dilation": dilation})
 
 
@@ -749,15 +749,15 @@ def _torch_flat(t: Any, routing: MaxRouting) -> Any:
     return t.as_tensor(routing.flat().reshape(n, c, -1))
 
 
-def _torch_scatter(t: Any, g: Any, routing: MaxRouting | None = None) -> Any:
-    n, c, h, w = routing.in_shape  # type: ignore[union-attr]
+def _torch_scatter(t: Any, g: Any, routing: MaxRouting) -> Any:
+    n, c, h, w = routing.in_shape
     out = t.zeros((n, c, h * w), dtype=g.dtype)
     return out.scatter_add(2, _torch_flat(t, routing), g.reshape(n, c, -1)).reshape(n, c, h, w)
 
 
-def _torch_gather(t: Any, u: Any, routing: MaxRouting | None = None) -> Any:
+def _torch_gather(t: Any, u: Any, routing: MaxRouting) -> Any:
     n, c = u.shape[:2]
-    return u.reshape(n, c, -1).gather(2, _torch_flat(t, routing)).reshape(routing.out_shape)  # type: ignore[union-attr]
+    return u.reshape(n, c, -1).gather(2, _torch_flat(t, routing)).reshape(routing.out_shape)
 
 
 def _routing_of(
@@ -1116,11 +1116,11 @@ class BatchNormOp(Op):
                 raise ShapeError(f"batch_norm: {what} of shape {a.shape}, expected ({c},)")
         check_eps(eps, "batch_norm: eps")
         eps = float(eps)  # a Python float: an np.float64 eps must not widen float32 data
-        for a, what in ((running_mean, "running_mean"), (running_var, "running_var")):
-            if a is not None and (a.shape != (c,) or a.dtype.kind != "f"):
+        for stat, what in ((running_mean, "running_mean"), (running_var, "running_var")):
+            if stat is not None and (stat.shape != (c,) or stat.dtype.kind != "f"):
                 raise ShapeError(
                     f"batch_norm: {what} must be a float array of shape ({c},), got "
-                    f"{a.dtype} {a.shape}"
+                    f"{stat.dtype} {stat.shape}"
                 )
         x2 = _channels_last_2d(x)
         reps = x2.shape[1] // c

@@ -843,7 +843,7 @@ class ConcatenateOp(Op):
         cuts, axis = saved
         lead = (slice(None),) * (axis % g.ndim)
         bounds = [0, *(int(c) for c in cuts), None]
-        return tuple(g[(*lead, slice(lo, hi))] for lo, hi in zip(bounds, bounds[1:]))
+        return tuple(g[lead + (slice(lo, hi),)] for lo, hi in zip(bounds, bounds[1:]))
 
 
 class GetItemOp(Op):

@@ -41,10 +41,11 @@ def check_eps(v: Any, what: str) -> None:
         raise ConfigError(f"{what} must be a positive number, got {v!r}")
 
 
-def as_pair(v: IntOrPair, what: str, low: int) -> tuple[int, int]:
-    """``v`` as two ints ``>= low`` (an int means the same for height and width)."""
+def as_pair(v: Any, what: str, low: int) -> tuple[int, int]:
+    """``v`` (an :data:`IntOrPair`, or anything a user gave) as two ints ``>= low`` (an int
+    means the same for height and width); anything else is refused."""
     ndim = 0 if isinstance(v, str) else np.ndim(v)
-    pair = (v, v) if ndim == 0 else tuple(v) if ndim == 1 else None  # type: ignore[arg-type]
+    pair = (v, v) if ndim == 0 else tuple(v) if ndim == 1 else None
     if pair is None or len(pair) != 2 or not all(is_int(i) and i >= low for i in pair):
         raise ConfigError(f"{what} must be an int or a pair of ints >= {low}, got {v!r}")
     return int(pair[0]), int(pair[1])

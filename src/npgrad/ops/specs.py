@@ -208,6 +208,7 @@ def index(d: Draw) -> Case:
 def class_targets(d: Draw) -> Case:
     """Logits ``(n, c)`` with integer labels or probability rows, mean or sum."""
     n, c = d.matrix()[0], max(d.matrix()[-1], 2)
+    target: np.ndarray  # integer labels or float probability rows
     if d.flag():
         target = d.rng.integers(0, c, size=n)
     else:
