@@ -72,8 +72,7 @@ def check_target(path: str | os.PathLike) -> None:
     else:
         what = next((kind for test, kind in _KINDS if test(mode)), "not a regular file")
     raise NotARegularFile(
-        f"{path}: is {what}; npgrad only creates files or replaces regular ones, so it is "
-        "left alone (give another file name)"
+        f"{path}: is {what}, left alone: npgrad replaces only regular files (give another name)"
     )
 
 

@@ -152,3 +152,27 @@ def test_a_stored_data_dir_that_is_gone_is_only_a_place_not_searched(capsys, tmp
     place.rmdir()
     assert main(["evaluate", str(run_dir)]) == 0
     assert main(["train", "-o", str(run_dir), "--resume", "-e", "2", "-q"]) == 0
+
+
+@pytest.mark.parametrize("name", ["checkpoint.npz", "metrics.jsonl"])
+def test_a_run_file_that_is_a_link_or_fifo_is_refused_before_training(
+    capsys, tmp_path, monkeypatch, name
+):
+    import os
+    from pathlib import Path
+
+    monkeypatch.chdir(tmp_path)
+    for kind in ("fifo", "link"):
+        run_dir = Path(kind)
+        run_dir.mkdir()
+        target = run_dir / name
+        if kind == "fifo":
+            os.mkfifo(target)
+        else:
+            Path("elsewhere").write_text("kept")
+            target.symlink_to("../elsewhere")
+        code, out, err = run(capsys, "train", "-d", "digits", "-e", "1", "-o", str(run_dir), "-q")
+        assert_one_line_error(code, err, f"{target}: is a")
+        assert "epoch" not in out + err  # refused before any training
+        assert target.is_symlink() if kind == "link" else target.is_fifo()
+    assert (tmp_path / "elsewhere").read_text() == "kept"

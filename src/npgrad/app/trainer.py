@@ -35,7 +35,7 @@ import numpy as np
 
 from ..data import DataLoader, Dataset, load_dataset, split_validation, to_float
 from ..errors import CheckpointError, ConfigError, Interrupted, RunLocked, TrainingDiverged
-from ..fileio import write_text
+from ..fileio import check_target, write_text
 from . import checkpoint as ckpt
 from .config import Config, config_from_dict, resume_config, validate
 from .models import Model, build_model
@@ -360,6 +360,8 @@ class Trainer:
                             f"{self.checkpoint_path} is a directory: move it away, the run "
                             "writes its checkpoint there"
                         )
+                    # a FIFO, device or link there is refused now, not after an epoch's work
+                    check_target(self.checkpoint_path)
                     if not self.resumed and self.checkpoint_path.exists() and not force:
                         raise ConfigError(
                             f"{self.out} already holds a checkpoint: pass --resume to continue "
