@@ -66,7 +66,6 @@ from .errors import (
     ShapeError,
     TrainingDiverged,
 )
-from .ops import conv as ops_conv
 
 __version__ = "0.1.0"
 
@@ -110,7 +109,6 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "data",
-    "ops_conv",
     "avg_pool2d",
     "batch_norm",
     "conv2d",

@@ -30,8 +30,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError, GradError, ShapeError
-from .ops import conv
-from .ops import dense as ops
+from .ops import conv, dense
 from .ops.base import Op, set_recorder, unbroadcast
 from .ops.geometry import IntOrPair, is_int
 
@@ -199,49 +198,49 @@ class Tensor:
 
     # ------------------------------------------------------------------ operators
     def __add__(self, other: Any) -> Tensor:
-        return apply(ops.AddOp, self, _lift(other, self))
+        return apply(dense.AddOp, self, _lift(other, self))
 
     def __radd__(self, other: Any) -> Tensor:
-        return apply(ops.AddOp, _lift(other, self), self)
+        return apply(dense.AddOp, _lift(other, self), self)
 
     def __sub__(self, other: Any) -> Tensor:
-        return apply(ops.SubOp, self, _lift(other, self))
+        return apply(dense.SubOp, self, _lift(other, self))
 
     def __rsub__(self, other: Any) -> Tensor:
-        return apply(ops.SubOp, _lift(other, self), self)
+        return apply(dense.SubOp, _lift(other, self), self)
 
     def __mul__(self, other: Any) -> Tensor:
-        return apply(ops.MulOp, self, _lift(other, self))
+        return apply(dense.MulOp, self, _lift(other, self))
 
     def __rmul__(self, other: Any) -> Tensor:
-        return apply(ops.MulOp, _lift(other, self), self)
+        return apply(dense.MulOp, _lift(other, self), self)
 
     def __truediv__(self, other: Any) -> Tensor:
-        return apply(ops.DivOp, self, _lift(other, self))
+        return apply(dense.DivOp, self, _lift(other, self))
 
     def __rtruediv__(self, other: Any) -> Tensor:
-        return apply(ops.DivOp, _lift(other, self), self)
+        return apply(dense.DivOp, _lift(other, self), self)
 
     def __matmul__(self, other: Any) -> Tensor:
-        return apply(ops.MatmulOp, self, _lift(other, self))
+        return apply(dense.MatmulOp, self, _lift(other, self))
 
     def __rmatmul__(self, other: Any) -> Tensor:
-        return apply(ops.MatmulOp, _lift(other, self), self)
+        return apply(dense.MatmulOp, _lift(other, self), self)
 
     def __pow__(self, p: float) -> Tensor:
         if isinstance(p, Tensor) or np.ndim(p) != 0:
             raise GradError("only a constant scalar exponent is supported: x ** 2.0")
-        return apply(ops.PowOp, self, p=float(p))
+        return apply(dense.PowOp, self, p=float(p))
 
     def __neg__(self) -> Tensor:
-        return apply(ops.NegOp, self)
+        return apply(dense.NegOp, self)
 
     def __getitem__(self, index: Any) -> Tensor:
         if isinstance(index, Tensor):
             index = index.data
         elif isinstance(index, tuple):
             index = tuple(i.data if isinstance(i, Tensor) else i for i in index)
-        return apply(ops.GetItemOp, self, index=index)
+        return apply(dense.GetItemOp, self, index=index)
 
     # Comparisons give plain boolean arrays: they have no gradient.
     def __gt__(self, other: Any) -> np.ndarray:
@@ -261,52 +260,52 @@ class Tensor:
     # ------------------------------------------------------------------ methods
     @property
     def T(self) -> Tensor:
-        return apply(ops.TransposeOp, self, axes=None)
+        return apply(dense.TransposeOp, self, axes=None)
 
     def transpose(self, *axes: Any) -> Tensor:
         if len(axes) == 1 and (axes[0] is None or isinstance(axes[0], (tuple, list, np.ndarray))):
             axes = () if axes[0] is None else tuple(axes[0])
-        return apply(ops.TransposeOp, self, axes=tuple(int(a) for a in axes) if axes else None)
+        return apply(dense.TransposeOp, self, axes=tuple(int(a) for a in axes) if axes else None)
 
     def swapaxes(self, axis1: int, axis2: int) -> Tensor:
         axes = list(range(self.ndim))
         axes[axis1], axes[axis2] = axes[axis2], axes[axis1]
-        return apply(ops.TransposeOp, self, axes=tuple(axes))
+        return apply(dense.TransposeOp, self, axes=tuple(axes))
 
     def reshape(self, *shape: Any) -> Tensor:
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
-        return apply(ops.ReshapeOp, self, shape=tuple(shape))
+        return apply(dense.ReshapeOp, self, shape=tuple(shape))
 
     def sum(self, axis: Any = None, keepdims: bool = False) -> Tensor:
-        return apply(ops.SumOp, self, axis=axis, keepdims=keepdims)
+        return apply(dense.SumOp, self, axis=axis, keepdims=keepdims)
 
     def mean(self, axis: Any = None, keepdims: bool = False) -> Tensor:
-        return apply(ops.MeanOp, self, axis=axis, keepdims=keepdims)
+        return apply(dense.MeanOp, self, axis=axis, keepdims=keepdims)
 
     def max(self, axis: Any = None, keepdims: bool = False) -> Tensor:
-        return apply(ops.MaxOp, self, axis=axis, keepdims=keepdims)
+        return apply(dense.MaxOp, self, axis=axis, keepdims=keepdims)
 
     def exp(self) -> Tensor:
-        return apply(ops.ExpOp, self)
+        return apply(dense.ExpOp, self)
 
     def log(self) -> Tensor:
-        return apply(ops.LogOp, self)
+        return apply(dense.LogOp, self)
 
     def relu(self) -> Tensor:
-        return apply(ops.ReluOp, self)
+        return apply(dense.ReluOp, self)
 
     def sigmoid(self) -> Tensor:
-        return apply(ops.SigmoidOp, self)
+        return apply(dense.SigmoidOp, self)
 
     def tanh(self) -> Tensor:
-        return apply(ops.TanhOp, self)
+        return apply(dense.TanhOp, self)
 
     def softmax(self, axis: int = -1) -> Tensor:
-        return apply(ops.SoftmaxOp, self, axis=axis)
+        return apply(dense.SoftmaxOp, self, axis=axis)
 
     def log_softmax(self, axis: int = -1) -> Tensor:
-        return apply(ops.LogSoftmaxOp, self, axis=axis)
+        return apply(dense.LogSoftmaxOp, self, axis=axis)
 
 
 _FREED = object()
@@ -521,7 +520,7 @@ def as_tensor(x: Any) -> Tensor:
     return x if isinstance(x, Tensor) else Tensor(x)
 
 
-# The op table's one hook into the engine: a vjp's ops.call on Tensors is recorded, the
+# The op table's one hook into the engine: a vjp's ops.base.call on Tensors is recorded, the
 # constants it read entering as Tensors that need no gradient.
 set_recorder(lambda op, *xs, **params: apply(op, *[as_tensor(x) for x in xs], **params))
 
@@ -633,42 +632,42 @@ def hvp(f: Callable[..., Tensor], inputs: Any, v: Any) -> Any:
 
 def broadcast_to(x: Any, shape: Sequence[int]) -> Tensor:
     """``x`` broadcast to ``shape`` (its gradient sums over the copies)."""
-    return apply(ops.BroadcastToOp, as_tensor(x), shape=tuple(shape))
+    return apply(dense.BroadcastToOp, as_tensor(x), shape=tuple(shape))
 
 
 def matmul(a: Any, b: Any) -> Tensor:
     a = as_tensor(a)
-    return apply(ops.MatmulOp, a, _lift(b, a))
+    return apply(dense.MatmulOp, a, _lift(b, a))
 
 
 def linear(x: Any, w: Any, b: Any) -> Tensor:
     """``x @ w + b`` as one fused node (see :class:`npgrad.ops.dense.LinearOp`)."""
     x = as_tensor(x)
-    return apply(ops.LinearOp, x, _lift(w, x), _lift(b, x))
+    return apply(dense.LinearOp, x, _lift(w, x), _lift(b, x))
 
 
 def add(a: Any, b: Any) -> Tensor:
     a = as_tensor(a)
-    return apply(ops.AddOp, a, _lift(b, a))
+    return apply(dense.AddOp, a, _lift(b, a))
 
 
 def sub(a: Any, b: Any) -> Tensor:
     a = as_tensor(a)
-    return apply(ops.SubOp, a, _lift(b, a))
+    return apply(dense.SubOp, a, _lift(b, a))
 
 
 def mul(a: Any, b: Any) -> Tensor:
     a = as_tensor(a)
-    return apply(ops.MulOp, a, _lift(b, a))
+    return apply(dense.MulOp, a, _lift(b, a))
 
 
 def div(a: Any, b: Any) -> Tensor:
     a = as_tensor(a)
-    return apply(ops.DivOp, a, _lift(b, a))
+    return apply(dense.DivOp, a, _lift(b, a))
 
 
 def neg(x: Any) -> Tensor:
-    return apply(ops.NegOp, as_tensor(x))
+    return apply(dense.NegOp, as_tensor(x))
 
 
 def pow(x: Any, p: float) -> Tensor:
@@ -676,31 +675,31 @@ def pow(x: Any, p: float) -> Tensor:
 
 
 def exp(x: Any) -> Tensor:
-    return apply(ops.ExpOp, as_tensor(x))
+    return apply(dense.ExpOp, as_tensor(x))
 
 
 def log(x: Any) -> Tensor:
-    return apply(ops.LogOp, as_tensor(x))
+    return apply(dense.LogOp, as_tensor(x))
 
 
 def relu(x: Any) -> Tensor:
-    return apply(ops.ReluOp, as_tensor(x))
+    return apply(dense.ReluOp, as_tensor(x))
 
 
 def sigmoid(x: Any) -> Tensor:
-    return apply(ops.SigmoidOp, as_tensor(x))
+    return apply(dense.SigmoidOp, as_tensor(x))
 
 
 def tanh(x: Any) -> Tensor:
-    return apply(ops.TanhOp, as_tensor(x))
+    return apply(dense.TanhOp, as_tensor(x))
 
 
 def softmax(x: Any, axis: int = -1) -> Tensor:
-    return apply(ops.SoftmaxOp, as_tensor(x), axis=axis)
+    return apply(dense.SoftmaxOp, as_tensor(x), axis=axis)
 
 
 def log_softmax(x: Any, axis: int = -1) -> Tensor:
-    return apply(ops.LogSoftmaxOp, as_tensor(x), axis=axis)
+    return apply(dense.LogSoftmaxOp, as_tensor(x), axis=axis)
 
 
 def sum(x: Any, axis: Any = None, keepdims: bool = False) -> Tensor:
@@ -720,14 +719,14 @@ def reshape(x: Any, shape: Sequence[int]) -> Tensor:
 
 
 def transpose(x: Any, axes: Sequence[int] | None = None) -> Tensor:
-    return apply(ops.TransposeOp, as_tensor(x), axes=None if axes is None else tuple(axes))
+    return apply(dense.TransposeOp, as_tensor(x), axes=None if axes is None else tuple(axes))
 
 
 def concatenate(tensors: Sequence[Any], axis: int = 0) -> Tensor:
     ts = [as_tensor(t) for t in tensors]
     if not ts:
         raise GradError("concatenate needs at least one tensor")
-    return apply(ops.ConcatenateOp, *ts, axis=axis)
+    return apply(dense.ConcatenateOp, *ts, axis=axis)
 
 
 def getitem(x: Any, index: Any) -> Tensor:
@@ -737,7 +736,7 @@ def getitem(x: Any, index: Any) -> Tensor:
 def cross_entropy(logits: Any, target: Any, reduction: str = "mean") -> Tensor:
     """Stable fused softmax cross-entropy; ``target`` is class indices (N,) or (N, C)."""
     target = target.data if isinstance(target, Tensor) else np.asarray(target)
-    return apply(ops.CrossEntropyOp, as_tensor(logits), target=target, reduction=reduction)
+    return apply(dense.CrossEntropyOp, as_tensor(logits), target=target, reduction=reduction)
 
 
 # --------------------------------------------------------------------------- image ops (npgrad.ops.conv)
@@ -842,4 +841,4 @@ def flatten(x: Any, start_dim: int = 1) -> Tensor:
             f"flatten: start_dim {start_dim!r} is not an axis of an input of shape {x.shape}"
         )
     start = start_dim % x.ndim if x.ndim else 0
-    return apply(ops.ReshapeOp, x, shape=tuple(x.shape[:start]) + (-1,))
+    return apply(dense.ReshapeOp, x, shape=tuple(x.shape[:start]) + (-1,))

@@ -22,8 +22,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from .ops import conv as ops_conv
-from .ops import dense as ops
+from .ops import conv, dense
 from .ops.base import Op
 from .ops.geometry import IntOrPair
 
@@ -69,7 +68,7 @@ class Layer:
 class Matmul(Layer):
     """``forward(x, W) = x @ W``; ``backward(g) = (g @ W.T, x.T @ g)``."""
 
-    op = ops.MatmulOp
+    op = dense.MatmulOp
 
     def __init__(self) -> None:
         super().__init__()
@@ -95,7 +94,7 @@ class Matmul(Layer):
 class Relu(Layer):
     """``forward(x) = max(x, 0)``; ``backward(g) = g * (x > 0)``."""
 
-    op = ops.ReluOp
+    op = dense.ReluOp
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         out = super().forward(x)
@@ -106,7 +105,7 @@ class Relu(Layer):
 class Softmax(Layer):
     """Softmax over the last axis, ``exp(x) / (sum(exp(x)) + epsilon)``, computed stably."""
 
-    op = ops.SoftmaxOp
+    op = dense.SoftmaxOp
 
     def __init__(self) -> None:
         super().__init__()
@@ -124,7 +123,7 @@ class Softmax(Layer):
 class Log(Layer):
     """``forward(x) = log(x + epsilon)``; ``backward(g) = g / (x + epsilon)``."""
 
-    op = ops.LogOp
+    op = dense.LogOp
 
     def __init__(self) -> None:
         super().__init__()
@@ -142,13 +141,13 @@ class Log(Layer):
 class Sigmoid(Layer):
     """Logistic sigmoid, in the same protocol (not part of the exercise)."""
 
-    op = ops.SigmoidOp
+    op = dense.SigmoidOp
 
 
 class Tanh(Layer):
     """Hyperbolic tangent, in the same protocol (not part of the exercise)."""
 
-    op = ops.TanhOp
+    op = dense.TanhOp
 
 
 # --------------------------------------------------------------------------- convolutional
@@ -163,7 +162,7 @@ class Conv2d(Layer):
     when a bias was given. ``mem`` keeps ``x`` and ``W`` besides the op's state.
     """
 
-    op = ops_conv.Conv2dOp
+    op = conv.Conv2dOp
 
     def __init__(
         self,
@@ -193,7 +192,7 @@ class Conv2d(Layer):
 class MaxPool2d(Layer):
     """``forward(x)``: max over ``kernel`` windows; ``backward(g)`` routes g to each window's arg-max."""
 
-    op = ops_conv.MaxPool2dOp
+    op = conv.MaxPool2dOp
 
     def __init__(
         self,
@@ -217,7 +216,7 @@ class MaxPool2d(Layer):
 class AvgPool2d(Layer):
     """``forward(x)``: mean over ``kernel`` windows; ``backward(g)`` spreads g evenly over each."""
 
-    op = ops_conv.AvgPool2dOp
+    op = conv.AvgPool2dOp
 
     def __init__(
         self,
@@ -241,7 +240,7 @@ class BatchNorm(Layer):
     ``backward(g)`` returns ``(grad_x, grad_gamma, grad_beta)``.
     """
 
-    op = ops_conv.BatchNormOp
+    op = conv.BatchNormOp
 
     def __init__(self, momentum: float = 0.1, eps: float = 1e-5) -> None:
         super().__init__()

@@ -7,7 +7,7 @@ bytes, so a modified or damaged file is refused rather than half-loaded.
 Entries are stored uncompressed and every declared size is checked against
 the file before anything is allocated, so no damaged or hostile file can make
 :func:`load` use more memory than the file's size, or raise anything but
-:class:`~npgrad.errors.CheckpointError` (fuzzed in ``tests/test_checkpoint.py``).
+:class:`~npgrad.errors.CheckpointError` (fuzzed in ``tests/app/test_checkpoint.py``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ FORMAT = "npgrad-checkpoint-1"
 
 
 # Everything the zip and .npy readers raise on damaged bytes (the fuzz tests in
-# tests/test_checkpoint.py find these): turned into CheckpointError by load().
+# tests/app/test_checkpoint.py find these): turned into CheckpointError by load().
 _DAMAGE = (
     OSError,
     EOFError,

@@ -472,7 +472,7 @@ class Config:
     """Everything that defines a run; stored in every checkpoint.
 
     One field per :data:`OPTIONS` entry, in the table's order, after ``preset``.
-    The defaults come from the table (tests/test_config.py holds the two together).
+    The defaults come from the table (tests/app/test_config.py holds the two together).
     """
 
     preset: str = "default"

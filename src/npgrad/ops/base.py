@@ -53,11 +53,11 @@ inputs, ``stride`` a keyword parameter of its ``forward``)::
 
     from npgrad.ops.specs import KINK, REAL, Case, OpSpec
 
-    def _conv_case(d):  # d is an opspecs.Draw: d.rng, d.shape, d.size(), d.flag(), ...
+    def _conv_case(d):  # d is a specs.Draw: d.rng, d.shape, d.size(), d.flag(), ...
         n, c, o, k = d.size(1, 2), d.size(1, 3), d.size(1, 3), d.choice([1, 3])
         return Case([(n, c, 6, 6), (o, c, k, k)], {"stride": d.choice([1, 2])})
 
-    class Conv2d(Op):
+    class Conv2dOp(Op):  # an op-table class's name ends in Op
         # the docstring: what it computes, then the derivation; forward and vjp as above
         name = "conv2d"
         spec = OpSpec(

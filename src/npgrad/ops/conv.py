@@ -35,7 +35,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ..errors import ConfigError, ShapeError
-from . import dense as ops
+from . import dense
 from .base import Array, Grads, Op, call
 from .geometry import IntOrPair, as_pair, check_eps
 from .specs import REAL, Case, Domain, Draw, OpSpec
@@ -122,7 +122,7 @@ def _per_channel_dot(a: Array, b: Array, c: int) -> Array:
 
 def _tiled(v: Array, reps: int) -> Array:
     """A per-channel vector repeated to the width of a ``(rows, reps * c)`` view (``np.tile``)."""
-    return call(ops.BroadcastToOp, v.reshape(1, -1), shape=(reps, v.shape[0])).reshape(-1)
+    return call(dense.BroadcastToOp, v.reshape(1, -1), shape=(reps, v.shape[0])).reshape(-1)
 
 
 # --------------------------------------------------------------------------- convolution
