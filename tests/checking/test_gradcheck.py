@@ -5,10 +5,12 @@ import pytest
 
 import npgrad
 from npgrad import GradcheckError
+from npgrad.autodiff import apply
 from npgrad.checking.gradcheck import (
     agrees,
     all_ops,
     check_ops,
+    gradcheck,
     mismatches,
     numeric_jacobian,
     numeric_vjp,
@@ -18,6 +20,7 @@ from npgrad.checking.gradcheck import (
 )
 from npgrad.ops import dense as ops
 from npgrad.ops.base import OPS, Op
+from npgrad.ops.dense import ReluOp
 
 
 def test_full_mode_passes_on_a_correct_function():
@@ -298,3 +301,63 @@ def test_check_ops_refuses_a_third_order():
 def test_numeric_jacobian_of_an_empty_input_has_one_row_per_output():
     x = np.zeros((0, 2))
     assert numeric_jacobian(lambda: np.ones(3) * x.sum(), x).shape == (3, 0)
+
+
+# --------------------------------------------------------------------------- kinks
+
+
+class FlippedReluOp(ReluOp):
+    """relu with the sign of its gradient wrong (not registered: no name)."""
+
+    name = ""
+
+    @staticmethod
+    def vjp(saved, g, needs=(True,)):
+        return (-g * (saved > 0),)
+
+
+class WrongSquareOp(Op):
+    """x**2 whose vjp forgets the 2: smooth, curved, and wrong everywhere but 0."""
+
+    @staticmethod
+    def forward(x):
+        return x * x, x
+
+    @staticmethod
+    def vjp(saved, g, needs=(True,)):
+        return (g * saved,)
+
+
+def test_an_input_at_a_kink_is_inconclusive_there_never_a_failure():
+    x = np.array([[0.0, 1.0, -2.0], [3e-7, -0.5, 0.0]])  # 3e-7: within the step of 0
+    report = gradcheck(lambda t: npgrad.relu(t), x)
+    assert report.passed, report
+    (check,) = report.inputs
+    assert check.kinks == 3 and check.kink_at == (0, 0) and check.max_abs_error < 1e-8
+    assert "inconclusive at a kink: 3 Jacobian entries, e.g. at (0, 0)" in str(report)
+    hinge = gradcheck(lambda t: npgrad.relu(1.0 - t).sum(), np.array([1.0, 0.3, 2.0]))
+    assert hinge.passed and hinge.inputs[0].kinks == 1  # the hinge at its margin
+
+
+def test_kinks_found_in_directional_mode_are_left_out_of_every_direction():
+    x = np.random.default_rng(0).standard_normal((40, 150))
+    x[0, :5] = 0.0
+    report = gradcheck(lambda t: npgrad.relu(t).sum(), x)
+    assert report.mode == "directional" and report.passed, report
+    assert report.inputs[0].kinks == 5 and report.inputs[0].kink_at == (0, 0)
+    smooth = gradcheck(lambda t: npgrad.tanh(t).sum(), x)
+    assert smooth.passed and smooth.inputs[0].kinks == 0
+
+
+@pytest.mark.parametrize("shape", [(2, 3), (40, 150)])  # full mode, directional mode
+def test_a_wrong_gradient_still_fails_beside_kinks(shape):
+    x = np.random.default_rng(1).standard_normal(shape)
+    x.reshape(-1)[:3] = 0.0
+    report = gradcheck(lambda t: apply(FlippedReluOp, t).sum(), x)
+    assert not report.passed and report.inputs[0].kinks == 3, report
+
+
+def test_a_curved_function_with_a_wrong_gradient_is_no_kink():
+    x = np.array([0.5, -1.5, 2.0, 1e-3])
+    report = gradcheck(lambda t: apply(WrongSquareOp, t) * 1000.0, x)
+    assert not report.passed and report.inputs[0].kinks == 0, report
