@@ -73,6 +73,7 @@ def test_no_import_cycle_in_the_package():
 LAYERS = {
     "errors": set(),
     "rng": set(),
+    "fpenv": {"errors"},
     "fileio": {"errors"},
     "ops": {"errors"},
     "autodiff": {"ops", "errors"},

@@ -85,6 +85,7 @@ _SUBMODULES = {
     "app": "app",
     "checking": "checking",
     "export": "app.export",
+    "fpenv": "fpenv",
     "checkpoint": "app.checkpoint",
     "images": "app.images",
     "graph": "graph",
