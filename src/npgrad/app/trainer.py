@@ -370,8 +370,6 @@ class Trainer:
                     self._write_metrics()
                     with stop_on_signals(self.stop, self.log):
                         self._train()
-                    if not self.checkpoint_path.exists():  # zero epochs: keep the initial model
-                        self._save(0)
             except OSError as exc:
                 raise ConfigError(
                     f"cannot write to {exc.filename or self.out}: {exc.strerror or exc}; "
