@@ -75,18 +75,20 @@ LAYERS = {
     "rng": set(),
     "fpenv": {"errors"},
     "fileio": {"errors"},
+    "tracing": set(),
     "ops": {"errors"},
-    "autodiff": {"ops", "errors"},
+    "autodiff": {"ops", "errors", "tracing"},
     "layers": {"ops", "errors"},
-    "nn": {"autodiff", "ops", "errors", "rng"},
-    "optim": {"autodiff", "errors"},
+    "nn": {"autodiff", "ops", "errors", "rng", "tracing"},
+    "optim": {"autodiff", "errors", "tracing"},
+    "compiler": {"autodiff", "ops", "tracing", "errors"},
     "graph": {"autodiff", "nn", "errors"},
     "data": {"errors", "fileio", "rng"},
     "checking": {"ops", "autodiff", "layers", "errors", "fileio", "rng"},
-    "app": {"npgrad", "ops", "autodiff", "layers", "nn", "optim", "data", "errors", "fileio",
-            "rng"},  # "npgrad": its __version__
+    "app": {"npgrad", "ops", "autodiff", "layers", "nn", "optim", "compiler", "data", "errors",
+            "fileio", "rng"},  # "npgrad": its __version__
     "cli": {"npgrad", "app", "checking", "data", "ops", "errors", "fileio"},
-    "npgrad": {"ops", "autodiff", "layers", "nn", "optim", "data", "errors"},
+    "npgrad": {"ops", "autodiff", "layers", "nn", "optim", "compiler", "data", "errors"},
     "__main__": {"cli"},
 }  # fmt: skip
 

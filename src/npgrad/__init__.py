@@ -27,6 +27,7 @@ from .autodiff import (  # noqa: F401
     conv2d,
     cross_entropy,
     div,
+    dropout,
     enable_grad,
     exp,
     flatten,
@@ -55,8 +56,10 @@ from .autodiff import (  # noqa: F401
     tensor,
     transpose,
 )
+from .compiler import CompiledStep, compile  # noqa: F401  (compile: not in __all__, a builtin)
 from .errors import (
     CheckpointError,
+    CompileWarning,
     ConfigError,
     DatasetError,
     GradcheckError,
@@ -110,6 +113,9 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "data",
+    "CompiledStep",
+    "CompileWarning",
+    "dropout",
     "avg_pool2d",
     "batch_norm",
     "conv2d",

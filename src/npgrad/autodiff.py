@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from . import tracing
 from .errors import ConfigError, GradError, ShapeError
 from .ops import conv, dense
 from .ops.base import Op, set_recorder, unbroadcast
@@ -108,6 +109,8 @@ class Tensor:
         self._node: Node | None = None
         self._retain = False
         self.name = name
+        if tracing.current is not None:
+            tracing.current.created(self)
 
     # ------------------------------------------------------------------ basics
     @property
@@ -149,9 +152,13 @@ class Tensor:
 
     def numpy(self) -> np.ndarray:
         """The underlying array (not a copy)."""
+        if tracing.current is not None:
+            tracing.current.read(self, "numpy()")
         return self.data
 
     def item(self) -> float:
+        if tracing.current is not None:
+            tracing.current.read(self, "item()")
         return self.data.item()
 
     def detach(self) -> Tensor:
@@ -161,6 +168,7 @@ class Tensor:
     def astype(self, dtype: Any) -> Tensor:
         return Tensor(self.data.astype(dtype), requires_grad=self.requires_grad)
 
+    @tracing.replayable
     def zero_grad(self) -> None:
         self.grad = None
 
@@ -191,9 +199,11 @@ class Tensor:
                 "backward() on a tensor that does not require grad: create the inputs "
                 "with requires_grad=True (and not inside no_grad())"
             )
-        seed = _seed(self, grad, create_graph)
         if retain_graph is None:
             retain_graph = create_graph
+        if tracing.current is not None:
+            tracing.current.backward(self, grad, retain_graph, create_graph)
+        seed = _seed(self, grad, create_graph)
         _backprop([self], [seed], retain_graph, create_graph, None)
 
     # ------------------------------------------------------------------ operators
@@ -244,15 +254,23 @@ class Tensor:
 
     # Comparisons give plain boolean arrays: they have no gradient.
     def __gt__(self, other: Any) -> np.ndarray:
+        if tracing.current is not None:
+            tracing.current.read(self, "a comparison (>)")
         return self.data > _data(other)
 
     def __lt__(self, other: Any) -> np.ndarray:
+        if tracing.current is not None:
+            tracing.current.read(self, "a comparison (<)")
         return self.data < _data(other)
 
     def __ge__(self, other: Any) -> np.ndarray:
+        if tracing.current is not None:
+            tracing.current.read(self, "a comparison (>=)")
         return self.data >= _data(other)
 
     def __le__(self, other: Any) -> np.ndarray:
+        if tracing.current is not None:
+            tracing.current.read(self, "a comparison (<=)")
         return self.data <= _data(other)
 
     __hash__ = object.__hash__
@@ -513,6 +531,8 @@ def apply(op: type[Op], *inputs: Tensor, **params: Any) -> Tensor:
     else:
         out.requires_grad = False
         out._node = None
+    if tracing.current is not None:
+        tracing.current.op(op, inputs, params, out)
     return out
 
 
@@ -572,6 +592,8 @@ def grad(
             "grad(): no output requires grad: the outputs do not depend on any input "
             "that requires grad (or were computed inside no_grad())"
         )
+    if tracing.current is not None:  # a plan replays backward() into .grad only
+        tracing.current.read(roots[0][0], "npgrad.grad()")
     seeds = [_seed(o, go, create_graph) for o, go in roots]
     captured = _backprop(
         [o for o, _ in roots],
@@ -680,6 +702,11 @@ def exp(x: Any) -> Tensor:
 
 def log(x: Any) -> Tensor:
     return apply(dense.LogOp, as_tensor(x))
+
+
+def dropout(x: Any, p: float = 0.5, rng: Any = None) -> Tensor:
+    """Inverted dropout of ``x`` with a fresh mask from ``rng`` (a Generator or a seed)."""
+    return apply(dense.DropoutOp, as_tensor(x), p=float(p), rng=rng)
 
 
 def relu(x: Any) -> Tensor:

@@ -126,3 +126,10 @@ class UserCodeFailed(NpgradError):
     def __init__(self, message: str, retry: bool = False) -> None:
         super().__init__(message)
         self.retry = retry
+
+
+class CompileWarning(UserWarning):
+    """A compiled step (or one of its signatures) runs eagerly; the message says why.
+
+    A warning, not an error: the step still gives the right numbers, only slower.
+    """

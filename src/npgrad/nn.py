@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from . import autodiff
+from . import autodiff, tracing
 from .autodiff import Tensor
 from .errors import CheckpointError, ConfigError, ShapeError
 from .ops.geometry import IntOrPair, as_int, as_pair, check_eps
@@ -100,6 +100,8 @@ class Module:
         raise NotImplementedError
 
     def __call__(self, *args: Any) -> Tensor:
+        if tracing.current is not None:  # its training flag becomes a guard of the plan
+            tracing.current.module(self)
         return self.forward(*args)
 
     def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
@@ -122,6 +124,7 @@ class Module:
         for m in self._modules.values():
             yield from m.modules()
 
+    @tracing.replayable
     def zero_grad(self) -> None:
         for p in self.parameters():
             p.grad = None
@@ -269,7 +272,8 @@ class Tanh(Module):
 class Dropout(Module):
     """Inverted dropout: in training, zero each unit with probability ``p`` and scale by 1/(1-p).
 
-    The mask is a constant of the graph, so the gradient is the ``mul`` op's.
+    The mask is drawn by the ``dropout`` op (:class:`npgrad.ops.dense.DropoutOp`), a
+    fresh one on every call, also when a compiled step replays it.
     ``rng`` is the generator the masks are drawn from (the trainer shares its own
     so that checkpoints capture it).
     """
@@ -284,10 +288,7 @@ class Dropout(Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0.0:
             return x
-        keep = self.rng.random(x.shape, dtype=np.float32) >= self.p
-        mask = keep.astype(x.dtype)
-        mask *= x.dtype.type(1.0 / (1.0 - self.p))
-        return x * mask
+        return autodiff.dropout(x, self.p, self.rng)
 
     def __repr__(self) -> str:
         return f"Dropout(p={self.p})"

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from . import tracing
 from .autodiff import Tensor
 from .errors import CheckpointError, ConfigError
 
@@ -47,10 +48,12 @@ class Optimizer:
         # One scratch buffer per parameter: updates allocate nothing per step.
         self._buf = [np.empty_like(p.data) for p in self.params]
 
+    @tracing.replayable
     def zero_grad(self) -> None:
         for p in self.params:
             p.grad = None
 
+    @tracing.replayable
     def step(self) -> None:
         self.steps += 1
         for i, p in enumerate(self.params):
@@ -158,6 +161,7 @@ class Adam(Optimizer):
         super().__init__(params, lr)
         self.betas, self.eps, self.weight_decay = betas, eps, weight_decay
 
+    @tracing.replayable
     def step(self) -> None:
         b1, b2 = self.betas
         t = self.steps + 1
@@ -202,6 +206,7 @@ class AdamW(Adam):
         super().__init__(params, lr, betas, eps, weight_decay)
 
 
+@tracing.replayable
 def clip_grad_norm(params: Iterable[Tensor], max_norm: float) -> float:
     """Scale all gradients in place so their joint L2 norm is at most ``max_norm``; return the norm."""
     grads = [p.grad for p in params if p.grad is not None]

@@ -141,6 +141,13 @@ TORCH_REFERENCE = {
     "exp": lambda t, x: t.exp(x),
     "log": lambda t, x: t.log(x),
     "relu": lambda t, x: t.nn.functional.relu(x),
+    # the mask by a generator of its own, so that this checks the op's arithmetic
+    "dropout": lambda t, x, p, rng: (
+        x
+        * t.as_tensor(
+            (np.random.default_rng(rng).random(tuple(x.shape), dtype=np.float32) >= p) / (1 - p)
+        ).to(x.dtype)
+    ),
     "sigmoid": lambda t, x: t.special.expit(x),
     "tanh": lambda t, x: t.tanh(x),
     "softmax": lambda t, x, axis: t.nn.functional.softmax(x, dim=axis),

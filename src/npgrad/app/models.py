@@ -23,6 +23,7 @@ import numpy as np
 
 from .. import layers, nn, optim
 from ..autodiff import Tensor, cross_entropy, no_grad
+from ..compiler import compile as compile_step
 from ..errors import CheckpointError, ConfigError
 from ..ops import dense as ops
 from . import checkpoint as ckpt
@@ -37,6 +38,7 @@ class Model(Protocol):
 
     def prepare(self, x: np.ndarray) -> np.ndarray: ...
     def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]: ...
+    def use_compiled(self, on: bool) -> None: ...
     def log_probs(self, x: np.ndarray) -> np.ndarray: ...
     def params(self) -> dict[str, np.ndarray]: ...
     def load_params(self, state: dict[str, np.ndarray]) -> None: ...
@@ -80,6 +82,8 @@ class NetModel:
         steps_total = steps_per_epoch * max(cfg.epochs, 1)
         warmup = int(cfg.warmup_epochs * steps_per_epoch)
         self.schedule = optim.make_schedule(cfg.schedule, cfg.lr, steps_total, warmup)
+        # recorded at the first batch of each shape, replayed after (npgrad.compile)
+        self._step = compile_step(self._eager_step)
 
     def build(
         self, cfg: Config, image_shape: tuple[int, ...], classes: int, init: np.random.Generator
@@ -101,7 +105,11 @@ class NetModel:
         return x
 
     def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
-        self.opt.lr = self.schedule(self.opt.steps)
+        self.opt.lr = self.schedule(self.opt.steps)  # outside the step: a plan replays ops only
+        loss, logits = self._step(x, y)
+        return float(loss.data), int((logits.data.argmax(axis=1) == y).sum())
+
+    def _eager_step(self, x: np.ndarray, y: np.ndarray) -> tuple[Tensor, Tensor]:
         logits = self.net(self.inputs(x))
         loss = cross_entropy(logits, y)
         self.opt.zero_grad()
@@ -109,7 +117,10 @@ class NetModel:
         if self.cfg.clip:
             optim.clip_grad_norm(self.opt.params, self.cfg.clip)
         self.opt.step()
-        return float(loss.data), int((logits.data.argmax(axis=1) == y).sum())
+        return loss, logits
+
+    def use_compiled(self, on: bool) -> None:
+        self._step.enabled = on
 
     def log_probs(self, x: np.ndarray) -> np.ndarray:
         self.net.eval()
@@ -204,7 +215,8 @@ class CNNModel(NetModel):
         return nn.Sequential(*layers, *head.layers)
 
     def inputs(self, x: np.ndarray) -> Tensor:
-        return Tensor(x.reshape(len(x), 1, *self.image_shape))
+        # reshaped by the op, not before: the step's argument is x itself (npgrad.compile)
+        return Tensor(x).reshape(len(x), 1, *self.image_shape)
 
     def describe(self) -> str:
         blocks = "-".join(
@@ -254,6 +266,9 @@ class ExerciseModel:
     def _forward(self, x: np.ndarray) -> np.ndarray:
         h = self.relu.forward(self.matmul1.forward(x, self.W1))
         return self.log.forward(self.softmax.forward(self.matmul2.forward(h, self.W2)))
+
+    def use_compiled(self, on: bool) -> None:
+        pass  # the exercise's layer classes always run eagerly, as the exercise wrote them
 
     def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
         log_prob = self._forward(x)

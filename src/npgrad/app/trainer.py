@@ -264,6 +264,7 @@ class Trainer:
         log: Callable[[str], None] | None = None,
         progress: bool | None = None,
         step_hook: Callable[[int, int], None] | None = None,
+        compile: bool = True,
     ) -> None:
         validate(cfg)
         self.cfg = cfg
@@ -282,6 +283,8 @@ class Trainer:
         self.model = build_model(
             cfg, self.data.dataset.image_shape, classes, steps_per_epoch, self.rng, batch=batch
         )
+        # replayed training steps (npgrad.compile): the same numbers as eager, faster
+        self.model.use_compiled(compile)
         self.loader = DataLoader(
             self.model.prepare(self.data.x_train),
             self.data.y_train,

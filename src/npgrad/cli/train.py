@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         force=args.force,
         log=log,
         progress=False if args.quiet else None,
+        compile=args.compile,
     )
     final = trainer.fit(force=args.force)
     result = summary(trainer, final, time.perf_counter() - t0)
@@ -109,4 +110,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--plot", action="store_true", help="write OUT/curves.png and OUT/confusion.png")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress or epoch lines")
+    g.add_argument(
+        "--no-compile",
+        dest="compile",
+        action="store_false",
+        help="run every training step eagerly instead of replaying the recorded step "
+        "(the same numbers, slower; see docs/compile.md)",
+    )
     p.set_defaults(func=run)

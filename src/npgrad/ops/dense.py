@@ -403,6 +403,54 @@ def relu_array(x: Array) -> Array:
     return y
 
 
+def dropout_mask(shape: tuple[int, ...], p: float, rng: Any, dtype: Any) -> Array:
+    """The scaled keep mask of inverted dropout: ``1/(1-p)`` where kept, ``0`` where dropped.
+
+    ``rng`` is a NumPy Generator, drawn from (a fresh mask per call), or an int
+    seed, which makes the mask a function of the seed (for checking the op).
+    """
+    gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    keep = gen.random(shape, dtype=np.float32) >= p
+    mask = keep.astype(dtype)
+    mask *= mask.dtype.type(1.0 / (1.0 - p))
+    return mask
+
+
+class DropoutOp(Op):
+    r"""Inverted dropout $Y = X \odot M$, $M$ a fresh random mask of $0$ and $1/(1-p)$.
+
+    Each element is kept with probability $1 - p$ and scaled by $1/(1-p)$, so
+    $\mathbb{E}[Y] = X$ and evaluation needs no rescaling. The mask is drawn by the
+    forward pass from the generator `rng` (a new one every call, also when a compiled
+    step replays it) and is a constant of the differential:
+    $dY = M \odot dX$, so $df = \mathrm{tr}\big(G^T (M \odot dX)\big) = \mathrm{tr}\big((M \odot G)^T dX\big)$
+    and $\partial f/\partial X = M \odot G$: the gradient passes where the unit was
+    kept, scaled the same way, and is blocked where it was dropped.
+
+    *Second order.* The vjp is linear in $G$ with the constant mask, like
+    [relu](#relu)'s, so its derivative is $M$ for $G$ and $0$ for $X$.
+    """
+
+    name = "dropout"
+    spec = OpSpec(
+        draw=opspecs.with_params(p=[0.0, 0.25, 0.5], rng=[0, 1, 2]),
+        torch=lambda t, x, p=0.5, rng=None: (
+            x * t.as_tensor(dropout_mask(tuple(x.shape), p, rng, np.float64)).to(x.dtype)
+        ),
+    )
+
+    @staticmethod
+    def forward(x: Array, p: float = 0.5, rng: Any = None) -> tuple[Array, Any]:
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        mask = dropout_mask(x.shape, p, rng, x.dtype)
+        return x * mask, mask
+
+    @staticmethod
+    def vjp(saved: Any, g: Array, needs: tuple[bool, ...] = (True,)) -> Grads:
+        return (g * saved,)
+
+
 class SigmoidOp(Op):
     r"""Logistic function $Y = \sigma(X) = 1/(1 + e^{-X})$, element-wise.
 

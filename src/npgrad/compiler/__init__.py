@@ -1,0 +1,134 @@
+"""``npgrad.compile``: record a training step once, replay it without the engine.
+
+::
+
+    @npgrad.compile
+    def step(x, y):
+        loss = npgrad.cross_entropy(net(npgrad.tensor(x)), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss
+
+    for x, y in batches:
+        loss = step(x, y)  # the first call runs eagerly and records; later ones replay
+
+The first call with a given *signature* (each argument's shape and dtype, the other
+arguments' values, whether gradients are enabled) runs the function eagerly and
+records what it did (:mod:`npgrad.compiler.trace`); the record becomes a
+:class:`~npgrad.compiler.plan.Plan`. Later calls with that signature replay the
+plan: the same op forwards and vjps, in the same order, on this call's arrays, with
+no Tensor, tape or graph walk, and the recorded calls (``opt.step()``,
+``opt.zero_grad()``, clipping) made again. Another signature (the last, smaller
+batch) gets a plan of its own; a module whose ``training`` flag changed since the
+record (``net.eval()``) makes a new one too.
+
+What replays is the ops and the recorded calls, nothing else: Python code between
+them ran once, at the record. So a step must take what changes from call to call as
+arguments (the batch) or from state that the recorded calls read (parameters,
+gradients, ``opt.lr``), and return Tensors. A step that cannot be replayed exactly
+(it reads a tensor's values in Python, makes an array inside from something that is
+no argument, uses ``create_graph``...) is run eagerly, every time, after one
+:class:`CompileWarning` that says why: slower, never wrong.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ..autodiff import Tensor, is_grad_enabled
+from ..errors import CompileWarning
+from .plan import REWRITES, Plan
+from .trace import record
+
+__all__ = ["compile", "CompiledStep", "CompileWarning", "Plan", "REWRITES"]
+
+MAX_PLANS = 16  # signatures per step before it stops recording new ones
+
+
+def _signature(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    def one(a: Any) -> Any:
+        if isinstance(a, Tensor):
+            return ("T", a.data.shape, a.data.dtype.str, a.requires_grad)
+        if isinstance(a, np.ndarray):
+            return ("A", a.shape, a.dtype.str)
+        return (
+            "V",
+            type(a).__name__,
+            a if isinstance(a, (int, float, str, bool, type(None))) else id(a),
+        )
+
+    return (
+        tuple(one(a) for a in args),
+        tuple((k, one(v)) for k, v in sorted(kwargs.items())),
+        is_grad_enabled(),
+    )
+
+
+class CompiledStep:
+    """A step function with its plans, one per signature (see the module docstring).
+
+    ``enabled=False`` runs it eagerly (the trainer's ``--no-compile``); ``rewrite=False``
+    replays the recorded ops exactly as recorded, without :data:`REWRITES`.
+    """
+
+    def __init__(self, fn: Callable[..., Any], enabled: bool = True, rewrite: bool = True) -> None:
+        functools.update_wrapper(self, fn)
+        self.fn = fn
+        self.enabled = enabled
+        self.rewrite = rewrite
+        self.plans: dict[Any, list[Plan] | str] = {}
+        self.replays = 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.enabled:
+            return self.fn(*args, **kwargs)
+        key = _signature(args, kwargs)
+        known = self.plans.get(key)
+        if isinstance(known, str):  # this signature does not replay
+            return self.fn(*args, **kwargs)
+        for plan in known or ():
+            if plan.guards_hold():
+                self.replays += 1
+                return plan.run(args)
+        if known is None and len(self.plans) >= MAX_PLANS:
+            self._give_up(key, f"more than {MAX_PLANS} signatures (argument shapes or values)")
+            return self.fn(*args, **kwargs)
+        result, trace, structure = record(self.fn, args, kwargs)
+        if trace.problem is not None:
+            self._give_up(key, trace.problem)
+        else:
+            self.plans.setdefault(key, []).append(  # type: ignore[union-attr]
+                Plan(trace, structure, rewrite=self.rewrite)
+            )
+        return result
+
+    def _give_up(self, key: Any, why: str) -> None:
+        name = getattr(self.fn, "__qualname__", repr(self.fn))
+        warnings.warn(f"npgrad.compile: {name} runs eagerly: {why}", CompileWarning, stacklevel=4)
+        self.plans[key] = why
+
+    def plan(self, *args: Any, **kwargs: Any) -> Plan | None:
+        """The plan that a call with these arguments would replay (None: eager or not yet)."""
+        plans = self.plans.get(_signature(args, kwargs))
+        if isinstance(plans, list):
+            return next((p for p in plans if p.guards_hold()), None)
+        return None
+
+
+def compile(
+    fn: Callable[..., Any] | None = None, *, enabled: bool = True, rewrite: bool = True
+) -> Any:
+    """Wrap a training step so that it is recorded once and replayed (a decorator too).
+
+    ``npgrad.compile(step)`` or ``@npgrad.compile``; ``npgrad.compile(step,
+    enabled=False)`` is the eager step behind the same interface.
+    """
+    if fn is None:
+        return lambda f: CompiledStep(f, enabled=enabled, rewrite=rewrite)
+    return CompiledStep(fn, enabled=enabled, rewrite=rewrite)

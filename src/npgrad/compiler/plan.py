@@ -1,0 +1,319 @@
+"""A trace turned into a plan, and the plan replayed.
+
+A :class:`Plan` is a flat list of steps over numbered values (the *slots*): op
+forwards, the backward pass unrolled into vjp calls, the recorded calls. Building it
+does, once, everything the engine does on every step:
+
+* **the walk**: each ``backward()`` becomes the list of vjps in the order the engine
+  would run them, with which inputs need a gradient, whose gradient is summed back
+  over broadcast axes, and which leaf's ``.grad`` receives it;
+* **lifetimes**: each value's slot is emptied after its last reader (an op's
+  forward), each op's saved arrays after its vjp, so memory is given back as early
+  as the data flow allows (a slot is a register: it holds a value only while the
+  value is live), and never later than the eager engine gives it back;
+* **rewrites** (:data:`REWRITES`), changes of the op sequence that give the same
+  values and that only a view of the whole step allows.
+
+A replay then runs the same ``op.forward`` and ``op.vjp`` functions as the engine,
+with no Tensor, Node, walk or dictionary of gradients: the arithmetic is the eager
+step's, operation for operation, so the results are the same bits.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from ..autodiff import Tensor, _accumulate_leaf
+from ..ops import conv, dense
+from ..ops.base import unbroadcast
+from .trace import ArgRef, Backward, Call, Instr, Trace, _Out
+
+FWD, BWD, CALL = 0, 1, 2
+
+
+# --------------------------------------------------------------------------- rewrites
+
+
+def relu_after_max_pool(trace: Trace, keep: set[int]) -> int:
+    r"""``max_pool2d(relu(x))`` -> ``relu(max_pool2d(x))``: the same values, 1/k² the relu work.
+
+    Both are monotone: $\max_{\mathcal W}\max(x_i, 0) = \max(\max_{\mathcal W} x_i, 0)$,
+    exactly, in floating point too. The gradients agree as well: where a window's
+    maximum is positive both send $G$ to the same (first) arg-max; where it is not,
+    relu's mask gives $0$ either way. Applied where the relu's output feeds only the
+    pooling. Returns how many pairs were swapped.
+    """
+    readers: dict[int, list[int]] = {}
+    for i, e in enumerate(trace.events):
+        if isinstance(e, Instr):
+            for n in e.ins:
+                readers.setdefault(n, []).append(i)
+    swapped = 0
+    for i, e in enumerate(trace.events):
+        if not (isinstance(e, Instr) and e.op is dense.ReluOp):
+            continue
+        r = e.out
+        users = readers.get(r, [])
+        if r in keep or len(users) != 1:
+            continue
+        pool = trace.events[users[0]]
+        assert isinstance(pool, Instr)
+        if pool.op is not conv.MaxPool2dOp or pool.ins != (r,):
+            continue
+        pooled = len(trace.kinds)  # a new value: x pooled, before the relu
+        trace.kinds.append(("op", i))
+        trace.shapes.append(trace.shapes[pool.out])
+        trace.dtypes.append(trace.dtypes[pool.out])
+        trace.requires.append(trace.requires[r])
+        trace.events[i] = replace(pool, ins=e.ins, out=pooled, needs=e.needs)
+        trace.events[users[0]] = replace(e, ins=(pooled,), out=pool.out, needs=(trace.requires[r],))
+        for b in trace.events:
+            if isinstance(b, Backward):
+                b.order = [pooled if n == r else n for n in b.order]
+        swapped += 1
+    return swapped
+
+
+REWRITES: list[Callable[[Trace, set[int]], int]] = [relu_after_max_pool]
+"""Each takes the trace and the values that must keep their identity (returned ones,
+backward roots, leaves) and changes the trace in place; each is tested against the
+eager step in ``tests/compiler/test_plan.py``."""
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass
+class _Vjp:
+    """One entry of an unrolled backward pass, in the order the engine runs them."""
+
+    value: int
+    deliver: Any  # where a leaf's gradient goes: ("ext", tensor), ("arg", k) or None
+    instr: int  # the step whose saved arrays the vjp reads; -1 for a leaf
+    vjp: Any
+    needs: tuple[bool, ...]
+    parents: tuple[int, ...]
+    shapes: tuple[tuple[int, ...], ...]
+
+
+class Plan:
+    """A step, unrolled: built once from a :class:`~npgrad.compiler.trace.Trace`, then run."""
+
+    def __init__(self, trace: Trace, structure: Any, rewrite: bool = True) -> None:
+        self.kinds = trace.kinds
+        self.guards = [(m, mode) for m, mode in trace.modules.values()]
+        keep = _keep(trace, structure)
+        self.rewrites = {f.__name__: f(trace, keep) for f in REWRITES} if rewrite else {}
+        self.shapes, self.dtypes = trace.shapes, trace.dtypes
+        self.structure = structure
+        self.events = trace.events
+        self.size = len(trace.kinds)
+        self.steps: list[tuple[Any, ...]] = []
+        self.lifetimes: dict[int, tuple[int, int]] = {}  # value -> (made at, last read at)
+        self._build(trace, keep)
+        self.fixed = [(n, k[1]) for n, k in enumerate(self.kinds) if k[0] == "const"]
+        self.params = [(n, k[1]) for n, k in enumerate(self.kinds) if k[0] == "ext"]
+        self.args = [(n, k[1]) for n, k in enumerate(self.kinds) if k[0] == "arg"]
+        self.profile: dict[str, list[float]] | None = None
+
+    def _build(self, trace: Trace, keep: set[int]) -> None:
+        last: dict[int, int] = {}
+        made: dict[int, int] = {}
+        backward_of: set[int] = set()
+        for i, e in enumerate(self.events):
+            if isinstance(e, Instr):
+                made[e.out] = i
+                for n in e.ins:
+                    last[n] = i
+            elif isinstance(e, Backward):
+                backward_of.update(e.order)
+        frees: dict[int, list[int]] = {}
+        for n, i in last.items():
+            if n not in keep and self.kinds[n][0] == "op":
+                frees.setdefault(i, []).append(n)
+        for n, i in made.items():
+            if n not in keep and n not in last:  # never read: dropped at once
+                frees.setdefault(i, []).append(n)
+            self.lifetimes[n] = (i, last.get(n, len(self.events) if n in keep else i))
+        for i, e in enumerate(self.events):
+            if isinstance(e, Instr):
+                binds = [(name, v.k) for name, v in e.params.items() if isinstance(v, ArgRef)]
+                params = {k: v for k, v in e.params.items() if not isinstance(v, ArgRef)}
+                keeps_saved = e.out in backward_of and trace.requires[e.out]
+                step = (FWD, i, e.op.forward, e.ins, params, binds, e.out, keeps_saved)
+                self.steps.append(step + (tuple(frees.get(i, ())),))
+            elif isinstance(e, Backward):
+                self.steps.append((BWD, e.root, self._unroll(e), e.retain, self.dtypes[e.root]))
+            elif isinstance(e, Call):
+                self.steps.append((CALL, e.fn, e.args, e.kwargs))
+
+    def _unroll(self, b: Backward) -> list[_Vjp]:
+        producer = {e.out: (i, e) for i, e in enumerate(self.events) if isinstance(e, Instr)}
+        out = []
+        for n in reversed(b.order):
+            deliver = self.kinds[n] if n in b.delivered else None
+            if n in producer:
+                i, e = producer[n]
+                needs = tuple(need and p in b.order for need, p in zip(e.needs, e.ins))
+                shapes = tuple(self.shapes[p] for p in e.ins)
+                out.append(_Vjp(n, deliver, i, e.op.vjp, needs, e.ins, shapes))
+            else:
+                out.append(_Vjp(n, deliver, -1, None, (), (), ()))
+        return out
+
+    # ------------------------------------------------------------------ running
+    def guards_hold(self) -> bool:
+        return all(bool(m.training) == mode for m, mode in self.guards)
+
+    def run(self, args: tuple[Any, ...]) -> Any:
+        """Replay the step on ``args`` (same shapes and dtypes as the trace's)."""
+        v: list[Any] = [None] * self.size
+        arrays = [a.data if isinstance(a, Tensor) else a for a in args]
+        for n, k in self.args:
+            v[n] = arrays[k]
+        for n, tensor in self.params:
+            v[n] = tensor.data
+        for n, value in self.fixed:
+            v[n] = value
+        saved: dict[int, Any] = {}
+        timing = self.profile
+        for step in self.steps:
+            t0 = time.perf_counter() if timing is not None else 0.0
+            kind = step[0]
+            if kind == FWD:
+                _, i, forward, ins, params, binds, out, keeps_saved, frees = step
+                if binds:
+                    params = {**params, **{name: arrays[k] for name, k in binds}}
+                v[out], s = forward(*[v[n] for n in ins], **params)
+                if keeps_saved:
+                    saved[i] = s
+                for n in frees:
+                    v[n] = None
+                if timing is not None:
+                    timing.setdefault(self.events[i].op.name, []).append(time.perf_counter() - t0)
+            elif kind == BWD:
+                _, root, vjps, retain, dtype = step
+                self._backward(root, vjps, retain, dtype, saved, args, timing)
+            else:
+                step[1](*step[2], **step[3])
+                if timing is not None:
+                    timing.setdefault(step[1].__qualname__, []).append(time.perf_counter() - t0)
+        return _result(self.structure, v)
+
+    def _backward(
+        self,
+        root: int,
+        vjps: list[_Vjp],
+        retain: bool,
+        dtype: np.dtype,
+        saved: dict[int, Any],
+        args: tuple[Any, ...],
+        timing: dict[str, list[float]] | None,
+    ) -> None:
+        # The engine's _propagate, with the walk and every decision made at build time.
+        grads: list[Any] = [None] * self.size
+        grads[root] = np.ones(self.shapes[root], dtype=dtype)
+        handed_out: set[int] = set()
+        for e in vjps:
+            g = grads[e.value]
+            if g is None:
+                continue
+            grads[e.value] = None
+            if e.deliver is not None:
+                kind, what = e.deliver
+                _accumulate_leaf(what if kind == "ext" else args[what], g, handed_out, False)
+            if e.instr < 0 or True not in e.needs:
+                continue
+            t0 = time.perf_counter() if timing is not None else 0.0
+            in_grads = e.vjp(saved[e.instr], g, e.needs)
+            for p, gi, need, shape in zip(e.parents, in_grads, e.needs, e.shapes):
+                if gi is None or not need:
+                    continue
+                if gi.shape != shape:
+                    gi = unbroadcast(gi, shape)
+                prev = grads[p]
+                grads[p] = gi if prev is None else prev + gi
+            if not retain:
+                del saved[e.instr]
+            if timing is not None:
+                name = self.events[e.instr].op.name  # type: ignore[union-attr]
+                timing.setdefault(name + " vjp", []).append(time.perf_counter() - t0)
+
+    # ------------------------------------------------------------------ reading it
+    def describe(self) -> str:
+        """The plan as text: each forward step with its slot's lifetime, then each vjp."""
+        lines = []
+        for step in self.steps:
+            if step[0] == FWD:
+                _, i, _f, ins, params, binds, out, keeps, _frees = step
+                op = self.events[i].op.name  # type: ignore[union-attr]
+                made, dies = self.lifetimes.get(out, (i, i))
+                shape = "x".join(map(str, self.shapes[out])) or "scalar"
+                args = ", ".join(_name(n, self.kinds) for n in ins)
+                extra = ", ".join([f"{k}=arg{a}" for k, a in binds])
+                life = "kept" if dies >= len(self.events) else f"steps {made}-{dies}"
+                lines.append(
+                    f"{i:3d}  v{out} = {op}({args}{', ' + extra if extra else ''})"
+                    f"  [{shape}, {life}{', saved for backward' if keeps else ''}]"
+                )
+            elif step[0] == BWD:
+                lines.append("     backward:")
+                for e in step[2]:
+                    if e.instr >= 0 and True in e.needs:
+                        to = ", ".join(
+                            f"g{p}" if need else "-" for p, need in zip(e.parents, e.needs)
+                        )
+                        op = self.events[e.instr].op.name  # type: ignore[union-attr]
+                        lines.append(f"       {to} += {op}.vjp(g{e.value})")
+                    if e.deliver is not None:
+                        lines.append(f"       {_name(e.value, self.kinds)}.grad += g{e.value}")
+            else:
+                lines.append(f"     call {step[1].__qualname__}()")
+        return "\n".join(lines)
+
+
+def _name(n: int, kinds: list[tuple[str, Any]]) -> str:
+    kind, what = kinds[n]
+    if kind == "arg":
+        return f"arg{what}"
+    if kind == "ext":
+        return f"p{n}" if what.name is None else what.name
+    if kind == "const":
+        return repr(float(what)) if np.size(what) == 1 else f"c{n}"
+    return f"v{n}"
+
+
+def _keep(trace: Trace, structure: Any) -> set[int]:
+    keep: set[int] = set()
+
+    def walk(s: Any) -> None:
+        if isinstance(s, _Out):
+            keep.add(s.number)
+        elif isinstance(s, (tuple, list)):
+            for x in s:
+                walk(x)
+        elif isinstance(s, dict):
+            for x in s.values():
+                walk(x)
+
+    walk(structure)
+    for e in trace.events:
+        if isinstance(e, Backward):
+            keep.add(e.root)
+            keep.update(e.delivered)
+    return keep
+
+
+def _result(s: Any, v: list[Any]) -> Any:
+    if isinstance(s, _Out):
+        return Tensor(v[s.number])
+    if isinstance(s, (tuple, list)):
+        return type(s)(_result(x, v) for x in s)
+    if isinstance(s, dict):
+        return {k: _result(x, v) for k, x in s.items()}
+    return s

@@ -1,0 +1,254 @@
+"""Recording one eager run of a step as a trace: the ops, the backward passes, the calls.
+
+The step runs eagerly, exactly as without ``npgrad.compile``; :class:`Trace` listens
+through :mod:`npgrad.tracing` and writes down what happened in terms that do not
+depend on this run's arrays:
+
+* every value is numbered: an argument of the step (``("arg", k)``), the output of
+  a recorded op (``("op", i)``), a tensor that lives outside the step, a parameter
+  or a buffer (``("ext", tensor)``: its ``.data`` is read again on every replay), or
+  a scalar made inside the step (``("const", array)``);
+* every op application is an :class:`Instr`: the op, the numbers of its inputs, its
+  keyword parameters (an argument's array there is an :class:`ArgRef`), which inputs
+  want a gradient;
+* ``backward()`` is recorded with the order in which the engine visits the graph
+  (the same walk, :func:`npgrad.autodiff.topological_order`), so that the replay
+  adds gradients up in the same order and gives the same bits;
+* the state-changing calls (an optimizer's step, ``zero_grad``, clipping) are
+  recorded with their arguments.
+
+Anything that a replay could not reproduce is written down as ``problem`` (the
+first one): Python reading a tensor's values (``item()``, a comparison), an array
+made inside the step from something that is not an argument, an op that declares
+itself not replayable, ``create_graph`` or :func:`npgrad.grad`, a return value that
+is not a Tensor. The caller then runs that step eagerly, always.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .. import tracing
+from ..autodiff import Tensor, topological_order
+from ..ops.base import Op
+
+
+@dataclass(frozen=True)
+class ArgRef:
+    """An op parameter that is the array of the step's argument ``k`` (labels, say)."""
+
+    k: int
+
+
+@dataclass
+class Instr:
+    """One op application: ``value[out] = op.forward(*value[ins], **params)``."""
+
+    op: type[Op]
+    ins: tuple[int, ...]
+    params: dict[str, Any]
+    out: int
+    needs: tuple[bool, ...]  # which inputs the engine would send a gradient to
+
+    @property
+    def binds(self) -> bool:
+        """Whether a parameter is an argument's array, bound anew on every replay."""
+        return any(isinstance(v, ArgRef) for v in self.params.values())
+
+
+@dataclass
+class Backward:
+    """One ``backward()``: from ``root`` (seeded with ones), visiting ``order`` in reverse."""
+
+    root: int
+    order: list[int]  # value numbers, inputs before outputs (the engine's walk)
+    retain: bool
+    delivered: set[int]  # the leaves: values whose gradient lands in a ``.grad``
+
+
+@dataclass
+class Call:
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
+Event = Instr | Backward | Call
+
+
+@dataclass
+class Trace:
+    """What one eager run of a step did, in replayable terms (see the module docstring)."""
+
+    args: tuple[Any, ...]
+    kinds: list[tuple[str, Any]] = field(default_factory=list)  # per value: (kind, what)
+    shapes: list[tuple[int, ...]] = field(default_factory=list)
+    dtypes: list[np.dtype] = field(default_factory=list)
+    requires: list[bool] = field(default_factory=list)  # whether each value wanted a gradient
+    events: list[Event] = field(default_factory=list)
+    modules: dict[int, tuple[Any, bool]] = field(default_factory=dict)  # id -> (module, mode)
+    problem: str | None = None
+    _value: dict[int, int] = field(default_factory=dict)  # id(tensor) -> value number
+    _keep: list[Any] = field(default_factory=list)  # the tensors, so that ids stay unique
+    _created: set[int] = field(default_factory=set)
+    _made_arrays: dict[int, int] = field(default_factory=dict)  # id(op output array) -> value
+
+    def __post_init__(self) -> None:
+        self._arg_data = {}
+        self._arg_tensor = {}
+        for k, a in enumerate(self.args):
+            if isinstance(a, Tensor):
+                self._arg_tensor[id(a)] = k
+                self._arg_data[id(a.data)] = k
+            elif isinstance(a, np.ndarray):
+                self._arg_data[id(a)] = k
+
+    # ------------------------------------------------------------------ the hooks
+    def refuse(self, why: str) -> None:
+        if self.problem is None:
+            self.problem = why
+
+    def created(self, tensor: Tensor) -> None:
+        self._created.add(id(tensor))
+        self._keep.append(tensor)
+
+    def module(self, module: Any) -> None:
+        self.modules.setdefault(id(module), (module, bool(module.training)))
+
+    def read(self, tensor: Tensor, how: str) -> None:
+        self.refuse(
+            f"the step reads a tensor's values in Python ({how}), so a later step could take "
+            "another path"
+        )
+
+    def op(
+        self, op: type[Op], inputs: tuple[Tensor, ...], params: dict[str, Any], out: Tensor
+    ) -> None:
+        if not getattr(op, "replayable", True):
+            self.refuse(f"op {op.name!r} declares that it cannot be replayed")
+        ins = tuple(self.value_of(t) for t in inputs)
+        bound = {name: self._param(op, name, v) for name, v in params.items()}
+        number = self._new(("op", len(self.events)), out)
+        self._made_arrays[id(out.data)] = number
+        needs = tuple(t.requires_grad for t in inputs)
+        self.events.append(Instr(op, ins, bound, number, needs))
+
+    def backward(self, root: Tensor, grad: Any, retain: bool, create: bool) -> None:
+        if create:
+            self.refuse("backward(create_graph=True): a plan replays first-order gradients")
+            return
+        if grad is not None and np.size(grad.data if isinstance(grad, Tensor) else grad) != 1:
+            self.refuse("backward(grad=...) with an array: call backward() on a scalar loss")
+            return
+        if grad is not None and not np.all(np.asarray(getattr(grad, "data", grad)) == 1):
+            self.refuse("backward(grad=...) other than 1: scale the loss instead")
+            return
+        order = topological_order(root)
+        for t in order:
+            if t._node is not None and id(t) not in self._value:
+                self.refuse("backward() through a graph recorded before the step began")
+                return
+        if any(t._retain and t._node is not None for t in order):
+            self.refuse("retain_grad() inside the step: a replay keeps no intermediate tensors")
+            return
+        numbers = [self.value_of(t) for t in order]
+        delivered = {n for n, t in zip(numbers, order) if t._node is None}
+        self.events.append(Backward(self.value_of(root), numbers, retain, delivered))
+
+    def call(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        for a in (*args, *kwargs.values()):
+            if (
+                isinstance(a, Tensor)
+                and id(a) in self._value
+                and self.kinds[self._value[id(a)]][0] != "ext"
+            ):
+                self.refuse(f"{fn.__qualname__}() is given a tensor computed inside the step")
+        self.events.append(Call(fn, args, kwargs))
+        previous = tracing.set_current(None)  # what it calls is part of it, not recorded again
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            tracing.set_current(previous)
+
+    # ------------------------------------------------------------------ values
+    def _new(self, kind: tuple[str, Any], tensor: Tensor) -> int:
+        number = len(self.kinds)
+        self.kinds.append(kind)
+        self.shapes.append(tuple(tensor.data.shape))
+        self.dtypes.append(tensor.data.dtype)
+        self.requires.append(bool(tensor.requires_grad))
+        self._value[id(tensor)] = number
+        self._keep.append(tensor)
+        return number
+
+    def value_of(self, t: Tensor) -> int:
+        """The number of ``t``, classifying it the first time it is seen."""
+        number = self._value.get(id(t))
+        if number is not None:
+            return number
+        if id(t) in self._arg_tensor:
+            return self._new(("arg", self._arg_tensor[id(t)]), t)
+        if id(t.data) in self._arg_data:
+            return self._new(("arg", self._arg_data[id(t.data)]), t)
+        if id(t) in self._created:
+            if t.data.size > 1:
+                self.refuse(
+                    f"a Tensor of shape {t.data.shape} is made inside the step from an array "
+                    "that is no argument of it (a replay would keep its first values): pass the "
+                    "array as an argument, or make the Tensor outside the step"
+                )
+            return self._new(("const", t.data), t)
+        return self._new(("ext", t), t)
+
+    def _param(self, op: type[Op], name: str, v: Any) -> Any:
+        if isinstance(v, np.ndarray):
+            if id(v) in self._arg_data:
+                return ArgRef(self._arg_data[id(v)])
+            if id(v) in self._made_arrays:
+                self.refuse(f"op {op.name!r}'s parameter {name!r} is an array computed in the step")
+        elif isinstance(v, Tensor):
+            self.refuse(f"op {op.name!r}'s parameter {name!r} is a Tensor")
+        return v
+
+    def output(self, result: Any) -> Any:
+        """The step's return value as value numbers (a Tensor -> its number), or refuse."""
+        if result is None:
+            return None
+        if isinstance(result, Tensor):
+            return _Out(self.value_of(result))
+        if isinstance(result, (tuple, list)):
+            return type(result)(self.output(r) for r in result)
+        if isinstance(result, dict):
+            return {k: self.output(v) for k, v in result.items()}
+        self.refuse(
+            f"the step returns a {type(result).__name__}: return Tensors (and read their values "
+            "after the call), so that a replay returns this step's values"
+        )
+        return None
+
+
+@dataclass(frozen=True)
+class _Out:
+    number: int
+
+
+def record(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[Any, Trace, Any]:
+    """Run ``fn(*args, **kwargs)`` eagerly while recording: (its result, the trace, the
+    result in value numbers)."""
+    trace = Trace(args)
+    previous = tracing.set_current(trace)
+    try:
+        result = fn(*args, **kwargs)
+    finally:
+        tracing.set_current(previous)
+    for module, mode in trace.modules.values():
+        if bool(module.training) != mode:
+            trace.refuse(f"{type(module).__name__}'s training mode changes inside the step")
+    structure = trace.output(result)
+    return result, trace, structure
