@@ -128,7 +128,7 @@ class UserCodeFailed(NpgradError):
         self.retry = retry
 
 
-class CompileWarning(UserWarning):
+class CompileWarning(NpgradError, UserWarning):
     """A compiled step (or one of its signatures) runs eagerly; the message says why.
 
     A warning, not an error: the step still gives the right numbers, only slower.

@@ -120,6 +120,12 @@ class Plan:
         self.params = [(n, k[1]) for n, k in enumerate(self.kinds) if k[0] == "ext"]
         self.args = [(n, k[1]) for n, k in enumerate(self.kinds) if k[0] == "arg"]
         self.profile: dict[str, list[float]] | None = None
+        # parameter names for describe(), from the outermost module called (first recorded)
+        by_id: dict[int, str] = {}
+        for module, _ in self.guards:
+            for name, p in module.named_parameters():
+                by_id.setdefault(id(p), name)
+        self.names = {n: by_id.get(id(t), f"p{n}") for n, t in self.params}
 
     def _build(self, trace: Trace, keep: set[int]) -> None:
         last: dict[int, int] = {}
@@ -139,7 +145,7 @@ class Plan:
         for n, i in made.items():
             if n not in keep and n not in last:  # never read: dropped at once
                 frees.setdefault(i, []).append(n)
-            self.lifetimes[n] = (i, last.get(n, len(self.events) if n in keep else i))
+            self.lifetimes[n] = (i, len(self.events) if n in keep else last.get(n, i))
         for i, e in enumerate(self.events):
             if isinstance(e, Instr):
                 binds = [(name, v.k) for name, v in e.params.items() if isinstance(v, ArgRef)]
@@ -254,7 +260,7 @@ class Plan:
                 op = self.events[i].op.name  # type: ignore[union-attr]
                 made, dies = self.lifetimes.get(out, (i, i))
                 shape = "x".join(map(str, self.shapes[out])) or "scalar"
-                args = ", ".join(_name(n, self.kinds) for n in ins)
+                args = ", ".join(self._name(n) for n in ins)
                 extra = ", ".join([f"{k}=arg{a}" for k, a in binds])
                 life = "kept" if dies >= len(self.events) else f"steps {made}-{dies}"
                 lines.append(
@@ -271,21 +277,42 @@ class Plan:
                         op = self.events[e.instr].op.name  # type: ignore[union-attr]
                         lines.append(f"       {to} += {op}.vjp(g{e.value})")
                     if e.deliver is not None:
-                        lines.append(f"       {_name(e.value, self.kinds)}.grad += g{e.value}")
+                        lines.append(f"       {self._name(e.value)}.grad += g{e.value}")
             else:
                 lines.append(f"     call {step[1].__qualname__}()")
         return "\n".join(lines)
 
 
-def _name(n: int, kinds: list[tuple[str, Any]]) -> str:
-    kind, what = kinds[n]
-    if kind == "arg":
-        return f"arg{what}"
-    if kind == "ext":
-        return f"p{n}" if what.name is None else what.name
-    if kind == "const":
-        return repr(float(what)) if np.size(what) == 1 else f"c{n}"
-    return f"v{n}"
+    def _name(self, n: int) -> str:
+        kind, what = self.kinds[n]
+        if kind == "arg":
+            return f"arg{what}"
+        if kind == "ext":
+            return self.names[n]
+        if kind == "const":
+            return repr(float(what)) if np.size(what) == 1 else f"c{n}"
+        return f"v{n}"
+
+
+def timeline(plan: Plan) -> str:
+    """Each value's slot over the forward steps: made (``#``), live (``=``), then held by the
+    saved arrays of its op for the backward pass (``~``) or given back (blank)."""
+    fwd = [s for s in plan.steps if s[0] == FWD]
+    last_step = len(plan.events)
+    rows = ["value           " + "".join(f"{s[1]:>3d}" for s in fwd) + "  backward"]
+    for s in fwd:
+        i, out, keeps = s[1], s[6], s[7]
+        made, dies = plan.lifetimes.get(out, (i, i))
+        cells = []
+        for t in fwd:
+            j = t[1]
+            cells.append("  #" if j == made else "  =" if made < j <= dies else "   ")
+        op = plan.events[i].op.name  # type: ignore[union-attr]
+        tail = "  kept" if dies >= last_step else "  ~saved" if keeps else ""
+        rows.append(f"v{out:<3d} {op:<11.11s}" + "".join(cells) + tail)
+    return "\n".join(rows)
+
+
 
 
 def _keep(trace: Trace, structure: Any) -> set[int]:

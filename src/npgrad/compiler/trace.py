@@ -157,6 +157,13 @@ class Trace:
             return
         numbers = [self.value_of(t) for t in order]
         delivered = {n for n, t in zip(numbers, order) if t._node is None}
+        for n in delivered:
+            kind, k = self.kinds[n]
+            if kind == "arg" and not isinstance(self.args[k], Tensor):
+                self.refuse(
+                    f"a Tensor made inside the step from argument {k} requires grad: pass the "
+                    "Tensor itself, so that a replay can give it its .grad"
+                )
         self.events.append(Backward(self.value_of(root), numbers, retain, delivered))
 
     def call(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

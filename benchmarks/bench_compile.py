@@ -1,0 +1,221 @@
+"""The compiled step against the eager one and PyTorch: the rows of issue 21's targets.
+
+Each workload is trained three ways in one process, in interleaved rounds (medians,
+a pause between contestants so that no thread pool spins into the next): npgrad
+eager, npgrad compiled (``npgrad.compile``), PyTorch. Then the replayed small CNN
+step is profiled kernel by kernel (the plan's own timer) against its products-alone
+ceiling, so that where a target is missed, the time is accounted for by measurement.
+
+    python benchmarks/bench_compile.py --out benchmarks/results-compile.md
+    python benchmarks/bench_compile.py --tiny        # seconds; what the tests run
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.threads import set_blas_threads  # noqa: E402
+
+set_blas_threads(sys.argv[1:])
+
+import numpy as np  # noqa: E402
+
+import npgrad  # noqa: E402
+from benchmarks import bench_cnn  # noqa: E402
+from benchmarks.machine import describe  # noqa: E402
+from npgrad import nn, optim  # noqa: E402
+from npgrad.app.allocator import keep_freed_memory  # noqa: E402
+
+Step = Callable[[], None]
+
+
+def npgrad_steps(net: nn.Module, opt: optim.Optimizer, x: np.ndarray, y: np.ndarray) -> tuple[Step, Step]:
+    """The same step eager and compiled (each on its own copy of the network)."""
+
+    def step(xb: np.ndarray, yb: np.ndarray) -> npgrad.Tensor:
+        loss = npgrad.cross_entropy(net(npgrad.tensor(xb)), yb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step, npgrad.compile(step)
+
+
+def workloads(tiny: bool) -> list[dict]:
+    """(name, batch, make npgrad net+opt, make torch net+opt, input shape)."""
+
+    def mlp(opt_name: str) -> Callable[[], tuple[nn.Module, optim.Optimizer]]:
+        def make() -> tuple[nn.Module, optim.Optimizer]:
+            net = nn.MLP([784, 100, 10], rng=0)
+            ps = net.parameters()
+            return net, optim.SGD(ps, 0.05) if opt_name == "sgd" else optim.Adam(ps, 1e-3)
+
+        return make
+
+    def torch_mlp(opt_name: str):
+        def make(torch):
+            net = torch.nn.Sequential(
+                torch.nn.Linear(784, 100), torch.nn.ReLU(), torch.nn.Linear(100, 10)
+            ).float()
+            ps = net.parameters()
+            opt = torch.optim.SGD(ps, 0.05) if opt_name == "sgd" else torch.optim.Adam(ps, 1e-3)
+            return net, opt
+
+        return make
+
+    def cnn(name: str):
+        def make() -> tuple[nn.Module, optim.Optimizer]:
+            net = bench_cnn.npgrad_net(name, np.random.default_rng(0))
+            return net, optim.Adam(net.parameters(), 1e-3)
+
+        return make
+
+    def torch_cnn(name: str):
+        def make(torch):
+            net = bench_cnn.torch_net(torch, name).float()
+            return net, torch.optim.Adam(net.parameters(), 1e-3)
+
+        return make
+
+    scale = 4 if tiny else 1
+    return [
+        dict(name="784-100-10, SGD", batch=128, steps=400 // scale, make=mlp("sgd"),
+             torch=torch_mlp("sgd"), shape=(784,)),
+        dict(name="784-100-10, Adam", batch=32, steps=800 // scale, make=mlp("adam"),
+             torch=torch_mlp("adam"), shape=(784,)),
+        dict(name="small CNN, Adam", batch=16 if tiny else 128, steps=2 if tiny else 10,
+             make=cnn("small"), torch=torch_cnn("small"), shape=(1, 28, 28), net="small"),
+        dict(name="lenet-like CNN, Adam", batch=16 if tiny else 128, steps=2 if tiny else 6,
+             make=cnn("lenet"), torch=torch_cnn("lenet"), shape=(1, 28, 28), net="lenet"),
+    ]  # fmt: skip
+
+
+def torch_step(torch, net, opt, x: np.ndarray, y: np.ndarray) -> Step:
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+
+    def step() -> None:
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(net(xt), yt)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def run(args: argparse.Namespace) -> tuple[list[str], dict]:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    rows, profile = [], {}
+    for w in workloads(args.tiny):
+        b = w["batch"]
+        x = rng.random((b, *w["shape"]), dtype=np.float32)
+        y = rng.integers(0, 10, b)
+        eager_net, eager_opt = w["make"]()
+        eager, _ = npgrad_steps(eager_net, eager_opt, x, y)
+        comp_net, comp_opt = w["make"]()
+        _, compiled = npgrad_steps(comp_net, comp_opt, x, y)
+        tnet, topt = w["torch"](torch)
+        contestants: dict[str, Step] = {
+            "eager": lambda eager=eager: eager(x, y),
+            "compiled": lambda compiled=compiled: compiled(x, y),
+            "pytorch": torch_step(torch, tnet, topt, x, y),
+        }
+        if "net" in w:
+            contestants["products"] = bench_cnn.products_step(w["net"], b, rng)
+        times: dict[str, list[float]] = {k: [] for k in contestants}
+        for fn in contestants.values():
+            for _ in range(args.warmup):
+                fn()
+        for _ in range(args.rounds):
+            for k, fn in contestants.items():
+                time.sleep(args.pause)
+                t = time.perf_counter()
+                for _ in range(w["steps"]):
+                    fn()
+                times[k].append(w["steps"] * b / (time.perf_counter() - t))
+        med = {k: statistics.median(v) for k, v in times.items()}
+        ratio = {
+            k: statistics.median(a / p for a, p in zip(times[k], times["pytorch"]))
+            for k in ("eager", "compiled")
+        }
+        speedup = statistics.median(c / e for c, e in zip(times["compiled"], times["eager"]))
+        ceiling = (
+            f"{med['compiled'] / med['products']:.0%} (eager {med['eager'] / med['products']:.0%})"
+            if "products" in med
+            else "-"
+        )
+        rows.append(
+            f"| {w['name']} | {b} | {med['eager']:,.0f} | {med['compiled']:,.0f} | "
+            f"{med['pytorch']:,.0f} | {ratio['eager']:.2f}x | **{ratio['compiled']:.2f}x** | "
+            f"{speedup:.2f}x | {ceiling} |"
+        )
+        print(rows[-1], file=sys.stderr, flush=True)
+        if w.get("net") == "small":
+            plan = compiled.plan(x, y)
+            plan.profile = {}
+            for _ in range(w["steps"]):
+                compiled(x, y)
+            profile = {k: sum(v) / w["steps"] for k, v in plan.profile.items()}
+            plan.profile = None
+            t = time.perf_counter()
+            for _ in range(w["steps"]):
+                contestants["products"]()
+            profile["(products alone)"] = (time.perf_counter() - t) / w["steps"]
+    return rows, profile
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--pause", type=float, default=0.3, help="seconds between contestants")
+    ap.add_argument("--tiny", action="store_true", help="seconds: 1 round, small batches")
+    ap.add_argument("--out", type=Path, help="also write the Markdown report to this file")
+    args = ap.parse_args(argv)
+    if args.tiny:
+        args.rounds, args.warmup, args.pause = 1, 1, 0.0
+    keep_freed_memory()  # as npgrad train does
+    rows, profile = run(args)
+    total = sum(v for k, v in profile.items() if not k.startswith("("))
+    lines = [
+        f"Machine: {describe()}.",
+        "",
+        f"{args.rounds} interleaved rounds (medians); ratios are per round, to PyTorch in the "
+        "same round.",
+        "",
+        "| workload | batch | eager samples/s | compiled samples/s | PyTorch samples/s | "
+        "eager / PyTorch | compiled / PyTorch | compiled / eager | share of products-alone "
+        "ceiling |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        "Where the replayed small CNN step spends its time (the plan's per-kernel timer, ms "
+        "per step):",
+        "",
+        "| kernel | ms | share |",
+        "|---|---|---|",
+    ]
+    for k, v in sorted(profile.items(), key=lambda kv: -kv[1]):
+        share = f"{v / total:.0%}" if total and not k.startswith("(") else "-"
+        lines.append(f"| {k} | {v * 1e3:.2f} | {share} |")
+    report = "\n".join(lines) + "\n"
+    print(report)
+    if args.out:
+        args.out.write_text(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
