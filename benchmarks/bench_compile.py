@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.threads import set_blas_threads  # noqa: E402
+from benchmarks.threads import set_blas_threads
 
 set_blas_threads(sys.argv[1:])
 
@@ -36,7 +36,9 @@ from npgrad.app.allocator import keep_freed_memory  # noqa: E402
 Step = Callable[[], None]
 
 
-def npgrad_steps(net: nn.Module, opt: optim.Optimizer, x: np.ndarray, y: np.ndarray) -> tuple[Step, Step]:
+def npgrad_steps(
+    net: nn.Module, opt: optim.Optimizer, x: np.ndarray, y: np.ndarray
+) -> tuple[Step, Step]:
     """The same step eager and compiled (each on its own copy of the network)."""
 
     def step(xb: np.ndarray, yb: np.ndarray) -> npgrad.Tensor:
@@ -127,8 +129,8 @@ def run(args: argparse.Namespace) -> tuple[list[str], dict]:
         _, compiled = npgrad_steps(comp_net, comp_opt, x, y)
         tnet, topt = w["torch"](torch)
         contestants: dict[str, Step] = {
-            "eager": lambda eager=eager: eager(x, y),
-            "compiled": lambda compiled=compiled: compiled(x, y),
+            "eager": lambda eager=eager, x=x, y=y: eager(x, y),
+            "compiled": lambda compiled=compiled, x=x, y=y: compiled(x, y),
             "pytorch": torch_step(torch, tnet, topt, x, y),
         }
         if "net" in w:

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from benchmarks import bench_accuracy, bench_cnn, bench_preset, bench_speed, machine
+from benchmarks import bench_accuracy, bench_cnn, bench_compile, bench_preset, bench_speed, machine
 
 
 def test_speed_benchmark_runs(capsys, torch):
@@ -125,3 +125,10 @@ def test_preset_benchmark_refuses_what_npgrad_refuses_in_one_line(capsys):
     assert bench_preset.main(["--preset", "nope"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("bench_preset: error: unknown preset 'nope'") and err.count("\n") == 1
+
+
+def test_compile_benchmark_runs(capsys, torch):
+    assert bench_compile.main(["--tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "| small CNN, Adam | 16 |" in out and "compiled / PyTorch" in out
+    assert "| conv2d vjp |" in out and "(products alone)" in out

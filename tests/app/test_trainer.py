@@ -389,3 +389,35 @@ def test_without_a_terminal_progress_is_a_plain_line_every_few_seconds(tmp_path,
     lines.clear()
     Trainer(cfg, tmp_path / "b", log=lines.append, progress=False).fit()
     assert not [line for line in lines if " step " in line]
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        lambda: small_cfg(clip=1.0),  # dropout, shifts, clipping, a smaller last batch
+        lambda: small_cfg(optimizer="nesterov", lr=0.05, schedule="cosine", dropout=0.0),
+        lambda: make_config(
+            "cnn", dataset="digits", epochs=2, channels=[4, 8], hidden=[16], batch_size=64
+        ),  # fmt: skip
+    ],
+)
+def test_compiled_and_eager_runs_are_the_same_run(tmp_path, cfg):
+    """The trainer replays its recorded step (npgrad.compile): the same bits as eager,
+    and a checkpoint of either resumes in the other."""
+    compiled = quiet(cfg(), tmp_path / "compiled")
+    compiled.fit()
+    assert compiled.model._step.replays > 0
+    eager = quiet(cfg(), tmp_path / "eager", compile=False)
+    eager.fit()
+    assert eager.model._step.replays == 0
+    assert_same_run(tmp_path / "compiled", tmp_path / "eager")
+
+    def stop(epoch, step):
+        if (epoch, step) == (2, 3):
+            trainer.request_stop()
+
+    trainer = quiet(cfg(), tmp_path / "mixed", step_hook=stop)  # compiled, stopped ...
+    with pytest.raises(Interrupted):
+        trainer.fit()
+    resume(tmp_path / "mixed", compile=False).fit()  # ... and finished eagerly
+    assert_same_run(tmp_path / "compiled", tmp_path / "mixed")

@@ -90,9 +90,7 @@ def test_compiled_mlp_steps_equal_eager_bit_for_bit(make_opt):
 
 
 def test_compiled_cnn_with_batch_norm_and_dropout_equals_eager():
-    (a, oa, eager), (b, ob, compiled) = pair(
-        cnn, lambda ps: optim.Adam(ps, 1e-2), image=(1, 8, 8)
-    )
+    (a, oa, eager), (b, ob, compiled) = pair(cnn, lambda ps: optim.Adam(ps, 1e-2), image=(1, 8, 8))
     for x, y in batches(2, (64,), 3, [16] * 5):
         la, _ = eager(x, y)
         lb, _ = compiled(x, y)

@@ -257,7 +257,7 @@ class Plan:
         for step in self.steps:
             if step[0] == FWD:
                 _, i, _f, ins, params, binds, out, keeps, _frees = step
-                op = self.events[i].op.name  # type: ignore[union-attr]
+                op = self.events[i].op.name
                 made, dies = self.lifetimes.get(out, (i, i))
                 shape = "x".join(map(str, self.shapes[out])) or "scalar"
                 args = ", ".join(self._name(n) for n in ins)
@@ -274,14 +274,13 @@ class Plan:
                         to = ", ".join(
                             f"g{p}" if need else "-" for p, need in zip(e.parents, e.needs)
                         )
-                        op = self.events[e.instr].op.name  # type: ignore[union-attr]
+                        op = self.events[e.instr].op.name
                         lines.append(f"       {to} += {op}.vjp(g{e.value})")
                     if e.deliver is not None:
                         lines.append(f"       {self._name(e.value)}.grad += g{e.value}")
             else:
                 lines.append(f"     call {step[1].__qualname__}()")
         return "\n".join(lines)
-
 
     def _name(self, n: int) -> str:
         kind, what = self.kinds[n]
@@ -307,12 +306,10 @@ def timeline(plan: Plan) -> str:
         for t in fwd:
             j = t[1]
             cells.append("  #" if j == made else "  =" if made < j <= dies else "   ")
-        op = plan.events[i].op.name  # type: ignore[union-attr]
+        op = plan.events[i].op.name
         tail = "  kept" if dies >= last_step else "  ~saved" if keeps else ""
         rows.append(f"v{out:<3d} {op:<11.11s}" + "".join(cells) + tail)
     return "\n".join(rows)
-
-
 
 
 def _keep(trace: Trace, structure: Any) -> set[int]:
