@@ -293,3 +293,21 @@ def test_a_compiled_step_never_holds_more_memory_than_the_eager_one():
         tracemalloc.stop()
     assert compiled.replays == 2
     assert peaks["compiled"] <= peaks["eager"], peaks
+
+
+def test_a_buffer_replaced_by_assignment_gets_a_new_record():
+    """Batch norm's running statistics are op parameters, held by reference: assigning a
+    new array to the buffer must not leave the replay updating the old one."""
+    net = nn.Sequential(nn.BatchNorm2d(2))
+
+    @npgrad.compile
+    def forward(x):
+        return net(npgrad.tensor(x))
+
+    x = RNG.standard_normal((4, 2, 3, 3)).astype(np.float32)
+    forward(x)
+    forward(x)
+    net._modules["0"].running_mean = np.zeros(2, np.float32)  # a new array, not in place
+    forward(x)
+    assert not np.array_equal(net._modules["0"].running_mean, np.zeros(2))  # updated
+    assert len(next(iter(forward.plans.values()))) == 2

@@ -106,7 +106,9 @@ class Plan:
 
     def __init__(self, trace: Trace, structure: Any, rewrite: bool = True) -> None:
         self.kinds = trace.kinds
-        self.guards = [(m, mode) for m, mode in trace.modules.values()]
+        # A module's mode, and its buffers' identity: an op holds batch norm's running
+        # statistics by reference, so a buffer replaced by assignment needs a new record.
+        self.guards = [(m, mode, _buffer_ids(m)) for m, mode in trace.modules.values()]
         keep = _keep(trace, structure)
         self.rewrites = {f.__name__: f(trace, keep) for f in REWRITES} if rewrite else {}
         self.shapes, self.dtypes = trace.shapes, trace.dtypes
@@ -122,7 +124,7 @@ class Plan:
         self.profile: dict[str, list[float]] | None = None
         # parameter names for describe(), from the outermost module called (first recorded)
         by_id: dict[int, str] = {}
-        for module, _ in self.guards:
+        for module, _, _ in self.guards:
             for name, p in module.named_parameters():
                 by_id.setdefault(id(p), name)
         self.names = {n: by_id.get(id(t), f"p{n}") for n, t in self.params}
@@ -174,7 +176,9 @@ class Plan:
 
     # ------------------------------------------------------------------ running
     def guards_hold(self) -> bool:
-        return all(bool(m.training) == mode for m, mode in self.guards)
+        return all(
+            bool(m.training) == mode and _buffer_ids(m) == ids for m, mode, ids in self.guards
+        )
 
     def run(self, args: tuple[Any, ...]) -> Any:
         """Replay the step on ``args`` (same shapes and dtypes as the trace's)."""
@@ -291,6 +295,10 @@ class Plan:
         if kind == "const":
             return repr(float(what)) if np.size(what) == 1 else f"c{n}"
         return f"v{n}"
+
+
+def _buffer_ids(module: Any) -> tuple[int, ...]:
+    return tuple(id(b) for b in module.__dict__.get("_buffers", {}).values())
 
 
 def timeline(plan: Plan) -> str:
