@@ -311,3 +311,15 @@ def test_a_buffer_replaced_by_assignment_gets_a_new_record():
     forward(x)
     assert not np.array_equal(net._modules["0"].running_mean, np.zeros(2))  # updated
     assert len(next(iter(forward.plans.values()))) == 2
+
+
+def test_the_same_array_passed_twice_is_a_signature_of_its_own():
+    @npgrad.compile
+    def step(a, b):
+        return npgrad.tensor(a) - npgrad.tensor(b)
+
+    x, y = np.ones(3), np.zeros(3)
+    step(x, x)
+    step(x, x)
+    assert np.array_equal(step(x, y).data, np.ones(3))  # not the (x, x) plan: 0
+    assert np.array_equal(step(x, y).data, np.ones(3))

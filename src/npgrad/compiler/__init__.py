@@ -63,10 +63,17 @@ def _signature(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]
             a if isinstance(a, (int, float, str, bool, type(None))) else id(a),
         )
 
+    # Which arguments are the same array: a plan binds each by position, so step(x, x)
+    # and step(x1, x2) need plans of their own.
+    first: dict[int, int] = {}
+    aliases = tuple(
+        first.setdefault(id(a.data if isinstance(a, Tensor) else a), k) for k, a in enumerate(args)
+    )
     return (
         tuple(one(a) for a in args),
         tuple((k, one(v)) for k, v in sorted(kwargs.items())),
         is_grad_enabled(),
+        aliases,
     )
 
 
