@@ -76,6 +76,7 @@ LAYERS = {
     "fpenv": {"errors"},
     "fileio": {"errors"},
     "tracing": set(),
+    "mpienv": set(),
     "ops": {"errors"},
     "autodiff": {"ops", "errors", "tracing"},
     "layers": {"ops", "errors"},
@@ -85,10 +86,11 @@ LAYERS = {
     "graph": {"autodiff", "nn", "errors"},
     "data": {"errors", "fileio", "rng"},
     "checking": {"ops", "autodiff", "layers", "errors", "fileio", "rng"},
-    "app": {"npgrad", "ops", "autodiff", "layers", "nn", "optim", "compiler", "data", "errors",
+    "distributed": {"autodiff", "tracing", "errors", "mpienv"},
+    "app": {"npgrad", "ops", "autodiff", "layers", "nn", "optim", "compiler", "distributed", "data", "errors",
             "fileio", "rng"},  # "npgrad": its __version__
-    "cli": {"npgrad", "app", "checking", "data", "ops", "errors", "fileio"},
-    "npgrad": {"ops", "autodiff", "layers", "nn", "optim", "compiler", "data", "errors"},
+    "cli": {"npgrad", "app", "checking", "data", "distributed", "ops", "errors", "fileio"},
+    "npgrad": {"ops", "autodiff", "layers", "nn", "optim", "compiler", "data", "errors", "mpienv"},
     "__main__": {"cli"},
 }  # fmt: skip
 

@@ -13,6 +13,10 @@ The pieces, one module per concern:
 * :mod:`npgrad.checking.gradcheck`   gradient checking, for built-in ops and your own layers
 """
 
+from .mpienv import share_cores
+
+share_cores()  # under mpiexec: before NumPy's BLAS starts its threads
+
 from . import data, layers, nn, optim
 
 # npgrad.sum, npgrad.max, npgrad.pow: attributes, but not in __all__, so that

@@ -157,6 +157,7 @@ def _check_meta(path: Path, meta: dict, optim: dict[str, np.ndarray]) -> None:
         "rng": lambda v: isinstance(v, dict),
         "config": lambda v: isinstance(v, dict),
         "partial": lambda v: isinstance(v, dict),
+        "rank_rngs": lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v),
     }
     for key, ok in checks.items():
         if key in meta and not ok(meta[key]):

@@ -24,6 +24,7 @@ import numpy as np
 from .. import layers, nn, optim
 from ..autodiff import Tensor, cross_entropy, no_grad
 from ..compiler import compile as compile_step
+from ..distributed import Communicator, GradientBuffer, allreduce_gradients, shard
 from ..errors import CheckpointError, ConfigError
 from ..ops import dense as ops
 from . import checkpoint as ckpt
@@ -106,8 +107,59 @@ class NetModel:
 
     def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
         self.opt.lr = self.schedule(self.opt.steps)  # outside the step: a plan replays ops only
+        if self.comm is not None:
+            return self._shard_step(x, y)
         loss, logits = self._step(x, y)
         return float(loss.data), int((logits.data.argmax(axis=1) == y).sum())
+
+    # ------------------------------------------------------------------ data-parallel
+    comm: Communicator | None = None
+    stop_vote = False  # this rank's wish to stop, agreed on in the next step's reduction
+    stop_agreed = False  # whether any rank wished to stop, as of the last step
+
+    def use_comm(self, comm: Communicator) -> None:
+        """Train data-parallel on ``comm``'s ranks: each step on this rank's shard of the
+        global batch, gradients summed over the ranks (npgrad.distributed)."""
+        self.comm = comm
+        self.grads = GradientBuffer(self.opt.params)
+        # dropout masks from a stream of this rank's own, derived from the seed
+        self.rank_rng = np.random.default_rng([self.cfg.seed, 2, comm.rank])
+        self.net.set_rng(self.rank_rng)
+        self._sum_step = compile_step(self._eager_sum_step, enabled=self._step.enabled)
+
+    def _shard_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+        assert self.comm is not None
+        part = shard(len(y), self.comm.rank, self.comm.size)
+        xs, ys = x[part], y[part]
+        if len(ys):
+            loss, logits = self._sum_step(xs, ys, 1.0 / len(y))
+            local = [float(loss.data) * len(y), float((logits.data.argmax(axis=1) == ys).sum())]
+        else:  # fewer samples than ranks: this one adds nothing but still takes part
+            self.opt.zero_grad()
+            allreduce_gradients(self.grads, self.comm)
+            self.opt.step()
+            local = [0.0, 0.0]
+        # the losses, the hits and the stop votes of all ranks, in one more reduction
+        total = self.comm.sum_(np.array([*local, float(self.stop_vote)]))
+        self.stop_agreed = bool(total[2])
+        return float(total[0]) / len(y), int(total[1])
+
+    def _eager_sum_step(self, x: np.ndarray, y: np.ndarray, scale: float) -> tuple[Tensor, Tensor]:
+        assert self.comm is not None
+        logits = self.net(self.inputs(x))
+        # this shard's part of the batch's mean: its summed loss over the global batch size,
+        # scaled before the backward pass as the one-process mean is (the same roundings)
+        loss = cross_entropy(logits, y, reduction="sum") * scale
+        self.opt.zero_grad()
+        loss.backward()
+        allreduce_gradients(self.grads, self.comm)  # the shards' gradients add up to the batch's
+        if self.cfg.clip:
+            optim.clip_grad_norm(self.opt.params, self.cfg.clip)
+        self.opt.step()
+        return loss, logits
+
+    def buffers(self) -> list[np.ndarray]:
+        return [b for _, b in self.net.named_buffers()]
 
     def _eager_step(self, x: np.ndarray, y: np.ndarray) -> tuple[Tensor, Tensor]:
         logits = self.net(self.inputs(x))
@@ -121,6 +173,8 @@ class NetModel:
 
     def use_compiled(self, on: bool) -> None:
         self._step.enabled = on
+        if self.comm is not None:
+            self._sum_step.enabled = on
 
     def log_probs(self, x: np.ndarray) -> np.ndarray:
         self.net.eval()

@@ -34,11 +34,12 @@ from typing import Any
 import numpy as np
 
 from ..data import DataLoader, Dataset, load_dataset, split_validation, to_float
+from ..distributed import Communicator, broadcast_buffers
 from ..errors import CheckpointError, ConfigError, Interrupted, RunLocked, TrainingDiverged
 from ..fileio import check_target, write_text
 from . import checkpoint as ckpt
 from .config import Config, config_from_dict, resume_config, validate
-from .models import Model, build_model
+from .models import Model, NetModel, build_model
 
 CHECKPOINT = "checkpoint.npz"
 METRICS = "metrics.jsonl"
@@ -265,6 +266,7 @@ class Trainer:
         progress: bool | None = None,
         step_hook: Callable[[int, int], None] | None = None,
         compile: bool = True,
+        comm: Communicator | None = None,
     ) -> None:
         validate(cfg)
         self.cfg = cfg
@@ -272,6 +274,11 @@ class Trainer:
         self.log = log or (lambda line: print(line, file=sys.stderr))
         # None: a bar on a terminal, a plain line every few seconds in a log or CI
         self.progress = progress
+        # data-parallel: every rank trains, rank 0 alone speaks and writes
+        self.comm = comm
+        self.writes = comm is None or comm.root
+        if not self.writes:
+            self.log, self.progress = (lambda line: None), False
         self.step_hook = step_hook
         self.stop = StopRequest()
         self.data = prepare_data(cfg, dataset)
@@ -283,6 +290,18 @@ class Trainer:
         self.model = build_model(
             cfg, self.data.dataset.image_shape, classes, steps_per_epoch, self.rng, batch=batch
         )
+        if comm is not None:
+            if not isinstance(self.model, NetModel):
+                raise ConfigError(
+                    "the exercise preset trains in one process (the exercise's full-batch "
+                    "gradient descent): run it without --workers or mpiexec"
+                )
+            if batch < comm.size:
+                raise ConfigError(
+                    f"a batch of {batch} cannot be shared by {comm.size} workers: use "
+                    f"--batch-size {comm.size} or more, or fewer workers"
+                )
+            self.model.use_comm(comm)
         # replayed training steps (npgrad.compile): the same numbers as eager, faster
         self.model.use_compiled(compile)
         self.loader = DataLoader(
@@ -333,6 +352,11 @@ class Trainer:
         trainer.model.load_params(params)
         trainer.model.load_optim_state(opt_state)
         trainer.rng.bit_generator.state = meta["rng"]
+        rank_rngs = meta.get("rank_rngs")
+        if trainer.comm is not None and isinstance(rank_rngs, list):
+            if len(rank_rngs) == trainer.comm.size and isinstance(trainer.model, NetModel):
+                # as many ranks as when saved: each one's dropout stream goes on exactly
+                trainer.model.rank_rng.bit_generator.state = rank_rngs[trainer.comm.rank]
         trainer.start_epoch = start_epoch
         trainer.history = history[:start_epoch]
         trainer.partial = meta.get("partial")
@@ -353,6 +377,10 @@ class Trainer:
 
     def fit(self, force: bool = False) -> dict[str, Any]:
         """Train (or continue) to ``cfg.epochs`` and return the final metrics record."""
+        if not self.writes:  # another rank: trains alongside rank 0, writes nothing
+            with stop_on_signals(self.stop, self.log):
+                self._train()
+            return self.history[-1] if self.history else self._evaluate_only()
         created = not self.out.exists()
         try:
             try:
@@ -427,13 +455,25 @@ class Trainer:
                     "continue with --resume"
                 ) from None
             self.log(_epoch_line(record, cfg.epochs))
-            if self.stop.requested and epoch < cfg.epochs:
+            if self._stop_agreed() and epoch < cfg.epochs:
                 raise Interrupted(
                     f"stopped after epoch {epoch}; saved to {self.checkpoint_path}; "
                     "continue with --resume"
                 )
 
+    def _stop_agreed(self) -> bool:
+        if self.comm is None:
+            return self.stop.requested
+        return bool(getattr(self.model, "stop_agreed", False))
+
     def _save(self, epochs_done: int, partial: dict[str, Any] | None = None) -> None:
+        rank_rngs = None
+        if self.comm is not None:  # collective: every rank takes part, rank 0 writes
+            self._sync_buffers()
+            assert isinstance(self.model, NetModel)
+            rank_rngs = self.comm.gather_object(self.model.rank_rng.bit_generator.state)
+            if not self.writes:
+                return
         ds = self.data.dataset
         meta: dict[str, Any] = {
             "config": self.cfg.to_dict(),
@@ -448,10 +488,20 @@ class Trainer:
         }
         if partial is not None:
             meta["partial"] = partial
+        if rank_rngs is not None:  # each rank's dropout stream: resumed exactly with as many
+            meta["rank_rngs"] = rank_rngs
         ckpt.save(self.checkpoint_path, self.model.params(), self.model.optim_state(), meta)
+
+    def _sync_buffers(self) -> None:
+        """Rank 0's batch-norm statistics into every rank's (as PyTorch's DDP broadcasts its
+        buffers): every rank then holds the network that rank 0 saves and evaluates."""
+        if self.comm is not None and isinstance(self.model, NetModel):
+            broadcast_buffers(self.model.buffers(), self.comm)
 
     def _write_metrics(self) -> None:
         """metrics.jsonl holds exactly the checkpoint's history (rewritten atomically)."""
+        if not self.writes:
+            return
         write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in self.history))
 
     def _evaluate_only(self) -> dict[str, Any]:
@@ -488,6 +538,8 @@ class Trainer:
         for step, (xb, yb) in enumerate(bar if bar is not None else batches, start=start):
             if self.step_hook is not None:
                 self.step_hook(epoch, step)
+            if isinstance(self.model, NetModel) and self.comm is not None:
+                self.model.stop_vote = self.stop.requested  # ranks stop together: all vote
             loss, ok = self.model.train_step(xb, yb)
             if not math.isfinite(loss):
                 kept = f"epoch {epoch - 1}" if epoch > 1 else "none"
@@ -503,13 +555,14 @@ class Trainer:
                 bar.set_postfix(loss=f"{r.loss_sum / r.seen:.4f}", acc=f"{r.correct / r.seen:.2%}")
             if lines is not None:
                 lines.update(step + 1, r)
-            if self.stop.requested and step + 1 < len(self.loader):
+            if self._stop_agreed() and step + 1 < len(self.loader):
                 # Between steps, before the next batch is drawn: everything is consistent.
                 if bar is not None:
                     bar.close()
                 r.step, r.seconds = step + 1, r.seconds + time.perf_counter() - t0
                 return r
         seconds = r.seconds + time.perf_counter() - t0
+        self._sync_buffers()
         test = evaluate(self.model, self.data.x_test, self.data.y_test)
         record: dict[str, Any] = {
             "epoch": epoch,

@@ -6,7 +6,8 @@ import argparse
 import sys
 from typing import Any
 
-from .common import formatter, nonempty
+from ..errors import ConfigError, Interrupted, TrainingDiverged
+from .common import formatter, int_between, nonempty, print_error
 
 TRAIN_EPILOG = """\
 examples:
@@ -24,6 +25,32 @@ epoch, atomically), and with --plot OUT/curves.png and OUT/confusion.png."""
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..distributed import launched_by_mpi, world
+
+    if args.workers is not None:
+        if launched_by_mpi():
+            raise ConfigError("--workers starts mpiexec itself: drop it when running under mpiexec")
+        from .workers import launch
+
+        return launch(args.workers, args.argv)
+    comm = world()  # several ranks under mpiexec/srun: data-parallel training
+    if comm is None:
+        return _train(args, None)
+    from .workers import note_pid
+
+    note_pid(comm.rank)
+    try:
+        return _train(args, comm)
+    except (Interrupted, TrainingDiverged):
+        raise  # every rank reached it at the same step: they all end alike
+    except BaseException as exc:  # this rank alone: say it once, end every rank now
+        print_error(f"rank {comm.rank}: {exc}" if str(exc) else f"rank {comm.rank}: {exc!r}")
+        sys.stderr.flush()
+        comm.abort(2)
+        raise
+
+
+def _train(args: argparse.Namespace, comm: Any) -> int:
     import json
     import time
 
@@ -47,7 +74,11 @@ def run(args: argparse.Namespace) -> int:
         log=log,
         progress=False if args.quiet else None,
         compile=args.compile,
+        comm=comm,
     )
+    if comm is not None and not comm.root:
+        trainer.fit(force=args.force)  # trains its shards; rank 0 reports
+        return 0
     final = trainer.fit(force=args.force)
     result = summary(trainer, final, time.perf_counter() - t0)
     if args.plot:
@@ -110,6 +141,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--plot", action="store_true", help="write OUT/curves.png and OUT/confusion.png")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress or epoch lines")
+    g.add_argument(
+        "--workers",
+        type=int_between(1, 1024),
+        metavar="K",
+        help="train data-parallel in K processes on MPI (starts mpiexec; needs "
+        "'pip install \"npgrad[mpi]\"'); or start 'mpiexec -n K npgrad train ...' yourself",
+    )
     g.add_argument(
         "--no-compile",
         dest="compile",
