@@ -41,8 +41,10 @@ def run(args: argparse.Namespace) -> int:
     note_pid(comm.rank)
     try:
         return _train(args, comm)
-    except (Interrupted, TrainingDiverged):
-        raise  # every rank reached it at the same step: they all end alike
+    except (Interrupted, TrainingDiverged) as exc:
+        if comm.root:  # every rank reached it at the same step; rank 0 says it
+            raise
+        return 130 if isinstance(exc, Interrupted) else 2
     except BaseException as exc:  # this rank alone: say it once, end every rank now
         print_error(f"rank {comm.rank}: {exc}" if str(exc) else f"rank {comm.rank}: {exc!r}")
         sys.stderr.flush()

@@ -16,13 +16,19 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
+from typing import IO
 
 from ..distributed import INSTALL
 from ..errors import ConfigError
 
 RANK_FILE = "NPGRAD_RANK_DIR"  # where each rank writes its PID, for naming a dead one
+# mpiexec's own lines about forwarding Ctrl-C: the ranks say what they do with it
+_CHATTER = re.compile(r"^\[mpiexec@[^\]]*\] (Sending Ctrl-C|Press Ctrl-C again)")
 _BANNER = re.compile(r"^=+$|^=\s|BAD TERMINATION|CLEANING UP|YOU CAN IGNORE|CLEANUP MESSAGES")
+# what MPICH prints after the banner
+_AFTER = re.compile(r"TERMINATED WITH THE EXIT STRING|typically refers to a problem|FAQ page")
 _PID = re.compile(r"PID (\d+)")
 _EXIT = re.compile(r"EXIT (?:CODE|STATUS):\s*(\d+)")
 
@@ -62,28 +68,57 @@ def launch(k: int, argv: list[str]) -> int:
         env.setdefault(name, threads)
     with tempfile.TemporaryDirectory(prefix="npgrad-ranks-") as pids:
         env[RANK_FILE] = pids
-        # Ctrl-C reaches the ranks from the terminal; this process only waits for them.
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # mpiexec in a session of its own: when a rank dies it cleans up its process group,
+        # which must not be this one. Ctrl-C and SIGTERM are passed on to it (it forwards them
+        # to the ranks, which stop at the same step and save).
+        proc = subprocess.Popen(
+            cmd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            errors="replace",
+            start_new_session=True,
+        )
+
+        def forward(signum: int, _frame: object) -> None:
+            proc.send_signal(signum)
+
+        previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+        banner: list[str] = []  # the launcher's report of a dead rank, on either stream
         try:
-            proc = subprocess.Popen(
-                cmd, env=env, stderr=subprocess.PIPE, text=True, errors="replace"
-            )
-            assert proc.stderr is not None
-            banner: list[str] = []
-            for line in proc.stderr:
-                if _BANNER.search(line.strip()) or (banner and line.strip().startswith("=")):
-                    banner.append(line)
-                    continue
-                sys.stderr.write(line)
-                sys.stderr.flush()
+            relays = [
+                threading.Thread(target=_relay, args=(stream, to, banner), daemon=True)
+                for stream, to in ((proc.stdout, sys.stdout), (proc.stderr, sys.stderr))
+            ]
+            for t in relays:
+                t.start()
             code = proc.wait()
-            if banner:
-                sys.stderr.write(_dead_rank_line(" ".join(banner), Path(pids), k) + "\n")
-            elif code and code < 0:
-                sys.stderr.write(f"npgrad: error: mpiexec ended by signal {-code}\n")
+            for t in relays:
+                t.join()
         finally:
-            signal.signal(signal.SIGINT, previous)
-    return 2 if banner else code
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        if banner:
+            sys.stderr.write(_dead_rank_line(" ".join(banner), Path(pids), k) + "\n")
+            return 2
+        if code < 0:
+            sys.stderr.write(f"npgrad: error: mpiexec ended by signal {-code}\n")
+            return 2
+    return code
+
+
+def _relay(stream: IO[str], to: IO[str], banner: list[str]) -> None:
+    """The ranks' lines, as they come, without mpiexec's banners and chatter."""
+    for line in stream:
+        text = line.strip()
+        if _BANNER.search(text) or (banner and (text.startswith("=") or _AFTER.search(text))):
+            banner.append(line)
+            continue
+        if _CHATTER.search(line):
+            continue
+        to.write(line)
+        to.flush()
 
 
 def _dead_rank_line(banner: str, pids: Path, k: int) -> str:
