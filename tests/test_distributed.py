@@ -70,6 +70,25 @@ def test_two_and_four_ranks_train_what_one_process_trains(tmp_path):
     assert listing[0] == listing[1]
 
 
+def test_cnn_with_sync_bn_on_two_and_four_ranks_equals_one_process(tmp_path):
+    """Batch norm over the whole batch (--sync-bn): the one-process run exactly, up to the
+    order of additions. In float64, where that order cannot grow into anything visible; in
+    float32 the same runs agree to 1e-8 after one epoch on digits and then drift apart as any
+    two float32 runs of this network that differ in their last bits do (docs/distributed.md)."""
+    cnn = ["--preset", "cnn", "-d", "digits", "-e", "2", "--dropout", "0", "--dtype", "float64"]
+    one = train(tmp_path / "one", *cnn, "--sync-bn")
+    assert_same_losses(one, train(tmp_path / "two", *cnn, "--sync-bn", k=2), rel=1e-9, images=0)
+    assert_same_losses(one, train(tmp_path / "four", *cnn, "--sync-bn", k=4), rel=1e-9, images=0)
+    own = train(tmp_path / "own", *cnn, k=2)  # each rank's own statistics, as PyTorch's DDP
+    assert abs(own[0]["train_loss"] - one[0]["train_loss"]) > 1e-6 * one[0]["train_loss"]
+
+
+def test_sync_bn_is_refused_where_there_is_no_batch_norm(tmp_path):
+    r = subprocess.run([*NPGRAD, "train", "-d", "digits", "--sync-bn", "-o", str(tmp_path / "x")],
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 2 and "--sync-bn is not used by the mlp model" in r.stderr
+
+
 def test_mnist_10k_on_two_ranks_equals_one_process(tmp_path, shared_data):
     data = ["-d", str(shared_data / "mnist-10k"), "-e", "2", "--dropout", "0"]
     assert_same_losses(train(tmp_path / "one", *data), train(tmp_path / "two", *data, k=2))

@@ -827,8 +827,12 @@ def batch_norm(
     training: bool = True,
     momentum: float = 0.1,
     eps: float = 1e-5,
+    reduce: Any = None,
 ) -> Tensor:
     """Batch normalisation per channel (axis 1) of ``x``; see :class:`npgrad.ops.conv.BatchNormOp`.
+
+    ``reduce`` (synchronised batch norm): a function adding a float64 array up over the
+    processes of a data-parallel run, so that the statistics are the whole batch's.
 
     ``gamma``/``beta`` default to 1 and 0 (constants). In training mode the
     batch statistics normalise, and ``running_mean``/``running_var`` (NumPy
@@ -853,6 +857,7 @@ def batch_norm(
         training=bool(training),
         momentum=float(momentum),
         eps=eps,  # checked by the op, which is also called directly
+        reduce=reduce,
     )
 
 

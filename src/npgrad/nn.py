@@ -456,6 +456,9 @@ class _BatchNorm(Module):
     """
 
     dims: tuple[int, ...] = ()
+    # synchronised batch norm: a function adding an array up over the processes of a
+    # data-parallel run (npgrad.distributed), set by the trainer for --sync-bn
+    reduce: Any = None
     running_mean: np.ndarray  # buffers, registered in __init__
     running_var: np.ndarray
 
@@ -489,6 +492,7 @@ class _BatchNorm(Module):
             training=self.training,
             momentum=self.momentum,
             eps=self.eps,
+            reduce=self.reduce,
         )
 
     def __repr__(self) -> str:

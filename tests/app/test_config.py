@@ -64,7 +64,18 @@ def test_config_fields_are_the_option_table_in_order_typed_and_defaulted_by_it()
 def test_every_train_flag_comes_from_the_schema():
     sub = build_parser()._subparsers._group_actions[0].choices["train"]
     schema_dests = {o.name for o in OPTIONS if o.cli}
-    own = {"help", "preset", "out", "resume", "force", "json", "plot", "quiet", "compile"}
+    own = {
+        "help",
+        "preset",
+        "out",
+        "resume",
+        "force",
+        "json",
+        "plot",
+        "quiet",
+        "compile",
+        "workers",
+    }
     dests = [a.dest for a in sub._actions]
     assert len(dests) == len(set(dests))  # each option once
     assert set(dests) == schema_dests | own

@@ -92,6 +92,18 @@ def _number(kind: type) -> Callable[[str], Any]:
     return parse
 
 
+def _flag(text: str) -> bool:
+    """A flag's value as text (the table's type check; on the command line a flag takes none)."""
+    value = {"true": True, "false": False, "1": True, "0": False}.get(text.strip().lower())
+    if value is None:
+        raise ConfigError(f"expects true or false, not {text!r}")
+    return value
+
+
+def _is_flag(v: Any) -> str | None:
+    return None if isinstance(v, bool) else f"must be true or false, not {v!r}"
+
+
 def _text(text: str) -> str:
     return str(text).strip().lower()
 
@@ -312,6 +324,16 @@ OPTIONS: tuple[Option, ...] = (
         models=("cnn",),
     ),
     Option(
+        "sync_bn",
+        False,
+        "data-parallel runs: batch norm statistics of the whole batch, summed over the "
+        "workers (equals one process); without it each worker's own, as PyTorch's DDP",
+        "model",
+        parse=_flag,
+        check=_is_flag,
+        models=("cnn",),
+    ),
+    Option(
         "activation",
         "relu",
         "hidden activation",
@@ -486,6 +508,7 @@ class Config:
     hidden: list[int] = _default("hidden")
     channels: list[int] = _default("channels")
     kernel: int = _default("kernel")
+    sync_bn: bool = _default("sync_bn")
     activation: str = _default("activation")
     dropout: float = _default("dropout")
     init: str = _default("init")
@@ -675,6 +698,12 @@ def add_arguments(parser: Any) -> dict[str, Any]:
             continue
         if o.group not in groups:
             groups[o.group] = parser.add_argument_group(o.group)
+        if isinstance(o.default, bool):  # a flag: present means true
+            groups[o.group].add_argument(
+                *o.flag_names, dest=o.name, action="store_const", const=True, default=None,
+                help=option_help(o),
+            )  # fmt: skip
+            continue
         groups[o.group].add_argument(
             *o.flag_names,
             dest=o.name,

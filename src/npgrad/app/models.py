@@ -125,6 +125,10 @@ class NetModel:
         # dropout masks from a stream of this rank's own, derived from the seed
         self.rank_rng = np.random.default_rng([self.cfg.seed, 2, comm.rank])
         self.net.set_rng(self.rank_rng)
+        if self.cfg.sync_bn:  # batch norm over the whole batch: its sums added up over the ranks
+            for m in self.net.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.reduce = comm.sum_
         self._sum_step = compile_step(self._eager_sum_step, enabled=self._step.enabled)
 
     def _shard_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:

@@ -1027,6 +1027,8 @@ class BatchNormSaved(NamedTuple):
     shape: tuple[int, ...]  # the input's (NCHW) shape
     eps: float
     running_mean: Array | None  # eval mode: the mean it subtracted; None in training mode
+    reduce: Any = None  # synchronised batch norm: sums over every process (see the op)
+    m: int = 0  # the values per channel the statistics were taken over (all processes')
 
 
 class BatchNormOp(Op):
@@ -1075,6 +1077,18 @@ class BatchNormOp(Op):
     eval formula, the classic mistake; it is wrong, since every $x$ moves
     $\mu$ and $\sigma^2$.
 
+    *Synchronised* (`reduce`, data-parallel training with `--sync-bn`). When the
+    batch is cut into shards, one per process, the statistics of the whole batch are
+    sums over the shards: $\mu = \frac{1}{m}\sum_r \sum_{i \in S_r} x_i$ with $m$ the
+    total count, and $\sigma^2$ likewise from the centred values. Every sum above is
+    a sum over all of $x$, so it is the sum of the shards' sums: the forward pass
+    adds up $\sum x$ (with the counts), then $\sum (x - \mu)^2$, and the vjp adds up
+    $\sum g$ and $\sum g \odot \hat x$ over the processes (`reduce` adds an array up
+    over them) before forming $\partial f/\partial x$ for its own shard, which is then
+    exactly the rows of the whole batch's gradient. The gradients of $\gamma$ and
+    $\beta$ are returned as this shard's sums: the data-parallel step adds them up
+    with every other parameter's.
+
     *Second order.* The vjp is written with element-wise products and
     per-channel sums (methods and ops that Tensors have too), on the saved
     $x - \mu$ and $1/s$. Those are computed from $x$, so when the backward pass
@@ -1105,6 +1119,7 @@ class BatchNormOp(Op):
         training: bool = True,
         momentum: float = 0.1,
         eps: float = 1e-5,
+        reduce: Any = None,
     ) -> tuple[Array, Any]:
         if x.ndim < 2:
             raise ShapeError(f"batch_norm expects input of shape (N, C, ...), got {x.shape}")
@@ -1131,14 +1146,21 @@ class BatchNormOp(Op):
                     f"batch_norm in training mode needs more than one value per channel, "
                     f"got input of shape {x.shape}"
                 )
-            mean = _per_channel_sum(x2, c) / m
-            xc = x2 - _tiled(mean, reps)
-            var = _per_channel_dot(xc, xc, c) / m
+            if reduce is None:
+                mean = _per_channel_sum(x2, c) / m
+                xc = x2 - _tiled(mean, reps)
+                var = _per_channel_dot(xc, xc, c) / m
+            else:  # the whole batch's statistics: every process's sums added up
+                total = reduce(np.append(_per_channel_sum(x2, c).astype(np.float64), m))
+                m = int(total[-1])
+                mean = (total[:-1] / m).astype(x2.dtype)
+                xc = x2 - _tiled(mean, reps)
+                var = (reduce(_per_channel_dot(xc, xc, c).astype(np.float64)) / m).astype(x2.dtype)
             inv = 1.0 / np.sqrt(var + eps)
             y = xc * _tiled(gamma * inv, reps)
             if running_mean is not None and running_var is not None:
                 _update_running(running_mean, running_var, mean, var, m, momentum)
-            saved = BatchNormSaved(True, xc, inv, gamma, reps, x.shape, eps, None)
+            saved = BatchNormSaved(True, xc, inv, gamma, reps, x.shape, eps, None, reduce, m)
         else:
             if running_mean is None or running_var is None:
                 raise ConfigError("batch_norm in eval mode needs running_mean and running_var")
@@ -1172,12 +1194,19 @@ class BatchNormOp(Op):
         if training:
             m = g2.shape[0] * reps
             gamma_hat = sum_gx * inv  # sum(g * x_hat)
+            if saved.reduce is not None:  # synchronised: the whole batch's sums for dx
+                both = saved.reduce(np.concatenate([sum_g, sum_gx]).astype(np.float64))
+                sum_g_local, m = sum_g, saved.m
+                sum_g = both[:c].astype(g2.dtype)
+                gamma_hat_local, gamma_hat = gamma_hat, both[c:].astype(g2.dtype) * inv
             gx = None
             if needs[0]:
                 k = gamma * inv
                 gx = g2 * _tiled(k, reps)
                 gx -= _tiled(k * sum_g / m, reps)
                 gx -= xs * _tiled(k * inv * gamma_hat / m, reps)
+            if saved.reduce is not None:  # this shard's part of the parameters' gradients
+                gamma_hat, sum_g = gamma_hat_local, sum_g_local
         else:
             assert saved.running_mean is not None  # eval mode always saves it
             running_mean = saved.running_mean.astype(xs.dtype, copy=False)  # a constant
