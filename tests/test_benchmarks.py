@@ -4,7 +4,15 @@ import sys
 
 import pytest
 
-from benchmarks import bench_accuracy, bench_cnn, bench_compile, bench_preset, bench_speed, machine
+from benchmarks import (
+    bench_accuracy,
+    bench_cnn,
+    bench_compile,
+    bench_distributed,
+    bench_preset,
+    bench_speed,
+    machine,
+)
 
 
 def test_speed_benchmark_runs(capsys, torch):
@@ -132,3 +140,9 @@ def test_compile_benchmark_runs(capsys, torch):
     out = capsys.readouterr().out
     assert "| small CNN, Adam | 16 |" in out and "compiled / PyTorch" in out
     assert "| conv2d vjp |" in out and "(products alone)" in out
+
+
+def test_distributed_benchmark_runs(capsys):
+    assert bench_distributed.main(["--tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "| mlp (batch 16) |" in out and "| cnn (batch 16) |" in out and "allreduce" in out
