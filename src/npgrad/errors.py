@@ -80,6 +80,10 @@ class LayerCheckError(NpgradError):
     """The user's file could not be loaded or holds no layer classes."""
 
 
+class GradingError(NpgradError):
+    """``npgrad grade`` cannot start: the submissions folder or the rubric is unusable."""
+
+
 class GraphvizMissing(NpgradError):
     """Rendering needs Graphviz's ``dot`` program."""
 

@@ -137,3 +137,16 @@ def misclassified(
     total = int((predictions != labels).sum())
     fig.suptitle(f"{min(total, limit)} of {total} misclassified test images")
     return _save(fig, Path(path))
+
+
+def class_summary(rows: list[tuple[str, int, int]], path: str | os.PathLike) -> Path:
+    """A class's results per item (``npgrad grade``): how many of the submissions pass each."""
+    plt = _pyplot()
+    names = [r[0] for r in rows]
+    passed = [r[1] for r in rows]
+    total = max((r[2] for r in rows), default=0)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(rows) + 2), 3.5))
+    ax.bar(range(len(rows)), passed, color="#4c72b0")
+    ax.set_xticks(range(len(rows)), names, rotation=40, ha="right")
+    ax.set(ylabel="submissions passing", ylim=(0, max(total, 1)), title=f"{total} submissions")
+    return _save(fig, Path(path))

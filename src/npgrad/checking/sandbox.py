@@ -179,11 +179,13 @@ class ChildRun:
         return f"ended the process (exit status {rc}: os._exit?)"
 
 
-def run_child(target: str, job: dict[str, Any], timeout: float) -> ChildRun:
+def run_child(target: str, job: dict[str, Any], timeout: float, quiet: bool = False) -> ChildRun:
     """Call ``target`` ("package.module:function") as ``function(job, emit)`` in a child.
 
     ``job`` must be JSON. The child's standard output and error are this
-    process's; its standard input is empty. When the child ends, at ``timeout``
+    process's (discarded when ``quiet``: a student's megabytes of prints must not drown a
+    class's grading); its standard input is empty. ``job["memory_mb"]``, when given,
+    limits the child's address space (a file that allocates without end fails alone). When the child ends, at ``timeout``
     seconds, or when this process is interrupted, the child and every process it
     started are killed (see the module's docstring for how, and where that has
     limits).
@@ -202,7 +204,15 @@ def run_child(target: str, job: dict[str, Any], timeout: float) -> ChildRun:
         command = child
         if supervised:
             command = [sys.executable, "-I", "-S", "-c", _SUPERVISOR, str(status_path), *child]
-        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        out = subprocess.DEVNULL if quiet else None
+        proc = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            env=env,
+            start_new_session=True,
+        )
         stopped = False
         try:
             proc.wait(timeout=max(timeout, 0.001))
@@ -453,6 +463,9 @@ def _child_main() -> None:
         import resource
 
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if job.get("memory_mb"):
+            limit = int(job["memory_mb"]) << 20
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     except (ImportError, ValueError, OSError):  # pragma: no cover - not POSIX
         pass
     module_name, _, function = target.partition(":")

@@ -290,8 +290,13 @@ def check_file(
     timeout: float = DEFAULT_TIMEOUT,
     params: dict[str, dict[str, Any]] | None = None,
     what: Sequence[str] = ("classes", "pairs"),
+    memory_mb: int | None = None,
+    quiet: bool = False,
 ) -> tuple[list[Report], str | None]:
     """Check every layer class and function pair in a file (or those named in ``only``).
+
+    ``memory_mb`` limits the child's memory, ``quiet`` discards what the file prints
+    (both for grading a class: :mod:`npgrad.checking.grading`).
 
     Returns one report per class (:class:`LayerReport`) and per pair
     (:class:`PairReport`), in that order, or no reports and the reason when the
@@ -323,6 +328,8 @@ def check_file(
         "seed": seed,
         "what": list(what),
     }
+    if memory_mb:
+        job["memory_mb"] = int(memory_mb)
     tree, error = _parse(path)
     if error:
         return [], error
@@ -335,7 +342,10 @@ def check_file(
     reports: dict[str, Report] = {}
     while True:
         run = run_child(
-            "npgrad.checking.user_files:_check_file_here", job, deadline - time.monotonic()
+            "npgrad.checking.user_files:_check_file_here",
+            job,
+            deadline - time.monotonic(),
+            quiet=quiet,
         )
         answers: dict[str, list[dict[str, Any]]] = {}
         for event in run.events:

@@ -18,10 +18,10 @@ import warnings
 from collections.abc import Sequence
 
 from ..errors import Interrupted, NpgradError
-from . import check, data, evaluate, export, gradcheck, predict, serve, train
+from . import check, data, evaluate, export, gradcheck, grade, predict, serve, train
 from .common import Parser, formatter, print_error, readable
 
-COMMANDS = (train, evaluate, predict, export, serve, data, gradcheck, check)
+COMMANDS = (train, evaluate, predict, export, serve, data, gradcheck, check, grade)
 # What a user's paths and disks can answer; an OSError with any other errno is a bug.
 FILE_SYSTEM_ERRORS = {
     getattr(errno, name)
