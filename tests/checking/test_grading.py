@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -63,8 +64,10 @@ def graded(tmp_path_factory):
     (subs / "frank.py").write_text("while True:\n    pass\n" + GOOD)
     (subs / "gina.py").write_text("print('spam' * 2_000_000)\n" + GOOD)
     (subs / "hank.py").write_text("import numpy\nbig = numpy.ones(10**10)\n" + GOOD)
+    pid_file = tmp_path_factory.mktemp("pids") / "ivan.pid"
     (subs / "ivan.py").write_text(
-        "import os, time\nif os.fork() == 0:\n    time.sleep(600)\n" + GOOD
+        "import os, time\nif os.fork() == 0:\n"
+        f"    open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n    time.sleep(600)\n" + GOOD
     )
     (subs / ".hidden").write_text("not a student")
     rubric = tmp_path_factory.mktemp("r") / "rubric.toml"
@@ -78,11 +81,11 @@ def graded(tmp_path_factory):
         [sys.executable, "-m", "npgrad", "grade", str(subs), "--rubric", str(rubric), "-o", str(out)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
-    return r, out
+    return r, out, pid_file
 
 
 def test_every_submission_gets_its_own_grade(graded):
-    r, out = graded
+    r, out, _ = graded
     assert r.returncode == 0, r.stderr
     rows = {row["student"]: row for row in csv.DictReader((out / "grades.csv").open())}
     totals = {name: float(row["total"]) for name, row in rows.items()}
@@ -92,7 +95,7 @@ def test_every_submission_gets_its_own_grade(graded):
 
 
 def test_broken_submissions_say_why_in_one_line_each(graded):
-    r, out = graded
+    r, out, _ = graded
     summary = (out / "summary.md").read_text()
     assert "eve: error while importing: eve.py:1: SyntaxError" in summary
     assert "frank: timed out after 6 s" in summary and "the rubric's [limits] seconds" in summary
@@ -102,7 +105,7 @@ def test_broken_submissions_say_why_in_one_line_each(graded):
 
 
 def test_feedback_per_student_in_markdown_and_html(graded):
-    _, out = graded
+    _, out, _ = graded
     bob = (out / "feedback" / "bob.md").read_text()
     assert bob.startswith("# bob: 2 of 3 points") and "ignores the mask" in bob
     assert "(3, 7)" in bob  # the hidden geometry was checked
@@ -111,8 +114,8 @@ def test_feedback_per_student_in_markdown_and_html(graded):
 
 
 def test_a_forking_submission_leaves_no_process_behind(graded):
-    left = subprocess.run(["pgrep", "-f", "time.sleep"], capture_output=True, text=True)
-    assert left.stdout.strip() == ""
+    pid = int(graded[2].read_text())  # the child that ivan's file forked
+    assert not Path(f"/proc/{pid}").exists()
 
 
 def test_without_a_rubric_every_item_found_is_one_point(tmp_path):

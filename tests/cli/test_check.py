@@ -166,9 +166,9 @@ def test_one_line_per_pair_then_the_details(capfd):
     assert code == 1
     lines = out.splitlines()
     assert lines[0] == (
-        "conv_forward_naive/conv_backward_naive: FAIL  dx: padding not removed: dx has the padded "
-        "shape (2, 3, 9, 11) (inside, its values are right); return dx_pad[:, :, pad:-pad, "
-        "pad:-pad], shape (2, 3, 7, 9)"
+        "conv_forward_naive/conv_backward_naive: FAIL  stride=2 pad=1: dx: padding not removed: "
+        "dx has the padded shape (2, 3, 9, 11) (inside, its values are right); return "
+        "dx_pad[:, :, pad:pad + H, pad:pad + W], shape (2, 3, 7, 9)"
     )
     assert lines[2] == "conv_forward_naive/conv_backward_naive: FAIL"
     assert "    dw (4, 3, 3, 5): max abs err" in out
@@ -190,8 +190,13 @@ def test_params_and_shapes_reach_the_pair(capfd):
     stride_ignored = str(PAIRS / "conv_stride_ignored.py")
     code, out, _ = check(capfd, stride_ignored, "--shape", "conv_forward_naive=1x2x5x5,3x2x3x3,3")
     assert code == 1 and "stride ignored in backward" in out and "inputs 1x2x5x5, 3x2x3x3, 3" in out
-    code, out, _ = check(capfd, stride_ignored, "--param", "conv_forward_naive=stride:1")
-    assert code == 0, out  # the mistake cannot show with stride 1: the option did reach the pair
+    # with stride 1 and padding 1 pinned (the file's dx_pad[:, :, pad:-pad] is wrong at pad 0,
+    # which the checks' own geometries include), the mistake cannot show: the options did reach
+    code, out, _ = check(
+        capfd, stride_ignored, "--param", "conv_forward_naive=stride:1",
+        "--param", "conv_forward_naive=conv_param.pad:1",
+    )  # fmt: skip
+    assert code == 0, out
     pad = ["--param", "conv_forward_naive=conv_param.pad:0"]
     code, out, _ = check(capfd, stride_ignored, "--param", "conv_forward_naive=stride:1", *pad)
     assert code == 1 and "dx: dx is empty: with pad = 0, dx_pad[:, :, pad:-pad, pad:-pad]" in out

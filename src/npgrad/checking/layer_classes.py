@@ -93,6 +93,7 @@ class InputResult:
     mismatches: list[tuple[tuple[int, ...], float, float]] = field(default_factory=list)
     diagnosis: str | None = None
     name: str = ""  # "dx", "dw"...: function pairs name their gradients
+    tolerance: float = float("nan")  # function pairs: the absolute tolerance the check used
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> InputResult:
@@ -105,6 +106,7 @@ class InputResult:
             [(tuple(i), got, want) for i, got, want in d["mismatches"]],
             d["diagnosis"],
             d.get("name", ""),
+            d.get("tolerance", float("nan")),
         )
 
 

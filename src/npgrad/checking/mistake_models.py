@@ -236,7 +236,8 @@ def padding_kept(trial: Trial, i: int, got: np.ndarray, want: np.ndarray) -> str
         return None
     inner = got[:, :, ph : got.shape[2] - ph, pw : got.shape[3] - pw]
     right = " (inside, its values are right)" if agrees(inner, want, ATOL, RTOL) else ""
-    cut = "pad:-pad, pad:-pad" if ph == pw else f"{ph}:-{ph}, {pw}:-{pw}"
+    # pad:pad + H, not pad:-pad, which is empty when pad is 0
+    cut = "pad:pad + H, pad:pad + W" if ph == pw else f"{ph}:{ph} + H, {pw}:{pw} + W"
     return (
         f"padding not removed: dx has the padded shape {got.shape}{right}; "
         f"return dx_pad[:, :, {cut}], shape {want.shape}"
@@ -331,6 +332,13 @@ def norm_hypotheses(layout: str, key: str) -> tuple[Hypothesis, ...]:
         ),
         model(const.format("mean", "a constant", "it depends", "it"), ["x"], frozen(("mean",))),
         model(const.format("variance", "a constant", "it depends", "it"), ["x"], frozen(("var",))),
+        model(
+            "eps left out of the backward: it divides by sqrt(var) where the forward divides "
+            "by sqrt(var + eps); the difference is small (about eps / var) but the gradient "
+            "is not the forward's",
+            ["x", "gamma"],
+            lambda v: norm_ref(layout, key)({**v, key: {**v[key], "eps": 0.0}}),
+        ),
     )
 
 
