@@ -91,17 +91,30 @@ from .mistake_models import (
     FORWARD_RTOL,
     MAX_POOL_HYPOTHESES,
     RTOL,
+    TEMPORAL_SOFTMAX_HYPOTHESES,
     Hypothesis,
     Trial,
     columns,
     conv_forward_problem,
     distinct,
+    embedding_not_accumulated,
+    lstm_cell,
     name_mistake,
     norm_hypotheses,
     norm_ref,
     normalise,
+    recurrent_hypotheses,
     ref_conv,
+    ref_lstm,
+    ref_lstm_step,
     ref_pool,
+    ref_rnn,
+    ref_rnn_step,
+    ref_temporal_affine,
+    ref_word_embedding,
+    rnn_cell,
+    temporal_softmax,
+    temporal_softmax_problem,
 )
 
 Shape = tuple[int, ...]
@@ -143,6 +156,10 @@ class Case:
     values: list[Any]
     diff: list[int]  # positions of the floating-point arrays, in order: one gradient each
     backward: bool = True  # False: forward only (batch norm in test mode)
+
+
+class NotCheckable(Exception):
+    """A pair npgrad cannot check (an unknown loss, unknown shapes): reported, not failed."""
 
 
 @dataclass
@@ -340,6 +357,26 @@ _BN_CASES = (
 )
 
 
+_SMALL = Domain("small", scale=0.3)  # recurrent weights: pre-activations away from saturation
+
+
+def _word_indices(v: dict[str, Any], rng: np.random.Generator) -> None:
+    """Word indices for an embedding: integers in the vocabulary, one word used twice (so
+    that a gradient assigned instead of accumulated shows)."""
+    x = rng.integers(0, v["W"].shape[0], size=np.shape(v["x"]))
+    x.reshape(-1)[-1] = x.reshape(-1)[0]
+    v["x"] = x
+
+
+def _temporal_targets(v: dict[str, Any], rng: np.random.Generator) -> None:
+    """Targets (N, T) in the vocabulary and a mask with both kinds of positions."""
+    n, t, c = v["x"].shape
+    v["y"] = rng.integers(0, c, size=(n, t))
+    mask = rng.random((n, t)) < 0.7
+    mask.reshape(-1)[:2] = (True, False)
+    v["mask"] = mask
+
+
 def _elementwise(fn: Callable[[np.ndarray], np.ndarray], domain: Domain = REAL) -> Kind:
     return Kind(("x",), (((4, 6),),), domains={"x": domain}, reference=lambda v: fn(v["x"]))
 
@@ -388,6 +425,38 @@ KINDS: dict[str, Kind] = {
     "max_pool": Kind(
         ("x", "pool_param"), (((2, 3, 8, 9),),), {"pool_param": {"pool_height": 2, "pool_width": 3, "stride": 2}},
         domains={"x": Domain("distinct")}, reference=ref_pool, hypotheses=MAX_POOL_HYPOTHESES,
+    ),
+    # the third assignment: recurrent layers, word embeddings, temporal layers (N, T, D)
+    "rnn_step": Kind(
+        ("x", "prev_h", "Wx", "Wh", "b"), (((3, 4), (3, 5), (4, 5), (5, 5), (5,)),),
+        domains={"Wx": _SMALL, "Wh": _SMALL}, reference=ref_rnn_step,
+    ),
+    "rnn": Kind(
+        ("x", "h0", "Wx", "Wh", "b"), (((2, 4, 3), (2, 5), (3, 5), (5, 5), (5,)),),
+        domains={"Wx": _SMALL, "Wh": _SMALL}, reference=ref_rnn,
+        hypotheses=recurrent_hypotheses(rnn_cell),
+    ),
+    "lstm_step": Kind(
+        ("x", "prev_h", "prev_c", "Wx", "Wh", "b"),
+        (((3, 4), (3, 5), (3, 5), (4, 20), (5, 20), (20,)),),
+        domains={"Wx": _SMALL, "Wh": _SMALL}, reference=ref_lstm_step,
+    ),
+    "lstm": Kind(
+        ("x", "h0", "Wx", "Wh", "b"), (((2, 4, 3), (2, 5), (3, 20), (5, 20), (20,)),),
+        domains={"Wx": _SMALL, "Wh": _SMALL}, reference=ref_lstm,
+        hypotheses=recurrent_hypotheses(lstm_cell),
+    ),
+    "word_embedding": Kind(
+        ("x", "W"), (((2, 5), (7, 4)),), reference=ref_word_embedding, constants=("x",),
+        prepare=_word_indices, hypotheses=(embedding_not_accumulated,),
+    ),
+    "temporal_affine": Kind(
+        ("x", "w", "b"), (((2, 3, 4), (4, 5), (5,)),), reference=ref_temporal_affine,
+    ),
+    "temporal_softmax": Kind(
+        ("x", "y", "mask"), (((2, 4, 5), (2, 4)),), reference=temporal_softmax, loss=True,
+        constants=("mask",), prepare=_temporal_targets, hypotheses=TEMPORAL_SOFTMAX_HYPOTHESES,
+        forward_problem=temporal_softmax_problem,
     ),
     "svm": Kind(("x", "y"), (((6, 5),),), reference=_loss_ref(_svm), loss=True, prepare=_svm_margins, hypotheses=(_loss_not_divided,)),
     "softmax": Kind(("x", "y"), (((6, 5),),), reference=_loss_ref(_softmax_loss), loss=True, hypotheses=(_loss_not_divided,)),
@@ -706,6 +775,8 @@ class PairReport:
     cases: list[CaseResult] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
+    # why npgrad cannot check this pair at all: neither a pass nor a failure (exit status 0)
+    not_checked: str | None = None
 
     @property
     def name(self) -> str:
@@ -732,6 +803,8 @@ class PairReport:
         if self.passed:
             warn = f"  (warning: {self.warnings[0]})" if self.warnings else ""
             return f"{self.name}: PASS{warn}"
+        if self.not_checked:
+            return f"{self.name}: NOT CHECKED  {self.not_checked}"
         first = (self.diagnoses or ["wrong"])[0]
         return f"{self.name}: FAIL  {first}"
 
@@ -747,10 +820,14 @@ class PairReport:
             [CaseResult.from_dict(c) for c in d["cases"]],
             list(d["warnings"]),
             d["error"],
+            d.get("not_checked"),
         )
 
     def __str__(self) -> str:
-        lines = [f"{self.name}: {'PASS' if self.passed else 'FAIL'}"]
+        verdict = "PASS" if self.passed else "NOT CHECKED" if self.not_checked else "FAIL"
+        lines = [f"{self.name}: {verdict}"]
+        if self.not_checked:
+            lines.append(f"  not checked: {self.not_checked}")
         if self.error:
             lines.append(f"  error: {self.error}")
         for c in self.cases:
@@ -1029,6 +1106,8 @@ def check_pair(
             seed,
             plain_backward,
         )
+    except NotCheckable as why:
+        report.not_checked = str(why)
     except UserCodeFailed as stop:
         report.error = str(stop)
     report.passed = (
@@ -1051,8 +1130,9 @@ def _check_pair(
     plain: Callable | None,
 ) -> None:
     if kind is None and backward is None:
-        raise UserCodeFailed(
-            f"not checked: no loss named {base!r} is known; name it svm_loss or softmax_loss"
+        raise NotCheckable(
+            f"no loss named {base!r} is known (svm_loss, softmax_loss, temporal_softmax_loss); "
+            "its gradient cannot be told from its value alone"
         )
     if shapes is not None:
         candidates = [[tuple(int(n) for n in s) for s in shapes]]
@@ -1062,7 +1142,7 @@ def _check_pair(
         n_arrays = sum(not (n.endswith("_param") or n == "y") for n in names)
         candidates = [c for c in CANDIDATE_SHAPES if len(c) == n_arrays]
         if not candidates:
-            raise UserCodeFailed(
+            raise NotCheckable(
                 f"{len(names)} arguments and no known shapes: give them with --shape"
             )
     for label, merged, with_backward in _cases(kind, names, params):

@@ -175,6 +175,7 @@ class Trial:
         """The gradient a forward ``fn`` (of the arguments by name) would give for input ``i``."""
         values = copy.deepcopy(self.values)
         values["_x0"] = self.values["x"]  # the unperturbed input, for frozen statistics
+        values["_orig"] = copy.deepcopy(self.values)  # every unperturbed argument
         x = values[self.diff[i]]
         return numeric_vjp(lambda: np.asarray(fn(values), dtype=np.float64), x, self.g, EPS)
 
@@ -352,4 +353,148 @@ def conv_forward_problem(v: dict[str, Any], out: np.ndarray) -> str | None:
         )
     if agrees(out, ref_conv(v, step=1), FORWARD_ATOL, FORWARD_RTOL):
         return "stride ignored in forward: windows start at (i, j), not (i * stride, j * stride)"
+    return None
+
+
+# --------------------------------------------------------------------------- recurrent layers
+# The course's third assignment: word embeddings, vanilla RNN and LSTM, temporal layers.
+# Each recurrence is written once (_unroll), with the two classic backward mistakes as
+# variants of its forward whose gradients they are: the hidden state's gradient not carried
+# back from step t + 1 (each step's previous state a constant), and the weights' gradient
+# not accumulated over the steps (assigned, so only step 0's contribution is left).
+
+
+def _sigmoid(a: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-a))
+
+
+def rnn_cell(
+    x: np.ndarray, h: np.ndarray, c: Any, wx: np.ndarray, wh: np.ndarray, b: np.ndarray
+) -> tuple[np.ndarray, Any]:
+    return np.tanh(x @ wx + h @ wh + b), None
+
+
+def lstm_cell(
+    x: np.ndarray, h: np.ndarray, c: np.ndarray, wx: np.ndarray, wh: np.ndarray, b: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    a = x @ wx + h @ wh + b
+    n = h.shape[1]
+    i, f, o = _sigmoid(a[:, :n]), _sigmoid(a[:, n : 2 * n]), _sigmoid(a[:, 2 * n : 3 * n])
+    c = f * c + i * np.tanh(a[:, 3 * n :])
+    return o * np.tanh(c), c
+
+
+def ref_rnn_step(v: dict[str, Any]) -> np.ndarray:
+    return rnn_cell(v["x"], v["prev_h"], None, v["Wx"], v["Wh"], v["b"])[0]
+
+
+def ref_lstm_step(v: dict[str, Any]) -> np.ndarray:
+    return lstm_cell(v["x"], v["prev_h"], v["prev_c"], v["Wx"], v["Wh"], v["b"])[0]
+
+
+def _unroll(cell: Callable[..., Any], v: dict[str, Any], mistake: str = "") -> np.ndarray:
+    """The hidden states (N, T, H) of ``cell`` over ``v["x"]`` from ``v["h0"]`` (c0 = 0).
+
+    ``mistake="carried"``: each step's previous state is the unperturbed run's, a constant;
+    ``mistake="accumulated"``: the weights act through step 0 only (later steps use the
+    unperturbed ones). Both need ``v["_orig"]``, the values before any perturbation.
+    """
+    x, h = v["x"], v["h0"]
+    c = np.zeros_like(h)
+    orig = v.get("_orig")
+    before = _unroll(cell, orig) if mistake == "carried" and orig is not None else None
+    out = []
+    for t in range(x.shape[1]):
+        w = v if t == 0 or mistake != "accumulated" or orig is None else orig
+        prev = h if before is None or t == 0 else before[:, t - 1]
+        h, c = cell(x[:, t], prev, c, w["Wx"], w["Wh"], w["b"])
+        out.append(h)
+    return np.stack(out, axis=1)
+
+
+def recurrent_hypotheses(cell: Callable[..., Any]) -> tuple[Hypothesis, ...]:
+    return (
+        model(
+            "the hidden state's gradient is not carried back: step t's dprev_h must be added "
+            "to dh[:, t - 1] before step t - 1's backward (only the upstream dh reaches each step)",
+            ["x", "h0", "Wx", "Wh", "b"],
+            lambda v: _unroll(cell, v, "carried"),
+        ),
+        model(
+            "the weights' gradient is not accumulated over the time steps: dWx, dWh and db must "
+            "be summed (+=) over t, here only one step's contribution is left",
+            ["Wx", "Wh", "b"],
+            lambda v: _unroll(cell, v, "accumulated"),
+        ),
+    )
+
+
+def ref_rnn(v: dict[str, Any]) -> np.ndarray:
+    return _unroll(rnn_cell, v)
+
+
+def ref_lstm(v: dict[str, Any]) -> np.ndarray:
+    return _unroll(lstm_cell, v)
+
+
+def ref_temporal_affine(v: dict[str, Any]) -> np.ndarray:
+    return v["x"] @ v["w"] + v["b"]
+
+
+def ref_word_embedding(v: dict[str, Any]) -> np.ndarray:
+    return v["W"][np.asarray(v["x"], dtype=int)]
+
+
+def embedding_not_accumulated(
+    trial: Trial, i: int, got: np.ndarray, want: np.ndarray
+) -> str | None:
+    """dW[x] = dout (an assignment): a word used twice keeps one of its gradients."""
+    if trial.diff[i] != "W" or got.shape != want.shape:
+        return None
+    idx = np.asarray(trial.values["x"], dtype=int).reshape(-1)
+    g = np.asarray(trial.g).reshape(idx.size, -1)
+    assigned = np.zeros_like(want)
+    assigned[idx] = g  # the last of each repeated index wins, as in NumPy's assignment
+    if agrees(got, assigned, ATOL, RTOL):
+        return (
+            "dW is assigned, not accumulated: a word that occurs twice keeps one gradient; "
+            "use np.add.at(dW, x, dout)"
+        )
+    return None
+
+
+def temporal_softmax(v: dict[str, Any], masked: bool = True, per: str = "N") -> np.ndarray:
+    """The course's temporal softmax loss: masked cross-entropy summed over N x T, over N."""
+    x = v["x"]
+    n, t, c = x.shape
+    flat = x.reshape(n * t, c)
+    z = flat - flat.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    y = np.asarray(v["y"], dtype=int).reshape(-1)
+    m = np.asarray(v["mask"], dtype=float).reshape(-1) if masked else np.ones(n * t)
+    return np.array(-(m * logp[np.arange(n * t), y]).sum() / (n * t if per == "NT" else n))
+
+
+TEMPORAL_SOFTMAX_HYPOTHESES: tuple[Hypothesis, ...] = (
+    model(
+        "the mask is not applied: padded positions (mask False) must add nothing to the loss "
+        "or to dx",
+        ["x"],
+        lambda v: temporal_softmax(v, masked=False),
+    ),
+    model(
+        "the loss is divided by N * T: the course's loss is a sum over the time steps, a mean "
+        "over the N sequences only",
+        ["x"],
+        lambda v: temporal_softmax(v, per="NT"),
+    ),
+)
+
+
+def temporal_softmax_problem(v: dict[str, Any], out: np.ndarray) -> str | None:
+    """What a temporal softmax loss that differs from the definition computes instead."""
+    if agrees(out, temporal_softmax(v, masked=False), FORWARD_ATOL, FORWARD_RTOL):
+        return "the mask is not applied: padded positions (mask False) add to the loss"
+    if agrees(out, temporal_softmax(v, per="NT"), FORWARD_ATOL, FORWARD_RTOL):
+        return "the loss is divided by N * T; the course's is divided by N (a sum over time)"
     return None
