@@ -80,6 +80,11 @@ class LayerCheckError(NpgradError):
     """The user's file could not be loaded or holds no layer classes."""
 
 
+class NotCheckable(NpgradError):
+    """A function pair npgrad cannot check (an unknown loss, no known shapes): the report says
+    NOT CHECKED with this reason, and it does not count as a failure."""
+
+
 class GradingError(NpgradError):
     """``npgrad grade`` cannot start: the submissions folder or the rubric is unusable."""
 

@@ -70,7 +70,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import LayerCheckError, UserCodeFailed
+from ..errors import LayerCheckError, NotCheckable, UserCodeFailed
 from ..ops.specs import KINK, REAL, Domain
 from .gradcheck import agrees, mismatches, perturbed_projections
 from .layer_classes import (
@@ -156,10 +156,6 @@ class Case:
     values: list[Any]
     diff: list[int]  # positions of the floating-point arrays, in order: one gradient each
     backward: bool = True  # False: forward only (batch norm in test mode)
-
-
-class NotCheckable(Exception):
-    """A pair npgrad cannot check (an unknown loss, unknown shapes): reported, not failed."""
 
 
 @dataclass
