@@ -73,6 +73,7 @@ from .errors import (
     ShapeError,
     TrainingDiverged,
 )
+from .ops.parallel import get_threads, set_threads
 
 __version__ = "0.1.0"
 
@@ -147,6 +148,8 @@ __all__ = [
     "cross_entropy",
     "div",
     "enable_grad",
+    "get_threads",
+    "set_threads",
     "exp",
     "getitem",
     "grad",

@@ -35,7 +35,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ..errors import ConfigError, ShapeError
-from . import dense
+from . import dense, parallel
 from .base import Array, Grads, Op, call
 from .geometry import IntOrPair, as_pair, check_eps
 from .specs import REAL, Case, Domain, Draw, OpSpec
@@ -85,8 +85,13 @@ def _padded(x: Array, ph: int, pw: int, value: float) -> Array:
     if not ph and not pw:
         return xt
     n, h, w, c = xt.shape
-    out = np.full((n, h + 2 * ph, w + 2 * pw, c), value, dtype=x.dtype)
-    out[:, ph : ph + h, pw : pw + w] = xt
+    out = np.empty((n, h + 2 * ph, w + 2 * pw, c), dtype=x.dtype)
+
+    def part(lo: int, hi: int) -> None:
+        out[lo:hi] = value
+        out[lo:hi, ph : ph + h, pw : pw + w] = xt[lo:hi]
+
+    parallel.rows(part, n, out.nbytes)
     return out
 
 
@@ -140,8 +145,14 @@ def _unfold(xp: Array, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int) -> 
     win = win[:, ::sh, ::sw, :, ::dh, ::dw]  # (N, H', W', C, kh, kw)
     ho, wo = win.shape[1:3]
     if c * kw < wo:
-        return np.ascontiguousarray(win.transpose(4, 5, 3, 0, 1, 2)).reshape(-1, n * ho * wo).T
-    return np.ascontiguousarray(win.transpose(0, 1, 2, 4, 5, 3)).reshape(n * ho * wo, -1)
+        cols = np.empty((kh, kw, c, n, ho, wo), dtype=xp.dtype)
+
+        def part(lo: int, hi: int) -> None:
+            cols[:, :, :, lo:hi] = win[lo:hi].transpose(4, 5, 3, 0, 1, 2)
+
+        parallel.rows(part, n, cols.nbytes)
+        return cols.reshape(-1, n * ho * wo).T
+    return parallel.copy(win.transpose(0, 1, 2, 4, 5, 3)).reshape(n * ho * wo, -1)
 
 
 def _fold(gxp: Array, d: Array, sh: int, sw: int, dh: int, dw: int) -> None:
@@ -150,11 +161,15 @@ def _fold(gxp: Array, d: Array, sh: int, sw: int, dh: int, dw: int) -> None:
     The adjoint of :func:`_unfold` (col2im): one vectorised slice-add per
     kernel offset, each moving a whole contiguous (N, H', W', C) block.
     """
-    kh, kw, _, ho, wo, _ = d.shape
+    kh, kw, n, ho, wo, _ = d.shape
     rows, cols = _taps(ho, kh, sh, dh), _taps(wo, kw, sw, dw)
-    for i in range(kh):
-        for j in range(kw):
-            gxp[:, rows[i], cols[j]] += d[i, j]
+
+    def part(lo: int, hi: int) -> None:
+        for i in range(kh):
+            for j in range(kw):
+                gxp[lo:hi, rows[i], cols[j]] += d[i, j, lo:hi]
+
+    parallel.rows(part, n, d.nbytes)
 
 
 def _conv_case(d: Draw) -> Case:
@@ -285,7 +300,7 @@ class Conv2dOp(Op):
             np.matmul(cols, wm, out=y[s : s + step].reshape(-1, o))
         if b is not None:
             yr = y.reshape(n, -1)
-            yr += _tiled(b.astype(dtype, copy=False), ho * wo)
+            parallel.ufunc(np.add, yr, _tiled(b.astype(dtype, copy=False), ho * wo), out=yr)
         geometry = {"stride": stride, "padding": padding, "dilation": dilation}
         return _nchw(y), (x, w, b is not None, geometry)
 
@@ -411,7 +426,7 @@ class Conv2dInputGradOp(Op):
             flipped = w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]
             gx = Conv2dOp.forward(g, flipped, padding=(fh, fw), dilation=(dh, dw))[0]
             return gx, (g, w, geometry)
-        g2 = np.ascontiguousarray(_nhwc(g)).reshape(-1, o)
+        g2 = parallel.copy(_nhwc(g)).reshape(-1, o)
         dtype = np.result_type(w, g)
         gxp = np.zeros((n, h + 2 * ph, wd + 2 * pw, c), dtype=dtype)
         wt = np.ascontiguousarray(w.transpose(2, 3, 0, 1)).reshape(kh * kw, o, c)
@@ -487,7 +502,7 @@ class Conv2dWeightGradOp(Op):
             "conv2d_weight_grad", (h, wd), (kh, kw), (ho, wo), stride, padding, dilation
         )
         xp = _padded(x, ph, pw, 0.0)
-        g2 = np.ascontiguousarray(_nhwc(g)).reshape(-1, o)
+        g2 = parallel.copy(_nhwc(g)).reshape(-1, o)
         gwm = np.zeros((kh * kw * c, o), dtype=np.result_type(x, g))
         geo = (kh, kw, sh, sw, dh, dw)
         step = _chunk(ho * wo * kh * kw * c * xp.dtype.itemsize)
@@ -548,20 +563,27 @@ def _max_along(a: Array, axis: int, taps: list[slice]) -> tuple[Array, Array]:
     before it, so the winner is the largest t that won: a running ``maximum`` of
     ``t * won`` tracks it without masked assignment (which is far slower).
     """
-    if len(taps) == 1:
-        m = _along(a, axis, taps[0]).copy()
-        return m, np.zeros(m.shape, dtype=np.uint8)
-    v0, v1 = _along(a, axis, taps[0]), _along(a, axis, taps[1])
-    idx = (v1 > v0).view(np.uint8)  # strictly: a tie keeps the earlier offset
-    m = np.maximum(v0, v1)  # NaN propagates, as in PyTorch
-    if len(taps) > 255:
-        idx = idx.astype(np.int32)
-    for t, sl in enumerate(taps[2:], start=2):
-        v = _along(a, axis, sl)
-        won = (v > m).astype(idx.dtype)
-        won *= idx.dtype.type(t)
-        np.maximum(idx, won, out=idx)
-        np.maximum(m, v, out=m)
+    first = _along(a, axis, taps[0])
+    m = np.empty_like(first)  # the layout of a
+    idx = np.empty_like(first, dtype=np.uint8 if len(taps) < 256 else np.int32)
+
+    def part(lo: int, hi: int) -> None:  # along the batch axis (axis > 0)
+        ai, mi, ii = a[lo:hi], m[lo:hi], idx[lo:hi]
+        if len(taps) == 1:
+            mi[...] = _along(ai, axis, taps[0])
+            ii[...] = 0
+            return
+        v0, v1 = _along(ai, axis, taps[0]), _along(ai, axis, taps[1])
+        np.greater(v1, v0, out=ii, casting="unsafe")  # strictly: a tie keeps the earlier offset
+        np.maximum(v0, v1, out=mi)  # NaN propagates, as in PyTorch
+        for t, sl in enumerate(taps[2:], start=2):
+            v = _along(ai, axis, sl)
+            won = (v > mi).astype(ii.dtype)
+            won *= ii.dtype.type(t)
+            np.maximum(ii, won, out=ii)
+            np.maximum(mi, v, out=mi)
+
+    parallel.rows(part, a.shape[0], m.nbytes)
     return m, idx
 
 
@@ -580,19 +602,25 @@ def _spread(g: Array, idx: Array | None, axis: int, taps: list[slice], size: int
     step = taps[0].step or 1
     tiled = step == extent == len(taps) and step * g.shape[axis] == size
     out = (np.empty if tiled else np.zeros)(shape, dtype=g.dtype)
-    for t, sl in enumerate(taps):
-        dst = _along(out, axis, sl)
-        if idx is None:
-            src = g
-        elif disjoint:
-            np.multiply(g, idx == t, out=dst)  # multiplying by a mask beats np.where
-            continue
-        else:
-            src = g * (idx == t)
-        if disjoint:
-            dst[...] = src
-        else:
-            dst += src
+
+    def part(lo: int, hi: int) -> None:  # along the batch axis (axis > 0)
+        gi, oi = g[lo:hi], out[lo:hi]
+        ii = None if idx is None else idx[lo:hi]
+        for t, sl in enumerate(taps):
+            dst = _along(oi, axis, sl)
+            if ii is None:
+                src = gi
+            elif disjoint:
+                np.multiply(gi, ii == t, out=dst)  # multiplying by a mask beats np.where
+                continue
+            else:
+                src = gi * (ii == t)
+            if disjoint:
+                dst[...] = src
+            else:
+                dst += src
+
+    parallel.rows(part, g.shape[0], out.nbytes)
     return out
 
 
@@ -980,6 +1008,34 @@ def _back_to(y2: Array, like: tuple[int, ...]) -> Array:
     return y2.reshape(n, *rest, c).transpose((0, len(like) - 1, *range(1, len(like) - 1)))
 
 
+def _each(f: np.ufunc, a: Array, b: Array) -> Array:
+    """``f(a, b)`` for a ``(rows, width)`` array and a row, cut across threads (forward only)."""
+    return parallel.ufunc(f, a, b, out=np.empty(a.shape, dtype=np.result_type(a, b)))
+
+
+def _batch_norm_dx(g2: Array, xs: Array, t1: Array, t2: Array, t3: Array) -> Array:
+    """``g2 * t1 - t2 - xs * t3``, batch norm's input gradient (rows of ``(rows, width)``).
+
+    On arrays in one pass per row block, cut across threads; on Tensors (recording a
+    second-order graph) with the same operations in the same order, so the same value.
+    """
+    if not (isinstance(g2, np.ndarray) and isinstance(xs, np.ndarray)):
+        gx = g2 * t1
+        gx -= t2
+        gx -= xs * t3
+        return gx
+    gx = np.empty(g2.shape, dtype=np.result_type(g2, t1))
+
+    def part(lo: int, hi: int) -> None:
+        out = gx[lo:hi]
+        np.multiply(g2[lo:hi], t1, out=out)
+        out -= t2
+        out -= xs[lo:hi] * t3
+
+    parallel.rows(part, g2.shape[0], gx.nbytes)
+    return gx
+
+
 def _update_running(
     running_mean: Array, running_var: Array, mean: Array, var: Array, m: int, momentum: float
 ) -> None:
@@ -1148,16 +1204,16 @@ class BatchNormOp(Op):
                 )
             if reduce is None:
                 mean = _per_channel_sum(x2, c) / m
-                xc = x2 - _tiled(mean, reps)
+                xc = _each(np.subtract, x2, _tiled(mean, reps))
                 var = _per_channel_dot(xc, xc, c) / m
             else:  # the whole batch's statistics: every process's sums added up
                 total = reduce(np.append(_per_channel_sum(x2, c).astype(np.float64), m))
                 m = int(total[-1])
                 mean = (total[:-1] / m).astype(x2.dtype)
-                xc = x2 - _tiled(mean, reps)
+                xc = _each(np.subtract, x2, _tiled(mean, reps))
                 var = (reduce(_per_channel_dot(xc, xc, c).astype(np.float64)) / m).astype(x2.dtype)
             inv = 1.0 / np.sqrt(var + eps)
-            y = xc * _tiled(gamma * inv, reps)
+            y = _each(np.multiply, xc, _tiled(gamma * inv, reps))
             if running_mean is not None and running_var is not None:
                 _update_running(running_mean, running_var, mean, var, m, momentum)
             saved = BatchNormSaved(True, xc, inv, gamma, reps, x.shape, eps, None, reduce, m)
@@ -1166,10 +1222,10 @@ class BatchNormOp(Op):
                 raise ConfigError("batch_norm in eval mode needs running_mean and running_var")
             inv = (1.0 / np.sqrt(running_var + eps)).astype(x2.dtype, copy=False)
             a = gamma * inv
-            y = x2 * _tiled(a, reps)
-            y += _tiled(-running_mean * a, reps)
+            y = _each(np.multiply, x2, _tiled(a, reps))
+            parallel.ufunc(np.add, y, _tiled(-running_mean * a, reps), out=y)
             saved = BatchNormSaved(False, x2, inv, gamma, reps, x.shape, eps, running_mean)
-        y += _tiled(beta, reps)
+        parallel.ufunc(np.add, y, _tiled(beta, reps), out=y)
         return _back_to(y, x.shape), saved
 
     @staticmethod
@@ -1202,9 +1258,10 @@ class BatchNormOp(Op):
             gx = None
             if needs[0]:
                 k = gamma * inv
-                gx = g2 * _tiled(k, reps)
-                gx -= _tiled(k * sum_g / m, reps)
-                gx -= xs * _tiled(k * inv * gamma_hat / m, reps)
+                gx = _batch_norm_dx(
+                    g2, xs, _tiled(k, reps), _tiled(k * sum_g / m, reps),
+                    _tiled(k * inv * gamma_hat / m, reps),
+                )  # fmt: skip
             if saved.reduce is not None:  # this shard's part of the parameters' gradients
                 gamma_hat, sum_g = gamma_hat_local, sum_g_local
         else:

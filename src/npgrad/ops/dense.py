@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ShapeError
+from . import parallel
 from . import specs as opspecs
 from .base import Array, Grads, Op, call, unbroadcast
 from .specs import KINK, NONZERO, POSITIVE, REAL, WIDE, OpSpec
@@ -369,6 +370,13 @@ class ReluOp(Op):
 
     @staticmethod
     def vjp(saved: Any, g: Array, needs: tuple[bool, ...] = (True,)) -> Grads:
+        if (
+            isinstance(g, np.ndarray)
+            and isinstance(saved, np.ndarray)
+            and g.shape == saved.shape
+            and g.ndim
+        ):
+            return (_masked(g, saved),)  # the same product, cut across threads
         return (g * (saved > 0),)
 
 
@@ -398,9 +406,22 @@ def relu_array(x: Array) -> Array:
         zeros = _zero_rows[x.dtype] = np.zeros(_ZERO_ROW, dtype=x.dtype)
         zeros.flags.writeable = False
     whole = fx.size - fx.size % _ZERO_ROW
-    np.maximum(fx[:whole].reshape(-1, _ZERO_ROW), zeros, out=fy[:whole].reshape(-1, _ZERO_ROW))
+    parallel.ufunc(
+        np.maximum, fx[:whole].reshape(-1, _ZERO_ROW), zeros, out=fy[:whole].reshape(-1, _ZERO_ROW)
+    )
     np.maximum(fx[whole:], zeros[: fx.size - whole], out=fy[whole:])
     return y
+
+
+def _masked(g: Array, y: Array) -> Array:
+    """``g * (y > 0)`` in ``g``'s memory layout, cut along the first axis across threads."""
+    out = np.empty_like(g)
+
+    def part(lo: int, hi: int) -> None:
+        np.multiply(g[lo:hi], y[lo:hi] > 0, out=out[lo:hi])
+
+    parallel.rows(part, g.shape[0], out.nbytes)
+    return out
 
 
 def dropout_mask(shape: tuple[int, ...], p: float, rng: Any, dtype: Any) -> Array:
