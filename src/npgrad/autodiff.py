@@ -33,6 +33,7 @@ from . import tracing
 from .errors import ConfigError, GradError, ShapeError
 from .ops import conv, dense
 from .ops.base import Op, set_recorder, unbroadcast
+from .ops.device import device_of, is_array, namespace, same_device, to_device, to_host
 from .ops.geometry import IntOrPair, is_int
 
 _GRAD_ENABLED = True
@@ -92,7 +93,8 @@ class Tensor:
         dtype: Any = None,
         name: str | None = None,
     ) -> None:
-        arr = np.array(data, dtype=dtype) if dtype is not None else np.asarray(data)
+        xp = namespace(data)  # the data's device: NumPy, or CuPy for data on a GPU
+        arr = xp.array(data, dtype=dtype) if dtype is not None else xp.asarray(data)
         if arr.dtype.kind not in "biufc":  # strings and objects would fail deep inside an op
             raise ConfigError(
                 f"a Tensor holds numbers; got {arr.dtype} data ({type(data).__name__})"
@@ -147,14 +149,31 @@ class Tensor:
 
     def __repr__(self) -> str:
         extra = ", requires_grad=True" if self.requires_grad else ""
-        body = np.array2string(self.data, separator=", ", prefix="tensor(")
+        body = np.array2string(to_host(self.data), separator=", ", prefix="tensor(")
+        if self.device != "cpu":
+            extra += f", device='{self.device}'"
         return f"tensor({body}, dtype={self.data.dtype}{extra})"
 
     def numpy(self) -> np.ndarray:
-        """The underlying array (not a copy)."""
+        """The data as a NumPy array: the underlying array (not a copy) on the CPU, a
+        host copy of a GPU tensor's."""
         if tracing.current is not None:
             tracing.current.read(self, "numpy()")
-        return self.data
+        return to_host(self.data)
+
+    @property
+    def device(self) -> str:
+        """``"cpu"`` or ``"cuda"``: where the data lives."""
+        return device_of(self.data)
+
+    def to(self, device: str) -> Tensor:
+        """This tensor on ``device`` (``"cpu"`` or ``"cuda"``): itself when it is there
+        already, otherwise a copy there, a new leaf (``requires_grad`` kept). A missing CuPy
+        or GPU raises :class:`~npgrad.errors.DeviceError` naming the extra to install."""
+        data = to_device(self.data, device)
+        if data is self.data:
+            return self
+        return Tensor(data, requires_grad=self.requires_grad, name=self.name)
 
     def item(self) -> float:
         if tracing.current is not None:
@@ -365,11 +384,11 @@ def _seed(out: Tensor, grad: Any, create_graph: bool) -> Any:
                 f"backward() without a gradient needs a one-element output, got shape "
                 f"{out.shape}; pass grad=... of that shape or reduce with .sum()/.mean()"
             )
-        seed: np.ndarray | Tensor = np.ones_like(out.data)
+        seed: np.ndarray | Tensor = namespace(out.data).ones_like(out.data)
     elif create_graph and isinstance(grad, Tensor):
         seed = grad  # kept: the gradient may itself be differentiated with respect to it
     else:
-        seed = np.array(grad.data if isinstance(grad, Tensor) else grad, dtype=out.dtype)
+        seed = namespace(out.data).array(_data(grad), dtype=out.dtype)
     if seed.shape != out.shape:
         raise GradError(f"backward(grad): grad has shape {seed.shape}, output {out.shape}")
     return seed if not create_graph or isinstance(seed, Tensor) else Tensor(seed)
@@ -511,14 +530,20 @@ def _lift(x: Any, like: Tensor) -> Tensor:
     """Wrap a constant operand; Python scalars take the tensor's dtype (no upcast)."""
     if isinstance(x, Tensor):
         return x
+    xp = namespace(like.data)
     if isinstance(x, (int, float)) and np.issubdtype(like.data.dtype, np.floating):
-        return Tensor(np.asarray(x, dtype=like.data.dtype))
-    return Tensor(np.asarray(x))
+        return Tensor(xp.asarray(x, dtype=like.data.dtype))
+    return Tensor(xp.asarray(x))
 
 
 def apply(op: type[Op], *inputs: Tensor, **params: Any) -> Tensor:
     """Run ``op`` forward on tensors and, if any input requires grad, record it."""
-    out_data, saved = op.forward(*[t.data for t in inputs], **params)
+    arrays = [t.data for t in inputs]
+    try:
+        out_data, saved = op.forward(*arrays, **params)
+    except TypeError:
+        same_device(*arrays)  # arrays on two devices: say so (CuPy's own error does not)
+        raise
     out = Tensor.__new__(Tensor)
     out.data = out_data
     out.grad = None
@@ -606,11 +631,11 @@ def grad(
     for x in ins:
         g = captured.get(id(x))
         if g is None:
-            result.append(Tensor(np.zeros_like(x.data)))
+            result.append(Tensor(namespace(x.data).zeros_like(x.data)))
         elif isinstance(g, Tensor):
             result.append(g)
         else:
-            result.append(Tensor(np.array(g, dtype=x.dtype)))  # a copy: g may alias another
+            result.append(Tensor(namespace(g).array(g, dtype=x.dtype)))  # a copy: g may alias
     return tuple(result)
 
 
@@ -628,8 +653,8 @@ def hvp(f: Callable[..., Tensor], inputs: Any, v: Any) -> Any:
     vs_in = [v] if single else list(v) if isinstance(v, (list, tuple)) else [v]
     if len(vs_in) != len(xs_in):
         raise GradError(f"hvp(): {len(vs_in)} directions for {len(xs_in)} inputs")
-    xs = [Tensor(np.array(_data(x)), requires_grad=True) for x in xs_in]
-    vs = [np.asarray(_data(u), dtype=x.dtype) for u, x in zip(vs_in, xs)]
+    xs = [Tensor(namespace(_data(x)).array(_data(x)), requires_grad=True) for x in xs_in]
+    vs = [namespace(x.data).asarray(_data(u), dtype=x.dtype) for u, x in zip(vs_in, xs)]
     for i, (x, u) in enumerate(zip(xs, vs)):
         if u.shape != x.shape:
             raise GradError(f"hvp(): direction {i} has shape {u.shape}, input {x.shape}")
@@ -643,7 +668,7 @@ def hvp(f: Callable[..., Tensor], inputs: Any, v: Any) -> Any:
             term = (g * u).sum()
             dot = term if dot is None else dot + term
     if dot is None or not dot.requires_grad:  # f is at most linear: H = 0
-        out = tuple(np.zeros_like(x.data) for x in xs)
+        out = tuple(namespace(x.data).zeros_like(x.data) for x in xs)
     else:
         out = tuple(h.data for h in grad(dot, xs))
     return out[0] if single else out
@@ -762,7 +787,7 @@ def getitem(x: Any, index: Any) -> Tensor:
 
 def cross_entropy(logits: Any, target: Any, reduction: str = "mean") -> Tensor:
     """Stable fused softmax cross-entropy; ``target`` is class indices (N,) or (N, C)."""
-    target = target.data if isinstance(target, Tensor) else np.asarray(target)
+    target = target.data if isinstance(target, Tensor) else target  # the op moves it
     return apply(dense.CrossEntropyOp, as_tensor(logits), target=target, reduction=reduction)
 
 
@@ -811,9 +836,9 @@ def _buffer(a: Any, what: str, c: int) -> np.ndarray | None:
     if a is None:
         return None
     a = a.data if isinstance(a, Tensor) else a
-    if not isinstance(a, np.ndarray) or a.shape != (c,):
+    if not is_array(a) or a.ndim != 1 or a.shape != (c,):
         raise ShapeError(
-            f"batch_norm: {what} must be a NumPy array of shape ({c},) (it is updated in place)"
+            f"batch_norm: {what} must be an array of shape ({c},) (it is updated in place)"
         )
     return a
 
@@ -845,8 +870,9 @@ def batch_norm(
     c = x.shape[1]
     if momentum is None or not 0.0 <= momentum <= 1.0:
         raise ConfigError(f"batch_norm momentum must be a number in [0, 1], got {momentum!r}")
-    g = as_tensor(np.ones(c, dtype=x.dtype)) if gamma is None else as_tensor(gamma)
-    b = as_tensor(np.zeros(c, dtype=x.dtype)) if beta is None else as_tensor(beta)
+    xp = namespace(x.data)
+    g = as_tensor(xp.ones(c, dtype=x.dtype)) if gamma is None else as_tensor(gamma)
+    b = as_tensor(xp.zeros(c, dtype=x.dtype)) if beta is None else as_tensor(beta)
     return apply(
         conv.BatchNormOp,
         x,

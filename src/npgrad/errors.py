@@ -44,6 +44,10 @@ class ConfigError(NpgradError, ValueError):
     """An invalid option: architecture string, epochs, learning rate, path..."""
 
 
+class DeviceError(ConfigError):
+    """A device that cannot be used: CuPy not installed, no GPU, or arrays on two devices."""
+
+
 class TrainingDiverged(NpgradError, FloatingPointError):
     """The loss became NaN or infinite."""
 

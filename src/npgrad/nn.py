@@ -20,6 +20,7 @@ import numpy as np
 from . import autodiff, tracing
 from .autodiff import Tensor
 from .errors import CheckpointError, ConfigError, ShapeError
+from .ops.device import namespace, to_device, to_host
 from .ops.geometry import IntOrPair, as_int, as_pair, check_eps
 from .rng import as_generator
 
@@ -78,7 +79,7 @@ class Module:
         if "_params" not in self.__dict__:
             raise RuntimeError(f"call Module.__init__() in {type(self).__name__}.__init__ first")
         if name in self._buffers:
-            self._buffers[name] = np.asarray(value)
+            self._buffers[name] = namespace(value).asarray(value)
             object.__setattr__(self, name, self._buffers[name])
             return
         self._params.pop(name, None)
@@ -93,8 +94,29 @@ class Module:
         """Keep ``value`` as state of this module: in ``state_dict``, not in ``parameters``."""
         self._params.pop(name, None)
         self._modules.pop(name, None)
-        self._buffers[name] = np.asarray(value)
+        self._buffers[name] = namespace(value).asarray(value)
         object.__setattr__(self, name, self._buffers[name])
+
+    def to(self: _M, device: str) -> _M:
+        """Move every parameter and buffer to ``device`` (``"cpu"`` or ``"cuda"``), in place.
+
+        The Parameter objects stay (an optimizer holding them follows: its state moves at
+        its next step); their gradients are dropped. A missing CuPy or GPU raises
+        :class:`~npgrad.errors.DeviceError` naming the extra to install.
+        """
+        for m in self.modules():
+            for p in m._params.values():
+                p.data = to_device(p.data, device)
+                p.grad = None
+            for name, b in m._buffers.items():
+                m._buffers[name] = to_device(b, device)
+                object.__setattr__(m, name, m._buffers[name])
+        return self
+
+    @property
+    def device(self) -> str:
+        """Where the parameters live (``"cpu"`` for a module without any)."""
+        return next((p.device for p in self.parameters()), "cpu")
 
     def forward(self, *args: Any) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -163,8 +185,12 @@ class Module:
         return own
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Copies of every parameter and buffer array by dotted name."""
-        return {name: a.copy() for name, a in self._state_arrays().items()}
+        """Copies of every parameter and buffer array by dotted name, on the host (NumPy)
+        wherever the model lives: what checkpoints and exports hold."""
+        return {
+            name: a.copy() if namespace(a) is np else to_host(a)
+            for name, a in self._state_arrays().items()
+        }
 
     def load_state_dict(self, state: dict[str, np.ndarray], strict: bool = True) -> None:
         """Copy arrays into parameters and buffers, in place; mismatches raise
@@ -178,14 +204,13 @@ class Module:
         if unexpected and strict:
             problems.append(f"unexpected keys {unexpected}")
         for name in sorted(set(own) & set(state)):
-            if np.shape(state[name]) != own[name].shape:
-                problems.append(
-                    f"{name} has shape {np.shape(state[name])}, the model expects {own[name].shape}"
-                )
+            shape = getattr(state[name], "shape", None) or np.shape(state[name])
+            if tuple(shape) != own[name].shape:
+                problems.append(f"{name} has shape {shape}, the model expects {own[name].shape}")
         if problems:
             raise CheckpointError("state does not fit the model: " + "; ".join(problems))
         for name in set(own) & set(state):
-            own[name][...] = state[name]
+            own[name][...] = namespace(own[name]).asarray(to_host(state[name]))
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{k}={v!r}" for k, v in self._modules.items())

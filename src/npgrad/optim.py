@@ -15,6 +15,7 @@ import numpy as np
 from . import tracing
 from .autodiff import Tensor
 from .errors import CheckpointError, ConfigError
+from .ops.device import namespace, to_device, to_host
 
 __all__ = [
     "Optimizer",
@@ -44,9 +45,9 @@ class Optimizer:
             raise ConfigError(f"learning rate must be a positive number, got {lr}")
         self.lr = float(lr)
         self.steps = 0
-        self.state = [{k: np.zeros_like(p.data) for k in self.state_names} for p in self.params]
+        self.state = [{k: _zeros(p.data) for k in self.state_names} for p in self.params]
         # One scratch buffer per parameter: updates allocate nothing per step.
-        self._buf = [np.empty_like(p.data) for p in self.params]
+        self._buf = [_zeros(p.data) for p in self.params]
 
     @tracing.replayable
     def zero_grad(self) -> None:
@@ -57,8 +58,16 @@ class Optimizer:
     def step(self) -> None:
         self.steps += 1
         for i, p in enumerate(self.params):
+            if type(self._buf[i]) is not type(p.data):  # the model moved (Module.to)
+                self._follow(i, p.data)
             if p.grad is not None:
                 self._update(p.data, p.grad, self.state[i], self._buf[i])
+
+    def _follow(self, i: int, like: Any) -> None:
+        """Move parameter ``i``'s state to the device of ``like``, values kept."""
+        device = Tensor(like).device
+        self.state[i] = {k: to_device(v, device) for k, v in self.state[i].items()}
+        self._buf[i] = _zeros(like)
 
     def _update(self, w: np.ndarray, g: np.ndarray, s: dict, buf: np.ndarray) -> None:
         raise NotImplementedError  # pragma: no cover
@@ -67,7 +76,7 @@ class Optimizer:
         out: dict[str, np.ndarray] = {"steps": np.array(self.steps), "lr": np.array(self.lr)}
         for i, s in enumerate(self.state):
             for k, v in s.items():
-                out[f"{i}.{k}"] = v.copy()
+                out[f"{i}.{k}"] = v.copy() if namespace(v) is np else to_host(v)
         return out
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
@@ -81,9 +90,13 @@ class Optimizer:
                         raise CheckpointError(
                             f"optimizer state {i}.{k} has shape {src.shape}, expected {s[k].shape}"
                         )
-                    s[k][...] = src
+                    s[k][...] = namespace(s[k]).asarray(src)  # to the state's device
         except KeyError as exc:
             raise CheckpointError(f"optimizer state lacks {exc.args[0]!r}") from None
+
+
+def _zeros(like: Any) -> Any:
+    return namespace(like).zeros_like(like)
 
 
 class SGD(Optimizer):
@@ -108,24 +121,25 @@ class SGD(Optimizer):
         self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
 
     def _update(self, w: np.ndarray, g: np.ndarray, s: dict, buf: np.ndarray) -> None:
+        xp = namespace(w)
         d = g
         if self.weight_decay:
-            np.multiply(w, self.weight_decay, out=buf)
+            xp.multiply(w, self.weight_decay, out=buf)
             buf += g
             d = buf
         if not self.momentum:
-            np.multiply(d, self.lr, out=buf)
+            xp.multiply(d, self.lr, out=buf)
             w -= buf
             return
         v = s["velocity"]
         v *= self.momentum
         v += d
         if self.nesterov:  # w -= lr * (d + momentum * v), in two in-place passes
-            np.multiply(d, self.lr, out=buf)
+            xp.multiply(d, self.lr, out=buf)
             w -= buf
-            np.multiply(v, self.lr * self.momentum, out=buf)
+            xp.multiply(v, self.lr * self.momentum, out=buf)
         else:
-            np.multiply(v, self.lr, out=buf)
+            xp.multiply(v, self.lr, out=buf)
         w -= buf
 
 
@@ -178,14 +192,15 @@ class Adam(Optimizer):
                 w *= 1 - self.lr * self.weight_decay
             else:
                 g = g + self.weight_decay * w
+        xp = namespace(w)
         m *= b1
         m += g
-        np.multiply(g, g, out=buf)
+        xp.multiply(g, g, out=buf)
         v *= b2
         v += buf
-        np.sqrt(v, out=buf)
+        xp.sqrt(v, out=buf)
         buf += self._eps
-        np.divide(m, buf, out=buf)
+        xp.divide(m, buf, out=buf)
         buf *= self._c1
         w -= buf
 
@@ -210,7 +225,7 @@ class AdamW(Adam):
 def clip_grad_norm(params: Iterable[Tensor], max_norm: float) -> float:
     """Scale all gradients in place so their joint L2 norm is at most ``max_norm``; return the norm."""
     grads = [p.grad for p in params if p.grad is not None]
-    total = math.sqrt(sum(float(np.vdot(g, g)) for g in grads))
+    total = math.sqrt(sum(float(namespace(g).vdot(g, g)) for g in grads))
     if total > max_norm > 0:
         scale = max_norm / (total + 1e-6)  # the same guard as torch.nn.utils.clip_grad_norm_
         for g in grads:

@@ -39,10 +39,9 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
 from ..autodiff import Tensor, is_grad_enabled
 from ..errors import CompileWarning
+from ..ops.device import is_ndarray
 from .plan import REWRITES, Plan
 from .trace import record
 
@@ -54,9 +53,9 @@ MAX_PLANS = 16  # signatures per step before it stops recording new ones
 def _signature(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
     def one(a: Any) -> Any:
         if isinstance(a, Tensor):
-            return ("T", a.data.shape, a.data.dtype.str, a.requires_grad)
-        if isinstance(a, np.ndarray):
-            return ("A", a.shape, a.dtype.str)
+            return ("T", a.data.shape, a.data.dtype.str, a.requires_grad, type(a.data))
+        if is_ndarray(a):  # its type too: a plan made on the CPU never replays on a GPU
+            return ("A", a.shape, a.dtype.str, type(a))
         return (
             "V",
             type(a).__name__,

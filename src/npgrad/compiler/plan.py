@@ -31,6 +31,7 @@ import numpy as np
 from ..autodiff import Tensor, _accumulate_leaf
 from ..ops import conv, dense
 from ..ops.base import unbroadcast
+from ..ops.device import namespace
 from .trace import ArgRef, Backward, Call, Instr, Trace, _Out
 
 FWD, BWD, CALL = 0, 1, 2
@@ -208,7 +209,10 @@ class Plan:
                     timing.setdefault(self.events[i].op.name, []).append(time.perf_counter() - t0)
             elif kind == BWD:
                 _, root, vjps, retain, dtype = step
-                self._backward(root, vjps, retain, dtype, saved, args, timing)
+                xp = namespace(*arrays, *(t.data for _, t in self.params))  # the step's device
+                self._backward(
+                    root, vjps, retain, xp.ones(self.shapes[root], dtype), saved, args, timing
+                )
             else:
                 step[1](*step[2], **step[3])
                 if timing is not None:
@@ -220,14 +224,14 @@ class Plan:
         root: int,
         vjps: list[_Vjp],
         retain: bool,
-        dtype: np.dtype,
+        seed: Any,
         saved: dict[int, Any],
         args: tuple[Any, ...],
         timing: dict[str, list[float]] | None,
     ) -> None:
         # The engine's _propagate, with the walk and every decision made at build time.
         grads: list[Any] = [None] * self.size
-        grads[root] = np.ones(self.shapes[root], dtype=dtype)
+        grads[root] = seed
         handed_out: set[int] = set()
         for e in vjps:
             g = grads[e.value]

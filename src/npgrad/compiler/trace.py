@@ -35,6 +35,7 @@ import numpy as np
 from .. import tracing
 from ..autodiff import Tensor, topological_order
 from ..ops.base import Op
+from ..ops.device import is_ndarray, to_host
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ class Trace:
             if isinstance(a, Tensor):
                 self._arg_tensor[id(a)] = k
                 self._arg_data[id(a.data)] = k
-            elif isinstance(a, np.ndarray):
+            elif is_ndarray(a):
                 self._arg_data[id(a)] = k
 
     # ------------------------------------------------------------------ the hooks
@@ -141,10 +142,11 @@ class Trace:
         if create:
             self.refuse("backward(create_graph=True): a plan replays first-order gradients")
             return
-        if grad is not None and np.size(grad.data if isinstance(grad, Tensor) else grad) != 1:
+        g = None if grad is None else to_host(grad.data if isinstance(grad, Tensor) else grad)
+        if g is not None and np.size(g) != 1:
             self.refuse("backward(grad=...) with an array: call backward() on a scalar loss")
             return
-        if grad is not None and not np.all(np.asarray(getattr(grad, "data", grad)) == 1):
+        if g is not None and not np.all(np.asarray(g) == 1):
             self.refuse("backward(grad=...) other than 1: scale the loss instead")
             return
         order = topological_order(root)
@@ -212,7 +214,7 @@ class Trace:
         return self._new(("ext", t), t)
 
     def _param(self, op: type[Op], name: str, v: Any) -> Any:
-        if isinstance(v, np.ndarray):
+        if is_ndarray(v):
             if id(v) in self._arg_data:
                 return ArgRef(self._arg_data[id(v)])
             if id(v) in self._made_arrays:

@@ -90,6 +90,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from .device import is_array
 from .specs import OpSpec
 
 Array = np.ndarray
@@ -137,7 +138,7 @@ class Op:
 def _replace(saved: Any, tensors: dict[int, Any]) -> Any:
     if isinstance(saved, tuple):
         return tuple(_replace(s, tensors) for s in saved)
-    if isinstance(saved, (np.ndarray, np.generic)):  # a 0-d result can be a NumPy scalar
+    if is_array(saved):  # a 0-d result can be a NumPy scalar
         return tensors.get(id(saved), saved)
     return saved
 
@@ -165,7 +166,7 @@ def call(op: type[Op], *xs: Any, **params: Any) -> Any:
     differentiated again.
     """
     for x in xs:
-        if not isinstance(x, (np.ndarray, np.generic)):
+        if not is_array(x):
             if _recorder is None:
                 raise TypeError(f"{op.name}: a {type(x).__name__} input, and no engine recording")
             return _recorder(op, *xs, **params)

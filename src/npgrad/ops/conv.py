@@ -32,11 +32,11 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from ..errors import ConfigError, ShapeError
 from . import dense, parallel
 from .base import Array, Grads, Op, call
+from .device import namespace
 from .geometry import IntOrPair, as_pair, check_eps
 from .specs import REAL, Case, Domain, Draw, OpSpec
 
@@ -85,7 +85,7 @@ def _padded(x: Array, ph: int, pw: int, value: float) -> Array:
     if not ph and not pw:
         return xt
     n, h, w, c = xt.shape
-    out = np.empty((n, h + 2 * ph, w + 2 * pw, c), dtype=x.dtype)
+    out = namespace(x).empty((n, h + 2 * ph, w + 2 * pw, c), dtype=x.dtype)
 
     def part(lo: int, hi: int) -> None:
         out[lo:hi] = value
@@ -119,10 +119,11 @@ def _per_channel_dot(a: Array, b: Array, c: int) -> Array:
     On arrays without a temporary (``einsum``); on Tensors, where the sum is
     recorded, as the product and :func:`_per_channel_sum`: the same value.
     """
-    if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)):
+    xp = namespace(a)
+    if not (isinstance(a, xp.ndarray) and isinstance(b, xp.ndarray)):
         return _per_channel_sum(a * b, c)
     n = a.shape[0]
-    return np.einsum("ij,ij->j", a.reshape(n, -1), b.reshape(n, -1)).reshape(-1, c).sum(axis=0)
+    return xp.einsum("ij,ij->j", a.reshape(n, -1), b.reshape(n, -1)).reshape(-1, c).sum(axis=0)
 
 
 def _tiled(v: Array, reps: int) -> Array:
@@ -133,19 +134,22 @@ def _tiled(v: Array, reps: int) -> Array:
 # --------------------------------------------------------------------------- convolution
 
 
-def _unfold(xp: Array, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int) -> Array:
-    """The im2col matrix ``(N*H'*W', kh*kw*C)`` of NHWC ``xp``: one patch per row.
+def _unfold(xpad: Array, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int) -> Array:
+    """The im2col matrix ``(N*H'*W', kh*kw*C)`` of NHWC ``xpad``: one patch per row.
 
     Columns are ordered (i, j, c). The window view costs nothing; one copy makes
     it a matrix. With few channels the copy runs faster along the output width,
     so the matrix is then built transposed (a Fortran-ordered result).
     """
-    n, _, _, c = xp.shape
-    win = sliding_window_view(xp, (dh * (kh - 1) + 1, dw * (kw - 1) + 1), axis=(1, 2))
+    n, _, _, c = xpad.shape
+    xp = namespace(xpad)
+    win = xp.lib.stride_tricks.sliding_window_view(
+        xpad, (dh * (kh - 1) + 1, dw * (kw - 1) + 1), axis=(1, 2)
+    )
     win = win[:, ::sh, ::sw, :, ::dh, ::dw]  # (N, H', W', C, kh, kw)
     ho, wo = win.shape[1:3]
     if c * kw < wo:
-        cols = np.empty((kh, kw, c, n, ho, wo), dtype=xp.dtype)
+        cols = xp.empty((kh, kw, c, n, ho, wo), dtype=xpad.dtype)
 
         def part(lo: int, hi: int) -> None:
             cols[:, :, :, lo:hi] = win[lo:hi].transpose(4, 5, 3, 0, 1, 2)
@@ -289,18 +293,19 @@ class Conv2dOp(Op):
                 f"conv2d: a {kh}x{kw} kernel (dilation {dilation}) does not fit input "
                 f"{h}x{wd} with padding {padding}"
             )
-        xp = _padded(x, ph, pw, 0.0)
+        xpad = _padded(x, ph, pw, 0.0)
         wm = w.transpose(2, 3, 1, 0).reshape(kh * kw * c, o)
-        dtype = np.result_type(x, w)
-        y = np.empty((n, ho, wo, o), dtype=dtype)
+        xp = namespace(x)
+        dtype = np.result_type(x.dtype, w.dtype)
+        y = xp.empty((n, ho, wo, o), dtype=dtype)
         step = _chunk(ho * wo * kh * kw * c * dtype.itemsize)
         geo = (kh, kw, sh, sw, dh, dw)
         for s in range(0, n, step):
-            cols = _unfold(xp[s : s + step], *geo)
-            np.matmul(cols, wm, out=y[s : s + step].reshape(-1, o))
+            cols = _unfold(xpad[s : s + step], *geo)
+            xp.matmul(cols, wm, out=y[s : s + step].reshape(-1, o))
         if b is not None:
             yr = y.reshape(n, -1)
-            parallel.ufunc(np.add, yr, _tiled(b.astype(dtype, copy=False), ho * wo), out=yr)
+            parallel.ufunc(xp.add, yr, _tiled(b.astype(dtype, copy=False), ho * wo), out=yr)
         geometry = {"stride": stride, "padding": padding, "dilation": dilation}
         return _nchw(y), (x, w, b is not None, geometry)
 
@@ -427,14 +432,15 @@ class Conv2dInputGradOp(Op):
             gx = Conv2dOp.forward(g, flipped, padding=(fh, fw), dilation=(dh, dw))[0]
             return gx, (g, w, geometry)
         g2 = parallel.copy(_nhwc(g)).reshape(-1, o)
-        dtype = np.result_type(w, g)
-        gxp = np.zeros((n, h + 2 * ph, wd + 2 * pw, c), dtype=dtype)
-        wt = np.ascontiguousarray(w.transpose(2, 3, 0, 1)).reshape(kh * kw, o, c)
+        xp = namespace(g)
+        dtype = np.result_type(w.dtype, g.dtype)
+        gxp = xp.zeros((n, h + 2 * ph, wd + 2 * pw, c), dtype=dtype)
+        wt = xp.ascontiguousarray(w.transpose(2, 3, 0, 1)).reshape(kh * kw, o, c)
         step = _chunk(ho * wo * kh * kw * c * dtype.itemsize)
         rows = ho * wo
         for s in range(0, n, step):
             # one product per kernel offset, so each offset's block comes out contiguous
-            d = np.matmul(g2[s * rows : (s + step) * rows], wt).reshape(kh, kw, -1, ho, wo, c)
+            d = xp.matmul(g2[s * rows : (s + step) * rows], wt).reshape(kh, kw, -1, ho, wo, c)
             _fold(gxp[s : s + step], d, sh, sw, dh, dw)
         return _nchw(gxp[:, ph : ph + h, pw : pw + wd]), (g, w, geometry)
 
@@ -501,14 +507,14 @@ class Conv2dWeightGradOp(Op):
         sh, sw, ph, pw, dh, dw = _conv_geometry(
             "conv2d_weight_grad", (h, wd), (kh, kw), (ho, wo), stride, padding, dilation
         )
-        xp = _padded(x, ph, pw, 0.0)
+        xpad = _padded(x, ph, pw, 0.0)
         g2 = parallel.copy(_nhwc(g)).reshape(-1, o)
-        gwm = np.zeros((kh * kw * c, o), dtype=np.result_type(x, g))
+        gwm = namespace(x).zeros((kh * kw * c, o), dtype=np.result_type(x.dtype, g.dtype))
         geo = (kh, kw, sh, sw, dh, dw)
-        step = _chunk(ho * wo * kh * kw * c * xp.dtype.itemsize)
+        step = _chunk(ho * wo * kh * kw * c * xpad.dtype.itemsize)
         rows = ho * wo
         for s in range(0, n, step):
-            gwm += _unfold(xp[s : s + step], *geo).T @ g2[s * rows : (s + step) * rows]
+            gwm += _unfold(xpad[s : s + step], *geo).T @ g2[s * rows : (s + step) * rows]
         geometry = {"stride": stride, "padding": padding, "dilation": dilation}
         return gwm.reshape(kh, kw, c, o).transpose(3, 2, 0, 1), (x, g, geometry)
 
@@ -564,8 +570,9 @@ def _max_along(a: Array, axis: int, taps: list[slice]) -> tuple[Array, Array]:
     ``t * won`` tracks it without masked assignment (which is far slower).
     """
     first = _along(a, axis, taps[0])
-    m = np.empty_like(first)  # the layout of a
-    idx = np.empty_like(first, dtype=np.uint8 if len(taps) < 256 else np.int32)
+    xp = namespace(a)
+    m = xp.empty_like(first)  # the layout of a
+    idx = xp.empty_like(first, dtype=np.uint8 if len(taps) < 256 else np.int32)
 
     def part(lo: int, hi: int) -> None:  # along the batch axis (axis > 0)
         ai, mi, ii = a[lo:hi], m[lo:hi], idx[lo:hi]
@@ -574,14 +581,14 @@ def _max_along(a: Array, axis: int, taps: list[slice]) -> tuple[Array, Array]:
             ii[...] = 0
             return
         v0, v1 = _along(ai, axis, taps[0]), _along(ai, axis, taps[1])
-        np.greater(v1, v0, out=ii, casting="unsafe")  # strictly: a tie keeps the earlier offset
-        np.maximum(v0, v1, out=mi)  # NaN propagates, as in PyTorch
+        xp.greater(v1, v0, out=ii, casting="unsafe")  # strictly: a tie keeps the earlier offset
+        xp.maximum(v0, v1, out=mi)  # NaN propagates, as in PyTorch
         for t, sl in enumerate(taps[2:], start=2):
             v = _along(ai, axis, sl)
             won = (v > mi).astype(ii.dtype)
             won *= ii.dtype.type(t)
-            np.maximum(ii, won, out=ii)
-            np.maximum(mi, v, out=mi)
+            xp.maximum(ii, won, out=ii)
+            xp.maximum(mi, v, out=mi)
 
     parallel.rows(part, a.shape[0], m.nbytes)
     return m, idx
@@ -601,7 +608,8 @@ def _spread(g: Array, idx: Array | None, axis: int, taps: list[slice], size: int
     # windows that tile the axis exactly write every entry below: no zeros needed
     step = taps[0].step or 1
     tiled = step == extent == len(taps) and step * g.shape[axis] == size
-    out = (np.empty if tiled else np.zeros)(shape, dtype=g.dtype)
+    xp = namespace(g)
+    out = (xp.empty if tiled else xp.zeros)(shape, dtype=g.dtype)
 
     def part(lo: int, hi: int) -> None:  # along the batch axis (axis > 0)
         gi, oi = g[lo:hi], out[lo:hi]
@@ -611,7 +619,7 @@ def _spread(g: Array, idx: Array | None, axis: int, taps: list[slice], size: int
             if ii is None:
                 src = gi
             elif disjoint:
-                np.multiply(gi, ii == t, out=dst)  # multiplying by a mask beats np.where
+                xp.multiply(gi, ii == t, out=dst)  # multiplying by a mask beats np.where
                 continue
             else:
                 src = gi * (ii == t)
@@ -698,11 +706,11 @@ class MaxPool2dOp(Op):
         kh, kw, sh, sw, ph, pw, dh, dw, ho, wo = _pool_geometry(
             x.shape[2:], kernel, stride, padding, dilation
         )
-        xp = _padded(x, ph, pw, -np.inf)
+        xpad = _padded(x, ph, pw, -np.inf)
         wtaps, htaps = _taps(wo, kw, sw, dw), _taps(ho, kh, sh, dh)
-        m1, i1 = _max_along(xp, 2, wtaps)
+        m1, i1 = _max_along(xpad, 2, wtaps)
         m2, i2 = _max_along(m1, 1, htaps)
-        return _nchw(m2), MaxRouting(i1, i2, wtaps, htaps, xp.shape, (ph, pw, *x.shape[2:]))
+        return _nchw(m2), MaxRouting(i1, i2, wtaps, htaps, xpad.shape, (ph, pw, *x.shape[2:]))
 
     @staticmethod
     def vjp(saved: Any, g: Array, needs: tuple[bool, ...] = (True,)) -> Grads:
@@ -746,7 +754,11 @@ class MaxRouting:
         (sh, dh), (sw, dw) = (
             (t[0].step, t[1].start if len(t) > 1 else 0) for t in (self.htaps, self.wtaps)
         )
-        ni, hi, wi, ci = np.ogrid[:n, :ho, :wo, :c]
+        xp = namespace(self.i2)
+        ni, hi, wi, ci = (
+            xp.arange(k).reshape([-1 if j == i else 1 for j in range(4)])
+            for i, k in enumerate((n, ho, wo, c))
+        )  # np.ogrid, on the indices' device
         rows = hi * sh + self.i2.astype(np.intp) * dh
         cols = wi * sw + self.i1[ni, rows, wi, ci].astype(np.intp) * dw
         return ((rows - ph) * w + (cols - pw)).transpose(0, 3, 1, 2)
@@ -899,11 +911,11 @@ class AvgPool2dOp(Op):
         kh, kw, sh, sw, ph, pw, _, _, ho, wo = _pool_geometry(
             x.shape[2:], kernel, stride, padding, 1
         )
-        xp = _padded(x, ph, pw, 0.0)
+        xpad = _padded(x, ph, pw, 0.0)
         wtaps, htaps = _taps(wo, kw, sw, 1), _taps(ho, kh, sh, 1)
-        s1 = _along(xp, 2, wtaps[0]).copy()
+        s1 = _along(xpad, 2, wtaps[0]).copy()
         for sl in wtaps[1:]:
-            s1 += _along(xp, 2, sl)
+            s1 += _along(xpad, 2, sl)
         s2 = _along(s1, 1, htaps[0]).copy()
         for sl in htaps[1:]:
             s2 += _along(s1, 1, sl)
@@ -1008,9 +1020,11 @@ def _back_to(y2: Array, like: tuple[int, ...]) -> Array:
     return y2.reshape(n, *rest, c).transpose((0, len(like) - 1, *range(1, len(like) - 1)))
 
 
-def _each(f: np.ufunc, a: Array, b: Array) -> Array:
-    """``f(a, b)`` for a ``(rows, width)`` array and a row, cut across threads (forward only)."""
-    return parallel.ufunc(f, a, b, out=np.empty(a.shape, dtype=np.result_type(a, b)))
+def _each(f: str, a: Array, b: Array) -> Array:
+    """``xp.f(a, b)`` for a ``(rows, width)`` array and a row, cut across threads (forward only)."""
+    xp = namespace(a)
+    out = xp.empty(a.shape, dtype=np.result_type(a.dtype, b.dtype))
+    return parallel.ufunc(getattr(xp, f), a, b, out=out)
 
 
 def _batch_norm_dx(g2: Array, xs: Array, t1: Array, t2: Array, t3: Array) -> Array:
@@ -1019,16 +1033,17 @@ def _batch_norm_dx(g2: Array, xs: Array, t1: Array, t2: Array, t3: Array) -> Arr
     On arrays in one pass per row block, cut across threads; on Tensors (recording a
     second-order graph) with the same operations in the same order, so the same value.
     """
-    if not (isinstance(g2, np.ndarray) and isinstance(xs, np.ndarray)):
+    xp = namespace(g2)
+    if not (isinstance(g2, xp.ndarray) and isinstance(xs, xp.ndarray)):
         gx = g2 * t1
         gx -= t2
         gx -= xs * t3
         return gx
-    gx = np.empty(g2.shape, dtype=np.result_type(g2, t1))
+    gx = xp.empty(g2.shape, dtype=np.result_type(g2.dtype, t1.dtype))
 
     def part(lo: int, hi: int) -> None:
         out = gx[lo:hi]
-        np.multiply(g2[lo:hi], t1, out=out)
+        xp.multiply(g2[lo:hi], t1, out=out)
         out -= t2
         out -= xs[lo:hi] * t3
 
@@ -1193,6 +1208,7 @@ class BatchNormOp(Op):
                     f"batch_norm: {what} must be a float array of shape ({c},), got "
                     f"{stat.dtype} {stat.shape}"
                 )
+        xp = namespace(x)
         x2 = _channels_last_2d(x)
         reps = x2.shape[1] // c
         m = x2.shape[0] * reps
@@ -1204,28 +1220,28 @@ class BatchNormOp(Op):
                 )
             if reduce is None:
                 mean = _per_channel_sum(x2, c) / m
-                xc = _each(np.subtract, x2, _tiled(mean, reps))
+                xc = _each("subtract", x2, _tiled(mean, reps))
                 var = _per_channel_dot(xc, xc, c) / m
             else:  # the whole batch's statistics: every process's sums added up
                 total = reduce(np.append(_per_channel_sum(x2, c).astype(np.float64), m))
                 m = int(total[-1])
                 mean = (total[:-1] / m).astype(x2.dtype)
-                xc = _each(np.subtract, x2, _tiled(mean, reps))
+                xc = _each("subtract", x2, _tiled(mean, reps))
                 var = (reduce(_per_channel_dot(xc, xc, c).astype(np.float64)) / m).astype(x2.dtype)
-            inv = 1.0 / np.sqrt(var + eps)
-            y = _each(np.multiply, xc, _tiled(gamma * inv, reps))
+            inv = 1.0 / xp.sqrt(var + eps)
+            y = _each("multiply", xc, _tiled(gamma * inv, reps))
             if running_mean is not None and running_var is not None:
                 _update_running(running_mean, running_var, mean, var, m, momentum)
             saved = BatchNormSaved(True, xc, inv, gamma, reps, x.shape, eps, None, reduce, m)
         else:
             if running_mean is None or running_var is None:
                 raise ConfigError("batch_norm in eval mode needs running_mean and running_var")
-            inv = (1.0 / np.sqrt(running_var + eps)).astype(x2.dtype, copy=False)
+            inv = (1.0 / xp.sqrt(running_var + eps)).astype(x2.dtype, copy=False)
             a = gamma * inv
-            y = _each(np.multiply, x2, _tiled(a, reps))
-            parallel.ufunc(np.add, y, _tiled(-running_mean * a, reps), out=y)
+            y = _each("multiply", x2, _tiled(a, reps))
+            parallel.ufunc(xp.add, y, _tiled(-running_mean * a, reps), out=y)
             saved = BatchNormSaved(False, x2, inv, gamma, reps, x.shape, eps, running_mean)
-        parallel.ufunc(np.add, y, _tiled(beta, reps), out=y)
+        parallel.ufunc(xp.add, y, _tiled(beta, reps), out=y)
         return _back_to(y, x.shape), saved
 
     @staticmethod

@@ -15,6 +15,7 @@ from ..errors import ShapeError
 from . import parallel
 from . import specs as opspecs
 from .base import Array, Grads, Op, call, unbroadcast
+from .device import generator, namespace, on_host
 from .specs import KINK, NONZERO, POSITIVE, REAL, WIDE, OpSpec
 
 
@@ -138,7 +139,7 @@ class LinearOp(Op):
     @staticmethod
     def forward(x: Array, w: Array, b: Array) -> tuple[Array, Any]:
         y, saved = MatmulOp.forward(x, w)
-        if np.result_type(y, b) == y.dtype:
+        if np.result_type(y.dtype, b.dtype) == y.dtype:
             y += b  # y is a fresh product: nobody else holds it
         else:
             y = y + b
@@ -306,7 +307,7 @@ class ExpOp(Op):
 
     @staticmethod
     def forward(x: Array) -> tuple[Array, Any]:
-        y = np.exp(x)
+        y = namespace(x).exp(x)
         return y, y
 
     @staticmethod
@@ -330,7 +331,7 @@ class LogOp(Op):
     @staticmethod
     def forward(x: Array, eps: float = 0.0) -> tuple[Array, Any]:
         with np.errstate(divide="ignore", invalid="ignore"):
-            return np.log(x + eps if eps else x), (x, eps)
+            return namespace(x).log(x + eps if eps else x), (x, eps)
 
     @staticmethod
     def vjp(saved: Any, g: Array, needs: tuple[bool, ...] = (True,)) -> Grads:
@@ -371,8 +372,8 @@ class ReluOp(Op):
     @staticmethod
     def vjp(saved: Any, g: Array, needs: tuple[bool, ...] = (True,)) -> Grads:
         if (
-            isinstance(g, np.ndarray)
-            and isinstance(saved, np.ndarray)
+            type(g) is np.ndarray
+            and type(saved) is np.ndarray
             and g.shape == saved.shape
             and g.ndim
         ):
@@ -395,8 +396,8 @@ def _memory_flat(a: Array) -> Array | None:
 
 def relu_array(x: Array) -> Array:
     """``np.maximum(x, 0)``, NaN propagating, in ``x``'s memory layout; faster on large floats."""
-    if x.size < 2 * _ZERO_ROW or x.dtype.kind != "f":
-        return np.maximum(x, 0)
+    if x.size < 2 * _ZERO_ROW or x.dtype.kind != "f" or not on_host(x):
+        return namespace(x).maximum(x, 0)
     y = np.empty_like(x)  # order "K": the same layout as x
     fx, fy = _memory_flat(x), _memory_flat(y)
     if fx is None or fy is None:
@@ -424,14 +425,13 @@ def _masked(g: Array, y: Array) -> Array:
     return out
 
 
-def dropout_mask(shape: tuple[int, ...], p: float, rng: Any, dtype: Any) -> Array:
+def dropout_mask(shape: tuple[int, ...], p: float, rng: Any, dtype: Any, xp: Any = np) -> Array:
     """The scaled keep mask of inverted dropout: ``1/(1-p)`` where kept, ``0`` where dropped.
 
     ``rng`` is a NumPy Generator, drawn from (a fresh mask per call), or an int
     seed, which makes the mask a function of the seed (for checking the op).
     """
-    gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-    keep = gen.random(shape, dtype=np.float32) >= p
+    keep = generator(rng, xp).random(shape, dtype=np.float32) >= p
     mask = keep.astype(dtype)
     mask *= mask.dtype.type(1.0 / (1.0 - p))
     return mask
@@ -464,7 +464,7 @@ class DropoutOp(Op):
     def forward(x: Array, p: float = 0.5, rng: Any = None) -> tuple[Array, Any]:
         if not 0.0 <= p < 1.0:
             raise ValueError(f"dropout probability must be in [0, 1), got {p}")
-        mask = dropout_mask(x.shape, p, rng, x.dtype)
+        mask = dropout_mask(x.shape, p, rng, x.dtype, namespace(x))
         return x * mask, mask
 
     @staticmethod
@@ -488,8 +488,9 @@ class SigmoidOp(Op):
     @staticmethod
     def forward(x: Array) -> tuple[Array, Any]:
         # exp(-|x|) never overflows; pick the algebraically equal form per sign.
-        e = np.exp(-np.abs(x))
-        y = np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+        xp = namespace(x)
+        e = xp.exp(-xp.abs(x))
+        y = xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
         return y, y
 
     @staticmethod
@@ -510,7 +511,7 @@ class TanhOp(Op):
 
     @staticmethod
     def forward(x: Array) -> tuple[Array, Any]:
-        y = np.tanh(x)
+        y = namespace(x).tanh(x)
         return y, y
 
     @staticmethod
@@ -556,14 +557,15 @@ class SoftmaxOp(Op):
 
     @staticmethod
     def forward(x: Array, axis: int = -1, eps: float = 0.0) -> tuple[Array, Any]:
+        xp = namespace(x)
         m = x.max(axis=axis, keepdims=True)
-        e = np.exp(x - m)
+        e = xp.exp(x - m)
         denom = e.sum(axis=axis, keepdims=True)
         if eps:
             # eps * e^{-m} overflows to inf only where e^x underflows to 0 anyway,
             # giving 0 as the unstabilised formula does.
             with np.errstate(over="ignore"):
-                denom = denom + eps * np.exp(-m)
+                denom = denom + eps * xp.exp(-m)
         e /= denom
         return e, (e, axis)
 
@@ -595,8 +597,9 @@ class LogSoftmaxOp(Op):
 
     @staticmethod
     def forward(x: Array, axis: int = -1) -> tuple[Array, Any]:
+        xp = namespace(x)
         z = x - x.max(axis=axis, keepdims=True)
-        y = z - np.log(np.exp(z).sum(axis=axis, keepdims=True))
+        y = z - xp.log(xp.exp(z).sum(axis=axis, keepdims=True))
         return y, (y, axis)
 
     @staticmethod
@@ -661,12 +664,13 @@ class CrossEntropyOp(Op):
             raise ShapeError(f"cross_entropy expects logits of shape (N, C), got {x.shape}")
         if target is None:
             raise ShapeError("cross_entropy needs a target")
-        target = np.asarray(target)
+        xp = namespace(x)
+        target = xp.asarray(target)  # host labels move to the logits' device
         n = x.shape[0]
         z = x - x.max(axis=1, keepdims=True)
-        e = np.exp(z)
+        e = xp.exp(z)
         sumexp = e.sum(axis=1, keepdims=True)
-        lse = np.log(sumexp)  # log p = z - lse, never formed for integer labels
+        lse = xp.log(sumexp)  # log p = z - lse, never formed for integer labels
         if target.ndim == 1:
             if not np.issubdtype(target.dtype, np.integer):
                 raise ShapeError("1-D cross_entropy targets must be integer class indices")
@@ -674,7 +678,7 @@ class CrossEntropyOp(Op):
                 raise ShapeError(f"cross_entropy: {n} rows of logits but {target.shape[0]} labels")
             if n and (target.min() < 0 or target.max() >= x.shape[1]):
                 raise ShapeError(f"cross_entropy: labels must lie in [0, {x.shape[1]})")
-            loss = lse.sum() - z[np.arange(n), target].sum()
+            loss = lse.sum() - z[xp.arange(n), target].sum()
         elif target.shape == x.shape:
             loss = -(target * (z - lse)).sum()
         else:
@@ -684,7 +688,7 @@ class CrossEntropyOp(Op):
             )
         scale = 1.0 / n if reduction == "mean" and n else 1.0
         e /= sumexp
-        out = np.asarray(loss * scale, dtype=x.dtype)
+        out = xp.asarray(loss * scale, dtype=x.dtype)
         return out, (e, target, scale)
 
     @staticmethod
@@ -696,8 +700,9 @@ class CrossEntropyOp(Op):
     def vjp(saved: Any, g: Array, needs: tuple[bool, ...] = (True,)) -> Grads:
         s, target, scale = saved
         if target.ndim == 1:
-            onehot = np.zeros(s.shape, dtype=s.dtype)  # a constant: labels have no gradient
-            onehot[np.arange(s.shape[0]), target] = 1
+            xp = namespace(s)
+            onehot = xp.zeros(s.shape, dtype=s.dtype)  # a constant: labels have no gradient
+            onehot[xp.arange(s.shape[0]), target] = 1
             d = s - onehot
         else:
             # in the logits' dtype: a float64 target must not upcast the whole backward pass
@@ -734,7 +739,8 @@ class SumOp(Op):
         x: Array, axis: int | tuple[int, ...] | None = None, keepdims: bool = False
     ) -> tuple[Array, Any]:
         axes = _norm_axes(axis, x.ndim)
-        return np.asarray(x.sum(axis=axes, keepdims=keepdims)), (x.shape, axes, keepdims)
+        y = namespace(x).asarray(x.sum(axis=axes, keepdims=keepdims))
+        return y, (x.shape, axes, keepdims)
 
     @staticmethod
     def vjp(saved: Any, g: Array, needs: tuple[bool, ...] = (True,)) -> Grads:
@@ -762,7 +768,8 @@ class MeanOp(Op):
     ) -> tuple[Array, Any]:
         axes = _norm_axes(axis, x.ndim)
         n = int(np.prod([x.shape[a] for a in axes])) if axes else 1
-        return np.asarray(x.mean(axis=axes, keepdims=keepdims)), (x.shape, axes, keepdims, n)
+        y = namespace(x).asarray(x.mean(axis=axes, keepdims=keepdims))
+        return y, (x.shape, axes, keepdims, n)
 
     @staticmethod
     def vjp(saved: Any, g: Array, needs: tuple[bool, ...] = (True,)) -> Grads:
@@ -798,8 +805,9 @@ class MaxOp(Op):
     ) -> tuple[Array, Any]:
         axes = _norm_axes(axis, x.ndim)
         ykd = x.max(axis=axes, keepdims=True)
-        y = ykd if keepdims else np.squeeze(ykd, axis=axes)
-        return np.asarray(y), (x, ykd, axes, keepdims)
+        xp = namespace(x)
+        y = ykd if keepdims else ykd.squeeze(axis=axes)
+        return xp.asarray(y), (x, ykd, axes, keepdims)
 
     @staticmethod
     def vjp(saved: Any, g: Array, needs: tuple[bool, ...] = (True,)) -> Grads:
@@ -857,9 +865,9 @@ class BroadcastToOp(Op):
     @staticmethod
     def forward(x: Array, shape: tuple[int, ...] = ()) -> tuple[Array, Any]:
         try:
-            return np.broadcast_to(x, shape), np.shape(x)
+            return namespace(x).broadcast_to(x, shape), x.shape
         except ValueError as exc:
-            raise ShapeError(f"cannot broadcast shape {np.shape(x)} to {shape}") from exc
+            raise ShapeError(f"cannot broadcast shape {x.shape} to {shape}") from exc
 
     @staticmethod
     def vjp(saved: Any, g: Array, needs: tuple[bool, ...] = (True,)) -> Grads:
@@ -904,7 +912,7 @@ class ConcatenateOp(Op):
 
     @staticmethod
     def forward(*xs: Array, axis: int = 0) -> tuple[Array, Any]:
-        out = np.concatenate(xs, axis=axis)
+        out = namespace(*xs).concatenate(xs, axis=axis)
         return out, (np.cumsum([x.shape[axis] for x in xs])[:-1], axis)
 
     @staticmethod
@@ -937,7 +945,7 @@ class GetItemOp(Op):
 
     @staticmethod
     def forward(x: Array, index: Any = ()) -> tuple[Array, Any]:
-        return np.asarray(x[index]), (x.shape, x.dtype, index)
+        return namespace(x).asarray(x[index]), (x.shape, x.dtype, index)
 
     @staticmethod
     def vjp(saved: Any, g: Array, needs: tuple[bool, ...] = (True,)) -> Grads:
@@ -978,13 +986,12 @@ class IndexAddOp(Op):
     def forward(
         x: Array, shape: tuple[int, ...] = (), index: Any = (), dtype: Any = None
     ) -> tuple[Array, Any]:
-        out = np.zeros(
-            shape, dtype=np.result_type(x) if dtype is None else np.result_type(dtype, x)
-        )
+        xp = namespace(x)
+        out = xp.zeros(shape, dtype=x.dtype if dtype is None else np.result_type(dtype, x.dtype))
         if _is_basic_index(index):
             out[index] += x  # a basic index never selects an element twice
         else:
-            np.add.at(out, index, x)
+            xp.add.at(out, index, x)
         return out, index
 
     @staticmethod

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
+from .device import namespace
 
 MIN_BYTES = 1 << 18
 """The least output a thread is given (256 KiB): below it, handing work to a thread costs
@@ -131,7 +132,7 @@ def ufunc(f: np.ufunc, *args: Any, out: np.ndarray) -> np.ndarray:
     def part(lo: int, hi: int) -> None:
         f(*(a[lo:hi] if _cuts(a, n, out.ndim) else a for a in args), out=out[lo:hi])
 
-    if out.ndim == 0:
+    if out.ndim == 0 or type(out) is not np.ndarray:  # a device's kernels are its own
         f(*args, out=out)
     else:
         rows(part, n, out.nbytes)
@@ -140,8 +141,8 @@ def ufunc(f: np.ufunc, *args: Any, out: np.ndarray) -> np.ndarray:
 
 def copy(a: np.ndarray) -> np.ndarray:
     """``np.ascontiguousarray(a)``, the copy cut along the first axis."""
-    if a.ndim == 0 or a.flags.c_contiguous:
-        return np.ascontiguousarray(a)
+    if type(a) is not np.ndarray or a.ndim == 0 or a.flags.c_contiguous:
+        return namespace(a).ascontiguousarray(a)
     out = np.empty(a.shape, dtype=a.dtype)
 
     def part(lo: int, hi: int) -> None:
