@@ -84,7 +84,14 @@ class ndarray:
     nbytes = property(lambda self: self._a.nbytes)
     itemsize = property(lambda self: self._a.itemsize)
     strides = property(lambda self: self._a.strides)
-    flags = property(lambda self: self._a.flags)
+    # CuPy's flags hold these three only (no 'writeable', no 'aligned')
+    flags = property(
+        lambda self: types.SimpleNamespace(
+            c_contiguous=self._a.flags.c_contiguous,
+            f_contiguous=self._a.flags.f_contiguous,
+            owndata=self._a.flags.owndata,
+        )
+    )
     T = property(lambda self: ndarray(self._a.T))
 
     def __getattr__(self, name: str) -> Any:  # methods: reshape, sum, astype, ...

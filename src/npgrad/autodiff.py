@@ -511,7 +511,7 @@ def _accumulate_leaf(t: Tensor, g: Any, handed_out: set[int], create_graph: bool
         return
     if g.dtype != t.data.dtype:
         g = g.astype(t.data.dtype)
-    elif not g.flags.owndata or not g.flags.writeable or id(g) in handed_out:
+    elif not g.flags.owndata or not getattr(g.flags, "writeable", True) or id(g) in handed_out:
         # g is a view or was given to another tensor: copy, so that in-place
         # edits of one .grad (clipping, accumulation) never reach another.
         g = g.copy()

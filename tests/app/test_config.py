@@ -75,6 +75,7 @@ def test_every_train_flag_comes_from_the_schema():
         "quiet",
         "compile",
         "workers",
+        "device",
     }
     dests = [a.dest for a in sub._actions]
     assert len(dests) == len(set(dests))  # each option once

@@ -27,6 +27,7 @@ from ..compiler import compile as compile_step
 from ..distributed import Communicator, GradientBuffer, allreduce_gradients, shard
 from ..errors import CheckpointError, ConfigError
 from ..ops import dense as ops
+from ..ops.device import to_device, to_host
 from . import checkpoint as ckpt
 from .config import Config, config_from_dict
 
@@ -105,10 +106,20 @@ class NetModel:
     def prepare(self, x: np.ndarray) -> np.ndarray:
         return x
 
+    device = "cpu"
+
+    def to(self, device: str) -> None:
+        """Train and evaluate on ``device``: the network moves; each batch is copied there
+        before the step (the step's arguments, so that a compiled step replays on them)."""
+        self.net.to(device)
+        self.device = device
+
     def train_step(self, x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
         self.opt.lr = self.schedule(self.opt.steps)  # outside the step: a plan replays ops only
         if self.comm is not None:
             return self._shard_step(x, y)
+        if self.device != "cpu":
+            x, y = to_device(x, self.device), to_device(y, self.device)
         loss, logits = self._step(x, y)
         return float(loss.data), int((logits.data.argmax(axis=1) == y).sum())
 
@@ -184,10 +195,10 @@ class NetModel:
         self.net.eval()
         try:
             with no_grad():
-                logits = self.net(self.inputs(x)).data
+                logits = self.net(self.inputs(to_device(x, self.device))).data
         finally:
             self.net.train()
-        return ops.LogSoftmaxOp.forward(logits, axis=1)[0]
+        return to_host(ops.LogSoftmaxOp.forward(logits, axis=1)[0])
 
     def params(self) -> dict[str, np.ndarray]:
         return self.net.state_dict()

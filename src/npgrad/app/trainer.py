@@ -37,6 +37,7 @@ from ..data import DataLoader, Dataset, load_dataset, split_validation, to_float
 from ..distributed import Communicator, broadcast_buffers
 from ..errors import CheckpointError, ConfigError, Interrupted, RunLocked, TrainingDiverged
 from ..fileio import check_target, write_text
+from ..ops.device import check_device
 from . import checkpoint as ckpt
 from .config import Config, config_from_dict, resume_config, validate
 from .models import Model, NetModel, build_model
@@ -267,8 +268,10 @@ class Trainer:
         step_hook: Callable[[int, int], None] | None = None,
         compile: bool = True,
         comm: Communicator | None = None,
+        device: str = "cpu",
     ) -> None:
         validate(cfg)
+        self.device = check_device(device)
         self.cfg = cfg
         self.out = Path(out)
         self.log = log or (lambda line: print(line, file=sys.stderr))
@@ -302,6 +305,18 @@ class Trainer:
                     f"--batch-size {comm.size} or more, or fewer workers"
                 )
             self.model.use_comm(comm)
+        if device != "cpu":
+            if not isinstance(self.model, NetModel):
+                raise ConfigError(
+                    "the exercise preset runs the exercise's NumPy layer classes: train it "
+                    "without --device (on the CPU)"
+                )
+            if comm is not None:
+                raise ConfigError(
+                    "data-parallel training (--workers, mpiexec) runs on the CPU: train on "
+                    "one GPU in one process, or without --device"
+                )
+            self.model.to(device)  # a missing CuPy or GPU: DeviceError, naming the extra
         # replayed training steps (npgrad.compile): the same numbers as eager, faster
         self.model.use_compiled(compile)
         self.loader = DataLoader(
@@ -423,6 +438,7 @@ class Trainer:
             f"{self.model.describe()} on {self.data.dataset.name} "
             f"({len(self.data.y_train)} train, {len(self.data.y_test)} test), {cfg.epochs} "
             f"epochs, batch {cfg.batch_size or 'full'}{where}"
+            + (f", on {self.device}" if self.device != "cpu" else "")
         )
         partial, self.partial = self.partial, None
         for epoch in range(self.start_epoch + 1, cfg.epochs + 1):
@@ -702,6 +718,7 @@ def summary(trainer: Trainer, final: dict[str, Any], elapsed: float) -> dict[str
         "train_seconds": round(sum(r.get("seconds", 0.0) for r in trainer.history), 3),
         "total_seconds": round(elapsed, 3),
         "checkpoint": str(trainer.checkpoint_path),
+        "device": trainer.device,
     }
     if "val_accuracy" in final:
         out["val_accuracy"] = final["val_accuracy"]

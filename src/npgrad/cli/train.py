@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from ..errors import ConfigError, Interrupted, TrainingDiverged
+from ..ops.device import DEVICES
 from .common import formatter, int_between, nonempty, print_error
 
 TRAIN_EPILOG = """\
@@ -28,6 +29,11 @@ def run(args: argparse.Namespace) -> int:
     from ..distributed import launched_by_mpi, world
 
     if args.workers is not None:
+        if args.device != "cpu":
+            raise ConfigError(
+                "--workers trains data-parallel on the CPU: drop --device, or train on one GPU "
+                "without --workers"
+            )
         if launched_by_mpi():
             raise ConfigError("--workers starts mpiexec itself: drop it when running under mpiexec")
         from .workers import launch
@@ -77,6 +83,7 @@ def _train(args: argparse.Namespace, comm: Any) -> int:
         progress=False if args.quiet else None,
         compile=args.compile,
         comm=comm,
+        device=args.device,
     )
     if comm is not None and not comm.root:
         trainer.fit(force=args.force)  # trains its shards; rank 0 reports
@@ -156,5 +163,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_false",
         help="run every training step eagerly instead of replaying the recorded step "
         "(the same numbers, slower; see docs/compile.md)",
+    )
+    g.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="cpu",
+        help="where to train: cpu, or cuda (an NVIDIA GPU, through CuPy: "
+        "pip install 'npgrad[cuda12]'); checkpoints are the same either way",
     )
     p.set_defaults(func=run)
