@@ -219,6 +219,11 @@ _lib = types.SimpleNamespace(
     )
 )
 fakecupy.lib = _lib  # type: ignore[attr-defined]
+fakecupy.cuda = types.SimpleNamespace(  # type: ignore[attr-defined]
+    runtime=types.SimpleNamespace(
+        deviceSynchronize=lambda: None, runtimeGetVersion=lambda: 0, getDeviceCount=lambda: 1
+    )
+)
 
 
 def install() -> Any:

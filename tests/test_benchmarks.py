@@ -9,6 +9,7 @@ from benchmarks import (
     bench_cnn,
     bench_compile,
     bench_distributed,
+    bench_gpu,
     bench_preset,
     bench_speed,
     machine,
@@ -133,6 +134,37 @@ def test_preset_benchmark_refuses_what_npgrad_refuses_in_one_line(capsys):
     assert bench_preset.main(["--preset", "nope"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("bench_preset: error: unknown preset 'nope'") and err.count("\n") == 1
+
+
+def test_gpu_script_runs_on_the_cupy_stand_in(capsys, torch, tmp_path):
+    """The GPU session's one shot (benchmarks/gpu.sh) rehearsed here: npgrad on the CuPy
+    stand-in (tests/fakecupy.py), PyTorch on the CPU, the whole file written."""
+    from tests import fakecupy
+
+    fakecupy.install()
+    try:
+        code = bench_gpu.main(["--dataset", "digits", "--epochs", "1", "--cases", "1",
+                               "--out", str(tmp_path / "gpu.md"), "--torch-device", "cpu"])  # fmt: skip
+    finally:
+        fakecupy.uninstall()
+    assert code == 0
+    text = (tmp_path / "gpu.md").read_text()
+    assert "- gradients: " in text and " ops passed (relative tolerance" in text
+    assert "second derivatives (double backward):" in text and "FAILED" not in text
+    assert "| npgrad | cuda |" in text and "| PyTorch | cuda |" in text
+    assert "| npgrad | cpu |" in text and "npgrad cuda / npgrad cpu speed-up" in text
+
+
+def test_gpu_script_without_cupy_is_one_line(capsys):
+    try:
+        import cupy  # noqa: F401
+
+        pytest.skip("CuPy is installed here")
+    except ImportError:
+        pass
+    assert bench_gpu.main(["--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bench_gpu: error: device 'cuda' needs CuPy") and err.count("\n") == 1
 
 
 def test_compile_benchmark_runs(capsys, torch):

@@ -181,3 +181,26 @@ def test_load_state_dict_moves_host_arrays_to_the_device(cuda):
 def test_an_unknown_device_is_a_clear_error():
     with pytest.raises(DeviceError, match="unknown device 'gpu'"):
         npgrad.tensor([1.0]).to("gpu")
+
+
+@pytest.mark.filterwarnings("error::npgrad.CompileWarning")
+def test_a_device_plan_describes_itself_and_keeps_cpu_and_gpu_plans_apart(cuda):
+    net = _mlp()
+    opt = optim.SGD(net.parameters(), 0.1)
+
+    def step(xb, yb):
+        loss = npgrad.cross_entropy(net(npgrad.tensor(xb) * 0.5), yb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss
+
+    run = npgrad.compile(step)
+    x, y = np.random.default_rng(0).random((4, 64)), np.array([0, 1, 2, 0])
+    run(x, y)  # records a CPU plan
+    net.to("cuda")
+    xd, yd = cuda.asarray(x), cuda.asarray(y)
+    for _ in range(2):
+        loss = run(xd, yd)  # records, then replays, a plan of its own
+    assert loss.device == "cuda" and run.replays == 1
+    assert "0.5" in run.plan(xd, yd).describe()

@@ -257,7 +257,7 @@ class Tensor:
         return apply(dense.MatmulOp, _lift(other, self), self)
 
     def __pow__(self, p: float) -> Tensor:
-        if isinstance(p, Tensor) or np.ndim(p) != 0:
+        if isinstance(p, Tensor) or (getattr(p, "ndim", 0) if is_array(p) else np.ndim(p)) != 0:
             raise GradError("only a constant scalar exponent is supported: x ** 2.0")
         return apply(dense.PowOp, self, p=float(p))
 

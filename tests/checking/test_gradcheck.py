@@ -361,3 +361,28 @@ def test_a_curved_function_with_a_wrong_gradient_is_no_kink():
     x = np.array([0.5, -1.5, 2.0, 1e-3])
     report = gradcheck(lambda t: apply(WrongSquareOp, t) * 1000.0, x)
     assert not report.passed and report.inputs[0].kinks == 0, report
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_the_op_checks_run_on_a_device_against_pytorch(order):
+    """What ``npgrad gradcheck --device cuda`` runs on a GPU: npgrad on the device (here the
+    CuPy stand-in, which refuses any NumPy call on its arrays), PyTorch beside it."""
+    pytest.importorskip("torch")
+    from tests import fakecupy
+
+    fakecupy.install()
+    try:
+        results = check_ops(seed=2, cases_per_op=2, order=order, device="cuda", torch_device="cpu")
+    finally:
+        fakecupy.uninstall()
+    checked = [r for r in results if not r.skipped]
+    assert len({r.op for r in checked}) >= 20
+    assert all(r.torch_backward_error is not None for r in checked)
+    assert all(r.passed for r in checked), [
+        (r.op, r.label, r.error) for r in checked if not r.passed
+    ]
+
+
+def test_a_device_check_needs_pytorch():
+    with pytest.raises(GradcheckError, match="compares npgrad with PyTorch there"):
+        check_ops(["exp"], use_torch=False, device="cuda")

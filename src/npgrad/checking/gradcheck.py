@@ -32,6 +32,7 @@ from .. import autodiff
 from ..autodiff import Tensor, apply
 from ..errors import GradcheckError, GradError
 from ..ops.base import OPS, Op
+from ..ops.device import check_device, to_device, to_host, tree_to_device
 from ..ops.specs import OpSpec
 
 # --------------------------------------------------------------------------- gradcheck
@@ -609,53 +610,94 @@ def _rel_err(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.abs(a - b))) / scale
 
 
-def compare_with_torch(case: OpCase, rng: np.random.Generator) -> tuple[float, float]:
-    """Max relative errors of forward and backward (random upstream) against PyTorch."""
+def _on(case: OpCase, device: str) -> tuple[list[Tensor], OpCase]:
+    """The case's inputs as leaf Tensors on ``device``, and the case with its parameters'
+    arrays (labels, indices, routing) there too."""
+    ts = [Tensor(to_device(a.copy(), device), requires_grad=True) for a in case.inputs]
+    if device == "cpu":
+        return ts, case
+    return ts, OpCase(case.op, case.label, case.inputs, tree_to_device(case.params, device))
+
+
+def _torch_run(torch: Any, device: str, fn: Callable[[], Any]) -> Any:
+    """``fn()`` with PyTorch making its tensors on ``device`` (the twins' own constants too)."""
+    with torch.device(device):
+        return fn()
+
+
+def compare_with_torch(
+    case: OpCase, rng: np.random.Generator, device: str = "cpu", torch_device: str | None = None
+) -> tuple[float, float]:
+    """Max relative errors of forward and backward (random upstream) against PyTorch.
+
+    npgrad computes on ``device`` and PyTorch on ``torch_device`` (by default the same):
+    ``"cuda"`` compares npgrad on CuPy with PyTorch on the GPU.
+    """
     import torch
 
-    ts = [Tensor(a.copy(), requires_grad=True) for a in case.inputs]
-    out = case.fn(*ts)
+    tdev = torch_device or device
+    ts, dcase = _on(case, device)
+    out = dcase.fn(*ts)
     g = rng.standard_normal(out.shape)
-    out.backward(g)
-    tt = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in case.inputs]
-    tout = case.torch_fn(*tt)
-    tout.backward(torch.as_tensor(g))
-    fwd = _rel_err(out.data, tout.detach().numpy())
+    out.backward(to_device(g, device))
+
+    def theirs() -> tuple[list[Any], Any]:
+        tt = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in case.inputs]
+        tout = case.torch_fn(*tt)
+        tout.backward(torch.as_tensor(g))
+        return tt, tout
+
+    tt, tout = _torch_run(torch, tdev, theirs)
+    fwd = _rel_err(to_host(out.data), tout.detach().cpu().numpy())
     bwd = max(
         _rel_err(
-            t.grad if t.grad is not None else np.zeros_like(t.data),
-            u.grad.numpy() if u.grad is not None else np.zeros_like(t.data),
+            to_host(t.grad) if t.grad is not None else np.zeros(t.shape),
+            u.grad.cpu().numpy() if u.grad is not None else np.zeros(t.shape),
         )
         for t, u in zip(ts, tt)
     )
     return fwd, bwd
 
 
-def compare_second_order_with_torch(case: OpCase, rng: np.random.Generator) -> tuple[float, float]:
+def compare_second_order_with_torch(
+    case: OpCase, rng: np.random.Generator, device: str = "cpu", torch_device: str | None = None
+) -> tuple[float, float]:
     """Max relative errors of forward and second-order gradients against PyTorch.
 
     Both sides differentiate twice: ``h = grad(out, x, v, create_graph=True)``,
-    then ``grad(sum_i <h_i, u_i>, x)`` for random ``v`` and ``u_i``.
+    then ``grad(sum_i <h_i, u_i>, x)`` for random ``v`` and ``u_i``. Devices as in
+    :func:`compare_with_torch`.
     """
     import torch
 
-    ts = [Tensor(a.copy(), requires_grad=True) for a in case.inputs]
-    out = case.fn(*ts)
+    tdev = torch_device or device
+    ts, dcase = _on(case, device)
+    out = dcase.fn(*ts)
     v = rng.standard_normal(out.shape)
     us = [rng.standard_normal(a.shape) for a in case.inputs]
-    mixed = _dot(autodiff.grad(out, ts, Tensor(v), create_graph=True), us)
-    ours = [h.data for h in autodiff.grad(mixed, ts)] if mixed.requires_grad else None
-    tt = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in case.inputs]
-    tout = case.torch_fn(*tt)
-    th1 = torch.autograd.grad(tout, tt, torch.as_tensor(v), create_graph=True, allow_unused=True)
-    tg = [g if g is not None else torch.zeros_like(t) for g, t in zip(th1, tt)]
-    tmixed = _dot(tg, [torch.as_tensor(u) for u in us])
-    theirs = [np.zeros_like(a) for a in case.inputs]
-    if tmixed.requires_grad:
-        th = torch.autograd.grad(tmixed, tt, allow_unused=True)
-        theirs = [np.zeros_like(a) if h is None else h.numpy() for h, a in zip(th, case.inputs)]
+    vd, usd = Tensor(to_device(v, device)), [to_device(u, device) for u in us]
+    mixed = _dot(autodiff.grad(out, ts, vd, create_graph=True), usd)
+    ours = [to_host(h.data) for h in autodiff.grad(mixed, ts)] if mixed.requires_grad else None
+
+    def theirs_run() -> tuple[Any, list[np.ndarray]]:
+        tt = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in case.inputs]
+        tout = case.torch_fn(*tt)
+        th1 = torch.autograd.grad(
+            tout, tt, torch.as_tensor(v), create_graph=True, allow_unused=True
+        )
+        tg = [g if g is not None else torch.zeros_like(t) for g, t in zip(th1, tt)]
+        tmixed = _dot(tg, [torch.as_tensor(u) for u in us])
+        theirs = [np.zeros_like(a) for a in case.inputs]
+        if tmixed.requires_grad:
+            th = torch.autograd.grad(tmixed, tt, allow_unused=True)
+            theirs = [
+                np.zeros_like(a) if h is None else h.cpu().numpy() for h, a in zip(th, case.inputs)
+            ]
+        return tout, theirs
+
+    tout, theirs = _torch_run(torch, tdev, theirs_run)
     ours = ours or [np.zeros_like(a) for a in case.inputs]
-    fwd = _rel_err(out.data, tout.detach().numpy())
+    fwd = _rel_err(to_host(out.data), tout.detach().cpu().numpy())
     return fwd, max(_rel_err(a, b) for a, b in zip(ours, theirs))
 
 
@@ -678,12 +720,18 @@ def check_ops(
     use_torch: bool | None = None,
     cases_per_op: int = 3,
     order: int = 1,
+    device: str = "cpu",
+    torch_device: str | None = None,
 ) -> list[OpCheckResult]:
     """Check every registered op (or ``names``) numerically and against PyTorch.
 
     ``order=2`` checks second derivatives instead (``gradcheck(..., order=2)``
     and PyTorch's double backward); an op whose vjp declares
     ``differentiable_vjp = False`` gets one skipped row saying so.
+
+    ``device="cuda"``: the comparison with PyTorch runs npgrad on CuPy and PyTorch on
+    the GPU (or on ``torch_device``), the same cases as on the CPU; the numerical
+    check stays on the host, in float64 (it checks the formula, not the device).
     """
     if isinstance(cases_per_op, bool) or not isinstance(cases_per_op, int) or cases_per_op < 1:
         raise GradcheckError(f"cases per op must be a whole number >= 1, not {cases_per_op!r}")
@@ -696,6 +744,11 @@ def check_ops(
         _spec(name)  # unknown ops and missing specs are refused before any work
     if use_torch is None:
         use_torch = torch_available()
+    if check_device(device) != "cpu" and not use_torch:
+        raise GradcheckError(
+            f"checking on {device} compares npgrad with PyTorch there: install torch "
+            "(and drop --no-torch)"
+        )
     rng = np.random.default_rng(seed)
     results = []
     compare = compare_with_torch if order == 1 else compare_second_order_with_torch
@@ -715,6 +768,6 @@ def check_ops(
                 continue
             fwd = bwd = None
             if use_torch:
-                fwd, bwd = compare(case, rng)
+                fwd, bwd = compare(case, rng, device, torch_device)
             results.append(OpCheckResult(name, case.label, report, fwd, bwd, order))
     return results

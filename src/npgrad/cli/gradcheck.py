@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..ops.device import DEVICES
 from .common import formatter, int_between
 
 EPILOG_GRADCHECK = """\
@@ -17,6 +18,7 @@ examples:
   npgrad gradcheck --op softmax --op matmul
   npgrad gradcheck --no-torch --cases 5 --seed 1
   npgrad gradcheck --order 2           second derivatives (double backward)
+  npgrad gradcheck --device cuda       npgrad on CuPy against PyTorch on the GPU
 """
 
 
@@ -30,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
         use_torch=use_torch,
         cases_per_op=args.cases,
         order=args.order,
+        device=args.device,
     )
     bwd = "torch bwd" if args.order == 1 else "torch 2nd"
     w = max([len("op"), *(len(r.op) for r in results)])  # the longest op name sets the column
@@ -58,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     what = "" if args.order == 1 else " (second order)"
     torch_note = (
         f"and against PyTorch autograd (relative tolerance {TORCH_RTOL:g})"
+        + (f", npgrad and PyTorch on {args.device}" if args.device != "cpu" else "")
         if use_torch
         else f"({'--no-torch' if args.no_torch else 'PyTorch not installed'}: numerical checks only)"
     )
@@ -101,5 +105,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=(1, 2),
         default=1,
         help="1: gradients (default); 2: second derivatives, by double backward",
+    )
+    p.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="cpu",
+        help="cuda: compare npgrad on CuPy with PyTorch on the GPU (the same cases)",
     )
     p.set_defaults(func=run)

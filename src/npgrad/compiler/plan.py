@@ -31,7 +31,7 @@ import numpy as np
 from ..autodiff import Tensor, _accumulate_leaf
 from ..ops import conv, dense
 from ..ops.base import unbroadcast
-from ..ops.device import namespace
+from ..ops.device import is_ndarray, namespace
 from .trace import ArgRef, Backward, Call, Instr, Trace, _Out
 
 FWD, BWD, CALL = 0, 1, 2
@@ -297,7 +297,8 @@ class Plan:
         if kind == "ext":
             return self.names[n]
         if kind == "const":
-            return repr(float(what)) if np.size(what) == 1 else f"c{n}"
+            size = what.size if is_ndarray(what) else np.size(what)
+            return repr(float(what)) if size == 1 else f"c{n}"
         return f"v{n}"
 
 

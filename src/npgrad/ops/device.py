@@ -17,6 +17,7 @@ Moving arrays: :func:`to_device` (``Tensor.to``, ``Module.to``), :func:`to_host`
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from typing import Any
 
@@ -125,6 +126,25 @@ def to_device(x: Any, device: str) -> Any:
     if namespace(x) is xp:
         return x
     return xp.asarray(to_host(x))
+
+
+def tree_to_device(v: Any, device: str) -> Any:
+    """``v`` with every array in it (through tuples, lists, dicts and dataclasses, such as
+    max pooling's routing) on ``device``; everything else as it is."""
+    if is_ndarray(v):
+        return to_device(v, device)
+    if isinstance(v, (tuple, list)):
+        return type(v)(tree_to_device(u, device) for u in v)
+    if isinstance(v, dict):
+        return {k: tree_to_device(u, device) for k, u in v.items()}
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        fields = {f.name: tree_to_device(getattr(v, f.name), device) for f in dataclasses.fields(v)}
+        return dataclasses.replace(v, **{k: u for k, u in fields.items() if _init(v, k)})
+    return v
+
+
+def _init(v: Any, name: str) -> bool:
+    return next(f.init for f in dataclasses.fields(v) if f.name == name)
 
 
 def same_device(*arrays: Any) -> Any:
