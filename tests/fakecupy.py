@@ -64,6 +64,7 @@ def _wrapped(f: Any) -> Any:
 class ndarray:
     __slots__ = ("_a",)
     __array_ufunc__ = None  # np.exp(a), np.add(a, b): TypeError
+    __array_priority__ = 100  # CuPy's
 
     def __init__(self, a: np.ndarray) -> None:
         self._a = a
@@ -129,6 +130,9 @@ class ndarray:
 
 def _binary(op: Any, reflected: bool = False) -> Any:
     def method(self: ndarray, other: Any) -> Any:
+        # CuPy hands an operation to an operand of higher __array_priority__ (a Tensor)
+        if type(other) is not ndarray and getattr(other, "__array_priority__", 0) > 100:
+            return NotImplemented
         o = _host(other)
         return _wrap(op(o, self._a) if reflected else op(self._a, o))
 

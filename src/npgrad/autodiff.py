@@ -83,8 +83,10 @@ class Tensor:
     """An n-dimensional array that can record operations for differentiation."""
 
     __slots__ = ("data", "grad", "requires_grad", "_node", "_retain", "name", "__weakref__")
-    # Make ``ndarray <op> Tensor`` defer to Tensor's reflected operators.
+    # Make ``ndarray <op> Tensor`` defer to Tensor's reflected operators: NumPy reads the
+    # first, CuPy the second.
     __array_ufunc__ = None
+    __array_priority__ = 1000
 
     def __init__(
         self,

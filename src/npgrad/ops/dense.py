@@ -891,7 +891,7 @@ class TransposeOp(Op):
 
     @staticmethod
     def forward(x: Array, axes: tuple[int, ...] | None = None) -> tuple[Array, Any]:
-        return x.transpose(axes), axes
+        return (x.transpose() if axes is None else x.transpose(axes)), axes
 
     @staticmethod
     def vjp(saved: Any, g: Array, needs: tuple[bool, ...] = (True,)) -> Grads:
