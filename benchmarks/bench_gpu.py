@@ -20,15 +20,23 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import traceback
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import bench_preset  # sets BLAS threads before NumPy loads
-from npgrad.checking.gradcheck import TORCH_RTOL, check_ops
-from npgrad.errors import NpgradError
-from npgrad.fileio import write_text
-from npgrad.ops.device import module as device_module
+from benchmarks.threads import set_blas_threads
+
+THREADS = "8"  # the CPU row's BLAS threads (and PyTorch's): the GPU machines have 16 cores
+set_blas_threads(["--threads", THREADS])  # before NumPy loads; bench_preset keeps it
+
+from benchmarks import bench_preset  # noqa: E402
+from npgrad.checking.gradcheck import TORCH_RTOL, check_ops  # noqa: E402
+from npgrad.data import load_dataset  # noqa: E402
+from npgrad.errors import NpgradError  # noqa: E402
+from npgrad.fileio import write_text  # noqa: E402
+from npgrad.ops.device import module as device_module  # noqa: E402
 
 
 def op_checks(order: int, cases: int, torch_device: str) -> tuple[list[str], bool]:
@@ -61,28 +69,46 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         cupy = device_module("cuda")
-    except NpgradError as exc:  # a missing CuPy or GPU: its one line
+        load_dataset(args.dataset)  # a wrong path fails now, not after the op checks
+    except NpgradError as exc:  # a missing CuPy, GPU or dataset: its one line
         print(f"bench_gpu: error: {exc}", file=sys.stderr)
         return 2
-    lines = ["# npgrad on a GPU", "", "## The op table on CuPy against PyTorch CUDA", ""]
+    version = cupy.cuda.runtime.runtimeGetVersion()
+    lines = ["# npgrad on a GPU", "", f"CuPy {cupy.__version__}, CUDA runtime {version}.", ""]
     ok = True
-    for order in (1, 2):
-        more, passed = op_checks(order, args.cases, args.torch_device)
-        lines += more
+
+    def section(title: str, run: Any) -> None:
+        """One part of the run, written out as soon as it is done: a later failure (or the
+        device's time limit) keeps what came before."""
+        nonlocal ok
+        lines.extend([f"## {title}", ""])
+        try:
+            more, passed = run()
+        except Exception:
+            more, passed = ["```", traceback.format_exc().rstrip(), "```"], False
+        lines.extend([*more, ""])
         ok = ok and passed
         print("\n".join(more), flush=True)
-    lines += ["", f"## The cnn preset, {args.epochs} epochs", ""]
-    preset = bench_preset.main(
-        ["--device", "cuda", "--cpu-too", "--dataset", args.dataset, "--epochs",
-         str(args.epochs), "--threads", "8", "--out", str(args.out) + ".preset",
-         "--torch-device", args.torch_device]
-    )  # fmt: skip
-    if preset != 0:
-        return preset
-    lines.append(Path(str(args.out) + ".preset").read_text())
-    lines.append(f"CuPy {cupy.__version__}, CUDA runtime {cupy.cuda.runtime.runtimeGetVersion()}.")
-    write_text(args.out, "\n".join(lines) + "\n")
-    Path(str(args.out) + ".preset").unlink()
+        write_text(args.out, "\n".join(lines) + "\n")
+
+    def preset() -> tuple[list[str], bool]:
+        table = Path(str(args.out) + ".preset")
+        code = bench_preset.main(
+            ["--device", "cuda", "--cpu-too", "--dataset", args.dataset, "--epochs",
+             str(args.epochs), "--threads", THREADS, "--out", str(table),
+             "--torch-device", args.torch_device]
+        )  # fmt: skip
+        if code != 0:
+            return [f"bench_preset exited with {code}"], False
+        text = table.read_text().rstrip().splitlines()
+        table.unlink()
+        return text, True
+
+    section("The op table on CuPy against PyTorch CUDA: gradients",
+            lambda: op_checks(1, args.cases, args.torch_device))  # fmt: skip
+    section(f"The cnn preset, {args.epochs} epochs", preset)
+    section("The op table on CuPy against PyTorch CUDA: second derivatives",
+            lambda: op_checks(2, args.cases, args.torch_device))  # fmt: skip
     print(f"wrote {args.out}")
     return 0 if ok else 1
 

@@ -17,7 +17,9 @@ not included) and the test accuracy after every epoch.
 
 With ``--device cuda`` both train on the GPU (npgrad through CuPy), each first warmed up
 on a throwaway copy (CuPy compiles its kernels on first use, PyTorch sets up its backward
-pass), and every timed epoch ends with the device synchronised. ``--cpu-too`` adds npgrad
+pass), every timed epoch ends with the device synchronised, PyTorch reads its loss and
+hits every step as npgrad's trainer does, and its TF32 products are off (CuPy's are full
+float32). ``--cpu-too`` adds npgrad
 on the CPU, the same configuration, for the accuracy within seed noise and the speed-up.
 """
 
@@ -92,6 +94,9 @@ def run(args: argparse.Namespace) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
+    if (args.torch_device or args.device) != "cpu":  # full float32 products, as CuPy's
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     keep_freed_memory()  # as `npgrad train` does; one process, so both alike
     overrides = {"seed": args.seed}
     if args.epochs:
@@ -160,9 +165,14 @@ def run(args: argparse.Namespace) -> dict:
                         group["lr"] = model.schedule(step + i)  # npgrad's schedule, step by step
                     opt.zero_grad()
                     xt = torch.from_numpy(xb.reshape(-1, *shape)).to(tdev)
-                    loss = loss_fn(twin(xt), torch.from_numpy(yb).to(tdev))
+                    yt = torch.from_numpy(yb).to(tdev)
+                    logits = twin(xt)
+                    loss = loss_fn(logits, yt)
                     loss.backward()
                     opt.step()
+                    if tdev != "cpu":  # what npgrad's trainer reads every step (a sync each)
+                        loss.item()
+                        int((logits.argmax(1) == yt).sum())
             sync()
             seconds[who] += time.perf_counter() - t
         step += len(batches)
@@ -172,7 +182,9 @@ def run(args: argparse.Namespace) -> dict:
         cpu = new_trainer("cpu")
         seconds["npgrad-cpu"], curves["npgrad-cpu"] = 0.0, []
         for _ in range(cfg.epochs):
-            batches = list(cpu.loader)  # drawn first, as above: the same dropout masks
+            batches = list(cpu.loader)  # drawn first, as above (the masks of the device's
+            # dropout take one seed a call from the run's generator, the CPU's whole arrays: the
+            # two runs' shuffles part after the first epoch)
             t = time.perf_counter()
             for xb, yb in batches:
                 cpu.model.train_step(xb, yb)

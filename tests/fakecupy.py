@@ -181,7 +181,8 @@ class Generator:
     """CuPy's ``random.Generator``: not NumPy's type, draws fake arrays."""
 
     def __init__(self, seed: Any = None) -> None:
-        self._g = np.random.default_rng(seed)
+        # another stream than NumPy's for the same seed, as CuPy's is (cuRAND)
+        self._g = np.random.default_rng(None if seed is None else [seed, 7])
 
     def __getattr__(self, name: str) -> Any:
         return _wrapped(getattr(self._g, name))

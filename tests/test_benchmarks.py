@@ -155,6 +155,21 @@ def test_gpu_script_runs_on_the_cupy_stand_in(capsys, torch, tmp_path):
     assert "| npgrad | cpu |" in text and "npgrad cuda / npgrad cpu speed-up" in text
 
 
+def test_gpu_script_refuses_a_wrong_dataset_before_any_work(capsys, tmp_path):
+    from tests import fakecupy
+
+    fakecupy.install()
+    try:
+        code = bench_gpu.main(
+            ["--dataset", str(tmp_path / "nowhere"), "--out", str(tmp_path / "g.md")]
+        )
+    finally:
+        fakecupy.uninstall()
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("bench_gpu: error: ") and err.count("\n") == 1
+    assert not (tmp_path / "g.md").exists()
+
+
 def test_gpu_script_without_cupy_is_one_line(capsys):
     try:
         import cupy  # noqa: F401

@@ -383,6 +383,29 @@ def test_the_op_checks_run_on_a_device_against_pytorch(order):
     ]
 
 
+def test_an_error_on_the_device_is_a_failed_row_and_the_checks_go_on(monkeypatch):
+    pytest.importorskip("torch")
+    from npgrad.checking import gradcheck as gc
+    from tests import fakecupy
+
+    real = gc.compare_with_torch
+
+    def broken(case, rng, *args):
+        if case.op == "exp":
+            raise RuntimeError("no kernel image is available")
+        return real(case, rng, *args)
+
+    monkeypatch.setattr(gc, "compare_with_torch", broken)
+    fakecupy.install()
+    try:
+        results = check_ops(["exp", "tanh"], cases_per_op=1, device="cuda", torch_device="cpu")
+    finally:
+        fakecupy.uninstall()
+    exp, tanh = results
+    assert not exp.passed and "on cuda against PyTorch: RuntimeError: no kernel image" in exp.error
+    assert tanh.passed and tanh.torch_backward_error is not None
+
+
 def test_a_device_check_needs_pytorch():
     with pytest.raises(GradcheckError, match="compares npgrad with PyTorch there"):
         check_ops(["exp"], use_torch=False, device="cuda")

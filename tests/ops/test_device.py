@@ -116,3 +116,26 @@ def test_a_cupy_without_a_gpu_is_a_one_line_error(monkeypatch):
     monkeypatch.setattr(device.importlib, "import_module", lambda name: fake)
     with pytest.raises(DeviceError, match="found no CUDA GPU"):
         device.module("cuda")
+
+
+def test_device_draws_are_computed_there_the_same_bits_as_numpy_and_uniform(cuda):
+    host = device.splitmix_uniform(np, 7, (300, 400))
+    dev = device.splitmix_uniform(cuda, 7, (300, 400))
+    assert isinstance(dev, fakecupy.ndarray) and dev.dtype == np.float32
+    np.testing.assert_array_equal(dev.get(), host)
+    assert 0.0 <= host.min() and host.max() < 1.0
+    assert abs(host.mean() - 0.5) < 0.005 and abs(host.std() - 12**-0.5) < 0.005
+    # neighbours independent, another seed another stream
+    assert abs(np.corrcoef(host.ravel()[:-1], host.ravel()[1:])[0, 1]) < 0.01
+    assert np.mean(host == device.splitmix_uniform(np, 8, (300, 400))) < 1e-3
+
+
+def test_a_generator_gives_a_device_one_seed_and_an_int_seed_the_hosts_draws(cuda):
+    rng, twin = np.random.default_rng(3), np.random.default_rng(3)
+    u = device.uniform(rng, (4, 5), cuda)
+    seed = int(twin.integers(2**63))  # the host stream advanced by exactly one seed
+    np.testing.assert_array_equal(u.get(), device.splitmix_uniform(np, seed, (4, 5)))
+    assert rng.bit_generator.state == twin.bit_generator.state
+    np.testing.assert_array_equal(
+        device.uniform(11, (4, 5), cuda).get(), np.random.default_rng(11).random((4, 5), np.float32)
+    )

@@ -141,10 +141,13 @@ def _unfold(xpad: Array, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int) -
     it a matrix. With few channels the copy runs faster along the output width,
     so the matrix is then built transposed (a Fortran-ordered result).
     """
-    n, _, _, c = xpad.shape
+    n, hp, wp, c = xpad.shape
     xp = namespace(xpad)
-    win = xp.lib.stride_tricks.sliding_window_view(
-        xpad, (dh * (kh - 1) + 1, dw * (kw - 1) + 1), axis=(1, 2)
+    eh, ew = dh * (kh - 1) + 1, dw * (kw - 1) + 1  # a window's extent
+    s0, s1, s2, s3 = xpad.strides
+    # sliding_window_view's view, made directly (CuPy's checks its arguments on the device)
+    win = xp.lib.stride_tricks.as_strided(
+        xpad, shape=(n, hp - eh + 1, wp - ew + 1, c, eh, ew), strides=(s0, s1, s2, s3, s1, s2)
     )
     win = win[:, ::sh, ::sw, :, ::dh, ::dw]  # (N, H', W', C, kh, kw)
     ho, wo = win.shape[1:3]

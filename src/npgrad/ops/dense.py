@@ -15,7 +15,7 @@ from ..errors import ShapeError
 from . import parallel
 from . import specs as opspecs
 from .base import Array, Grads, Op, call, unbroadcast
-from .device import generator, namespace, on_host
+from .device import namespace, on_host, uniform
 from .specs import KINK, NONZERO, POSITIVE, REAL, WIDE, OpSpec
 
 
@@ -429,9 +429,10 @@ def dropout_mask(shape: tuple[int, ...], p: float, rng: Any, dtype: Any, xp: Any
     """The scaled keep mask of inverted dropout: ``1/(1-p)`` where kept, ``0`` where dropped.
 
     ``rng`` is a NumPy Generator, drawn from (a fresh mask per call), or an int
-    seed, which makes the mask a function of the seed (for checking the op).
+    seed, which makes the mask a function of the seed (for checking the op). On a device
+    the draws are made there (:func:`npgrad.ops.device.uniform`).
     """
-    keep = generator(rng, xp).random(shape, dtype=np.float32) >= p
+    keep = uniform(rng, tuple(shape), xp) >= p
     mask = keep.astype(dtype)
     mask *= mask.dtype.type(1.0 / (1.0 - p))
     return mask

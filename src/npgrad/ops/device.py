@@ -158,16 +158,46 @@ def same_device(*arrays: Any) -> Any:
     return next(iter(spaces.values()), np)
 
 
-def generator(rng: Any, xp: Any) -> Any:
-    """A random generator on ``xp``'s device: ``rng`` itself when it is one there.
+def uniform(rng: Any, shape: tuple[int, ...], xp: Any) -> Any:
+    """float32 draws in [0, 1) of ``shape`` on ``xp``'s device, from ``rng``.
 
-    A NumPy Generator used for device arrays seeds a device generator from its next
-    draw, once per call: the host stream advances, so the draws stay a function of
-    the host seed, and no host array is ever made and copied.
+    On the host: ``rng``'s own ``random`` (a NumPy Generator, or an int seed of a new
+    one). On a device, an int seed gives the host's draws copied there (so the values are
+    a function of the seed on every device: what the op checks compare), and a NumPy
+    Generator gives one seed from its stream to a counter-based generator computed on the
+    device itself (:func:`splitmix_uniform`): no generator state to create per call (a
+    cuRAND generator's costs a kernel and megabytes), nothing drawn on the host but the
+    seed, and a run that is a function of the host stream, so it resumes bit for bit.
     """
-    if xp is np:
-        return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-    if isinstance(rng, xp.random.Generator):
-        return rng
-    seed = int(rng.integers(2**63)) if isinstance(rng, np.random.Generator) else rng
-    return xp.random.default_rng(seed)
+    if isinstance(rng, np.random.Generator):
+        if xp is np:
+            return rng.random(shape, dtype=np.float32)
+        return splitmix_uniform(xp, int(rng.integers(2**63)), shape)
+    draws = np.random.default_rng(rng).random(shape, dtype=np.float32)
+    return draws if xp is np else xp.asarray(draws)
+
+
+_GOLDEN, _MIX1, _MIX2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+
+
+def splitmix_uniform(xp: Any, seed: int, shape: tuple[int, ...]) -> Any:
+    """SplitMix64 of ``seed + (i + 1) * golden`` for each element ``i``: its top 24 bits as
+    float32 in [0, 1). The same bits from NumPy and CuPy (unsigned 64-bit arithmetic wraps
+    in both), each element independent of the others, so a device computes them at once.
+    """
+    n = 1
+    for d in shape:
+        n *= int(d)
+    u64 = np.uint64
+    z = xp.arange(1, n + 1, dtype=u64)
+    z *= u64(_GOLDEN)
+    z += u64(seed % 2**64)
+    z ^= z >> u64(30)
+    z *= u64(_MIX1)
+    z ^= z >> u64(27)
+    z *= u64(_MIX2)
+    z ^= z >> u64(31)
+    z >>= u64(40)
+    out = z.astype(np.float32)
+    out *= np.float32(2.0**-24)
+    return out.reshape(shape)
