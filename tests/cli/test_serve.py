@@ -45,8 +45,16 @@ def test_mistakes_are_one_line_and_exit_2(capsys, run_dir, tmp_path):
 
 
 def test_serves_until_ctrl_c_then_stops_cleanly(run_dir):
+    # The child starts with Python's Ctrl-C handler whatever it inherits. A child that hung
+    # here had SIGINT and SIGQUIT ignored (SigIgn 0x1001006): what C's system() sets
+    # process-wide while it runs, so a native thread of this test process was inside it
+    # when the child was forked; a child started like that ignores Ctrl-C for good.
+    launch = (
+        "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "sys.argv[0] = 'npgrad'; runpy.run_module('npgrad', run_name='__main__')"
+    )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "npgrad", "serve", str(run_dir), "--port", "0"],
+        [sys.executable, "-c", launch, "serve", str(run_dir), "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
