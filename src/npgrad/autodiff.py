@@ -33,7 +33,7 @@ from . import tracing
 from .errors import ConfigError, GradError, ShapeError
 from .ops import conv, dense
 from .ops.base import Op, set_recorder, unbroadcast
-from .ops.device import device_of, is_array, namespace, same_device, to_device, to_host
+from .ops.device import device_of, is_ndarray, namespace, same_device, to_device, to_host
 from .ops.geometry import IntOrPair, is_int
 
 _GRAD_ENABLED = True
@@ -259,7 +259,7 @@ class Tensor:
         return apply(dense.MatmulOp, _lift(other, self), self)
 
     def __pow__(self, p: float) -> Tensor:
-        if isinstance(p, Tensor) or (getattr(p, "ndim", 0) if is_array(p) else np.ndim(p)) != 0:
+        if isinstance(p, Tensor) or np.ndim(to_host(p)) != 0:
             raise GradError("only a constant scalar exponent is supported: x ** 2.0")
         return apply(dense.PowOp, self, p=float(p))
 
@@ -838,7 +838,7 @@ def _buffer(a: Any, what: str, c: int) -> np.ndarray | None:
     if a is None:
         return None
     a = a.data if isinstance(a, Tensor) else a
-    if not is_array(a) or a.ndim != 1 or a.shape != (c,):
+    if not is_ndarray(a) or a.shape != (c,):
         raise ShapeError(
             f"batch_norm: {what} must be an array of shape ({c},) (it is updated in place)"
         )

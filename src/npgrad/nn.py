@@ -20,7 +20,7 @@ import numpy as np
 from . import autodiff, tracing
 from .autodiff import Tensor
 from .errors import CheckpointError, ConfigError, ShapeError
-from .ops.device import namespace, to_device, to_host
+from .ops.device import host_copy, is_ndarray, namespace, to_device, to_host
 from .ops.geometry import IntOrPair, as_int, as_pair, check_eps
 from .rng import as_generator
 
@@ -187,10 +187,7 @@ class Module:
     def state_dict(self) -> dict[str, np.ndarray]:
         """Copies of every parameter and buffer array by dotted name, on the host (NumPy)
         wherever the model lives: what checkpoints and exports hold."""
-        return {
-            name: a.copy() if namespace(a) is np else to_host(a)
-            for name, a in self._state_arrays().items()
-        }
+        return {name: host_copy(a) for name, a in self._state_arrays().items()}
 
     def load_state_dict(self, state: dict[str, np.ndarray], strict: bool = True) -> None:
         """Copy arrays into parameters and buffers, in place; mismatches raise
@@ -204,7 +201,8 @@ class Module:
         if unexpected and strict:
             problems.append(f"unexpected keys {unexpected}")
         for name in sorted(set(own) & set(state)):
-            shape = getattr(state[name], "shape", None) or np.shape(state[name])
+            v = state[name]
+            shape = v.shape if is_ndarray(v) else np.shape(v)
             if tuple(shape) != own[name].shape:
                 problems.append(f"{name} has shape {shape}, the model expects {own[name].shape}")
         if problems:

@@ -15,7 +15,7 @@ import numpy as np
 from . import tracing
 from .autodiff import Tensor
 from .errors import CheckpointError, ConfigError
-from .ops.device import namespace, to_device, to_host
+from .ops.device import device_of, host_copy, namespace, to_device
 
 __all__ = [
     "Optimizer",
@@ -65,7 +65,7 @@ class Optimizer:
 
     def _follow(self, i: int, like: Any) -> None:
         """Move parameter ``i``'s state to the device of ``like``, values kept."""
-        device = Tensor(like).device
+        device = device_of(like)
         self.state[i] = {k: to_device(v, device) for k, v in self.state[i].items()}
         self._buf[i] = _zeros(like)
 
@@ -76,7 +76,7 @@ class Optimizer:
         out: dict[str, np.ndarray] = {"steps": np.array(self.steps), "lr": np.array(self.lr)}
         for i, s in enumerate(self.state):
             for k, v in s.items():
-                out[f"{i}.{k}"] = v.copy() if namespace(v) is np else to_host(v)
+                out[f"{i}.{k}"] = host_copy(v)
         return out
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:

@@ -90,3 +90,15 @@ def test_usage_errors_are_one_line(capsys, argv, message):
     code, out, err = run_catching_exit(capsys, ["gradcheck", *argv])
     assert_one_line_error(code, err, message)
     assert out == ""
+
+
+def test_a_device_without_cupy_is_one_line_before_any_case(capsys):
+    try:
+        import cupy  # noqa: F401
+
+        pytest.skip("CuPy is installed here")
+    except ImportError:
+        pass
+    code, out, err = run_catching_exit(capsys, ["gradcheck", "--device", "cuda"])
+    assert_one_line_error(code, err, "pip install 'npgrad[cuda12]'")
+    assert "FAIL" not in out

@@ -32,7 +32,8 @@ from .. import autodiff
 from ..autodiff import Tensor, apply
 from ..errors import GradcheckError, GradError
 from ..ops.base import OPS, Op
-from ..ops.device import check_device, to_device, to_host, tree_to_device
+from ..ops.device import module as device_module
+from ..ops.device import to_device, to_host, tree_to_device
 from ..ops.specs import OpSpec
 
 # --------------------------------------------------------------------------- gradcheck
@@ -744,7 +745,8 @@ def check_ops(
         _spec(name)  # unknown ops and missing specs are refused before any work
     if use_torch is None:
         use_torch = torch_available()
-    if check_device(device) != "cpu" and not use_torch:
+    device_module(device)  # a device it cannot use (no CuPy, no GPU): one error, before any case
+    if device != "cpu" and not use_torch:
         raise GradcheckError(
             f"checking on {device} compares npgrad with PyTorch there: install torch "
             "(and drop --no-torch)"

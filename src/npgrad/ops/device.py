@@ -30,7 +30,7 @@ DEVICES = ("cpu", "cuda")
 
 _by_type: dict[type, Any] = {np.ndarray: np}  # array type -> its namespace
 _modules: dict[str, Any] = {CPU: np}  # device name -> namespace, once loaded
-_names: dict[int, str] = {id(np): CPU}  # id(namespace) -> device name
+_names: dict[Any, str] = {np: CPU}  # namespace -> device name
 
 
 def namespace(*arrays: Any) -> Any:
@@ -63,14 +63,14 @@ def register(device: str, xp: Any, array_type: type) -> None:
     """Make ``xp`` (with arrays of ``array_type``) the namespace of ``device``."""
     _by_type[array_type] = xp
     _modules[device] = xp
-    _names[id(xp)] = device
+    _names[xp] = device
 
 
 def unregister(device: str) -> None:
     """Forget ``device``'s namespace (tests use it to put their stand-in away)."""
     xp = _modules.pop(device, None)
     if xp is not None and device != CPU:
-        _names.pop(id(xp), None)
+        _names.pop(xp, None)
         for t in [t for t, m in _by_type.items() if m is xp]:
             del _by_type[t]
 
@@ -111,13 +111,18 @@ def _load_cupy() -> tuple[Any, type]:
 
 def device_of(x: Any) -> str:
     """``"cpu"`` or ``"cuda"``: where the array ``x`` lives."""
-    return _names.get(id(namespace(x)), CPU)
+    return _names.get(namespace(x), CPU)
 
 
 def to_host(x: Any) -> Any:
     """``x`` as a NumPy array (itself when it is one): what checkpoints and exports hold."""
     xp = namespace(x)
     return x if xp is np else xp.asnumpy(x)
+
+
+def host_copy(x: Any) -> Any:
+    """A NumPy copy of ``x``, wherever it lives (state dicts: never the live array)."""
+    return x.copy() if namespace(x) is np else to_host(x)
 
 
 def to_device(x: Any, device: str) -> Any:
@@ -138,24 +143,24 @@ def tree_to_device(v: Any, device: str) -> Any:
     if isinstance(v, dict):
         return {k: tree_to_device(u, device) for k, u in v.items()}
     if dataclasses.is_dataclass(v) and not isinstance(v, type):
-        fields = {f.name: tree_to_device(getattr(v, f.name), device) for f in dataclasses.fields(v)}
-        return dataclasses.replace(v, **{k: u for k, u in fields.items() if _init(v, k)})
+        moved = {
+            f.name: tree_to_device(getattr(v, f.name), device)
+            for f in dataclasses.fields(v)
+            if f.init
+        }
+        return dataclasses.replace(v, **moved)
     return v
-
-
-def _init(v: Any, name: str) -> bool:
-    return next(f.init for f in dataclasses.fields(v) if f.name == name)
 
 
 def same_device(*arrays: Any) -> Any:
     """The namespace of ``arrays``, refusing a mix of devices with a clear error."""
-    spaces = {id(namespace(a)): namespace(a) for a in arrays if type(a) in _by_type}
+    spaces = {_by_type[type(a)] for a in arrays if type(a) in _by_type}
     if len(spaces) > 1:
-        names = sorted(_names.get(k, "?") for k in spaces)
+        names = sorted(_names.get(xp, "?") for xp in spaces)
         raise DeviceError(
             f"arrays on different devices ({' and '.join(names)}): move them with .to()"
         )
-    return next(iter(spaces.values()), np)
+    return next(iter(spaces), np)
 
 
 def uniform(rng: Any, shape: tuple[int, ...], xp: Any) -> Any:
