@@ -28,7 +28,7 @@ set_blas_threads(sys.argv[1:])
 import numpy as np  # noqa: E402
 
 import npgrad  # noqa: E402
-from benchmarks import bench_cnn  # noqa: E402
+from benchmarks import bench_cnn, peers_mlp  # noqa: E402
 from benchmarks.machine import describe  # noqa: E402
 from npgrad import nn, optim  # noqa: E402
 from npgrad.app.allocator import keep_freed_memory  # noqa: E402
@@ -90,7 +90,7 @@ def workloads(tiny: bool) -> list[dict]:
     scale = 4 if tiny else 1
     return [
         dict(name="784-100-10, SGD", batch=128, steps=400 // scale, make=mlp("sgd"),
-             torch=torch_mlp("sgd"), shape=(784,)),
+             torch=torch_mlp("sgd"), shape=(784,), peers=True),
         dict(name="784-100-10, Adam", batch=32, steps=800 // scale, make=mlp("adam"),
              torch=torch_mlp("adam"), shape=(784,)),
         dict(name="small CNN, Adam", batch=16 if tiny else 128, steps=2 if tiny else 10,
@@ -112,13 +112,13 @@ def torch_step(torch, net, opt, x: np.ndarray, y: np.ndarray) -> Step:
     return step
 
 
-def run(args: argparse.Namespace) -> tuple[list[str], dict]:
+def run(args: argparse.Namespace) -> tuple[list[str], dict, list[str]]:
     import torch
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    rows, profile = [], {}
+    rows, profile, peer_lines = [], {}, []
     for w in workloads(args.tiny):
         b = w["batch"]
         x = rng.random((b, *w["shape"]), dtype=np.float32)
@@ -135,6 +135,8 @@ def run(args: argparse.Namespace) -> tuple[list[str], dict]:
         }
         if "net" in w:
             contestants["products"] = bench_cnn.products_step(w["net"], b, rng)
+        peers, missing = peers_mlp.load(x, y) if w.get("peers") and args.peers else ({}, [])
+        contestants.update(peers)
         times: dict[str, list[float]] = {k: [] for k in contestants}
         for fn in contestants.values():
             for _ in range(args.warmup):
@@ -163,6 +165,8 @@ def run(args: argparse.Namespace) -> tuple[list[str], dict]:
             f"{speedup:.2f}x | {ceiling} |"
         )
         print(rows[-1], file=sys.stderr, flush=True)
+        if w.get("peers") and args.peers:
+            peer_lines = _peer_table(w, times, list(peers), missing)
         if w.get("net") == "small":
             plan = compiled.plan(x, y)
             plan.profile = {}
@@ -174,7 +178,31 @@ def run(args: argparse.Namespace) -> tuple[list[str], dict]:
             for _ in range(w["steps"]):
                 contestants["products"]()
             profile["(products alone)"] = (time.perf_counter() - t) / w["steps"]
-    return rows, profile
+    return rows, profile, peer_lines
+
+
+def _peer_table(
+    w: dict, times: dict[str, list[float]], peers: list[str], missing: list[str]
+) -> list[str]:
+    """The first target row in full: the compiled step against every peer and PyTorch."""
+    others = ["pytorch", *peers]
+    med = {k: statistics.median(times[k]) for k in ["compiled", *others]}
+    fastest = max(others, key=lambda k: med[k])
+    lines = [
+        f"{w['name']}, batch {w['batch']}, against the NumPy autodiff peers (same rounds):",
+        "",
+        "| contestant | samples/s | npgrad compiled / it |",
+        "|---|---|---|",
+    ]
+    for k in others:
+        ratio = statistics.median(c / o for c, o in zip(times["compiled"], times[k]))
+        name = "PyTorch" if k == "pytorch" else k
+        lines.append(
+            f"| {name}{' (fastest)' if k == fastest else ''} | {med[k]:,.0f} | "
+            f"{'**' if k == fastest else ''}{ratio:.2f}x{'**' if k == fastest else ''} |"
+        )
+    lines += [f"- {m}" for m in missing]
+    return lines + [""]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,12 +212,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--pause", type=float, default=0.3, help="seconds between contestants")
     ap.add_argument("--tiny", action="store_true", help="seconds: 1 round, small batches")
+    ap.add_argument(
+        "--no-peers",
+        dest="peers",
+        action="store_false",
+        help="leave out the NumPy autodiff peers (benchmarks/peers_mlp.py) from the MLP SGD row",
+    )
     ap.add_argument("--out", type=Path, help="also write the Markdown report to this file")
     args = ap.parse_args(argv)
     if args.tiny:
         args.rounds, args.warmup, args.pause = 1, 1, 0.0
     keep_freed_memory()  # as npgrad train does
-    rows, profile = run(args)
+    rows, profile, peer_lines = run(args)
     total = sum(v for k, v in profile.items() if not k.startswith("("))
     lines = [
         f"Machine: {describe()}.",
@@ -203,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
+        *peer_lines,
         "Where the replayed small CNN step spends its time (the plan's per-kernel timer, ms "
         "per step):",
         "",

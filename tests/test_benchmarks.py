@@ -13,6 +13,7 @@ from benchmarks import (
     bench_preset,
     bench_speed,
     machine,
+    peers_mlp,
 )
 
 
@@ -187,6 +188,14 @@ def test_compile_benchmark_runs(capsys, torch):
     out = capsys.readouterr().out
     assert "| small CNN, Adam | 16 |" in out and "compiled / PyTorch" in out
     assert "| conv2d vjp |" in out and "(products alone)" in out
+    # the first target row against every peer: a row each where installed, else how to
+    assert "against the NumPy autodiff peers" in out and "| PyTorch" in out
+    for module, label in peers_mlp.PEERS.items():
+        assert (
+            f"| {label} " in out
+            or peers_mlp.INSTALL[module] in out
+            or f"{label} did not run" in out
+        )
 
 
 def test_distributed_benchmark_runs(capsys):
