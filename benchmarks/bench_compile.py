@@ -16,6 +16,7 @@ import argparse
 import statistics
 import sys
 import time
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
@@ -118,7 +119,7 @@ def run(args: argparse.Namespace) -> tuple[list[str], dict, list[str]]:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    rows, profile, peer_lines = [], {}, []
+    rows, profile, peer_lines, memory = [], {}, [], []
     for w in workloads(args.tiny):
         b = w["batch"]
         x = rng.random((b, *w["shape"]), dtype=np.float32)
@@ -148,6 +149,10 @@ def run(args: argparse.Namespace) -> tuple[list[str], dict, list[str]]:
                 for _ in range(w["steps"]):
                     fn()
                 times[k].append(w["steps"] * b / (time.perf_counter() - t))
+        memory.append(
+            f"| {w['name']} | {b} | {peak_mib(contestants['eager']):.1f} | "
+            f"{peak_mib(contestants['compiled']):.1f} |"
+        )
         med = {k: statistics.median(v) for k, v in times.items()}
         ratio = {
             k: statistics.median(a / p for a, p in zip(times[k], times["pytorch"]))
@@ -178,7 +183,28 @@ def run(args: argparse.Namespace) -> tuple[list[str], dict, list[str]]:
             for _ in range(w["steps"]):
                 contestants["products"]()
             profile["(products alone)"] = (time.perf_counter() - t) / w["steps"]
-    return rows, profile, peer_lines
+    return rows, profile, peer_lines + memory_table(memory)
+
+
+def peak_mib(step: Step) -> float:
+    """The most memory one step holds at once beyond what existed before it (tracemalloc)."""
+    tracemalloc.start()
+    step()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak / 2**20
+
+
+def memory_table(rows: list[str]) -> list[str]:
+    return [
+        "Peak memory of one step beyond what was allocated before it (tracemalloc, MiB; "
+        "the compiled step is a replay):",
+        "",
+        "| workload | batch | eager | compiled |",
+        "|---|---|---|---|",
+        *rows,
+        "",
+    ]
 
 
 def _peer_table(

@@ -188,6 +188,7 @@ def test_compile_benchmark_runs(capsys, torch):
     out = capsys.readouterr().out
     assert "| small CNN, Adam | 16 |" in out and "compiled / PyTorch" in out
     assert "| conv2d vjp |" in out and "(products alone)" in out
+    assert "Peak memory of one step" in out and "| small CNN, Adam | 16 | " in out
     # the first target row against every peer: a row each where installed, else how to
     assert "against the NumPy autodiff peers" in out and "| PyTorch" in out
     for module, label in peers_mlp.PEERS.items():
