@@ -97,7 +97,11 @@ def test_compiled_cnn_with_batch_norm_and_dropout_equals_eager():
         assert np.array_equal(la.data, lb.data)
     assert_same_state(a, oa, b, ob)  # running statistics included
     assert compiled.replays == 4
-    assert compiled.plan(x, y).rewrites == {"relu_after_max_pool": 2}
+    # both relus after their pooling, and then over its output; both batch norms over
+    # their convolution's output
+    assert compiled.plan(x, y).rewrites == {"relu_after_max_pool": 2, "over_dead_input": 4}
+    text = compiled.plan(x, y).describe()
+    assert text.count("= batch_norm(") == 2 and text.count(", out=v") == 4
 
 
 def test_dropout_draws_a_fresh_mask_on_every_replay():
@@ -159,6 +163,68 @@ def test_the_replay_of_every_op_equals_its_eager_form():
             np.testing.assert_array_equal(out, want.data, err_msg=name)
             for got, t in zip(grads, ts):
                 np.testing.assert_array_equal(got, t.grad, err_msg=name)
+
+
+def test_an_op_that_writes_over_its_input_gives_its_own_values():
+    """The replay form ``f(x, out=x)`` of each op that has one equals ``f(x)``, vjp too."""
+    ops = {name: op for name, op in all_ops().items() if op.writes_over_input}
+    assert {"relu", "batch_norm"} <= set(ops)
+    wrote_over = set()
+    for name, op in sorted(ops.items()):
+        for seed in range(4):
+            case = op_case(name, np.random.default_rng(seed))
+            want, saved = op.forward(*case.inputs, **case.params)
+            x = case.inputs[0]
+            layouts = [x.copy()]  # and channels-last, as a convolution leaves it
+            if x.ndim > 2:
+                layouts.append(np.moveaxis(np.moveaxis(x, 1, -1).copy(), -1, 1))
+            for xi in layouts:
+                got, saved_over = op.forward(xi, *case.inputs[1:], **case.params, out=xi)
+                np.testing.assert_array_equal(got, want, err_msg=name)
+                # it did write over x (batch norm: in training, where x is channels-last)
+                layout_fits = xi.ndim == 2 or not xi.flags.c_contiguous
+                if name == "relu" or (layout_fits and case.params.get("training", True)):
+                    assert np.shares_memory(got, xi), name
+                    wrote_over.add(name)
+                g = np.random.default_rng(9).standard_normal(want.shape)
+                for a, b in zip(op.vjp(saved, g), op.vjp(saved_over, g)):
+                    np.testing.assert_array_equal(a, b, err_msg=name)
+    assert wrote_over == set(ops)  # each was seen writing over its input
+
+
+@pytest.mark.parametrize(
+    "between, applies",
+    [
+        (lambda h: npgrad.relu(h), True),  # linear -> relu: over the product
+        (lambda h: npgrad.relu(h) + h, False),  # h is read again
+        (lambda h: npgrad.relu(npgrad.exp(h * 0.01)), False),  # exp saves its output
+        (
+            lambda h: npgrad.relu(h.reshape(-1, 16)),
+            False,
+        ),  # a reshape may return a view: not declared
+    ],
+)
+def test_writing_over_an_input_only_where_nothing_else_needs_it(between, applies):
+    def build():
+        lin, out = nn.Linear(20, 16, rng=0), nn.Linear(16, 4, rng=1)
+        opt = optim.SGD([*lin.parameters(), *out.parameters()], 0.1)
+
+        def step(x, y):
+            loss = npgrad.cross_entropy(out(between(lin(npgrad.tensor(x)))), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return loss
+
+        return lin, out, step
+
+    (la, oa, eager), (lb, ob, step) = build(), build()
+    compiled = npgrad.compile(step)
+    for x, y in batches(3, (20,), 4, [8] * 4):
+        assert np.array_equal(eager(x, y).data, compiled(x, y).data)
+    for p, q in zip([*la.parameters(), *oa.parameters()], [*lb.parameters(), *ob.parameters()]):
+        assert np.array_equal(p.data, q.data)
+    assert compiled.plan(x, y).rewrites["over_dead_input"] == int(applies)
 
 
 def op_case_out(op, case):

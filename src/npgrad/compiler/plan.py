@@ -32,7 +32,7 @@ from ..autodiff import Tensor, _accumulate_leaf
 from ..ops import conv, dense
 from ..ops.base import unbroadcast
 from ..ops.device import is_ndarray, namespace
-from .trace import ArgRef, Backward, Call, Instr, Trace, _Out
+from .trace import ArgRef, Backward, Call, Instr, OverInput, Trace, _Out
 
 FWD, BWD, CALL = 0, 1, 2
 
@@ -80,7 +80,44 @@ def relu_after_max_pool(trace: Trace, keep: set[int]) -> int:
     return swapped
 
 
-REWRITES: list[Callable[[Trace, set[int]], int]] = [relu_after_max_pool]
+def over_dead_input(trace: Trace, keep: set[int]) -> int:
+    r"""``y = f(x)`` written over ``x``'s own buffer where nothing needs ``x`` afterwards.
+
+    The activation that follows a product (``relu(linear(...))``, ``relu`` after a
+    pooling) and the batch norm that follows a convolution then add no buffer of
+    their own, and they write to memory that the step has just touched rather than
+    to a fresh block that has left the cache. Applied where ``f`` can write over
+    its input (``Op.writes_over_input``: ``f(x, out=x)`` gives the same values as
+    ``f(x)``), ``x`` is an op's output that ``f`` alone reads, that the step does
+    not return or differentiate from, that its producer does not save for the
+    backward pass (``Op.saves_output``), and whose shape and dtype are ``y``'s.
+    Returns how many ops write over their input.
+    """
+    readers: dict[int, int] = {}
+    for e in trace.events:
+        if isinstance(e, Instr):
+            for n in e.ins:
+                readers[n] = readers.get(n, 0) + 1
+    done = 0
+    for i, e in enumerate(trace.events):
+        if not (isinstance(e, Instr) and e.op.writes_over_input and e.ins) or "out" in e.params:
+            continue
+        n = e.ins[0]
+        kind, made_by = trace.kinds[n]
+        if kind != "op" or n in keep or readers[n] != 1:
+            continue
+        producer = trace.events[made_by]
+        assert isinstance(producer, Instr) and producer.out == n
+        if producer.op.saves_output:
+            continue
+        if trace.shapes[n] != trace.shapes[e.out] or trace.dtypes[n] != trace.dtypes[e.out]:
+            continue
+        trace.events[i] = replace(e, params={**e.params, "out": OverInput()})
+        done += 1
+    return done
+
+
+REWRITES: list[Callable[[Trace, set[int]], int]] = [relu_after_max_pool, over_dead_input]
 """Each takes the trace and the values that must keep their identity (returned ones,
 backward roots, leaves) and changes the trace in place; each is tested against the
 eager step in ``tests/compiler/test_plan.py``."""
@@ -151,8 +188,15 @@ class Plan:
             self.lifetimes[n] = (i, len(self.events) if n in keep else last.get(n, i))
         for i, e in enumerate(self.events):
             if isinstance(e, Instr):
-                binds = [(name, v.k) for name, v in e.params.items() if isinstance(v, ArgRef)]
-                params = {k: v for k, v in e.params.items() if not isinstance(v, ArgRef)}
+                # an argument's array (its position), or -1: the first input's own array
+                binds = [
+                    (name, v.k if isinstance(v, ArgRef) else -1)
+                    for name, v in e.params.items()
+                    if isinstance(v, (ArgRef, OverInput))
+                ]
+                params = {
+                    k: v for k, v in e.params.items() if not isinstance(v, (ArgRef, OverInput))
+                }
                 keeps_saved = e.out in backward_of and trace.requires[e.out]
                 step = (FWD, i, e.op.forward, e.ins, params, binds, e.out, keeps_saved)
                 self.steps.append(step + (tuple(frees.get(i, ())),))
@@ -199,7 +243,10 @@ class Plan:
             if kind == FWD:
                 _, i, forward, ins, params, binds, out, keeps_saved, frees = step
                 if binds:
-                    params = {**params, **{name: arrays[k] for name, k in binds}}
+                    params = {
+                        **params,
+                        **{name: arrays[k] if k >= 0 else v[ins[0]] for name, k in binds},
+                    }
                 v[out], s = forward(*[v[n] for n in ins], **params)
                 if keeps_saved:
                     saved[i] = s
@@ -269,7 +316,7 @@ class Plan:
                 made, dies = self.lifetimes.get(out, (i, i))
                 shape = "x".join(map(str, self.shapes[out])) or "scalar"
                 args = ", ".join(self._name(n) for n in ins)
-                extra = ", ".join([f"{k}=arg{a}" for k, a in binds])
+                extra = ", ".join(f"{k}=arg{a}" if a >= 0 else f"{k}=v{ins[0]}" for k, a in binds)
                 life = "kept" if dies >= len(self.events) else f"steps {made}-{dies}"
                 lines.append(
                     f"{i:3d}  v{out} = {op}({args}{', ' + extra if extra else ''})"

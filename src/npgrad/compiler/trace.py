@@ -45,6 +45,11 @@ class ArgRef:
     k: int
 
 
+@dataclass(frozen=True)
+class OverInput:
+    """The op parameter ``out`` given the op's first input's own array (a plan rewrite)."""
+
+
 @dataclass
 class Instr:
     """One op application: ``value[out] = op.forward(*value[ins], **params)``."""
@@ -57,8 +62,8 @@ class Instr:
 
     @property
     def binds(self) -> bool:
-        """Whether a parameter is an argument's array, bound anew on every replay."""
-        return any(isinstance(v, ArgRef) for v in self.params.values())
+        """Whether a parameter is an array bound anew on every replay."""
+        return any(isinstance(v, (ArgRef, OverInput)) for v in self.params.values())
 
 
 @dataclass

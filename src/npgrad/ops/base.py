@@ -107,6 +107,14 @@ class Op:
     spec: ClassVar[OpSpec | None] = None  # how to check it; see the module docstring
     # False for an op whose vjp computes on NumPy arrays only: create_graph refuses it.
     differentiable_vjp: ClassVar[bool] = True
+    # Whether forward's saved values may hold its output array. A compiled step lets a
+    # later op write over an output only where its producer says False.
+    saves_output: ClassVar[bool] = True
+    # Whether forward takes ``out=``: an array shaped and laid out like its first input,
+    # which it may write its output over (a compiled step gives it that input's own
+    # buffer where nothing reads the input afterwards). Its saved values then never
+    # hold the input.
+    writes_over_input: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

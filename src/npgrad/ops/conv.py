@@ -261,6 +261,7 @@ class Conv2dOp(Op):
     """
 
     name = "conv2d"
+    saves_output = False
     spec = OpSpec(
         draw=_conv_case,
         torch=lambda t, x, w, b=None, **p: t.nn.functional.conv2d(x, w, b, **p),
@@ -689,6 +690,7 @@ class MaxPool2dOp(Op):
     """
 
     name = "max_pool2d"
+    saves_output = False
     # Ties would make the numerical gradient meaningless; normal draws have none.
     spec = OpSpec(
         draw=lambda d: _pool_case(d, dilation=True),
@@ -899,6 +901,7 @@ class AvgPool2dOp(Op):
     """
 
     name = "avg_pool2d"
+    saves_output = False
     spec = OpSpec(
         draw=lambda d: _pool_case(d, dilation=False),
         torch=lambda t, x, kernel=2, stride=None, padding=0: t.nn.functional.avg_pool2d(
@@ -1176,6 +1179,8 @@ class BatchNormOp(Op):
     """
 
     name = "batch_norm"
+    saves_output = False
+    writes_over_input = True  # in training mode; it saves x - mean, not x
     # gamma must stay away from 0 only for readable relative errors; any value is valid.
     spec = OpSpec(
         draw=_batch_norm_case,
@@ -1194,6 +1199,7 @@ class BatchNormOp(Op):
         momentum: float = 0.1,
         eps: float = 1e-5,
         reduce: Any = None,
+        out: Array | None = None,
     ) -> tuple[Array, Any]:
         if x.ndim < 2:
             raise ShapeError(f"batch_norm expects input of shape (N, C, ...), got {x.shape}")
@@ -1232,7 +1238,11 @@ class BatchNormOp(Op):
                 xc = _each("subtract", x2, _tiled(mean, reps))
                 var = (reduce(_per_channel_dot(xc, xc, c).astype(np.float64)) / m).astype(x2.dtype)
             inv = 1.0 / xp.sqrt(var + eps)
-            y = _each("multiply", xc, _tiled(gamma * inv, reps))
+            y2 = None if out is None else _channels_last_2d(out)
+            if y2 is None or not xp.may_share_memory(y2, out):  # out's reshape copied: not in it
+                y = _each("multiply", xc, _tiled(gamma * inv, reps))
+            else:  # over x, whose values are in xc now (eval mode saves x: never there)
+                y = parallel.ufunc(xp.multiply, xc, _tiled(gamma * inv, reps), out=y2)
             if running_mean is not None and running_var is not None:
                 _update_running(running_mean, running_var, mean, var, m, momentum)
             saved = BatchNormSaved(True, xc, inv, gamma, reps, x.shape, eps, None, reduce, m)

@@ -84,6 +84,7 @@ class MatmulOp(Op):
     """
 
     name = "matmul"
+    saves_output = False
     spec = OpSpec(draw=opspecs.matmul_operands, torch=lambda t, a, b: a @ b)
 
     @staticmethod
@@ -134,6 +135,7 @@ class LinearOp(Op):
     """
 
     name = "linear"
+    saves_output = False
     spec = OpSpec(draw=opspecs.linear_operands, torch=lambda t, x, w, b: x @ w + b)
 
     @staticmethod
@@ -362,11 +364,12 @@ class ReluOp(Op):
     """
 
     name = "relu"
+    writes_over_input = True  # it saves its output, never its input
     spec = OpSpec(domains=(KINK,), torch=lambda t, x: t.relu(x))
 
     @staticmethod
-    def forward(x: Array) -> tuple[Array, Any]:
-        y = relu_array(x)  # np.maximum(x, 0), faster on large arrays (below)
+    def forward(x: Array, out: Array | None = None) -> tuple[Array, Any]:
+        y = relu_array(x, out)  # np.maximum(x, 0), faster on large arrays (below)
         return y, y
 
     @staticmethod
@@ -394,14 +397,17 @@ def _memory_flat(a: Array) -> Array | None:
     return t.reshape(-1) if t.flags.c_contiguous else None
 
 
-def relu_array(x: Array) -> Array:
-    """``np.maximum(x, 0)``, NaN propagating, in ``x``'s memory layout; faster on large floats."""
+def relu_array(x: Array, out: Array | None = None) -> Array:
+    """``np.maximum(x, 0)``, NaN propagating, in ``x``'s memory layout; faster on large floats.
+
+    ``out`` (``x`` itself, say) receives the result; it must be laid out like ``x``.
+    """
     if x.size < 2 * _ZERO_ROW or x.dtype.kind != "f" or not on_host(x):
-        return namespace(x).maximum(x, 0)
-    y = np.empty_like(x)  # order "K": the same layout as x
+        return namespace(x).maximum(x, 0, out=out)
+    y = np.empty_like(x) if out is None else out  # order "K": the same layout as x
     fx, fy = _memory_flat(x), _memory_flat(y)
     if fx is None or fy is None:
-        return np.maximum(x, 0)
+        return np.maximum(x, 0, out=y)
     zeros = _zero_rows.get(x.dtype)
     if zeros is None:
         zeros = _zero_rows[x.dtype] = np.zeros(_ZERO_ROW, dtype=x.dtype)
