@@ -99,7 +99,11 @@ def test_compiled_cnn_with_batch_norm_and_dropout_equals_eager():
     assert compiled.replays == 4
     # both relus after their pooling, and then over its output; both batch norms over
     # their convolution's output
-    assert compiled.plan(x, y).rewrites == {"relu_after_max_pool": 2, "over_dead_input": 4}
+    plan = compiled.plan(x, y)
+    assert plan.rewrites == {"relu_after_max_pool": 2, "over_dead_input": 4, "vjp_over_gradient": 4}
+    # the relus' and batch norms' vjps wrote over a gradient that nothing else held, on
+    # every replay (4 replays)
+    assert plan.wrote_over_g == 4 * 4
     text = compiled.plan(x, y).describe()
     assert text.count("= batch_norm(") == 2 and text.count(", out=v") == 4
 
@@ -189,6 +193,11 @@ def test_an_op_that_writes_over_its_input_gives_its_own_values():
                 g = np.random.default_rng(9).standard_normal(want.shape)
                 for a, b in zip(op.vjp(saved, g), op.vjp(saved_over, g)):
                     np.testing.assert_array_equal(a, b, err_msg=name)
+                if op.vjp_writes_over_g:  # and its vjp's replay form, over g
+                    g_over = g.copy()
+                    got_g = op.vjp(saved, g_over, out=g_over)
+                    for a, b in zip(op.vjp(saved, g), got_g):
+                        np.testing.assert_array_equal(a, b, err_msg=name)
     assert wrote_over == set(ops)  # each was seen writing over its input
 
 

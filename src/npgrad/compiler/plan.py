@@ -21,6 +21,7 @@ step's, operation for operation, so the results are the same bits.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -137,6 +138,25 @@ class _Vjp:
     needs: tuple[bool, ...]
     parents: tuple[int, ...]
     shapes: tuple[tuple[int, ...], ...]
+    over_g: bool = False  # the vjp may write its first input's gradient over g
+
+
+def _sole_owner(g: Any) -> bool:
+    """Whether nothing but the caller's one reference holds ``g`` or the memory under it.
+
+    CPython counts references: ``g`` is held by the caller's variable and by this call's
+    argument (2); a view's base also by the view and by ``base`` here (3). Anything more
+    (a ``.grad``, another gradient, a saved array, another view) means another reader.
+    """
+    base = g.base
+    if base is None:
+        return sys.getrefcount(g) <= 3 and bool(g.flags.writeable)
+    return (
+        sys.getrefcount(g) <= 3
+        and base.base is None
+        and sys.getrefcount(base) <= 3
+        and bool(g.flags.writeable)
+    )
 
 
 class Plan:
@@ -149,6 +169,8 @@ class Plan:
         self.guards = [(m, mode, _buffer_ids(m)) for m, mode in trace.modules.values()]
         keep = _keep(trace, structure)
         self.rewrites = {f.__name__: f(trace, keep) for f in REWRITES} if rewrite else {}
+        self.rewrite = rewrite
+        self.wrote_over_g = 0  # vjps that wrote over their g, all replays together
         self.shapes, self.dtypes = trace.shapes, trace.dtypes
         self.structure = structure
         self.events = trace.events
@@ -214,7 +236,18 @@ class Plan:
                 i, e = producer[n]
                 needs = tuple(need and p in b.order for need, p in zip(e.needs, e.ins))
                 shapes = tuple(self.shapes[p] for p in e.ins)
-                out.append(_Vjp(n, deliver, i, e.op.vjp, needs, e.ins, shapes))
+                over_g = (
+                    self.rewrite
+                    and e.op.vjp_writes_over_g
+                    and needs[0]
+                    and shapes[0] == self.shapes[n]
+                    and self.dtypes[e.ins[0]] == self.dtypes[n]
+                )
+                if over_g:
+                    self.rewrites["vjp_over_gradient"] = (
+                        self.rewrites.get("vjp_over_gradient", 0) + 1
+                    )
+                out.append(_Vjp(n, deliver, i, e.op.vjp, needs, e.ins, shapes, over_g))
             else:
                 out.append(_Vjp(n, deliver, -1, None, (), (), ()))
         return out
@@ -291,7 +324,11 @@ class Plan:
             if e.instr < 0 or True not in e.needs:
                 continue
             t0 = time.perf_counter() if timing is not None else 0.0
-            in_grads = e.vjp(saved[e.instr], g, e.needs)
+            if e.over_g and _sole_owner(g):  # nothing else reads g: write over it
+                self.wrote_over_g += 1
+                in_grads = e.vjp(saved[e.instr], g, e.needs, out=g)
+            else:
+                in_grads = e.vjp(saved[e.instr], g, e.needs)
             for p, gi, need, shape in zip(e.parents, in_grads, e.needs, e.shapes):
                 if gi is None or not need:
                     continue
@@ -299,6 +336,7 @@ class Plan:
                     gi = unbroadcast(gi, shape)
                 prev = grads[p]
                 grads[p] = gi if prev is None else prev + gi
+            in_grads = gi = prev = None  # grads[] holds them now: _sole_owner counts on it
             if not retain:
                 del saved[e.instr]
             if timing is not None:

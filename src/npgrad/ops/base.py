@@ -115,6 +115,10 @@ class Op:
     # buffer where nothing reads the input afterwards). Its saved values then never
     # hold the input.
     writes_over_input: ClassVar[bool] = False
+    # Whether vjp takes ``out=``: the upstream gradient ``g`` itself, which it may write
+    # the gradient of its first input over (a compiled step gives it ``g`` where nothing
+    # else holds that array).
+    vjp_writes_over_g: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

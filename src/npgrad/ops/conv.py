@@ -1033,10 +1033,21 @@ def _each(f: str, a: Array, b: Array) -> Array:
     return parallel.ufunc(getattr(xp, f), a, b, out=out)
 
 
-def _batch_norm_dx(g2: Array, xs: Array, t1: Array, t2: Array, t3: Array) -> Array:
+def _over(a2: Array, out: Array | None) -> Array | None:
+    """``a2`` (the 2-D view of ``out``) when an op may write over ``out`` and ``a2`` is its
+    memory, else None (``out``'s channels-last reshape had to copy)."""
+    if out is None or not namespace(a2).may_share_memory(a2, out):
+        return None
+    return a2
+
+
+def _batch_norm_dx(
+    g2: Array, xs: Array, t1: Array, t2: Array, t3: Array, out: Array | None = None
+) -> Array:
     """``g2 * t1 - t2 - xs * t3``, batch norm's input gradient (rows of ``(rows, width)``).
 
-    On arrays in one pass per row block, cut across threads; on Tensors (recording a
+    On arrays in one pass per row block, cut across threads, into ``out`` if given (``g2``
+    itself: each row block is read before it is written); on Tensors (recording a
     second-order graph) with the same operations in the same order, so the same value.
     """
     xp = namespace(g2)
@@ -1045,7 +1056,8 @@ def _batch_norm_dx(g2: Array, xs: Array, t1: Array, t2: Array, t3: Array) -> Arr
         gx -= t2
         gx -= xs * t3
         return gx
-    gx = xp.empty(g2.shape, dtype=np.result_type(g2.dtype, t1.dtype))
+    dtype = np.result_type(g2.dtype, t1.dtype)
+    gx = xp.empty(g2.shape, dtype=dtype) if out is None or out.dtype != dtype else out
 
     def part(lo: int, hi: int) -> None:
         out = gx[lo:hi]
@@ -1181,6 +1193,7 @@ class BatchNormOp(Op):
     name = "batch_norm"
     saves_output = False
     writes_over_input = True  # in training mode; it saves x - mean, not x
+    vjp_writes_over_g = True  # in training mode
     # gamma must stay away from 0 only for readable relative errors; any value is valid.
     spec = OpSpec(
         draw=_batch_norm_case,
@@ -1238,8 +1251,8 @@ class BatchNormOp(Op):
                 xc = _each("subtract", x2, _tiled(mean, reps))
                 var = (reduce(_per_channel_dot(xc, xc, c).astype(np.float64)) / m).astype(x2.dtype)
             inv = 1.0 / xp.sqrt(var + eps)
-            y2 = None if out is None else _channels_last_2d(out)
-            if y2 is None or not xp.may_share_memory(y2, out):  # out's reshape copied: not in it
+            y2 = None if out is None else _over(_channels_last_2d(out), out)
+            if y2 is None:
                 y = _each("multiply", xc, _tiled(gamma * inv, reps))
             else:  # over x, whose values are in xc now (eval mode saves x: never there)
                 y = parallel.ufunc(xp.multiply, xc, _tiled(gamma * inv, reps), out=y2)
@@ -1270,7 +1283,12 @@ class BatchNormOp(Op):
         return saved._replace(xs=x2, gamma=gamma)
 
     @staticmethod
-    def vjp(saved: BatchNormSaved, g: Array, needs: tuple[bool, ...] = (True, True, True)) -> Grads:
+    def vjp(
+        saved: BatchNormSaved,
+        g: Array,
+        needs: tuple[bool, ...] = (True, True, True),
+        out: Array | None = None,
+    ) -> Grads:
         training, xs, inv, gamma, reps, shape = saved[:6]
         c = shape[1]
         g2 = _channels_last_2d(g)
@@ -1289,7 +1307,7 @@ class BatchNormOp(Op):
                 k = gamma * inv
                 gx = _batch_norm_dx(
                     g2, xs, _tiled(k, reps), _tiled(k * sum_g / m, reps),
-                    _tiled(k * inv * gamma_hat / m, reps),
+                    _tiled(k * inv * gamma_hat / m, reps), _over(g2, out),
                 )  # fmt: skip
             if saved.reduce is not None:  # this shard's part of the parameters' gradients
                 gamma_hat, sum_g = gamma_hat_local, sum_g_local

@@ -365,6 +365,7 @@ class ReluOp(Op):
 
     name = "relu"
     writes_over_input = True  # it saves its output, never its input
+    vjp_writes_over_g = True
     spec = OpSpec(domains=(KINK,), torch=lambda t, x: t.relu(x))
 
     @staticmethod
@@ -373,14 +374,18 @@ class ReluOp(Op):
         return y, y
 
     @staticmethod
-    def vjp(saved: Any, g: Array, needs: tuple[bool, ...] = (True,)) -> Grads:
+    def vjp(
+        saved: Any, g: Array, needs: tuple[bool, ...] = (True,), out: Array | None = None
+    ) -> Grads:
         if (
             type(g) is np.ndarray
             and type(saved) is np.ndarray
             and g.shape == saved.shape
             and g.ndim
         ):
-            return (_masked(g, saved),)  # the same product, cut across threads
+            return (_masked(g, saved, out),)  # the same product, cut across threads
+        if out is not None:
+            return (namespace(g).multiply(g, saved > 0, out=out),)
         return (g * (saved > 0),)
 
 
@@ -420,9 +425,11 @@ def relu_array(x: Array, out: Array | None = None) -> Array:
     return y
 
 
-def _masked(g: Array, y: Array) -> Array:
-    """``g * (y > 0)`` in ``g``'s memory layout, cut along the first axis across threads."""
-    out = np.empty_like(g)
+def _masked(g: Array, y: Array, out: Array | None = None) -> Array:
+    """``g * (y > 0)`` in ``g``'s memory layout (or into ``out``), cut along the first axis
+    across threads."""
+    if out is None:
+        out = np.empty_like(g)
 
     def part(lo: int, hi: int) -> None:
         np.multiply(g[lo:hi], y[lo:hi] > 0, out=out[lo:hi])
