@@ -147,15 +147,16 @@ def _sole_owner(g: Any) -> bool:
     CPython counts references: ``g`` is held by the caller's variable and by this call's
     argument (2); a view's base also by the view and by ``base`` here (3). Anything more
     (a ``.grad``, another gradient, a saved array, another view) means another reader.
+    CuPy's arrays have no ``writeable`` flag: always writeable.
     """
     base = g.base
     if base is None:
-        return sys.getrefcount(g) <= 3 and bool(g.flags.writeable)
+        return sys.getrefcount(g) <= 3 and getattr(g.flags, "writeable", True)
     return (
         sys.getrefcount(g) <= 3
         and base.base is None
         and sys.getrefcount(base) <= 3
-        and bool(g.flags.writeable)
+        and getattr(g.flags, "writeable", True)
     )
 
 
