@@ -121,7 +121,7 @@ def over_dead_input(trace: Trace, keep: set[int]) -> int:
 REWRITES: list[Callable[[Trace, set[int]], int]] = [relu_after_max_pool, over_dead_input]
 """Each takes the trace and the values that must keep their identity (returned ones,
 backward roots, leaves) and changes the trace in place; each is tested against the
-eager step in ``tests/compiler/test_plan.py``."""
+eager step in ``tests/compiler/test_compile.py``."""
 
 
 # --------------------------------------------------------------------------- the plan
@@ -144,9 +144,10 @@ class _Vjp:
 def _sole_owner(g: Any) -> bool:
     """Whether nothing but the caller's one reference holds ``g`` or the memory under it.
 
-    CPython counts references: ``g`` is held by the caller's variable and by this call's
-    argument (2); a view's base also by the view and by ``base`` here (3). Anything more
-    (a ``.grad``, another gradient, a saved array, another view) means another reader.
+    CPython counts references: ``g`` is held by the caller's variable, this call's
+    argument and ``getrefcount``'s own (3); a view's base by the view, ``base`` here and
+    ``getrefcount`` (3). Anything more (a ``.grad``, another gradient, a saved array,
+    another view) means another reader.
     CuPy's arrays have no ``writeable`` flag: always writeable.
     """
     base = g.base
@@ -179,6 +180,10 @@ class Plan:
         self.steps: list[tuple[Any, ...]] = []
         self.lifetimes: dict[int, tuple[int, int]] = {}  # value -> (made at, last read at)
         self._build(trace, keep)
+        if rewrite:  # decided per vjp when unrolled; whether it does, at each replay
+            self.rewrites["vjp_over_gradient"] = sum(
+                e.over_g for step in self.steps if step[0] == BWD for e in step[2]
+            )
         self.fixed = [(n, k[1]) for n, k in enumerate(self.kinds) if k[0] == "const"]
         self.params = [(n, k[1]) for n, k in enumerate(self.kinds) if k[0] == "ext"]
         self.args = [(n, k[1]) for n, k in enumerate(self.kinds) if k[0] == "arg"]
@@ -244,10 +249,6 @@ class Plan:
                     and shapes[0] == self.shapes[n]
                     and self.dtypes[e.ins[0]] == self.dtypes[n]
                 )
-                if over_g:
-                    self.rewrites["vjp_over_gradient"] = (
-                        self.rewrites.get("vjp_over_gradient", 0) + 1
-                    )
                 out.append(_Vjp(n, deliver, i, e.op.vjp, needs, e.ins, shapes, over_g))
             else:
                 out.append(_Vjp(n, deliver, -1, None, (), (), ()))
