@@ -88,7 +88,7 @@ LAYERS = {
     "checking": {"ops", "autodiff", "layers", "errors", "fileio", "rng"},
     "distributed": {"autodiff", "tracing", "errors", "mpienv"},
     "app": {"npgrad", "ops", "autodiff", "layers", "nn", "optim", "compiler", "distributed", "data", "errors",
-            "fileio", "rng"},  # "npgrad": its __version__
+            "fileio", "fpenv", "rng"},  # "npgrad": its __version__
     "cli": {"npgrad", "app", "checking", "data", "distributed", "ops", "errors", "fileio"},
     "npgrad": {"ops", "autodiff", "layers", "nn", "optim", "compiler", "data", "errors", "mpienv"},
     "__main__": {"cli"},

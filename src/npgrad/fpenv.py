@@ -10,6 +10,14 @@ subnormal input counts as 0) remove that cost. What it changes numerically: valu
 a result that would have been that small is 0 too. Training results differ only where such
 values occur; TensorFlow flushes by default, PyTorch offers ``torch.set_flush_denormal``.
 
+npgrad's trainer flushes by default (``Trainer(flush_denormals=False)``, ``npgrad train
+--keep-denormals`` to compute with them): on an Intel Xeon with AVX-512 and AMX the
+same Adam update took 240 us with normal values and 3,150 us at 1e-40, and the 784-100-10
+MLP's compiled step at batch 32 ran 3.5x faster flushed, its Adam state otherwise holding
+about 20,000 subnormals after a few thousand steps. On the AMD EPYC hosts the penalty was
+small (517 vs 452 us). The library itself never changes the mode on import: a program that
+uses npgrad's ops outside the trainer decides, with :func:`flushed_denormals`.
+
 The modes belong to the calling thread (the x86-64 MXCSR register, the AArch64 FPCR):
 NumPy's element-wise passes, which run in it, are flushed; threads started before the
 call (OpenBLAS's workers) keep theirs. Supported on Linux and other glibc/musl systems on

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from npgrad import CheckpointError, ConfigError, DatasetError, TrainingDiverged
+from npgrad import CheckpointError, ConfigError, DatasetError, TrainingDiverged, fpenv
 from npgrad.app import checkpoint as ckpt
 from npgrad.app.config import make_config
 from npgrad.app.trainer import Trainer
@@ -421,3 +421,32 @@ def test_compiled_and_eager_runs_are_the_same_run(tmp_path, cfg):
         trainer.fit()
     resume(tmp_path / "mixed", compile=False).fit()  # ... and finished eagerly
     assert_same_run(tmp_path / "compiled", tmp_path / "mixed")
+
+
+@pytest.mark.skipif(not fpenv.available(), reason="no flush-to-zero control on this platform")
+@pytest.mark.parametrize("flush", [True, False])
+def test_training_flushes_subnormals_unless_told_not_to(tmp_path, flush):
+    """Subnormals cost 5-20x per operation on some processors: the training steps run with
+    flush-to-zero on by default (``flush_denormals=False`` keeps them), and the caller's
+    thread gets its own mode back afterwards, also when the run stops early."""
+    seen = []
+
+    def hook(epoch, step):
+        seen.append(fpenv.denormals_flushed())
+        if (epoch, step) == (2, 1):
+            trainer.request_stop()
+
+    kw = {} if flush else {"flush_denormals": False}
+    assert not fpenv.denormals_flushed()
+    trainer = quiet(small_cfg(), tmp_path, step_hook=hook, **kw)
+    with pytest.raises(Interrupted):
+        trainer.fit()
+    assert len(seen) > 3 and set(seen) == {flush}
+    assert not fpenv.denormals_flushed()
+    with fpenv.flushed_denormals():  # a caller that flushes itself keeps flushing
+        resume(
+            tmp_path,
+            flush_denormals=False,
+            step_hook=lambda e, s: seen.append(fpenv.denormals_flushed()),
+        ).fit()
+        assert seen[-1] is False and fpenv.denormals_flushed()

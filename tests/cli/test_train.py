@@ -176,3 +176,21 @@ def test_a_run_file_that_is_a_link_or_fifo_is_refused_before_training(
         assert "epoch" not in out + err  # refused before any training
         assert target.is_symlink() if kind == "link" else target.is_fifo()
     assert (tmp_path / "elsewhere").read_text() == "kept"
+
+
+@pytest.mark.parametrize("flag, flushed", [((), True), (("--keep-denormals",), False)])
+def test_training_flushes_subnormals_unless_keep_denormals(
+    capsys, tmp_path, monkeypatch, flag, flushed
+):
+    from npgrad import fpenv
+    from npgrad.app.trainer import Trainer
+
+    if not fpenv.available():
+        pytest.skip("no flush-to-zero control on this platform")
+    seen = []
+    epochs = Trainer._epochs
+    monkeypatch.setattr(
+        Trainer, "_epochs", lambda self: (seen.append(fpenv.denormals_flushed()), epochs(self))
+    )
+    code, _, _ = run(capsys, "train", "-d", "digits", "-e", "1", "-o", str(tmp_path), "-q", *flag)
+    assert code == 0 and seen == [flushed] and not fpenv.denormals_flushed()
