@@ -6,6 +6,11 @@ eager, npgrad compiled (``npgrad.compile``), PyTorch. Then the replayed small CN
 step is profiled kernel by kernel (the plan's own timer) against its products-alone
 ceiling, so that where a target is missed, the time is accounted for by measurement.
 
+Every contestant runs with subnormal floats flushed to zero, as ``npgrad train`` runs
+(PyTorch gets the same mode of the same thread, what ``torch.set_flush_denormal``
+sets); ``--keep-denormals`` runs them all without. The Adam row is also run with
+subnormals kept, npgrad and PyTorch, in the same rounds: PyTorch's default.
+
     python benchmarks/bench_compile.py --out benchmarks/results-compile.md
     python benchmarks/bench_compile.py --tiny        # seconds; what the tests run
 """
@@ -18,6 +23,7 @@ import sys
 import time
 import tracemalloc
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -31,7 +37,7 @@ import numpy as np  # noqa: E402
 import npgrad  # noqa: E402
 from benchmarks import bench_cnn, peers_mlp  # noqa: E402
 from benchmarks.machine import describe  # noqa: E402
-from npgrad import nn, optim  # noqa: E402
+from npgrad import fpenv, nn, optim  # noqa: E402
 from npgrad.app.allocator import keep_freed_memory  # noqa: E402
 
 Step = Callable[[], None]
@@ -93,7 +99,7 @@ def workloads(tiny: bool) -> list[dict]:
         dict(name="784-100-10, SGD", batch=128, steps=400 // scale, make=mlp("sgd"),
              torch=torch_mlp("sgd"), shape=(784,), peers=True),
         dict(name="784-100-10, Adam", batch=32, steps=800 // scale, make=mlp("adam"),
-             torch=torch_mlp("adam"), shape=(784,)),
+             torch=torch_mlp("adam"), shape=(784,), denormals=True),
         dict(name="small CNN, Adam", batch=16 if tiny else 128, steps=2 if tiny else 10,
              make=cnn("small"), torch=torch_cnn("small"), shape=(1, 28, 28), net="small"),
         dict(name="lenet-like CNN, Adam", batch=16 if tiny else 128, steps=2 if tiny else 6,
@@ -119,7 +125,7 @@ def run(args: argparse.Namespace) -> tuple[list[str], dict, list[str]]:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    rows, profile, peer_lines, memory = [], {}, [], []
+    rows, profile, peer_lines, memory, denormal_lines = [], {}, [], [], []
     for w in workloads(args.tiny):
         b = w["batch"]
         x = rng.random((b, *w["shape"]), dtype=np.float32)
@@ -138,17 +144,32 @@ def run(args: argparse.Namespace) -> tuple[list[str], dict, list[str]]:
             contestants["products"] = bench_cnn.products_step(w["net"], b, rng)
         peers, missing = peers_mlp.load(x, y) if w.get("peers") and args.peers else ({}, [])
         contestants.update(peers)
+        kept: dict[str, Callable[[], int]] = {}  # contestants run with subnormals kept
+        if w.get("denormals") and args.flush and fpenv.available():
+            kept_net, kept_opt = w["make"]()
+            _, kept_step = npgrad_steps(kept_net, kept_opt, x, y)
+            contestants["compiled, kept"] = lambda f=kept_step, x=x, y=y: f(x, y)
+            kept["compiled, kept"] = lambda o=kept_opt: _subnormals(o.state)
+            tnet2, topt2 = w["torch"](torch)
+            contestants["pytorch, kept"] = torch_step(torch, tnet2, topt2, x, y)
+            kept["pytorch, kept"] = lambda o=topt2: _subnormals(o.state.values(), torch)
         times: dict[str, list[float]] = {k: [] for k in contestants}
-        for fn in contestants.values():
-            for _ in range(args.warmup):
-                fn()
+
+        def mode(k: str, kept: dict = kept):
+            return fpenv.flushed_denormals(False) if k in kept else nullcontext()
+
+        for k, fn in contestants.items():
+            with mode(k):
+                for _ in range(args.warmup):
+                    fn()
         for _ in range(args.rounds):
             for k, fn in contestants.items():
                 time.sleep(args.pause)
-                t = time.perf_counter()
-                for _ in range(w["steps"]):
-                    fn()
-                times[k].append(w["steps"] * b / (time.perf_counter() - t))
+                with mode(k):
+                    t = time.perf_counter()
+                    for _ in range(w["steps"]):
+                        fn()
+                    times[k].append(w["steps"] * b / (time.perf_counter() - t))
         memory.append(
             f"| {w['name']} | {b} | {peak_mib(contestants['eager']):.1f} | "
             f"{peak_mib(contestants['compiled']):.1f} |"
@@ -172,6 +193,13 @@ def run(args: argparse.Namespace) -> tuple[list[str], dict, list[str]]:
         print(rows[-1], file=sys.stderr, flush=True)
         if w.get("peers") and args.peers:
             peer_lines = _peer_table(w, times, list(peers), missing)
+        if kept:
+            counts = {
+                "compiled": _subnormals(comp_opt.state),
+                "pytorch": _subnormals(topt.state.values(), torch),
+            }
+            counts.update({k: f() for k, f in kept.items()})
+            denormal_lines = _denormal_table(w, times, counts)
         if w.get("net") == "small":
             plan = compiled.plan(x, y)
             plan.profile = {}
@@ -183,7 +211,54 @@ def run(args: argparse.Namespace) -> tuple[list[str], dict, list[str]]:
             for _ in range(w["steps"]):
                 contestants["products"]()
             profile["(products alone)"] = (time.perf_counter() - t) / w["steps"]
-    return rows, profile, peer_lines + memory_table(memory)
+    return rows, profile, peer_lines + denormal_lines + memory_table(memory)
+
+
+def _subnormals(states, torch=None) -> int:
+    """How many of an optimizer's float32 state values are subnormal.
+
+    Read off the bits (exponent 0, mantissa not): a float comparison would see none in a
+    thread that treats subnormal inputs as zero, as this one does.
+    """
+    count = 0
+    for s in states:
+        for a in s.values():
+            a = a.numpy() if torch is not None and isinstance(a, torch.Tensor) else a
+            if isinstance(a, np.ndarray) and a.dtype == np.float32:
+                bits = a.view(np.uint32)
+                count += int(np.count_nonzero((bits & 0x7F800000 == 0) & (bits & 0x7FFFFF != 0)))
+    return count
+
+
+def _denormal_table(w: dict, times: dict[str, list[float]], counts: dict[str, int]) -> list[str]:
+    """The Adam row with subnormals flushed and kept, npgrad and PyTorch, in the same rounds."""
+    names = {
+        "compiled": "npgrad compiled, flushed (npgrad train's default)",
+        "compiled, kept": "npgrad compiled, subnormals kept",
+        "pytorch": "PyTorch, flushed (torch.set_flush_denormal(True))",
+        "pytorch, kept": "PyTorch, subnormals kept (its default)",
+    }
+    lines = [
+        f"{w['name']}, batch {w['batch']}, with subnormal floats flushed to zero and kept "
+        "(same rounds; subnormals: in the optimizer's state after the last round):",
+        "",
+        "| contestant | samples/s | subnormals | npgrad compiled, flushed / it |",
+        "|---|---|---|---|",
+    ]
+    for k, name in names.items():
+        ratio = statistics.median(c / o for c, o in zip(times["compiled"], times[k]))
+        lines.append(
+            f"| {name} | {statistics.median(times[k]):,.0f} | {counts[k]:,} | {ratio:.2f}x |"
+        )
+    both = statistics.median(c / o for c, o in zip(times["compiled"], times["pytorch, kept"]))
+    kept = statistics.median(c / o for c, o in zip(times["compiled, kept"], times["pytorch, kept"]))
+    lines += [
+        "",
+        f"Each with its default (npgrad flushed, PyTorch not): **{both:.2f}x**; both keeping "
+        f"subnormals: {kept:.2f}x.",
+        "",
+    ]
+    return lines
 
 
 def peak_mib(step: Step) -> float:
@@ -244,15 +319,27 @@ def main(argv: list[str] | None = None) -> int:
         action="store_false",
         help="leave out the NumPy autodiff peers (benchmarks/peers_mlp.py) from the MLP SGD row",
     )
+    ap.add_argument(
+        "--keep-denormals",
+        dest="flush",
+        action="store_false",
+        help="run every contestant with subnormal floats kept (default: flushed to zero, as "
+        "npgrad train runs)",
+    )
     ap.add_argument("--out", type=Path, help="also write the Markdown report to this file")
     args = ap.parse_args(argv)
     if args.tiny:
         args.rounds, args.warmup, args.pause = 1, 1, 0.0
     keep_freed_memory()  # as npgrad train does
-    rows, profile, peer_lines = run(args)
+    flush = args.flush and fpenv.available()
+    with fpenv.flushed_denormals(flush) if fpenv.available() else nullcontext():
+        rows, profile, peer_lines = run(args)
     total = sum(v for k, v in profile.items() if not k.startswith("("))
     lines = [
         f"Machine: {describe()}.",
+        "",
+        f"Subnormal floats {'flushed to zero' if flush else 'kept'} for every contestant "
+        "(the same mode of the same thread for PyTorch).",
         "",
         f"{args.rounds} interleaved rounds (medians); ratios are per round, to PyTorch in the "
         "same round.",

@@ -15,6 +15,7 @@ from benchmarks import (
     machine,
     peers_mlp,
 )
+from npgrad import fpenv
 
 
 def test_speed_benchmark_runs(capsys, torch):
@@ -189,6 +190,11 @@ def test_compile_benchmark_runs(capsys, torch):
     assert "| small CNN, Adam | 16 |" in out and "compiled / PyTorch" in out
     assert "| conv2d vjp |" in out and "(products alone)" in out
     assert "Peak memory of one step" in out and "| small CNN, Adam | 16 | " in out
+    if fpenv.available():  # the Adam row again with subnormals kept, npgrad and PyTorch
+        assert "Subnormal floats flushed to zero for every contestant" in out
+        assert "| npgrad compiled, subnormals kept |" in out
+        assert "| PyTorch, subnormals kept (its default) |" in out
+        assert not fpenv.denormals_flushed()  # the benchmark gives the mode back
     # the first target row against every peer: a row each where installed, else how to
     assert "against the NumPy autodiff peers" in out and "| PyTorch" in out
     for module, label in peers_mlp.PEERS.items():
