@@ -36,7 +36,12 @@ import numpy as np  # noqa: E402
 
 import npgrad  # noqa: E402
 from benchmarks import bench_cnn, peers_mlp  # noqa: E402
-from benchmarks.machine import describe  # noqa: E402
+from benchmarks.machine import (  # noqa: E402
+    add_denormals_option,
+    denormals,
+    denormals_line,
+    describe,
+)
 from npgrad import fpenv, nn, optim  # noqa: E402
 from npgrad.app.allocator import keep_freed_memory  # noqa: E402
 
@@ -319,27 +324,19 @@ def main(argv: list[str] | None = None) -> int:
         action="store_false",
         help="leave out the NumPy autodiff peers (benchmarks/peers_mlp.py) from the MLP SGD row",
     )
-    ap.add_argument(
-        "--keep-denormals",
-        dest="flush",
-        action="store_false",
-        help="run every contestant with subnormal floats kept (default: flushed to zero, as "
-        "npgrad train runs)",
-    )
+    add_denormals_option(ap)
     ap.add_argument("--out", type=Path, help="also write the Markdown report to this file")
     args = ap.parse_args(argv)
     if args.tiny:
         args.rounds, args.warmup, args.pause = 1, 1, 0.0
     keep_freed_memory()  # as npgrad train does
-    flush = args.flush and fpenv.available()
-    with fpenv.flushed_denormals(flush) if fpenv.available() else nullcontext():
+    with denormals(args.flush):
         rows, profile, peer_lines = run(args)
     total = sum(v for k, v in profile.items() if not k.startswith("("))
     lines = [
         f"Machine: {describe()}.",
         "",
-        f"Subnormal floats {'flushed to zero' if flush else 'kept'} for every contestant "
-        "(the same mode of the same thread for PyTorch).",
+        denormals_line(args.flush),
         "",
         f"{args.rounds} interleaved rounds (medians); ratios are per round, to PyTorch in the "
         "same round.",

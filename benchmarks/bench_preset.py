@@ -39,7 +39,12 @@ set_blas_threads(sys.argv)  # before NumPy loads: BLAS reads its thread count on
 
 import numpy as np  # noqa: E402
 
-from benchmarks.machine import describe  # noqa: E402
+from benchmarks.machine import (  # noqa: E402
+    add_denormals_option,
+    denormals,
+    denormals_line,
+    describe,
+)
 from npgrad.app.allocator import keep_freed_memory  # noqa: E402
 from npgrad.app.config import make_config  # noqa: E402
 from npgrad.app.export import torch_layers, torch_state  # noqa: E402
@@ -207,6 +212,8 @@ def table(r: dict, args: argparse.Namespace) -> str:
     lines = [
         f"Machine: {describe()}{where}.",
         "",
+        denormals_line(args.flush),
+        "",
         f"Preset {args.preset} on {r['dataset']}, seed {cfg.seed}: {r['describe']}; "
         f"batch {cfg.batch_size}, {cfg.epochs} epochs, {args.threads} threads. Same initial "
         f"weights (log-probabilities within {r['start_gap']:.1e} before training), same batches, "
@@ -259,12 +266,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", choices=DEVICES, default="cpu", help="cuda: both on the GPU")
     ap.add_argument("--cpu-too", action="store_true", help="also npgrad on the CPU (with cuda)")
     ap.add_argument("--torch-device", help=argparse.SUPPRESS)  # tests: cpu beside a stand-in
+    add_denormals_option(ap)
     ap.add_argument("--out", type=Path, help="also write the table to this Markdown file")
     args = ap.parse_args(argv)
     if args.tiny:
         args.dataset, args.epochs, args.pause = "digits", args.epochs or 1, 0.0
     try:
-        result = run(args)
+        with denormals(args.flush):
+            result = run(args)
     except NpgradError as exc:  # a preset, dataset or option npgrad refuses: its one line
         print(f"bench_preset: error: {exc}", file=sys.stderr)
         return 2

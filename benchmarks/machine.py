@@ -8,12 +8,16 @@ environment may pin older ones). So the line says which OpenBLAS kernels ran.
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import os
 import platform
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import numpy as np
+
+from npgrad import fpenv
 
 # the names NumPy's and other OpenBLAS builds give openblas_get_corename
 _CORENAME = ("scipy_openblas_get_corename64_", "openblas_get_corename64_", "openblas_get_corename")
@@ -75,4 +79,32 @@ def describe() -> str:
         f"{cpu}{f' ({vector})' if vector else ''}, {os.cpu_count()} cores; "
         f"Python {platform.python_version()}, NumPy {np.__version__}{blas}, "
         f"PyTorch {torch.__version__} ({torch.get_num_threads()} threads)"
+    )
+
+
+def add_denormals_option(ap: argparse.ArgumentParser) -> None:
+    """``--keep-denormals``: every contestant computes with subnormal floats (``args.flush``
+    False); without it, they are flushed to zero, as ``npgrad train`` runs (npgrad.fpenv)."""
+    ap.add_argument(
+        "--keep-denormals",
+        dest="flush",
+        action="store_false",
+        help="run every contestant with subnormal floats kept (default: flushed to zero, as "
+        "npgrad train runs; PyTorch gets the same mode of the same thread)",
+    )
+
+
+def denormals(flush: bool) -> AbstractContextManager[None]:
+    """The calling thread's subnormal mode for a benchmark's run (nothing where it has none)."""
+    return fpenv.flushed_denormals(flush) if fpenv.available() else nullcontext()
+
+
+def denormals_line(flush: bool) -> str:
+    """What a result file says of that mode."""
+    if not fpenv.available():
+        return "Subnormal floats as this platform computes them (no flush-to-zero control)."
+    how = "flushed to zero" if flush else "kept"
+    return (
+        f"Subnormal floats {how} for every contestant (the same mode of the same thread for "
+        "PyTorch)."
     )
