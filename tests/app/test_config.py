@@ -74,6 +74,7 @@ def test_every_train_flag_comes_from_the_schema():
         "plot",
         "quiet",
         "compile",
+        "flush_denormals",
         "workers",
         "device",
     }

@@ -45,14 +45,28 @@ BIG = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("name", sorted(all_ops()))
-def test_every_op_gives_the_same_bits_with_any_number_of_threads(name, cut_everything):
+# Cases of a second kind where the op's passes differ (pooling windows that tile, eval mode).
+MORE = {
+    "max_pool2d": ([(5, 3, 8, 6)], {"kernel": 2}),
+    "batch_norm": ([(6, 3, 4, 5), (3,), (3,)], {"training": False, "running_mean": np.zeros(3),
+                                                "running_var": np.full(3, 2.0)}),
+}  # fmt: skip
+
+
+def _cases(name):
     op = all_ops()[name]
     rng = np.random.default_rng(7)
     cases = [op.spec.sample(rng, (6, 5)) for _ in range(3)]
-    if name in BIG:
-        shapes, params = BIG[name]
-        cases.append(([rng.standard_normal(s) for s in shapes], params))
+    for table in (BIG, MORE):
+        if name in table:
+            shapes, params = table[name]
+            cases.append(([rng.standard_normal(s) for s in shapes], params))
+    return op, cases
+
+
+@pytest.mark.parametrize("name", sorted(all_ops()))
+def test_every_op_gives_the_same_bits_with_any_number_of_threads(name, cut_everything):
+    op, cases = _cases(name)
     for arrays, params in cases:
         parallel.set_threads(1)
         one = _run(op, arrays, params, 0)
@@ -62,6 +76,41 @@ def test_every_op_gives_the_same_bits_with_any_number_of_threads(name, cut_every
         for a, b in zip(three[1], one[1]):
             if a is not None:
                 np.testing.assert_array_equal(a, b, err_msg=f"{name} vjp {params}")
+
+
+@pytest.mark.parametrize("name", sorted(all_ops()))
+def test_every_op_gives_the_same_bits_a_block_of_rows_at_a_time(name, monkeypatch):
+    """A pass of several sweeps runs a cache-sized block of rows at a time (BLOCK_BYTES):
+    here one row per block, against the whole batch at once."""
+    op, cases = _cases(name)
+    for arrays, params in cases:
+        monkeypatch.setattr(parallel, "BLOCK_BYTES", 1 << 40)
+        whole = _run(op, arrays, params, 0)
+        monkeypatch.setattr(parallel, "BLOCK_BYTES", 1)
+        rows = _run(op, arrays, params, 0)
+        np.testing.assert_array_equal(rows[0], whole[0], err_msg=f"{name} forward {params}")
+        for a, b in zip(rows[1], whole[1]):
+            if a is not None:
+                np.testing.assert_array_equal(a, b, err_msg=f"{name} vjp {params}")
+
+
+def test_a_pass_of_several_sweeps_runs_in_blocks_within_each_thread(monkeypatch):
+    parts = []
+    monkeypatch.setattr(parallel, "MIN_BYTES", 100)
+    monkeypatch.setattr(parallel, "BLOCK_BYTES", 300)
+    previous = parallel.set_threads(2)
+    try:
+        parallel.rows(lambda lo, hi: parts.append((lo, hi)), 10, 1000, passes=2)
+        assert sorted(parts) == [(0, 3), (3, 5), (5, 8), (8, 10)]  # 3 rows a block, 2 threads
+        parts.clear()
+        parallel.rows(lambda lo, hi: parts.append((lo, hi)), 10, 1000)  # one sweep: no blocks
+        assert sorted(parts) == [(0, 5), (5, 10)]
+        parts.clear()
+        parallel.rows(lambda lo, hi: parts.append((lo, hi)), 10, 200, passes=3)  # fits a block
+        assert sorted(parts) == [(0, 5), (5, 10)]
+    finally:
+        parallel.set_threads(previous)
+    assert parallel.host_passes(np.zeros(3), 4) == 4
 
 
 def test_a_large_pass_is_cut_into_one_part_per_thread(monkeypatch):

@@ -87,9 +87,11 @@ def _padded(x: Array, ph: int, pw: int, value: float) -> Array:
     n, h, w, c = xt.shape
     out = namespace(x).empty((n, h + 2 * ph, w + 2 * pw, c), dtype=x.dtype)
 
-    def part(lo: int, hi: int) -> None:
-        out[lo:hi] = value
-        out[lo:hi, ph : ph + h, pw : pw + w] = xt[lo:hi]
+    def part(lo: int, hi: int) -> None:  # the border alone, then the inside: one pass
+        o = out[lo:hi]
+        o[:, :ph] = o[:, ph + h :] = value
+        o[:, ph : ph + h, :pw] = o[:, ph : ph + h, pw + w :] = value
+        o[:, ph : ph + h, pw : pw + w] = xt[lo:hi]
 
     parallel.rows(part, n, out.nbytes)
     return out
@@ -176,7 +178,7 @@ def _fold(gxp: Array, d: Array, sh: int, sw: int, dh: int, dw: int) -> None:
             for j in range(kw):
                 gxp[lo:hi, rows[i], cols[j]] += d[i, j, lo:hi]
 
-    parallel.rows(part, n, d.nbytes)
+    parallel.rows(part, n, d.nbytes, passes=parallel.host_passes(d, kh * kw))
 
 
 def _conv_case(d: Draw) -> Case:
@@ -304,12 +306,14 @@ class Conv2dOp(Op):
         y = xp.empty((n, ho, wo, o), dtype=dtype)
         step = _chunk(ho * wo * kh * kw * c * dtype.itemsize)
         geo = (kh, kw, sh, sw, dh, dw)
+        bias = None if b is None else _tiled(b.astype(dtype, copy=False), ho * wo)
         for s in range(0, n, step):
             cols = _unfold(xpad[s : s + step], *geo)
-            xp.matmul(cols, wm, out=y[s : s + step].reshape(-1, o))
-        if b is not None:
-            yr = y.reshape(n, -1)
-            parallel.ufunc(xp.add, yr, _tiled(b.astype(dtype, copy=False), ho * wo), out=yr)
+            ys = y[s : s + step]
+            xp.matmul(cols, wm, out=ys.reshape(-1, o))
+            if bias is not None:  # while this slice of the output is still in the cache
+                yr = ys.reshape(ys.shape[0], -1)
+                parallel.ufunc(xp.add, yr, bias, out=yr)
         geometry = {"stride": stride, "padding": padding, "dilation": dilation}
         return _nchw(y), (x, w, b is not None, geometry)
 
@@ -594,7 +598,7 @@ def _max_along(a: Array, axis: int, taps: list[slice]) -> tuple[Array, Array]:
             xp.maximum(ii, won, out=ii)
             xp.maximum(mi, v, out=mi)
 
-    parallel.rows(part, a.shape[0], m.nbytes)
+    parallel.rows(part, a.shape[0], m.nbytes, passes=parallel.host_passes(m, len(taps)))
     return m, idx
 
 
@@ -632,7 +636,7 @@ def _spread(g: Array, idx: Array | None, axis: int, taps: list[slice], size: int
             else:
                 dst += src
 
-    parallel.rows(part, g.shape[0], out.nbytes)
+    parallel.rows(part, g.shape[0], out.nbytes, passes=parallel.host_passes(out, len(taps)))
     return out
 
 
@@ -1033,6 +1037,23 @@ def _each(f: str, a: Array, b: Array) -> Array:
     return parallel.ufunc(getattr(xp, f), a, b, out=out)
 
 
+def _affine(a: Array, scale: Array, *shifts: Array, out: Array | None = None) -> Array:
+    """``a * scale + shifts[0] + shifts[1] ...`` for a ``(rows, width)`` array and rows of
+    its width, added in that order, into ``out`` if given; a block of rows at a time (each
+    add reads the product from the cache), cut across threads (forward only)."""
+    xp = namespace(a)
+    y = xp.empty(a.shape, dtype=np.result_type(a.dtype, scale.dtype)) if out is None else out
+
+    def part(lo: int, hi: int) -> None:
+        yi = y[lo:hi]
+        xp.multiply(a[lo:hi], scale, out=yi)
+        for t in shifts:
+            xp.add(yi, t, out=yi)
+
+    parallel.rows(part, a.shape[0], y.nbytes, passes=parallel.host_passes(y, 1 + len(shifts)))
+    return y
+
+
 def _over(a2: Array, out: Array | None) -> Array | None:
     """``a2`` (the 2-D view of ``out``) when an op may write over ``out`` and ``a2`` is its
     memory, else None (``out``'s channels-last reshape had to copy)."""
@@ -1065,7 +1086,7 @@ def _batch_norm_dx(
         out -= t2
         out -= xs[lo:hi] * t3
 
-    parallel.rows(part, g2.shape[0], gx.nbytes)
+    parallel.rows(part, g2.shape[0], gx.nbytes, passes=parallel.host_passes(gx, 3))
     return gx
 
 
@@ -1251,11 +1272,9 @@ class BatchNormOp(Op):
                 xc = _each("subtract", x2, _tiled(mean, reps))
                 var = (reduce(_per_channel_dot(xc, xc, c).astype(np.float64)) / m).astype(x2.dtype)
             inv = 1.0 / xp.sqrt(var + eps)
+            # over x if given it, whose values are in xc now (eval mode saves x: never there)
             y2 = None if out is None else _over(_channels_last_2d(out), out)
-            if y2 is None:
-                y = _each("multiply", xc, _tiled(gamma * inv, reps))
-            else:  # over x, whose values are in xc now (eval mode saves x: never there)
-                y = parallel.ufunc(xp.multiply, xc, _tiled(gamma * inv, reps), out=y2)
+            y = _affine(xc, _tiled(gamma * inv, reps), _tiled(beta, reps), out=y2)
             if running_mean is not None and running_var is not None:
                 _update_running(running_mean, running_var, mean, var, m, momentum)
             saved = BatchNormSaved(True, xc, inv, gamma, reps, x.shape, eps, None, reduce, m)
@@ -1264,10 +1283,8 @@ class BatchNormOp(Op):
                 raise ConfigError("batch_norm in eval mode needs running_mean and running_var")
             inv = (1.0 / xp.sqrt(running_var + eps)).astype(x2.dtype, copy=False)
             a = gamma * inv
-            y = _each("multiply", x2, _tiled(a, reps))
-            parallel.ufunc(xp.add, y, _tiled(-running_mean * a, reps), out=y)
+            y = _affine(x2, _tiled(a, reps), _tiled(-running_mean * a, reps), _tiled(beta, reps))
             saved = BatchNormSaved(False, x2, inv, gamma, reps, x.shape, eps, running_mean)
-        parallel.ufunc(xp.add, y, _tiled(beta, reps), out=y)
         return _back_to(y, x.shape), saved
 
     @staticmethod
