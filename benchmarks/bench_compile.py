@@ -7,9 +7,10 @@ step is profiled kernel by kernel (the plan's own timer) against its products-al
 ceiling, so that where a target is missed, the time is accounted for by measurement.
 
 Every contestant runs with subnormal floats flushed to zero, as ``npgrad train`` runs
-(PyTorch gets the same mode of the same thread, what ``torch.set_flush_denormal``
-sets); ``--keep-denormals`` runs them all without. The Adam row is also run with
-subnormals kept, npgrad and PyTorch, in the same rounds: PyTorch's default.
+(the calling thread's mode, what ``torch.set_flush_denormal`` sets for PyTorch; its
+worker threads and OpenBLAS's keep theirs); ``--keep-denormals`` runs them all without.
+The Adam row is also run with subnormals kept, npgrad and PyTorch, in the same rounds:
+PyTorch's default.
 
     python benchmarks/bench_compile.py --out benchmarks/results-compile.md
     python benchmarks/bench_compile.py --tiny        # seconds; what the tests run

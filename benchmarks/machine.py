@@ -12,7 +12,7 @@ import argparse
 import ctypes
 import os
 import platform
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import numpy as np
@@ -96,7 +96,7 @@ def add_denormals_option(ap: argparse.ArgumentParser) -> None:
 
 def denormals(flush: bool) -> AbstractContextManager[None]:
     """The calling thread's subnormal mode for a benchmark's run (nothing where it has none)."""
-    return fpenv.flushed_denormals(flush) if fpenv.available() else nullcontext()
+    return fpenv.flushing(flush)
 
 
 def denormals_line(flush: bool) -> str:
@@ -105,6 +105,6 @@ def denormals_line(flush: bool) -> str:
         return "Subnormal floats as this platform computes them (no flush-to-zero control)."
     how = "flushed to zero" if flush else "kept"
     return (
-        f"Subnormal floats {how} for every contestant (the same mode of the same thread for "
-        "PyTorch)."
+        f"Subnormal floats {how} in the calling thread for every contestant (npgrad's "
+        "worker threads follow it; PyTorch's and OpenBLAS's keep their own mode)."
     )

@@ -44,3 +44,28 @@ def test_an_unsupported_platform_says_so_in_one_line(monkeypatch):
     assert not fpenv.available() and not fpenv.denormals_flushed()
     with pytest.raises(ConfigError, match="flushing subnormals is not supported on"):
         fpenv.flush_denormals()
+
+
+@needs_modes
+def test_a_mode_with_one_of_its_bits_set_comes_back_as_it_was():
+    """A caller that set one mode bit alone (FTZ without DAZ, say) gets exactly that back."""
+    layout = fpenv._layout()
+    assert layout is not None
+    one = layout[2] & -layout[2]  # the lowest of the mode's bits
+    if one == layout[2]:
+        pytest.skip("the mode is one bit on this platform (AArch64's FZ)")
+    fpenv._set_bits(one)
+    try:
+        assert not fpenv.denormals_flushed()  # not both: not flushing as npgrad means it
+        with fpenv.flushed_denormals():
+            assert fpenv.denormals_flushed()
+        assert fpenv._bits() == one
+    finally:
+        fpenv._set_bits(0)
+    assert fpenv._bits() == 0
+
+
+def test_flushing_where_the_platform_has_no_modes_is_no_error(monkeypatch):
+    monkeypatch.setattr(fpenv, "_layout", lambda: None)
+    with fpenv.flushing():
+        assert not fpenv.denormals_flushed()

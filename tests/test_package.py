@@ -77,7 +77,7 @@ LAYERS = {
     "fileio": {"errors"},
     "tracing": set(),
     "mpienv": set(),
-    "ops": {"errors"},
+    "ops": {"errors", "fpenv"},  # fpenv: the worker threads take their caller's mode
     "autodiff": {"ops", "errors", "tracing"},
     "layers": {"ops", "errors"},
     "nn": {"autodiff", "ops", "errors", "rng", "tracing"},

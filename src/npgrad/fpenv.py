@@ -2,18 +2,17 @@
 
 Numbers below float32's smallest normal value (about 1.2e-38) are *subnormal*. Adam's
 moment estimates for pixels that are almost never lit decay into that range, and on some
-processors every operation on a subnormal costs 5-20 times a normal one (measured on an
-Intel Xeon: an Adam update of 78,400 floats took 86 us with normal values, 1,700 us at
-1e-40). Flush-to-zero (FTZ: a subnormal result becomes 0) and denormals-are-zero (DAZ: a
+processors every operation on a subnormal costs 5-20 times a normal one (measured on two
+Intel Xeon hosts: an Adam update of 78,400 floats took 86 us with normal values and 1,700 us
+at 1e-40 on one, 240 us and 3,150 us on the other, with AVX-512 and AMX). Flush-to-zero (FTZ: a subnormal result becomes 0) and denormals-are-zero (DAZ: a
 subnormal input counts as 0) remove that cost. What it changes numerically: values below
 1.2e-38 (float32) or 2.2e-308 (float64) become 0, so a moment estimate of 1e-40 is 0, and
 a result that would have been that small is 0 too. Training results differ only where such
 values occur; TensorFlow flushes by default, PyTorch offers ``torch.set_flush_denormal``.
 
 npgrad's trainer flushes by default (``Trainer(flush_denormals=False)``, ``npgrad train
---keep-denormals`` to compute with them): on an Intel Xeon with AVX-512 and AMX the
-same Adam update took 240 us with normal values and 3,150 us at 1e-40, and the 784-100-10
-MLP's compiled step at batch 32 ran 3.5x faster flushed, its Adam state otherwise holding
+--keep-denormals`` to compute with them): on the second of those hosts the 784-100-10
+MLP's compiled step at batch 32 ran 3.0-3.5x faster flushed, its Adam state otherwise holding
 about 20,000 subnormals after a few thousand steps. They never leave: a first moment that
 stops receiving gradient decays by ``m *= 0.9`` until it reaches the smallest subnormals,
 1-4 units of 2**-149, which that product rounds back to themselves. On the AMD EPYC hosts the penalty was
@@ -35,7 +34,7 @@ import functools
 import platform
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 from .errors import ConfigError
 
@@ -85,31 +84,49 @@ def _env() -> tuple[ctypes.CDLL, ctypes.Array[ctypes.c_char], int, int]:
     return libc, env, offset, bits
 
 
+def _bits() -> int:
+    """The calling thread's mode bits (of FTZ and DAZ, or FZ), as they are."""
+    _, env, offset, bits = _env()
+    return int.from_bytes(env.raw[offset : offset + 4], "little") & bits
+
+
+def _set_bits(value: int) -> None:
+    libc, env, offset, bits = _env()
+    word = int.from_bytes(env.raw[offset : offset + 4], "little") & ~bits | value & bits
+    ctypes.memmove(ctypes.addressof(env) + offset, word.to_bytes(4, "little"), 4)
+    if libc.fesetenv(env) != 0:
+        raise ConfigError("fesetenv failed: the floating-point environment cannot be set")
+
+
 def denormals_flushed() -> bool:
     """Whether the calling thread flushes subnormals to zero now."""
     if not available():
         return False
-    _, env, offset, bits = _env()
-    return int.from_bytes(env.raw[offset : offset + 4], "little") & bits == bits
+    layout = _layout()
+    assert layout is not None
+    return _bits() == layout[2]
 
 
 def flush_denormals(enabled: bool = True) -> bool:
     """Turn flushing of subnormals on (or off) in the calling thread; return the old state."""
-    libc, env, offset, bits = _env()
-    word = int.from_bytes(env.raw[offset : offset + 4], "little")
-    before = word & bits == bits
-    word = word | bits if enabled else word & ~bits
-    ctypes.memmove(ctypes.addressof(env) + offset, word.to_bytes(4, "little"), 4)
-    if libc.fesetenv(env) != 0:
-        raise ConfigError("fesetenv failed: the floating-point environment cannot be set")
+    before = denormals_flushed()
+    _set_bits(_env()[3] if enabled else 0)
     return before
 
 
 @contextmanager
 def flushed_denormals(enabled: bool = True) -> Iterator[None]:
-    """Within the block, subnormals are flushed (or not, ``enabled=False``); restored after."""
-    before = flush_denormals(enabled)
+    """Within the block, subnormals are flushed (or not, ``enabled=False``); after it, the
+    thread's mode bits are as they were (one of FTZ and DAZ alone, too)."""
+    before = _bits()
+    flush_denormals(enabled)
     try:
         yield
     finally:
-        flush_denormals(before)
+        _set_bits(before)
+
+
+def flushing(enabled: bool = True) -> AbstractContextManager[None]:
+    """:func:`flushed_denormals` where this platform has the modes; elsewhere nothing (the
+    trainer's and the benchmarks' way: a default that cannot be honoured is no error)."""
+    return flushed_denormals(enabled) if available() else nullcontext()

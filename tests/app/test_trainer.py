@@ -426,7 +426,7 @@ def test_compiled_and_eager_runs_are_the_same_run(tmp_path, cfg):
 @pytest.mark.skipif(not fpenv.available(), reason="no flush-to-zero control on this platform")
 @pytest.mark.parametrize("flush", [True, False])
 def test_training_flushes_subnormals_unless_told_not_to(tmp_path, flush):
-    """Subnormals cost 5-20x per operation on some processors: the training steps run with
+    """Subnormals are slow on some processors (npgrad.fpenv): the training steps run with
     flush-to-zero on by default (``flush_denormals=False`` keeps them), and the caller's
     thread gets its own mode back afterwards, also when the run stops early."""
     seen = []

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 import npgrad
+import npgrad.ops.conv
+from npgrad import fpenv
 from npgrad.checking.gradcheck import all_ops
 from npgrad.errors import ConfigError
 from npgrad.ops import parallel
@@ -196,3 +198,44 @@ def test_threads_leave_a_compiled_cnn_step_bit_equal(monkeypatch):
     assert results[0][0] == results[1][0]
     for a, b in zip(results[0][1], results[1][1]):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.skipif(not fpenv.available(), reason="no flush-to-zero control on this platform")
+def test_a_worker_thread_computes_in_its_callers_subnormal_mode(cut_everything):
+    """The mode is each thread's own: a pass cut across threads must not flush one part
+    and keep the other (other bits with other thread counts)."""
+    tiny = np.full((4, 8), 1e-39, dtype=np.float32)  # subnormal
+    out = np.empty_like(tiny)
+    parallel.set_threads(2)
+    for flush in (True, False, True):
+        with fpenv.flushed_denormals(flush):
+            parallel.ufunc(np.multiply, tiny, np.float32(1.0), out=out)
+        bits = out.view(np.uint32)
+        assert (bits == 0).all() if flush else (bits == tiny.view(np.uint32)).all()
+    assert not fpenv.denormals_flushed()
+
+
+def test_a_device_array_is_never_run_in_blocks(cut_everything, monkeypatch):
+    """A device runs each kernel over the whole array: a block of rows at a time would only
+    launch more kernels."""
+    from tests import fakecupy
+
+    xp = fakecupy.install()
+    try:
+        parallel.set_threads(3)
+        monkeypatch.setattr(parallel, "BLOCK_BYTES", 1)
+        calls = []
+        rows = parallel.rows
+        monkeypatch.setattr(
+            parallel,
+            "rows",
+            lambda fn, n, nbytes, passes=1: (calls.append(passes), rows(fn, n, nbytes, passes)),
+        )
+        x = xp.asarray(np.random.default_rng(0).standard_normal((6, 3, 4, 5)))
+        gamma, beta = xp.asarray(np.ones(3)), xp.asarray(np.zeros(3))
+        y, saved = npgrad.ops.conv.BatchNormOp.forward(x, gamma, beta)
+        npgrad.ops.conv.BatchNormOp.vjp(saved, y)
+        npgrad.ops.conv.MaxPool2dOp.forward(x, kernel=2)
+        assert calls and set(calls) == {1}
+    finally:
+        fakecupy.uninstall()

@@ -321,10 +321,10 @@ class Trainer:
             self.model.to(device)  # a missing CuPy or GPU: DeviceError, naming the extra
         # replayed training steps (npgrad.compile): the same numbers as eager, faster
         self.model.use_compiled(compile)
-        # Subnormal floats (Adam's moments of pixels that are never lit decay into them) cost
-        # 5-20x per operation on some processors (13x measured on an Intel Xeon): training
-        # flushes them to zero, as TensorFlow does, where this platform lets it (fpenv);
-        # False computes with them. Either way the caller's thread gets its mode back after.
+        # Subnormal floats (Adam's moments of pixels that are never lit decay into them) are
+        # slow on some processors (npgrad.fpenv has the figures): training flushes them to
+        # zero, as TensorFlow does, where this platform lets it; False computes with them.
+        # Either way the caller's thread gets its mode back after.
         self.flush_denormals = flush_denormals
         self.loader = DataLoader(
             self.model.prepare(self.data.x_train),
@@ -435,8 +435,7 @@ class Trainer:
         return self.history[-1] if self.history else self._evaluate_only()
 
     def _train(self) -> None:
-        mode = fpenv.flushed_denormals(self.flush_denormals) if fpenv.available() else None
-        with mode or contextlib.nullcontext():
+        with fpenv.flushing(self.flush_denormals):
             self._epochs()
 
     def _epochs(self) -> None:

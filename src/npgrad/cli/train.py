@@ -169,8 +169,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--keep-denormals",
         dest="flush_denormals",
         action="store_false",
-        help="compute with subnormal floats (below 1.2e-38) instead of flushing them to zero, "
-        "which training does by default: they cost 5-20x per operation on some processors",
+        help="compute with subnormal floats (below 1.2e-38 in float32) instead of flushing them "
+        "to zero, which training does by default: they are slow on some processors",
     )
     g.add_argument(
         "--device",

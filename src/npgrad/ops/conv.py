@@ -178,7 +178,7 @@ def _fold(gxp: Array, d: Array, sh: int, sw: int, dh: int, dw: int) -> None:
             for j in range(kw):
                 gxp[lo:hi, rows[i], cols[j]] += d[i, j, lo:hi]
 
-    parallel.rows(part, n, d.nbytes, passes=parallel.host_passes(d, kh * kw))
+    parallel.rows(part, n, gxp.nbytes, passes=parallel.host_passes(d, kh * kw))
 
 
 def _conv_case(d: Draw) -> Case:
@@ -1050,7 +1050,10 @@ def _affine(a: Array, scale: Array, *shifts: Array, out: Array | None = None) ->
         for t in shifts:
             xp.add(yi, t, out=yi)
 
-    parallel.rows(part, a.shape[0], y.nbytes, passes=parallel.host_passes(y, 1 + len(shifts)))
+    if type(y) is not np.ndarray:  # a device's kernels each run over the whole array
+        part(0, a.shape[0])
+    else:
+        parallel.rows(part, a.shape[0], y.nbytes, passes=1 + len(shifts))
     return y
 
 

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import fpenv
 from ..errors import ConfigError
 from .device import namespace
 
@@ -94,7 +95,12 @@ def _get_pool() -> ThreadPoolExecutor:
         return _pool
 
 
-def _part(fn: Callable[[int, int], None], lo: int, hi: int) -> None:
+def _part(fn: Callable[[int, int], None], lo: int, hi: int, flushed: bool | None = None) -> None:
+    # A worker computes in its caller's subnormal mode (npgrad.fpenv: the mode is each
+    # thread's own), or the same pass would give other bits with other thread counts.
+    if flushed is not None and getattr(_inside, "flushed", None) is not flushed:
+        fpenv.flush_denormals(flushed)
+        _inside.flushed = flushed
     _inside.on = True
     try:
         fn(lo, hi)
@@ -124,7 +130,8 @@ def rows(fn: Callable[[int, int], None], n: int, nbytes: int, passes: int = 1) -
         return
     bounds = [n * i // k for i in range(k + 1)]
     pool = _get_pool()
-    futures = [pool.submit(_part, fn, bounds[i], bounds[i + 1]) for i in range(1, k)]
+    flushed = fpenv.denormals_flushed() if fpenv.available() else None
+    futures = [pool.submit(_part, fn, bounds[i], bounds[i + 1], flushed) for i in range(1, k)]
     try:
         _part(fn, bounds[0], bounds[1])
     finally:
