@@ -24,8 +24,9 @@ import sys
 import time
 import tracemalloc
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -39,7 +40,6 @@ import npgrad  # noqa: E402
 from benchmarks import bench_cnn, peers_mlp  # noqa: E402
 from benchmarks.machine import (  # noqa: E402
     add_denormals_option,
-    denormals,
     denormals_line,
     describe,
 )
@@ -150,19 +150,20 @@ def run(args: argparse.Namespace) -> tuple[list[str], dict, list[str]]:
             contestants["products"] = bench_cnn.products_step(w["net"], b, rng)
         peers, missing = peers_mlp.load(x, y) if w.get("peers") and args.peers else ({}, [])
         contestants.update(peers)
-        kept: dict[str, Callable[[], int]] = {}  # contestants run with subnormals kept
+        # the Adam row again with subnormals kept, and each one's optimizer state to count them
+        states: dict[str, Any] = {}
         if w.get("denormals") and args.flush and fpenv.available():
             kept_net, kept_opt = w["make"]()
             _, kept_step = npgrad_steps(kept_net, kept_opt, x, y)
             contestants["compiled, kept"] = lambda f=kept_step, x=x, y=y: f(x, y)
-            kept["compiled, kept"] = lambda o=kept_opt: _subnormals(o.state)
             tnet2, topt2 = w["torch"](torch)
             contestants["pytorch, kept"] = torch_step(torch, tnet2, topt2, x, y)
-            kept["pytorch, kept"] = lambda o=topt2: _subnormals(o.state.values(), torch)
+            states = {"compiled": comp_opt.state, "compiled, kept": kept_opt.state,
+                      "pytorch": topt.state, "pytorch, kept": topt2.state}  # fmt: skip
         times: dict[str, list[float]] = {k: [] for k in contestants}
 
-        def mode(k: str, kept: dict = kept):
-            return fpenv.flushed_denormals(False) if k in kept else nullcontext()
+        def mode(k: str) -> AbstractContextManager[None]:
+            return fpenv.flushed_denormals(False) if k.endswith(", kept") else nullcontext()
 
         for k, fn in contestants.items():
             with mode(k):
@@ -199,12 +200,8 @@ def run(args: argparse.Namespace) -> tuple[list[str], dict, list[str]]:
         print(rows[-1], file=sys.stderr, flush=True)
         if w.get("peers") and args.peers:
             peer_lines = _peer_table(w, times, list(peers), missing)
-        if kept:
-            counts = {
-                "compiled": _subnormals(comp_opt.state),
-                "pytorch": _subnormals(topt.state.values(), torch),
-            }
-            counts.update({k: f() for k, f in kept.items()})
+        if states:
+            counts = {k: _subnormals(s, torch) for k, s in states.items()}
             denormal_lines = _denormal_table(w, times, counts)
         if w.get("net") == "small":
             plan = compiled.plan(x, y)
@@ -220,16 +217,17 @@ def run(args: argparse.Namespace) -> tuple[list[str], dict, list[str]]:
     return rows, profile, peer_lines + denormal_lines + memory_table(memory)
 
 
-def _subnormals(states, torch=None) -> int:
-    """How many of an optimizer's float32 state values are subnormal.
+def _subnormals(state: list | dict, torch) -> int:
+    """How many of an optimizer's float32 state values are subnormal (npgrad's state, a list
+    of dicts, or PyTorch's, a dict of them).
 
     Read off the bits (exponent 0, mantissa not): a float comparison would see none in a
     thread that treats subnormal inputs as zero, as this one does.
     """
     count = 0
-    for s in states:
+    for s in state.values() if isinstance(state, dict) else state:
         for a in s.values():
-            a = a.numpy() if torch is not None and isinstance(a, torch.Tensor) else a
+            a = a.numpy() if isinstance(a, torch.Tensor) else a
             if isinstance(a, np.ndarray) and a.dtype == np.float32:
                 bits = a.view(np.uint32)
                 count += int(np.count_nonzero((bits & 0x7F800000 == 0) & (bits & 0x7FFFFF != 0)))
@@ -331,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.tiny:
         args.rounds, args.warmup, args.pause = 1, 1, 0.0
     keep_freed_memory()  # as npgrad train does
-    with denormals(args.flush):
+    with fpenv.flushing(args.flush):
         rows, profile, peer_lines = run(args)
     total = sum(v for k, v in profile.items() if not k.startswith("("))
     lines = [

@@ -41,10 +41,10 @@ import numpy as np  # noqa: E402
 
 from benchmarks.machine import (  # noqa: E402
     add_denormals_option,
-    denormals,
     denormals_line,
     describe,
 )
+from npgrad import fpenv  # noqa: E402
 from npgrad.app.allocator import keep_freed_memory  # noqa: E402
 from npgrad.app.config import make_config  # noqa: E402
 from npgrad.app.export import torch_layers, torch_state  # noqa: E402
@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.tiny:
         args.dataset, args.epochs, args.pause = "digits", args.epochs or 1, 0.0
     try:
-        with denormals(args.flush):
+        with fpenv.flushing(args.flush):
             result = run(args)
     except NpgradError as exc:  # a preset, dataset or option npgrad refuses: its one line
         print(f"bench_preset: error: {exc}", file=sys.stderr)

@@ -12,7 +12,6 @@ import argparse
 import ctypes
 import os
 import platform
-from contextlib import AbstractContextManager
 from pathlib import Path
 
 import numpy as np
@@ -89,14 +88,9 @@ def add_denormals_option(ap: argparse.ArgumentParser) -> None:
         "--keep-denormals",
         dest="flush",
         action="store_false",
-        help="run every contestant with subnormal floats kept (default: flushed to zero, as "
-        "npgrad train runs; PyTorch gets the same mode of the same thread)",
+        help="run every contestant with subnormal floats kept (default: flushed to zero in the "
+        "calling thread, as npgrad train runs)",
     )
-
-
-def denormals(flush: bool) -> AbstractContextManager[None]:
-    """The calling thread's subnormal mode for a benchmark's run (nothing where it has none)."""
-    return fpenv.flushing(flush)
 
 
 def denormals_line(flush: bool) -> str:

@@ -4,8 +4,9 @@ Numbers below float32's smallest normal value (about 1.2e-38) are *subnormal*. A
 moment estimates for pixels that are almost never lit decay into that range, and on some
 processors every operation on a subnormal costs 5-20 times a normal one (measured on two
 Intel Xeon hosts: an Adam update of 78,400 floats took 86 us with normal values and 1,700 us
-at 1e-40 on one, 240 us and 3,150 us on the other, with AVX-512 and AMX). Flush-to-zero (FTZ: a subnormal result becomes 0) and denormals-are-zero (DAZ: a
-subnormal input counts as 0) remove that cost. What it changes numerically: values below
+at 1e-40 on one, 240 us and 3,150 us on the other, with AVX-512 and AMX). Flush-to-zero
+(FTZ: a subnormal result becomes 0) and denormals-are-zero (DAZ: a subnormal input counts
+as 0) remove that cost. What it changes numerically: values below
 1.2e-38 (float32) or 2.2e-308 (float64) become 0, so a moment estimate of 1e-40 is 0, and
 a result that would have been that small is 0 too. Training results differ only where such
 values occur; TensorFlow flushes by default, PyTorch offers ``torch.set_flush_denormal``.
@@ -15,13 +16,15 @@ npgrad's trainer flushes by default (``Trainer(flush_denormals=False)``, ``npgra
 MLP's compiled step at batch 32 ran 3.0-3.5x faster flushed, its Adam state otherwise holding
 about 20,000 subnormals after a few thousand steps. They never leave: a first moment that
 stops receiving gradient decays by ``m *= 0.9`` until it reaches the smallest subnormals,
-1-4 units of 2**-149, which that product rounds back to themselves. On the AMD EPYC hosts the penalty was
-small (517 vs 452 us). The library itself never changes the mode on import: a program that
-uses npgrad's ops outside the trainer decides, with :func:`flushed_denormals`.
+1-4 units of 2**-149, which that product rounds back to themselves. On the AMD EPYC hosts
+the penalty was small (517 vs 452 us). The library itself never changes the mode on
+import: a program that uses npgrad's ops outside the trainer decides, with
+:func:`flushed_denormals` (or :func:`flushing`, which does nothing where there are no modes).
 
 The modes belong to the calling thread (the x86-64 MXCSR register, the AArch64 FPCR):
 NumPy's element-wise passes, which run in it, are flushed; threads started before the
-call (OpenBLAS's workers) keep theirs. Supported on Linux and other glibc/musl systems on
+call (OpenBLAS's workers) keep theirs, except npgrad's own (``npgrad.set_threads``), which
+take their caller's mode for each pass. Supported on Linux and other glibc/musl systems on
 x86-64 and AArch64 (through ``fegetenv``/``fesetenv``); elsewhere :func:`available` is
 False and :func:`flush_denormals` raises :class:`~npgrad.errors.ConfigError`.
 """
@@ -100,11 +103,7 @@ def _set_bits(value: int) -> None:
 
 def denormals_flushed() -> bool:
     """Whether the calling thread flushes subnormals to zero now."""
-    if not available():
-        return False
-    layout = _layout()
-    assert layout is not None
-    return _bits() == layout[2]
+    return available() and _bits() == _env()[3]
 
 
 def flush_denormals(enabled: bool = True) -> bool:

@@ -112,7 +112,6 @@ def test_a_pass_of_several_sweeps_runs_in_blocks_within_each_thread(monkeypatch)
         assert sorted(parts) == [(0, 5), (5, 10)]
     finally:
         parallel.set_threads(previous)
-    assert parallel.host_passes(np.zeros(3), 4) == 4
 
 
 def test_a_large_pass_is_cut_into_one_part_per_thread(monkeypatch):
@@ -216,8 +215,8 @@ def test_a_worker_thread_computes_in_its_callers_subnormal_mode(cut_everything):
 
 
 def test_a_device_array_is_never_run_in_blocks(cut_everything, monkeypatch):
-    """A device runs each kernel over the whole array: a block of rows at a time would only
-    launch more kernels."""
+    """A device runs each kernel over the whole array: a block of rows at a time (or a host
+    thread per part) would only launch more kernels."""
     from tests import fakecupy
 
     xp = fakecupy.install()
@@ -236,6 +235,8 @@ def test_a_device_array_is_never_run_in_blocks(cut_everything, monkeypatch):
         y, saved = npgrad.ops.conv.BatchNormOp.forward(x, gamma, beta)
         npgrad.ops.conv.BatchNormOp.vjp(saved, y)
         npgrad.ops.conv.MaxPool2dOp.forward(x, kernel=2)
-        assert calls and set(calls) == {1}
+        _, routing = npgrad.ops.conv.MaxPool2dOp.forward(x, kernel=3, stride=2, padding=1)
+        npgrad.ops.conv.MaxPool2dScatterOp.forward(xp.asarray(np.ones((6, 3, 2, 3))), routing)
+        assert calls == []  # never handed to the host's threads or blocks
     finally:
         fakecupy.uninstall()

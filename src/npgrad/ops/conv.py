@@ -93,7 +93,7 @@ def _padded(x: Array, ph: int, pw: int, value: float) -> Array:
         o[:, ph : ph + h, :pw] = o[:, ph : ph + h, pw + w :] = value
         o[:, ph : ph + h, pw : pw + w] = xt[lo:hi]
 
-    parallel.rows(part, n, out.nbytes)
+    parallel.sweep(part, out)
     return out
 
 
@@ -178,7 +178,7 @@ def _fold(gxp: Array, d: Array, sh: int, sw: int, dh: int, dw: int) -> None:
             for j in range(kw):
                 gxp[lo:hi, rows[i], cols[j]] += d[i, j, lo:hi]
 
-    parallel.rows(part, n, gxp.nbytes, passes=parallel.host_passes(d, kh * kw))
+    parallel.sweep(part, gxp, passes=kh * kw)
 
 
 def _conv_case(d: Draw) -> Case:
@@ -598,7 +598,7 @@ def _max_along(a: Array, axis: int, taps: list[slice]) -> tuple[Array, Array]:
             xp.maximum(ii, won, out=ii)
             xp.maximum(mi, v, out=mi)
 
-    parallel.rows(part, a.shape[0], m.nbytes, passes=parallel.host_passes(m, len(taps)))
+    parallel.sweep(part, m, passes=len(taps))
     return m, idx
 
 
@@ -636,7 +636,7 @@ def _spread(g: Array, idx: Array | None, axis: int, taps: list[slice], size: int
             else:
                 dst += src
 
-    parallel.rows(part, g.shape[0], out.nbytes, passes=parallel.host_passes(out, len(taps)))
+    parallel.sweep(part, out, passes=len(taps))
     return out
 
 
@@ -1050,10 +1050,7 @@ def _affine(a: Array, scale: Array, *shifts: Array, out: Array | None = None) ->
         for t in shifts:
             xp.add(yi, t, out=yi)
 
-    if type(y) is not np.ndarray:  # a device's kernels each run over the whole array
-        part(0, a.shape[0])
-    else:
-        parallel.rows(part, a.shape[0], y.nbytes, passes=1 + len(shifts))
+    parallel.sweep(part, y, passes=1 + len(shifts))
     return y
 
 
@@ -1089,7 +1086,7 @@ def _batch_norm_dx(
         out -= t2
         out -= xs[lo:hi] * t3
 
-    parallel.rows(part, g2.shape[0], gx.nbytes, passes=parallel.host_passes(gx, 3))
+    parallel.sweep(part, gx, passes=3)
     return gx
 
 

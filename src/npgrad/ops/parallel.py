@@ -141,10 +141,14 @@ def rows(fn: Callable[[int, int], None], n: int, nbytes: int, passes: int = 1) -
         f.result()
 
 
-def host_passes(a: Any, k: int) -> int:
-    """``k`` for ``rows(..., passes=)`` when ``a`` is a NumPy array; 1 for a device's array,
-    whose kernels each run over the whole array at once."""
-    return k if type(a) is np.ndarray else 1
+def sweep(fn: Callable[[int, int], None], out: Any, passes: int = 1) -> None:
+    """``fn(lo, hi)`` over the rows (first axis) of ``out``, what it writes: :func:`rows` on a
+    NumPy array; at once on a device's array, whose kernels each run over all of it (threads
+    of the host or blocks of rows would only launch more of them)."""
+    if type(out) is not np.ndarray:
+        fn(0, out.shape[0])
+    else:
+        rows(fn, out.shape[0], out.nbytes, passes)
 
 
 def _in_blocks(fn: Callable[[int, int], None], step: int) -> Callable[[int, int], None]:
@@ -162,15 +166,15 @@ def _cuts(a: Any, n: int, ndim: int) -> bool:
 def ufunc(f: np.ufunc, *args: Any, out: np.ndarray) -> np.ndarray:
     """``f(*args, out=out)``, cut along ``out``'s first axis; an argument without that axis
     (broadcast against it) is given whole to every part. Returns ``out``."""
-    n = out.shape[0] if out.ndim else 1
+    if out.ndim == 0:
+        f(*args, out=out)
+        return out
+    n = out.shape[0]
 
     def part(lo: int, hi: int) -> None:
         f(*(a[lo:hi] if _cuts(a, n, out.ndim) else a for a in args), out=out[lo:hi])
 
-    if out.ndim == 0 or type(out) is not np.ndarray:  # a device's kernels are its own
-        f(*args, out=out)
-    else:
-        rows(part, n, out.nbytes)
+    sweep(part, out)
     return out
 
 
