@@ -74,7 +74,6 @@ def test_every_train_flag_comes_from_the_schema():
         "plot",
         "quiet",
         "compile",
-        "flush_denormals",
         "workers",
         "device",
     }

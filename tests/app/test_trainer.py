@@ -427,8 +427,9 @@ def test_compiled_and_eager_runs_are_the_same_run(tmp_path, cfg):
 @pytest.mark.parametrize("flush", [True, False])
 def test_training_flushes_subnormals_unless_told_not_to(tmp_path, flush):
     """Subnormals are slow on some processors (npgrad.fpenv): the training steps run with
-    flush-to-zero on by default (``flush_denormals=False`` keeps them), and the caller's
-    thread gets its own mode back afterwards, also when the run stops early."""
+    flush-to-zero on by default (``keep_denormals`` keeps them), and the caller's thread gets
+    its own mode back afterwards, also when the run stops early. A resumed run computes as it
+    was stored, whatever its caller's mode."""
     seen = []
 
     def hook(epoch, step):
@@ -436,17 +437,23 @@ def test_training_flushes_subnormals_unless_told_not_to(tmp_path, flush):
         if (epoch, step) == (2, 1):
             trainer.request_stop()
 
-    kw = {} if flush else {"flush_denormals": False}
+    kw = {} if flush else {"keep_denormals": True}
     assert not fpenv.denormals_flushed()
-    trainer = quiet(small_cfg(), tmp_path, step_hook=hook, **kw)
+    trainer = quiet(small_cfg(**kw), tmp_path, step_hook=hook)
     with pytest.raises(Interrupted):
         trainer.fit()
     assert len(seen) > 3 and set(seen) == {flush}
     assert not fpenv.denormals_flushed()
-    with fpenv.flushed_denormals():  # a caller that flushes itself keeps flushing
-        resume(
-            tmp_path,
-            flush_denormals=False,
-            step_hook=lambda e, s: seen.append(fpenv.denormals_flushed()),
-        ).fit()
-        assert seen[-1] is False and fpenv.denormals_flushed()
+    with fpenv.flushed_denormals(not flush):  # a caller in the other mode keeps it
+        resume(tmp_path, step_hook=lambda e, s: seen.append(fpenv.denormals_flushed())).fit()
+        assert seen[-1] is flush and fpenv.denormals_flushed() is not flush
+    assert not fpenv.denormals_flushed()
+
+
+def test_a_run_from_before_the_subnormal_option_resumes_keeping_them():
+    """Checkpoints stored before ``keep_denormals`` existed were trained with subnormals."""
+    from npgrad.app.config import config_from_dict
+
+    stored = make_config("default", dataset="digits").to_dict()
+    del stored["keep_denormals"]
+    assert config_from_dict(stored).keep_denormals is True

@@ -194,3 +194,31 @@ def test_training_flushes_subnormals_unless_keep_denormals(
     )
     code, _, _ = run(capsys, "train", "-d", "digits", "-e", "1", "-o", str(tmp_path), "-q", *flag)
     assert code == 0 and seen == [flushed] and not fpenv.denormals_flushed()
+
+
+def test_a_resumed_run_keeps_its_subnormal_mode_and_refuses_another(capsys, tmp_path, monkeypatch):
+    """The mode changes the optimizer's bits where subnormals occur: it is stored with the run,
+    a resume continues in it, and asking for the other one is refused, the run untouched."""
+    from npgrad import fpenv
+    from npgrad.app.trainer import Trainer
+
+    out = str(tmp_path)
+    assert main(["train", "-d", "digits", "-e", "1", "-o", out, "-q", "--keep-denormals"]) == 0
+    assert ckpt.load(tmp_path / "checkpoint.npz")[2]["config"]["keep_denormals"] is True
+    code, _, _ = run(capsys, "train", "-o", out, "--resume", "-e", "2", "-q", "--keep-denormals")
+    assert code == 0  # repeating the stored value is fine
+    seen = []
+    epochs = Trainer._epochs
+    monkeypatch.setattr(
+        Trainer, "_epochs", lambda self: (seen.append(fpenv.denormals_flushed()), epochs(self))
+    )
+    assert main(["train", "-o", out, "--resume", "-e", "3", "-q"]) == 0
+    assert seen == [False]  # kept, as stored, without the flag
+    before = (tmp_path / "checkpoint.npz").read_bytes()
+    fresh = tmp_path / "flushed"
+    assert main(["train", "-d", "digits", "-e", "1", "-o", str(fresh), "-q"]) == 0
+    flushed_before = (fresh / "checkpoint.npz").read_bytes()
+    code, _, err = run(capsys, "train", "-o", str(fresh), "--resume", "-e", "2", "--keep-denormals")
+    assert_one_line_error(code, err, "--keep-denormals cannot change when resuming")
+    assert (fresh / "checkpoint.npz").read_bytes() == flushed_before
+    assert (tmp_path / "checkpoint.npz").read_bytes() == before

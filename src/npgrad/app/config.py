@@ -479,6 +479,15 @@ OPTIONS: tuple[Option, ...] = (
         check=_integer(0, 2**63 - 1),
         metavar="N",
     ),
+    Option(
+        "keep_denormals",
+        False,
+        "compute with subnormal floats (below 1.2e-38 in float32) instead of flushing them to "
+        "zero, as training does by default: they are slow on some processors (npgrad.fpenv)",
+        "optimisation",
+        parse=_flag,
+        check=_is_flag,
+    ),
 )
 BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
 
@@ -524,6 +533,7 @@ class Config:
     warmup_epochs: float = _default("warmup_epochs")
     clip: float = _default("clip")
     seed: int = _default("seed")
+    keep_denormals: bool = _default("keep_denormals")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -637,6 +647,8 @@ def config_from_dict(d: Mapping[str, Any]) -> Config:
         d["model"] = "exercise" if d.get("optimizer") == "gd" else "mlp"
     if d.get("optimizer") == "gd":
         d["optimizer"] = BY_NAME["optimizer"].default
+    # runs stored before the option computed with subnormals: they continue so
+    d.setdefault("keep_denormals", True)
     known = {f.name for f in dataclasses.fields(Config)}
     unknown = set(d) - known
     if unknown:

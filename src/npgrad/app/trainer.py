@@ -270,7 +270,6 @@ class Trainer:
         compile: bool = True,
         comm: Communicator | None = None,
         device: str = "cpu",
-        flush_denormals: bool = True,
     ) -> None:
         validate(cfg)
         self.device = check_device(device)
@@ -321,11 +320,6 @@ class Trainer:
             self.model.to(device)  # a missing CuPy or GPU: DeviceError, naming the extra
         # replayed training steps (npgrad.compile): the same numbers as eager, faster
         self.model.use_compiled(compile)
-        # Subnormal floats (Adam's moments of pixels that are never lit decay into them) are
-        # slow on some processors (npgrad.fpenv has the figures): training flushes them to
-        # zero, as TensorFlow does, where this platform lets it; False computes with them.
-        # Either way the caller's thread gets its mode back after.
-        self.flush_denormals = flush_denormals
         self.loader = DataLoader(
             self.model.prepare(self.data.x_train),
             self.data.y_train,
@@ -435,7 +429,11 @@ class Trainer:
         return self.history[-1] if self.history else self._evaluate_only()
 
     def _train(self) -> None:
-        with fpenv.flushing(self.flush_denormals):
+        # Subnormal floats (Adam's moments of pixels that are never lit decay into them) are
+        # slow on some processors (npgrad.fpenv has the figures): training flushes them to
+        # zero, as TensorFlow does, where this platform lets it, unless the run keeps them.
+        # Either way the caller's thread gets its mode back after.
+        with fpenv.flushing(not self.cfg.keep_denormals):
             self._epochs()
 
     def _epochs(self) -> None:

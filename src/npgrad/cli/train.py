@@ -82,7 +82,6 @@ def _train(args: argparse.Namespace, comm: Any) -> int:
         log=log,
         progress=False if args.quiet else None,
         compile=args.compile,
-        flush_denormals=args.flush_denormals,
         comm=comm,
         device=args.device,
     )
@@ -164,13 +163,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_false",
         help="run every training step eagerly instead of replaying the recorded step "
         "(the same numbers, slower; see docs/compile.md)",
-    )
-    g.add_argument(
-        "--keep-denormals",
-        dest="flush_denormals",
-        action="store_false",
-        help="compute with subnormal floats (below 1.2e-38 in float32) instead of flushing them "
-        "to zero, which training does by default: they are slow on some processors",
     )
     g.add_argument(
         "--device",
