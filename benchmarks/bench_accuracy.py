@@ -25,6 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import npgrad
+from benchmarks.report import add_out_option, write_report
 from npgrad import nn, optim
 from npgrad.data import load_dataset, to_float
 
@@ -109,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--data", default=str(SHARED), help="folder holding mnist-10k (default ../shared/data)"
     )
-    ap.add_argument("--out", help="also write the Markdown report here")
-    ap.add_argument("--plot", help="write the accuracy curves to this PNG")
+    add_out_option(ap, "the Markdown report")
+    add_out_option(ap, "the accuracy curves (PNG)", flag="--plot")
     ap.add_argument("--tiny", action="store_true")
     args = ap.parse_args(argv)
     jobs = []
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     report = "\n".join(lines) + "\n"
     print(report)
     if args.out:
-        Path(args.out).write_text(report)
+        write_report(args.out, report)
     if args.plot and curves_all:
         import matplotlib
 

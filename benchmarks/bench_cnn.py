@@ -58,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import npgrad  # noqa: E402
 from benchmarks.machine import describe  # noqa: E402
+from benchmarks.report import add_out_option, write_report  # noqa: E402
 from npgrad import nn, optim  # noqa: E402
 from npgrad.app.allocator import keep_freed_memory  # noqa: E402
 
@@ -458,7 +459,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--default-malloc", action="store_true", help="leave glibc's malloc thresholds alone"
     )
-    parser.add_argument("--out", type=Path, help="also write the table to this Markdown file")
+    add_out_option(parser, "the table (Markdown)")
     args = parser.parse_args(argv)
     if args.tiny:
         args.rounds, args.steps, args.warmup, args.batch, args.pause = 1, 2, 1, 16, 0.0
@@ -471,9 +472,7 @@ def main(argv: list[str] | None = None) -> None:
     text = table(run(args), args)
     print(text)
     if args.out:
-        from npgrad.fileio import write_text
-
-        write_text(args.out, text + "\n")
+        write_report(args.out, text)
 
 
 if __name__ == "__main__":

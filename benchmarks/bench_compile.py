@@ -43,6 +43,7 @@ from benchmarks.machine import (  # noqa: E402
     denormals_line,
     describe,
 )
+from benchmarks.report import add_out_option, write_report  # noqa: E402
 from npgrad import fpenv, nn, optim  # noqa: E402
 from npgrad.app.allocator import keep_freed_memory  # noqa: E402
 
@@ -324,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         help="leave out the NumPy autodiff peers (benchmarks/peers_mlp.py) from the MLP SGD row",
     )
     add_denormals_option(ap)
-    ap.add_argument("--out", type=Path, help="also write the Markdown report to this file")
+    add_out_option(ap, "the Markdown report")
     args = ap.parse_args(argv)
     if args.tiny:
         args.rounds, args.warmup, args.pause = 1, 1, 0.0
@@ -359,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     report = "\n".join(lines) + "\n"
     print(report)
     if args.out:
-        args.out.write_text(report)
+        write_report(args.out, report)
     return 0
 
 

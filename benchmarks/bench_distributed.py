@@ -23,6 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.report import add_out_option, write_report  # noqa: E402
+
 
 def worker(net: str, batch: int, steps: int) -> None:
     import numpy as np
@@ -87,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=0)
     ap.add_argument("--steps", type=int, default=0)
     ap.add_argument("--tiny", action="store_true")
-    ap.add_argument("--out", type=Path)
+    add_out_option(ap, "the Markdown report")
     args = ap.parse_args(argv)
     if args.worker:
         worker(args.worker, args.batch, args.steps)
@@ -115,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     ]) + "\n"  # fmt: skip
     print(report)
     if args.out:
-        args.out.write_text(report)
+        write_report(args.out, report)
     return 0
 
 

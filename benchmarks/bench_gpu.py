@@ -32,10 +32,10 @@ THREADS = "8"  # the CPU row's BLAS threads (and PyTorch's): the GPU machines ha
 set_blas_threads(["--threads", THREADS])  # before NumPy loads; bench_preset keeps it
 
 from benchmarks import bench_preset  # noqa: E402
+from benchmarks.report import add_out_option, write_report  # noqa: E402
 from npgrad.checking.gradcheck import TORCH_RTOL, check_ops  # noqa: E402
 from npgrad.data import load_dataset  # noqa: E402
 from npgrad.errors import NpgradError  # noqa: E402
-from npgrad.fileio import write_text  # noqa: E402
 from npgrad.ops.device import module as device_module  # noqa: E402
 
 
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dataset", default=str(bench_preset.SHARED / "mnist-10k"))
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--cases", type=int, default=3, help="cases per op (default 3)")
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results-gpu.md")
+    add_out_option(ap, "the report", default=Path(__file__).parent / "results-gpu.md")
     ap.add_argument("--torch-device", default="cuda", help=argparse.SUPPRESS)  # tests: cpu
     args = ap.parse_args(argv)
     try:
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.extend([*more, ""])
         ok = ok and passed
         print("\n".join(more), flush=True)
-        write_text(args.out, "\n".join(lines) + "\n")
+        write_report(args.out, "\n".join(lines))
 
     def preset() -> tuple[list[str], bool]:
         table = Path(str(args.out) + ".preset")

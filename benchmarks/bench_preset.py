@@ -44,6 +44,7 @@ from benchmarks.machine import (  # noqa: E402
     denormals_line,
     describe,
 )
+from benchmarks.report import add_out_option, write_report  # noqa: E402
 from npgrad import fpenv  # noqa: E402
 from npgrad.app.allocator import keep_freed_memory  # noqa: E402
 from npgrad.app.config import make_config  # noqa: E402
@@ -267,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cpu-too", action="store_true", help="also npgrad on the CPU (with cuda)")
     ap.add_argument("--torch-device", help=argparse.SUPPRESS)  # tests: cpu beside a stand-in
     add_denormals_option(ap)
-    ap.add_argument("--out", type=Path, help="also write the table to this Markdown file")
+    add_out_option(ap, "the table (Markdown)")
     args = ap.parse_args(argv)
     if args.tiny:
         args.dataset, args.epochs, args.pause = "digits", args.epochs or 1, 0.0
@@ -283,9 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     text = table(result, args)
     print(text)
     if args.out:
-        from npgrad.fileio import write_text
-
-        write_text(args.out, text + "\n")
+        write_report(args.out, text)
     return 0
 
 

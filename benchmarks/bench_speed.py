@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import npgrad
 from benchmarks.machine import describe
+from benchmarks.report import add_out_option, write_report
 from npgrad import nn, optim
 from npgrad.app.config import make_config
 from npgrad.app.models import ExerciseModel
@@ -281,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default="784-100-10,784-256-128-10")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--exercise-epochs", type=int, default=50)
-    ap.add_argument("--out", help="also write the Markdown report to this file")
+    add_out_option(ap, "the Markdown report")
     ap.add_argument(
         "--data",
         default=str(Path(__file__).resolve().parents[2] / "shared" / "data"),
@@ -359,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     report = "\n".join(lines) + "\n"
     print(report)
     if args.out:
-        Path(args.out).write_text(report)
+        write_report(args.out, report)
     return 0
 
 

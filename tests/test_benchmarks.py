@@ -211,3 +211,16 @@ def test_distributed_benchmark_runs(capsys):
     assert bench_distributed.main(["--tiny"]) == 0
     out = capsys.readouterr().out
     assert "| mlp (batch 16) |" in out and "| cnn (batch 16) |" in out and "allreduce" in out
+
+
+@pytest.mark.parametrize("bench", [bench_accuracy, bench_cnn, bench_compile, bench_distributed,
+                                   bench_gpu, bench_preset, bench_speed])  # fmt: skip
+def test_an_out_file_in_a_missing_folder_is_refused_before_any_work(bench, capsys, tmp_path):
+    missing = tmp_path / "no-such-folder" / "report.md"
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--tiny", "--out", str(missing)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.endswith(f"folder {missing.parent} does not exist; create it or write the report "
+                        "elsewhere")  # fmt: skip
+    assert not missing.parent.exists()

@@ -260,6 +260,33 @@ def test_resume_refuses_to_change_what_defines_the_run(tmp_path):
     assert trainer.fit()["epoch"] == 2
 
 
+def test_resume_with_fewer_epochs_than_trained_is_refused_and_a_finished_run_has_nothing_to_do(
+    tmp_path,
+):
+    quiet(small_cfg(epochs=2), tmp_path).fit()
+    before = (tmp_path / "checkpoint.npz").read_bytes()
+    with pytest.raises(ConfigError, match="has trained 2 epochs: --epochs 1 ends before that; "
+                                          "give at least 2"):  # fmt: skip
+        resume(tmp_path, changes={"epochs": 1})
+    lines: list[str] = []
+    final = Trainer.resume(tmp_path, log=lines.append, progress=False).fit()
+    assert final["epoch"] == 2 and "all trained already: nothing to do" in lines[0]
+    assert (tmp_path / "checkpoint.npz").read_bytes() == before
+
+
+def test_resume_refuses_to_end_before_the_epoch_it_stopped_in(tmp_path):
+    def stop(epoch, step):
+        if epoch == 2 and step == 3:
+            trainer.request_stop()
+
+    trainer = quiet(small_cfg(), tmp_path, step_hook=stop)
+    with pytest.raises(Interrupted):
+        trainer.fit()
+    with pytest.raises(ConfigError, match="has trained 1 epoch and is in epoch 2: --epochs 1"):
+        resume(tmp_path, changes={"epochs": 1})
+    assert resume(tmp_path, changes={"epochs": 2}).fit()["epoch"] == 2
+
+
 def test_metrics_always_match_the_checkpoint(tmp_path):
     def stop(epoch, step):
         if epoch == 2 and step == 4:

@@ -358,6 +358,16 @@ class Trainer:
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{path}: checkpoint metadata is incomplete ({exc})") from None
         cfg = resume_config(stored, changes or {})
+        partial = meta.get("partial")
+        reached = int(partial["epoch"]) if isinstance(partial, dict) else start_epoch
+        if cfg.epochs < reached:  # the loop would not run, and the summary would contradict it
+            into = f" and is in epoch {reached}" if reached > start_epoch else ""
+            raise ConfigError(
+                f"the run in {out} has trained {start_epoch} epoch"
+                f"{'' if start_epoch == 1 else 's'}{into}: --epochs "
+                f"{cfg.epochs} ends before that; give at least {reached} to continue it "
+                "(npgrad evaluate reads its checkpoint as it is)"
+            )
         trainer = cls(cfg, out, dataset=dataset, **kwargs)
         fingerprint = meta.get("dataset_fingerprint")
         if fingerprint is not None and fingerprint != trainer.data.fingerprint:
@@ -375,7 +385,7 @@ class Trainer:
                 trainer.model.rank_rng.bit_generator.state = rank_rngs[trainer.comm.rank]
         trainer.start_epoch = start_epoch
         trainer.history = history[:start_epoch]
-        trainer.partial = meta.get("partial")
+        trainer.partial = partial
         trainer.resumed = True
         return trainer
 
@@ -441,6 +451,8 @@ class Trainer:
         where = ""
         if self.partial:
             where = f", resuming in epoch {self.partial['epoch']} after step {self.partial['step']}"
+        elif self.start_epoch >= cfg.epochs:
+            where = ", all trained already: nothing to do (give more --epochs to go on)"
         elif self.start_epoch:
             where = f", resuming after epoch {self.start_epoch}"
         self.log(
