@@ -477,6 +477,28 @@ def test_training_flushes_subnormals_unless_told_not_to(tmp_path, flush):
     assert not fpenv.denormals_flushed()
 
 
+@pytest.mark.skipif(not fpenv.available(), reason="no flush-to-zero control on this platform")
+@pytest.mark.parametrize("flush", [True, False])
+def test_a_checkpoint_is_evaluated_in_its_runs_subnormal_mode(tmp_path, monkeypatch, flush):
+    """``npgrad evaluate`` gives the figures the run reported: it computes in the run's mode."""
+    from npgrad.app import trainer as trainer_module
+
+    final = quiet(small_cfg(epochs=1, keep_denormals=not flush), tmp_path).fit()
+    seen = []
+    evaluate = trainer_module.evaluate
+
+    def spy(*args, **kw):
+        seen.append(fpenv.denormals_flushed())
+        return evaluate(*args, **kw)
+
+    monkeypatch.setattr(trainer_module, "evaluate", spy)
+    with fpenv.flushed_denormals(not flush):  # whatever the caller's mode
+        ev = trainer_module.evaluate_checkpoint(tmp_path)[0]
+        assert fpenv.denormals_flushed() is not flush
+    assert seen == [flush]
+    assert (ev.loss, ev.accuracy) == (final["test_loss"], final["test_accuracy"])
+
+
 def test_a_run_from_before_the_subnormal_option_resumes_keeping_them():
     """Checkpoints stored before ``keep_denormals`` existed were trained with subnormals."""
     from npgrad.app.config import config_from_dict

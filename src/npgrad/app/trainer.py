@@ -144,7 +144,10 @@ def evaluate_checkpoint(
     known = len(meta["classes"])
     where = f"{data.dataset.name} test labels (the checkpoint's model knows {known} classes)"
     check_labels(data.y_test, known, where)
-    return evaluate(model, data.x_test, data.y_test), data, meta
+    # in the run's subnormal mode, so that its figures are the ones its training reported
+    with fpenv.flushing(not cfg.keep_denormals):
+        ev = evaluate(model, data.x_test, data.y_test)
+    return ev, data, meta
 
 
 # --------------------------------------------------------------------------- Ctrl-C
