@@ -114,7 +114,7 @@ class Tensor:
         self._retain = False
         self.name = name
         if tracing.current is not None:
-            tracing.current.created(self)
+            tracing.current.created(self, data)
 
     # ------------------------------------------------------------------ basics
     @property

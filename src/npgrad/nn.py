@@ -12,7 +12,8 @@ statistics): both are in :meth:`Module.state_dict`, so checkpoints carry them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import functools
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -54,6 +55,21 @@ class Parameter(Tensor):
 
     def __init__(self, data: Any, dtype: Any = None) -> None:
         super().__init__(data, requires_grad=True, dtype=dtype)
+
+
+def _registering(forward: Callable[..., Any]) -> Callable[..., Any]:
+    """``forward``, telling a trace being recorded that this module ran: its attributes (the
+    training flag among them) become guards of the plan, called directly or through
+    ``__call__``."""
+
+    @functools.wraps(forward)
+    def wrapper(self: Module, *args: Any, **kwargs: Any) -> Any:
+        if tracing.current is not None:
+            tracing.current.module(self)
+        return forward(self, *args, **kwargs)
+
+    wrapper.registers = True  # type: ignore[attr-defined]
+    return wrapper
 
 
 class Module:
@@ -121,9 +137,13 @@ class Module:
     def forward(self, *args: Any) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        forward = cls.__dict__.get("forward")
+        if forward is not None and not getattr(forward, "registers", False):
+            cls.forward = _registering(forward)  # type: ignore[method-assign]
+
     def __call__(self, *args: Any) -> Tensor:
-        if tracing.current is not None:  # its training flag becomes a guard of the plan
-            tracing.current.module(self)
         return self.forward(*args)
 
     def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:

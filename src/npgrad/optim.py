@@ -33,9 +33,20 @@ __all__ = [
 
 
 class Optimizer:
-    """Base class: holds parameters, the learning rate and per-parameter state arrays."""
+    """Base class: holds parameters, the learning rate and per-parameter state arrays.
+
+    A subclass's own ``step`` and ``zero_grad`` are made replayable
+    (:func:`npgrad.tracing.replayable`) as the class is defined: a compiled step calls
+    them again on every replay, whatever they do inside.
+    """
 
     state_names: tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in ("step", "zero_grad"):
+            if name in cls.__dict__:
+                setattr(cls, name, tracing.replayable(cls.__dict__[name]))
 
     def __init__(self, params: Iterable[Tensor], lr: float) -> None:
         self.params = list(params)

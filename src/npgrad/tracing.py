@@ -5,7 +5,7 @@ and replays it afterwards without the engine. To record, it needs to hear of fou
 things, and the parts that do them call into this module, which imports nothing:
 
 * every op applied (:func:`npgrad.autodiff.apply`) and every backward pass;
-* every Tensor made inside the step, every Module called (its ``training`` flag is
+* every Tensor made inside the step (and what from), every Module called (its ``training`` flag is
   a guard of the plan) and every read of a Tensor's values by Python (``item()``, a
   comparison), which would make the step's path depend on data;
 * the calls that change state without being ops: an optimizer's ``step`` and
@@ -28,7 +28,7 @@ class Tracer(Protocol):
 
     def op(self, op: Any, inputs: tuple[Any, ...], params: dict[str, Any], out: Any) -> None: ...
     def backward(self, root: Any, grad: Any, retain: bool, create: bool) -> None: ...
-    def created(self, tensor: Any) -> None: ...
+    def created(self, tensor: Any, source: Any) -> None: ...
     def module(self, module: Any) -> None: ...
     def read(self, tensor: Any, how: str) -> None: ...
     def call(
@@ -59,10 +59,14 @@ def replayable(fn: F) -> F:
     the optimizers do. Calls made inside a recorded call are not recorded again.
     """
 
+    if getattr(fn, "replayable", False):
+        return fn
+
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if current is not None:
             return current.call(fn, args, kwargs)
         return fn(*args, **kwargs)
 
+    wrapper.replayable = True  # type: ignore[attr-defined]
     return wrapper  # type: ignore[return-value]

@@ -131,10 +131,10 @@ def test_eval_mode_gets_a_plan_of_its_own():
         return net(npgrad.tensor(x))
 
     x = RNG.standard_normal((5, 20)).astype(np.float32)
-    train_out = [forward(x).data for _ in range(2)]
-    net.eval()
-    eval_out = [forward(x).data for _ in range(2)]
-    with npgrad.no_grad():
+    with npgrad.no_grad():  # with gradients on, it would return a graph: it runs eagerly
+        train_out = [forward(x).data for _ in range(2)]
+        net.eval()
+        eval_out = [forward(x).data for _ in range(2)]
         want = net(npgrad.tensor(x)).data
     assert all(np.array_equal(e, want) for e in eval_out)
     assert not np.array_equal(train_out[0], train_out[1])  # dropout in training mode
@@ -380,10 +380,11 @@ def test_a_buffer_replaced_by_assignment_gets_a_new_record():
         return net(npgrad.tensor(x))
 
     x = RNG.standard_normal((4, 2, 3, 3)).astype(np.float32)
-    forward(x)
-    forward(x)
-    net._modules["0"].running_mean = np.zeros(2, np.float32)  # a new array, not in place
-    forward(x)
+    with npgrad.no_grad():  # training mode: batch statistics, running ones updated
+        forward(x)
+        forward(x)
+        net._modules["0"].running_mean = np.zeros(2, np.float32)  # a new array, not in place
+        forward(x)
     assert not np.array_equal(net._modules["0"].running_mean, np.zeros(2))  # updated
     assert len(next(iter(forward.plans.values()))) == 2
 

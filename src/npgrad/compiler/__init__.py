@@ -17,11 +17,12 @@ The first call with a given *signature* (each argument's shape and dtype, the ot
 arguments' values, whether gradients are enabled) runs the function eagerly and
 records what it did (:mod:`npgrad.compiler.trace`); the record becomes a
 :class:`~npgrad.compiler.plan.Plan`. Later calls with that signature replay the
-plan: the same op forwards and vjps, in the same order, on this call's arrays, with
-no Tensor, tape or graph walk, and the recorded calls (``opt.step()``,
-``opt.zero_grad()``, clipping) made again. Another signature (the last, smaller
-batch) gets a plan of its own; a module whose ``training`` flag changed since the
-record (``net.eval()``) makes a new one too.
+plan: the same op forwards and vjps, in the same order, on this call's arrays
+(positional and keyword), with no Tensor, tape or graph walk, and the recorded calls
+(``opt.step()``, ``opt.zero_grad()``, clipping) made again. Another signature (the
+last, smaller batch) gets a plan of its own; so does a change of a module that ran
+(``net.eval()``, a parameter assigned anew, dropout's ``p``) or of which parameters
+require grad.
 
 What replays is the ops and the recorded calls, nothing else: Python code between
 them ran once, at the record. So a step must take what changes from call to call as
@@ -29,7 +30,9 @@ arguments (the batch) or from state that the recorded calls read (parameters,
 gradients, ``opt.lr``), and return Tensors. A step that cannot be replayed exactly
 (it reads a tensor's values in Python, makes an array inside from something that is
 no argument, uses ``create_graph``...) is run eagerly, every time, after one
-:class:`CompileWarning` that says why: slower, never wrong.
+:class:`CompileWarning` that says why: slower, never wrong. Python that decides without
+reading a tensor (a counter kept in the step) is not seen: ``docs/compile.md`` lists
+what is.
 """
 
 from __future__ import annotations
@@ -39,34 +42,55 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
+from .. import tracing
 from ..autodiff import Tensor, is_grad_enabled
 from ..errors import CompileWarning
 from ..ops.device import is_ndarray
 from .plan import REWRITES, Plan
-from .trace import record
+from .trace import bound_arguments, record
 
 __all__ = ["compile", "CompiledStep", "CompileWarning", "Plan", "REWRITES"]
 
-MAX_PLANS = 16  # signatures per step before it stops recording new ones
+MAX_PLANS = 16  # recordings per step before it stops recording new ones
 
 
-def _signature(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+def _signature(
+    args: tuple[Any, ...], kwargs: dict[str, Any], pinned: list[Any] | None = None
+) -> tuple[Any, ...]:
+    """What a plan is recorded for: each array's shape, dtype and type, every other value.
+
+    Plain values count by value (a float by its bits: ``0.0`` and ``-0.0`` differ), tuples
+    and lists by their items. Any other object counts by identity, and ``pinned`` keeps it
+    alive: CPython gives a freed object's identity to the next one made.
+    """
+
     def one(a: Any) -> Any:
         if isinstance(a, Tensor):
             return ("T", a.data.shape, a.data.dtype.str, a.requires_grad, type(a.data))
         if is_ndarray(a):  # its type too: a plan made on the CPU never replays on a GPU
             return ("A", a.shape, a.dtype.str, type(a))
-        return (
-            "V",
-            type(a).__name__,
-            a if isinstance(a, (int, float, str, bool, type(None))) else id(a),
-        )
+        if isinstance(a, float):
+            return ("F", type(a).__name__, float(a).hex())
+        if isinstance(a, (bool, int, str, type(None))):
+            return ("V", type(a).__name__, a)
+        if isinstance(a, np.generic):
+            return ("S", a.dtype.str, a.tobytes())
+        if isinstance(a, (tuple, list)):
+            return ("L", type(a).__name__, tuple(one(x) for x in a))
+        if pinned is not None:
+            pinned.append(a)
+        return ("O", type(a).__name__, id(a))
 
     # Which arguments are the same array: a plan binds each by position, so step(x, x)
     # and step(x1, x2) need plans of their own.
     first: dict[int, int] = {}
     aliases = tuple(
-        first.setdefault(id(a.data if isinstance(a, Tensor) else a), k) for k, a in enumerate(args)
+        first.setdefault(id(a.data if isinstance(a, Tensor) else a), k)
+        if isinstance(a, Tensor) or is_ndarray(a)
+        else -1
+        for k, a in enumerate(bound_arguments(args, kwargs))
     )
     return (
         tuple(one(a) for a in args),
@@ -90,9 +114,12 @@ class CompiledStep:
         self.rewrite = rewrite
         self.plans: dict[Any, list[Plan] | str] = {}
         self.replays = 0
+        self.recorded = 0  # recordings so far, at most MAX_PLANS
+        self._pinned: list[Any] = []  # objects that signatures name by identity
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if not self.enabled:
+        if not self.enabled or tracing.current is not None:
+            # inside another step's recording, its ops are recorded there, as eager ones
             return self.fn(*args, **kwargs)
         key = _signature(args, kwargs)
         known = self.plans.get(key)
@@ -101,23 +128,30 @@ class CompiledStep:
         for plan in known or ():
             if plan.guards_hold():
                 self.replays += 1
-                return plan.run(args)
-        if known is None and len(self.plans) >= MAX_PLANS:
-            self._give_up(key, f"more than {MAX_PLANS} signatures (argument shapes or values)")
+                return plan.run(bound_arguments(args, kwargs))
+        if self.recorded >= MAX_PLANS:  # every new signature or module state runs eagerly
+            if self.recorded == MAX_PLANS:
+                self.recorded += 1
+                self._warn(
+                    f"more than {MAX_PLANS} recordings (argument shapes or values, or module "
+                    "attributes, changed): new ones run eagerly"
+                )
             return self.fn(*args, **kwargs)
+        key = _signature(args, kwargs, self._pinned)
         result, trace, structure = record(self.fn, args, kwargs)
+        self.recorded += 1
         if trace.problem is not None:
-            self._give_up(key, trace.problem)
+            self._warn(trace.problem)
+            self.plans[key] = trace.problem
         else:
             self.plans.setdefault(key, []).append(  # type: ignore[union-attr]
                 Plan(trace, structure, rewrite=self.rewrite)
             )
         return result
 
-    def _give_up(self, key: Any, why: str) -> None:
+    def _warn(self, why: str) -> None:
         name = getattr(self.fn, "__qualname__", repr(self.fn))
         warnings.warn(f"npgrad.compile: {name} runs eagerly: {why}", CompileWarning, stacklevel=4)
-        self.plans[key] = why
 
     def plan(self, *args: Any, **kwargs: Any) -> Plan | None:
         """The plan that a call with these arguments would replay (None: eager or not yet)."""

@@ -33,7 +33,8 @@ from ..autodiff import Tensor, _accumulate_leaf
 from ..ops import conv, dense
 from ..ops.base import unbroadcast
 from ..ops.device import is_ndarray, namespace
-from .trace import ArgRef, Backward, Call, Instr, OverInput, Trace, _Out
+from ..ops.geometry import as_pair
+from .trace import ArgRef, Backward, Call, Instr, OverInput, Trace, _Out, _Same
 
 FWD, BWD, CALL = 0, 1, 2
 
@@ -48,7 +49,9 @@ def relu_after_max_pool(trace: Trace, keep: set[int]) -> int:
     exactly, in floating point too. The gradients agree as well: where a window's
     maximum is positive both send $G$ to the same (first) arg-max; where it is not,
     relu's mask gives $0$ either way. Applied where the relu's output feeds only the
-    pooling. Returns how many pairs were swapped.
+    pooling and the pooling has no padding: with padding, a window that holds padding alone
+    pools to $-\infty$ after the relu but to $0$ before it. Returns how many pairs were
+    swapped.
     """
     readers: dict[int, list[int]] = {}
     for i, e in enumerate(trace.events):
@@ -67,6 +70,8 @@ def relu_after_max_pool(trace: Trace, keep: set[int]) -> int:
         assert isinstance(pool, Instr)
         if pool.op is not conv.MaxPool2dOp or pool.ins != (r,):
             continue
+        if as_pair(pool.params.get("padding", 0), "padding", 0) != (0, 0):
+            continue  # a window of padding alone is -inf pooled, 0 the other way round
         pooled = len(trace.kinds)  # a new value: x pooled, before the relu
         trace.kinds.append(("op", i))
         trace.shapes.append(trace.shapes[pool.out])
@@ -112,6 +117,8 @@ def over_dead_input(trace: Trace, keep: set[int]) -> int:
         if producer.op.saves_output:
             continue
         if trace.shapes[n] != trace.shapes[e.out] or trace.dtypes[n] != trace.dtypes[e.out]:
+            continue
+        if not trace.shapes[n]:  # a 0-d result may be a NumPy scalar, which takes no writes
             continue
         trace.events[i] = replace(e, params={**e.params, "out": OverInput()})
         done += 1
@@ -166,9 +173,11 @@ class Plan:
 
     def __init__(self, trace: Trace, structure: Any, rewrite: bool = True) -> None:
         self.kinds = trace.kinds
-        # A module's mode, and its buffers' identity: an op holds batch norm's running
-        # statistics by reference, so a buffer replaced by assignment needs a new record.
-        self.guards = [(m, mode, _buffer_ids(m)) for m, mode in trace.modules.values()]
+        # Each module's attributes as they were recorded: its mode, its parameters' and
+        # buffers' identity (an op holds batch norm's running statistics by reference, so a
+        # buffer replaced by assignment needs a new record), and the numbers the ops took as
+        # constants (dropout's p, batch norm's momentum): a change of any needs a new record.
+        self.guards = [(m, list(vars(m).items())) for m, _ in trace.modules.values()]
         keep = _keep(trace, structure)
         self.rewrites = {f.__name__: f(trace, keep) for f in REWRITES} if rewrite else {}
         self.rewrite = rewrite
@@ -186,11 +195,13 @@ class Plan:
             )
         self.fixed = [(n, k[1]) for n, k in enumerate(self.kinds) if k[0] == "const"]
         self.params = [(n, k[1]) for n, k in enumerate(self.kinds) if k[0] == "ext"]
+        # which outside tensors wanted a gradient: freezing a layer needs a new record
+        self.wants = [(t, trace.requires[n]) for n, t in self.params]
         self.args = [(n, k[1]) for n, k in enumerate(self.kinds) if k[0] == "arg"]
         self.profile: dict[str, list[float]] | None = None
         # parameter names for describe(), from the outermost module called (first recorded)
         by_id: dict[int, str] = {}
-        for module, _, _ in self.guards:
+        for module, _ in self.guards:
             for name, p in module.named_parameters():
                 by_id.setdefault(id(p), name)
         self.names = {n: by_id.get(id(t), f"p{n}") for n, t in self.params}
@@ -231,7 +242,7 @@ class Plan:
             elif isinstance(e, Backward):
                 self.steps.append((BWD, e.root, self._unroll(e), e.retain, self.dtypes[e.root]))
             elif isinstance(e, Call):
-                self.steps.append((CALL, e.fn, e.args, e.kwargs))
+                self.steps.append((CALL, e.fn, e.args, e.kwargs, e.binds))
 
     def _unroll(self, b: Backward) -> list[_Vjp]:
         producer = {e.out: (i, e) for i, e in enumerate(self.events) if isinstance(e, Instr)}
@@ -256,8 +267,8 @@ class Plan:
 
     # ------------------------------------------------------------------ running
     def guards_hold(self) -> bool:
-        return all(
-            bool(m.training) == mode and _buffer_ids(m) == ids for m, mode, ids in self.guards
+        return all(_same_state(m, state) for m, state in self.guards) and all(
+            t.requires_grad == wanted for t, wanted in self.wants
         )
 
     def run(self, args: tuple[Any, ...]) -> Any:
@@ -296,10 +307,16 @@ class Plan:
                     root, vjps, retain, xp.ones(self.shapes[root], dtype), saved, args, timing
                 )
             else:
-                step[1](*step[2], **step[3])
+                _, fn, cargs, ckwargs, binds = step
+                if binds:  # an argument Tensor of this call, where the record had its own
+                    cargs = tuple(args[a.k] if isinstance(a, ArgRef) else a for a in cargs)
+                    ckwargs = {
+                        k: args[a.k] if isinstance(a, ArgRef) else a for k, a in ckwargs.items()
+                    }
+                fn(*cargs, **ckwargs)
                 if timing is not None:
                     timing.setdefault(step[1].__qualname__, []).append(time.perf_counter() - t0)
-        return _result(self.structure, v)
+        return _result(self.structure, v, self.kinds, args)
 
     def _backward(
         self,
@@ -389,8 +406,20 @@ class Plan:
         return f"v{n}"
 
 
-def _buffer_ids(module: Any) -> tuple[int, ...]:
-    return tuple(id(b) for b in module.__dict__.get("_buffers", {}).values())
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def _same_state(module: Any, recorded: list[tuple[str, Any]]) -> bool:
+    """Whether ``module``'s attributes are those recorded: the same objects (a Parameter, a
+    buffer, a generator: a module assigns a buffer through its attribute too), or plain
+    values equal to the recorded ones (``p = 0.5`` again)."""
+    now = vars(module)
+    if len(now) != len(recorded):
+        return False
+    for (k, v), (rk, rv) in zip(now.items(), recorded):
+        if v is not rv and (k != rk or type(v) not in _PLAIN or type(rv) is not type(v) or v != rv):
+            return False
+    return True
 
 
 def timeline(plan: Plan) -> str:
@@ -433,11 +462,16 @@ def _keep(trace: Trace, structure: Any) -> set[int]:
     return keep
 
 
-def _result(s: Any, v: list[Any]) -> Any:
+def _result(s: Any, v: list[Any], kinds: list[tuple[str, Any]], args: tuple[Any, ...]) -> Any:
     if isinstance(s, _Out):
         return Tensor(v[s.number])
+    if isinstance(s, _Same):  # the parameter or argument itself, as the eager step returns
+        kind, what = kinds[s.number]
+        return what if kind == "ext" else args[what]
+    if isinstance(s, tuple) and hasattr(s, "_fields"):
+        return type(s)(*(_result(x, v, kinds, args) for x in s))
     if isinstance(s, (tuple, list)):
-        return type(s)(_result(x, v) for x in s)
+        return type(s)(_result(x, v, kinds, args) for x in s)
     if isinstance(s, dict):
-        return {k: _result(x, v) for k, x in s.items()}
+        return {k: _result(x, v, kinds, args) for k, x in s.items()}
     return s

@@ -26,7 +26,8 @@ is not a Tensor. The caller then runs that step eagerly, always.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,9 +79,13 @@ class Backward:
 
 @dataclass
 class Call:
+    """A recorded call (:func:`npgrad.tracing.replayable`); an :class:`ArgRef` among its
+    arguments stands for the step's argument ``k``, a Tensor, given anew on every replay."""
+
     fn: Callable[..., Any]
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
+    binds: bool = False
 
 
 Event = Instr | Backward | Call
@@ -102,25 +107,48 @@ class Trace:
     _keep: list[Any] = field(default_factory=list)  # the tensors, so that ids stay unique
     _created: set[int] = field(default_factory=set)
     _made_arrays: dict[int, int] = field(default_factory=dict)  # id(op output array) -> value
+    _array_params: list[tuple[int, str]] = field(default_factory=list)  # (event, name)
 
     def __post_init__(self) -> None:
         self._arg_data = {}
         self._arg_tensor = {}
+        self._arg_roots: dict[int, int] = {}  # id of the array under an argument's -> k
         for k, a in enumerate(self.args):
             if isinstance(a, Tensor):
                 self._arg_tensor[id(a)] = k
                 self._arg_data[id(a.data)] = k
             elif is_ndarray(a):
                 self._arg_data[id(a)] = k
+        for k, a in reversed(list(enumerate(self.args))):
+            if isinstance(a, Tensor) or is_ndarray(a):
+                self._arg_roots[id(_root(a.data if isinstance(a, Tensor) else a))] = k
 
     # ------------------------------------------------------------------ the hooks
     def refuse(self, why: str) -> None:
         if self.problem is None:
             self.problem = why
 
-    def created(self, tensor: Tensor) -> None:
+    def created(self, tensor: Tensor, source: Any) -> None:
         self._created.add(id(tensor))
         self._keep.append(tensor)
+        if tensor.requires_grad:
+            self.refuse(
+                "a Tensor that requires grad is made inside the step (a replay could give it no "
+                ".grad): make it outside, as a Parameter"
+            )
+        if not is_ndarray(source) or id(source) in self._arg_data and tensor.data is source:
+            return  # a Python number, or an argument's array as it is (value_of classifies it)
+        k = self._arg_roots.get(id(_root(source)))
+        if k is not None:
+            self.refuse(
+                f"a Tensor is made inside the step from a part or a conversion of argument {k} "
+                "(a replay would keep its first values): pass that array as an argument"
+            )
+        elif id(source) in self._made_arrays:
+            self.refuse(
+                "a Tensor is made inside the step from a value computed in it (detach()?), which "
+                "a replay would keep from the first call: compute with the Tensor itself"
+            )
 
     def module(self, module: Any) -> None:
         self.modules.setdefault(id(module), (module, bool(module.training)))
@@ -156,6 +184,13 @@ class Trace:
             return
         order = topological_order(root)
         for t in order:
+            if t._node is not None and id(t) in self._arg_tensor:
+                self.refuse(
+                    f"argument {self._arg_tensor[id(t)]} is a Tensor computed before the step, "
+                    "and backward() goes on into that graph, which a replay cannot: compute it "
+                    "inside the step, or pass it detached"
+                )
+                return
             if t._node is not None and id(t) not in self._value:
                 self.refuse("backward() through a graph recorded before the step began")
                 return
@@ -174,19 +209,40 @@ class Trace:
         self.events.append(Backward(self.value_of(root), numbers, retain, delivered))
 
     def call(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        for a in (*args, *kwargs.values()):
-            if (
-                isinstance(a, Tensor)
-                and id(a) in self._value
-                and self.kinds[self._value[id(a)]][0] != "ext"
-            ):
-                self.refuse(f"{fn.__qualname__}() is given a tensor computed inside the step")
-        self.events.append(Call(fn, args, kwargs))
+        def bound(a: Any) -> Any:
+            if isinstance(a, Iterator):
+                self.refuse(
+                    f"{fn.__qualname__}() is given an iterator (a generator?), which a replay "
+                    "would find used up: pass a list"
+                )
+            elif isinstance(a, Tensor) and id(a) in self._arg_tensor:
+                return ArgRef(self._arg_tensor[id(a)])  # this call's argument, on a replay
+            elif isinstance(a, Tensor) and id(a) in self._value:
+                if self.kinds[self._value[id(a)]][0] != "ext":
+                    self.refuse(f"{fn.__qualname__}() is given a tensor computed inside the step")
+            elif isinstance(a, (tuple, list)) and any(id(x) in self._arg_tensor for x in a):
+                self.refuse(f"{fn.__qualname__}() is given the step's arguments in a container")
+            return a
+
+        rec_args = tuple(bound(a) for a in args)
+        rec_kwargs = {k: bound(v) for k, v in kwargs.items()}
+        binds = any(isinstance(a, ArgRef) for a in (*rec_args, *rec_kwargs.values()))
+        self.events.append(Call(fn, rec_args, rec_kwargs, binds))
         previous = tracing.set_current(None)  # what it calls is part of it, not recorded again
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
         finally:
             tracing.set_current(previous)
+        if result is None:
+            return None
+        why = (
+            f"the step reads what {fn.__qualname__}() returned, which a replay does not give "
+            "it again (the Python between ops runs once)"
+        )
+        if type(result) is float:  # clip_grad_norm's norm: refused only if the step reads it
+            return _Watched(result, lambda: self.refuse(why))
+        self.refuse(why)
+        return result
 
     # ------------------------------------------------------------------ values
     def _new(self, kind: tuple[str, Any], tensor: Tensor) -> int:
@@ -209,7 +265,12 @@ class Trace:
         if id(t.data) in self._arg_data:
             return self._new(("arg", self._arg_data[id(t.data)]), t)
         if id(t) in self._created:
-            if t.data.size > 1:
+            if id(t.data) in self._made_arrays:
+                self.refuse(
+                    "a Tensor is made inside the step from a value computed in it (detach()?), "
+                    "which a replay would keep from the first call: compute with the Tensor itself"
+                )
+            elif t.data.size > 1:
                 self.refuse(
                     f"a Tensor of shape {t.data.shape} is made inside the step from an array "
                     "that is no argument of it (a replay would keep its first values): pass the "
@@ -224,20 +285,63 @@ class Trace:
                 return ArgRef(self._arg_data[id(v)])
             if id(v) in self._made_arrays:
                 self.refuse(f"op {op.name!r}'s parameter {name!r} is an array computed in the step")
+            else:  # held by reference: checked once the step has run (check_params)
+                self._array_params.append((len(self.events), name))
         elif isinstance(v, Tensor):
             self.refuse(f"op {op.name!r}'s parameter {name!r} is a Tensor")
+        elif isinstance(v, (tuple, list)) and any(
+            is_ndarray(x) or isinstance(x, Tensor) for x in v
+        ):
+            self.refuse(
+                f"op {op.name!r}'s parameter {name!r} holds arrays (a fancy index?), which a "
+                "replay cannot bind anew: index with one array that is an argument of the step"
+            )
         return v
+
+    def check_params(self) -> None:
+        """Refuse an array parameter made inside the step (``y.astype(...)``, ``np.arange(n)``).
+
+        A parameter array that is no argument is held by reference, which is right for one
+        that lives on outside the step (a module's buffer, a constant closed over): a replay
+        reads its current values. One made inside the step from an argument would be kept
+        from the first call. The difference shows once the step has returned: then nothing
+        but this trace holds an array made inside it (CPython's reference count: the
+        parameter dictionary's reference and ``getrefcount``'s own).
+        """
+        for i, name in self._array_params:
+            instr = self.events[i]
+            assert isinstance(instr, Instr)
+            op = instr.op
+            if sys.getrefcount(instr.params[name]) <= 2:
+                self.refuse(
+                    f"op {op.name!r}'s parameter {name!r} is an array made inside the step (from "
+                    "an argument, say: y.astype(...)), which a replay would keep from the first "
+                    "call: pass the array itself as an argument"
+                )
+        self._array_params.clear()
 
     def output(self, result: Any) -> Any:
         """The step's return value as value numbers (a Tensor -> its number), or refuse."""
         if result is None:
             return None
         if isinstance(result, Tensor):
-            return _Out(self.value_of(result))
-        if isinstance(result, (tuple, list)):
+            n = self.value_of(result)
+            kind, what = self.kinds[n]
+            if kind == "ext" or (kind == "arg" and isinstance(self.args[what], Tensor)):
+                return _Same(n)  # a parameter or an argument: the object itself, as eagerly
+            return _Out(n)
+        if type(result) in (tuple, list):
             return type(result)(self.output(r) for r in result)
-        if isinstance(result, dict):
+        if isinstance(result, tuple) and hasattr(result, "_fields"):  # a namedtuple
+            return type(result)(*(self.output(r) for r in result))
+        if type(result) is dict:
             return {k: self.output(v) for k, v in result.items()}
+        if isinstance(result, (tuple, list, dict)):
+            self.refuse(
+                f"the step returns a {type(result).__name__}: return a tuple, list, namedtuple "
+                "or dict of Tensors"
+            )
+            return None
         self.refuse(
             f"the step returns a {type(result).__name__}: return Tensors (and read their values "
             "after the call), so that a replay returns this step's values"
@@ -245,8 +349,56 @@ class Trace:
         return None
 
 
+def _root(a: Any) -> Any:
+    """The array that owns ``a``'s memory (``a`` itself unless it is a view)."""
+    while getattr(a, "base", None) is not None and is_ndarray(a.base):
+        a = a.base
+    return a
+
+
+class _Watched(float):
+    """A float that a recorded call returned: the step may drop it, but any use (a comparison,
+    arithmetic, formatting, ``float()``) calls ``on_read`` first. Python's own C functions
+    (``math.isfinite``) read it unseen."""
+
+    on_read: Callable[[], None]
+
+    def __new__(cls, value: float, on_read: Callable[[], None]) -> _Watched:
+        self = super().__new__(cls, value)
+        self.on_read = on_read
+        return self
+
+
+def _watching(name: str) -> Callable[..., Any]:
+    plain = getattr(float, name)
+
+    def method(self: _Watched, *args: Any) -> Any:
+        self.on_read()
+        return plain(float.__float__(self), *args)
+
+    method.__name__ = name
+    return method
+
+
+for _name in (
+    "__bool__ __float__ __int__ __round__ __trunc__ __floor__ __ceil__ __lt__ __le__ __gt__ "
+    "__ge__ __eq__ __ne__ __hash__ __add__ __radd__ __sub__ __rsub__ __mul__ __rmul__ "
+    "__truediv__ __rtruediv__ __floordiv__ __rfloordiv__ __mod__ __rmod__ __divmod__ "
+    "__rdivmod__ __pow__ __rpow__ __neg__ __pos__ __abs__ __format__ __str__ __repr__ "
+    "is_integer hex as_integer_ratio conjugate"
+).split():
+    setattr(_Watched, _name, _watching(_name))
+
+
 @dataclass(frozen=True)
 class _Out:
+    number: int
+
+
+@dataclass(frozen=True)
+class _Same:
+    """A returned parameter or argument Tensor: a replay returns that very object."""
+
     number: int
 
 
@@ -254,8 +406,13 @@ def record(
     fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[Any, Trace, Any]:
     """Run ``fn(*args, **kwargs)`` eagerly while recording: (its result, the trace, the
-    result in value numbers)."""
-    trace = Trace(args)
+    result in value numbers).
+
+    The keyword arguments' values count as arguments after the positional ones, in the
+    order of their sorted names (argument ``len(args) + j``): a replay binds them the same
+    way (:func:`bound_arguments`).
+    """
+    trace = Trace(bound_arguments(args, kwargs))
     previous = tracing.set_current(trace)
     try:
         result = fn(*args, **kwargs)
@@ -264,5 +421,31 @@ def record(
     for module, mode in trace.modules.values():
         if bool(module.training) != mode:
             trace.refuse(f"{type(module).__name__}'s training mode changes inside the step")
+    trace.check_params()
     structure = trace.output(result)
+    differentiated = {n for e in trace.events if isinstance(e, Backward) for n in e.order}
+    for n in _numbers(structure):
+        if trace.requires[n] and n not in differentiated:
+            trace.refuse(
+                "the step returns a Tensor that requires grad, and no backward() in the step "
+                "went through it: a replay returns values without a graph (differentiate "
+                "inside the step)"
+            )
     return result, trace, structure
+
+
+def bound_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    """The positional arguments, then the keyword arguments' values by sorted name."""
+    return (*args, *(kwargs[k] for k in sorted(kwargs))) if kwargs else args
+
+
+def _numbers(s: Any) -> Iterator[int]:
+    """The value numbers of the computed Tensors a step returns."""
+    if isinstance(s, _Out):
+        yield s.number
+    elif isinstance(s, (tuple, list)):
+        for x in s:
+            yield from _numbers(x)
+    elif isinstance(s, dict):
+        for x in s.values():
+            yield from _numbers(x)

@@ -1,0 +1,493 @@
+"""What a recording binds anew on every replay, and what it refuses (eager, one warning).
+
+Each case runs the same step eagerly and compiled on twin models, several calls (so that
+several replays happen), and compares everything the step changed, bit for bit. The cases
+come from a hostile trial of ``npgrad.compile``: each one replayed a wrong result before.
+"""
+
+import warnings
+from collections import namedtuple
+
+import numpy as np
+import pytest
+
+import npgrad
+from npgrad import nn, optim
+from npgrad.errors import CompileWarning
+
+RS = np.random.default_rng(0)
+X = [RS.standard_normal((4, 3)).astype(np.float32) for _ in range(5)]
+Y = [RS.integers(0, 2, 4) for _ in range(5)]
+
+
+def twins(build, calls=5):
+    """``build(enabled)`` -> ``run(i)`` returning arrays; (eager runs, compiled runs, warnings)."""
+    eager = build(False)
+    e = [[np.array(a) for a in eager(i)] for i in range(calls)]  # copies: parameters move on
+    compiled = build(True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        c = [[np.array(a) for a in compiled(i)] for i in range(calls)]
+    said = [str(w.message) for w in caught if issubclass(w.category, CompileWarning)]
+    return e, c, said
+
+
+def assert_same(e, c):
+    for i, (a, b) in enumerate(zip(e, c)):
+        for j, (u, v) in enumerate(zip(a, b)):
+            assert np.array_equal(u, v, equal_nan=True), f"call {i}, result {j}: {u} != {v}"
+
+
+def mlp_step(enabled, body=None, opt_cls=optim.SGD):
+    """The usual step on a small MLP; ``body(net, opt, x, y)`` -> loss replaces its middle."""
+    net = nn.MLP([3, 5, 2], rng=0)
+    opt = opt_cls(net.parameters(), 0.1)
+
+    def default(net, opt, x, y):
+        return npgrad.cross_entropy(net(npgrad.tensor(x)), y)
+
+    @npgrad.compile(enabled=enabled)
+    def step(x, y):
+        loss = (body or default)(net, opt, x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss
+
+    return net, opt, step
+
+
+def state(net):
+    return [p.data for p in net.parameters()]
+
+
+# ----------------------------------------------------------------------- bound anew
+
+
+def test_keyword_arguments_are_bound_on_every_replay():
+    def build(enabled):
+        net, _, step = mlp_step(enabled)
+        return lambda i: [step(x=X[i], y=Y[i]).data, *state(net)]
+
+    e, c, said = twins(build)
+    assert_same(e, c)
+    assert not said
+
+
+def test_a_recorded_call_on_an_argument_tensor_gets_this_calls_tensor():
+    def build(enabled):
+        net = nn.MLP([3, 5, 2], rng=0)
+        xs = [npgrad.tensor(x, requires_grad=True) for x in X[:3]]
+
+        @npgrad.compile(enabled=enabled)
+        def input_grad(xt, y):
+            xt.zero_grad()  # recorded before xt is used: bound to the argument, not its object
+            net.zero_grad()
+            npgrad.cross_entropy(net(xt), y).backward()
+
+        def run(i):
+            input_grad(xs[i % 3], Y[0])
+            return [xs[i % 3].grad]
+
+        return run
+
+    e, c, said = twins(build, calls=6)
+    assert_same(e, c)
+    assert not said
+
+
+def test_returned_parameters_and_namedtuples_are_what_the_eager_step_returns():
+    Out = namedtuple("Out", "loss bias")
+
+    def build(enabled):
+        net, opt, _ = mlp_step(enabled)
+
+        @npgrad.compile(enabled=enabled)
+        def step(x, y):
+            loss = npgrad.cross_entropy(net(npgrad.tensor(x)), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return Out(loss, net[0].bias)
+
+        def run(i):
+            out = step(X[i], Y[i])
+            assert isinstance(out, Out) and out.bias is net[0].bias
+            return [out.loss.data, out.bias.grad]
+
+        return run
+
+    e, c, said = twins(build)
+    assert_same(e, c)
+    assert not said
+
+
+def test_a_compiled_step_called_inside_another_is_recorded_there():
+    def build(enabled):
+        net, _, inner = mlp_step(enabled)
+        outer = npgrad.compile(lambda x, y: inner(x, y), enabled=enabled)
+        return lambda i: [outer(X[i], Y[i]).data, *state(net)]
+
+    e, c, said = twins(build)
+    assert_same(e, c)
+    assert not said
+
+
+def test_an_optimizer_of_ones_own_is_replayed_whatever_its_step_does():
+    class SignSGD(optim.Optimizer):
+        def step(self):  # not marked replayable: the class makes it so
+            for p in self.params:
+                p.data -= self.lr * np.sign(p.grad)
+
+    def build(enabled):
+        net, _, step = mlp_step(enabled, opt_cls=SignSGD)
+        return lambda i: [step(X[i], Y[i]).data, *state(net)]
+
+    e, c, said = twins(build)
+    assert_same(e, c)
+    assert not said
+
+
+# ----------------------------------------------------------------------- guards
+
+
+def change_between_calls(change):
+    """A dropout-and-batch-norm step; ``change(net, opt)`` runs before the third call."""
+
+    def build(enabled):
+        net = nn.Sequential(
+            nn.Linear(3, 6, rng=0),
+            nn.BatchNorm1d(6),
+            nn.Dropout(0.5, rng=1),
+            nn.Linear(6, 2, rng=2),
+        )
+        opt = optim.SGD(net.parameters(), 0.1)
+
+        @npgrad.compile(enabled=enabled)
+        def step(x, y):
+            loss = npgrad.cross_entropy(net(npgrad.tensor(x)), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return loss
+
+        def run(i):
+            if i == 2:
+                change(net, opt)
+            return [step(X[i], Y[i]).data, *state(net), net[1].running_mean]
+
+        return run
+
+    return build
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda net, opt: setattr(net[2], "p", 0.0),
+        lambda net, opt: net.set_rng(np.random.default_rng(7)),
+        lambda net, opt: setattr(net[1], "momentum", 0.9),
+        lambda net, opt: setattr(net[1], "training", False),
+        lambda net, opt: setattr(net[0].bias, "requires_grad", False),  # a frozen layer
+    ],
+    ids=["dropout p", "generator", "momentum", "one module's mode", "requires_grad"],
+)
+def test_a_module_attribute_changed_between_calls_gets_a_new_record(change):
+    e, c, said = twins(change_between_calls(change))
+    assert_same(e, c)
+    assert not said
+
+
+def test_a_parameter_replaced_by_assignment_gets_a_new_record():
+    def build(enabled):
+        net, opt, step = mlp_step(enabled)
+
+        def run(i):
+            if i == 2:
+                net[0].weight = nn.Parameter(np.ones((3, 5), np.float32))
+                opt.params[0] = net[0].weight
+            return [step(X[i], Y[i]).data, *state(net)]
+
+        return run
+
+    e, c, said = twins(build)
+    assert_same(e, c)
+
+
+def test_a_module_called_through_forward_is_guarded_too():
+    def build(enabled):
+        lin, bn = nn.Linear(3, 4, rng=0), nn.BatchNorm1d(4)
+
+        @npgrad.compile(enabled=enabled)
+        def f(x):
+            return bn.forward(lin.forward(npgrad.tensor(x)))
+
+        def run(i):
+            if i == 2:
+                bn.eval()
+            with npgrad.no_grad():
+                return [f(X[i]).data]
+
+        return run
+
+    e, c, said = twins(build)
+    assert_same(e, c)
+    assert not said
+
+
+# ----------------------------------------------------------------------- signatures
+
+
+class Factor:
+    def __init__(self, value):
+        self.value = value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        lambda i: [0.0, -0.0][i % 2],  # equal, and hashed alike: 1 / v tells them apart
+        lambda i: np.float32(1.0 / (i + 1)),  # made anew each call: CPython reuses the id
+        lambda i: (i % 4, 1),
+        lambda i: Factor(i + 1.0),  # an object: by identity, kept alive so it is not reused
+    ],
+    ids=["signed zeros", "numpy scalars", "tuples", "objects"],
+)
+def test_plain_values_count_by_value_not_by_identity(value):
+    x = np.arange(1, 13, dtype=np.float32).reshape(4, 3)
+
+    def build(enabled):
+        w = nn.Parameter(np.ones(3, np.float32))
+
+        @npgrad.compile(enabled=enabled)
+        def f(x, v):
+            t = npgrad.tensor(x) * w
+            if isinstance(v, Factor):
+                return t * v.value  # Python reads it at the record: it is in the plan
+            return t[v] if isinstance(v, tuple) else 1.0 / (t * v)
+
+        def run(i):
+            with npgrad.no_grad():
+                return [f(x, value(i)).data]
+
+        return run
+
+    with np.errstate(divide="ignore"):
+        e, c, said = twins(build, calls=8)
+    assert_same(e, c)
+
+
+def test_too_many_recordings_warn_once_and_run_eagerly():
+    from npgrad.compiler import MAX_PLANS
+
+    step = npgrad.compile(lambda x, v: (npgrad.tensor(x) * v).sum())
+    x = np.ones(3, np.float32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with npgrad.no_grad():
+            results = [float(step(x, float(v)).data) for v in range(MAX_PLANS + 10)]
+    assert results == [3.0 * v for v in range(MAX_PLANS + 10)]
+    assert len(caught) == 1 and f"more than {MAX_PLANS} recordings" in str(caught[0].message)
+    assert len(step.plans) == MAX_PLANS
+
+
+# ----------------------------------------------------------------------- refused
+
+
+def labels(fn):
+    return lambda net, opt, x, y: npgrad.cross_entropy(net(npgrad.tensor(x)), fn(y))
+
+
+REFUSED = {
+    "labels converted": (labels(lambda y: y.astype(np.int32)), "made inside the step"),
+    "labels raveled": (labels(lambda y: y.ravel()), "made inside the step"),
+    "fancy index": (
+        lambda net, opt, x, y: -npgrad.log_softmax(net(npgrad.tensor(x)))[np.arange(4), y].mean(),
+        "holds arrays",
+    ),
+    "detach": (
+        lambda net, opt, x, y: (l := npgrad.cross_entropy(net(npgrad.tensor(x)), y)) / l.detach(),
+        "computed in it (detach()?)",
+    ),
+    "a converted one-element argument": (
+        lambda net, opt, x, y: (
+            npgrad.cross_entropy(net(npgrad.tensor(x)), y)
+            * npgrad.tensor(y[:1], dtype=np.float32).sum()
+        ),
+        "conversion of argument 1",
+    ),
+    "a leaf made inside": (
+        lambda net, opt, x, y: (
+            npgrad.cross_entropy(net(npgrad.tensor(x)), y)
+            * npgrad.tensor(np.float32(2.0), requires_grad=True)
+        ),
+        "requires grad is made inside",
+    ),
+    "a part of an argument": (
+        lambda net, opt, x, y: (
+            npgrad.cross_entropy(net(npgrad.tensor(x)), y) * npgrad.tensor(y[:1]).sum()
+        ),
+        "a part or a conversion of argument 1",
+    ),
+}
+
+
+def clipped(net, opt, x, y, params, then):
+    """A step that clips between backward and the update; ``then(norm)`` after clipping."""
+    opt.zero_grad()
+    loss = npgrad.cross_entropy(net(npgrad.tensor(x)), y)
+    loss.backward()
+    then(optim.clip_grad_norm(params(net), 0.01), opt)
+    return loss
+
+
+REFUSED_CLIPPED = {
+    "a generator to a recorded call": (
+        lambda net: (p for p in net.parameters()),
+        lambda norm, opt: opt.step(),
+        "given an iterator",
+    ),
+    "a branch on a recorded call's value": (
+        lambda net: net.parameters(),
+        lambda norm, opt: norm < 1.0 and opt.step(),
+        "reads what clip_grad_norm() returned",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED_CLIPPED)
+def test_a_recorded_call_that_a_replay_could_not_repeat_runs_eagerly(case):
+    params, then, words = REFUSED_CLIPPED[case]
+
+    def build(enabled):
+        net = nn.MLP([3, 5, 2], rng=0)
+        opt = optim.SGD(net.parameters(), 0.1)
+        step = npgrad.compile(lambda x, y: clipped(net, opt, x, y, params, then), enabled=enabled)
+        return lambda i: [step(X[i], 10 * Y[i] % 2).data, *state(net)]
+
+    e, c, said = twins(build)
+    assert_same(e, c)
+    assert len(said) == 1 and words in said[0], said
+
+
+@pytest.mark.parametrize("case", REFUSED)
+def test_what_a_replay_could_not_reproduce_runs_eagerly_after_one_warning(case):
+    body, words = REFUSED[case]
+
+    def build(enabled):
+        net, _, step = mlp_step(enabled, body)
+        return lambda i: [step(X[i], Y[i]).data, *state(net)]
+
+    e, c, said = twins(build)
+    assert_same(e, c)
+    assert len(said) == 1 and words in said[0], said
+
+
+def test_an_argument_with_a_graph_from_outside_the_step_is_refused():
+    def build(enabled):
+        enc, head = nn.Linear(3, 5, rng=0), nn.Linear(5, 2, rng=1)
+        opt = optim.SGD(enc.parameters() + head.parameters(), 0.1)
+
+        @npgrad.compile(enabled=enabled)
+        def step(feats, y):
+            loss = npgrad.cross_entropy(head(feats), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return loss
+
+        return lambda i: [step(enc(npgrad.tensor(X[i])), Y[i]).data, enc.bias.data]
+
+    e, c, said = twins(build)
+    assert_same(e, c)
+    assert len(said) == 1 and "computed before the step" in said[0]
+
+
+def test_a_tensor_returned_with_a_graph_to_differentiate_outside_is_refused():
+    def build(enabled):
+        net = nn.MLP([3, 5, 2], rng=0)
+        forward = npgrad.compile(lambda x: net(npgrad.tensor(x)), enabled=enabled)
+
+        def run(i):
+            net.zero_grad()
+            npgrad.cross_entropy(forward(X[i]), Y[i]).backward()
+            return [p.grad for p in net.parameters()]
+
+        return run
+
+    e, c, said = twins(build)
+    assert_same(e, c)
+    assert len(said) == 1 and "returns a Tensor that requires grad" in said[0]
+
+
+def test_a_returned_container_of_another_kind_is_refused_not_a_traceback():
+    class Record(dict):
+        pass
+
+    def build(enabled):
+        net, opt, _ = mlp_step(enabled)
+
+        @npgrad.compile(enabled=enabled)
+        def step(x, y):
+            loss = npgrad.cross_entropy(net(npgrad.tensor(x)), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return Record(loss=loss)
+
+        return lambda i: [step(X[i], Y[i])["loss"].data, *state(net)]
+
+    e, c, said = twins(build)
+    assert_same(e, c)
+    assert len(said) == 1 and "returns a Record" in said[0]
+
+
+# ----------------------------------------------------------------------- rewrites
+
+
+def test_relu_and_a_padded_pooling_are_not_swapped():
+    """A window of padding alone pools to -inf after the relu, to 0 before it."""
+    x = RS.standard_normal((2, 1, 3, 3)).astype(np.float32)
+
+    def build(enabled):
+        net = nn.Sequential(
+            nn.Conv2d(1, 2, 2, rng=0), nn.ReLU(), nn.MaxPool2d(2, stride=1, padding=1, dilation=3)
+        )
+
+        @npgrad.compile(enabled=enabled)
+        def step(x):
+            out = net(npgrad.tensor(x))
+            net.zero_grad()
+            out.sum().backward()
+            return out
+
+        return lambda i: [step(x).data, *(p.grad for p in net.parameters())]
+
+    e, c, said = twins(build)
+    assert_same(e, c)
+    assert np.isneginf(e[0][0]).all()
+
+
+def test_an_activation_of_a_scalar_product_is_not_written_over_it():
+    """``x @ w`` of two vectors is a NumPy scalar, which no op can write into."""
+    rs = np.random.default_rng(1)
+    xs = [rs.standard_normal(3).astype(np.float32) for _ in range(5)]
+    w0 = rs.standard_normal(3).astype(np.float32)
+
+    def build(enabled):
+        w = nn.Parameter(w0.copy())
+        opt = optim.SGD([w], 0.1)
+
+        @npgrad.compile(enabled=enabled)
+        def step(x):
+            loss = npgrad.relu(npgrad.tensor(x) @ w)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return loss
+
+        return lambda i: [step(xs[i]).data, w.data]
+
+    e, c, said = twins(build)
+    assert_same(e, c)
+    assert not said
