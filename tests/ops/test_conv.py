@@ -249,6 +249,33 @@ def test_result_does_not_depend_on_the_batch_chunking(monkeypatch):
         np.testing.assert_allclose(a, b_, rtol=1e-13, atol=1e-13)
 
 
+@pytest.mark.parametrize("flipped_from", [1, 10**9], ids=["flipped convolution", "fold"])
+@pytest.mark.parametrize(
+    "kernel, padding, dilation", [(3, 1, 1), ((3, 2), (2, 0), 1), (2, 2, (2, 1)), (1, 0, 1)]
+)
+def test_both_ways_to_a_stride_1_input_gradient_match_torch(
+    monkeypatch, torch, flipped_from, kernel, padding, dilation
+):
+    """Which way is faster depends on the channels (``FLIPPED_MIN_CHANNELS``): both must
+    be right for every geometry."""
+    monkeypatch.setattr(ops_conv, "FLIPPED_MIN_CHANNELS", flipped_from)
+    rng = np.random.default_rng(7)
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    x, w = rng.standard_normal((2, 3, 7, 6)), rng.standard_normal((4, 3, kh, kw))
+    kw_ = {"padding": padding, "dilation": dilation}
+    out = autodiff.conv2d(x, w, **kw_)
+    g = rng.standard_normal(out.shape)
+    _assert_same(
+        *_torch_pair(
+            torch,
+            [x, w],
+            g,
+            lambda *t: autodiff.conv2d(*t, **kw_),
+            lambda *t: torch.nn.functional.conv2d(*t, **kw_),
+        )
+    )
+
+
 def test_flatten_keeps_nchw_order_like_torch(torch):
     rng = np.random.default_rng(2)
     x = rng.standard_normal((2, 3, 4, 4))
