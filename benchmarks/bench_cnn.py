@@ -61,6 +61,7 @@ from benchmarks.machine import describe  # noqa: E402
 from benchmarks.report import add_out_option, write_report  # noqa: E402
 from npgrad import nn, optim  # noqa: E402
 from npgrad.app.allocator import keep_freed_memory  # noqa: E402
+from npgrad.ops.conv import FLIPPED_MIN_CHANNELS  # noqa: E402
 
 LR = 1e-3
 
@@ -83,16 +84,23 @@ def products(name: str, batch: int) -> list[tuple[int, int, int, bool]]:
     The shapes npgrad multiplies (im2col): a conv's forward is an (N*H'*W', C*k*k) x
     (C*k*k, O) product, its weight gradient the unfolded input transposed times the
     output gradient, its input gradient (stride 1) the convolution of the output
-    gradient with the flipped kernel, (N*H*W, O*k*k) x (O*k*k, C); the first layer
-    needs no input gradient.
+    gradient with the flipped kernel, (N*H*W, O*k*k) x (O*k*k, C), from
+    ``conv.FLIPPED_MIN_CHANNELS`` input channels on, else one (N*H*W, O) x (O, C)
+    product per kernel offset; the first layer needs no input gradient.
     """
     out = []
     for i, (kind, cin, cout, k, side) in enumerate(SHAPES[name]):
         rows = batch * side * side if kind == "conv" else batch
         depth = k * k * cin if kind == "conv" else cin
         out += [(rows, depth, cout, False), (depth, rows, cout, True)]
-        if i:
-            out.append((rows, k * k * cout if kind == "conv" else cout, cin, False))
+        if not i:
+            continue
+        if kind != "conv":
+            out.append((rows, cout, cin, False))
+        elif cin >= FLIPPED_MIN_CHANNELS:
+            out.append((rows, k * k * cout, cin, False))
+        else:
+            out += [(rows, cout, cin, False)] * (k * k)
     return out
 
 

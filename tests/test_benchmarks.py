@@ -43,7 +43,7 @@ def test_cnn_products_are_the_im2col_shapes():
         (9, 4 * 784, 16, True),
         (4 * 196, 144, 32, False),
         (144, 4 * 196, 32, True),
-        (4 * 196, 288, 16, False),  # the flipped-kernel convolution of the output gradient
+        *[(4 * 196, 32, 16, False)] * 9,  # 16 input channels: one product per kernel offset
         (4, 1568, 10, False),
         (1568, 4, 10, True),
         (4, 10, 1568, False),
@@ -51,6 +51,8 @@ def test_cnn_products_are_the_im2col_shapes():
     assert bench_cnn.gemm_flops_per_sample("small") == 2 * (
         2 * 784 * 9 * 16 + 3 * 196 * 144 * 32 + 3 * 1568 * 10
     )
+    # 32 input channels and more: the flipped-kernel convolution of the output gradient
+    assert (4 * 196, 25 * 64, 32, False) in bench_cnn.products("lenet", 4)
 
 
 def test_flops_per_sample():
