@@ -94,7 +94,11 @@ class Tensor:
         requires_grad: bool = False,
         dtype: Any = None,
         name: str | None = None,
+        *,
+        made_from: Any = None,
     ) -> None:
+        # made_from: what a trace being recorded is told the Tensor was made from, when that
+        # is not ``data`` (a Python number that _lift turned into an array)
         xp = namespace(data)  # the data's device: NumPy, or CuPy for data on a GPU
         arr = xp.array(data, dtype=dtype) if dtype is not None else xp.asarray(data)
         if arr.dtype.kind not in "biufc":  # strings and objects would fail deep inside an op
@@ -114,7 +118,7 @@ class Tensor:
         self._retain = False
         self.name = name
         if tracing.current is not None:
-            tracing.current.created(self, data)
+            tracing.current.created(self, data if made_from is None else made_from)
 
     # ------------------------------------------------------------------ basics
     @property
@@ -534,8 +538,8 @@ def _lift(x: Any, like: Tensor) -> Tensor:
         return x
     xp = namespace(like.data)
     if isinstance(x, (int, float)) and np.issubdtype(like.data.dtype, np.floating):
-        return Tensor(xp.asarray(x, dtype=like.data.dtype))
-    return Tensor(xp.asarray(x))
+        return Tensor(xp.asarray(x, dtype=like.data.dtype), made_from=x)
+    return Tensor(xp.asarray(x), made_from=x)
 
 
 def apply(op: type[Op], *inputs: Tensor, **params: Any) -> Tensor:

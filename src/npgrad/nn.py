@@ -139,11 +139,13 @@ class Module:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        forward = cls.__dict__.get("forward")
-        if forward is not None and not getattr(forward, "registers", False):
+        forward = cls.forward  # through the MRO: a mixin's forward is wrapped here too
+        if not getattr(forward, "registers", False):
             cls.forward = _registering(forward)  # type: ignore[method-assign]
 
     def __call__(self, *args: Any) -> Tensor:
+        if tracing.current is not None:  # also when forward was set on the instance
+            tracing.current.module(self)
         return self.forward(*args)
 
     def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:

@@ -186,7 +186,6 @@ class Adam(Optimizer):
         super().__init__(params, lr)
         self.betas, self.eps, self.weight_decay = betas, eps, weight_decay
 
-    @tracing.replayable
     def step(self) -> None:
         b1, b2 = self.betas
         t = self.steps + 1

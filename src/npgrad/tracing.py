@@ -5,9 +5,9 @@ and replays it afterwards without the engine. To record, it needs to hear of fou
 things, and the parts that do them call into this module, which imports nothing:
 
 * every op applied (:func:`npgrad.autodiff.apply`) and every backward pass;
-* every Tensor made inside the step (and what from), every Module called (its ``training`` flag is
-  a guard of the plan) and every read of a Tensor's values by Python (``item()``, a
-  comparison), which would make the step's path depend on data;
+* every Tensor made inside the step (and what from), every Module that runs (its
+  attributes are guards of the plan) and every read of a Tensor's values by Python
+  (``item()``, a comparison), which would make the step's path depend on data;
 * the calls that change state without being ops: an optimizer's ``step`` and
   ``zero_grad``, gradient clipping. They are marked :func:`replayable`: recorded with
   their arguments, and called again, the same function, on every replay.

@@ -274,6 +274,14 @@ def test_resume_with_fewer_epochs_than_trained_is_refused_and_a_finished_run_has
     assert (tmp_path / "checkpoint.npz").read_bytes() == before
 
 
+def test_a_checkpoint_whose_partial_epoch_is_malformed_is_a_clear_error(tmp_path):
+    quiet(small_cfg(epochs=1), tmp_path).fit()
+    params, opt, meta = final_state(tmp_path)
+    ckpt.save(tmp_path / "checkpoint.npz", params, opt, {**meta, "partial": {"step": 3}})
+    with pytest.raises(CheckpointError, match="checkpoint metadata is incomplete"):
+        resume(tmp_path)
+
+
 def test_resume_refuses_to_end_before_the_epoch_it_stopped_in(tmp_path):
     def stop(epoch, step):
         if epoch == 2 and step == 3:

@@ -145,9 +145,11 @@ def test_the_replay_of_every_op_equals_its_eager_form():
     """Each op's replay is its own forward and vjp: a wrong replay of any op fails here."""
     for name, op in sorted(all_ops().items()):
         case = op_case(name, np.random.default_rng(5))
+        # array parameters (labels, running statistics) are the step's keyword arguments
+        arrays = {k: v for k, v in case.params.items() if isinstance(v, np.ndarray)}
 
-        def run(*ts, case=case, op=op):
-            out = apply(op, *ts[:-1], **case.params)
+        def run(*ts, case=case, op=op, **arrays):
+            out = apply(op, *ts[:-1], **{**case.params, **arrays})
             (out * ts[-1]).sum().backward()
             return out
 
@@ -158,11 +160,11 @@ def test_the_replay_of_every_op_equals_its_eager_form():
             ts = [npgrad.tensor(a.copy(), requires_grad=True) for a in case.inputs]
             with warnings.catch_warnings():
                 warnings.simplefilter("error")
-                out = compiled(*ts, g)
+                out = compiled(*ts, g, **arrays)
             results.append((out.data, [t.grad for t in ts]))
         assert compiled.replays == 2, name
         ts = [npgrad.tensor(a.copy(), requires_grad=True) for a in case.inputs]
-        want = run(*ts, g)
+        want = run(*ts, g, **arrays)
         for out, grads in results[1:]:
             np.testing.assert_array_equal(out, want.data, err_msg=name)
             for got, t in zip(grads, ts):
@@ -277,7 +279,7 @@ def test_an_array_made_inside_the_step_is_refused_not_frozen():
         return npgrad.tensor(x) + noise
 
     message, outs = fallback(step, np.zeros(4, np.float32))
-    assert "made inside the step" in message and "shape (4,)" in message
+    assert "made inside the step from ndarray data that is no argument" in message
     assert not np.array_equal(outs[1].data, outs[2].data)  # fresh noise every call
 
 

@@ -5,6 +5,7 @@ several replays happen), and compares everything the step changed, bit for bit. 
 come from a hostile trial of ``npgrad.compile``: each one replayed a wrong result before.
 """
 
+import math
 import warnings
 from collections import namedtuple
 
@@ -148,6 +149,57 @@ def test_an_optimizer_of_ones_own_is_replayed_whatever_its_step_does():
     assert not said
 
 
+def test_a_detached_value_is_that_value_without_its_graph():
+    """``detach()`` in a step (a stop-gradient, a returned copy of the loss) replays."""
+
+    def body(net, opt, x, y):
+        h = net[0](npgrad.tensor(x))
+        return npgrad.cross_entropy(net[2](npgrad.relu(h.detach()) + npgrad.relu(h)), y)
+
+    def build(enabled):
+        net, opt, _ = mlp_step(enabled)
+
+        @npgrad.compile(enabled=enabled)
+        def step(x, y):
+            loss = body(net, opt, x, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return loss.detach()
+
+        return lambda i: [step(X[i], Y[i]).data, *state(net)]
+
+    e, c, said = twins(build)
+    assert_same(e, c)
+    assert not said
+
+
+def test_a_recorded_call_given_an_argument_array_gets_this_calls_array():
+    seen = []
+
+    @npgrad.tracing.replayable
+    def log_batch(a):
+        seen.append(float(a.sum()))
+
+    def build(enabled):
+        net, opt, _ = mlp_step(enabled)
+
+        @npgrad.compile(enabled=enabled)
+        def step(x, y):
+            log_batch(x)
+            loss = npgrad.cross_entropy(net(npgrad.tensor(x)), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return loss
+
+        return lambda i: [step(X[i], Y[i]).data, *state(net)]
+
+    e, c, said = twins(build)
+    assert_same(e, c)
+    assert not said and seen[:5] == seen[5:] and len(set(seen)) == 5
+
+
 # ----------------------------------------------------------------------- guards
 
 
@@ -212,6 +264,90 @@ def test_a_parameter_replaced_by_assignment_gets_a_new_record():
 
     e, c, said = twins(build)
     assert_same(e, c)
+
+
+def test_a_parameter_whose_data_changes_dtype_gets_a_new_record():
+    def build(enabled):
+        net = nn.Sequential(nn.Linear(4, 8, rng=0), nn.ReLU(), nn.Linear(8, 3, rng=1))
+        opt = optim.SGD(net.parameters(), 0.1)
+
+        @npgrad.compile(enabled=enabled)
+        def step(x, y):
+            loss = npgrad.cross_entropy(net(npgrad.tensor(x)), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return loss
+
+        rng = np.random.default_rng(0)
+
+        def run(i):
+            if i == 2:
+                for p in net.parameters():
+                    p.data = p.data.astype(np.float64)
+            x = rng.normal(size=(5, 4)).astype(np.float32)
+            return [step(x, rng.integers(0, 3, 5)).data, *state(net)]
+
+        return run
+
+    e, c, said = twins(build)
+    assert_same(e, c)
+
+
+class Scaled:
+    """A mixin whose forward reads an attribute: the module it is mixed into is guarded."""
+
+    def forward(self, x):
+        return (x @ self.weight + self.bias) * self.scale
+
+
+class ScaledLinear(Scaled, nn.Linear):
+    scale = 1.0
+
+
+def test_a_forward_from_a_mixin_is_guarded_too():
+    def build(enabled):
+        lin = ScaledLinear(3, 2, rng=0)
+        f = npgrad.compile(lambda x: lin(npgrad.tensor(x)), enabled=enabled)
+
+        def run(i):
+            if i == 2:
+                lin.scale = 3.0
+            with npgrad.no_grad():
+                return [f(X[i]).data]
+
+        return run
+
+    e, c, said = twins(build)
+    assert_same(e, c)
+    assert not said
+
+
+def test_a_refused_state_keeps_the_plans_of_the_others():
+    """An eval-mode step that cannot replay runs eagerly; back in training mode, the
+    training plan replays again."""
+    net = nn.MLP([3, 5, 2], rng=0)
+    calls = []
+
+    @npgrad.compile
+    def f(x):
+        out = net(npgrad.tensor(x))
+        if not net.training:
+            out.sum().item()  # read in Python: refused, in this mode only
+        calls.append(net.training)
+        return out
+
+    with npgrad.no_grad(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        f(X[0])
+        f(X[0])
+        net.eval()
+        f(X[0])
+        f(X[0])
+        net.train()
+        f(X[0])
+    assert f.replays == 2 and calls == [True, False, False]  # the last call replayed
+    assert len(caught) == 1
 
 
 def test_a_module_called_through_forward_is_guarded_too():
@@ -299,15 +435,21 @@ def labels(fn):
 
 
 REFUSED = {
-    "labels converted": (labels(lambda y: y.astype(np.int32)), "made inside the step"),
-    "labels raveled": (labels(lambda y: y.ravel()), "made inside the step"),
+    "labels converted": (labels(lambda y: y.astype(np.int32)), "is an array that is no argument"),
+    "labels raveled": (labels(lambda y: y.ravel()), "is an array that is no argument"),
     "fancy index": (
         lambda net, opt, x, y: -npgrad.log_softmax(net(npgrad.tensor(x)))[np.arange(4), y].mean(),
         "holds arrays",
     ),
-    "detach": (
-        lambda net, opt, x, y: (l := npgrad.cross_entropy(net(npgrad.tensor(x)), y)) / l.detach(),
-        "computed in it (detach()?)",
+    "labels in a Tensor": (
+        lambda net, opt, x, y: npgrad.cross_entropy(
+            net(npgrad.tensor(x)), npgrad.tensor(y.astype(np.int64))
+        ),
+        "from ndarray data that is no argument",
+    ),
+    "a number computed with NumPy": (
+        lambda net, opt, x, y: npgrad.cross_entropy(net(npgrad.tensor(x) - x.mean()), y),
+        "from float32 data that is no argument",
     ),
     "a converted one-element argument": (
         lambda net, opt, x, y: (
@@ -342,6 +484,11 @@ def clipped(net, opt, x, y, params, then):
 
 
 REFUSED_CLIPPED = {
+    "math.isfinite on the norm": (
+        lambda net: net.parameters(),
+        lambda norm, opt: math.isfinite(norm) and opt.step(),
+        "uses what clip_grad_norm() returned",
+    ),
     "a generator to a recorded call": (
         lambda net: (p for p in net.parameters()),
         lambda norm, opt: opt.step(),
@@ -350,7 +497,7 @@ REFUSED_CLIPPED = {
     "a branch on a recorded call's value": (
         lambda net: net.parameters(),
         lambda norm, opt: norm < 1.0 and opt.step(),
-        "reads what clip_grad_norm() returned",
+        "uses what clip_grad_norm() returned",
     ),
 }
 
@@ -381,6 +528,36 @@ def test_what_a_replay_could_not_reproduce_runs_eagerly_after_one_warning(case):
     e, c, said = twins(build)
     assert_same(e, c)
     assert len(said) == 1 and words in said[0], said
+
+
+def test_an_optimizer_step_given_a_closure_is_refused():
+    class ClosureSGD(optim.SGD):
+        def step(self, closure=None):
+            if closure is not None:
+                closure()
+            super().step()
+
+    def build(enabled):
+        net = nn.MLP([3, 5, 2], rng=0)
+        opt = ClosureSGD(net.parameters(), 0.1)
+
+        @npgrad.compile(enabled=enabled)
+        def step(x, y):
+            def closure():
+                opt.zero_grad()
+                npgrad.cross_entropy(net(npgrad.tensor(x)), y).backward()
+
+            opt.step(closure)
+
+        def run(i):
+            step(X[i], Y[i])
+            return state(net)
+
+        return run
+
+    e, c, said = twins(build)
+    assert_same(e, c)
+    assert len(said) == 1 and "given a function" in said[0]
 
 
 def test_an_argument_with_a_graph_from_outside_the_step_is_refused():

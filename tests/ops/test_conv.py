@@ -251,8 +251,9 @@ def test_result_does_not_depend_on_the_batch_chunking(monkeypatch):
 
 @pytest.mark.parametrize("flipped_from", [1, 10**9], ids=["flipped convolution", "fold"])
 @pytest.mark.parametrize(
-    "kernel, padding, dilation", [(3, 1, 1), ((3, 2), (2, 0), 1), (2, 2, (2, 1)), (1, 0, 1)]
-)
+    "kernel, padding, dilation",
+    [(3, 1, 1), ((3, 2), (2, 0), 1), (2, 1, (2, 1)), ((3, 2), 1, (1, 2)), (1, 0, 1)],
+)  # each with padding at most dilation * (kernel - 1): the flipped way applies to all
 def test_both_ways_to_a_stride_1_input_gradient_match_torch(
     monkeypatch, torch, flipped_from, kernel, padding, dilation
 ):

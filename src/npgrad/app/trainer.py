@@ -355,14 +355,14 @@ class Trainer:
                 f"no checkpoint in {out} to resume from; drop --resume to start fresh"
             )
         params, opt_state, meta = ckpt.load(path)
+        partial = meta.get("partial")
         try:
             stored = config_from_dict(meta["config"])
             start_epoch, history = int(meta["epoch"]), list(meta["history"])
+            reached = int(partial["epoch"]) if partial is not None else start_epoch
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{path}: checkpoint metadata is incomplete ({exc})") from None
         cfg = resume_config(stored, changes or {})
-        partial = meta.get("partial")
-        reached = int(partial["epoch"]) if isinstance(partial, dict) else start_epoch
         if cfg.epochs < reached:  # the loop would not run, and the summary would contradict it
             into = f" and is in epoch {reached}" if reached > start_epoch else ""
             raise ConfigError(

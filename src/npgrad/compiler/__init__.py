@@ -48,8 +48,8 @@ from .. import tracing
 from ..autodiff import Tensor, is_grad_enabled
 from ..errors import CompileWarning
 from ..ops.device import is_ndarray
-from .plan import REWRITES, Plan
-from .trace import bound_arguments, record
+from .plan import REWRITES, Guards, Plan, Refused
+from .trace import PLAIN, bound_arguments, record
 
 __all__ = ["compile", "CompiledStep", "CompileWarning", "Plan", "REWRITES"]
 
@@ -71,9 +71,9 @@ def _signature(
             return ("T", a.data.shape, a.data.dtype.str, a.requires_grad, type(a.data))
         if is_ndarray(a):  # its type too: a plan made on the CPU never replays on a GPU
             return ("A", a.shape, a.dtype.str, type(a))
-        if isinstance(a, float):
-            return ("F", type(a).__name__, float(a).hex())
-        if isinstance(a, (bool, int, str, type(None))):
+        if type(a) is float:
+            return ("F", a.hex())
+        if type(a) in PLAIN:
             return ("V", type(a).__name__, a)
         if isinstance(a, np.generic):
             return ("S", a.dtype.str, a.tobytes())
@@ -112,9 +112,10 @@ class CompiledStep:
         self.fn = fn
         self.enabled = enabled
         self.rewrite = rewrite
-        self.plans: dict[Any, list[Plan] | str] = {}
+        self.plans: dict[Any, list[Plan | Refused]] = {}
         self.replays = 0
-        self.recorded = 0  # recordings so far, at most MAX_PLANS
+        self.recorded = 0  # recordings so far, refused ones included: at most MAX_PLANS
+        self._warned_full = False
         self._pinned: list[Any] = []  # objects that signatures name by identity
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -122,16 +123,15 @@ class CompiledStep:
             # inside another step's recording, its ops are recorded there, as eager ones
             return self.fn(*args, **kwargs)
         key = _signature(args, kwargs)
-        known = self.plans.get(key)
-        if isinstance(known, str):  # this signature does not replay
-            return self.fn(*args, **kwargs)
-        for plan in known or ():
-            if plan.guards_hold():
+        for entry in self.plans.get(key, ()):
+            if entry.guards_hold():
+                if isinstance(entry, Refused):  # this signature and state do not replay
+                    return self.fn(*args, **kwargs)
                 self.replays += 1
-                return plan.run(bound_arguments(args, kwargs))
+                return entry.run(bound_arguments(args, kwargs))
         if self.recorded >= MAX_PLANS:  # every new signature or module state runs eagerly
-            if self.recorded == MAX_PLANS:
-                self.recorded += 1
+            if not self._warned_full:
+                self._warned_full = True
                 self._warn(
                     f"more than {MAX_PLANS} recordings (argument shapes or values, or module "
                     "attributes, changed): new ones run eagerly"
@@ -140,13 +140,13 @@ class CompiledStep:
         key = _signature(args, kwargs, self._pinned)
         result, trace, structure = record(self.fn, args, kwargs)
         self.recorded += 1
+        made: Plan | Refused
         if trace.problem is not None:
             self._warn(trace.problem)
-            self.plans[key] = trace.problem
+            made = Refused(trace.problem, Guards(trace))
         else:
-            self.plans.setdefault(key, []).append(  # type: ignore[union-attr]
-                Plan(trace, structure, rewrite=self.rewrite)
-            )
+            made = Plan(trace, structure, rewrite=self.rewrite)
+        self.plans.setdefault(key, []).append(made)
         return result
 
     def _warn(self, why: str) -> None:
@@ -155,9 +155,9 @@ class CompiledStep:
 
     def plan(self, *args: Any, **kwargs: Any) -> Plan | None:
         """The plan that a call with these arguments would replay (None: eager or not yet)."""
-        plans = self.plans.get(_signature(args, kwargs))
-        if isinstance(plans, list):
-            return next((p for p in plans if p.guards_hold()), None)
+        for entry in self.plans.get(_signature(args, kwargs), ()):
+            if entry.guards_hold():
+                return entry if isinstance(entry, Plan) else None
         return None
 
 

@@ -34,7 +34,7 @@ from ..ops import conv, dense
 from ..ops.base import unbroadcast
 from ..ops.device import is_ndarray, namespace
 from ..ops.geometry import as_pair
-from .trace import ArgRef, Backward, Call, Instr, OverInput, Trace, _Out, _Same
+from .trace import PLAIN, ArgRef, Backward, Call, Instr, OverInput, Trace, _Out, _Same
 
 FWD, BWD, CALL = 0, 1, 2
 
@@ -173,11 +173,7 @@ class Plan:
 
     def __init__(self, trace: Trace, structure: Any, rewrite: bool = True) -> None:
         self.kinds = trace.kinds
-        # Each module's attributes as they were recorded: its mode, its parameters' and
-        # buffers' identity (an op holds batch norm's running statistics by reference, so a
-        # buffer replaced by assignment needs a new record), and the numbers the ops took as
-        # constants (dropout's p, batch norm's momentum): a change of any needs a new record.
-        self.guards = [(m, list(vars(m).items())) for m, _ in trace.modules.values()]
+        self.guards = Guards(trace)
         keep = _keep(trace, structure)
         self.rewrites = {f.__name__: f(trace, keep) for f in REWRITES} if rewrite else {}
         self.rewrite = rewrite
@@ -195,13 +191,11 @@ class Plan:
             )
         self.fixed = [(n, k[1]) for n, k in enumerate(self.kinds) if k[0] == "const"]
         self.params = [(n, k[1]) for n, k in enumerate(self.kinds) if k[0] == "ext"]
-        # which outside tensors wanted a gradient: freezing a layer needs a new record
-        self.wants = [(t, trace.requires[n]) for n, t in self.params]
         self.args = [(n, k[1]) for n, k in enumerate(self.kinds) if k[0] == "arg"]
         self.profile: dict[str, list[float]] | None = None
         # parameter names for describe(), from the outermost module called (first recorded)
         by_id: dict[int, str] = {}
-        for module, _ in self.guards:
+        for module, _ in self.guards.modules:
             for name, p in module.named_parameters():
                 by_id.setdefault(id(p), name)
         self.names = {n: by_id.get(id(t), f"p{n}") for n, t in self.params}
@@ -267,9 +261,7 @@ class Plan:
 
     # ------------------------------------------------------------------ running
     def guards_hold(self) -> bool:
-        return all(_same_state(m, state) for m, state in self.guards) and all(
-            t.requires_grad == wanted for t, wanted in self.wants
-        )
+        return self.guards.hold()
 
     def run(self, args: tuple[Any, ...]) -> Any:
         """Replay the step on ``args`` (same shapes and dtypes as the trace's)."""
@@ -406,7 +398,46 @@ class Plan:
         return f"v{n}"
 
 
-_PLAIN = (bool, int, float, str, type(None))
+class Guards:
+    """What a recording took for given outside its arguments; a change of any of it needs a
+    new recording.
+
+    * each module that ran, with its attributes: its mode, its parameters and buffers (an op
+      holds batch norm's running statistics by reference, so a buffer replaced by
+      assignment must not be left behind), the numbers its ops took as constants (dropout's
+      ``p``, batch norm's ``momentum``), its generator;
+    * each outside tensor (a parameter): whether it requires grad (a frozen layer), and its
+      data's dtype, shape and type (the plan's buffers and seeds were made for them).
+    """
+
+    def __init__(self, trace: Trace) -> None:
+        self.modules = [(m, list(vars(m).items())) for m, _ in trace.modules.values()]
+        self.tensors = [
+            (t, trace.requires[n], t.data.dtype, t.data.shape, type(t.data))
+            for n, (kind, t) in enumerate(trace.kinds)
+            if kind == "ext"
+        ]
+
+    def hold(self) -> bool:
+        return all(_same_state(m, state) for m, state in self.modules) and all(
+            t.requires_grad == wanted
+            and type(t.data) is kind
+            and t.data.dtype == dtype
+            and t.data.shape == shape
+            for t, wanted, dtype, shape, kind in self.tensors
+        )
+
+
+@dataclass
+class Refused:
+    """A recording that found the step could not be replayed (``why``): while its guards
+    hold, the step runs eagerly without recording again."""
+
+    why: str
+    guards: Guards
+
+    def guards_hold(self) -> bool:
+        return self.guards.hold()
 
 
 def _same_state(module: Any, recorded: list[tuple[str, Any]]) -> bool:
@@ -417,7 +448,7 @@ def _same_state(module: Any, recorded: list[tuple[str, Any]]) -> bool:
     if len(now) != len(recorded):
         return False
     for (k, v), (rk, rv) in zip(now.items(), recorded):
-        if v is not rv and (k != rk or type(v) not in _PLAIN or type(rv) is not type(v) or v != rv):
+        if v is not rv and (k != rk or type(v) not in PLAIN or type(rv) is not type(v) or v != rv):
             return False
     return True
 

@@ -26,7 +26,10 @@ is not a Tensor. The caller then runs that step eagerly, always.
 
 from __future__ import annotations
 
+import dis
+import functools
 import sys
+import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +40,12 @@ from .. import tracing
 from ..autodiff import Tensor, topological_order
 from ..ops.base import Op
 from ..ops.device import is_ndarray, to_host
+
+PLAIN = (bool, int, float, complex, str, type(None))
+"""Python's plain values: a number written in a step is a constant of its plan, and a
+signature or a module's guard compares them by value."""
+
+_FUNCTIONS = (types.FunctionType, types.MethodType, types.BuiltinFunctionType, functools.partial)
 
 
 @dataclass(frozen=True)
@@ -107,7 +116,7 @@ class Trace:
     _keep: list[Any] = field(default_factory=list)  # the tensors, so that ids stay unique
     _created: set[int] = field(default_factory=set)
     _made_arrays: dict[int, int] = field(default_factory=dict)  # id(op output array) -> value
-    _array_params: list[tuple[int, str]] = field(default_factory=list)  # (event, name)
+    _graphs: list[int] = field(default_factory=list)  # returned values that require grad
 
     def __post_init__(self) -> None:
         self._arg_data = {}
@@ -129,25 +138,37 @@ class Trace:
             self.problem = why
 
     def created(self, tensor: Tensor, source: Any) -> None:
-        self._created.add(id(tensor))
+        """A Tensor made inside the step from ``source``: a number written in the step is a
+        constant of the plan; an argument's own array is that argument; an op's output (a
+        ``detach()``) is that value, cut from the graph. Anything else would be kept from
+        the first call, so it is refused."""
         self._keep.append(tensor)
         if tensor.requires_grad:
             self.refuse(
                 "a Tensor that requires grad is made inside the step (a replay could give it no "
                 ".grad): make it outside, as a Parameter"
             )
-        if not is_ndarray(source) or id(source) in self._arg_data and tensor.data is source:
-            return  # a Python number, or an argument's array as it is (value_of classifies it)
-        k = self._arg_roots.get(id(_root(source)))
+        if type(source) in PLAIN:
+            self._created.add(id(tensor))
+            return
+        if is_ndarray(source) and tensor.data is source:
+            if id(source) in self._arg_data:
+                return  # value_of classifies it
+            if id(source) in self._made_arrays:
+                self._value[id(tensor)] = self._made_arrays[id(source)]
+                return
+        k = self._arg_roots.get(id(_root(source))) if is_ndarray(source) else None
         if k is not None:
             self.refuse(
                 f"a Tensor is made inside the step from a part or a conversion of argument {k} "
                 "(a replay would keep its first values): pass that array as an argument"
             )
-        elif id(source) in self._made_arrays:
+        else:
             self.refuse(
-                "a Tensor is made inside the step from a value computed in it (detach()?), which "
-                "a replay would keep from the first call: compute with the Tensor itself"
+                f"a Tensor is made inside the step from {type(source).__name__} data that is no "
+                "argument of it (computed from one, drawn at random, or a value the step "
+                "computed), which a replay would keep from the first call: pass the array as "
+                "an argument (a constant may be a Python number)"
             )
 
     def module(self, module: Any) -> None:
@@ -209,39 +230,49 @@ class Trace:
         self.events.append(Backward(self.value_of(root), numbers, retain, delivered))
 
     def call(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        name = fn.__qualname__
+
         def bound(a: Any) -> Any:
             if isinstance(a, Iterator):
                 self.refuse(
-                    f"{fn.__qualname__}() is given an iterator (a generator?), which a replay "
-                    "would find used up: pass a list"
+                    f"{name}() is given an iterator (a generator?), which a replay would find "
+                    "used up: pass a list"
+                )
+            elif isinstance(a, _FUNCTIONS):
+                self.refuse(
+                    f"{name}() is given a function (a closure?), which a replay would call as "
+                    "it was at the record, with what it captured then"
                 )
             elif isinstance(a, Tensor) and id(a) in self._arg_tensor:
                 return ArgRef(self._arg_tensor[id(a)])  # this call's argument, on a replay
+            elif is_ndarray(a) and id(a) in self._arg_data:
+                return ArgRef(self._arg_data[id(a)])
+            elif is_ndarray(a):
+                self.refuse(f"{name}() is given an array that is no argument of the step")
             elif isinstance(a, Tensor) and id(a) in self._value:
                 if self.kinds[self._value[id(a)]][0] != "ext":
-                    self.refuse(f"{fn.__qualname__}() is given a tensor computed inside the step")
-            elif isinstance(a, (tuple, list)) and any(id(x) in self._arg_tensor for x in a):
-                self.refuse(f"{fn.__qualname__}() is given the step's arguments in a container")
+                    self.refuse(f"{name}() is given a tensor computed inside the step")
+            elif isinstance(a, (tuple, list)) and any(
+                id(x) in self._arg_tensor or id(x) in self._arg_data for x in a
+            ):
+                self.refuse(f"{name}() is given the step's arguments in a container")
             return a
 
         rec_args = tuple(bound(a) for a in args)
         rec_kwargs = {k: bound(v) for k, v in kwargs.items()}
         binds = any(isinstance(a, ArgRef) for a in (*rec_args, *rec_kwargs.values()))
         self.events.append(Call(fn, rec_args, rec_kwargs, binds))
+        caller = sys._getframe(2)  # 0: this, 1: tracing.replayable's wrapper, 2: the step
         previous = tracing.set_current(None)  # what it calls is part of it, not recorded again
         try:
             result = fn(*args, **kwargs)
         finally:
             tracing.set_current(previous)
-        if result is None:
-            return None
-        why = (
-            f"the step reads what {fn.__qualname__}() returned, which a replay does not give "
-            "it again (the Python between ops runs once)"
-        )
-        if type(result) is float:  # clip_grad_norm's norm: refused only if the step reads it
-            return _Watched(result, lambda: self.refuse(why))
-        self.refuse(why)
+        if result is not None and not _dropped(caller):
+            self.refuse(
+                f"the step uses what {name}() returned, which a replay does not give it again "
+                "(the Python between ops runs once): drop the value, or do not compile the step"
+            )
         return result
 
     # ------------------------------------------------------------------ values
@@ -264,29 +295,24 @@ class Trace:
             return self._new(("arg", self._arg_tensor[id(t)]), t)
         if id(t.data) in self._arg_data:
             return self._new(("arg", self._arg_data[id(t.data)]), t)
-        if id(t) in self._created:
-            if id(t.data) in self._made_arrays:
-                self.refuse(
-                    "a Tensor is made inside the step from a value computed in it (detach()?), "
-                    "which a replay would keep from the first call: compute with the Tensor itself"
-                )
-            elif t.data.size > 1:
-                self.refuse(
-                    f"a Tensor of shape {t.data.shape} is made inside the step from an array "
-                    "that is no argument of it (a replay would keep its first values): pass the "
-                    "array as an argument, or make the Tensor outside the step"
-                )
+        if id(t) in self._created:  # a number written in the step (created() refused the rest)
             return self._new(("const", t.data), t)
         return self._new(("ext", t), t)
 
     def _param(self, op: type[Op], name: str, v: Any) -> Any:
+        """An op's keyword parameter as the plan keeps it: an argument's array becomes an
+        :class:`ArgRef`; a buffer of a module that ran is held by reference (a replay reads
+        its current values); any other array or Tensor is refused, since one made inside
+        the step (``y.astype(...)``) would be kept from the first call."""
         if is_ndarray(v):
             if id(v) in self._arg_data:
                 return ArgRef(self._arg_data[id(v)])
-            if id(v) in self._made_arrays:
-                self.refuse(f"op {op.name!r}'s parameter {name!r} is an array computed in the step")
-            else:  # held by reference: checked once the step has run (check_params)
-                self._array_params.append((len(self.events), name))
+            if not any(v is b for m, _ in self.modules.values() for b in m._buffers.values()):
+                self.refuse(
+                    f"op {op.name!r}'s parameter {name!r} is an array that is no argument of the "
+                    "step (made from one, as y.astype(...), or inside it), which a replay would "
+                    "keep from the first call: pass the array itself as an argument"
+                )
         elif isinstance(v, Tensor):
             self.refuse(f"op {op.name!r}'s parameter {name!r} is a Tensor")
         elif isinstance(v, (tuple, list)) and any(
@@ -298,34 +324,14 @@ class Trace:
             )
         return v
 
-    def check_params(self) -> None:
-        """Refuse an array parameter made inside the step (``y.astype(...)``, ``np.arange(n)``).
-
-        A parameter array that is no argument is held by reference, which is right for one
-        that lives on outside the step (a module's buffer, a constant closed over): a replay
-        reads its current values. One made inside the step from an argument would be kept
-        from the first call. The difference shows once the step has returned: then nothing
-        but this trace holds an array made inside it (CPython's reference count: the
-        parameter dictionary's reference and ``getrefcount``'s own).
-        """
-        for i, name in self._array_params:
-            instr = self.events[i]
-            assert isinstance(instr, Instr)
-            op = instr.op
-            if sys.getrefcount(instr.params[name]) <= 2:
-                self.refuse(
-                    f"op {op.name!r}'s parameter {name!r} is an array made inside the step (from "
-                    "an argument, say: y.astype(...)), which a replay would keep from the first "
-                    "call: pass the array itself as an argument"
-                )
-        self._array_params.clear()
-
     def output(self, result: Any) -> Any:
         """The step's return value as value numbers (a Tensor -> its number), or refuse."""
         if result is None:
             return None
         if isinstance(result, Tensor):
             n = self.value_of(result)
+            if result.requires_grad:  # its own flag: a detach() shares the value, not the flag
+                self._graphs.append(n)
             kind, what = self.kinds[n]
             if kind == "ext" or (kind == "arg" and isinstance(self.args[what], Tensor)):
                 return _Same(n)  # a parameter or an argument: the object itself, as eagerly
@@ -356,38 +362,15 @@ def _root(a: Any) -> Any:
     return a
 
 
-class _Watched(float):
-    """A float that a recorded call returned: the step may drop it, but any use (a comparison,
-    arithmetic, formatting, ``float()``) calls ``on_read`` first. Python's own C functions
-    (``math.isfinite``) read it unseen."""
-
-    on_read: Callable[[], None]
-
-    def __new__(cls, value: float, on_read: Callable[[], None]) -> _Watched:
-        self = super().__new__(cls, value)
-        self.on_read = on_read
-        return self
-
-
-def _watching(name: str) -> Callable[..., Any]:
-    plain = getattr(float, name)
-
-    def method(self: _Watched, *args: Any) -> Any:
-        self.on_read()
-        return plain(float.__float__(self), *args)
-
-    method.__name__ = name
-    return method
-
-
-for _name in (
-    "__bool__ __float__ __int__ __round__ __trunc__ __floor__ __ceil__ __lt__ __le__ __gt__ "
-    "__ge__ __eq__ __ne__ __hash__ __add__ __radd__ __sub__ __rsub__ __mul__ __rmul__ "
-    "__truediv__ __rtruediv__ __floordiv__ __rfloordiv__ __mod__ __rmod__ __divmod__ "
-    "__rdivmod__ __pow__ __rpow__ __neg__ __pos__ __abs__ __format__ __str__ __repr__ "
-    "is_integer hex as_integer_ratio conjugate"
-).split():
-    setattr(_Watched, _name, _watching(_name))
+def _dropped(frame: Any) -> bool:
+    """Whether ``frame``'s current call has its result thrown away: the instruction after the
+    call pops it (a call written as a statement). Anything else, or an interpreter whose
+    bytecode says otherwise, counts as a use."""
+    # f_lasti is the call (or, in Python 3.11, its last inline cache entry): the first
+    # instruction after it is the next one
+    after = (ins for ins in dis.get_instructions(frame.f_code) if ins.offset > frame.f_lasti)
+    following = next(after, None)
+    return following is not None and following.opname == "POP_TOP"
 
 
 @dataclass(frozen=True)
@@ -421,11 +404,10 @@ def record(
     for module, mode in trace.modules.values():
         if bool(module.training) != mode:
             trace.refuse(f"{type(module).__name__}'s training mode changes inside the step")
-    trace.check_params()
     structure = trace.output(result)
     differentiated = {n for e in trace.events if isinstance(e, Backward) for n in e.order}
-    for n in _numbers(structure):
-        if trace.requires[n] and n not in differentiated:
+    for n in trace._graphs:
+        if trace.kinds[n][0] == "op" and n not in differentiated:
             trace.refuse(
                 "the step returns a Tensor that requires grad, and no backward() in the step "
                 "went through it: a replay returns values without a graph (differentiate "
@@ -437,15 +419,3 @@ def record(
 def bound_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
     """The positional arguments, then the keyword arguments' values by sorted name."""
     return (*args, *(kwargs[k] for k in sorted(kwargs))) if kwargs else args
-
-
-def _numbers(s: Any) -> Iterator[int]:
-    """The value numbers of the computed Tensors a step returns."""
-    if isinstance(s, _Out):
-        yield s.number
-    elif isinstance(s, (tuple, list)):
-        for x in s:
-            yield from _numbers(x)
-    elif isinstance(s, dict):
-        for x in s.values():
-            yield from _numbers(x)
