@@ -94,6 +94,7 @@ class Module:
     def __setattr__(self, name: str, value: Any) -> None:
         if "_params" not in self.__dict__:
             raise RuntimeError(f"call Module.__init__() in {type(self).__name__}.__init__ first")
+        tracing.module_writes += 1  # a compiled step's plans are recorded again
         if name in self._buffers:
             self._buffers[name] = namespace(value).asarray(value)
             object.__setattr__(self, name, self._buffers[name])

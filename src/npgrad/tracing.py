@@ -39,6 +39,10 @@ class Tracer(Protocol):
 current: Tracer | None = None
 """The recorder of the trace in progress, or None (set only by :mod:`npgrad.compiler`)."""
 
+module_writes = 0
+"""How many attributes have been assigned to modules (``Module.__setattr__``): a plan
+recorded before an assignment is recorded again, since the step may read that attribute."""
+
 
 def set_current(tracer: Tracer | None) -> Tracer | None:
     """Make ``tracer`` the recorder; returns the previous one, to be restored."""

@@ -49,7 +49,7 @@ from ..autodiff import Tensor, is_grad_enabled
 from ..errors import CompileWarning
 from ..ops.device import is_ndarray
 from .plan import REWRITES, Guards, Plan, Refused
-from .trace import PLAIN, bound_arguments, record
+from .trace import PLAIN, bound_arguments, plain_key, record
 
 __all__ = ["compile", "CompiledStep", "CompileWarning", "Plan", "REWRITES"]
 
@@ -67,14 +67,19 @@ def _signature(
     """
 
     def one(a: Any) -> Any:
-        if isinstance(a, Tensor):
-            return ("T", a.data.shape, a.data.dtype.str, a.requires_grad, type(a.data))
+        if isinstance(a, Tensor):  # with a graph or not: one from outside the step is refused
+            return (
+                "T",
+                a.data.shape,
+                a.data.dtype.str,
+                a.requires_grad,
+                type(a.data),
+                a._node is None,
+            )
         if is_ndarray(a):  # its type too: a plan made on the CPU never replays on a GPU
             return ("A", a.shape, a.dtype.str, type(a))
-        if type(a) is float:
-            return ("F", a.hex())
         if type(a) in PLAIN:
-            return ("V", type(a).__name__, a)
+            return ("V", plain_key(a))
         if isinstance(a, np.generic):
             return ("S", a.dtype.str, a.tobytes())
         if isinstance(a, (tuple, list)):
@@ -83,11 +88,15 @@ def _signature(
             pinned.append(a)
         return ("O", type(a).__name__, id(a))
 
-    # Which arguments are the same array: a plan binds each by position, so step(x, x)
-    # and step(x1, x2) need plans of their own.
+    # Which arguments are the same Tensor, or the same array: a plan binds each by position,
+    # so step(x, x) and step(x1, x2) need plans of their own, as do step(t, t) and step(t, u)
+    # for two Tensors over one array.
     first: dict[int, int] = {}
     aliases = tuple(
-        first.setdefault(id(a.data if isinstance(a, Tensor) else a), k)
+        (
+            first.setdefault(id(a), k),
+            first.setdefault(id(a.data if isinstance(a, Tensor) else a), k),
+        )
         if isinstance(a, Tensor) or is_ndarray(a)
         else -1
         for k, a in enumerate(bound_arguments(args, kwargs))
@@ -115,7 +124,7 @@ class CompiledStep:
         self.plans: dict[Any, list[Plan | Refused]] = {}
         self.replays = 0
         self.recorded = 0  # recordings so far, refused ones included: at most MAX_PLANS
-        self._warned_full = False
+        self._warned: set[str] = set()  # each reason is told once
         self._pinned: list[Any] = []  # objects that signatures name by identity
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -130,12 +139,10 @@ class CompiledStep:
                 self.replays += 1
                 return entry.run(bound_arguments(args, kwargs))
         if self.recorded >= MAX_PLANS:  # every new signature or module state runs eagerly
-            if not self._warned_full:
-                self._warned_full = True
-                self._warn(
-                    f"more than {MAX_PLANS} recordings (argument shapes or values, or module "
-                    "attributes, changed): new ones run eagerly"
-                )
+            self._warn(
+                f"more than {MAX_PLANS} recordings (argument shapes or values, or module "
+                "attributes, changed): new ones run eagerly"
+            )
             return self.fn(*args, **kwargs)
         key = _signature(args, kwargs, self._pinned)
         result, trace, structure = record(self.fn, args, kwargs)
@@ -150,6 +157,9 @@ class CompiledStep:
         return result
 
     def _warn(self, why: str) -> None:
+        if why in self._warned:
+            return
+        self._warned.add(why)
         name = getattr(self.fn, "__qualname__", repr(self.fn))
         warnings.warn(f"npgrad.compile: {name} runs eagerly: {why}", CompileWarning, stacklevel=4)
 

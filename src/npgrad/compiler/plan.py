@@ -29,12 +29,13 @@ from typing import Any
 
 import numpy as np
 
+from .. import tracing
 from ..autodiff import Tensor, _accumulate_leaf
 from ..ops import conv, dense
 from ..ops.base import unbroadcast
 from ..ops.device import is_ndarray, namespace
 from ..ops.geometry import as_pair
-from .trace import PLAIN, ArgRef, Backward, Call, Instr, OverInput, Trace, _Out, _Same
+from .trace import PLAIN, ArgRef, Backward, Call, Instr, OverInput, Trace, _Out, _Same, plain_key
 
 FWD, BWD, CALL = 0, 1, 2
 
@@ -236,7 +237,10 @@ class Plan:
             elif isinstance(e, Backward):
                 self.steps.append((BWD, e.root, self._unroll(e), e.retain, self.dtypes[e.root]))
             elif isinstance(e, Call):
-                self.steps.append((CALL, e.fn, e.args, e.kwargs, e.binds))
+                # a call may give a parameter a new array (p.data = ...): ops after it read
+                # the parameters again
+                later = any(isinstance(f, Instr) for f in self.events[i + 1 :])
+                self.steps.append((CALL, e.fn, e.args, e.kwargs, e.binds, later))
 
     def _unroll(self, b: Backward) -> list[_Vjp]:
         producer = {e.out: (i, e) for i, e in enumerate(self.events) if isinstance(e, Instr)}
@@ -299,13 +303,16 @@ class Plan:
                     root, vjps, retain, xp.ones(self.shapes[root], dtype), saved, args, timing
                 )
             else:
-                _, fn, cargs, ckwargs, binds = step
+                _, fn, cargs, ckwargs, binds, later = step
                 if binds:  # an argument Tensor of this call, where the record had its own
                     cargs = tuple(args[a.k] if isinstance(a, ArgRef) else a for a in cargs)
                     ckwargs = {
                         k: args[a.k] if isinstance(a, ArgRef) else a for k, a in ckwargs.items()
                     }
                 fn(*cargs, **ckwargs)
+                if later:
+                    for n, tensor in self.params:
+                        v[n] = tensor.data
                 if timing is not None:
                     timing.setdefault(step[1].__qualname__, []).append(time.perf_counter() - t0)
         return _result(self.structure, v, self.kinds, args)
@@ -402,6 +409,9 @@ class Guards:
     """What a recording took for given outside its arguments; a change of any of it needs a
     new recording.
 
+    * that no module's attribute was assigned since (``Module.__setattr__`` counts them in
+      ``tracing.module_writes``): a module the step reaches other than through its
+      ``forward`` (``model.encode(x)`` reading ``model.temperature``) is covered too;
     * each module that ran, with its attributes: its mode, its parameters and buffers (an op
       holds batch norm's running statistics by reference, so a buffer replaced by
       assignment must not be left behind), the numbers its ops took as constants (dropout's
@@ -411,6 +421,7 @@ class Guards:
     """
 
     def __init__(self, trace: Trace) -> None:
+        self.writes = tracing.module_writes  # attributes assigned to any module, so far
         self.modules = [(m, list(vars(m).items())) for m, _ in trace.modules.values()]
         self.tensors = [
             (t, trace.requires[n], t.data.dtype, t.data.shape, type(t.data))
@@ -419,6 +430,8 @@ class Guards:
         ]
 
     def hold(self) -> bool:
+        if tracing.module_writes != self.writes:
+            return False
         return all(_same_state(m, state) for m, state in self.modules) and all(
             t.requires_grad == wanted
             and type(t.data) is kind
@@ -448,7 +461,7 @@ def _same_state(module: Any, recorded: list[tuple[str, Any]]) -> bool:
     if len(now) != len(recorded):
         return False
     for (k, v), (rk, rv) in zip(now.items(), recorded):
-        if v is not rv and (k != rk or type(v) not in PLAIN or type(rv) is not type(v) or v != rv):
+        if v is not rv and (k != rk or type(v) not in PLAIN or plain_key(v) != plain_key(rv)):
             return False
     return True
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import dis
 import functools
 import sys
+import threading
 import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -44,6 +45,13 @@ from ..ops.device import is_ndarray, to_host
 PLAIN = (bool, int, float, complex, str, type(None))
 """Python's plain values: a number written in a step is a constant of its plan, and a
 signature or a module's guard compares them by value."""
+
+
+def plain_key(v: Any) -> Any:
+    """A plain value as compared for a plan: its type and value, a float by its bits (``0.0``
+    and ``-0.0`` differ, a NaN equals itself)."""
+    return (type(v), v.hex() if type(v) is float else v)
+
 
 _FUNCTIONS = (types.FunctionType, types.MethodType, types.BuiltinFunctionType, functools.partial)
 
@@ -119,6 +127,7 @@ class Trace:
     _graphs: list[int] = field(default_factory=list)  # returned values that require grad
 
     def __post_init__(self) -> None:
+        self._thread = threading.get_ident()  # another thread's ops are no part of the step
         self._arg_data = {}
         self._arg_tensor = {}
         self._arg_roots: dict[int, int] = {}  # id of the array under an argument's -> k
@@ -131,6 +140,15 @@ class Trace:
         for k, a in reversed(list(enumerate(self.args))):
             if isinstance(a, Tensor) or is_ndarray(a):
                 self._arg_roots[id(_root(a.data if isinstance(a, Tensor) else a))] = k
+            elif _holds_arrays(a):
+                self.refuse(
+                    f"argument {k} holds Tensors or arrays in a {type(a).__name__}, which a "
+                    "replay cannot bind anew: pass each as an argument of its own"
+                )
+
+    def elsewhere(self) -> bool:
+        """Whether the hook was called from another thread than the step's."""
+        return threading.get_ident() != self._thread
 
     # ------------------------------------------------------------------ the hooks
     def refuse(self, why: str) -> None:
@@ -142,6 +160,8 @@ class Trace:
         constant of the plan; an argument's own array is that argument; an op's output (a
         ``detach()``) is that value, cut from the graph. Anything else would be kept from
         the first call, so it is refused."""
+        if self.elsewhere():
+            return
         self._keep.append(tensor)
         if tensor.requires_grad:
             self.refuse(
@@ -172,9 +192,12 @@ class Trace:
             )
 
     def module(self, module: Any) -> None:
-        self.modules.setdefault(id(module), (module, bool(module.training)))
+        if not self.elsewhere():
+            self.modules.setdefault(id(module), (module, bool(module.training)))
 
     def read(self, tensor: Tensor, how: str) -> None:
+        if self.elsewhere():
+            return
         self.refuse(
             f"the step reads a tensor's values in Python ({how}), so a later step could take "
             "another path"
@@ -183,6 +206,8 @@ class Trace:
     def op(
         self, op: type[Op], inputs: tuple[Tensor, ...], params: dict[str, Any], out: Tensor
     ) -> None:
+        if self.elsewhere():
+            return
         if not getattr(op, "replayable", True):
             self.refuse(f"op {op.name!r} declares that it cannot be replayed")
         ins = tuple(self.value_of(t) for t in inputs)
@@ -193,6 +218,8 @@ class Trace:
         self.events.append(Instr(op, ins, bound, number, needs))
 
     def backward(self, root: Tensor, grad: Any, retain: bool, create: bool) -> None:
+        if self.elsewhere():
+            return
         if create:
             self.refuse("backward(create_graph=True): a plan replays first-order gradients")
             return
@@ -230,6 +257,8 @@ class Trace:
         self.events.append(Backward(self.value_of(root), numbers, retain, delivered))
 
     def call(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if self.elsewhere():
+            return fn(*args, **kwargs)
         name = fn.__qualname__
 
         def bound(a: Any) -> Any:
@@ -297,6 +326,11 @@ class Trace:
             return self._new(("arg", self._arg_data[id(t.data)]), t)
         if id(t) in self._created:  # a number written in the step (created() refused the rest)
             return self._new(("const", t.data), t)
+        if t._node is not None:
+            self.refuse(
+                "the step uses a Tensor computed before it (it has a graph), which a replay would "
+                "take as a constant: compute it inside the step, or detach it"
+            )
         return self._new(("ext", t), t)
 
     def _param(self, op: type[Op], name: str, v: Any) -> Any:
@@ -333,7 +367,7 @@ class Trace:
             if result.requires_grad:  # its own flag: a detach() shares the value, not the flag
                 self._graphs.append(n)
             kind, what = self.kinds[n]
-            if kind == "ext" or (kind == "arg" and isinstance(self.args[what], Tensor)):
+            if result is (what if kind == "ext" else self.args[what] if kind == "arg" else None):
                 return _Same(n)  # a parameter or an argument: the object itself, as eagerly
             return _Out(n)
         if type(result) in (tuple, list):
@@ -401,19 +435,39 @@ def record(
         result = fn(*args, **kwargs)
     finally:
         tracing.set_current(previous)
+    params = {id(p) for m, _ in trace.modules.values() for p in m._params.values()}
     for module, mode in trace.modules.values():
         if bool(module.training) != mode:
             trace.refuse(f"{type(module).__name__}'s training mode changes inside the step")
-    structure = trace.output(result)
-    differentiated = {n for e in trace.events if isinstance(e, Backward) for n in e.order}
-    for n in trace._graphs:
-        if trace.kinds[n][0] == "op" and n not in differentiated:
+    for k, a in enumerate(trace.args):
+        if id(a) in params:
             trace.refuse(
-                "the step returns a Tensor that requires grad, and no backward() in the step "
-                "went through it: a replay returns values without a graph (differentiate "
-                "inside the step)"
+                f"argument {k} is a parameter of a module the step runs: a replay could not "
+                "tell its use through the argument from its use through the module"
             )
+    structure = trace.output(result)
+    # A replay returns values without a graph. That matters to a step whose result is
+    # meant to be differentiated afterwards: a forward pass with no backward() of its own,
+    # or a step that keeps its graph (retain_graph) for another backward() later.
+    passes = [e for e in trace.events if isinstance(e, Backward)]
+    if any(trace.kinds[n][0] == "op" for n in trace._graphs) and (
+        not passes or any(b.retain for b in passes)
+    ):
+        trace.refuse(
+            "the step returns a Tensor with a graph to differentiate after it (it has no "
+            "backward(), or keeps its graph), and a replay returns values without one: "
+            "differentiate inside the step"
+        )
     return result, trace, structure
+
+
+def _holds_arrays(a: Any) -> bool:
+    """Whether a container argument holds a Tensor or an array, at any depth."""
+    if isinstance(a, (tuple, list)):
+        return any(isinstance(x, Tensor) or is_ndarray(x) or _holds_arrays(x) for x in a)
+    if isinstance(a, dict):
+        return _holds_arrays(list(a.values()))
+    return False
 
 
 def bound_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
