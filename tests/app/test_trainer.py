@@ -32,6 +32,19 @@ def resume(out, **kw):
     return Trainer.resume(out, log=lambda line: None, progress=False, **kw)
 
 
+def stopped(cfg, out, at, **kw):
+    """A run of ``cfg`` in ``out`` asked to stop at (epoch, step), as Ctrl-C would."""
+
+    def stop(epoch, step):
+        if (epoch, step) == at:
+            trainer.request_stop()
+
+    trainer = quiet(cfg, out, step_hook=stop, **kw)
+    with pytest.raises(Interrupted):
+        trainer.fit()
+    return trainer
+
+
 def test_short_default_run_on_mnist_10k_reaches_95_percent(mnist10k, tmp_path):
     cfg = make_config("default", dataset="mnist-10k", epochs=4)
     final = quiet(cfg, tmp_path, dataset=mnist10k).fit()
@@ -283,26 +296,14 @@ def test_a_checkpoint_whose_partial_epoch_is_malformed_is_a_clear_error(tmp_path
 
 
 def test_resume_refuses_to_end_before_the_epoch_it_stopped_in(tmp_path):
-    def stop(epoch, step):
-        if epoch == 2 and step == 3:
-            trainer.request_stop()
-
-    trainer = quiet(small_cfg(), tmp_path, step_hook=stop)
-    with pytest.raises(Interrupted):
-        trainer.fit()
+    stopped(small_cfg(), tmp_path, (2, 3))
     with pytest.raises(ConfigError, match="has trained 1 epoch and is in epoch 2: --epochs 1"):
         resume(tmp_path, changes={"epochs": 1})
     assert resume(tmp_path, changes={"epochs": 2}).fit()["epoch"] == 2
 
 
 def test_metrics_always_match_the_checkpoint(tmp_path):
-    def stop(epoch, step):
-        if epoch == 2 and step == 4:
-            trainer.request_stop()
-
-    trainer = quiet(small_cfg(), tmp_path, step_hook=stop)
-    with pytest.raises(Interrupted):
-        trainer.fit()
+    stopped(small_cfg(), tmp_path, (2, 4))
     history = final_state(tmp_path)[2]["history"]
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert lines == history and len(lines) == 1
@@ -382,13 +383,7 @@ def test_cnn_resume_is_bit_exact_with_batch_norm_buffers(tmp_path):
 
     quiet(cfg(), tmp_path / "a").fit()
 
-    def stop(epoch, step):
-        if (epoch, step) == (1, 10):
-            trainer.request_stop()
-
-    trainer = quiet(cfg(), tmp_path / "b", step_hook=stop)
-    with pytest.raises(Interrupted):
-        trainer.fit()
+    stopped(cfg(), tmp_path / "b", (1, 10))
     resume(tmp_path / "b").fit()
     assert_same_run(tmp_path / "a", tmp_path / "b")
     params = final_state(tmp_path / "b")[0]
@@ -447,13 +442,7 @@ def test_compiled_and_eager_runs_are_the_same_run(tmp_path, cfg):
     assert eager.model._step.replays == 0
     assert_same_run(tmp_path / "compiled", tmp_path / "eager")
 
-    def stop(epoch, step):
-        if (epoch, step) == (2, 3):
-            trainer.request_stop()
-
-    trainer = quiet(cfg(), tmp_path / "mixed", step_hook=stop)  # compiled, stopped ...
-    with pytest.raises(Interrupted):
-        trainer.fit()
+    stopped(cfg(), tmp_path / "mixed", (2, 3))  # compiled, stopped ...
     resume(tmp_path / "mixed", compile=False).fit()  # ... and finished eagerly
     assert_same_run(tmp_path / "compiled", tmp_path / "mixed")
 

@@ -39,23 +39,45 @@ def assert_same(e, c):
             assert np.array_equal(u, v, equal_nan=True), f"call {i}, result {j}: {u} != {v}"
 
 
-def mlp_step(enabled, body=None, opt_cls=optim.SGD):
-    """The usual step on a small MLP; ``body(net, opt, x, y)`` -> loss replaces its middle."""
+def same_and_told(build, words=None, calls=5):
+    """The eager and compiled runs agree; the compiled one was told ``words`` once (a refusal),
+    or nothing when ``words`` is None (it replayed)."""
+    e, c, said = twins(build, calls)
+    assert_same(e, c)
+    if words is None:
+        assert not said, said
+    else:
+        assert len(said) == 1 and words in said[0], said
+
+
+def trained(enabled, opt, loss_of, returns=None):
+    """A training step: the loss ``loss_of`` gives for the step's arguments, backward,
+    ``opt``'s update; returns the loss or ``returns(loss)``."""
+
+    @npgrad.compile(enabled=enabled)
+    def step(*args, **kwargs):
+        loss = loss_of(*args, **kwargs)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss if returns is None else returns(loss)
+
+    return step
+
+
+def mlp_step(enabled, body=None, opt_cls=optim.SGD, returns=None):
+    """The usual step on a small MLP; ``body(net, opt, x, y)`` -> loss replaces its middle,
+    ``returns(net, loss)`` what it returns."""
     net = nn.MLP([3, 5, 2], rng=0)
     opt = opt_cls(net.parameters(), 0.1)
 
     def default(net, opt, x, y):
         return npgrad.cross_entropy(net(npgrad.tensor(x)), y)
 
-    @npgrad.compile(enabled=enabled)
-    def step(x, y):
-        loss = (body or default)(net, opt, x, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return loss
+    def loss_of(x, y):
+        return (body or default)(net, opt, x, y)
 
-    return net, opt, step
+    return net, opt, trained(enabled, opt, loss_of, returns and (lambda loss: returns(net, loss)))
 
 
 def state(net):
@@ -70,9 +92,7 @@ def test_keyword_arguments_are_bound_on_every_replay():
         net, _, step = mlp_step(enabled)
         return lambda i: [step(x=X[i], y=Y[i]).data, *state(net)]
 
-    e, c, said = twins(build)
-    assert_same(e, c)
-    assert not said
+    same_and_told(build)
 
 
 def test_a_recorded_call_on_an_argument_tensor_gets_this_calls_tensor():
@@ -92,24 +112,14 @@ def test_a_recorded_call_on_an_argument_tensor_gets_this_calls_tensor():
 
         return run
 
-    e, c, said = twins(build, calls=6)
-    assert_same(e, c)
-    assert not said
+    same_and_told(build, None, calls=6)
 
 
 def test_returned_parameters_and_namedtuples_are_what_the_eager_step_returns():
     Out = namedtuple("Out", "loss bias")
 
     def build(enabled):
-        net, opt, _ = mlp_step(enabled)
-
-        @npgrad.compile(enabled=enabled)
-        def step(x, y):
-            loss = npgrad.cross_entropy(net(npgrad.tensor(x)), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            return Out(loss, net[0].bias)
+        net, opt, step = mlp_step(enabled, returns=lambda net, loss: Out(loss, net[0].bias))
 
         def run(i):
             out = step(X[i], Y[i])
@@ -118,9 +128,7 @@ def test_returned_parameters_and_namedtuples_are_what_the_eager_step_returns():
 
         return run
 
-    e, c, said = twins(build)
-    assert_same(e, c)
-    assert not said
+    same_and_told(build)
 
 
 def test_a_compiled_step_called_inside_another_is_recorded_there():
@@ -129,9 +137,7 @@ def test_a_compiled_step_called_inside_another_is_recorded_there():
         outer = npgrad.compile(lambda x, y: inner(x, y), enabled=enabled)
         return lambda i: [outer(X[i], Y[i]).data, *state(net)]
 
-    e, c, said = twins(build)
-    assert_same(e, c)
-    assert not said
+    same_and_told(build)
 
 
 def test_an_optimizer_of_ones_own_is_replayed_whatever_its_step_does():
@@ -144,9 +150,7 @@ def test_an_optimizer_of_ones_own_is_replayed_whatever_its_step_does():
         net, _, step = mlp_step(enabled, opt_cls=SignSGD)
         return lambda i: [step(X[i], Y[i]).data, *state(net)]
 
-    e, c, said = twins(build)
-    assert_same(e, c)
-    assert not said
+    same_and_told(build)
 
 
 def test_a_detached_value_is_that_value_without_its_graph():
@@ -159,19 +163,13 @@ def test_a_detached_value_is_that_value_without_its_graph():
     def build(enabled):
         net, opt, _ = mlp_step(enabled)
 
-        @npgrad.compile(enabled=enabled)
-        def step(x, y):
-            loss = body(net, opt, x, y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            return loss.detach()
+        step = trained(
+            enabled, opt, lambda x, y: body(net, opt, x, y), returns=lambda loss: loss.detach()
+        )
 
         return lambda i: [step(X[i], Y[i]).data, *state(net)]
 
-    e, c, said = twins(build)
-    assert_same(e, c)
-    assert not said
+    same_and_told(build)
 
 
 def test_a_recorded_call_given_an_argument_array_gets_this_calls_array():
@@ -215,13 +213,7 @@ def change_between_calls(change):
         )
         opt = optim.SGD(net.parameters(), 0.1)
 
-        @npgrad.compile(enabled=enabled)
-        def step(x, y):
-            loss = npgrad.cross_entropy(net(npgrad.tensor(x)), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            return loss
+        step = trained(enabled, opt, lambda x, y: npgrad.cross_entropy(net(npgrad.tensor(x)), y))
 
         def run(i):
             if i == 2:
@@ -271,13 +263,7 @@ def test_a_parameter_whose_data_changes_dtype_gets_a_new_record():
         net = nn.Sequential(nn.Linear(4, 8, rng=0), nn.ReLU(), nn.Linear(8, 3, rng=1))
         opt = optim.SGD(net.parameters(), 0.1)
 
-        @npgrad.compile(enabled=enabled)
-        def step(x, y):
-            loss = npgrad.cross_entropy(net(npgrad.tensor(x)), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            return loss
+        step = trained(enabled, opt, lambda x, y: npgrad.cross_entropy(net(npgrad.tensor(x)), y))
 
         rng = np.random.default_rng(0)
 
@@ -318,9 +304,7 @@ def test_a_forward_from_a_mixin_is_guarded_too():
 
         return run
 
-    e, c, said = twins(build)
-    assert_same(e, c)
-    assert not said
+    same_and_told(build)
 
 
 def test_a_refused_state_keeps_the_plans_of_the_others():
@@ -366,9 +350,7 @@ def test_a_module_called_through_forward_is_guarded_too():
 
         return run
 
-    e, c, said = twins(build)
-    assert_same(e, c)
-    assert not said
+    same_and_told(build)
 
 
 # ----------------------------------------------------------------------- signatures
@@ -512,9 +494,7 @@ def test_a_recorded_call_that_a_replay_could_not_repeat_runs_eagerly(case):
         step = npgrad.compile(lambda x, y: clipped(net, opt, x, y, params, then), enabled=enabled)
         return lambda i: [step(X[i], 10 * Y[i] % 2).data, *state(net)]
 
-    e, c, said = twins(build)
-    assert_same(e, c)
-    assert len(said) == 1 and words in said[0], said
+    same_and_told(build, words)
 
 
 @pytest.mark.parametrize("case", REFUSED)
@@ -525,9 +505,7 @@ def test_what_a_replay_could_not_reproduce_runs_eagerly_after_one_warning(case):
         net, _, step = mlp_step(enabled, body)
         return lambda i: [step(X[i], Y[i]).data, *state(net)]
 
-    e, c, said = twins(build)
-    assert_same(e, c)
-    assert len(said) == 1 and words in said[0], said
+    same_and_told(build, words)
 
 
 def test_an_optimizer_step_given_a_closure_is_refused():
@@ -555,9 +533,7 @@ def test_an_optimizer_step_given_a_closure_is_refused():
 
         return run
 
-    e, c, said = twins(build)
-    assert_same(e, c)
-    assert len(said) == 1 and "given a function" in said[0]
+    same_and_told(build, "given a function")
 
 
 def test_an_argument_with_a_graph_from_outside_the_step_is_refused():
@@ -565,19 +541,11 @@ def test_an_argument_with_a_graph_from_outside_the_step_is_refused():
         enc, head = nn.Linear(3, 5, rng=0), nn.Linear(5, 2, rng=1)
         opt = optim.SGD(enc.parameters() + head.parameters(), 0.1)
 
-        @npgrad.compile(enabled=enabled)
-        def step(feats, y):
-            loss = npgrad.cross_entropy(head(feats), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            return loss
+        step = trained(enabled, opt, lambda feats, y: npgrad.cross_entropy(head(feats), y))
 
         return lambda i: [step(enc(npgrad.tensor(X[i])), Y[i]).data, enc.bias.data]
 
-    e, c, said = twins(build)
-    assert_same(e, c)
-    assert len(said) == 1 and "computed before the step" in said[0]
+    same_and_told(build, "computed before the step")
 
 
 def test_a_tensor_returned_with_a_graph_to_differentiate_outside_is_refused():
@@ -592,9 +560,7 @@ def test_a_tensor_returned_with_a_graph_to_differentiate_outside_is_refused():
 
         return run
 
-    e, c, said = twins(build)
-    assert_same(e, c)
-    assert len(said) == 1 and "returns a Tensor with a graph to differentiate" in said[0]
+    same_and_told(build, "returns a Tensor with a graph to differentiate")
 
 
 def test_a_returned_container_of_another_kind_is_refused_not_a_traceback():
@@ -602,21 +568,11 @@ def test_a_returned_container_of_another_kind_is_refused_not_a_traceback():
         pass
 
     def build(enabled):
-        net, opt, _ = mlp_step(enabled)
-
-        @npgrad.compile(enabled=enabled)
-        def step(x, y):
-            loss = npgrad.cross_entropy(net(npgrad.tensor(x)), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            return Record(loss=loss)
+        net, opt, step = mlp_step(enabled, returns=lambda net, loss: Record(loss=loss))
 
         return lambda i: [step(X[i], Y[i])["loss"].data, *state(net)]
 
-    e, c, said = twins(build)
-    assert_same(e, c)
-    assert len(said) == 1 and "returns a Record" in said[0]
+    same_and_told(build, "returns a Record")
 
 
 # ----------------------------------------------------------------------- rewrites
@@ -655,19 +611,11 @@ def test_an_activation_of_a_scalar_product_is_not_written_over_it():
         w = nn.Parameter(w0.copy())
         opt = optim.SGD([w], 0.1)
 
-        @npgrad.compile(enabled=enabled)
-        def step(x):
-            loss = npgrad.relu(npgrad.tensor(x) @ w)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            return loss
+        step = trained(enabled, opt, lambda x: npgrad.relu(npgrad.tensor(x) @ w))
 
         return lambda i: [step(xs[i]).data, w.data]
 
-    e, c, said = twins(build)
-    assert_same(e, c)
-    assert not said
+    same_and_told(build)
 
 
 # ----------------------------------------------------------------------- a second trial
@@ -688,9 +636,7 @@ def test_tensors_or_arrays_inside_a_container_argument_are_refused():
 
         return lambda i: [step((npgrad.tensor(X[i]), Y[i])).data, *state(net)]
 
-    e, c, said = twins(build)
-    assert_same(e, c)
-    assert len(said) == 1 and "holds Tensors or arrays in a tuple" in said[0]
+    same_and_told(build, "holds Tensors or arrays in a tuple")
 
 
 def test_a_parameter_passed_as_an_argument_is_refused():
@@ -698,20 +644,16 @@ def test_a_parameter_passed_as_an_argument_is_refused():
         net = nn.Sequential(nn.Linear(3, 3, rng=0), nn.ReLU(), nn.Linear(3, 3, rng=1))
         opt = optim.SGD(net.parameters(), 0.1)
 
-        @npgrad.compile(enabled=enabled)
-        def step(x, y, p):  # a penalty on one chosen weight
-            loss = npgrad.cross_entropy(net(npgrad.tensor(x)), y) + 0.01 * (p * p).sum()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            return loss
+        step = trained(
+            enabled,
+            opt,
+            lambda x, y, p: npgrad.cross_entropy(net(npgrad.tensor(x)), y) + 0.01 * (p * p).sum(),
+        )  # a penalty on one chosen weight
 
         chosen = [net[0].weight, net[2].weight]
         return lambda i: [step(X[i], Y[i], chosen[i % 2]).data, *state(net)]
 
-    e, c, said = twins(build)
-    assert_same(e, c)
-    assert len(said) == 1 and "is a parameter of a module the step runs" in said[0]
+    same_and_told(build, "is a parameter of a module the step runs")
 
 
 def test_two_tensors_over_one_array_are_not_the_same_tensor_twice():
@@ -752,9 +694,7 @@ def test_a_tensor_with_a_graph_from_before_the_step_is_refused(where):
 
         return run
 
-    e, c, said = twins(build)
-    assert_same(e, c)
-    assert len(said) == 1 and "computed before" in said[0]
+    same_and_told(build, "computed before")
 
 
 def test_ops_after_an_optimizer_that_gives_parameters_new_arrays_read_the_new_ones():
@@ -778,9 +718,7 @@ def test_ops_after_an_optimizer_that_gives_parameters_new_arrays_read_the_new_on
 
         return lambda i: [step(X[i], Y[i], X[i - 1], Y[i - 1]).data, *state(net)]
 
-    e, c, said = twins(build)
-    assert_same(e, c)
-    assert not said
+    same_and_told(build)
 
 
 def test_signed_zeros_in_a_module_attribute_differ():
@@ -855,9 +793,7 @@ def test_a_step_that_differentiates_may_return_other_values_that_require_grad():
 
         return lambda i: [t.data for t in step(X[i], Y[i])]
 
-    e, c, said = twins(build)
-    assert_same(e, c)
-    assert not said
+    same_and_told(build)
     e, c, said = twins(lambda enabled: build(enabled, retain=True))
     assert_same(e, c)
     assert len(said) == 1 and "keeps its graph" in said[0]
@@ -880,13 +816,9 @@ def test_an_attribute_read_through_a_method_other_than_forward_is_guarded():
         ae = AE()
         opt = optim.SGD(ae.parameters(), 0.1)
 
-        @npgrad.compile(enabled=enabled)
-        def step(x, y):
-            loss = npgrad.cross_entropy(ae.encode(npgrad.tensor(x)), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            return loss
+        step = trained(
+            enabled, opt, lambda x, y: npgrad.cross_entropy(ae.encode(npgrad.tensor(x)), y)
+        )
 
         def run(i):
             ae.temperature = 1.0 / (i + 1)  # annealed between steps
@@ -923,6 +855,4 @@ def test_another_threads_tensors_are_no_part_of_the_step():
 
     thread = threading.Thread(target=elsewhere, daemon=True)
     thread.start()
-    e, c, said = twins(build)
-    assert_same(e, c)
-    assert not said
+    same_and_told(build)
