@@ -96,6 +96,9 @@ def launch(k: int, argv: list[str]) -> int:
             code = proc.wait()
             for t in relays:
                 t.join()
+            for stream in (proc.stdout, proc.stderr):  # read to the end by now
+                if stream is not None:
+                    stream.close()
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
