@@ -86,6 +86,7 @@ class Module:
     training: bool
 
     def __init__(self) -> None:
+        tracing.modules.add(self)
         object.__setattr__(self, "_params", {})
         object.__setattr__(self, "_modules", {})
         object.__setattr__(self, "_buffers", {})

@@ -19,6 +19,7 @@ one test of a module global.
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
@@ -38,6 +39,10 @@ class Tracer(Protocol):
 
 current: Tracer | None = None
 """The recorder of the trace in progress, or None (set only by :mod:`npgrad.compiler`)."""
+
+modules: weakref.WeakSet[Any] = weakref.WeakSet()
+"""Every Module alive (``Module.__init__`` adds it): a recording guards the ones that own a
+parameter the step used, whichever method of theirs ran."""
 
 module_writes = 0
 """How many attributes have been assigned to modules (``Module.__setattr__``): a plan

@@ -856,3 +856,229 @@ def test_another_threads_tensors_are_no_part_of_the_step():
     thread = threading.Thread(target=elsewhere, daemon=True)
     thread.start()
     same_and_told(build)
+
+
+# ----------------------------------------------------------------------- a third trial
+
+
+def test_a_recorded_calls_result_is_refused_whenever_the_step_keeps_it():
+    class SkipSGD(optim.SGD):  # says when it skipped an update, else returns None
+        def step(self):
+            if max(float(np.abs(p.grad).max()) for p in self.params) > 1.0:
+                return "skipped"
+            super().step()
+
+    def build(enabled):
+        net = nn.MLP([3, 5, 2], rng=0)
+        opt = SkipSGD(net.parameters(), 0.1)
+
+        @npgrad.compile(enabled=enabled)
+        def step(x, y):
+            loss = npgrad.cross_entropy(net(npgrad.tensor(x)), y)
+            opt.zero_grad()
+            loss.backward()
+            skipped = opt.step()  # None at the record
+            return loss if skipped is None else loss * 0.0
+
+        return lambda i: [step(X[i] * (1 + 20 * (i % 2)), Y[i]).data, *state(net)]
+
+    same_and_told(build, "SkipSGD.step() returned")
+
+
+def test_a_detached_parameter_passed_as_an_argument_is_refused():
+    def build(enabled):
+        net, opt, _ = mlp_step(enabled)
+        step = trained(
+            enabled,
+            opt,
+            lambda x, y, anchor: (
+                npgrad.cross_entropy(net(npgrad.tensor(x)), y) + (anchor * anchor).sum()
+            ),
+        )
+        return lambda i: [step(X[i], Y[i], net[0].weight.detach()).data, *state(net)]
+
+    same_and_told(build, "is a parameter of a module the step runs (or its array)")
+
+
+def test_ops_after_a_recorded_call_read_argument_tensors_anew():
+    class PlainSGD(optim.Optimizer):
+        def step(self):
+            for p in self.params:
+                p.data = p.data - self.lr * p.grad
+
+    w = RS.standard_normal((3, 2)).astype(np.float32)
+
+    def build(enabled):
+        z = npgrad.tensor(np.ones((4, 3), np.float32), requires_grad=True)  # an input, optimised
+        opt = PlainSGD([z], 0.1)
+
+        @npgrad.compile(enabled=enabled)
+        def step(z, w):
+            loss = npgrad.matmul(z, npgrad.tensor(w)).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return npgrad.matmul(z, npgrad.tensor(w)).sum()
+
+        return lambda i: [step(z, w).data, z.data]
+
+    same_and_told(build)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [lambda m: m.eval(), lambda m: m.__dict__.update(temperature=2.0)],
+    ids=["eval()", "__dict__"],
+)
+def test_a_module_that_owns_a_parameter_the_step_used_is_guarded(change):
+    class AE(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(np.ones((3, 2), np.float32))
+            self.temperature = 1.0
+
+        def encode(self, x):  # a method other than forward
+            h = npgrad.matmul(x, self.w) * self.temperature
+            return h * 0.5 if self.training else h
+
+    def build(enabled):
+        ae = AE()
+        f = npgrad.compile(lambda x: ae.encode(npgrad.tensor(x)).sum(), enabled=enabled)
+
+        def run(i):
+            if i == 2:
+                change(ae)
+            with npgrad.no_grad():
+                return [f(X[i]).data]
+
+        return run
+
+    same_and_told(build)
+
+
+def test_a_module_attribute_assigned_inside_the_step_is_refused():
+    class Probe(nn.Module):  # keeps its last activations (a feature hook)
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 2, rng=0)
+
+        def forward(self, x):
+            self.features = self.lin(x)
+            return self.features
+
+    def build(enabled):
+        net = Probe()
+        opt = optim.SGD(net.parameters(), 0.1)
+        step = trained(enabled, opt, lambda x, y: npgrad.cross_entropy(net(npgrad.tensor(x)), y))
+
+        def run(i):
+            step(X[i], Y[i])
+            return [net.features.data]
+
+        return run
+
+    same_and_told(build, "a module's attribute is assigned inside the step")
+
+
+def test_ops_another_thread_runs_for_the_step_are_refused():
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(2)
+
+    def build(enabled):
+        a, b = nn.Linear(3, 2, rng=0), nn.Linear(3, 2, rng=1)
+
+        @npgrad.compile(enabled=enabled)
+        def predict(x):  # two towers at once, on the pool's threads
+            t = npgrad.tensor(x)
+            fa, fb = pool.submit(a, t), pool.submit(b, t)
+            return fa.result() + fb.result()
+
+        def run(i):
+            with npgrad.no_grad():
+                return [predict(X[i]).data]
+
+        return run
+
+    try:
+        same_and_told(build, "another thread made while it was being recorded")
+    finally:
+        pool.shutdown()
+
+
+def test_a_returned_graph_that_reaches_leaves_no_backward_of_the_step_did_is_refused():
+    """A GAN's discriminator step returns the fakes, for the generator's step after it."""
+    rs = np.random.default_rng(4)
+    Z = [rs.standard_normal((4, 3)).astype(np.float32) for _ in range(5)]
+    R = [rs.standard_normal((4, 2)).astype(np.float32) for _ in range(5)]
+
+    def build(enabled):
+        G, D = nn.Linear(3, 2, rng=0), nn.Linear(2, 1, rng=1)
+        g_opt, d_opt = optim.SGD(G.parameters(), 0.1), optim.SGD(D.parameters(), 0.1)
+
+        @npgrad.compile(enabled=enabled)
+        def d_step(z, real):
+            fake = G(npgrad.tensor(z))
+            d_loss = (D(fake.detach()) - D(npgrad.tensor(real))).mean()
+            d_opt.zero_grad()
+            d_loss.backward()
+            d_opt.step()
+            return fake
+
+        def run(i):
+            g_loss = -D(d_step(Z[i], R[i])).mean()
+            g_opt.zero_grad()
+            g_loss.backward()
+            g_opt.step()
+            return [*state(G), *state(D)]
+
+        return run
+
+    same_and_told(build, "returns a Tensor with a graph to differentiate after it")
+
+
+def test_a_generator_made_inside_the_step_is_refused():
+    x = np.ones((2, 4), np.float32)
+
+    def build(enabled):
+        @npgrad.compile(enabled=enabled)
+        def step(x):  # the same mask on every call: a generator seeded inside the step
+            return npgrad.dropout(npgrad.tensor(x), 0.5, rng=np.random.default_rng(0))
+
+        def run(i):
+            with npgrad.no_grad():
+                return [step(x).data]
+
+        return run
+
+    same_and_told(build, "a generator that no module of the step holds")
+
+
+def test_a_step_compiled_in_another_thread_during_a_recorded_call_runs_eagerly():
+    import threading
+
+    started, go = threading.Event(), threading.Event()
+
+    class SlowSGD(optim.SGD):
+        def step(self):
+            started.set()
+            go.wait()  # the other thread's step runs meanwhile
+            super().step()
+
+    net_b = nn.MLP([3, 5, 2], rng=2)
+    opt_b = optim.SGD(net_b.parameters(), 0.1)
+    step_b = trained(True, opt_b, lambda x, y: npgrad.cross_entropy(net_b(npgrad.tensor(x)), y))
+    net_a = nn.MLP([3, 5, 2], rng=0)
+    step_a = trained(True, SlowSGD(net_a.parameters(), 0.1),
+                     lambda x, y: npgrad.cross_entropy(net_a(npgrad.tensor(x)), y))  # fmt: skip
+
+    def other():
+        started.wait()
+        step_b(X[0], Y[0])  # while a's recording is in a recorded call: eager
+        go.set()
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    step_a(X[0], Y[0])
+    thread.join()
+    assert not step_b.plans and step_b.replays == 0

@@ -311,6 +311,9 @@ class Plan:
                     }
                 fn(*cargs, **ckwargs)
                 if later:
+                    arrays = [a.data if isinstance(a, Tensor) else a for a in args]
+                    for n, k in self.args:
+                        v[n] = arrays[k]
                     for n, tensor in self.params:
                         v[n] = tensor.data
                 if timing is not None:

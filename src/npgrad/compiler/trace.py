@@ -124,7 +124,8 @@ class Trace:
     _keep: list[Any] = field(default_factory=list)  # the tensors, so that ids stay unique
     _created: set[int] = field(default_factory=set)
     _made_arrays: dict[int, int] = field(default_factory=dict)  # id(op output array) -> value
-    _graphs: list[int] = field(default_factory=list)  # returned values that require grad
+    _graphs: list[Tensor] = field(default_factory=list)  # returned Tensors that require grad
+    _foreign: dict[int, Tensor] = field(default_factory=dict)  # made by other threads
 
     def __post_init__(self) -> None:
         self._thread = threading.get_ident()  # another thread's ops are no part of the step
@@ -161,6 +162,7 @@ class Trace:
         ``detach()``) is that value, cut from the graph. Anything else would be kept from
         the first call, so it is refused."""
         if self.elsewhere():
+            self._foreign[id(tensor)] = tensor
             return
         self._keep.append(tensor)
         if tensor.requires_grad:
@@ -206,7 +208,8 @@ class Trace:
     def op(
         self, op: type[Op], inputs: tuple[Tensor, ...], params: dict[str, Any], out: Tensor
     ) -> None:
-        if self.elsewhere():
+        if self.elsewhere():  # not part of the step; refused if the step uses it
+            self._foreign[id(out)] = out
             return
         if not getattr(op, "replayable", True):
             self.refuse(f"op {op.name!r} declares that it cannot be replayed")
@@ -292,12 +295,14 @@ class Trace:
         binds = any(isinstance(a, ArgRef) for a in (*rec_args, *rec_kwargs.values()))
         self.events.append(Call(fn, rec_args, rec_kwargs, binds))
         caller = sys._getframe(2)  # 0: this, 1: tracing.replayable's wrapper, 2: the step
-        previous = tracing.set_current(None)  # what it calls is part of it, not recorded again
+        # What it calls is part of it, not recorded again; a recording stays in progress (a
+        # step another thread compiles meanwhile runs eagerly, recording nothing).
+        previous = tracing.set_current(_PAUSED)
         try:
             result = fn(*args, **kwargs)
         finally:
             tracing.set_current(previous)
-        if result is not None and not _dropped(caller):
+        if not _dropped(caller):
             self.refuse(
                 f"the step uses what {name}() returned, which a replay does not give it again "
                 "(the Python between ops runs once): drop the value, or do not compile the step"
@@ -326,6 +331,11 @@ class Trace:
             return self._new(("arg", self._arg_data[id(t.data)]), t)
         if id(t) in self._created:  # a number written in the step (created() refused the rest)
             return self._new(("const", t.data), t)
+        if id(t) in self._foreign:
+            self.refuse(
+                "the step uses a Tensor that another thread made while it was being recorded "
+                "(ops run on a pool?), which a replay would keep from the first call"
+            )
         if t._node is not None:
             self.refuse(
                 "the step uses a Tensor computed before it (it has a graph), which a replay would "
@@ -349,6 +359,13 @@ class Trace:
                 )
         elif isinstance(v, Tensor):
             self.refuse(f"op {op.name!r}'s parameter {name!r} is a Tensor")
+        elif isinstance(v, np.random.Generator) and not any(
+            v is a for m, _ in self.modules.values() for a in vars(m).values()
+        ):
+            self.refuse(
+                f"op {op.name!r}'s parameter {name!r} is a generator that no module of the step "
+                "holds (made inside it?), which a replay would keep drawing from"
+            )
         elif isinstance(v, (tuple, list)) and any(
             is_ndarray(x) or isinstance(x, Tensor) for x in v
         ):
@@ -365,7 +382,7 @@ class Trace:
         if isinstance(result, Tensor):
             n = self.value_of(result)
             if result.requires_grad:  # its own flag: a detach() shares the value, not the flag
-                self._graphs.append(n)
+                self._graphs.append(result)
             kind, what = self.kinds[n]
             if result is (what if kind == "ext" else self.args[what] if kind == "arg" else None):
                 return _Same(n)  # a parameter or an argument: the object itself, as eagerly
@@ -430,35 +447,88 @@ def record(
     way (:func:`bound_arguments`).
     """
     trace = Trace(bound_arguments(args, kwargs))
+    writes = tracing.module_writes
     previous = tracing.set_current(trace)
     try:
         result = fn(*args, **kwargs)
     finally:
         tracing.set_current(previous)
-    params = {id(p) for m, _ in trace.modules.values() for p in m._params.values()}
+    if tracing.module_writes != writes:
+        trace.refuse(
+            "a module's attribute is assigned inside the step (self.features = ... in a "
+            "forward?), which a replay would not do again"
+        )
+    _guard_owners(trace)
+    params = [p for m, _ in trace.modules.values() for p in m._params.values()]
     for module, mode in trace.modules.values():
         if bool(module.training) != mode:
             trace.refuse(f"{type(module).__name__}'s training mode changes inside the step")
     for k, a in enumerate(trace.args):
-        if id(a) in params:
+        data = a.data if isinstance(a, Tensor) else a
+        if any(a is p or data is p.data for p in params):
             trace.refuse(
-                f"argument {k} is a parameter of a module the step runs: a replay could not "
-                "tell its use through the argument from its use through the module"
+                f"argument {k} is a parameter of a module the step runs (or its array): a "
+                "replay could not tell its use through the argument from its use through the "
+                "module"
             )
     structure = trace.output(result)
     # A replay returns values without a graph. That matters to a step whose result is
     # meant to be differentiated afterwards: a forward pass with no backward() of its own,
     # or a step that keeps its graph (retain_graph) for another backward() later.
+    # Or a step whose returned graph reaches leaves that its own backward() passes did not
+    # (a GAN's fakes, returned for the generator's step).
     passes = [e for e in trace.events if isinstance(e, Backward)]
-    if any(trace.kinds[n][0] == "op" for n in trace._graphs) and (
-        not passes or any(b.retain for b in passes)
-    ):
-        trace.refuse(
-            "the step returns a Tensor with a graph to differentiate after it (it has no "
-            "backward(), or keeps its graph), and a replay returns values without one: "
-            "differentiate inside the step"
-        )
+    delivered = {n for b in passes for n in b.delivered}
+    for t in trace._graphs:
+        if trace.kinds[trace.value_of(t)][0] != "op":
+            continue
+        leaves = [u for u in topological_order(t) if u._node is None and u.requires_grad]
+        if (
+            not passes
+            or any(b.retain for b in passes)
+            or any(trace._value.get(id(u)) not in delivered for u in leaves)
+        ):
+            trace.refuse(
+                "the step returns a Tensor with a graph to differentiate after it (it has "
+                "no backward() through it, or keeps its graph), and a replay returns values "
+                "without one: differentiate inside the step"
+            )
     return result, trace, structure
+
+
+def _guard_owners(trace: Trace) -> None:
+    """Guard every module that owns a parameter the step used, as if it had run: a method
+    other than ``forward`` (``model.encode(x)``) may read its attributes."""
+    used = {id(t) for kind, t in trace.kinds if kind == "ext"}
+    for m in list(tracing.modules):
+        if any(id(p) in used for p in m._params.values()):
+            trace.modules.setdefault(id(m), (m, bool(m.training)))
+
+
+class _Paused:
+    """The recorder while a recorded call runs: what it does is part of that call, and a
+    step that another thread compiles meanwhile sees a recording in progress."""
+
+    def op(self, op: Any, inputs: Any, params: Any, out: Any) -> None:
+        return None
+
+    def backward(self, root: Any, grad: Any, retain: bool, create: bool) -> None:
+        return None
+
+    def created(self, tensor: Any, source: Any) -> None:
+        return None
+
+    def module(self, module: Any) -> None:
+        return None
+
+    def read(self, tensor: Any, how: str) -> None:
+        return None
+
+    def call(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return fn(*args, **kwargs)
+
+
+_PAUSED = _Paused()
 
 
 def _holds_arrays(a: Any) -> bool:
