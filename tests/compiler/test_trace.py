@@ -516,8 +516,7 @@ def test_an_optimizer_step_given_a_closure_is_refused():
             super().step()
 
     def build(enabled):
-        net = nn.MLP([3, 5, 2], rng=0)
-        opt = ClosureSGD(net.parameters(), 0.1)
+        net, opt, _ = mlp_step(enabled, opt_cls=ClosureSGD)
 
         @npgrad.compile(enabled=enabled)
         def step(x, y):
@@ -869,8 +868,7 @@ def test_a_recorded_calls_result_is_refused_whenever_the_step_keeps_it():
             super().step()
 
     def build(enabled):
-        net = nn.MLP([3, 5, 2], rng=0)
-        opt = SkipSGD(net.parameters(), 0.1)
+        net, opt, _ = mlp_step(enabled, opt_cls=SkipSGD)
 
         @npgrad.compile(enabled=enabled)
         def step(x, y):
