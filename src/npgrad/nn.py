@@ -85,8 +85,12 @@ class Module:
     _buffers: dict[str, np.ndarray]
     training: bool
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> Module:
+        module = super().__new__(cls)
+        tracing.modules.add(module)
+        return module
+
     def __init__(self) -> None:
-        tracing.modules.add(self)
         object.__setattr__(self, "_params", {})
         object.__setattr__(self, "_modules", {})
         object.__setattr__(self, "_buffers", {})
@@ -95,7 +99,8 @@ class Module:
     def __setattr__(self, name: str, value: Any) -> None:
         if "_params" not in self.__dict__:
             raise RuntimeError(f"call Module.__init__() in {type(self).__name__}.__init__ first")
-        tracing.module_writes += 1  # a compiled step's plans are recorded again
+        # counted among its attributes: a compiled step's guard sees any assignment
+        self.__dict__["_writes"] = self.__dict__.get("_writes", 0) + 1
         if name in self._buffers:
             self._buffers[name] = namespace(value).asarray(value)
             object.__setattr__(self, name, self._buffers[name])

@@ -41,12 +41,9 @@ current: Tracer | None = None
 """The recorder of the trace in progress, or None (set only by :mod:`npgrad.compiler`)."""
 
 modules: weakref.WeakSet[Any] = weakref.WeakSet()
-"""Every Module alive (``Module.__init__`` adds it): a recording guards the ones that own a
-parameter the step used, whichever method of theirs ran."""
-
-module_writes = 0
-"""How many attributes have been assigned to modules (``Module.__setattr__``): a plan
-recorded before an assignment is recorded again, since the step may read that attribute."""
+"""Every Module alive (``Module.__new__`` adds it, copies and unpickled ones too): a
+recording guards the ones that own a parameter the step used, and those that hold them,
+whichever method of theirs ran."""
 
 
 def set_current(tracer: Tracer | None) -> Tracer | None:

@@ -38,6 +38,7 @@ what is.
 from __future__ import annotations
 
 import functools
+import threading
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -54,6 +55,10 @@ from .trace import PLAIN, bound_arguments, plain_key, record
 __all__ = ["compile", "CompiledStep", "CompileWarning", "Plan", "REWRITES"]
 
 MAX_PLANS = 16  # recordings per step before it stops recording new ones
+
+# One recording at a time in the process (the engine's hook, tracing.current, is one): a
+# step that another thread would record meanwhile runs eagerly instead.
+_recording = threading.Lock()
 
 
 def _signature(
@@ -144,8 +149,13 @@ class CompiledStep:
                 "attributes, changed): new ones run eagerly"
             )
             return self.fn(*args, **kwargs)
-        key = _signature(args, kwargs, self._pinned)
-        result, trace, structure = record(self.fn, args, kwargs)
+        if not _recording.acquire(blocking=False):
+            return self.fn(*args, **kwargs)
+        try:
+            key = _signature(args, kwargs, self._pinned)
+            result, trace, structure = record(self.fn, args, kwargs)
+        finally:
+            _recording.release()
         self.recorded += 1
         made: Plan | Refused
         if trace.problem is not None:

@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 
-from .. import tracing
 from ..autodiff import Tensor, _accumulate_leaf
 from ..ops import conv, dense
 from ..ops.base import unbroadcast
@@ -412,10 +411,10 @@ class Guards:
     """What a recording took for given outside its arguments; a change of any of it needs a
     new recording.
 
-    * that no module's attribute was assigned since (``Module.__setattr__`` counts them in
-      ``tracing.module_writes``): a module the step reaches other than through its
-      ``forward`` (``model.encode(x)`` reading ``model.temperature``) is covered too;
-    * each module that ran, with its attributes: its mode, its parameters and buffers (an op
+    * each module that ran, owns a parameter the step used, or holds such a module (so
+      ``model.encode(x)`` reading ``model.temperature`` is covered), with its attributes
+      (``Module.__setattr__`` counts assignments among them, ``_writes``): its mode, its
+      parameters and buffers (an op
       holds batch norm's running statistics by reference, so a buffer replaced by
       assignment must not be left behind), the numbers its ops took as constants (dropout's
       ``p``, batch norm's ``momentum``), its generator;
@@ -424,7 +423,6 @@ class Guards:
     """
 
     def __init__(self, trace: Trace) -> None:
-        self.writes = tracing.module_writes  # attributes assigned to any module, so far
         self.modules = [(m, list(vars(m).items())) for m, _ in trace.modules.values()]
         self.tensors = [
             (t, trace.requires[n], t.data.dtype, t.data.shape, type(t.data))
@@ -433,8 +431,6 @@ class Guards:
         ]
 
     def hold(self) -> bool:
-        if tracing.module_writes != self.writes:
-            return False
         return all(_same_state(m, state) for m, state in self.modules) and all(
             t.requires_grad == wanted
             and type(t.data) is kind

@@ -126,6 +126,7 @@ class Trace:
     _made_arrays: dict[int, int] = field(default_factory=dict)  # id(op output array) -> value
     _graphs: list[Tensor] = field(default_factory=list)  # returned Tensors that require grad
     _foreign: dict[int, Tensor] = field(default_factory=dict)  # made by other threads
+    _outside: list[tuple[Any, str]] = field(default_factory=list)  # (held by reference, or why)
 
     def __post_init__(self) -> None:
         self._thread = threading.get_ident()  # another thread's ops are no part of the step
@@ -159,8 +160,10 @@ class Trace:
     def created(self, tensor: Tensor, source: Any) -> None:
         """A Tensor made inside the step from ``source``: a number written in the step is a
         constant of the plan; an argument's own array is that argument; an op's output (a
-        ``detach()``) is that value, cut from the graph. Anything else would be kept from
-        the first call, so it is refused."""
+        ``detach()``) is that value, cut from the graph; an array or NumPy number that lives
+        outside the step (a constant closed over, a module's attribute) is held by reference
+        (checked once the step has run, :meth:`check_outside`). Anything else would be kept
+        from the first call, so it is refused."""
         if self.elsewhere():
             self._foreign[id(tensor)] = tensor
             return
@@ -173,25 +176,31 @@ class Trace:
         if type(source) in PLAIN:
             self._created.add(id(tensor))
             return
-        if is_ndarray(source) and tensor.data is source:
-            if id(source) in self._arg_data:
-                return  # value_of classifies it
-            if id(source) in self._made_arrays:
-                self._value[id(tensor)] = self._made_arrays[id(source)]
-                return
+        if id(source) in self._made_arrays and (
+            tensor.data is source or isinstance(source, np.generic)  # a 0-d op's result
+        ):
+            self._value[id(tensor)] = self._made_arrays[id(source)]
+            return
+        if is_ndarray(source) and tensor.data is source and id(source) in self._arg_data:
+            return  # value_of classifies it
         k = self._arg_roots.get(id(_root(source))) if is_ndarray(source) else None
         if k is not None:
             self.refuse(
                 f"a Tensor is made inside the step from a part or a conversion of argument {k} "
                 "(a replay would keep its first values): pass that array as an argument"
             )
+            return
+        why = (
+            f"a Tensor is made inside the step from {type(source).__name__} data that is no "
+            "argument of it and nothing outside the step holds (computed from one, drawn at "
+            "random, or a value the step computed), which a replay would keep from the first "
+            "call: pass the array as an argument (a constant may be a Python number)"
+        )
+        if tensor.data is source or isinstance(source, np.generic):  # by reference, or immutable
+            self._created.add(id(tensor))
+            self._outside.append((source, why))
         else:
-            self.refuse(
-                f"a Tensor is made inside the step from {type(source).__name__} data that is no "
-                "argument of it (computed from one, drawn at random, or a value the step "
-                "computed), which a replay would keep from the first call: pass the array as "
-                "an argument (a constant may be a Python number)"
-            )
+            self.refuse(why)
 
     def module(self, module: Any) -> None:
         if not self.elsewhere():
@@ -297,7 +306,7 @@ class Trace:
         caller = sys._getframe(2)  # 0: this, 1: tracing.replayable's wrapper, 2: the step
         # What it calls is part of it, not recorded again; a recording stays in progress (a
         # step another thread compiles meanwhile runs eagerly, recording nothing).
-        previous = tracing.set_current(_PAUSED)
+        previous = tracing.set_current(_Paused(self))
         try:
             result = fn(*args, **kwargs)
         finally:
@@ -351,21 +360,19 @@ class Trace:
         if is_ndarray(v):
             if id(v) in self._arg_data:
                 return ArgRef(self._arg_data[id(v)])
-            if not any(v is b for m, _ in self.modules.values() for b in m._buffers.values()):
-                self.refuse(
-                    f"op {op.name!r}'s parameter {name!r} is an array that is no argument of the "
-                    "step (made from one, as y.astype(...), or inside it), which a replay would "
-                    "keep from the first call: pass the array itself as an argument"
-                )
+            self._outside.append((v, (
+                f"op {op.name!r}'s parameter {name!r} is an array that is no argument of the "
+                "step and nothing outside it holds (made from one, as y.astype(...), or inside "
+                "it), which a replay would keep from the first call: pass the array itself as "
+                "an argument"
+            )))  # fmt: skip
         elif isinstance(v, Tensor):
             self.refuse(f"op {op.name!r}'s parameter {name!r} is a Tensor")
-        elif isinstance(v, np.random.Generator) and not any(
-            v is a for m, _ in self.modules.values() for a in vars(m).values()
-        ):
-            self.refuse(
-                f"op {op.name!r}'s parameter {name!r} is a generator that no module of the step "
-                "holds (made inside it?), which a replay would keep drawing from"
-            )
+        elif isinstance(v, np.random.Generator):
+            self._outside.append((v, (
+                f"op {op.name!r}'s parameter {name!r} is a generator that nothing outside the "
+                "step holds (made inside it?), which a replay would keep drawing from"
+            )))  # fmt: skip
         elif isinstance(v, (tuple, list)) and any(
             is_ndarray(x) or isinstance(x, Tensor) for x in v
         ):
@@ -374,6 +381,20 @@ class Trace:
                 "replay cannot bind anew: index with one array that is an argument of the step"
             )
         return v
+
+    def check_outside(self, fn: Callable[..., Any]) -> None:
+        """Refuse what the plan would hold by reference (an op's array or generator, a
+        constant array) unless something outside the step holds it too: a module, the step
+        function's globals, closure or defaults. One made inside the step would be kept from
+        the first call; one that lives on is read as it is now, as eagerly."""
+        if not self._outside:
+            return
+        held = {id(b) for m in list(tracing.modules) for b in m._buffers.values()}
+        held.update(id(v) for m in list(tracing.modules) for v in vars(m).values())
+        held.update(_held_by(fn))
+        for obj, why in self._outside:
+            if id(obj) not in held:
+                self.refuse(why)
 
     def output(self, result: Any) -> Any:
         """The step's return value as value numbers (a Tensor -> its number), or refuse."""
@@ -447,18 +468,20 @@ def record(
     way (:func:`bound_arguments`).
     """
     trace = Trace(bound_arguments(args, kwargs))
-    writes = tracing.module_writes
+    writes = {id(m): m.__dict__.get("_writes", 0) for m in list(tracing.modules)}
     previous = tracing.set_current(trace)
     try:
         result = fn(*args, **kwargs)
     finally:
         tracing.set_current(previous)
-    if tracing.module_writes != writes:
-        trace.refuse(
-            "a module's attribute is assigned inside the step (self.features = ... in a "
-            "forward?), which a replay would not do again"
-        )
     _guard_owners(trace)
+    for m, _ in trace.modules.values():  # a module made inside the step may set its own
+        if id(m) in writes and m.__dict__.get("_writes", 0) != writes[id(m)]:
+            trace.refuse(
+                f"{type(m).__name__}'s attribute is assigned inside the step (self.features = "
+                "... in a forward?), which a replay would not do again"
+            )
+    trace.check_outside(fn)
     params = [p for m, _ in trace.modules.values() for p in m._params.values()]
     for module, mode in trace.modules.values():
         if bool(module.training) != mode:
@@ -472,51 +495,89 @@ def record(
                 "module"
             )
     structure = trace.output(result)
-    # A replay returns values without a graph. That matters to a step whose result is
-    # meant to be differentiated afterwards: a forward pass with no backward() of its own,
-    # or a step that keeps its graph (retain_graph) for another backward() later.
-    # Or a step whose returned graph reaches leaves that its own backward() passes did not
-    # (a GAN's fakes, returned for the generator's step).
+    # A replay returns values without a graph. A returned Tensor that requires grad must be
+    # one that a backward() of the step went through (the loss, the logits), without keeping
+    # its graph: any other (a forward pass's output, a GAN's fakes, a loss computed after the
+    # update) may be differentiated after the step.
     passes = [e for e in trace.events if isinstance(e, Backward)]
-    delivered = {n for b in passes for n in b.delivered}
+    differentiated = {n for b in passes for n in b.order}
     for t in trace._graphs:
-        if trace.kinds[trace.value_of(t)][0] != "op":
-            continue
-        leaves = [u for u in topological_order(t) if u._node is None and u.requires_grad]
-        if (
-            not passes
-            or any(b.retain for b in passes)
-            or any(trace._value.get(id(u)) not in delivered for u in leaves)
-        ):
+        n = trace.value_of(t)
+        if trace.kinds[n][0] == "op" and (n not in differentiated or any(b.retain for b in passes)):
             trace.refuse(
-                "the step returns a Tensor with a graph to differentiate after it (it has "
-                "no backward() through it, or keeps its graph), and a replay returns values "
-                "without one: differentiate inside the step"
+                "the step returns a Tensor with a graph that no backward() in it went through "
+                "(or whose graph it keeps), and a replay returns it without one: return it "
+                ".detach()ed if it is not to be differentiated after the step"
             )
     return result, trace, structure
 
 
+def _held_by(fn: Any) -> set[int]:
+    """The ids of what ``fn`` reaches by name: its globals, defaults and closure, and those
+    of the functions in its closure and defaults (a step built from helpers), each once."""
+    held: set[int] = set()
+    todo, seen = [fn], set()
+    while todo:
+        f = todo.pop()
+        f = getattr(f, "__func__", f)  # a bound method's function
+        if id(f) in seen:
+            continue
+        seen.add(id(f))
+        if isinstance(f, functools.partial):
+            held.update(id(a) for a in (*f.args, *f.keywords.values()))
+            todo.append(f.func)
+            continue
+        held.update(id(v) for v in getattr(f, "__globals__", {}).values())
+        near = list(getattr(f, "__defaults__", None) or ())
+        for cell in getattr(f, "__closure__", None) or ():
+            try:
+                near.append(cell.cell_contents)
+            except ValueError:  # an empty cell
+                continue
+        held.update(id(v) for v in near)
+        todo += [v for v in near if isinstance(v, (types.FunctionType, types.MethodType,
+                                                   functools.partial))]  # fmt: skip
+    return held
+
+
 def _guard_owners(trace: Trace) -> None:
-    """Guard every module that owns a parameter the step used, as if it had run: a method
-    other than ``forward`` (``model.encode(x)``) may read its attributes."""
+    """Guard, as if they had run, every module that owns a parameter the step used and every
+    module that holds a guarded one: a method other than ``forward`` (``model.encode(x)``)
+    may read their attributes."""
     used = {id(t) for kind, t in trace.kinds if kind == "ext"}
-    for m in list(tracing.modules):
+    alive = list(tracing.modules)
+    for m in alive:
         if any(id(p) in used for p in m._params.values()):
             trace.modules.setdefault(id(m), (m, bool(m.training)))
+    grew = True
+    while grew:  # up the tree, to the outermost module
+        grew = False
+        for m in alive:
+            if id(m) not in trace.modules and any(
+                id(c) in trace.modules for c in m._modules.values()
+            ):
+                trace.modules[id(m)] = (m, bool(m.training))
+                grew = True
 
 
 class _Paused:
     """The recorder while a recorded call runs: what it does is part of that call, and a
-    step that another thread compiles meanwhile sees a recording in progress."""
+    step that another thread compiles meanwhile sees a recording in progress. Tensors that
+    other threads make meanwhile are still noted, as during the rest of the recording."""
+
+    def __init__(self, trace: Trace) -> None:
+        self.trace = trace
 
     def op(self, op: Any, inputs: Any, params: Any, out: Any) -> None:
-        return None
+        if self.trace.elsewhere():
+            self.trace._foreign[id(out)] = out
 
     def backward(self, root: Any, grad: Any, retain: bool, create: bool) -> None:
         return None
 
     def created(self, tensor: Any, source: Any) -> None:
-        return None
+        if self.trace.elsewhere():
+            self.trace._foreign[id(tensor)] = tensor
 
     def module(self, module: Any) -> None:
         return None
@@ -526,9 +587,6 @@ class _Paused:
 
     def call(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         return fn(*args, **kwargs)
-
-
-_PAUSED = _Paused()
 
 
 def _holds_arrays(a: Any) -> bool:
