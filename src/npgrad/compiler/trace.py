@@ -152,6 +152,10 @@ class Trace:
         """Whether the hook was called from another thread than the step's."""
         return threading.get_ident() != self._thread
 
+    def note_foreign(self, tensor: Tensor) -> None:
+        """A Tensor another thread made during the recording: refused if the step uses it."""
+        self._foreign[id(tensor)] = tensor
+
     # ------------------------------------------------------------------ the hooks
     def refuse(self, why: str) -> None:
         if self.problem is None:
@@ -165,7 +169,7 @@ class Trace:
         (checked once the step has run, :meth:`check_outside`). Anything else would be kept
         from the first call, so it is refused."""
         if self.elsewhere():
-            self._foreign[id(tensor)] = tensor
+            self.note_foreign(tensor)
             return
         self._keep.append(tensor)
         if tensor.requires_grad:
@@ -218,7 +222,7 @@ class Trace:
         self, op: type[Op], inputs: tuple[Tensor, ...], params: dict[str, Any], out: Tensor
     ) -> None:
         if self.elsewhere():  # not part of the step; refused if the step uses it
-            self._foreign[id(out)] = out
+            self.note_foreign(out)
             return
         if not getattr(op, "replayable", True):
             self.refuse(f"op {op.name!r} declares that it cannot be replayed")
@@ -373,9 +377,7 @@ class Trace:
                 f"op {op.name!r}'s parameter {name!r} is a generator that nothing outside the "
                 "step holds (made inside it?), which a replay would keep drawing from"
             )))  # fmt: skip
-        elif isinstance(v, (tuple, list)) and any(
-            is_ndarray(x) or isinstance(x, Tensor) for x in v
-        ):
+        elif _holds_arrays(v):
             self.refuse(
                 f"op {op.name!r}'s parameter {name!r} holds arrays (a fancy index?), which a "
                 "replay cannot bind anew: index with one array that is an argument of the step"
@@ -570,14 +572,14 @@ class _Paused:
 
     def op(self, op: Any, inputs: Any, params: Any, out: Any) -> None:
         if self.trace.elsewhere():
-            self.trace._foreign[id(out)] = out
+            self.trace.note_foreign(out)
 
     def backward(self, root: Any, grad: Any, retain: bool, create: bool) -> None:
         return None
 
     def created(self, tensor: Any, source: Any) -> None:
         if self.trace.elsewhere():
-            self.trace._foreign[id(tensor)] = tensor
+            self.trace.note_foreign(tensor)
 
     def module(self, module: Any) -> None:
         return None
