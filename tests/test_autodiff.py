@@ -1,5 +1,7 @@
 """The autodiff engine: tape, broadcasting, accumulation, depth, dtypes, no_grad."""
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -75,6 +77,35 @@ def test_no_grad_records_nothing():
     assert not y.requires_grad and y.is_leaf
     with pytest.raises(GradError, match="does not require grad"):
         y.sum().backward()
+
+
+def test_no_grad_holds_for_its_own_thread_only():
+    """A server's no_grad() prediction in one thread must not stop another from training."""
+    inside, done = threading.Event(), threading.Event()
+
+    def predict() -> None:
+        with npgrad.no_grad():
+            inside.set()
+            done.wait(10)
+        assert npgrad.is_grad_enabled()
+
+    other = threading.Thread(target=predict)
+    other.start()
+    try:
+        assert inside.wait(10)
+        x = npgrad.tensor(np.ones(2), requires_grad=True)
+        (x * 3.0).sum().backward()  # while the other thread is inside no_grad()
+        assert npgrad.is_grad_enabled()
+        np.testing.assert_array_equal(x.grad, [3.0, 3.0])
+    finally:
+        done.set()
+        other.join()
+    seen = []
+    with npgrad.no_grad():  # and a thread started inside no_grad() records
+        t = threading.Thread(target=lambda: seen.append(npgrad.is_grad_enabled()))
+        t.start()
+        t.join()
+    assert seen == [True]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

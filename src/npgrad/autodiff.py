@@ -24,6 +24,7 @@ nothing of this runs: the vjps see NumPy arrays, as they always did.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -36,33 +37,42 @@ from .ops.base import Op, set_recorder, unbroadcast
 from .ops.device import device_of, is_ndarray, namespace, same_device, to_device, to_host
 from .ops.geometry import IntOrPair, is_int
 
-_GRAD_ENABLED = True
+class _GradMode(threading.local):
+    """Whether ops record a graph, per thread (as in PyTorch): one thread's ``no_grad()``
+    (a server's prediction, an evaluation) must not switch off another thread's training."""
+
+    enabled = True  # the class attribute: every new thread starts recording
+
+
+_mode = _GradMode()
 
 
 @contextlib.contextmanager
 def no_grad() -> Iterator[None]:
-    """Context in which operations record no graph (evaluation, optimizer updates)."""
-    global _GRAD_ENABLED
-    previous, _GRAD_ENABLED = _GRAD_ENABLED, False
+    """Context in which operations record no graph (evaluation, optimizer updates).
+
+    It holds for the calling thread only; other threads keep their own setting.
+    """
+    previous, _mode.enabled = _mode.enabled, False
     try:
         yield
     finally:
-        _GRAD_ENABLED = previous
+        _mode.enabled = previous
 
 
 @contextlib.contextmanager
 def enable_grad() -> Iterator[None]:
-    """Context in which operations record again, even inside :func:`no_grad`."""
-    global _GRAD_ENABLED
-    previous, _GRAD_ENABLED = _GRAD_ENABLED, True
+    """Context in which operations record again, even inside :func:`no_grad` (this thread)."""
+    previous, _mode.enabled = _mode.enabled, True
     try:
         yield
     finally:
-        _GRAD_ENABLED = previous
+        _mode.enabled = previous
 
 
 def is_grad_enabled() -> bool:
-    return _GRAD_ENABLED
+    """Whether ops called from this thread record a graph now."""
+    return _mode.enabled
 
 
 class Node:
@@ -556,7 +566,7 @@ def apply(op: type[Op], *inputs: Tensor, **params: Any) -> Tensor:
     out._retain = False
     out.name = None
     needs = tuple([t.requires_grad for t in inputs])
-    if _GRAD_ENABLED and True in needs:
+    if _mode.enabled and True in needs:
         out.requires_grad = True
         out._node = Node(op, saved, inputs, needs)
     else:

@@ -27,7 +27,7 @@ def test_train_prints_epoch_lines_and_plots(capsys, tmp_path):
 
     code, out, _ = run(capsys, "train", "-d", "digits", "-e", "3", "-o", str(tmp_path), "--plot")
     assert code == 0
-    assert "epoch   3/3" in out and "test accuracy" in out
+    assert "epoch   3/3" in out and "after 3 epochs (" in out
     for name in ("curves.png", "confusion.png"):
         img = np.asarray(Image.open(tmp_path / name).convert("L"), dtype=float)
         assert img.shape[0] > 200 and img.shape[1] > 200 and img.std() > 10  # not blank
@@ -53,6 +53,11 @@ def test_exercise_preset_from_the_command_line(capsys, tmp_path, shared_data):
     meta = ckpt.load(tmp_path / "checkpoint.npz")[2]
     assert 23 <= meta["history"][0]["train_loss"] <= 24
     assert meta["config"]["dtype"] == "float64" and meta["config"]["batch_size"] == 0
+
+
+def test_one_epoch_is_said_in_the_singular(capsys, tmp_path):
+    code, out, _ = run(capsys, "train", "-d", "digits", "-e", "1", "-o", str(tmp_path))
+    assert code == 0 and "after 1 epoch (" in out
 
 
 def test_resume_keeps_the_stored_epochs_unless_given(capsys, tmp_path):

@@ -45,7 +45,6 @@ import math
 import re
 import socket
 import sys
-import threading
 import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -97,8 +96,6 @@ class Predictor:
         self.hidden_index = next(
             (i for i, m in enumerate(net.layers[:-1]) if isinstance(m, _ACTIVATIONS)), None
         )
-        # no_grad is a process-wide switch: one forward pass at a time (each takes a millisecond).
-        self._lock = threading.Lock()
 
     @classmethod
     def from_run(cls, run: Any) -> Predictor:
@@ -128,7 +125,7 @@ class Predictor:
         x = preprocess(drawing, self.shape, self.recipe, name="drawing")
         h = Tensor(x.reshape(1, *self.input_shape).astype(self.dtype))
         hidden = None
-        with self._lock, no_grad():
+        with no_grad():  # this request's thread only
             for i, layer in enumerate(self.net.layers):
                 h = layer(h)
                 if i == self.hidden_index:

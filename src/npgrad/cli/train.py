@@ -96,7 +96,8 @@ def _train(args: argparse.Namespace, comm: Any) -> int:
         print(json.dumps(result))
     else:
         log(
-            f"done: test accuracy {result['test_accuracy']:.2%} after {result['epochs']} epochs "
+            f"done: test accuracy {result['test_accuracy']:.2%} after {result['epochs']} "
+            f"epoch{'' if result['epochs'] == 1 else 's'} "
             f"({result['train_seconds']:.1f}s training); checkpoint {result['checkpoint']}"
         )
     return 0
