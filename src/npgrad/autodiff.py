@@ -37,6 +37,7 @@ from .ops.base import Op, set_recorder, unbroadcast
 from .ops.device import device_of, is_ndarray, namespace, same_device, to_device, to_host
 from .ops.geometry import IntOrPair, is_int
 
+
 class _GradMode(threading.local):
     """Whether ops record a graph, per thread (as in PyTorch): one thread's ``no_grad()``
     (a server's prediction, an evaluation) must not switch off another thread's training."""
