@@ -2,8 +2,9 @@
 
 Each workload is trained three ways in one process, in interleaved rounds (medians,
 a pause between contestants so that no thread pool spins into the next): npgrad
-eager, npgrad compiled (``npgrad.compile``), PyTorch. Then the replayed small CNN
-step is profiled kernel by kernel (the plan's own timer) against its products-alone
+eager, npgrad compiled (``npgrad.compile``), PyTorch. Then the replayed steps of the
+small CNN and of the MLP with SGD are profiled kernel by kernel (the plan's own timer),
+beside PyTorch's step profiled op by op (``torch.profiler``) and the CNN's products-alone
 ceiling, so that where a target is missed, the time is accounted for by measurement.
 
 Every contestant runs with subnormal floats flushed to zero, as ``npgrad train`` runs
@@ -104,11 +105,12 @@ def workloads(tiny: bool) -> list[dict]:
     scale = 4 if tiny else 1
     return [
         dict(name="784-100-10, SGD", batch=128, steps=400 // scale, make=mlp("sgd"),
-             torch=torch_mlp("sgd"), shape=(784,), peers=True),
+             torch=torch_mlp("sgd"), shape=(784,), peers=True, profile="784-100-10 SGD"),
         dict(name="784-100-10, Adam", batch=32, steps=800 // scale, make=mlp("adam"),
              torch=torch_mlp("adam"), shape=(784,), denormals=True),
         dict(name="small CNN, Adam", batch=16 if tiny else 128, steps=2 if tiny else 10,
-             make=cnn("small"), torch=torch_cnn("small"), shape=(1, 28, 28), net="small"),
+             make=cnn("small"), torch=torch_cnn("small"), shape=(1, 28, 28), net="small",
+             profile="small CNN"),
         dict(name="lenet-like CNN, Adam", batch=16 if tiny else 128, steps=2 if tiny else 6,
              make=cnn("lenet"), torch=torch_cnn("lenet"), shape=(1, 28, 28), net="lenet"),
     ]  # fmt: skip
@@ -126,13 +128,74 @@ def torch_step(torch, net, opt, x: np.ndarray, y: np.ndarray) -> Step:
     return step
 
 
-def run(args: argparse.Namespace) -> tuple[list[str], dict, list[str]]:
+# npgrad's kernels (the plan's timer) and the aten ops that do the same work in PyTorch's
+# step (each op's time includes what it calls: a backward's zero fill, relu's clamp_min)
+TORCH_OPS = {
+    "conv2d": ("aten::convolution",),
+    "conv2d vjp": ("aten::convolution_backward",),
+    "batch_norm": ("aten::native_batch_norm",),
+    "batch_norm vjp": ("aten::native_batch_norm_backward",),
+    "max_pool2d": ("aten::max_pool2d_with_indices",),
+    "max_pool2d vjp": ("aten::max_pool2d_with_indices_backward",),
+    "relu": ("aten::relu",),
+    "relu vjp": ("aten::threshold_backward",),
+    "linear": ("aten::linear",),
+    "linear vjp": ("aten::mm", "aten::sum"),
+    "cross_entropy": ("aten::cross_entropy_loss",),
+    "cross_entropy vjp": ("aten::_log_softmax_backward_data", "aten::nll_loss_backward"),
+    "Optimizer.step": ("Optimizer.step#SGD.step",),
+    "Adam.step": ("Optimizer.step#Adam.step",),
+    "Optimizer.zero_grad": ("Optimizer.zero_grad#SGD.zero_grad", "Optimizer.zero_grad#Adam.zero_grad"),
+}  # fmt: skip
+
+
+def torch_profile(torch, step: Step, steps: int) -> dict[str, float]:
+    """PyTorch's step op by op (seconds per step, keyed by npgrad's kernel names), and
+    ``(whole step, profiled)``: its wall time under the profiler, which adds a little to each op
+    (as the plan's timer does to npgrad's)."""
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    # the profiler's first steps cost it more: they are run and not counted
+    every = schedule(wait=0, warmup=steps, active=steps, repeat=1)
+    with profile(activities=[ProfilerActivity.CPU], schedule=every) as prof:
+        for i in range(2 * steps):
+            if i == steps:
+                t = time.perf_counter()
+            step()
+            prof.step()
+        wall = time.perf_counter() - t
+    totals = {e.key: e.cpu_time_total * 1e-6 / steps for e in prof.key_averages()}
+    out = {k: sum(totals.get(op, 0.0) for op in ops) for k, ops in TORCH_OPS.items()}
+    out = {k: v for k, v in out.items() if v}
+    out["(whole step, profiled)"] = wall / steps
+    return out
+
+
+def profile_table(title: str, ours: dict[str, float], theirs: dict[str, float]) -> list[str]:
+    """Our replayed step's kernels beside PyTorch's ops for the same work (ms per step)."""
+    total = sum(v for k, v in ours.items() if not k.startswith("("))
+    lines = [
+        f"Where the replayed {title} step spends its time: npgrad's kernels (the plan's timer) "
+        "beside the PyTorch ops that do the same work (torch.profiler, the same steps), ms "
+        "per step:",
+        "",
+        "| kernel | npgrad ms | share | PyTorch ms |",
+        "|---|---|---|---|",
+    ]
+    for k, v in sorted(ours.items(), key=lambda kv: (kv[0].startswith("("), -kv[1])):
+        share = f"{v / total:.0%}" if total and not k.startswith("(") else "-"
+        other = f"{theirs[k] * 1e3:.2f}" if k in theirs else "-"
+        lines.append(f"| {k} | {v * 1e3:.2f} | {share} | {other} |")
+    return lines + [""]
+
+
+def run(args: argparse.Namespace) -> tuple[list[str], list[str], list[str]]:
     import torch
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    rows, profile, peer_lines, memory, denormal_lines = [], {}, [], [], []
+    rows, profiles, peer_lines, memory, denormal_lines = [], [], [], [], []
     for w in workloads(args.tiny):
         b = w["batch"]
         x = rng.random((b, *w["shape"]), dtype=np.float32)
@@ -204,18 +267,27 @@ def run(args: argparse.Namespace) -> tuple[list[str], dict, list[str]]:
         if states:
             counts = {k: _subnormals(s, torch) for k, s in states.items()}
             denormal_lines = _denormal_table(w, times, counts)
-        if w.get("net") == "small":
+        if w.get("profile"):
             plan = compiled.plan(x, y)
             plan.profile = {}
-            for _ in range(w["steps"]):
-                compiled(x, y)
-            profile = {k: sum(v) / w["steps"] for k, v in plan.profile.items()}
-            plan.profile = None
             t = time.perf_counter()
             for _ in range(w["steps"]):
-                contestants["products"]()
-            profile["(products alone)"] = (time.perf_counter() - t) / w["steps"]
-    return rows, profile, peer_lines + denormal_lines + memory_table(memory)
+                compiled(x, y)
+            wall = time.perf_counter() - t
+            profile = {k: sum(v) / w["steps"] for k, v in plan.profile.items()}
+            profile["(whole step, profiled)"] = wall / w["steps"]
+            plan.profile = None
+            if "products" in contestants:
+                t = time.perf_counter()
+                for _ in range(w["steps"]):
+                    contestants["products"]()
+                profile["(products alone)"] = (time.perf_counter() - t) / w["steps"]
+            time.sleep(args.pause)
+            theirs = torch_profile(torch, contestants["pytorch"], w["steps"])
+            profile["(the step unprofiled, median)"] = b / med["compiled"]
+            theirs["(the step unprofiled, median)"] = b / med["pytorch"]
+            profiles += profile_table(w["profile"], profile, theirs)
+    return rows, profiles, peer_lines + denormal_lines + memory_table(memory)
 
 
 def _subnormals(state: list | dict, torch) -> int:
@@ -331,8 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         args.rounds, args.warmup, args.pause = 1, 1, 0.0
     keep_freed_memory()  # as npgrad train does
     with fpenv.flushing(args.flush):
-        rows, profile, peer_lines = run(args)
-    total = sum(v for k, v in profile.items() if not k.startswith("("))
+        rows, profiles, peer_lines = run(args)
     lines = [
         f"Machine: {describe()}.",
         "",
@@ -348,15 +419,8 @@ def main(argv: list[str] | None = None) -> int:
         *rows,
         "",
         *peer_lines,
-        "Where the replayed small CNN step spends its time (the plan's per-kernel timer, ms "
-        "per step):",
-        "",
-        "| kernel | ms | share |",
-        "|---|---|---|",
+        *profiles,
     ]
-    for k, v in sorted(profile.items(), key=lambda kv: -kv[1]):
-        share = f"{v / total:.0%}" if total and not k.startswith("(") else "-"
-        lines.append(f"| {k} | {v * 1e3:.2f} | {share} |")
     report = "\n".join(lines) + "\n"
     print(report)
     if args.out:

@@ -193,6 +193,10 @@ def test_compile_benchmark_runs(capsys, torch):
     out = capsys.readouterr().out
     assert "| small CNN, Adam | 16 |" in out and "compiled / PyTorch" in out
     assert "| conv2d vjp |" in out and "(products alone)" in out
+    # both profiled steps, each kernel beside the PyTorch ops doing that work
+    assert "replayed small CNN step" in out and "replayed 784-100-10 SGD step" in out
+    assert out.count("| kernel | npgrad ms | share | PyTorch ms |") == 2
+    assert "| (the step unprofiled, median) |" in out
     assert "Peak memory of one step" in out and "| small CNN, Adam | 16 | " in out
     if fpenv.available():  # the Adam row again with subnormals kept, npgrad and PyTorch
         assert machine.denormals_line(True) in out
