@@ -82,12 +82,14 @@ def test_no_grad_records_nothing():
 def test_no_grad_holds_for_its_own_thread_only():
     """A server's no_grad() prediction in one thread must not stop another from training."""
     inside, done = threading.Event(), threading.Event()
+    modes = []  # the other thread's, read here: an assert in a thread cannot fail the test
 
     def predict() -> None:
         with npgrad.no_grad():
             inside.set()
             done.wait(10)
-        assert npgrad.is_grad_enabled()
+            modes.append(npgrad.is_grad_enabled())
+        modes.append(npgrad.is_grad_enabled())
 
     other = threading.Thread(target=predict)
     other.start()
@@ -100,6 +102,7 @@ def test_no_grad_holds_for_its_own_thread_only():
     finally:
         done.set()
         other.join()
+    assert modes == [False, True]
     seen = []
     with npgrad.no_grad():  # and a thread started inside no_grad() records
         t = threading.Thread(target=lambda: seen.append(npgrad.is_grad_enabled()))
