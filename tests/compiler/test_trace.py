@@ -1247,3 +1247,130 @@ def test_a_step_another_thread_records_meanwhile_runs_eagerly():
     # its first call ran eagerly while the other thread recorded: recorded at the second
     assert np.array_equal(ne.weight.data, nc.weight.data) and sc.replays == 2
     assert npgrad.tracing.current is None
+
+
+# --------------------------------------------------------------------------- fifth trial
+
+
+def test_an_array_closed_over_that_was_the_first_calls_argument_stays_that_array():
+    """The step reads ``anchor`` through its closure; at the record it was also argument 0.
+    A replay that bound it as the argument would read each new batch instead."""
+    anchor = X[0]
+    anchor_t = npgrad.tensor(X[1])
+
+    def body(net, opt, x, y):
+        drift = (net(npgrad.tensor(anchor)) ** 2).mean() + (net(anchor_t) ** 2).mean()
+        return npgrad.cross_entropy(net(npgrad.tensor(x)), y) + drift * 0.1
+
+    def build(enabled):
+        net, _, step = mlp_step(enabled, body)
+        order = [0, 1, 2, 3, 4, 2, 3]  # the first call passes anchor, the second anchor_t's array
+        return lambda i: [step(X[order[i]], Y[i % 5]).data, *state(net)]
+
+    same_and_told(build, calls=7)
+
+
+CURRENT = None  # a script's loop variable: a global that holds each call's argument
+
+
+def test_a_global_that_holds_each_calls_argument_lets_the_step_replay():
+    net, _, step = mlp_step(True)
+    global CURRENT
+    for i in range(5):
+        CURRENT = X[i]
+        step(CURRENT, Y[i])
+    assert step.replays == 4 and step.recorded == 1
+
+
+def test_noise_drawn_inside_and_kept_in_a_nonlocal_is_refused():
+    def build(enabled):
+        rng = np.random.default_rng(0)
+        last_noise = None
+
+        def body(net, opt, x, y):
+            nonlocal last_noise  # kept for logging: it lives on, but it was made in the step
+            last_noise = rng.standard_normal(x.shape).astype(np.float32)
+            return npgrad.cross_entropy(net(npgrad.tensor(x) + npgrad.tensor(last_noise)), y)
+
+        net, _, step = mlp_step(enabled, body)
+        return lambda i: [step(X[i], Y[i]).data, *state(net)]
+
+    same_and_told(build, "nothing outside the step holds")
+
+
+@pytest.mark.parametrize("made", ["detached", "under no_grad", "a number"])
+def test_a_value_of_the_step_made_a_leaf_that_requires_grad_is_refused(made):
+    def body(net, opt, x, y):
+        h = net.layers[0](npgrad.tensor(x))
+        if made == "detached":
+            z = h.detach().requires_grad_()
+        elif made == "under no_grad":
+            with npgrad.no_grad():
+                z = net.layers[0](npgrad.tensor(x))
+            z.requires_grad_()
+        else:
+            z = h + npgrad.tensor(1.0).requires_grad_()
+        return npgrad.cross_entropy(net.layers[2](net.layers[1](z)), y) + (h * h).mean() * 0.1
+
+    def build(enabled):
+        net, _, step = mlp_step(enabled, body)
+        return lambda i: [step(X[i], Y[i]).data, *state(net)]
+
+    same_and_told(build, "gives a .grad to a Tensor computed or made inside the step")
+
+
+SCALE: object = 0.5  # a global the step reads, rebound between calls
+
+
+@pytest.mark.parametrize("kind", [float, np.float32, np.float64, lambda v: np.array(v, np.float32)])
+def test_a_global_number_or_array_rebound_between_calls_is_read_anew(kind):
+    def body(net, opt, x, y):
+        return npgrad.cross_entropy(net(npgrad.tensor(x)) * SCALE, y)
+
+    def build(enabled):
+        net, _, step = mlp_step(enabled, body)
+
+        def run(i):
+            global SCALE
+            SCALE = kind(0.5 + i // 2)  # the same value twice, then another
+            return [step(X[i % 5], Y[i % 5]).data, *state(net)]
+
+        return run
+
+    same_and_told(build, calls=6)
+
+
+def test_a_global_number_that_stays_lets_the_step_replay():
+    def body(net, opt, x, y):
+        return npgrad.cross_entropy(net(npgrad.tensor(x)) * SCALE, y)
+
+    global SCALE
+    SCALE = 0.25
+    net, _, step = mlp_step(True, body)
+    for i in range(5):
+        SCALE = 0.125 * 2  # an equal float, another object
+        step(X[i], Y[i])
+    assert step.replays == 4 and step.recorded == 1
+
+
+def test_a_numpy_number_argument_a_generator_argument_and_an_array_on_self_replay():
+    class Holder:  # a trainer-like object whose method is the step
+        def __init__(self, net, opt):
+            self.net, self.opt, self.w = net, opt, np.array([1.0, 2.0], np.float32)
+
+        def step(self, x, y, s, g):
+            h = npgrad.dropout(self.net(npgrad.tensor(x)), 0.5, g) * s * npgrad.tensor(self.w)
+            loss = npgrad.cross_entropy(h, y)
+            self.opt.zero_grad()
+            loss.backward()
+            self.opt.step()
+            return loss
+
+    def build(enabled):
+        net = nn.Linear(3, 2, rng=0)
+        holder = Holder(net, optim.SGD(net.parameters(), 0.1))
+        step = npgrad.compile(holder.step, enabled=enabled)
+        g = np.random.default_rng(0)
+        return lambda i: [step(X[i], Y[i], np.float32(0.5), g).data, *state(net)]
+
+    same_and_told(build)

@@ -137,12 +137,13 @@ class CompiledStep:
             # inside another step's recording, its ops are recorded there, as eager ones
             return self.fn(*args, **kwargs)
         key = _signature(args, kwargs)
+        bound = bound_arguments(args, kwargs)
         for entry in self.plans.get(key, ()):
-            if entry.guards_hold():
+            if entry.guards_hold(bound):
                 if isinstance(entry, Refused):  # this signature and state do not replay
                     return self.fn(*args, **kwargs)
                 self.replays += 1
-                return entry.run(bound_arguments(args, kwargs))
+                return entry.run(bound)
         if self.recorded >= MAX_PLANS:  # every new signature or module state runs eagerly
             self._warn(
                 f"more than {MAX_PLANS} recordings (argument shapes or values, or module "
@@ -176,7 +177,7 @@ class CompiledStep:
     def plan(self, *args: Any, **kwargs: Any) -> Plan | None:
         """The plan that a call with these arguments would replay (None: eager or not yet)."""
         for entry in self.plans.get(_signature(args, kwargs), ()):
-            if entry.guards_hold():
+            if entry.guards_hold(bound_arguments(args, kwargs)):
                 return entry if isinstance(entry, Plan) else None
         return None
 

@@ -263,8 +263,8 @@ class Plan:
         return out
 
     # ------------------------------------------------------------------ running
-    def guards_hold(self) -> bool:
-        return self.guards.hold()
+    def guards_hold(self, args: tuple[Any, ...]) -> bool:
+        return self.guards.hold(args)
 
     def run(self, args: tuple[Any, ...]) -> Any:
         """Replay the step on ``args`` (same shapes and dtypes as the trace's)."""
@@ -419,25 +419,57 @@ class Guards:
       assignment must not be left behind), the numbers its ops took as constants (dropout's
       ``p``, batch norm's ``momentum``), its generator;
     * each outside tensor (a parameter): whether it requires grad (a frozen layer), and its
-      data's dtype, shape and type (the plan's buffers and seeds were made for them).
+      data's dtype, shape and type (the plan's buffers and seeds were made for them);
+    * each name outside the step (a global, a closure's cell, a default, a module's
+      attribute) that held an argument at the record, or a Tensor of its array: it must hold
+      this call's argument (a script's loop variable does), or the step may read the
+      record's through it; each name that held an array, NumPy number or generator that the
+      plan holds by reference: it must still hold that object; and each name that held a
+      Python number the plan took as a constant: it must hold an equal one.
     """
 
     def __init__(self, trace: Trace) -> None:
         self.modules = [(m, list(vars(m).items())) for m, _ in trace.modules.values()]
+        self.aliases = trace.aliases
+        self.names = trace.names
         self.tensors = [
             (t, trace.requires[n], t.data.dtype, t.data.shape, type(t.data))
             for n, (kind, t) in enumerate(trace.kinds)
             if kind == "ext"
         ]
 
-    def hold(self) -> bool:
-        return all(_same_state(m, state) for m, state in self.modules) and all(
-            t.requires_grad == wanted
-            and type(t.data) is kind
-            and t.data.dtype == dtype
-            and t.data.shape == shape
-            for t, wanted, dtype, shape, kind in self.tensors
+    def hold(self, args: tuple[Any, ...]) -> bool:
+        """Whether they hold for a call with these (bound) arguments."""
+        return (
+            all(_same_state(m, state) for m, state in self.modules)
+            and all(
+                t.requires_grad == wanted
+                and type(t.data) is kind
+                and t.data.dtype == dtype
+                and t.data.shape == shape
+                for t, wanted, dtype, shape, kind in self.tensors
+            )
+            and all(_still_aliased(read(), args[k], how) for read, k, how in self.aliases)
+            and all(_still_held(read(), held) for read, held in self.names)
         )
+
+
+def _still_held(now: Any, held: Any) -> bool:
+    """The same object, or for a Python number an equal one (by its bits)."""
+    return now is held or (
+        type(held) in PLAIN and type(now) is type(held) and plain_key(now) == plain_key(held)
+    )
+
+
+def _still_aliased(now: Any, arg: Any, how: str) -> bool:
+    """Whether a name that held argument ``arg`` at the record (``how``: the Tensor itself, a
+    Tensor of its array, or the array) holds this call's argument the same way."""
+    array = arg.data if isinstance(arg, Tensor) else arg
+    if how == "tensor":
+        return now is arg
+    if how == "data":
+        return isinstance(now, Tensor) and now.data is array
+    return now is array
 
 
 @dataclass
@@ -448,8 +480,8 @@ class Refused:
     why: str
     guards: Guards
 
-    def guards_hold(self) -> bool:
-        return self.guards.hold()
+    def guards_hold(self, args: tuple[Any, ...]) -> bool:
+        return self.guards.hold(args)
 
 
 def _same_state(module: Any, recorded: list[tuple[str, Any]]) -> bool:

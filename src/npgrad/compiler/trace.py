@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dis
 import functools
+import inspect
 import sys
 import threading
 import types
@@ -127,6 +128,9 @@ class Trace:
     _graphs: list[Tensor] = field(default_factory=list)  # returned Tensors that require grad
     _foreign: dict[int, Tensor] = field(default_factory=dict)  # made by other threads
     _outside: list[tuple[Any, str]] = field(default_factory=list)  # (held by reference, or why)
+    aliases: list[tuple[Callable[[], Any], int, str]] = field(default_factory=list)
+    names: list[tuple[Callable[[], Any], Any]] = field(default_factory=list)  # read, held
+    _numbers: list[Any] = field(default_factory=list)  # Python numbers made constants
 
     def __post_init__(self) -> None:
         self._thread = threading.get_ident()  # another thread's ops are no part of the step
@@ -179,6 +183,10 @@ class Trace:
             )
         if type(source) in PLAIN:
             self._created.add(id(tensor))
+            self._numbers.append(source)  # a name outside that holds it is guarded
+            return
+        if isinstance(source, np.generic) and any(source is a for a in self.args):
+            self._created.add(id(tensor))  # the signature has its value: a plan's constant
             return
         if id(source) in self._made_arrays and (
             tensor.data is source or isinstance(source, np.generic)  # a 0-d op's result
@@ -265,6 +273,12 @@ class Trace:
         delivered = {n for n, t in zip(numbers, order) if t._node is None}
         for n in delivered:
             kind, k = self.kinds[n]
+            if kind in ("op", "const"):
+                self.refuse(
+                    "backward() gives a .grad to a Tensor computed or made inside the step "
+                    "(requires_grad_() on a detached value?), which a replay cannot: compute "
+                    "the loss without it, or do not compile the step"
+                )
             if kind == "arg" and not isinstance(self.args[k], Tensor):
                 self.refuse(
                     f"a Tensor made inside the step from argument {k} requires grad: pass the "
@@ -372,7 +386,8 @@ class Trace:
             )))  # fmt: skip
         elif isinstance(v, Tensor):
             self.refuse(f"op {op.name!r}'s parameter {name!r} is a Tensor")
-        elif isinstance(v, np.random.Generator):
+        elif isinstance(v, np.random.Generator) and not any(v is a for a in self.args):
+            # (an argument generator is in the signature by identity: held by reference)
             self._outside.append((v, (
                 f"op {op.name!r}'s parameter {name!r} is a generator that nothing outside the "
                 "step holds (made inside it?), which a replay would keep drawing from"
@@ -384,19 +399,44 @@ class Trace:
             )
         return v
 
-    def check_outside(self, fn: Callable[..., Any]) -> None:
+    def check_outside(self, before: list[Place]) -> None:
         """Refuse what the plan would hold by reference (an op's array or generator, a
-        constant array) unless something outside the step holds it too: a module, the step
-        function's globals, closure or defaults. One made inside the step would be kept from
-        the first call; one that lives on is read as it is now, as eagerly."""
+        constant array) unless something outside the step holds it too: a module, or the step
+        function's globals, closure or defaults as they were *before* the call (``before``),
+        so that an array drawn inside and kept in a ``nonlocal`` does not count. One made
+        inside the step would be kept from the first call; one that lives on is read as it is
+        now, as eagerly."""
+        # A Python number the step made a constant, read from a name outside it (SCALE * x
+        # with a global SCALE): that name must hold an equal number on a replay. (The very
+        # object, so a small int that merely equals one may ask for a needless recording.)
+        numbers = {id(v) for v in self._numbers}
+        self.names.extend((read, v) for read, v in before if id(v) in numbers)
         if not self._outside:
             return
         held = {id(b) for m in list(tracing.modules) for b in m._buffers.values()}
         held.update(id(v) for m in list(tracing.modules) for v in vars(m).values())
-        held.update(_held_by(fn))
+        held.update(id(v) for _, v in before)
         for obj, why in self._outside:
             if id(obj) not in held:
                 self.refuse(why)
+        # a name that held one of them must go on holding it: a global rebound between
+        # calls (lr = np.float32(0.01)) is another value, which the plan would not read
+        kept = {id(obj) for obj, _ in self._outside}
+        self.names.extend((read, v) for read, v in before if id(v) in kept)
+
+    def note_aliases(self, places: list[Place]) -> None:
+        """Names outside the step (the function's globals, closure, defaults, a module's
+        attributes) that held an argument at the record, or a Tensor of an argument's array.
+        The step may read the value through either, and the plan binds it as the argument:
+        a replay is right only while each such name holds the new argument (a loop variable
+        of a script does), so :class:`~npgrad.compiler.plan.Guards` checks them."""
+        for read, v in places:
+            if isinstance(v, Tensor) and id(v) in self._arg_tensor:
+                self.aliases.append((read, self._arg_tensor[id(v)], "tensor"))
+            elif isinstance(v, Tensor) and id(v.data) in self._arg_data:
+                self.aliases.append((read, self._arg_data[id(v.data)], "data"))
+            elif is_ndarray(v) and id(v) in self._arg_data:
+                self.aliases.append((read, self._arg_data[id(v)], "array"))
 
     def output(self, result: Any) -> Any:
         """The step's return value as value numbers (a Tensor -> its number), or refuse."""
@@ -471,6 +511,10 @@ def record(
     """
     trace = Trace(bound_arguments(args, kwargs))
     writes = {id(m): m.__dict__.get("_writes", 0) for m in list(tracing.modules)}
+    before = _places(fn)
+    attributes = [p for m in list(tracing.modules) for p in _named(vars(m))]
+    before += attributes
+    trace.note_aliases(before)
     previous = tracing.set_current(trace)
     try:
         result = fn(*args, **kwargs)
@@ -483,7 +527,7 @@ def record(
                 f"{type(m).__name__}'s attribute is assigned inside the step (self.features = "
                 "... in a forward?), which a replay would not do again"
             )
-    trace.check_outside(fn)
+    trace.check_outside(before)
     params = [p for m, _ in trace.modules.values() for p in m._params.values()]
     for module, mode in trace.modules.values():
         if bool(module.training) != mode:
@@ -514,32 +558,60 @@ def record(
     return result, trace, structure
 
 
-def _held_by(fn: Any) -> set[int]:
-    """The ids of what ``fn`` reaches by name: its globals, defaults and closure, and those
-    of the functions in its closure and defaults (a step built from helpers), each once."""
-    held: set[int] = set()
+Place = tuple[Callable[[], Any], Any]  # how to read a name now, and what it held then
+
+
+def _named(names: dict[str, Any]) -> list[Place]:
+    """The entries of a namespace (globals, an object's or a module's attributes) as places."""
+    return [(functools.partial(names.get, k), v) for k, v in list(names.items())]
+
+
+def _fixed(v: Any) -> Place:
+    """A value reached without a name that could be rebound (a default, a partial's argument)."""
+    return (functools.partial(_same, v), v)
+
+
+def _same(v: Any) -> Any:
+    return v
+
+
+def _places(fn: Any) -> list[Place]:
+    """What ``fn`` reaches by name, each with a way to read that name again: its globals,
+    defaults and closure, and those of the functions in its closure and defaults (a step
+    built from helpers), each function once."""
+    found: list[Place] = []
     todo, seen = [fn], set()
     while todo:
         f = todo.pop()
-        f = getattr(f, "__func__", f)  # a bound method's function
+        owner = getattr(f, "__self__", None)  # a bound method: its object's attributes too
+        f = getattr(f, "__func__", f)
         if id(f) in seen:
             continue
         seen.add(id(f))
+        if isinstance(getattr(owner, "__dict__", None), dict) and not inspect.ismodule(owner):
+            found += _named(owner.__dict__)
         if isinstance(f, functools.partial):
-            held.update(id(a) for a in (*f.args, *f.keywords.values()))
+            found += [_fixed(a) for a in (*f.args, *f.keywords.values())]
             todo.append(f.func)
             continue
-        held.update(id(v) for v in getattr(f, "__globals__", {}).values())
-        near = list(getattr(f, "__defaults__", None) or ())
+        found += _named(getattr(f, "__globals__", {}))
+        near = [_fixed(v) for v in getattr(f, "__defaults__", None) or ()]
         for cell in getattr(f, "__closure__", None) or ():
             try:
-                near.append(cell.cell_contents)
+                near.append((functools.partial(_contents, cell), cell.cell_contents))
             except ValueError:  # an empty cell
                 continue
-        held.update(id(v) for v in near)
-        todo += [v for v in near if isinstance(v, (types.FunctionType, types.MethodType,
-                                                   functools.partial))]  # fmt: skip
-    return held
+        found += near
+        todo += [v for _, v in near if isinstance(v, (types.FunctionType, types.MethodType,
+                                                      functools.partial))]  # fmt: skip
+    return found
+
+
+def _contents(cell: Any) -> Any:
+    try:
+        return cell.cell_contents
+    except ValueError:  # emptied since (del of a closed-over name): holds nothing
+        return None
 
 
 def _guard_owners(trace: Trace) -> None:
