@@ -568,3 +568,22 @@ class Scale:
     assert not ran.exists()
     reports, _ = check_file(file, params={"Scale": {"factor": 3}}, use_torch=False)
     assert ran.exists() and reports[0].passed
+
+
+def test_a_backward_whose_product_does_not_fit_is_told_the_usual_cause(tmp_path):
+    file = tmp_path / "matmul.py"
+    file.write_text(
+        "class Matmul:\n"
+        "    def forward(self, x, W):\n"
+        "        self.x, self.W = x, W\n"
+        "        return x @ W\n"
+        "    def backward(self, grad):\n"
+        "        return grad @ self.W, self.x.T @ grad\n"
+    )
+    reports, error = check_file(file, use_torch=False)
+    assert error is None
+    (report,) = reports
+    assert report.error.startswith(f"backward failed: {file}:6: ValueError: matmul")
+    assert report.error.endswith(
+        "is one transposed, W where the gradient needs W.T, or x where it needs x.T?)"
+    )

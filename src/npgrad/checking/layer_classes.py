@@ -202,6 +202,19 @@ def _user_frame(exc: BaseException, filename: str | None) -> str:
     return f"{loc}{type(exc).__name__}" + (f": {message}" if message else "")
 
 
+def _shape_hint(exc: BaseException, phase: str) -> str:
+    """For a backward pass whose matrix product does not fit: the usual cause, named."""
+    message = str(exc) if isinstance(exc, ValueError) else ""
+    if phase.startswith("backward") and (
+        "mismatch in its core dimension" in message or "not aligned" in message
+    ):
+        return (
+            " (the factors of a product do not fit: is one transposed, W where the "
+            "gradient needs W.T, or x where it needs x.T?)"
+        )
+    return ""
+
+
 def _describe(value: Any) -> str:
     """'None', 'a str', 'a list of 2', ... for messages about wrong return values."""
     if value is None:
@@ -372,7 +385,8 @@ class _UserCode:
             raise UserCodeFailed(f"the code called sys.exit({code}) during {phase}") from None
         except Exception as exc:
             raise UserCodeFailed(
-                f"{phase} failed: " + _user_frame(exc, self.source), retry=True
+                f"{phase} failed: " + _user_frame(exc, self.source) + _shape_hint(exc, phase),
+                retry=True,
             ) from None
         except BaseException as exc:  # KeyboardInterrupt, GeneratorExit, the user's own...
             if isinstance(exc, KeyboardInterrupt) and not self.sandboxed:
