@@ -1374,3 +1374,15 @@ def test_a_numpy_number_argument_a_generator_argument_and_an_array_on_self_repla
         return lambda i: [step(X[i], Y[i], np.float32(0.5), g).data, *state(net)]
 
     same_and_told(build)
+
+
+def test_a_parameters_detach_is_that_parameter_without_its_graph():
+    def body(net, opt, x, y):
+        w = net.layers[0].weight.detach()  # a penalty that does not train the weight
+        return npgrad.cross_entropy(net(npgrad.tensor(x)), y) + (w * w).sum() * 0.01
+
+    def build(enabled):
+        net, _, step = mlp_step(enabled, body)
+        return lambda i: [step(X[i], Y[i]).data, *state(net)]
+
+    same_and_told(build)

@@ -167,11 +167,11 @@ class Trace:
 
     def created(self, tensor: Tensor, source: Any) -> None:
         """A Tensor made inside the step from ``source``: a number written in the step is a
-        constant of the plan; an argument's own array is that argument; an op's output (a
-        ``detach()``) is that value, cut from the graph; an array or NumPy number that lives
-        outside the step (a constant closed over, a module's attribute) is held by reference
-        (checked once the step has run, :meth:`check_outside`). Anything else would be kept
-        from the first call, so it is refused."""
+        constant of the plan; an argument's own array is that argument; an op's output or a
+        parameter (a ``detach()``) is that value, cut from the graph; an array or NumPy number
+        that lives outside the step (a constant closed over, a module's attribute) is held by
+        reference (checked once the step has run, :meth:`check_outside`). Anything else would
+        be kept from the first call, so it is refused."""
         if self.elsewhere():
             self.note_foreign(tensor)
             return
@@ -195,6 +195,10 @@ class Trace:
             return
         if is_ndarray(source) and tensor.data is source and id(source) in self._arg_data:
             return  # value_of classifies it
+        owner = _parameter_of(source) if tensor.data is source else None
+        if owner is not None:  # a parameter's detach(): that parameter, without its graph
+            self._value[id(tensor)] = self.value_of(owner)
+            return
         k = self._arg_roots.get(id(_root(source))) if is_ndarray(source) else None
         if k is not None:
             self.refuse(
@@ -605,6 +609,15 @@ def _places(fn: Any) -> list[Place]:
         todo += [v for _, v in near if isinstance(v, (types.FunctionType, types.MethodType,
                                                       functools.partial))]  # fmt: skip
     return found
+
+
+def _parameter_of(array: Any) -> Any:
+    """The parameter of a live module whose data is ``array``, or None."""
+    for m in list(tracing.modules):
+        for p in m._params.values():
+            if p.data is array:
+                return p
+    return None
 
 
 def _contents(cell: Any) -> Any:
