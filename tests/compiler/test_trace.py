@@ -1386,3 +1386,105 @@ def test_a_parameters_detach_is_that_parameter_without_its_graph():
         return lambda i: [step(X[i], Y[i]).data, *state(net)]
 
     same_and_told(build)
+
+
+# --------------------------------------------------------------------------- sixth trial
+
+
+def test_noise_drawn_in_place_into_an_array_outside_the_step_is_refused():
+    def build(enabled):
+        rng = np.random.default_rng(1)
+        noise = np.empty((4, 3), np.float32)  # preallocated, lives outside the step
+
+        def body(net, opt, x, y):
+            rng.standard_normal(out=noise, dtype=np.float32)  # a replay would not draw again
+            return npgrad.cross_entropy(net(npgrad.tensor(x) + npgrad.tensor(noise)), y)
+
+        net, _, step = mlp_step(enabled, body)
+        return lambda i: [step(X[i], Y[i]).data, *state(net)]
+
+    same_and_told(build, "writes into an array that lives outside it")
+
+
+class _Trainer:
+    def __init__(self):
+        self.net = nn.MLP([3, 5, 2], rng=0)
+        self.opt = optim.SGD(self.net.parameters(), 0.1)
+        self.temperature = 1.0
+
+    def step(self, x, y):
+        loss = npgrad.cross_entropy(self.net(npgrad.tensor(x)) / self.temperature, y)
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        return loss
+
+    __call__ = step
+
+
+@pytest.mark.parametrize("how", ["bound", "partial", "lambda", "callable"])
+def test_a_trainers_attribute_changed_between_calls_is_read_anew(how):
+    import functools
+
+    def build(enabled):
+        tr = _Trainer()
+        fn = {
+            "bound": tr.step,
+            "partial": functools.partial(_Trainer.step, tr),
+            "lambda": lambda x, y: tr.step(x, y),
+            "callable": tr,
+        }[how]
+        step = npgrad.compile(fn, enabled=enabled)
+
+        def run(i):
+            tr.temperature = 1.0 + i // 2  # annealed: the same twice, then another
+            return [step(X[i], Y[i]).data, *state(tr.net)]
+
+        return run
+
+    same_and_told(build)
+
+
+CLASS_WEIGHTS = np.ones(2, np.float32)
+
+
+def test_defaults_rebound_between_calls_are_read_anew():
+    def build(enabled):
+        net = nn.MLP([3, 5, 2], rng=0)
+        opt = optim.SGD(net.parameters(), 0.1)
+
+        def step(x, y, w=CLASS_WEIGHTS):
+            loss = npgrad.cross_entropy(net(npgrad.tensor(x)) * npgrad.tensor(w), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return loss
+
+        compiled = npgrad.compile(step, enabled=enabled)
+
+        def run(i):
+            step.__defaults__ = (np.full(2, 1.0 + i // 2, np.float32),)  # class weights
+            return [compiled(X[i], Y[i]).data, *state(net)]
+
+        return run
+
+    same_and_told(build)
+
+
+EPOCH = 0  # a script's loop counters, beside a step with small-int constants
+BATCH = 0
+SCHEDULED: object = None
+
+
+def test_loop_counters_and_equal_numpy_numbers_beside_the_step_record_it_once():
+    def body(net, opt, x, y):
+        return npgrad.cross_entropy(net(npgrad.tensor(x) * 2 - 1) * 3 * SCHEDULED, y)
+
+    net, _, step = mlp_step(True, body)
+    global EPOCH, BATCH, SCHEDULED
+    schedule = np.full(4, 0.5, np.float32)
+    for EPOCH in range(1, 5):
+        for BATCH in range(1, 6):
+            SCHEDULED = schedule[EPOCH - 1]  # np.float32(0.5): an equal number, a new object
+            step(X[BATCH - 1], Y[BATCH - 1])
+    assert step.recorded == 1 and step.replays == 19

@@ -455,10 +455,15 @@ class Guards:
 
 
 def _still_held(now: Any, held: Any) -> bool:
-    """The same object, or for a Python number an equal one (by its bits)."""
-    return now is held or (
-        type(held) in PLAIN and type(now) is type(held) and plain_key(now) == plain_key(held)
-    )
+    """The same object, or for a number (Python's or NumPy's, immutable) an equal one: the
+    same type and bits."""
+    if now is held:
+        return True
+    if type(now) is not type(held):
+        return False
+    if type(held) in PLAIN:
+        return plain_key(now) == plain_key(held)
+    return isinstance(held, np.generic) and now.tobytes() == held.tobytes()
 
 
 def _still_aliased(now: Any, arg: Any, how: str) -> bool:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dis
 import functools
-import inspect
 import sys
 import threading
 import types
@@ -41,7 +40,7 @@ import numpy as np
 from .. import tracing
 from ..autodiff import Tensor, topological_order
 from ..ops.base import Op
-from ..ops.device import is_ndarray, to_host
+from ..ops.device import is_ndarray, namespace, to_host
 
 PLAIN = (bool, int, float, complex, str, type(None))
 """Python's plain values: a number written in a step is a constant of its plan, and a
@@ -131,6 +130,7 @@ class Trace:
     aliases: list[tuple[Callable[[], Any], int, str]] = field(default_factory=list)
     names: list[tuple[Callable[[], Any], Any]] = field(default_factory=list)  # read, held
     _numbers: list[Any] = field(default_factory=list)  # Python numbers made constants
+    _read_outside: list[Any] = field(default_factory=list)  # outside arrays made Tensors
 
     def __post_init__(self) -> None:
         self._thread = threading.get_ident()  # another thread's ops are no part of the step
@@ -215,6 +215,7 @@ class Trace:
         if tensor.data is source or isinstance(source, np.generic):  # by reference, or immutable
             self._created.add(id(tensor))
             self._outside.append((source, why))
+            self._read_outside.append(source)
         else:
             self.refuse(why)
 
@@ -403,7 +404,7 @@ class Trace:
             )
         return v
 
-    def check_outside(self, before: list[Place]) -> None:
+    def check_outside(self, before: list[Place], attributes: list[Place]) -> None:
         """Refuse what the plan would hold by reference (an op's array or generator, a
         constant array) unless something outside the step holds it too: a module, or the step
         function's globals, closure or defaults as they were *before* the call (``before``),
@@ -413,6 +414,7 @@ class Trace:
         # A Python number the step made a constant, read from a name outside it (SCALE * x
         # with a global SCALE): that name must hold an equal number on a replay. (The very
         # object, so a small int that merely equals one may ask for a needless recording.)
+        # (A module's attributes are guarded as the module's state, where it ran.)
         numbers = {id(v) for v in self._numbers}
         self.names.extend((read, v) for read, v in before if id(v) in numbers)
         if not self._outside:
@@ -426,7 +428,7 @@ class Trace:
         # a name that held one of them must go on holding it: a global rebound between
         # calls (lr = np.float32(0.01)) is another value, which the plan would not read
         kept = {id(obj) for obj, _ in self._outside}
-        self.names.extend((read, v) for read, v in before if id(v) in kept)
+        self.names.extend((read, v) for read, v in before + attributes if id(v) in kept)
 
     def note_aliases(self, places: list[Place]) -> None:
         """Names outside the step (the function's globals, closure, defaults, a module's
@@ -517,8 +519,8 @@ def record(
     writes = {id(m): m.__dict__.get("_writes", 0) for m in list(tracing.modules)}
     before = _places(fn)
     attributes = [p for m in list(tracing.modules) for p in _named(vars(m))]
-    before += attributes
-    trace.note_aliases(before)
+    trace.note_aliases(before + attributes)
+    contents = _contents_of(before + attributes)
     previous = tracing.set_current(trace)
     try:
         result = fn(*args, **kwargs)
@@ -531,7 +533,15 @@ def record(
                 f"{type(m).__name__}'s attribute is assigned inside the step (self.features = "
                 "... in a forward?), which a replay would not do again"
             )
-    trace.check_outside(before)
+    trace.check_outside(before, attributes)
+    for source in trace._read_outside:
+        then = contents.get(id(source))
+        if then is not None and not _equal(source, then):
+            trace.refuse(
+                "the step writes into an array that lives outside it (NumPy's out=, a[...] = "
+                "...) and makes a Tensor of it: a replay would not write it again (fill it before "
+                "the call and pass it as an argument)"
+            )
     params = [p for m, _ in trace.modules.values() for p in m._params.values()]
     for module, mode in trace.modules.values():
         if bool(module.training) != mode:
@@ -565,13 +575,18 @@ def record(
 Place = tuple[Callable[[], Any], Any]  # how to read a name now, and what it held then
 
 
-def _named(names: dict[str, Any]) -> list[Place]:
-    """The entries of a namespace (globals, an object's or a module's attributes) as places."""
-    return [(functools.partial(names.get, k), v) for k, v in list(names.items())]
+def _named(names: dict[str, Any], read: set[str] | None = None) -> list[Place]:
+    """The entries of a namespace (globals, an object's attributes) as places: those whose
+    names are in ``read`` (the names a function's code reads), or all of them."""
+    return [
+        (functools.partial(names.get, k), v)
+        for k, v in list(names.items())
+        if read is None or k in read
+    ]
 
 
 def _fixed(v: Any) -> Place:
-    """A value reached without a name that could be rebound (a default, a partial's argument)."""
+    """A value reached without a name that could be rebound (a partial's argument)."""
     return (functools.partial(_same, v), v)
 
 
@@ -579,35 +594,118 @@ def _same(v: Any) -> Any:
     return v
 
 
+def _default(f: Any, i: int) -> Any:
+    defaults = f.__defaults__ or ()  # ``f.__defaults__ = ...`` rebinds them
+    return defaults[i] if i < len(defaults) else None
+
+
+def _contents(cell: Any) -> Any:
+    try:
+        return cell.cell_contents
+    except ValueError:  # emptied since (del of a closed-over name): holds nothing
+        return None
+
+
+def _names_read(code: types.CodeType) -> set[str]:
+    """The global and attribute names a function's code (and the code nested in it) reads."""
+    names = set(code.co_names)
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):
+            names |= _names_read(c)
+    return names
+
+
+def _an_object(v: Any) -> bool:
+    """An instance whose attributes a step may read (``self.scale``, ``trainer.temperature``):
+    not a function, class, module, array, Tensor or plain value."""
+    return (
+        isinstance(getattr(v, "__dict__", None), dict)
+        and not isinstance(v, (type, types.ModuleType, Tensor, *_FUNCTIONS))
+        and not is_ndarray(v)
+    )
+
+
+CONTENTS_BYTES = 64 << 20
+"""How much of the arrays a step reaches by name a recording copies, to see whether the
+step writes into one that it then reads as a Tensor (larger ones are not checked)."""
+
+
+def _contents_of(places: list[Place]) -> dict[int, Any]:
+    """Copies of the arrays held at ``places`` (each once), up to :data:`CONTENTS_BYTES`."""
+    copies: dict[int, Any] = {}
+    budget = CONTENTS_BYTES
+    for _, v in places:
+        if is_ndarray(v) and id(v) not in copies and v.nbytes <= budget:
+            copies[id(v)] = v.copy()
+            budget -= v.nbytes
+    return copies
+
+
+def _equal(a: Any, b: Any) -> bool:
+    return bool(namespace(a).array_equal(a, b, equal_nan=a.dtype.kind in "fc"))
+
+
+def _is_module(v: Any) -> bool:
+    try:
+        return v in tracing.modules
+    except TypeError:  # unhashable: no Module
+        return False
+
+
 def _places(fn: Any) -> list[Place]:
-    """What ``fn`` reaches by name, each with a way to read that name again: its globals,
-    defaults and closure, and those of the functions in its closure and defaults (a step
-    built from helpers), each function once."""
+    """What ``fn`` reaches by name, each with a way to read that name again.
+
+    The globals its code reads, its defaults and closure; the attributes its code reads of
+    the objects among them (and of the object it is a method of, or the callable object it
+    is), and those objects' methods it calls; and so on for the functions found (a step
+    built from helpers, a lambda calling ``trainer.step``), each once. Only names the code
+    reads: a script's loop counter beside the step is none of them.
+    """
     found: list[Place] = []
-    todo, seen = [fn], set()
+    todo: list[tuple[Any, Any]] = [(fn, None)]  # (a callable, the object it belongs to)
+    seen: set[tuple[int, int]] = set()
     while todo:
-        f = todo.pop()
-        owner = getattr(f, "__self__", None)  # a bound method: its object's attributes too
-        f = getattr(f, "__func__", f)
-        if id(f) in seen:
+        f, owner = todo.pop()
+        if isinstance(f, types.MethodType):
+            f, owner = f.__func__, getattr(f, "__self__", None)
+        elif not isinstance(f, (types.FunctionType, functools.partial)) and _an_object(f):
+            calls = (vars(c)["__call__"] for c in type(f).__mro__ if "__call__" in vars(c))
+            f, owner = next(calls, None), f  # npgrad.compile(trainer): its __call__
+        if (id(f), id(owner)) in seen:
             continue
-        seen.add(id(f))
-        if isinstance(getattr(owner, "__dict__", None), dict) and not inspect.ismodule(owner):
-            found += _named(owner.__dict__)
+        seen.add((id(f), id(owner)))
         if isinstance(f, functools.partial):
             found += [_fixed(a) for a in (*f.args, *f.keywords.values())]
-            todo.append(f.func)
+            todo += [(a, None) for a in (f.func, *f.args, *f.keywords.values())
+                     if isinstance(a, _FUNCTIONS) or _an_object(a)]  # fmt: skip
             continue
-        found += _named(getattr(f, "__globals__", {}))
-        near = [_fixed(v) for v in getattr(f, "__defaults__", None) or ()]
+        code = getattr(f, "__code__", None)
+        if not isinstance(code, types.CodeType):
+            continue
+        read = _names_read(code)
+        found += _named(getattr(f, "__globals__", {}), read)
+        near = [
+            (functools.partial(_default, f, i), v)
+            for i, v in enumerate(getattr(f, "__defaults__", None) or ())
+        ]
         for cell in getattr(f, "__closure__", None) or ():
             try:
                 near.append((functools.partial(_contents, cell), cell.cell_contents))
             except ValueError:  # an empty cell
                 continue
         found += near
-        todo += [v for _, v in near if isinstance(v, (types.FunctionType, types.MethodType,
-                                                      functools.partial))]  # fmt: skip
+        objects = [v for _, v in near] + [v for _, v in _named(f.__globals__, read)]
+        if owner is not None:
+            objects.append(owner)
+        for v in objects:
+            if isinstance(v, _FUNCTIONS):
+                todo.append((v, None))
+            elif _an_object(v) and not _is_module(v):
+                found += _named(v.__dict__, read)  # (a module's attributes are all places)
+                for name in read & set(dir(type(v))):  # its methods the code calls
+                    method = getattr(type(v), name, None)
+                    if isinstance(method, types.FunctionType):
+                        todo.append((method, v))
     return found
 
 
@@ -618,13 +716,6 @@ def _parameter_of(array: Any) -> Any:
             if p.data is array:
                 return p
     return None
-
-
-def _contents(cell: Any) -> Any:
-    try:
-        return cell.cell_contents
-    except ValueError:  # emptied since (del of a closed-over name): holds nothing
-        return None
 
 
 def _guard_owners(trace: Trace) -> None:
