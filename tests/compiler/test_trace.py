@@ -6,6 +6,7 @@ come from a hostile trial of ``npgrad.compile``: each one replayed a wrong resul
 """
 
 import math
+import types
 import warnings
 from collections import namedtuple
 
@@ -1488,3 +1489,152 @@ def test_loop_counters_and_equal_numpy_numbers_beside_the_step_record_it_once():
             SCHEDULED = schedule[EPOCH - 1]  # np.float32(0.5): an equal number, a new object
             step(X[BATCH - 1], Y[BATCH - 1])
     assert step.recorded == 1 and step.replays == 19
+
+
+# --------------------------------------------------------------------------- seventh trial
+
+POWER, INDEX, MAX_NORM = 2.0, 0, 0.05  # numbers a step gives ops and recorded calls
+
+
+def test_numbers_named_by_the_step_as_op_parameters_or_call_arguments_are_read_anew():
+    def build(enabled):
+        net = nn.MLP([3, 5, 2], rng=0)
+        opt = optim.SGD(net.parameters(), 0.1)
+
+        @npgrad.compile(enabled=enabled)
+        def step(x):
+            loss = (net(npgrad.tensor(x))[INDEX] ** POWER).sum()
+            opt.zero_grad()
+            loss.backward()
+            optim.clip_grad_norm(net.parameters(), MAX_NORM)
+            opt.step()
+            return loss
+
+        def run(i):
+            global POWER, INDEX, MAX_NORM
+            POWER, INDEX, MAX_NORM = 2.0 + i % 2, i % 3, 0.05 * (i + 1)
+            return [step(X[i]).data, *state(net)]
+
+        return run
+
+    same_and_told(build)
+
+
+class _Scaler:
+    def __init__(self):
+        self.s = 1.0
+
+    def __call__(self, loss):
+        return loss * self.s
+
+
+class _Base:
+    scale = 1.0  # a class attribute
+
+    def __init__(self):
+        self._s = 1.0
+
+    def scaled(self, loss):
+        return loss * self._s * self.scale * self.factor
+
+    @property
+    def factor(self):
+        return self._s
+
+    @classmethod
+    def shifted(cls, loss):
+        return loss + cls.scale
+
+
+class _Child(_Base):
+    def scaled(self, loss):
+        return super().scaled(loss) * 1.0
+
+
+SCALER, CHILD, INNER_SCALE = _Scaler(), _Child(), 1.0
+SETTINGS = types.ModuleType("settings")  # a settings module the step reads
+SETTINGS.scale = 1.0
+
+
+def test_callables_inherited_methods_properties_class_attributes_and_modules_are_looked_into():
+    def build(enabled):
+        net = nn.MLP([3, 5, 2], rng=0)
+        opt = optim.SGD(net.parameters(), 0.1)
+        inner = npgrad.compile(
+            lambda h, y: npgrad.cross_entropy(h, y) * INNER_SCALE, enabled=enabled
+        )
+
+        @npgrad.compile(enabled=enabled)
+        def step(x, y):
+            h = net(npgrad.tensor(x))
+            loss = SCALER(inner(h, y)) * SETTINGS.scale
+            loss = _Child.shifted(CHILD.scaled(loss))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return loss
+
+        def run(i):
+            global INNER_SCALE
+            SCALER.s = CHILD._s = 1.0 + i // 2
+            INNER_SCALE = SETTINGS.scale = _Base.scale = 2.0 - i // 2
+            return [step(X[i], Y[i]).data, *state(net)]
+
+        return run
+
+    same_and_told(build, calls=5)
+
+
+class _Proxy:  # a lazy proxy: even its __dict__ refuses to be read
+    a = 1.5
+
+    def __getattribute__(self, name):
+        if name == "__dict__":
+            raise RuntimeError("not loaded")
+        return object.__getattribute__(self, name)
+
+    def __hash__(self):
+        raise ValueError("no hash")
+
+
+PROXY = _Proxy()
+
+
+def test_an_object_that_cannot_show_its_attributes_does_not_break_a_recording():
+    def body(net, opt, x, y):
+        return npgrad.cross_entropy(net(npgrad.tensor(x)) * PROXY.a, y)
+
+    def build(enabled):
+        net, _, step = mlp_step(enabled, body)
+        return lambda i: [step(X[i], Y[i]).data, *state(net)]
+
+    same_and_told(build)
+
+
+class _Config:
+    def __init__(self):
+        self.temperature = 1.0
+
+
+class _Nested:
+    def __init__(self):
+        self.cfg = _Config()
+
+
+NESTED = _Nested()
+
+
+def test_an_attribute_two_objects_away_is_read_anew():
+    def body(net, opt, x, y):
+        return npgrad.cross_entropy(net(npgrad.tensor(x)) / NESTED.cfg.temperature, y)
+
+    def build(enabled):
+        net, _, step = mlp_step(enabled, body)
+
+        def run(i):
+            NESTED.cfg.temperature = 1.0 + i // 2
+            return [step(X[i], Y[i]).data, *state(net)]
+
+        return run
+
+    same_and_told(build)

@@ -183,7 +183,7 @@ class Trace:
             )
         if type(source) in PLAIN:
             self._created.add(id(tensor))
-            self._numbers.append(source)  # a name outside that holds it is guarded
+            self._note_numbers(source)  # a name outside that holds it is guarded
             return
         if isinstance(source, np.generic) and any(source is a for a in self.args):
             self._created.add(id(tensor))  # the signature has its value: a plan's constant
@@ -320,6 +320,8 @@ class Trace:
                 id(x) in self._arg_tensor or id(x) in self._arg_data for x in a
             ):
                 self.refuse(f"{name}() is given the step's arguments in a container")
+            else:
+                self._note_numbers(a)  # clip_grad_norm(ps, MAX_NORM)
             return a
 
         rec_args = tuple(bound(a) for a in args)
@@ -402,7 +404,18 @@ class Trace:
                 f"op {op.name!r}'s parameter {name!r} holds arrays (a fancy index?), which a "
                 "replay cannot bind anew: index with one array that is an argument of the step"
             )
+        else:
+            self._note_numbers(v)
         return v
+
+    def _note_numbers(self, v: Any) -> None:
+        """Python and NumPy numbers (in tuples too: an axis, an index) a plan keeps as they
+        were at the record: a name outside the step that held one is guarded."""
+        if type(v) in PLAIN or isinstance(v, np.generic):
+            self._numbers.append(v)
+        elif isinstance(v, (tuple, list)):
+            for x in v:
+                self._note_numbers(x)
 
     def check_outside(self, before: list[Place], attributes: list[Place]) -> None:
         """Refuse what the plan would hold by reference (an op's array or generator, a
@@ -617,17 +630,65 @@ def _names_read(code: types.CodeType) -> set[str]:
 
 def _an_object(v: Any) -> bool:
     """An instance whose attributes a step may read (``self.scale``, ``trainer.temperature``):
-    not a function, class, module, array, Tensor or plain value."""
-    return (
-        isinstance(getattr(v, "__dict__", None), dict)
-        and not isinstance(v, (type, types.ModuleType, Tensor, *_FUNCTIONS))
-        and not is_ndarray(v)
-    )
+    not a function, class, module, array, Tensor, npgrad Module or plain value. An object
+    that cannot even say so (a proxy whose ``__dict__`` raises) is not looked into."""
+    try:
+        return (
+            isinstance(getattr(v, "__dict__", None), dict)
+            and not isinstance(v, (type, types.ModuleType, Tensor, *_FUNCTIONS))
+            and not is_ndarray(v)
+            and not _is_module(v)
+        )
+    except Exception:
+        return False
+
+
+def _own(f: Any) -> bool:
+    """A function of the user's to look into: not npgrad's or NumPy's own."""
+    module = getattr(f, "__module__", None) or ""
+    return not module.startswith(("npgrad.", "numpy"))
+
+
+def _members(v: Any, read: set[str]) -> tuple[list[Place], list[tuple[Any, Any]]]:
+    """What code that reads the names ``read`` may reach of object or class ``v``: its
+    attributes and class attributes by those names (as places), and the functions it would
+    run: methods by those names in every class of its MRO (a ``super()`` call runs the
+    parent's), properties' getters, class and static methods, its ``__call__``, and what a
+    wrapper wraps (``__wrapped__``: another compiled step, a decorated function)."""
+    places: list[Place] = []
+    funcs: list[tuple[Any, Any]] = []
+    if not isinstance(v, type):
+        places += _named(v.__dict__, read)
+    for cls in v.__mro__ if isinstance(v, type) else type(v).__mro__:
+        if cls is object or not _own(cls):
+            continue
+        names = vars(cls)
+        for name in read & names.keys():
+            m = names[name]
+            if isinstance(m, (staticmethod, classmethod)):
+                funcs.append((m.__func__, cls if isinstance(m, classmethod) else None))
+            elif isinstance(m, property):
+                funcs += [(m.fget, v)] if m.fget is not None else []
+            elif isinstance(m, types.FunctionType):
+                funcs.append((m, v))
+            else:
+                places.append((functools.partial(names.get, name), m))  # a class attribute
+        call = names.get("__call__")
+        if isinstance(call, types.FunctionType) and not isinstance(v, type):
+            funcs.append((call, v))
+    try:
+        wrapped = getattr(v, "__wrapped__", None)
+    except Exception:
+        wrapped = None
+    if isinstance(wrapped, _FUNCTIONS):
+        funcs.append((wrapped, None))
+    return places, funcs
 
 
 CONTENTS_BYTES = 64 << 20
 """How much of the arrays a step reaches by name a recording copies, to see whether the
-step writes into one that it then reads as a Tensor (larger ones are not checked)."""
+step writes into one that it then reads as a Tensor (beyond it they are not checked:
+docs/compile.md, section 4)."""
 
 
 def _contents_of(places: list[Place]) -> dict[int, Any]:
@@ -648,18 +709,19 @@ def _equal(a: Any, b: Any) -> bool:
 def _is_module(v: Any) -> bool:
     try:
         return v in tracing.modules
-    except TypeError:  # unhashable: no Module
+    except Exception:  # unhashable, or its hash raises: no Module
         return False
 
 
 def _places(fn: Any) -> list[Place]:
     """What ``fn`` reaches by name, each with a way to read that name again.
 
-    The globals its code reads, its defaults and closure; the attributes its code reads of
-    the objects among them (and of the object it is a method of, or the callable object it
-    is), and those objects' methods it calls; and so on for the functions found (a step
-    built from helpers, a lambda calling ``trainer.step``), each once. Only names the code
-    reads: a script's loop counter beside the step is none of them.
+    The globals its code reads, its defaults and closure; of the objects, classes and Python
+    modules among them (and the object it is a method of, or the callable object it is)
+    what the code reads (:func:`_members`); and so on for the functions found (helpers, a
+    lambda calling ``trainer.step``, a callable scaler, another compiled step), each once.
+    Only names the code reads: a script's loop counter beside the step is none of them.
+    Names read as strings (``getattr(cfg, "lr")``, ``globals()[...]``) are not seen.
     """
     found: list[Place] = []
     todo: list[tuple[Any, Any]] = [(fn, None)]  # (a callable, the object it belongs to)
@@ -668,44 +730,45 @@ def _places(fn: Any) -> list[Place]:
         f, owner = todo.pop()
         if isinstance(f, types.MethodType):
             f, owner = f.__func__, getattr(f, "__self__", None)
-        elif not isinstance(f, (types.FunctionType, functools.partial)) and _an_object(f):
-            calls = (vars(c)["__call__"] for c in type(f).__mro__ if "__call__" in vars(c))
-            f, owner = next(calls, None), f  # npgrad.compile(trainer): its __call__
         if (id(f), id(owner)) in seen:
             continue
         seen.add((id(f), id(owner)))
         if isinstance(f, functools.partial):
             found += [_fixed(a) for a in (*f.args, *f.keywords.values())]
-            todo += [(a, None) for a in (f.func, *f.args, *f.keywords.values())
-                     if isinstance(a, _FUNCTIONS) or _an_object(a)]  # fmt: skip
+            todo += [(a, None) for a in (f.func, *f.args, *f.keywords.values())]
             continue
-        code = getattr(f, "__code__", None)
-        if not isinstance(code, types.CodeType):
+        if not isinstance(f, types.FunctionType):
+            if _an_object(f):  # npgrad.compile(trainer): its __call__, what it wraps
+                todo += _members(f, {"__call__"})[1]
             continue
-        read = _names_read(code)
-        found += _named(getattr(f, "__globals__", {}), read)
-        near = [
-            (functools.partial(_default, f, i), v)
-            for i, v in enumerate(getattr(f, "__defaults__", None) or ())
-        ]
-        for cell in getattr(f, "__closure__", None) or ():
+        if not _own(f):
+            continue
+        read = _names_read(f.__code__)
+        names = _named(f.__globals__, read)
+        near: list[Place] = []
+        near += [(functools.partial(_default, f, i), v) for i, v in enumerate(f.__defaults__ or ())]
+        for cell in f.__closure__ or ():
             try:
                 near.append((functools.partial(_contents, cell), cell.cell_contents))
             except ValueError:  # an empty cell
                 continue
-        found += near
-        objects = [v for _, v in near] + [v for _, v in _named(f.__globals__, read)]
-        if owner is not None:
-            objects.append(owner)
-        for v in objects:
+        found += names + near
+        objects = [v for _, v in names + near] + ([] if owner is None else [owner])
+        looked: set[int] = set()
+        while objects:  # and the objects found there in turn (self.cfg.temperature)
+            v = objects.pop()
+            if id(v) in looked:
+                continue
+            looked.add(id(v))
             if isinstance(v, _FUNCTIONS):
                 todo.append((v, None))
-            elif _an_object(v) and not _is_module(v):
-                found += _named(v.__dict__, read)  # (a module's attributes are all places)
-                for name in read & set(dir(type(v))):  # its methods the code calls
-                    method = getattr(type(v), name, None)
-                    if isinstance(method, types.FunctionType):
-                        todo.append((method, v))
+            elif isinstance(v, types.ModuleType):  # a settings module: its values, not code
+                found += [p for p in _named(vars(v), read) if not callable(p[1])]
+            elif isinstance(v, type) and _own(v) or _an_object(v):
+                places, funcs = _members(v, read)
+                found += places
+                todo += funcs
+                objects += [x for _, x in places if _an_object(x)]
     return found
 
 
