@@ -22,14 +22,14 @@ Install it with ``pip install "npgrad[mpi]"`` (mpi4py and the MPICH wheel, which
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from . import tracing
 from .autodiff import Tensor
-from .errors import ConfigError
+from .errors import ConfigError, RankLost
 from .mpienv import launched_by_mpi
 
 INSTALL = 'pip install "npgrad[mpi]" (mpi4py and an MPI with its mpiexec)'
@@ -54,6 +54,9 @@ class Communicator:
     def __init__(self, comm: Any = None) -> None:
         self.MPI = _mpi()
         self.comm = comm if comm is not None else self.MPI.COMM_WORLD
+        # MPI's default ends the process with a page of error stack when a peer dies inside
+        # a collective; returned errors become RankLost, which the caller can say in a line
+        self.comm.Set_errhandler(self.MPI.ERRORS_RETURN)
         self.rank: int = self.comm.Get_rank()
         self.size: int = self.comm.Get_size()
 
@@ -62,22 +65,32 @@ class Communicator:
         """Rank 0: the one that writes checkpoints, metrics and progress."""
         return self.rank == 0
 
+    def _collective(self, call: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        try:
+            return call(*args, **kw)
+        except self.MPI.Exception as exc:
+            what = self.MPI.Get_error_string(exc.Get_error_class())  # its class, not its stack
+            raise RankLost(
+                f"rank {self.rank}: another rank stopped in the middle of a step (MPI: {what}); "
+                "the checkpoint keeps the last saved epoch: run again with --resume"
+            ) from None
+
     def sum_(self, buf: np.ndarray) -> np.ndarray:
         """Add ``buf`` up over all ranks, in place (every rank gets the sum)."""
-        self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
+        self._collective(self.comm.Allreduce, self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
         return buf
 
     def broadcast_(self, buf: np.ndarray) -> np.ndarray:
         """Rank 0's ``buf`` into every rank's, in place."""
-        self.comm.Bcast(buf, root=0)
+        self._collective(self.comm.Bcast, buf, root=0)
         return buf
 
     def broadcast_object(self, value: Any) -> Any:
-        return self.comm.bcast(value, root=0)
+        return self._collective(self.comm.bcast, value, root=0)
 
     def gather_object(self, value: Any) -> list[Any] | None:
         """Every rank's ``value`` in a list at rank 0 (None elsewhere)."""
-        return self.comm.gather(value, root=0)
+        return self._collective(self.comm.gather, value, root=0)
 
     def abort(self, code: int = 1) -> None:
         """End every rank now (after an error on this one, so that none waits forever)."""

@@ -56,6 +56,11 @@ class Interrupted(NpgradError):
     """Training stopped by Ctrl-C; the message says what was saved and how to resume."""
 
 
+class RankLost(NpgradError):
+    """A collective failed because another rank of a data-parallel run stopped (killed, out of
+    memory); the checkpoint keeps the last saved epoch."""
+
+
 class RunLocked(ConfigError):
     """Another process is training in the same run directory."""
 

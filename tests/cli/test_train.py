@@ -227,3 +227,31 @@ def test_a_resumed_run_keeps_its_subnormal_mode_and_refuses_another(capsys, tmp_
     assert_one_line_error(code, err, "--keep-denormals cannot change when resuming")
     assert (fresh / "checkpoint.npz").read_bytes() == flushed_before
     assert (tmp_path / "checkpoint.npz").read_bytes() == before
+
+
+def test_a_rank_that_lost_another_waits_for_mpiexec_then_says_so_in_one_line(
+    capsys, tmp_path, monkeypatch
+):
+    from npgrad import distributed
+    from npgrad.cli import train
+    from npgrad.errors import RankLost
+
+    class Rank:  # rank 0 of two, under mpiexec; abort ends every rank
+        rank, size, root, aborted = 0, 2, True, None
+
+        def abort(self, code):
+            self.aborted = code
+            raise SystemExit(code)
+
+    rank, slept = Rank(), []
+
+    def lost(args, comm):
+        raise RankLost("rank 0: another rank stopped in the middle of a step (MPI: x); --resume")
+
+    monkeypatch.setattr(distributed, "world", lambda: rank)
+    monkeypatch.setattr(train, "_train", lost)
+    monkeypatch.setattr(train.time, "sleep", slept.append)
+    with pytest.raises(SystemExit):
+        main(["train", "-d", "digits", "-o", str(tmp_path)])
+    assert slept == [train.LAUNCHER_GRACE] and rank.aborted == 2  # mpiexec had its chance first
+    assert_one_line_error(2, capsys.readouterr().err, "rank 0: another rank stopped")

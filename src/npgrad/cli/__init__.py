@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from ..errors import Interrupted, NpgradError
 from . import check, data, evaluate, export, gradcheck, grade, predict, serve, train
-from .common import Parser, formatter, print_error, readable
+from .common import INTERRUPTED, Parser, formatter, print_error, readable
 
 COMMANDS = (train, evaluate, predict, export, serve, data, gradcheck, check, grade)
 # What a user's paths and disks can answer; an OSError with any other errno is a bug.
@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(args.func(args) or 0)
     except Interrupted as exc:
         print(readable(f"npgrad: {exc}"), file=sys.stderr)
-        return 130
+        return INTERRUPTED
     except NpgradError as exc:
         print_error(exc)
         return 2
@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print("npgrad: interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPTED
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,6 +7,8 @@ import sys
 import textwrap
 from typing import NoReturn
 
+INTERRUPTED = 130  # after Ctrl-C or SIGTERM: the run saved and said so (128 + SIGINT, as shells)
+
 
 class Parser(argparse.ArgumentParser):
     """argparse with one-line errors: what was wrong and where to look."""

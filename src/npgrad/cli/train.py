@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from typing import Any
 
-from ..errors import ConfigError, Interrupted, TrainingDiverged
+from ..errors import ConfigError, Interrupted, RankLost, TrainingDiverged
 from ..ops.device import DEVICES
-from .common import formatter, int_between, nonempty, print_error
+from .common import INTERRUPTED, formatter, int_between, nonempty, print_error
 
 TRAIN_EPILOG = """\
 examples:
@@ -23,6 +24,8 @@ examples:
 
 output: OUT/metrics.jsonl (one JSON line per epoch), OUT/checkpoint.npz (after every
 epoch, atomically), and with --plot OUT/curves.png and OUT/confusion.png."""
+
+LAUNCHER_GRACE = 5.0  # seconds a rank that lost another waits for mpiexec to end it
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,7 +53,16 @@ def run(args: argparse.Namespace) -> int:
     except (Interrupted, TrainingDiverged) as exc:
         if comm.root:  # every rank reached it at the same step; rank 0 says it
             raise
-        return 130 if isinstance(exc, Interrupted) else 2
+        return INTERRUPTED if isinstance(exc, Interrupted) else 2
+    except RankLost as exc:
+        # The rank that stopped is the news, and mpiexec saw it stop too: it ends this rank
+        # within moments and --workers names that one in a line. Only if no end comes (an
+        # MPI failure without a dead rank) does this rank say what it saw and end the run.
+        time.sleep(LAUNCHER_GRACE)
+        print_error(exc)
+        sys.stderr.flush()
+        comm.abort(2)
+        raise
     except BaseException as exc:  # this rank alone: say it once, end every rank now
         print_error(f"rank {comm.rank}: {exc}" if str(exc) else f"rank {comm.rank}: {exc!r}")
         sys.stderr.flush()
@@ -60,7 +72,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace, comm: Any) -> int:
     import json
-    import time
 
     from ..app.allocator import keep_freed_memory
     from ..app.config import explicit_options

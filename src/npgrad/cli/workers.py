@@ -22,6 +22,7 @@ from typing import IO
 
 from ..distributed import INSTALL
 from ..errors import ConfigError
+from .common import INTERRUPTED
 
 RANK_FILE = "NPGRAD_RANK_DIR"  # where each rank writes its PID, for naming a dead one
 # mpiexec's own lines about forwarding Ctrl-C: the ranks say what they do with it
@@ -29,6 +30,11 @@ _CHATTER = re.compile(r"^\[mpiexec@[^\]]*\] (Sending Ctrl-C|Press Ctrl-C again)"
 _BANNER = re.compile(r"^=+$|^=\s|BAD TERMINATION|CLEANING UP|YOU CAN IGNORE|CLEANUP MESSAGES")
 # what MPICH prints after the banner
 _AFTER = re.compile(r"TERMINATED WITH THE EXIT STRING|typically refers to a problem|FAQ page")
+# MPICH's report when MPI fails inside a rank (a peer that died mid-copy: the survivor may
+# see it before mpiexec does, and then no banner comes), and the error stack under it
+_FATAL = re.compile(r"^Abort\(\d+\) on node \d+ \(rank (\d+) in comm \d+\): Fatal error in "
+                    r"(?:internal_|P?MPI_)?([A-Za-z]+?)(?:_c)?[:\s]")  # fmt: skip
+_STACK = re.compile(r"^\s*\w+\(\d+\)\.*:\s*(.*)$")
 _PID = re.compile(r"PID (\d+)")
 _EXIT = re.compile(r"EXIT (?:CODE|STATUS):\s*(\d+)")
 
@@ -81,14 +87,18 @@ def launch(k: int, argv: list[str]) -> int:
             start_new_session=True,
         )
 
+        forwarded: list[int] = []  # the signals this process was sent and passed on
+
         def forward(signum: int, _frame: object) -> None:
+            forwarded.append(signum)
             proc.send_signal(signum)
 
         previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
         banner: list[str] = []  # the launcher's report of a dead rank, on either stream
+        fatal: list[str] = []  # MPICH's report of MPI failing inside a rank, and its stack
         try:
             relays = [
-                threading.Thread(target=_relay, args=(stream, to, banner), daemon=True)
+                threading.Thread(target=_relay, args=(stream, to, banner, fatal), daemon=True)
                 for stream, to in ((proc.stdout, sys.stdout), (proc.stderr, sys.stderr))
             ]
             for t in relays:
@@ -105,18 +115,30 @@ def launch(k: int, argv: list[str]) -> int:
         if banner:
             sys.stderr.write(_dead_rank_line(" ".join(banner), Path(pids), k) + "\n")
             return 2
+        if fatal:
+            sys.stderr.write(_lost_peer_line(fatal, k) + "\n")
+            return 2
         if code < 0:
             sys.stderr.write(f"npgrad: error: mpiexec ended by signal {-code}\n")
+            return 2
+        if code > 128 and code != INTERRUPTED and not forwarded:
+            # a rank ended by a signal, and neither mpiexec nor MPI said a word about it
+            sys.stderr.write(_stopped_line("a rank", f" (killed by signal {code - 128})", k) + "\n")
             return 2
     return code
 
 
-def _relay(stream: IO[str], to: IO[str], banner: list[str]) -> None:
-    """The ranks' lines, as they come, without mpiexec's banners and chatter."""
+def _relay(stream: IO[str], to: IO[str], banner: list[str], fatal: list[str]) -> None:
+    """The ranks' lines, as they come, without mpiexec's banners, MPI's error stacks, chatter."""
+    in_stack = False
     for line in stream:
         text = line.strip()
         if _BANNER.search(text) or (banner and (text.startswith("=") or _AFTER.search(text))):
             banner.append(line)
+            continue
+        in_stack = bool(_FATAL.search(text) or (in_stack and _STACK.search(line)))
+        if in_stack:
+            fatal.append(line)
             continue
         if _CHATTER.search(line):
             continue
@@ -138,6 +160,22 @@ def _dead_rank_line(banner: str, pids: Path, k: int) -> str:
     if code:
         n = int(code.group(1))
         how = f" (killed by signal {n})" if 0 < n < 64 else f" (exit status {n})"
+    return _stopped_line(who, how, k)
+
+
+def _lost_peer_line(fatal: list[str], k: int) -> str:
+    """From MPICH's error stack: which rank saw MPI fail, in which call, and the deepest
+    cause (``process_vm_readv failed (errno 3)``: the peer's process is gone)."""
+    head = next(m for m in map(_FATAL.search, fatal) if m)
+    rank = int(head.group(1))
+    causes = [m.group(1).strip() for m in map(_STACK.search, fatal) if m and m.group(1).strip()]
+    cause = f": {causes[-1]}" if causes else ""
+    who = f"rank {1 - rank}" if k == 2 and rank in (0, 1) else "another rank"
+    how = f" or lost its connection (MPI_{head.group(2)} on rank {rank} failed{cause})"
+    return _stopped_line(who, how, k)
+
+
+def _stopped_line(who: str, how: str, k: int) -> str:
     return (
         f"npgrad: error: {who} of {k} stopped{how}, and MPI ended the others; the checkpoint "
         "keeps the last saved epoch: run the same command with --resume to continue"
