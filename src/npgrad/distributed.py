@@ -54,8 +54,9 @@ class Communicator:
     def __init__(self, comm: Any = None) -> None:
         self.MPI = _mpi()
         self.comm = comm if comm is not None else self.MPI.COMM_WORLD
-        # MPI's default ends the process with a page of error stack when a peer dies inside
-        # a collective; returned errors become RankLost, which the caller can say in a line
+        # errors returned, not fatal (mpi4py's default, which a caller may have changed), so
+        # that a collective failing on a dead peer is RankLost, said in a line; MPICH still
+        # ends the process itself when the failure is deep in a direct copy (cli/workers.py)
         self.comm.Set_errhandler(self.MPI.ERRORS_RETURN)
         self.rank: int = self.comm.Get_rank()
         self.size: int = self.comm.Get_size()
