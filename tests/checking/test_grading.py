@@ -118,13 +118,19 @@ def test_a_forking_submission_leaves_no_process_behind(graded):
     assert not Path(f"/proc/{pid}").exists()
 
 
-def test_without_a_rubric_every_item_found_is_one_point(tmp_path):
+def test_without_a_rubric_every_item_found_is_one_point(tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    seen = tmp_path / "threads"
     (tmp_path / "s").mkdir()
-    (tmp_path / "s" / "ann.py").write_text(GOOD)
+    (tmp_path / "s" / "ann.py").write_text(
+        f"import os\nopen({str(seen)!r}, 'w').write(os.environ['OPENBLAS_NUM_THREADS'])\n" + GOOD
+    )
     (tmp_path / "s" / "ben.py").write_text(GOOD.split("def relu_forward")[0])
     assert main(["grade", str(tmp_path / "s"), "-o", str(tmp_path / "o"), "-q"]) == 0
     text = (tmp_path / "o" / "grades.csv").read_text().splitlines()
     assert text == ["student,affine_forward,relu_forward,total", "ann,1,1,2", "ben,1,0,1"]
+    # the children graded side by side had one BLAS thread each; the caller keeps its own
+    assert seen.read_text() == "1" and "OPENBLAS_NUM_THREADS" not in os.environ
 
 
 @pytest.mark.parametrize(

@@ -30,12 +30,13 @@ Without a rubric every item found in any submission is worth one point.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import html
 import json
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -255,6 +256,20 @@ def score(subs: Sequence[Submission], rubric: Rubric) -> list[str]:
     return items
 
 
+@contextlib.contextmanager
+def _blas_threads_of_children(n: str) -> Iterator[None]:
+    """Children started meanwhile run ``n`` BLAS threads each (several share the cores),
+    unless the caller chose; the caller's environment is as it was after."""
+    chosen = "OPENBLAS_NUM_THREADS" in os.environ
+    if not chosen:
+        os.environ["OPENBLAS_NUM_THREADS"] = n
+    try:
+        yield
+    finally:
+        if not chosen:
+            os.environ.pop("OPENBLAS_NUM_THREADS", None)
+
+
 def grade_folder(
     folder: str | os.PathLike,
     rubric: Rubric | None = None,
@@ -265,10 +280,9 @@ def grade_folder(
     """Grade every submission in ``folder``, ``jobs`` at a time (default: the cores)."""
     rubric = rubric or Rubric()
     found = find_submissions(folder)
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # several children share the cores
     jobs = max(1, jobs or os.cpu_count() or 1)
     results: dict[str, Submission] = {}
-    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+    with _blas_threads_of_children("1"), concurrent.futures.ThreadPoolExecutor(jobs) as pool:
         futures = {pool.submit(grade_one, st, p, rubric, seed): st for st, p in found}
         for fut in concurrent.futures.as_completed(futures):
             sub = fut.result()
