@@ -191,8 +191,9 @@ def test_an_error_on_one_rank_is_one_line_and_ends_all(tmp_path):
         [*NPGRAD, "train", "--workers", "2", *DIGITS, "-o", str(tmp_path / "run")],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    assert r.returncode != 0
-    assert "already holds a checkpoint" in r.stderr, r.stderr
+    assert r.returncode == 2
+    # the rank's line alone: not MPICH's MPI_Abort line after it, nor a second copy
+    assert r.stderr.count("\n") == 1 and "already holds a checkpoint" in r.stderr, r.stderr
     assert (tmp_path / "run" / "checkpoint.npz").read_bytes() == b"not a checkpoint"
 
 
@@ -230,10 +231,7 @@ class _FailingComm:
     def __init__(self):
         from mpi4py import MPI
 
-        self.MPI, self.handler = MPI, None
-
-    def Set_errhandler(self, handler):
-        self.handler = handler
+        self.MPI = MPI
 
     def Get_rank(self):
         return 0
@@ -249,7 +247,6 @@ class _FailingComm:
 
 def test_a_failed_collective_is_rank_lost_in_one_line_not_mpis_stack():
     comm = distributed.Communicator(_FailingComm())
-    assert comm.comm.handler == comm.MPI.ERRORS_RETURN  # not MPI's default, which ends the process
     for call in (comm.sum_, comm.broadcast_):
         with pytest.raises(RankLost) as info:
             call(np.zeros(3, np.float32))

@@ -54,10 +54,6 @@ class Communicator:
     def __init__(self, comm: Any = None) -> None:
         self.MPI = _mpi()
         self.comm = comm if comm is not None else self.MPI.COMM_WORLD
-        # errors returned, not fatal (mpi4py's default, which a caller may have changed), so
-        # that a collective failing on a dead peer is RankLost, said in a line; MPICH still
-        # ends the process itself when the failure is deep in a direct copy (cli/workers.py)
-        self.comm.Set_errhandler(self.MPI.ERRORS_RETURN)
         self.rank: int = self.comm.Get_rank()
         self.size: int = self.comm.Get_size()
 
@@ -67,13 +63,18 @@ class Communicator:
         return self.rank == 0
 
     def _collective(self, call: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        # Where MPI returns its errors (mpi4py's default), a collective that fails because a
+        # peer died is RankLost, to be said in a line. Where it treats them as fatal (a
+        # caller's choice, or MPICH deep in a direct copy) it ends the process itself, and
+        # `npgrad train --workers` reads its error stack (cli/workers.py).
         try:
             return call(*args, **kw)
         except self.MPI.Exception as exc:
             what = self.MPI.Get_error_string(exc.Get_error_class())  # its class, not its stack
             raise RankLost(
                 f"rank {self.rank}: another rank stopped in the middle of a step (MPI: {what}); "
-                "the checkpoint keeps the last saved epoch: run again with --resume"
+                "the checkpoint keeps the last saved epoch: run the same command with --resume "
+                "to continue"
             ) from None
 
     def sum_(self, buf: np.ndarray) -> np.ndarray:

@@ -1,7 +1,11 @@
 """The ``--workers`` launcher's reading of mpiexec, against stand-ins for mpiexec (the real
-one is run in tests/test_distributed.py): what the user sees for each way the ranks end."""
+one is run in tests/test_distributed.py): what the user sees for each way the ranks end.
+Every ending that is not a clean finish is one line of npgrad's, never Hydra's banner,
+MPI's error stack or Hydra's diagnostics."""
 
+import signal
 import sys
+import threading
 
 import pytest
 
@@ -14,6 +18,10 @@ def stand_in(monkeypatch, script):
     monkeypatch.setattr(workers, "command", lambda k, argv: [sys.executable, "-c", script])
 
 
+def lines(*texts):
+    return "".join(t + "\n" for t in texts)
+
+
 def test_the_ranks_output_is_relayed_and_their_status_returned(monkeypatch, capsys):
     stand_in(monkeypatch, "import sys; print('epoch 1/1'); print('note', file=sys.stderr)")
     assert workers.launch(2, []) == 0
@@ -21,8 +29,8 @@ def test_the_ranks_output_is_relayed_and_their_status_returned(monkeypatch, caps
     assert out == "epoch 1/1\n" and err == "note\n"
 
 
-def test_the_launchers_banner_becomes_one_line_naming_the_rank(monkeypatch, capsys, tmp_path):
-    banner = [
+def test_the_launchers_banner_becomes_one_line_naming_the_rank(monkeypatch, capsys):
+    banner = lines(
         "=" * 60,
         "=   BAD TERMINATION OF ONE OF YOUR APPLICATION PROCESSES",
         "=   RANK 1 PID 4242 RUNNING AT host",
@@ -30,12 +38,13 @@ def test_the_launchers_banner_becomes_one_line_naming_the_rank(monkeypatch, caps
         "=   EXIT CODE: 9",
         "=   CLEANING UP REMAINING PROCESSES",
         "=" * 60,
-    ]
+        "YOUR APPLICATION TERMINATED WITH THE EXIT STRING: Killed (signal 9)",
+    )
     # the rank notes its PID where the launcher said (NPGRAD_RANK_DIR), as note_pid does
     script = (
         "import os, sys; from pathlib import Path\n"
         "Path(os.environ['NPGRAD_RANK_DIR'], 'rank-1').write_text('4242')\n"
-        f"print({chr(10).join(banner)!r}); sys.exit(9)"
+        f"print({banner!r}); sys.exit(9)"
     )
     stand_in(monkeypatch, script)
     code = workers.launch(2, [])
@@ -45,40 +54,117 @@ def test_the_launchers_banner_becomes_one_line_naming_the_rank(monkeypatch, caps
 
 
 # what MPICH printed in CI when rank 0's all-reduce found rank 1 gone before mpiexec did
-MPI_STACK = "".join(line + "\n" for line in [
+LOST_PEER = lines(
     "Abort(543763855) on node 0 (rank 0 in comm 0): Fatal error in internal_Allreduce_c: "
     "Other MPI error, error stack:",
     "internal_Allreduce_c(342)......: MPI_Allreduce_c(sendbuf=MPI_IN_PLACE, count=203530) failed",
     "MPID_Allreduce(483)............: ",  # MPICH's empty frames end in a space
-    "MPIR_Wait(745).................: ",
+    "(unknown)(): Other MPI error",
     "copy_iovs(224).................: process_vm_readv failed (errno 3)",
-])  # fmt: skip
+)
 
 
 @pytest.mark.parametrize("k, who", [(2, "rank 1 of 2"), (4, "another rank of 4")])
 def test_mpis_error_stack_on_a_survivor_becomes_one_line(monkeypatch, capsys, k, who):
-    stand_in(monkeypatch, f"import sys; print('epoch 1/3'); sys.stderr.write({MPI_STACK!r}); "
+    stand_in(monkeypatch, f"import sys; print('epoch 1/3'); sys.stderr.write({LOST_PEER!r}); "
                           "print('after'); sys.exit(143)")  # fmt: skip
     code = workers.launch(k, [])
     out, err = capsys.readouterr()
     assert_one_line_error(code, err, f"{who} stopped or lost its connection (MPI_Allreduce on "
-                                     "rank 0 failed: process_vm_readv failed (errno 3))")  # fmt: skip
+                                     "rank 0: process_vm_readv failed (errno 3))")  # fmt: skip
     assert "--resume" in err
     assert out == "epoch 1/3\nafter\n"  # the ranks' own lines still come through
+
+
+def test_an_mpi_failure_without_a_lost_peer_blames_no_rank(monkeypatch, capsys):
+    stack = lines(
+        "Abort(1) on node 1 (rank 1 in comm 0): Fatal error in internal_Comm_split: "
+        "Other MPI error, error stack:",
+        "internal_Comm_split(95).......: MPI_Comm_split(MPI_COMM_WORLD, color=0) failed",
+        "MPIR_Comm_split_impl(42)......: Out of memory",
+    )
+    stand_in(monkeypatch, f"import sys; sys.stderr.write({stack!r}); sys.exit(1)")
+    code = workers.launch(2, [])
+    _, err = capsys.readouterr()
+    assert_one_line_error(code, err, "MPI failed on rank 1 of 2 in MPI_Comm_split (Out of memory)")
+    assert "stopped" not in err
+
+
+def test_hydras_diagnostics_become_one_line(monkeypatch, capsys):
+    hydra = lines(
+        "[proxy:0@vm] HYD_pmcd_pmip_control_cmd_cb (/mpich/src/pm/hydra/proxy/pmip_cb.c:490): "
+        "assert (!closed) failed",
+        "[mpiexec@vm] main (/mpich/src/pm/hydra/mpiexec/mpiexec.c:270): process manager error "
+        "waiting for completion",
+    )
+    stand_in(monkeypatch, f"import sys; sys.stderr.write({hydra!r}); sys.exit(255)")
+    code = workers.launch(2, [])
+    _, err = capsys.readouterr()
+    assert_one_line_error(code, err, "mpiexec failed (assert (!closed) failed)")
 
 
 def test_a_rank_ended_by_a_signal_with_nothing_said_is_still_one_line(monkeypatch, capsys):
     stand_in(monkeypatch, "import sys; sys.exit(143)")
     code = workers.launch(2, [])
     _, err = capsys.readouterr()
-    assert_one_line_error(code, err, "a rank of 2 stopped (killed by signal 15)")
+    assert_one_line_error(code, err, "a rank of 2 stopped (mpiexec's exit status 143)")
+    assert "--resume" in err
+
+
+def test_mpiexec_killed_is_one_line(monkeypatch, capsys):
+    stand_in(monkeypatch, "import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
+    code = workers.launch(2, [])
+    _, err = capsys.readouterr()
+    assert_one_line_error(code, err, "mpiexec ended by signal 9, and the ranks with it")
     assert "--resume" in err
 
 
 @pytest.mark.parametrize("status", [1, 2, 130])
 def test_a_status_the_ranks_explained_themselves_passes_through(monkeypatch, capsys, status):
-    # an error on a rank (2) or a forwarded Ctrl-C (130): rank 0 has said why already
-    stand_in(monkeypatch, f"import sys; print('npgrad: error: why', file=sys.stderr); "
-                          f"sys.exit({status})")  # fmt: skip
+    # an error on a rank (2: it printed its line, then MPI_Abort printed MPICH's) or a
+    # forwarded Ctrl-C (130): the rank has said why already
+    said = lines(
+        "npgrad: error: rank 1: why",
+        "Abort(2) on node 1 (rank 1 in comm 0): application called MPI_Abort(MPI_COMM_WORLD, 2) "
+        "- process 1",
+    )
+    stand_in(monkeypatch, f"import sys; sys.stderr.write({said!r}); sys.exit({status})")
     assert workers.launch(2, []) == status
-    assert capsys.readouterr().err == "npgrad: error: why\n"
+    assert capsys.readouterr().err == "npgrad: error: rank 1: why\n"
+
+
+# mpiexec on Ctrl-C: it passes the signal on; the ranks save at one step, rank 0 says so;
+# a second Ctrl-C makes it end them at once, with Hydra's diagnostics
+ON_CTRL_C = """
+import signal, sys, time
+def stop(*_):
+    sys.stderr.write({said!r} + {hydra!r})
+    sys.exit(255)
+signal.signal(signal.SIGINT, stop)
+print("ready", flush=True)
+time.sleep(30)
+sys.exit(3)
+"""
+
+
+@pytest.mark.parametrize("rank_said", [True, False])
+def test_a_users_ctrl_c_is_an_interruption_not_a_dead_rank(monkeypatch, capsys, rank_said):
+    said = "npgrad: stopped in epoch 2 after step 58 of 313; continue with --resume\n"
+    hydra = "[mpiexec@vm] Sending Ctrl-C to processes as requested\n"
+    stand_in(monkeypatch, ON_CTRL_C.format(said=said if rank_said else "", hydra=hydra))
+    real_write = sys.stdout.write
+
+    def write(text):  # the stand-in is ready for the signal once it printed "ready"
+        if text == "ready\n":
+            main = threading.main_thread().ident  # where proc.wait() must be woken
+            threading.Timer(0.1, signal.pthread_kill, (main, signal.SIGINT)).start()
+        return real_write(text)
+
+    monkeypatch.setattr(sys.stdout, "write", write)
+    code = workers.launch(2, [])
+    _, err = capsys.readouterr()
+    assert code == 130
+    if rank_said:
+        assert err == said
+    else:
+        assert err == "npgrad: interrupted; " + workers.RESUME + "\n"

@@ -7,7 +7,7 @@ import sys
 import textwrap
 from typing import NoReturn
 
-INTERRUPTED = 130  # after Ctrl-C or SIGTERM: the run saved and said so (128 + SIGINT, as shells)
+INTERRUPTED = 130  # stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it)
 
 
 class Parser(argparse.ArgumentParser):

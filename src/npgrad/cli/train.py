@@ -58,16 +58,23 @@ def run(args: argparse.Namespace) -> int:
         # The rank that stopped is the news, and mpiexec saw it stop too: it ends this rank
         # within moments and --workers names that one in a line. Only if no end comes (an
         # MPI failure without a dead rank) does this rank say what it saw and end the run.
-        time.sleep(LAUNCHER_GRACE)
-        print_error(exc)
-        sys.stderr.flush()
-        comm.abort(2)
-        raise
+        try:
+            time.sleep(LAUNCHER_GRACE)
+        except KeyboardInterrupt:
+            pass  # ending the run is what Ctrl-C asks for too
+        return _end_every_rank(comm, str(exc))
     except BaseException as exc:  # this rank alone: say it once, end every rank now
-        print_error(f"rank {comm.rank}: {exc}" if str(exc) else f"rank {comm.rank}: {exc!r}")
-        sys.stderr.flush()
-        comm.abort(2)
-        raise
+        return _end_every_rank(
+            comm, f"rank {comm.rank}: {exc}" if str(exc) else f"rank {comm.rank}: {exc!r}"
+        )
+
+
+def _end_every_rank(comm: Any, message: str) -> int:
+    """Say ``message`` in one line and end every rank (none may wait in a collective)."""
+    print_error(message)
+    sys.stderr.flush()
+    comm.abort(2)
+    return 2  # were MPI_Abort ever to return, main must not say it all again
 
 
 def _train(args: argparse.Namespace, comm: Any) -> int:

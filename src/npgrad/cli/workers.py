@@ -1,14 +1,18 @@
 """``npgrad train --workers K``: start the K ranks under ``mpiexec`` and watch them.
 
 The same command line runs in every rank (without ``--workers``); each BLAS gets the
-cores divided by K, so that the ranks do not oversubscribe the machine. When a rank
-dies (killed, out of memory), MPI ends the others; this process then says which rank
-it was, in one line, instead of the launcher's banner, and that the checkpoint keeps
-the last saved epoch.
+cores divided by K, so that the ranks do not oversubscribe the machine. The ranks' own
+lines pass through as they come. What mpiexec (MPICH's Hydra) and MPI print about an
+ending (Hydra's banner for a rank that died, MPI's error stack in a survivor that found
+its peer gone first, Hydra's diagnostics, the MPI_Abort line after a rank's own error) is
+kept back and said in one line: which rank stopped and how, and that the checkpoint keeps
+the last saved epoch. A Ctrl-C or SIGTERM is passed on: the ranks stop at one step, save
+and say so, and the exit status is 130.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -25,18 +29,26 @@ from ..errors import ConfigError
 from .common import INTERRUPTED
 
 RANK_FILE = "NPGRAD_RANK_DIR"  # where each rank writes its PID, for naming a dead one
-# mpiexec's own lines about forwarding Ctrl-C: the ranks say what they do with it
-_CHATTER = re.compile(r"^\[mpiexec@[^\]]*\] (Sending Ctrl-C|Press Ctrl-C again)")
+RESUME = "the checkpoint keeps the last saved epoch: run the same command with --resume to continue"
+
+# What mpiexec (MPICH's Hydra) and MPI print, which the user never sees as such: each kind
+# is read, and what it means is said in one line of npgrad's.
+# Hydra's banner when a rank ends badly, and the lines after it:
 _BANNER = re.compile(r"^=+$|^=\s|BAD TERMINATION|CLEANING UP|YOU CAN IGNORE|CLEANUP MESSAGES")
-# what MPICH prints after the banner
 _AFTER = re.compile(r"TERMINATED WITH THE EXIT STRING|typically refers to a problem|FAQ page")
-# MPICH's report when MPI fails inside a rank (a peer that died mid-copy: the survivor may
-# see it before mpiexec does, and then no banner comes), and the error stack under it
-_FATAL = re.compile(r"^Abort\(\d+\) on node \d+ \(rank (\d+) in comm \d+\): Fatal error in "
-                    r"(?:internal_|P?MPI_)?([A-Za-z]+?)(?:_c)?[:\s]")  # fmt: skip
-_STACK = re.compile(r"^\s*\w+\(\d+\)\.*:\s*(.*)$")
 _PID = re.compile(r"PID (\d+)")
 _EXIT = re.compile(r"EXIT (?:CODE|STATUS):\s*(\d+)")
+# MPI failing inside a rank (a peer that died mid-copy: the survivor may see it before
+# mpiexec does, and then no banner comes), and the frames of the error stack under it:
+_FATAL = re.compile(r"^Abort\(\d+\) on node \d+ \(rank (\d+) in comm \d+\): Fatal error in (\S+?):")
+_STACK = re.compile(r"^\s*(?:\w+|\(unknown\))\(\d*\)\.*:\s*(.*)$")
+# causes in a stack that mean the peer's process or connection is gone
+_GONE = re.compile(r"errno 3\b|no such process|connection reset|broken pipe|connection closed|"
+                   r"proc(?:ess)? fail", re.IGNORECASE)  # fmt: skip
+# a rank's MPI_Abort after it said why; Hydra's own diagnostics and Ctrl-C messages
+_ABORTED = re.compile(r"^Abort\(\d+\) on node \d+ .*application called MPI_Abort")
+_HYDRA = re.compile(r"^\[(?:mpiexec|proxy:[^@\]]*)@[^\]]*\]\s*(?:\S+ \([^)]*\):\s*)?(.*)$")
+_CHATTER = re.compile(r"^Ctrl-C caught\.\.\. cleaning up processes$")
 
 
 def _without_workers(argv: list[str]) -> list[str]:
@@ -94,11 +106,10 @@ def launch(k: int, argv: list[str]) -> int:
             proc.send_signal(signum)
 
         previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-        banner: list[str] = []  # the launcher's report of a dead rank, on either stream
-        fatal: list[str] = []  # MPICH's report of MPI failing inside a rank, and its stack
+        heard = _Heard()
         try:
             relays = [
-                threading.Thread(target=_relay, args=(stream, to, banner, fatal), daemon=True)
+                threading.Thread(target=_relay, args=(stream, to, heard), daemon=True)
                 for stream, to in ((proc.stdout, sys.stdout), (proc.stderr, sys.stderr))
             ]
             for t in relays:
@@ -112,38 +123,67 @@ def launch(k: int, argv: list[str]) -> int:
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-        if banner:
-            sys.stderr.write(_dead_rank_line(" ".join(banner), Path(pids), k) + "\n")
-            return 2
-        if fatal:
-            sys.stderr.write(_lost_peer_line(fatal, k) + "\n")
-            return 2
-        if code < 0:
-            sys.stderr.write(f"npgrad: error: mpiexec ended by signal {-code}\n")
-            return 2
-        if code > 128 and code != INTERRUPTED and not forwarded:
-            # a rank ended by a signal, and neither mpiexec nor MPI said a word about it
-            sys.stderr.write(_stopped_line("a rank", f" (killed by signal {code - 128})", k) + "\n")
-            return 2
-    return code
+        line = _verdict(code, heard, bool(forwarded), Path(pids), k)
+    if line is None:
+        return code
+    if line:
+        sys.stderr.write(line + "\n")
+    return INTERRUPTED if forwarded else 2
 
 
-def _relay(stream: IO[str], to: IO[str], banner: list[str], fatal: list[str]) -> None:
-    """The ranks' lines, as they come, without mpiexec's banners, MPI's error stacks, chatter."""
+@dataclasses.dataclass
+class _Heard:
+    """What the relays kept back from the user, to be said in one line."""
+
+    banner: list[str] = dataclasses.field(default_factory=list)  # Hydra's: a rank ended badly
+    fatal: list[str] = dataclasses.field(default_factory=list)  # MPI's error stack in a rank
+    hydra: list[str] = dataclasses.field(default_factory=list)  # Hydra's own diagnostics
+    said: bool = False  # a rank has written an "npgrad: ..." line of its own
+
+
+def _relay(stream: IO[str], to: IO[str], heard: _Heard) -> None:
+    """The ranks' lines, as they come, without what mpiexec and MPI print (kept in ``heard``)."""
     in_stack = False
     for line in stream:
         text = line.strip()
+        banner = heard.banner
         if _BANNER.search(text) or (banner and (text.startswith("=") or _AFTER.search(text))):
             banner.append(line)
             continue
         in_stack = bool(_FATAL.search(text) or (in_stack and _STACK.search(line)))
         if in_stack:
-            fatal.append(line)
+            heard.fatal.append(line)
             continue
-        if _CHATTER.search(line):
+        if _HYDRA.search(text):
+            heard.hydra.append(text)
             continue
+        if _ABORTED.search(text) or _CHATTER.search(text):
+            continue
+        heard.said = heard.said or text.startswith("npgrad: ")
         to.write(line)
         to.flush()
+
+
+def _verdict(code: int, heard: _Heard, forwarded: bool, pids: Path, k: int) -> str | None:
+    """The one line that says how the ranks ended ("" when they said it themselves), or
+    None when ``code`` stands as it is."""
+    if forwarded and code != 0:
+        # the user's Ctrl-C or SIGTERM: the ranks stopped at one step and saved, and said so;
+        # or a second Ctrl-C made mpiexec end them at once
+        return "" if heard.said else f"npgrad: interrupted; {RESUME}"
+    if heard.banner:
+        return _dead_rank_line(" ".join(heard.banner), pids, k)
+    if heard.fatal:
+        return _mpi_failed_line(heard.fatal, k)
+    if code < 0:
+        return f"npgrad: error: mpiexec ended by signal {-code}, and the ranks with it; {RESUME}"
+    if code != 0 and heard.hydra and not heard.said:
+        reason = next((m.group(1) for m in map(_HYDRA.search, heard.hydra) if m), "")
+        return f"npgrad: error: mpiexec failed ({reason}); {RESUME}"
+    if code > 128 and code != INTERRUPTED:
+        # a rank ended by a signal, and neither mpiexec nor MPI said which
+        return _stopped_line("a rank", f" (mpiexec's exit status {code})", k)
+    return None
 
 
 def _dead_rank_line(banner: str, pids: Path, k: int) -> str:
@@ -163,23 +203,22 @@ def _dead_rank_line(banner: str, pids: Path, k: int) -> str:
     return _stopped_line(who, how, k)
 
 
-def _lost_peer_line(fatal: list[str], k: int) -> str:
-    """From MPICH's error stack: which rank saw MPI fail, in which call, and the deepest
-    cause (``process_vm_readv failed (errno 3)``: the peer's process is gone)."""
+def _mpi_failed_line(fatal: list[str], k: int) -> str:
+    """From MPI's error stack: which rank saw MPI fail, in which call, and the deepest cause
+    (``process_vm_readv failed (errno 3)``: the peer's process is gone)."""
     head = next(m for m in map(_FATAL.search, fatal) if m)
     rank = int(head.group(1))
+    call = "MPI_" + re.sub(r"^(?:internal_|P?MPI_)|_c$", "", head.group(2))
     causes = [m.group(1).strip() for m in map(_STACK.search, fatal) if m and m.group(1).strip()]
-    cause = f": {causes[-1]}" if causes else ""
+    cause = causes[-1] if causes else "no cause given"
+    if not any(_GONE.search(line) for line in fatal):
+        return f"npgrad: error: MPI failed on rank {rank} of {k} in {call} ({cause}); {RESUME}"
     who = f"rank {1 - rank}" if k == 2 and rank in (0, 1) else "another rank"
-    how = f" or lost its connection (MPI_{head.group(2)} on rank {rank} failed{cause})"
-    return _stopped_line(who, how, k)
+    return _stopped_line(who, f" or lost its connection ({call} on rank {rank}: {cause})", k)
 
 
 def _stopped_line(who: str, how: str, k: int) -> str:
-    return (
-        f"npgrad: error: {who} of {k} stopped{how}, and MPI ended the others; the checkpoint "
-        "keeps the last saved epoch: run the same command with --resume to continue"
-    )
+    return f"npgrad: error: {who} of {k} stopped{how}, and MPI ended the others; {RESUME}"
 
 
 def note_pid(rank: int) -> None:
