@@ -103,19 +103,19 @@ def test_hydras_diagnostics_become_one_line(monkeypatch, capsys):
     assert_one_line_error(code, err, "mpiexec failed (assert (!closed) failed)")
 
 
-def test_a_rank_ended_by_a_signal_with_nothing_said_is_still_one_line(monkeypatch, capsys):
-    stand_in(monkeypatch, "import sys; sys.exit(143)")
+@pytest.mark.parametrize(
+    "script, message",
+    [  # a rank ended by a signal, and neither mpiexec nor MPI said which; mpiexec killed
+        ("import sys; sys.exit(143)", "a rank of 2 stopped (mpiexec's exit status 143)"),
+        ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)",
+         "mpiexec ended by signal 9, and the ranks with it"),
+    ],
+)  # fmt: skip
+def test_an_ending_nobody_explained_is_still_one_line(monkeypatch, capsys, script, message):
+    stand_in(monkeypatch, script)
     code = workers.launch(2, [])
     _, err = capsys.readouterr()
-    assert_one_line_error(code, err, "a rank of 2 stopped (mpiexec's exit status 143)")
-    assert "--resume" in err
-
-
-def test_mpiexec_killed_is_one_line(monkeypatch, capsys):
-    stand_in(monkeypatch, "import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
-    code = workers.launch(2, [])
-    _, err = capsys.readouterr()
-    assert_one_line_error(code, err, "mpiexec ended by signal 9, and the ranks with it")
+    assert_one_line_error(code, err, message)
     assert "--resume" in err
 
 
