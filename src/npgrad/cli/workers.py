@@ -38,6 +38,7 @@ _BANNER = re.compile(r"^=+$|^=\s|BAD TERMINATION|CLEANING UP|YOU CAN IGNORE|CLEA
 _AFTER = re.compile(r"TERMINATED WITH THE EXIT STRING|typically refers to a problem|FAQ page")
 _PID = re.compile(r"PID (\d+)")
 _EXIT = re.compile(r"EXIT (?:CODE|STATUS):\s*(\d+)")
+_SIGNAL = re.compile(r"(?:\(signal |KILLED BY SIGNAL:\s*)(\d+)")
 # MPI failing inside a rank (a peer that died mid-copy: the survivor may see it before
 # mpiexec does, and then no banner comes), and the frames of the error stack under it:
 _FATAL = re.compile(r"^Abort\(\d+\) on node \d+ \(rank (\d+) in comm \d+\): Fatal error in (\S+?):")
@@ -194,12 +195,12 @@ def _dead_rank_line(banner: str, pids: Path, k: int) -> str:
         except OSError:
             continue
     pid = _PID.search(banner)
-    code = _EXIT.search(banner)
     who = f"rank {ranks[pid.group(1)]}" if pid and pid.group(1) in ranks else "a rank"
     how = ""
-    if code:
-        n = int(code.group(1))
-        how = f" (killed by signal {n})" if 0 < n < 64 else f" (exit status {n})"
+    if sig := _SIGNAL.search(banner):  # "EXIT CODE" alone does not tell a signal from a status
+        how = f" (killed by signal {sig.group(1)})"
+    elif code := _EXIT.search(banner):
+        how = f" (exit status {code.group(1)})"
     return _stopped_line(who, how, k)
 
 
