@@ -184,6 +184,32 @@ def test_a_killed_rank_ends_every_rank_in_seconds_and_the_run_resumes(tmp_path, 
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
 
 
+def test_a_rank_killed_after_the_last_epoch_costs_no_training(tmp_path):
+    # --plot keeps rank 0 busy for a second after its last epoch: it is killed then
+    out = tmp_path / "run"
+    cmd = [*NPGRAD, "train", "--workers", "2", *DIGITS, "--plot", "-o", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, ranks = time.monotonic() + 120, {}
+        while len(ranks) < 2 and time.monotonic() < deadline:
+            ranks = _rank_pids(2)
+            time.sleep(0.01)
+        environ = Path(f"/proc/{ranks[0]}/environ").read_bytes().split(b"\0")
+        folder = next(e.split(b"=", 1)[1] for e in environ if e.startswith(b"NPGRAD_RANK_DIR="))
+        finished = Path(folder.decode()) / "finished"
+        while not finished.exists() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert finished.exists(), "rank 0 never finished"
+        os.kill(ranks[0], signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 2, err
+    assert err.startswith("npgrad: error: rank 0 of 2 stopped") and err.count("\n") == 1, err
+    assert err.endswith("training had finished, and the checkpoint holds every epoch\n"), err
+    assert ckpt.load(out / "checkpoint.npz")[2]["epoch"] == 4
+
+
 def test_an_error_on_one_rank_is_one_line_and_ends_all(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "checkpoint.npz").write_bytes(b"not a checkpoint")

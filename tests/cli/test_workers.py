@@ -58,7 +58,7 @@ def test_the_launchers_banner_becomes_one_line_naming_the_rank(monkeypatch, caps
     code = workers.launch(2, [])
     _, err = capsys.readouterr()
     assert_one_line_error(code, err, f"rank 1 of 2 stopped {how}")
-    assert "--resume" in err and "BAD TERMINATION" not in err
+    assert err.endswith(workers.RESUME + "\n") and "BAD TERMINATION" not in err
 
 
 # what MPICH printed in CI when rank 0's all-reduce found rank 1 gone before mpiexec did

@@ -107,6 +107,10 @@ def _train(args: argparse.Namespace, comm: Any) -> int:
         trainer.fit(force=args.force)  # trains its shards; rank 0 reports
         return 0
     final = trainer.fit(force=args.force)
+    if comm is not None:
+        from .workers import note_finished
+
+        note_finished()
     result = summary(trainer, final, time.perf_counter() - t0)
     if args.plot:
         log("plots: " + ", ".join(str(p) for p in _plot_run(trainer)))

@@ -29,7 +29,9 @@ from ..errors import ConfigError
 from .common import INTERRUPTED
 
 RANK_FILE = "NPGRAD_RANK_DIR"  # where each rank writes its PID, for naming a dead one
+FINISHED = "finished"  # written there by rank 0 once the run has trained its last epoch
 RESUME = "the checkpoint keeps the last saved epoch: run the same command with --resume to continue"
+FINISHED_TAIL = "training had finished, and the checkpoint holds every epoch"
 
 # What mpiexec (MPICH's Hydra) and MPI print, which the user never sees as such: each kind
 # is read, and what it means is said in one line of npgrad's.
@@ -125,10 +127,11 @@ def launch(k: int, argv: list[str]) -> int:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
         line = _verdict(code, heard, bool(forwarded), Path(pids), k)
+        finished = (Path(pids) / FINISHED).exists()
     if line is None:
         return code
     if line:
-        sys.stderr.write(line + "\n")
+        sys.stderr.write(f"{line}; {FINISHED_TAIL if finished else RESUME}\n")
     return INTERRUPTED if forwarded else 2
 
 
@@ -166,21 +169,21 @@ def _relay(stream: IO[str], to: IO[str], heard: _Heard) -> None:
 
 
 def _verdict(code: int, heard: _Heard, forwarded: bool, pids: Path, k: int) -> str | None:
-    """The one line that says how the ranks ended ("" when they said it themselves), or
-    None when ``code`` stands as it is."""
+    """What the one line says of how the ranks ended ("" when they said it themselves), or
+    None when ``code`` stands as it is; :func:`launch` adds what the checkpoint holds."""
     if forwarded and code != 0:
         # the user's Ctrl-C or SIGTERM: the ranks stopped at one step and saved, and said so;
         # or a second Ctrl-C made mpiexec end them at once
-        return "" if heard.said else f"npgrad: interrupted; {RESUME}"
+        return "" if heard.said else "npgrad: interrupted"
     if heard.banner:
         return _dead_rank_line(" ".join(heard.banner), pids, k)
     if heard.fatal:
         return _mpi_failed_line(heard.fatal, k)
     if code < 0:
-        return f"npgrad: error: mpiexec ended by signal {-code}, and the ranks with it; {RESUME}"
+        return f"npgrad: error: mpiexec ended by signal {-code}, and the ranks with it"
     if code != 0 and heard.hydra and not heard.said:
         reason = next((m.group(1) for m in map(_HYDRA.search, heard.hydra) if m), "")
-        return f"npgrad: error: mpiexec failed ({reason}); {RESUME}"
+        return f"npgrad: error: mpiexec failed ({reason})"
     if code > 128 and code != INTERRUPTED:
         # a rank ended by a signal, and neither mpiexec nor MPI said which
         return _stopped_line("a rank", f" (mpiexec's exit status {code})", k)
@@ -213,13 +216,13 @@ def _mpi_failed_line(fatal: list[str], k: int) -> str:
     causes = [m.group(1).strip() for m in map(_STACK.search, fatal) if m and m.group(1).strip()]
     cause = causes[-1] if causes else "no cause given"
     if not any(_GONE.search(line) for line in fatal):
-        return f"npgrad: error: MPI failed on rank {rank} of {k} in {call} ({cause}); {RESUME}"
+        return f"npgrad: error: MPI failed on rank {rank} of {k} in {call} ({cause})"
     who = f"rank {1 - rank}" if k == 2 and rank in (0, 1) else "another rank"
     return _stopped_line(who, f" or lost its connection ({call} on rank {rank}: {cause})", k)
 
 
 def _stopped_line(who: str, how: str, k: int) -> str:
-    return f"npgrad: error: {who} of {k} stopped{how}, and MPI ended the others; {RESUME}"
+    return f"npgrad: error: {who} of {k} stopped{how}, and MPI ended the others"
 
 
 def note_pid(rank: int) -> None:
@@ -228,3 +231,11 @@ def note_pid(rank: int) -> None:
     if folder and Path(folder).is_dir():
         with open(Path(folder) / f"rank-{rank}", "w") as f:
             f.write(str(os.getpid()))
+
+
+def note_finished() -> None:
+    """Called by rank 0 once the run has trained and saved its last epoch: a rank that dies
+    after that is not said to have cost any training."""
+    folder = os.environ.get(RANK_FILE)
+    if folder and Path(folder).is_dir():
+        (Path(folder) / FINISHED).touch()
