@@ -33,6 +33,8 @@ from .errors import ConfigError, RankLost
 from .mpienv import launched_by_mpi
 
 INSTALL = 'pip install "npgrad[mpi]" (mpi4py and an MPI with its mpiexec)'
+# what a run cut short by a lost rank still has, and what to do
+RESUME = "the checkpoint keeps the last saved epoch: run the same command with --resume to continue"
 
 
 def _mpi() -> Any:
@@ -73,8 +75,7 @@ class Communicator:
             what = self.MPI.Get_error_string(exc.Get_error_class())  # its class, not its stack
             raise RankLost(
                 f"rank {self.rank}: another rank stopped in the middle of a step (MPI: {what}); "
-                "the checkpoint keeps the last saved epoch: run the same command with --resume "
-                "to continue"
+                + RESUME
             ) from None
 
     def sum_(self, buf: np.ndarray) -> np.ndarray:

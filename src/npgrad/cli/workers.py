@@ -24,13 +24,12 @@ import threading
 from pathlib import Path
 from typing import IO
 
-from ..distributed import INSTALL
+from ..distributed import INSTALL, RESUME
 from ..errors import ConfigError
 from .common import INTERRUPTED
 
 RANK_FILE = "NPGRAD_RANK_DIR"  # where each rank writes its PID, for naming a dead one
 FINISHED = "finished"  # written there by rank 0 once the run has trained its last epoch
-RESUME = "the checkpoint keeps the last saved epoch: run the same command with --resume to continue"
 FINISHED_TAIL = "training had finished, and the checkpoint holds every epoch"
 
 # What mpiexec (MPICH's Hydra) and MPI print, which the user never sees as such: each kind
@@ -225,17 +224,20 @@ def _stopped_line(who: str, how: str, k: int) -> str:
     return f"npgrad: error: {who} of {k} stopped{how}, and MPI ended the others"
 
 
+def _rank_dir() -> Path | None:
+    """The launcher's folder for notes from the ranks, when :func:`launch` started them."""
+    folder = os.environ.get(RANK_FILE)
+    return Path(folder) if folder and Path(folder).is_dir() else None
+
+
 def note_pid(rank: int) -> None:
     """Called by each rank started by :func:`launch`: its PID, for naming it if it dies."""
-    folder = os.environ.get(RANK_FILE)
-    if folder and Path(folder).is_dir():
-        with open(Path(folder) / f"rank-{rank}", "w") as f:
-            f.write(str(os.getpid()))
+    if folder := _rank_dir():
+        (folder / f"rank-{rank}").write_text(str(os.getpid()))
 
 
 def note_finished() -> None:
     """Called by rank 0 once the run has trained and saved its last epoch: a rank that dies
     after that is not said to have cost any training."""
-    folder = os.environ.get(RANK_FILE)
-    if folder and Path(folder).is_dir():
-        (Path(folder) / FINISHED).touch()
+    if folder := _rank_dir():
+        (folder / FINISHED).touch()
