@@ -71,8 +71,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _end_every_rank(comm: Any, message: str) -> int:
     """Say ``message`` in one line and end every rank (none may wait in a collective)."""
+    from .workers import note_said
+
     print_error(message)
     sys.stderr.flush()
+    note_said(f"npgrad: error: {message}")
     comm.abort(2)
     return 2  # were MPI_Abort ever to return, main must not say it all again
 

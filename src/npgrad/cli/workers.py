@@ -26,10 +26,11 @@ from typing import IO
 
 from ..distributed import INSTALL, RESUME
 from ..errors import ConfigError
-from .common import INTERRUPTED
+from .common import INTERRUPTED, readable
 
 RANK_FILE = "NPGRAD_RANK_DIR"  # where each rank writes its PID, for naming a dead one
 FINISHED = "finished"  # written there by rank 0 once the run has trained its last epoch
+SAID = "said"  # written there by a rank that ends the run with an error: its line
 FINISHED_TAIL = "training had finished, and the checkpoint holds every epoch"
 
 # What mpiexec (MPICH's Hydra) and MPI print, which the user never sees as such: each kind
@@ -125,6 +126,10 @@ def launch(k: int, argv: list[str]) -> int:
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+        if not heard.said and (Path(pids) / SAID).exists():
+            # the rank's line, which mpiexec can lose when MPI_Abort ends it at once after
+            sys.stderr.write(readable((Path(pids) / SAID).read_text()) + "\n")
+            heard.said = True
         line = _verdict(code, heard, bool(forwarded), Path(pids), k)
         finished = (Path(pids) / FINISHED).exists()
     if line is None:
@@ -241,3 +246,10 @@ def note_finished() -> None:
     after that is not said to have cost any training."""
     if folder := _rank_dir():
         (folder / FINISHED).touch()
+
+
+def note_said(line: str) -> None:
+    """Called by a rank that ends every rank after an error: its line, for the launcher to
+    say should mpiexec lose it."""
+    if folder := _rank_dir():
+        (folder / SAID).write_text(line)
